@@ -1,0 +1,123 @@
+#include "key_index.h"
+
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#include "huge_alloc.h"
+
+namespace embedlookup {
+
+namespace {
+// Load limit (live + tombstones, of slots). With 5-slot buckets, probes at
+// 0.8 load still end in the home bucket most of the time, and a dense index
+// stays small enough to live in the last-level cache.
+constexpr double kMaxLoad = 0.80;
+
+// Smallest power-of-two bucket count holding `keys` under the load limit.
+size_t buckets_for(size_t keys) {
+  size_t need = static_cast<size_t>(keys / (kMaxLoad * IndexBucket::kSlots)) + 1;
+  size_t n = 16;
+  while (n < need) n <<= 1;
+  return n;
+}
+}  // namespace
+
+KeyIndex::KeyIndex(size_t expected_keys) { rehash(buckets_for(expected_keys)); }
+
+KeyIndex::~KeyIndex() { huge_free(buckets_, (mask_ + 1) * sizeof(IndexBucket)); }
+
+void KeyIndex::rehash(size_t n_buckets) {
+  auto* nb = static_cast<IndexBucket*>(huge_alloc(n_buckets * sizeof(IndexBucket)));
+  for (size_t b = 0; b < n_buckets; ++b)
+    for (int s = 0; s < IndexBucket::kSlots; ++s) nb[b].rows[s] = kNoRow;
+  const size_t nmask = n_buckets - 1;
+  if (buckets_) {
+    for_each([&](int64_t key, uint32_t row) {
+      size_t b = hash_key(key) & nmask;
+      for (;;) {
+        for (int s = 0; s < IndexBucket::kSlots; ++s)
+          if (nb[b].rows[s] == kNoRow) {
+            nb[b].keys[s] = key;
+            nb[b].rows[s] = row;
+            return;
+          }
+        b = (b + 1) & nmask;
+      }
+    });
+    huge_free(buckets_, (mask_ + 1) * sizeof(IndexBucket));
+  }
+  buckets_ = nb;
+  mask_ = nmask;
+  used_ = live_;
+}
+
+void KeyIndex::reserve(size_t n) {
+  if (static_cast<double>(n) > kMaxLoad * (mask_ + 1) * IndexBucket::kSlots) rehash(buckets_for(n));
+}
+
+void KeyIndex::insert(int64_t key, uint32_t row) {
+  if (static_cast<double>(used_ + 1) > kMaxLoad * (mask_ + 1) * IndexBucket::kSlots) {
+    // Mostly tombstones: rehash at the same size; else double.
+    const size_t slots = (mask_ + 1) * IndexBucket::kSlots;
+    rehash(static_cast<double>(live_ + 1) > 0.5 * slots ? 2 * (mask_ + 1) : mask_ + 1);
+  }
+  size_t b = hash_key(key) & mask_;
+  IndexBucket* tomb_b = nullptr;
+  int tomb_s = -1;
+  for (;;) {
+    IndexBucket& bk = buckets_[b];
+    for (int s = 0; s < IndexBucket::kSlots; ++s) {
+      if (bk.rows[s] == kTombstone) {
+        if (!tomb_b) { tomb_b = &bk; tomb_s = s; }
+      } else if (bk.rows[s] == kNoRow) {
+        if (tomb_b) {
+          tomb_b->keys[tomb_s] = key;
+          tomb_b->rows[tomb_s] = row;
+        } else {
+          bk.keys[s] = key;
+          bk.rows[s] = row;
+          ++used_;
+        }
+        ++live_;
+        return;
+      }
+    }
+    b = (b + 1) & mask_;
+  }
+}
+
+uint32_t KeyIndex::erase(int64_t key) {
+  size_t b = hash_key(key) & mask_;
+  for (;;) {
+    IndexBucket& bk = buckets_[b];
+    for (int s = 0; s < IndexBucket::kSlots; ++s) {
+      const uint32_t r = bk.rows[s];
+      if (r == kNoRow) return kNoRow;
+      if (r != kTombstone && bk.keys[s] == key) {
+        bk.rows[s] = kTombstone;
+        --live_;
+        return r;
+      }
+    }
+    b = (b + 1) & mask_;
+  }
+}
+
+void KeyIndex::set_row(int64_t key, uint32_t row) {
+  size_t b = hash_key(key) & mask_;
+  for (;;) {
+    IndexBucket& bk = buckets_[b];
+    for (int s = 0; s < IndexBucket::kSlots; ++s) {
+      const uint32_t r = bk.rows[s];
+      if (r == kNoRow) throw std::logic_error("KeyIndex::set_row: key absent");
+      if (r != kTombstone && bk.keys[s] == key) {
+        bk.rows[s] = row;
+        return;
+      }
+    }
+    b = (b + 1) & mask_;
+  }
+}
+
+}  // namespace embedlookup

@@ -1,0 +1,81 @@
+// KeyIndex: int64 key -> uint32 row id, open addressing over 64-byte buckets.
+//
+// One bucket is one cache line holding 5 keys and their 5 row ids, so a probe
+// usually costs a single line (and 1 M keys take ~16 MB, which stays in a
+// server's last-level cache while the rows stream from DRAM). Buckets fill in
+// slot order and probing moves linearly bucket to bucket, so a lookup stops at
+// the first empty slot. Erase leaves a tombstone; rehash clears them.
+//
+// Not thread-safe by itself: the table serialises mutations with its lock.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "embedlookup/hash.h"
+
+namespace embedlookup {
+
+constexpr uint32_t kNoRow = 0xFFFFFFFFu;     // empty slot / key not found
+constexpr uint32_t kTombstone = 0xFFFFFFFEu; // erased slot
+constexpr uint32_t kMaxRowId = 0xFFFFFFFDu;
+
+struct alignas(64) IndexBucket {
+  static constexpr int kSlots = 5;
+  int64_t keys[kSlots];
+  uint32_t rows[kSlots];
+  uint32_t unused;
+};
+static_assert(sizeof(IndexBucket) == 64, "one bucket per cache line");
+
+class KeyIndex {
+ public:
+  explicit KeyIndex(size_t expected_keys = 0);
+  ~KeyIndex();
+  KeyIndex(const KeyIndex&) = delete;
+  KeyIndex& operator=(const KeyIndex&) = delete;
+
+  uint32_t find(int64_t key) const {
+    size_t b = hash_key(key) & mask_;
+    for (;;) {
+      const IndexBucket& bk = buckets_[b];
+      for (int s = 0; s < IndexBucket::kSlots; ++s) {
+        const uint32_t r = bk.rows[s];
+        if (r == kNoRow) return kNoRow;
+        if (bk.keys[s] == key && r != kTombstone) return r;
+      }
+      b = (b + 1) & mask_;
+    }
+  }
+  __attribute__((always_inline)) void prefetch(int64_t key) const { __builtin_prefetch(&buckets_[hash_key(key) & mask_], 0, 3); }
+
+  // Key must be absent. Grows (rehashes) first when the load would pass the limit.
+  void insert(int64_t key, uint32_t row);
+  // Returns the erased row id or kNoRow.
+  uint32_t erase(int64_t key);
+  // Repoints an existing key to another row (relayout).
+  void set_row(int64_t key, uint32_t row);
+  // Makes room for `n` live keys without further rehash.
+  void reserve(size_t n);
+
+  size_t size() const { return live_; }
+  size_t bytes() const { return (mask_ + 1) * sizeof(IndexBucket); }
+
+  template <class F>
+  void for_each(F&& f) const {
+    for (size_t b = 0; b <= mask_; ++b)
+      for (int s = 0; s < IndexBucket::kSlots; ++s) {
+        const uint32_t r = buckets_[b].rows[s];
+        if (r < kTombstone) f(buckets_[b].keys[s], r);
+      }
+  }
+
+ private:
+  void rehash(size_t n_buckets);
+  IndexBucket* buckets_ = nullptr;
+  size_t mask_ = 0;
+  size_t live_ = 0;
+  size_t used_ = 0;  // live + tombstones
+};
+
+}  // namespace embedlookup

@@ -1,0 +1,253 @@
+#include "table.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <unordered_set>
+
+#include "../cpu/kernels_cpu.h"
+
+namespace embedlookup {
+
+namespace {
+// Per-thread scratch for resolved row ids: reused across calls so the hot path
+// neither allocates nor page-faults.
+uint32_t* scratch_ids(int64_t n) {
+  thread_local std::vector<uint32_t> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n) + n / 4 + 64);
+  return buf.data();
+}
+}  // namespace
+
+namespace {
+const char* optim_name(OptimKind k) {
+  switch (k) {
+    case OptimKind::kSGD: return "SGD";
+    case OptimKind::kAdagrad: return "Adagrad";
+    case OptimKind::kRowWiseAdagrad: return "Adagrad(rowwise=True)";
+    case OptimKind::kAdam: return "Adam";
+    default: return "none";
+  }
+}
+}  // namespace
+
+EmbeddingTable::EmbeddingTable(const TableOptions& o)
+    : opt_(o), index_(0), rows_(padded_stride(o.dim)), zero_row_(padded_stride(o.dim), 0.0f) {
+  if (o.dim <= 0) throw std::invalid_argument("dim must be > 0");
+  if (o.capacity < 0) throw std::invalid_argument("capacity must be >= 0");
+}
+
+int EmbeddingTable::threads() const { return opt_.num_threads > 0 ? opt_.num_threads : omp_get_max_threads(); }
+
+size_t EmbeddingTable::size() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return index_.size();
+}
+
+void EmbeddingTable::resolve(const int64_t* keys, int64_t n, uint32_t* ids) const {
+  // Index buckets are prefetched a fixed distance ahead; probes are independent
+  // so the misses overlap.
+  constexpr int64_t kAhead = 16;
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(), n / 4096 + 1)));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) index_.prefetch(keys[i + kAhead]);
+    ids[i] = index_.find(keys[i]);
+  }
+}
+
+uint32_t EmbeddingTable::allocate_row(int64_t key) {
+  uint32_t id;
+  if (!free_rows_.empty()) {
+    id = free_rows_.back();
+    free_rows_.pop_back();
+  } else {
+    if (next_row_ > kMaxRowId) throw TableFullError("table holds the maximum of 2^32 - 3 rows");
+    id = next_row_++;
+    rows_.ensure(next_row_);
+    if (state_) state_->ensure(next_row_);
+    if (row_keys_.size() < next_row_) row_keys_.resize(std::max<size_t>(next_row_, row_keys_.size() * 2));
+  }
+  row_keys_[id] = key;
+  index_.insert(key, id);
+  return id;
+}
+
+void EmbeddingTable::init_state_row(uint32_t id) {
+  if (!state_) return;
+  float* s = state_->row(id);
+  for (int64_t j = 0; j < state_->stride(); ++j) s[j] = state_init_;
+}
+
+void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* ids, bool init_rows) {
+  // Validate capacity for the distinct new keys before inserting any.
+  std::unordered_set<int64_t> fresh;
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] == kNoRow) fresh.insert(keys[i]);
+  if (fresh.empty()) return;
+  const size_t after = index_.size() + fresh.size();
+  if (opt_.capacity > 0 && after > static_cast<size_t>(opt_.capacity))
+    throw TableFullError("table is full: " + std::to_string(index_.size()) + " rows + " +
+                         std::to_string(fresh.size()) + " new keys > capacity " + std::to_string(opt_.capacity));
+  if (after > static_cast<size_t>(kMaxRowId)) throw TableFullError("table would exceed 2^32 - 3 rows");
+  index_.reserve(after);
+  std::vector<uint32_t> created;
+  created.reserve(fresh.size());
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] != kNoRow) continue;
+    uint32_t id = index_.find(keys[i]);  // inserted earlier in this loop?
+    if (id == kNoRow) {
+      id = allocate_row(keys[i]);
+      created.push_back(id);
+    }
+    ids[i] = id;
+  }
+  const int64_t nc = static_cast<int64_t>(created.size());
+  const int64_t dim = opt_.dim;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
+  for (int64_t k = 0; k < nc; ++k) {
+    const uint32_t id = created[k];
+    if (init_rows) {
+      float* r = rows_.row(id);
+      init_row(opt_.init, row_keys_[id], r, dim);
+      for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+    }
+    init_state_row(id);
+  }
+}
+
+void EmbeddingTable::lookup(const int64_t* keys, int64_t n, float* out, bool insert, uint8_t* found) {
+  uint32_t* ids = scratch_ids(n);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    if (cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, found, threads()) == 0 || !insert) return;
+  }
+  // Some keys are new: insert them under the exclusive lock, then read again.
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  resolve(keys, n, ids);
+  insert_missing(keys, n, ids, true);
+  cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, nullptr, threads());
+}
+
+void EmbeddingTable::pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                                   int64_t n_bags, PoolMode mode, const float* weights, float* out, bool insert) {
+  uint32_t* ids = scratch_ids(n);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    if (cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out,
+                       threads()) == 0 ||
+        !insert)
+      return;
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  resolve(values, n, ids);
+  insert_missing(values, n, ids, true);
+  cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out, threads());
+}
+
+void EmbeddingTable::assign(const int64_t* keys, int64_t n, const float* rows) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  uint32_t* ids = scratch_ids(n);
+  resolve(keys, n, ids);
+  insert_missing(keys, n, ids, false);
+  // Sequential so that the last occurrence of a duplicated key wins.
+  const int64_t dim = opt_.dim;
+  for (int64_t i = 0; i < n; ++i) std::memcpy(rows_.row(ids[i]), rows + i * dim, sizeof(float) * dim);
+}
+
+int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  int64_t erased = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t id = index_.erase(keys[i]);
+    if (id == kNoRow) continue;
+    free_rows_.push_back(id);
+    ++erased;
+  }
+  return erased;
+}
+
+void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  std::vector<std::pair<int64_t, uint32_t>> kv;
+  kv.reserve(index_.size());
+  index_.for_each([&](int64_t k, uint32_t r) { kv.emplace_back(k, r); });
+  std::sort(kv.begin(), kv.end());
+  const int64_t n = static_cast<int64_t>(kv.size());
+  keys.resize(n);
+  std::vector<uint32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = kv[i].first;
+    ids[i] = kv[i].second;
+  }
+  rows.resize(static_cast<size_t>(n) * opt_.dim);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  std::vector<uint32_t> scratch(n);
+  cpu::gather_rows(view, index_, keys.data(), scratch.data(), n, opt_.dim, rows.data(), nullptr, threads());
+}
+
+void EmbeddingTable::bind_state(const OptimSpec& o) {
+  const int64_t nf = state_floats(o.kind, opt_.dim);
+  state_kind_.store(o.kind);
+  state_init_ = initial_state_value(o);
+  if (nf == 0) return;
+  state_.reset(new RowArena(nf));
+  state_->ensure(next_row_);
+  for (uint32_t id = 0; id < next_row_; ++id) init_state_row(id);
+}
+
+void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) {
+  if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
+  // Validate everything before the first change: finite gradients, known keys,
+  // matching optimizer state.
+  const int64_t bad = cpu::first_non_finite(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
+  if (bad >= 0)
+    throw std::invalid_argument("grads: row " + std::to_string(bad) +
+                                " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
+  uint32_t* ids = scratch_ids(n);
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  for (;;) {
+    resolve(keys, n, ids);
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] == kNoRow)
+        throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " (position " + std::to_string(i) +
+                              ") is not in the table; look keys up (which inserts them) before applying gradients");
+    const OptimKind have = state_kind_.load();
+    if (have == o.kind) break;
+    if (have != OptimKind::kNone)
+      throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") +
+                                  optim_name(have) + ", cannot apply " + optim_name(o.kind));
+    lk.unlock();
+    {
+      std::unique_lock<std::shared_mutex> ex(mu_);
+      if (state_kind_.load() == OptimKind::kNone) bind_state(o);
+    }
+    lk.lock();  // re-resolve: keys may have changed while unlocked
+  }
+  cpu::RowGroups groups;
+  cpu::group_rows(ids, n, groups);
+  const int64_t step = step_.fetch_add(1) + 1;
+  const StepScalars c = step_scalars(o, step);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  cpu::sparse_update(view, state_.get(), groups, g, opt_.dim, o, c, threads());
+}
+
+MemoryStats EmbeddingTable::memory() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  MemoryStats m;
+  m.index_bytes = index_.bytes();
+  m.row_bytes = rows_.bytes();
+  m.state_bytes = state_ ? state_->bytes() : 0;
+  m.metadata_bytes = row_keys_.capacity() * sizeof(int64_t) + free_rows_.capacity() * sizeof(uint32_t);
+  m.rows = index_.size();
+  return m;
+}
+
+}  // namespace embedlookup

@@ -1,0 +1,109 @@
+// EmbeddingTable: the global shared table. int64 key -> row of `dim` floats
+// (+ optimizer state), collision-free. See docs/design.md for the concurrency
+// contract:
+//  * reads (lookup/find/pooled/export) and gradient updates run under a shared
+//    lock and may overlap; each row a reader returns is wholly from before or
+//    wholly from after any concurrent update (per-row seqlock stripes);
+//  * structural changes (insert of missing keys, assign, erase, growth) take
+//    the lock exclusively, briefly;
+//  * every operation validates first and mutates after, so a failed call
+//    leaves the table exactly as it was.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <stdexcept>
+#include <vector>
+
+#include "embedlookup/initializer.h"
+#include "embedlookup/optimizer.h"
+#include "embedlookup/pooling.h"
+#include "key_index.h"
+#include "row_arena.h"
+#include "row_seqlock.h"
+
+namespace embedlookup {
+
+struct TableOptions {
+  int64_t dim = 0;        // floats per row (> 0)
+  InitSpec init;          // initializer for rows created by lookups
+  int64_t capacity = 0;   // max rows; 0 = grow without bound
+  int num_threads = 0;    // OpenMP threads per call; 0 = OpenMP's default
+};
+
+class TableFullError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+class KeyMissingError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct MemoryStats {
+  size_t index_bytes, row_bytes, state_bytes, metadata_bytes, rows;
+};
+
+// Where a row occurrence's gradient comes from: grad + src[i] * grad_stride,
+// times scale[i]. src/scale may be null (identity / 1).
+struct GradSource {
+  const float* grad;
+  int64_t n_grad_rows;
+  int64_t grad_stride;
+  const int64_t* src;
+  const float* scale;
+};
+
+class EmbeddingTable {
+ public:
+  explicit EmbeddingTable(const TableOptions& o);
+
+  int64_t dim() const { return opt_.dim; }
+  int64_t stride() const { return rows_.stride(); }
+  size_t size() const;
+  int64_t step() const { return step_.load(); }
+  OptimKind state_kind() const { return state_kind_.load(); }
+  const TableOptions& options() const { return opt_; }
+
+  // out: n x dim. insert=false writes zeros for missing keys; found (n bytes)
+  // may be null.
+  void lookup(const int64_t* keys, int64_t n, float* out, bool insert, uint8_t* found);
+  // Bags: bag b = [offsets[b], b+1 < n_offsets ? offsets[b+1] : n). out: n_bags x dim.
+  void pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                     int64_t n_bags, PoolMode mode, const float* weights, float* out, bool insert);
+  // Last occurrence of a duplicated key wins. Existing keys keep their optimizer state.
+  void assign(const int64_t* keys, int64_t n, const float* rows);
+  int64_t erase(const int64_t* keys, int64_t n);
+  // Sorted by key.
+  void export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const;
+  // Merges duplicate keys, then one optimizer step per distinct row. All keys
+  // must exist (KeyMissingError otherwise, before any change).
+  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
+  MemoryStats memory() const;
+
+ private:
+  int threads() const;
+  void resolve(const int64_t* keys, int64_t n, uint32_t* ids) const;
+  // Caller holds the lock exclusively. Inserts keys whose ids[i] == kNoRow.
+  void insert_missing(const int64_t* keys, int64_t n, uint32_t* ids, bool init_rows);
+  uint32_t allocate_row(int64_t key);
+  void bind_state(const OptimSpec& o);  // caller holds exclusive lock
+  void init_state_row(uint32_t id);
+
+  TableOptions opt_;
+  mutable std::shared_mutex mu_;
+  KeyIndex index_;
+  RowArena rows_;
+  std::unique_ptr<RowArena> state_;
+  std::atomic<OptimKind> state_kind_{OptimKind::kNone};
+  float state_init_ = 0.0f;
+  std::vector<int64_t> row_keys_;   // row id -> key (for export / erase / relayout)
+  std::vector<uint32_t> free_rows_;
+  uint32_t next_row_ = 0;
+  RowSeqlock seq_;
+  std::vector<float> zero_row_;
+  std::atomic<int64_t> step_{0};
+};
+
+}  // namespace embedlookup

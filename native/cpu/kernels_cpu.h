@@ -1,0 +1,66 @@
+// CPU kernels over the table's rows. Each kernel is compiled twice (AVX2+FMA
+// and baseline x86-64) from kernels_cpu.inl; the entry points below pick the
+// build the running CPU supports.
+#pragma once
+#include <cstdint>
+
+#include "../core/row_arena.h"
+#include "../core/row_seqlock.h"
+#include "embedlookup/optimizer.h"
+#include "embedlookup/pooling.h"
+
+namespace embedlookup {
+
+struct GradSource;
+class KeyIndex;
+
+// What a kernel needs to read a row consistently.
+struct RowView {
+  const RowArena* arena;
+  const RowSeqlock* seq;
+  const float* zero_row;  // stands in for missing keys (id == kNoRow)
+};
+
+namespace cpu {
+
+// Distance (in key positions) at which rows are prefetched ahead of use.
+constexpr int64_t kPrefetchAhead = 16;
+extern int64_t g_tune_ahead, g_tune_lines, g_tune_dense;
+
+bool has_avx2();
+const char* isa_name();
+
+// Both resolve keys through the index inside the kernel (ids[] receives the
+// row ids, kNoRow for missing keys, which read as zero rows) and return the
+// number of missing keys.
+int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
+                  const int64_t* offsets, int64_t n_offsets, int64_t n_bags, int64_t dim, PoolMode mode,
+                  const float* weights, float* out, int nthreads);
+int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
+                    int64_t dim, float* out, uint8_t* found, int nthreads);
+
+// Distinct rows of ids[0..n) in first-occurrence order, and for each the
+// positions where it occurs (CSR: order[start[u] .. start[u+1])), ascending.
+struct RowGroups {
+  uint32_t* rows = nullptr;
+  int64_t n_rows = 0;
+  int64_t* start = nullptr;  // n_rows + 1
+  int64_t* order = nullptr;  // n
+  ~RowGroups();
+};
+void group_rows(const uint32_t* ids, int64_t n, RowGroups& out);
+
+void sparse_update(const RowView& v, RowArena* state, const RowGroups& groups, const GradSource& g, int64_t dim,
+                   const OptimSpec& o, const StepScalars& c, int nthreads);
+
+// Index of the first row of a (rows x dim, row stride `stride`) matrix holding
+// NaN or inf, or -1.
+int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
+
+// Machine limits for the benchmark suite: bytes/s of a streaming copy and of
+// a random gather of `row_bytes` rows from a table of `table_bytes`.
+double copy_bandwidth(int64_t bytes, int repeats, int nthreads);
+double gather_bandwidth(int64_t table_bytes, int64_t row_bytes, int64_t n_rows_read, int repeats, int nthreads);
+
+}  // namespace cpu
+}  // namespace embedlookup

@@ -1,0 +1,206 @@
+// Kernel bodies, included once per instruction set with EL_ISA_NS set.
+// Row strides are multiples of 8 floats (padding is zero), so inner loops run
+// whole 8-float vectors; the fixed-stride instantiations unroll completely.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../core/key_index.h"
+#include "../core/table.h"
+#include "kernels_cpu.h"
+
+namespace embedlookup {
+namespace cpu {
+namespace EL_ISA_NS {
+
+namespace {
+
+// always_inline on purpose: GCC deems a function whose only effect is
+// __builtin_prefetch "const" and deletes calls to it before inlining.
+// Missing keys prefetch the zero row (branch-free).
+__attribute__((always_inline)) inline void prefetch_row(const RowView& v, uint32_t id, int64_t stride) {
+  const char* p = reinterpret_cast<const char*>(id < kTombstone ? v.arena->row(id) : v.zero_row);
+  const int64_t lim = std::min<int64_t>(stride * 4, g_tune_lines * 64);
+  for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 3);
+}
+
+// Resolves keys to row ids a fixed distance ahead of their use: the index
+// bucket of key p + 2A is prefetched, key p + A is probed (its bucket is in
+// cache by then) and its row prefetched, so index and row misses overlap in
+// one pipelined pass. ids[] keeps the resolved ids for bag retries.
+struct Resolver {
+  const KeyIndex& index;
+  const RowView& v;
+  const int64_t* keys;
+  uint32_t* ids;
+  int64_t end, stride, next_probe, next_resolve, missing = 0;
+  __attribute__((always_inline)) void advance(int64_t p) {
+    const int64_t probe_to = std::min(end, p + 2 * g_tune_ahead + 1);
+    if (!g_tune_dense) for (; next_probe < probe_to; ++next_probe) index.prefetch(keys[next_probe]);
+    const int64_t resolve_to = std::min(end, p + g_tune_ahead + 1);
+    for (; next_resolve < resolve_to; ++next_resolve) {
+      const uint32_t id = g_tune_dense ? static_cast<uint32_t>(keys[next_resolve]) : index.find(keys[next_resolve]);
+      ids[next_resolve] = id;
+      missing += id == kNoRow;
+      prefetch_row(v, id, stride);
+    }
+  }
+};
+
+template <int S, PoolMode M, bool W>
+int64_t pool_range(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* __restrict ids,
+                   const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
+                   int64_t rt_stride, const float* __restrict w, float* __restrict out) {
+  const int64_t stride = S ? S : rt_stride;
+  std::vector<float> acc_buf(stride + 16);
+  float* __restrict acc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(acc_buf.data()) + 63) & ~uintptr_t(63));
+  const int64_t p_first = b0 < b1 ? off[b0] : 0;
+  const int64_t p_last = (b1 < n_off) ? off[b1] : n;  // end of this thread's positions
+  Resolver r{index, v, keys, ids, p_last, stride, p_first, p_first};
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = off[b];
+    const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
+    for (;;) {
+      const float init = (M == PoolMode::kMax) ? -INFINITY : 0.0f;
+      for (int64_t j = 0; j < stride; ++j) acc[j] = init;
+      bool consistent = true;
+      for (int64_t p = s; p < e; ++p) {
+        r.advance(p);
+        const uint32_t id = ids[p];
+        const bool real = id < kTombstone;
+        const float* __restrict row = real ? v.arena->row(id) : v.zero_row;
+        const uint32_t seq0 = real ? v.seq->read_begin(id) : 0;
+        if (M == PoolMode::kMax) {
+          for (int64_t j = 0; j < stride; ++j) acc[j] = row[j] > acc[j] ? row[j] : acc[j];
+        } else if (W) {
+          const float x = w[p];
+          for (int64_t j = 0; j < stride; ++j) acc[j] += x * row[j];
+        } else {
+          for (int64_t j = 0; j < stride; ++j) acc[j] += row[j];
+        }
+        if (real && !v.seq->read_valid(id, seq0)) {
+          consistent = false;  // a writer touched this row mid-read: redo the bag
+          break;
+        }
+      }
+      if (consistent) break;
+    }
+    float* o = out + b * dim;
+    if (e == s) {
+      for (int64_t j = 0; j < dim; ++j) o[j] = 0.0f;
+    } else if (M == PoolMode::kMean) {
+      const float inv = 1.0f / static_cast<float>(e - s);
+      for (int64_t j = 0; j < dim; ++j) o[j] = acc[j] * inv;
+    } else {
+      for (int64_t j = 0; j < dim; ++j) o[j] = acc[j];
+    }
+  }
+  return r.missing;
+}
+
+template <int S>
+int64_t pool_range_mode(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids,
+                        const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
+                        int64_t stride, PoolMode mode, const float* w, float* out) {
+#define EL_POOL(M, W) pool_range<S, M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, w, out)
+  if (mode == PoolMode::kMax) return EL_POOL(PoolMode::kMax, false);
+  if (mode == PoolMode::kMean) return EL_POOL(PoolMode::kMean, false);
+  if (w) return EL_POOL(PoolMode::kSum, true);
+  return EL_POOL(PoolMode::kSum, false);
+#undef EL_POOL
+}
+
+}  // namespace
+
+int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
+                  const int64_t* off, int64_t n_off, int64_t n_bags, int64_t dim, PoolMode mode, const float* w,
+                  float* out, int nthreads) {
+  const int64_t stride = v.arena->stride();
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 1024 + 1)));
+  int64_t missing = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : missing)
+  {
+    // Split by key positions, not bag counts, so skewed bag sizes balance.
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    auto bag_at = [&](int64_t pos_target) {
+      return static_cast<int64_t>(std::lower_bound(off, off + n_bags, pos_target) - off);
+    };
+    const int64_t b0 = t == 0 ? 0 : bag_at(n * t / T);
+    const int64_t b1 = t == T - 1 ? n_bags : bag_at(n * (t + 1) / T);
+#define EL_CASE(S) \
+  case S: missing += pool_range_mode<S>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, mode, w, out); break;
+    switch (stride) {
+      EL_CASE(8) EL_CASE(16) EL_CASE(32) EL_CASE(64) EL_CASE(128)
+      default: missing += pool_range_mode<0>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, mode, w, out);
+    }
+#undef EL_CASE
+  }
+  return missing;
+}
+
+int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
+                    int64_t dim, float* out, uint8_t* found, int nthreads) {
+  const int64_t stride = v.arena->stride();
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 1024 + 1)));
+  int64_t missing = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : missing)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t p0 = n * t / T, p1 = n * (t + 1) / T;
+    Resolver r{index, v, keys, ids, p1, stride, p0, p0};
+    for (int64_t i = p0; i < p1; ++i) {
+      r.advance(i);
+      const uint32_t id = ids[i];
+      float* o = out + i * dim;
+      if (found) found[i] = id < kTombstone;
+      if (id >= kTombstone) {
+        std::memset(o, 0, sizeof(float) * dim);
+        continue;
+      }
+      const float* row = v.arena->row(id);
+      for (;;) {
+        const uint32_t s0 = v.seq->read_begin(id);
+        std::memcpy(o, row, sizeof(float) * dim);
+        if (v.seq->read_valid(id, s0)) break;
+      }
+    }
+    missing += r.missing;
+  }
+  return missing;
+}
+
+void sparse_update(const RowView& v, RowArena* state, const RowGroups& gr, const GradSource& g, int64_t dim,
+                   const OptimSpec& o, const StepScalars& c, int nthreads) {
+  const int64_t stride = v.arena->stride();
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, gr.n_rows / 256 + 1)));
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> gsum(stride);
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < gr.n_rows; ++u) {
+      if (u + 4 < gr.n_rows) {
+        prefetch_row(v, gr.rows[u + 4], stride);
+        if (state) __builtin_prefetch(state->row(gr.rows[u + 4]), 1, 3);
+      }
+      std::fill(gsum.begin(), gsum.end(), 0.0f);
+      for (int64_t k = gr.start[u]; k < gr.start[u + 1]; ++k) {
+        const int64_t i = gr.order[k];
+        const float* src = g.grad + (g.src ? g.src[i] : i) * g.grad_stride;
+        const float sc = g.scale ? g.scale[i] : 1.0f;
+        for (int64_t j = 0; j < dim; ++j) gsum[j] += sc * src[j];
+      }
+      const uint32_t id = gr.rows[u];
+      float* st = state ? state->row(id) : nullptr;
+      v.seq->write_lock(id);
+      apply_row(o, c, v.arena->row(id), st, gsum.data(), dim);
+      v.seq->write_unlock(id);
+    }
+  }
+}
+
+}  // namespace EL_ISA_NS
+}  // namespace cpu
+}  // namespace embedlookup

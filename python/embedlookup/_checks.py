@@ -1,0 +1,112 @@
+"""Argument checks and zero-copy conversion for the native calls.
+
+Every public entry point converts its arguments here *before* touching the
+table, so a bad argument raises a clear exception naming it and leaves the
+table unchanged. Arrays already contiguous and of the native dtype are
+borrowed, never copied; anything exposing DLPack (torch CPU tensors, ...) or
+the buffer protocol is accepted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def to_numpy(x, name: str) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError) as e:
+            raise TypeError(f"{name}: cannot borrow this array from CPU memory via DLPack ({e})") from None
+    try:
+        return np.asarray(x)
+    except Exception as e:  # noqa: BLE001 - report any conversion failure as the argument's fault
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__} ({e})") from None
+
+
+def keys_1d(x, name: str) -> np.ndarray:
+    """int64, 1-D, C-contiguous. Other integer dtypes are converted (a copy);
+    uint64 is reinterpreted bit for bit (distinct values stay distinct)."""
+    a = to_numpy(x, name)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.dtype == np.uint64:
+        a = a.view(np.int64)
+    elif a.dtype != np.int64:
+        if a.size == 0 and a.dtype == np.float64:  # np.asarray([]) is float64
+            a = a.astype(np.int64)
+        elif not np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+            raise TypeError(f"{name} must hold integers (int64 preferred), got dtype {a.dtype}")
+        a = a.astype(np.int64)
+    return np.ascontiguousarray(a)
+
+
+def floats(x, name: str, shape: tuple) -> np.ndarray:
+    """float32, C-contiguous, of exactly `shape`. Other float dtypes are converted."""
+    a = to_numpy(x, name)
+    if a.dtype != np.float32:
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"{name} must hold floating-point values (float32 preferred), got dtype {a.dtype}")
+        a = a.astype(np.float32)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def out_array(out, name: str, shape: tuple) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray):
+        out = to_numpy(out, name)
+    if out.dtype != np.float32 or out.shape != tuple(shape):
+        raise ValueError(f"{name} must be a float32 array of shape {tuple(shape)}, got {out.dtype} {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    return out
+
+
+def bags(values, offsets, include_last_offset: bool):
+    """Normalises EmbeddingBag-style input. Returns (values, offsets, n_bags)."""
+    v = to_numpy(values, "values")
+    if v.ndim == 2 and offsets is None:
+        if include_last_offset:
+            raise ValueError("include_last_offset needs offsets; 2-D values take none")
+        n_bags, length = v.shape
+        flat = keys_1d(v.reshape(-1), "values")
+        return flat, np.arange(0, n_bags * length, max(length, 1), dtype=np.int64)[:n_bags], n_bags
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D with offsets (or 2-D without), got shape {v.shape}")
+    if offsets is None:
+        raise ValueError("offsets are required when values is 1-D")
+    v = keys_1d(v, "values")
+    off = keys_1d(offsets, "offsets")
+    n = v.shape[0]
+    if include_last_offset:
+        if off.shape[0] < 1:
+            raise ValueError("offsets must hold at least one entry with include_last_offset=True")
+        n_bags = off.shape[0] - 1
+    else:
+        n_bags = off.shape[0]
+    if off.shape[0]:
+        if off[0] != 0:
+            raise ValueError(f"offsets[0] must be 0, got {off[0]}")
+        if off.shape[0] > 1 and np.any(off[1:] < off[:-1]):
+            i = int(np.argmax(off[1:] < off[:-1]))
+            raise ValueError(f"offsets must be non-decreasing, but offsets[{i + 1}]={off[i + 1]} < offsets[{i}]={off[i]}")
+        if off[-1] > n:
+            raise ValueError(f"offsets[-1]={off[-1]} exceeds len(values)={n}")
+        if include_last_offset and off[-1] != n:
+            raise ValueError(f"with include_last_offset=True, offsets[-1] must equal len(values)={n}, got {off[-1]}")
+    elif n:
+        raise ValueError(f"offsets is empty but values holds {n} keys")
+    return v, off, n_bags
+
+
+def mode_id(mode) -> int:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    return MODES[mode]

@@ -1,0 +1,158 @@
+"""The hashed embedding table: int64 keys -> float32 rows, collision-free."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks, _core
+from . import init as _init
+from .optim import Optimizer
+
+__all__ = ["EmbeddingTable"]
+
+
+class EmbeddingTable:
+    """A growing hash table of embedding rows keyed by int64 IDs.
+
+    Parameters
+    ----------
+    dim:
+        Floats per row.
+    initializer:
+        How rows of newly seen keys are filled (``embedlookup.init``);
+        deterministic per (seed, key). Default ``init.uniform(-0.01, 0.01)``.
+    capacity:
+        Maximum number of rows, or ``None`` to grow as keys arrive. A call
+        that would pass it raises ``TableFullError`` and inserts nothing.
+    optimizer:
+        Default optimizer for :meth:`apply_gradients`.
+    num_threads:
+        OpenMP threads per call (default: OpenMP's, i.e. all cores).
+
+    Concurrency: every method releases the GIL. Lookups and gradient updates
+    may run at the same time from several threads; each row a lookup returns
+    is entirely from before or entirely from after any concurrent update.
+    Calls that insert or erase keys briefly hold the table exclusively.
+    """
+
+    def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
+                 optimizer: Optimizer | None = None, num_threads: int | None = None):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if initializer is None:
+            initializer = _init.uniform()
+        if not isinstance(initializer, _init.Initializer):
+            raise TypeError(f"initializer must come from embedlookup.init, got {type(initializer).__name__}")
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
+                                     or capacity <= 0):
+            raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
+        if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads <= 0):
+            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(optimizer).__name__}")
+        self._dim = int(dim)
+        self.initializer = initializer
+        self.capacity = None if capacity is None else int(capacity)
+        self.optimizer = optimizer
+        self._t = _core.Table(self._dim, initializer._spec(), self.capacity or 0, int(num_threads or 0))
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def step(self) -> int:
+        """Number of optimizer steps applied (drives lr_decay and Adam's bias correction)."""
+        return self._t.step
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingTable(dim={self._dim}, rows={len(self)}, capacity={self.capacity})"
+
+    # ----------------------------------------------------------------- lookups
+    def lookup(self, keys, *, insert: bool = True, out=None) -> np.ndarray:
+        """Rows of ``keys`` as an (n, dim) float32 array. Missing keys are
+        inserted with the initializer (``insert=False``: left out, zeros returned)."""
+        k = _checks.keys_1d(keys, "keys")
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        self._t.lookup(k, o, bool(insert), None)
+        return o
+
+    def find(self, keys, *, out=None) -> tuple[np.ndarray, np.ndarray]:
+        """Serving-side lookup that never inserts: (rows, found) where missing
+        keys get zero rows and ``found[i]`` is False."""
+        k = _checks.keys_1d(keys, "keys")
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        found = np.empty(k.shape[0], dtype=np.bool_)
+        self._t.lookup(k, o, False, found)
+        return o, found
+
+    def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
+                      include_last_offset: bool = False, *, insert: bool = True, out=None) -> np.ndarray:
+        """Pooled rows per bag, with ``torch.nn.EmbeddingBag``'s semantics.
+
+        ``values`` (int64 keys) with ``offsets`` (start of each bag), or a 2-D
+        ``values`` of equal-length bags. ``mode``: "sum", "mean" or "max";
+        empty bags give zeros; ``per_sample_weights`` only with "sum".
+        Missing keys are inserted (``insert=False``: they count as zero rows).
+        Returns (n_bags, dim) float32.
+        """
+        m = _checks.mode_id(mode)
+        v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
+        w = None
+        if per_sample_weights is not None:
+            if mode != "sum":
+                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+            w = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+        o = _checks.out_array(out, "out", (n_bags, self._dim))
+        self._t.pooled_lookup(v, off, n_bags, m, w, o, bool(insert))
+        return o
+
+    # --------------------------------------------------------------- mutations
+    def assign(self, keys, rows) -> None:
+        """Sets the rows of ``keys`` (inserting missing ones; the last of
+        duplicated keys wins). Existing keys keep their optimizer state."""
+        k = _checks.keys_1d(keys, "keys")
+        r = _checks.floats(rows, "rows", (k.shape[0], self._dim))
+        self._t.assign(k, r)
+
+    def erase(self, keys) -> int:
+        """Removes ``keys`` (missing ones are ignored); returns how many were removed."""
+        return self._t.erase(_checks.keys_1d(keys, "keys"))
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (keys, rows), sorted by key."""
+        return self._t.export()
+
+    def apply_gradients(self, keys, grads, optimizer: Optimizer | None = None) -> None:
+        """One fused optimizer step on the rows of ``keys``.
+
+        ``grads[i]`` is the gradient for ``keys[i]``; gradients of duplicated
+        keys are summed first, as a dense gradient would be. All keys must be
+        in the table (``KeyMissingError`` otherwise). Non-finite gradients are
+        rejected with ``ValueError``. On any error nothing is updated.
+        """
+        opt = optimizer if optimizer is not None else self.optimizer
+        if opt is None:
+            raise ValueError("optimizer: none given and the table has no default optimizer")
+        if not isinstance(opt, Optimizer):
+            raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam), "
+                            f"got {type(opt).__name__}")
+        k = _checks.keys_1d(keys, "keys")
+        g = _checks.floats(grads, "grads", (k.shape[0], self._dim))
+        self._t.apply_gradients(k, g, opt._spec())
+
+    # ------------------------------------------------------------------ memory
+    def memory_usage(self) -> dict:
+        """Bytes by part (index, rows, optimizer state, metadata) as allocated,
+        and per row: ``row_bytes_per_row`` (the row itself, padded to 8
+        floats) and ``overhead_bytes_per_row`` (index + metadata)."""
+        m = dict(self._t.memory())
+        n = max(m["rows"], 1)
+        m["total_bytes"] = m["index_bytes"] + m["row_bytes"] + m["optimizer_state_bytes"] + m["metadata_bytes"]
+        m["row_bytes_per_row"] = 4 * self._t.stride
+        m["overhead_bytes_per_row"] = (m["index_bytes"] + m["metadata_bytes"]) / n
+        return m

@@ -40,8 +40,22 @@ py::array_t<T> vector_to_array(std::vector<T>&& v, std::vector<py::ssize_t> shap
 
 }  // namespace
 
+// Each part of the engine binds itself from its own file (bind_*.cpp) and is
+// registered here with one line, so parts can grow without touching each other.
+void bind_table(py::module_& m);
+#ifdef EMBEDLOOKUP_WITH_CUDA
+void bind_cuda(py::module_& m);
+#endif
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "embedlookup native core (use the embedlookup package, not this module)";
+  bind_table(m);
+#ifdef EMBEDLOOKUP_WITH_CUDA
+  bind_cuda(m);
+#endif
+}
+
+void bind_table(py::module_& m) {
 
   py::register_exception<TableFullError>(m, "TableFullError", PyExc_RuntimeError);
   py::register_exception<KeyMissingError>(m, "KeyMissingError", PyExc_KeyError);

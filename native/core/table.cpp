@@ -8,7 +8,6 @@
 #include <mutex>
 #include <numeric>
 #include <string>
-#include <unordered_set>
 
 #include "../cpu/kernels_cpu.h"
 
@@ -86,18 +85,20 @@ void EmbeddingTable::init_state_row(uint32_t id) {
 
 void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* ids, bool init_rows) {
   // Validate capacity for the distinct new keys before inserting any.
-  std::unordered_set<int64_t> fresh;
+  std::vector<int64_t> fresh;
   for (int64_t i = 0; i < n; ++i)
-    if (ids[i] == kNoRow) fresh.insert(keys[i]);
+    if (ids[i] == kNoRow) fresh.push_back(keys[i]);
   if (fresh.empty()) return;
-  const size_t after = index_.size() + fresh.size();
+  std::sort(fresh.begin(), fresh.end());
+  const size_t n_fresh = static_cast<size_t>(std::unique(fresh.begin(), fresh.end()) - fresh.begin());
+  const size_t after = index_.size() + n_fresh;
   if (opt_.capacity > 0 && after > static_cast<size_t>(opt_.capacity))
-    throw TableFullError("table is full: " + std::to_string(index_.size()) + " rows + " +
-                         std::to_string(fresh.size()) + " new keys > capacity " + std::to_string(opt_.capacity));
+    throw TableFullError("table is full: " + std::to_string(index_.size()) + " rows + " + std::to_string(n_fresh) +
+                         " new keys > capacity " + std::to_string(opt_.capacity));
   if (after > static_cast<size_t>(kMaxRowId)) throw TableFullError("table would exceed 2^32 - 3 rows");
   index_.reserve(after);
   std::vector<uint32_t> created;
-  created.reserve(fresh.size());
+  created.reserve(n_fresh);
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] != kNoRow) continue;
     uint32_t id = index_.find(keys[i]);  // inserted earlier in this loop?

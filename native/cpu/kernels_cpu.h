@@ -25,7 +25,7 @@ namespace cpu {
 
 // Distance (in key positions) at which rows are prefetched ahead of use.
 constexpr int64_t kPrefetchAhead = 16;
-extern int64_t g_tune_ahead, g_tune_lines, g_tune_dense;
+extern int64_t g_tune_ahead, g_tune_lines, g_tune_dense, g_tune_hint, g_tune_reg, g_tune_twopass;
 
 bool has_avx2();
 const char* isa_name();

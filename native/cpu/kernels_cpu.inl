@@ -24,7 +24,12 @@ namespace {
 __attribute__((always_inline)) inline void prefetch_row(const RowView& v, uint32_t id, int64_t stride) {
   const char* p = reinterpret_cast<const char*>(id < kTombstone ? v.arena->row(id) : v.zero_row);
   const int64_t lim = std::min<int64_t>(stride * 4, g_tune_lines * 64);
-  for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 3);
+  if (g_tune_hint == 1)
+    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 2);
+  else if (g_tune_hint == 2)
+    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 0);
+  else
+    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 3);
 }
 
 // Resolves keys to row ids a fixed distance ahead of their use: the index
@@ -49,6 +54,73 @@ struct Resolver {
     }
   }
 };
+
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+// Fixed-stride variant: the bag accumulator lives in S/8 vector registers.
+template <int S, PoolMode M, bool W>
+int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* __restrict ids,
+                       const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
+                       const float* __restrict w, float* __restrict out) {
+  constexpr int V = S / 8;
+  const int64_t p_first = b0 < b1 ? off[b0] : 0;
+  const int64_t p_last = (b1 < n_off) ? off[b1] : n;
+  Resolver r{index, v, keys, ids, p_last, S, p_first, p_first};
+  int64_t pre_missing = 0;
+  if (g_tune_twopass) {
+    for (int64_t p = p_first; p < p_last; ++p) {
+      if (p + 16 < p_last) index.prefetch(keys[p + 16]);
+      const uint32_t id = index.find(keys[p]);
+      ids[p] = id;
+      pre_missing += id == kNoRow;
+    }
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = off[b];
+    const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
+    v8f acc[V];
+    for (;;) {
+      const float init = (M == PoolMode::kMax) ? -INFINITY : 0.0f;
+      for (int k = 0; k < V; ++k) acc[k] = v8f{init, init, init, init, init, init, init, init};
+      bool consistent = true;
+      for (int64_t p = s; p < e; ++p) {
+        if (g_tune_twopass) {
+          if (p + g_tune_ahead < p_last) prefetch_row(v, ids[p + g_tune_ahead], S);
+        } else {
+          r.advance(p);
+        }
+        const uint32_t id = ids[p];
+        const bool real = id < kTombstone;
+        const v8f* row = reinterpret_cast<const v8f*>(real ? v.arena->row(id) : v.zero_row);
+        const uint32_t seq0 = real ? v.seq->read_begin(id) : 0;
+        if (M == PoolMode::kMax) {
+          for (int k = 0; k < V; ++k) acc[k] = row[k] > acc[k] ? row[k] : acc[k];
+        } else if (W) {
+          const float x = w[p];
+          for (int k = 0; k < V; ++k) acc[k] += x * row[k];
+        } else {
+          for (int k = 0; k < V; ++k) acc[k] += row[k];
+        }
+        if (real && !v.seq->read_valid(id, seq0)) {
+          consistent = false;
+          break;
+        }
+      }
+      if (consistent) break;
+    }
+    float* o = out + b * dim;
+    const float* a = reinterpret_cast<const float*>(acc);
+    if (e == s) {
+      for (int64_t j = 0; j < dim; ++j) o[j] = 0.0f;
+    } else if (M == PoolMode::kMean) {
+      const float inv = 1.0f / static_cast<float>(e - s);
+      for (int64_t j = 0; j < dim; ++j) o[j] = a[j] * inv;
+    } else {
+      for (int64_t j = 0; j < dim; ++j) o[j] = a[j];
+    }
+  }
+  return r.missing + pre_missing;
+}
 
 template <int S, PoolMode M, bool W>
 int64_t pool_range(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* __restrict ids,
@@ -105,7 +177,9 @@ template <int S>
 int64_t pool_range_mode(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids,
                         const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
                         int64_t stride, PoolMode mode, const float* w, float* out) {
-#define EL_POOL(M, W) pool_range<S, M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, w, out)
+#define EL_POOL(M, W)                                                                       \
+  ((S > 0 && S <= 64 && g_tune_reg) ? pool_range_reg<(S > 0 && S <= 64 ? S : 8), M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out) \
+                       : pool_range<S, M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, w, out))
   if (mode == PoolMode::kMax) return EL_POOL(PoolMode::kMax, false);
   if (mode == PoolMode::kMean) return EL_POOL(PoolMode::kMean, false);
   if (w) return EL_POOL(PoolMode::kSum, true);

@@ -37,8 +37,9 @@ class KeyIndex {
 
   // Branch-free within a bucket: the matching slot is random, so per-slot
   // branches would mispredict about once per lookup on the hot path.
-  __attribute__((always_inline)) uint32_t find(int64_t key) const {
-    size_t b = hash_key(key) & mask_;
+  __attribute__((always_inline)) uint32_t find(int64_t key) const { return find_from(home(key), key); }
+  __attribute__((always_inline)) size_t home(int64_t key) const { return hash_key(key) & mask_; }
+  __attribute__((always_inline)) uint32_t find_from(size_t b, int64_t key) const {
     for (;;) {
       const IndexBucket& bk = buckets_[b];
       unsigned hit = 0, empty = 0;
@@ -51,6 +52,7 @@ class KeyIndex {
       b = (b + 1) & mask_;
     }
   }
+  __attribute__((always_inline)) void prefetch_bucket(size_t b) const { __builtin_prefetch(&buckets_[b], 0, 3); }
   __attribute__((always_inline)) void prefetch(int64_t key) const { __builtin_prefetch(&buckets_[hash_key(key) & mask_], 0, 3); }
 
   // Key must be absent. Grows (rehashes) first when the load would pass the limit.

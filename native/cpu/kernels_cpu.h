@@ -25,6 +25,8 @@ namespace cpu {
 
 // Distance (in key positions) at which rows are prefetched ahead of use.
 constexpr int64_t kPrefetchAhead = 16;
+// Key positions per unit of parallel work.
+constexpr int64_t kChunkKeys = 4096;
 extern int64_t g_tune_ahead, g_tune_lines, g_tune_dense, g_tune_hint, g_tune_reg, g_tune_twopass;
 
 bool has_avx2();

@@ -42,12 +42,19 @@ struct Resolver {
   const int64_t* keys;
   uint32_t* ids;
   int64_t end, stride, next_probe, next_resolve, missing = 0;
+  // Home buckets hashed at prefetch time, reused by the probe A positions later.
+  static constexpr int64_t kRing = 128;
+  size_t home[kRing];
   __attribute__((always_inline)) void advance(int64_t p) {
     const int64_t probe_to = std::min(end, p + 2 * g_tune_ahead + 1);
-    if (!g_tune_dense) for (; next_probe < probe_to; ++next_probe) index.prefetch(keys[next_probe]);
+    for (; next_probe < probe_to; ++next_probe) {
+      const size_t b = index.home(keys[next_probe]);
+      home[next_probe & (kRing - 1)] = b;
+      index.prefetch_bucket(b);
+    }
     const int64_t resolve_to = std::min(end, p + g_tune_ahead + 1);
     for (; next_resolve < resolve_to; ++next_resolve) {
-      const uint32_t id = g_tune_dense ? static_cast<uint32_t>(keys[next_resolve]) : index.find(keys[next_resolve]);
+      const uint32_t id = index.find_from(home[next_resolve & (kRing - 1)], keys[next_resolve]);
       ids[next_resolve] = id;
       missing += id == kNoRow;
       prefetch_row(v, id, stride);
@@ -65,7 +72,7 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
   constexpr int V = S / 8;
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
-  Resolver r{index, v, keys, ids, p_last, S, p_first, p_first};
+  Resolver r{index, v, keys, ids, p_last, S, p_first, p_first, 0, {}};
   int64_t pre_missing = 0;
   if (g_tune_twopass) {
     for (int64_t p = p_first; p < p_last; ++p) {
@@ -131,7 +138,7 @@ int64_t pool_range(const RowView& v, const KeyIndex& index, const int64_t* keys,
   float* __restrict acc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(acc_buf.data()) + 63) & ~uintptr_t(63));
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;  // end of this thread's positions
-  Resolver r{index, v, keys, ids, p_last, stride, p_first, p_first};
+  Resolver r{index, v, keys, ids, p_last, stride, p_first, p_first, 0, {}};
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b];
     const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
@@ -195,15 +202,18 @@ int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, 
   const int64_t stride = v.arena->stride();
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 1024 + 1)));
   int64_t missing = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : missing)
-  {
-    // Split by key positions, not bag counts, so skewed bag sizes balance.
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    auto bag_at = [&](int64_t pos_target) {
-      return static_cast<int64_t>(std::lower_bound(off, off + n_bags, pos_target) - off);
-    };
-    const int64_t b0 = t == 0 ? 0 : bag_at(n * t / T);
-    const int64_t b1 = t == T - 1 ? n_bags : bag_at(n * (t + 1) / T);
+  // Chunks of ~kChunkKeys key positions, cut at bag boundaries, handed out
+  // dynamically: skewed bags balance, and a thread that the OS deschedules
+  // (a loaded machine) does not hold the others at the barrier.
+  const int64_t n_chunks = std::max<int64_t>(1, (n + kChunkKeys - 1) / kChunkKeys);
+  auto bag_at = [&](int64_t pos_target) {
+    return static_cast<int64_t>(std::lower_bound(off, off + n_bags, pos_target) - off);
+  };
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : missing)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t b0 = c == 0 ? 0 : bag_at(n * c / n_chunks);
+    const int64_t b1 = c == n_chunks - 1 ? n_bags : bag_at(n * (c + 1) / n_chunks);
+    if (b0 >= b1) continue;
 #define EL_CASE(S) \
   case S: missing += pool_range_mode<S>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, mode, w, out); break;
     switch (stride) {
@@ -220,11 +230,11 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
   const int64_t stride = v.arena->stride();
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 1024 + 1)));
   int64_t missing = 0;
-#pragma omp parallel num_threads(nt) reduction(+ : missing)
-  {
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t p0 = n * t / T, p1 = n * (t + 1) / T;
-    Resolver r{index, v, keys, ids, p1, stride, p0, p0};
+  const int64_t n_chunks = std::max<int64_t>(1, (n + kChunkKeys - 1) / kChunkKeys);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : missing)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t p0 = n * c / n_chunks, p1 = n * (c + 1) / n_chunks;
+    Resolver r{index, v, keys, ids, p1, stride, p0, p0, 0, {}};
     for (int64_t i = p0; i < p1; ++i) {
       r.advance(i);
       const uint32_t id = ids[i];

@@ -295,3 +295,24 @@ def test_missing_platform_and_missing_pyopencl(cpu_table, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # import fails as if not installed
     with pytest.raises(elcl.OpenCLUnavailableError, match="pyopencl is not installed"):
         elcl.OpenCLTable(cpu_table)
+
+
+# ------------------------------------------------------------------ profiling and the benchmark
+def test_profile_records_kernel_time(cpu_table):
+    d = elcl.OpenCLTable(cpu_table, platform=PLATFORM, variant="ndrange", profile=True)
+    assert d.last_kernel_seconds is None
+    d.pooled_lookup(KEYS[:8], np.array([0, 4], np.int64))
+    assert 0 < d.last_kernel_seconds < 10
+
+
+def test_bench_smoke():
+    """The benchmark checks its own results against the CPU engine before timing."""
+    from embedlookup.opencl import bench
+
+    r = bench.bench_pooled(platform=PLATFORM, rows=500, dim=8, batch=16, pooling=4, alpha=1.2, repeats=1)
+    assert r["rows_read_bytes"] == 16 * 4 * 8 * 4 and r["keys"] == "zipf(1.2)"
+    for name in ("cpu_engine", "ndrange_call", "ndrange_device", "single_work_item_call", "single_work_item_device"):
+        assert r[f"{name}_s"] > 0 and r[f"{name}_bytes_per_s"] == pytest.approx(r["rows_read_bytes"] / r[f"{name}_s"])
+    assert r["device_copy_bytes_per_s"] > 0
+    keys, values, offsets = bench.make_workload(1000, 8, 5, None, seed=1)
+    assert len(np.unique(keys)) == 1000 and np.isin(values, keys).all() and offsets.tolist() == list(range(0, 40, 5))

@@ -165,11 +165,15 @@ class OpenCLTable:
         most 1024). ``"auto"``: single_work_item on accelerator-type devices
         (FPGAs), ndrange elsewhere.
 
+    profile:
+        Time kernels with OpenCL profiling events: after each lookup,
+        ``last_kernel_seconds`` holds the device time of its kernels.
+
     Raises ``DeviceMemoryError`` when the rows and index do not fit the
     device's memory.
     """
 
-    def __init__(self, table, *, platform=None, device=None, variant: str = "auto"):
+    def __init__(self, table, *, platform=None, device=None, variant: str = "auto", profile: bool = False):
         from ..table import EmbeddingTable
 
         if not isinstance(table, EmbeddingTable):
@@ -194,7 +198,10 @@ class OpenCLTable:
         _check_fits(self.device, {"rows": max(rows.nbytes, 4), "index": 12 * capacity})
 
         self._ctx = cl.Context([self.device])
-        self._queue = cl.CommandQueue(self._ctx)
+        self._profile = bool(profile)
+        self.last_kernel_seconds = None
+        props = cl.command_queue_properties.PROFILING_ENABLE if self._profile else 0
+        self._queue = cl.CommandQueue(self._ctx, properties=props)
         max_dim = (self._dim + 7) // 8 * 8
         src = open(os.path.join(_HERE, f"{variant}.cl")).read()
         opts = ["-I", _HERE, f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}"]
@@ -257,9 +264,14 @@ class OpenCLTable:
             cl.enqueue_copy(self._queue, out, ob)
         return out
 
-    def _run(self, name: str, global_size, local_size, *args) -> None:
+    def _run(self, name: str, global_size, local_size, *args):
         with self._lock:
-            self._k[name](self._queue, global_size, local_size, *args)
+            return self._k[name](self._queue, global_size, local_size, *args)
+
+    def _finish(self, events) -> None:
+        """Records the kernels' device time (profile=True); call after a blocking read."""
+        if self._profile:
+            self.last_kernel_seconds = sum((e.profile.end - e.profile.start) * 1e-9 for e in events)
 
     def _ndrange_2d(self, n: int):
         local = min(self._dim, 64)
@@ -282,17 +294,18 @@ class OpenCLTable:
         if n == 0:
             return out, found
         kb, ob, fb = self._in(k), self._outbuf(out.nbytes), self._outbuf(n)
+        index = (self._slot_keys, self._slot_rows, self._mask)
         if self.variant == "single_work_item":
-            self._run("el_find_swi", (1,), None, kb, np.int64(n), self._slot_keys, self._slot_rows,
-                                  self._mask, self._rows, np.int32(self._dim), ob, fb)
+            evs = [self._run("el_find_swi", (1,), None, kb, np.int64(n), *index, self._rows,
+                             np.int32(self._dim), ob, fb)]
         else:
             ids = self._outbuf(4 * n)
-            self._run("el_resolve", (n,), None, kb, np.int64(n), self._slot_keys, self._slot_rows,
-                                 self._mask, ids)
             g, loc = self._ndrange_2d(n)
-            self._run("el_gather", g, loc, ids, self._rows, np.int32(self._dim), ob, fb)
+            evs = [self._run("el_resolve", (n,), None, kb, np.int64(n), *index, ids),
+                   self._run("el_gather", g, loc, ids, self._rows, np.int32(self._dim), ob, fb)]
         cl.enqueue_copy(self._queue, out, ob)
         cl.enqueue_copy(self._queue, found.view(np.uint8), fb)
+        self._finish(evs)
         return out, found
 
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
@@ -318,17 +331,17 @@ class OpenCLTable:
         wb = self._in(w if w is not None else np.zeros(1, np.float32))
         ob = self._outbuf(out.nbytes)
         has_w = np.int32(w is not None)
+        bags = (offb, np.int64(off.shape[0]), np.int64(n))
+        index = (self._slot_keys, self._slot_rows, self._mask)
         if self.variant == "single_work_item":
-            self._run("el_pooled_swi", (1,), None, vb, offb, np.int64(off.shape[0]), np.int64(n),
-                                    np.int64(n_bags), wb, has_w, np.int32(m), self._slot_keys, self._slot_rows,
-                                    self._mask, self._rows, np.int32(self._dim), ob)
+            evs = [self._run("el_pooled_swi", (1,), None, vb, *bags, np.int64(n_bags), wb, has_w, np.int32(m),
+                             *index, self._rows, np.int32(self._dim), ob)]
         else:
             ids = self._outbuf(4 * n)
-            if n:
-                self._run("el_resolve", (n,), None, vb, np.int64(n), self._slot_keys, self._slot_rows,
-                                     self._mask, ids)
             g, loc = self._ndrange_2d(n_bags)
-            self._run("el_pool", g, loc, ids, offb, np.int64(off.shape[0]), np.int64(n), wb, has_w,
-                              np.int32(m), self._rows, np.int32(self._dim), ob)
+            evs = [self._run("el_resolve", (n,), None, vb, np.int64(n), *index, ids)] if n else []
+            evs.append(self._run("el_pool", g, loc, ids, *bags, wb, has_w, np.int32(m), self._rows,
+                                 np.int32(self._dim), ob))
         cl.enqueue_copy(self._queue, out, ob)
+        self._finish(evs)
         return out

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """OpenCL pooled-lookup benchmark (thin wrapper; the code is embedlookup.opencl.bench).
 
-    PYTHONPATH=python python3 bench/bench_opencl.py --platform portable --rows 100000 --dim 64 --alpha 1.05
+PYTHONPATH=python python3 bench/bench_opencl.py --platform portable --rows 100000 --dim 64 --alpha 1.05
 """
 
 from embedlookup.opencl.bench import main

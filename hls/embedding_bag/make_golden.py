@@ -45,8 +45,13 @@ def make_cases(seed: int = 0) -> list[dict]:
     cases = []
     for table, use_hash in ((dense, False), (hashed, True)):
         table_keys, table_rows = table.export()
-        for mode, weighted, last in (("sum", False, False), ("mean", False, True), ("max", False, False),
-                                     ("sum", True, False), ("mean", False, False)):
+        for mode, weighted, last in (
+            ("sum", False, False),
+            ("mean", False, True),
+            ("max", False, False),
+            ("sum", True, False),
+            ("mean", False, False),
+        ):
             offsets, n = _bags(rng, 24, 9)
             if use_hash:  # duplicates from a few hot keys, plus absent keys
                 values = rng.choice(table_keys[:20], n)
@@ -57,17 +62,40 @@ def make_cases(seed: int = 0) -> list[dict]:
             if last:
                 offsets = np.append(offsets, n)
             weights = rng.standard_normal(n).astype(np.float32) if weighted else None
-            expected = table.pooled_lookup(values, offsets, mode, weights, include_last_offset=last, insert=False)
-            cases.append(dict(mode=mode, use_hash=use_hash, table_keys=table_keys, table_rows=table_rows,
-                              values=values.astype(np.int64), offsets=offsets, weights=weights,
-                              include_last_offset=last, expected=expected,
-                              tol=WEIGHTED_TOL if weighted else 0.0))
+            expected = table.pooled_lookup(
+                values, offsets, mode, weights, include_last_offset=last, insert=False
+            )
+            cases.append(
+                dict(
+                    mode=mode,
+                    use_hash=use_hash,
+                    table_keys=table_keys,
+                    table_rows=table_rows,
+                    values=values.astype(np.int64),
+                    offsets=offsets,
+                    weights=weights,
+                    include_last_offset=last,
+                    expected=expected,
+                    tol=WEIGHTED_TOL if weighted else 0.0,
+                )
+            )
     # Only empty bags, no keys at all.
     keys, rows = hashed.export()
     offsets = np.zeros(5, np.int64)
-    cases.append(dict(mode="max", use_hash=True, table_keys=keys, table_rows=rows, values=np.zeros(0, np.int64),
-                      offsets=offsets, weights=None, include_last_offset=False,
-                      expected=hashed.pooled_lookup(np.zeros(0, np.int64), offsets, "max", insert=False), tol=0.0))
+    cases.append(
+        dict(
+            mode="max",
+            use_hash=True,
+            table_keys=keys,
+            table_rows=rows,
+            values=np.zeros(0, np.int64),
+            offsets=offsets,
+            weights=None,
+            include_last_offset=False,
+            expected=hashed.pooled_lookup(np.zeros(0, np.int64), offsets, "max", insert=False),
+            tol=0.0,
+        )
+    )
     return cases
 
 
@@ -79,8 +107,16 @@ def write_golden(path, cases: list[dict]) -> None:
             rows = np.ascontiguousarray(c["table_rows"], np.float32)
             dim = rows.shape[1]
             w = c["weights"]
-            header = [MODES[c["mode"]], w is not None, bool(c["use_hash"]), dim, rows.shape[0], len(c["values"]),
-                      len(c["offsets"]), c["expected"].shape[0]]
+            header = [
+                MODES[c["mode"]],
+                w is not None,
+                bool(c["use_hash"]),
+                dim,
+                rows.shape[0],
+                len(c["values"]),
+                len(c["offsets"]),
+                c["expected"].shape[0],
+            ]
             f.write(np.asarray(header, "<i8").tobytes())
             f.write(np.float64(c["tol"]).tobytes())
             f.write(np.asarray(c["table_keys"], "<i8").tobytes())

@@ -11,16 +11,15 @@ import os
 import sys
 import types
 
+import embedlookup as el
 import numpy as np
 import pytest
 
-import embedlookup as el
-
 pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'embedlookup[opencl]')")
 
-import reference  # noqa: E402
-from embedlookup import opencl as elcl  # noqa: E402
-from embedlookup.opencl import table as cltable  # noqa: E402
+import reference
+from embedlookup import opencl as elcl
+from embedlookup.opencl import table as cltable
 
 _DEVICES = elcl.available_devices()
 if not _DEVICES:
@@ -78,11 +77,18 @@ def random_bags(rng, n_bags, max_len, missing_frac=0.2):
 
 
 def check(dev_table, cpu_table, values, offsets, mode, weights=None, include_last_offset=False, exact=True):
-    got = dev_table.pooled_lookup(values, offsets, mode=mode, per_sample_weights=weights,
-                                  include_last_offset=include_last_offset)
+    got = dev_table.pooled_lookup(
+        values, offsets, mode=mode, per_sample_weights=weights, include_last_offset=include_last_offset
+    )
     n_before = len(cpu_table)
-    want = cpu_table.pooled_lookup(values, offsets, mode=mode, per_sample_weights=weights,
-                                   include_last_offset=include_last_offset, insert=False)
+    want = cpu_table.pooled_lookup(
+        values,
+        offsets,
+        mode=mode,
+        per_sample_weights=weights,
+        include_last_offset=include_last_offset,
+        insert=False,
+    )
     assert len(cpu_table) == n_before
     rows, _ = oracle_rows(cpu_table, values)
     oracle = reference.pooled(rows, offsets, mode, weights, include_last_offset)
@@ -97,7 +103,9 @@ def check(dev_table, cpu_table, values, offsets, mode, weights=None, include_las
 
 # ------------------------------------------------------------------ hashing
 def test_device_hash_equals_engine_hash(dev_table):
-    keys = np.concatenate([KEYS, [0, 1, -1, 2**63 - 1, -(2**63), 0x9E3779B97F4A7C15 - 2**64]]).astype(np.int64)
+    keys = np.concatenate([KEYS, [0, 1, -1, 2**63 - 1, -(2**63), 0x9E3779B97F4A7C15 - 2**64]]).astype(
+        np.int64
+    )
     np.testing.assert_array_equal(dev_table.hash_keys(keys), reference.hash_key(keys))
 
 
@@ -133,8 +141,10 @@ def test_hand_computed_bags(dev_table, cpu_table):
     absent = np.int64(-12345)
     values = np.array([k0, k1, k0, absent, k1], np.int64)
     offsets = np.array([0, 3, 3], np.int64)  # bags: [k0 k1 k0], [], [absent k1]
-    np.testing.assert_array_equal(dev_table.pooled_lookup(values, offsets, "sum"),
-                                  np.stack([r0 + r1 + r0, np.zeros(DIM), np.zeros(DIM) + r1]).astype(np.float32))
+    np.testing.assert_array_equal(
+        dev_table.pooled_lookup(values, offsets, "sum"),
+        np.stack([r0 + r1 + r0, np.zeros(DIM), np.zeros(DIM) + r1]).astype(np.float32),
+    )
     np.testing.assert_allclose(dev_table.pooled_lookup(values, offsets, "mean")[2], r1 / 2, rtol=1e-6)
     np.testing.assert_array_equal(dev_table.pooled_lookup(values, offsets, "max")[2], np.maximum(r1, 0))
 
@@ -196,7 +206,9 @@ def test_colliding_keys_and_wraparound(variant):
     np.testing.assert_array_equal(found, [False] * 4 + [True] * 8)
     np.testing.assert_array_equal(rows, t.find(probe)[0])
     offs = np.array([0, 2, 7], np.int64)
-    np.testing.assert_array_equal(d.pooled_lookup(probe, offs, "sum"), t.pooled_lookup(probe, offs, insert=False))
+    np.testing.assert_array_equal(
+        d.pooled_lookup(probe, offs, "sum"), t.pooled_lookup(probe, offs, insert=False)
+    )
 
 
 @pytest.mark.parametrize("variant", elcl.VARIANTS)
@@ -230,10 +242,13 @@ def test_bad_arguments_raise_clear_errors(dev_table):
     with pytest.raises(ValueError, match="offsets must be non-decreasing"):
         dev_table.pooled_lookup(np.array([1, 2, 3], np.int64), np.array([0, 2, 1], np.int64))
     with pytest.raises(ValueError, match="only supported with mode='sum'"):
-        dev_table.pooled_lookup(np.array([1], np.int64), np.array([0], np.int64), "max",
-                                per_sample_weights=np.ones(1, np.float32))
+        dev_table.pooled_lookup(
+            np.array([1], np.int64), np.array([0], np.int64), "max", per_sample_weights=np.ones(1, np.float32)
+        )
     with pytest.raises(ValueError, match="per_sample_weights must have shape"):
-        dev_table.pooled_lookup(np.array([1], np.int64), np.array([0], np.int64), per_sample_weights=np.ones(2))
+        dev_table.pooled_lookup(
+            np.array([1], np.int64), np.array([0], np.int64), per_sample_weights=np.ones(2)
+        )
     with pytest.raises(ValueError, match="mode must be one of"):
         dev_table.pooled_lookup(np.array([1], np.int64), np.array([0], np.int64), "median")
     with pytest.raises(ValueError, match="keys must be 1-D"):
@@ -278,8 +293,9 @@ def test_table_larger_than_device_memory_is_refused(cpu_table, monkeypatch):
 
     def shrunk(platform, device):
         plat, dev = real(platform, device)
-        return plat, types.SimpleNamespace(name=dev.name, type=dev.type, max_mem_alloc_size=1024,
-                                           global_mem_size=4096)
+        return plat, types.SimpleNamespace(
+            name=dev.name, type=dev.type, max_mem_alloc_size=1024, global_mem_size=4096
+        )
 
     monkeypatch.setattr(cltable, "_select_device", shrunk)
     with pytest.raises(elcl.DeviceMemoryError, match="table does not fit the device"):
@@ -289,7 +305,7 @@ def test_table_larger_than_device_memory_is_refused(cpu_table, monkeypatch):
 def test_missing_platform_and_missing_pyopencl(cpu_table, monkeypatch):
     import pyopencl
 
-    monkeypatch.setattr(pyopencl, "get_platforms", lambda: [])
+    monkeypatch.setattr(pyopencl, "get_platforms", list)
     with pytest.raises(elcl.OpenCLUnavailableError, match="no OpenCL platform found"):
         elcl.OpenCLTable(cpu_table)
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # import fails as if not installed
@@ -311,8 +327,20 @@ def test_bench_smoke():
 
     r = bench.bench_pooled(platform=PLATFORM, rows=500, dim=8, batch=16, pooling=4, alpha=1.2, repeats=1)
     assert r["rows_read_bytes"] == 16 * 4 * 8 * 4 and r["keys"] == "zipf(1.2)"
-    for name in ("cpu_engine", "ndrange_call", "ndrange_device", "single_work_item_call", "single_work_item_device"):
-        assert r[f"{name}_s"] > 0 and r[f"{name}_bytes_per_s"] == pytest.approx(r["rows_read_bytes"] / r[f"{name}_s"])
+    for name in (
+        "cpu_engine",
+        "ndrange_call",
+        "ndrange_device",
+        "single_work_item_call",
+        "single_work_item_device",
+    ):
+        assert r[f"{name}_s"] > 0 and r[f"{name}_bytes_per_s"] == pytest.approx(
+            r["rows_read_bytes"] / r[f"{name}_s"]
+        )
     assert r["device_copy_bytes_per_s"] > 0
     keys, values, offsets = bench.make_workload(1000, 8, 5, None, seed=1)
-    assert len(np.unique(keys)) == 1000 and np.isin(values, keys).all() and offsets.tolist() == list(range(0, 40, 5))
+    assert (
+        len(np.unique(keys)) == 1000
+        and np.isin(values, keys).all()
+        and offsets.tolist() == list(range(0, 40, 5))
+    )

@@ -35,4 +35,4 @@ offline compiler, build ``single_work_item.cl`` with ``-I`` this folder and
 
 from .table import VARIANTS, DeviceMemoryError, OpenCLTable, OpenCLUnavailableError, available_devices
 
-__all__ = ["OpenCLTable", "OpenCLUnavailableError", "DeviceMemoryError", "available_devices", "VARIANTS"]
+__all__ = ["VARIANTS", "DeviceMemoryError", "OpenCLTable", "OpenCLUnavailableError", "available_devices"]

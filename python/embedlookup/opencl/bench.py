@@ -24,7 +24,7 @@ import numpy as np
 
 from .table import OpenCLTable, _cl
 
-__all__ = ["make_workload", "device_copy_bandwidth", "bench_pooled", "main"]
+__all__ = ["bench_pooled", "device_copy_bandwidth", "main", "make_workload"]
 
 
 def make_workload(rows: int, batch: int, pooling: int, alpha: float | None, seed: int = 0):
@@ -59,17 +59,28 @@ def device_copy_bandwidth(dev: OpenCLTable, nbytes: int = 64 << 20, repeats: int
     return 2 * nbytes / float(np.median(times))
 
 
-def bench_pooled(platform=None, device=None, rows: int = 100_000, dim: int = 64, batch: int = 1024,
-                 pooling: int = 32, alpha: float | None = None, mode: str = "sum", repeats: int = 5,
-                 variants=("ndrange", "single_work_item"), seed: int = 0) -> dict:
+def bench_pooled(
+    platform=None,
+    device=None,
+    rows: int = 100_000,
+    dim: int = 64,
+    batch: int = 1024,
+    pooling: int = 32,
+    alpha: float | None = None,
+    mode: str = "sum",
+    repeats: int = 5,
+    variants=("ndrange", "single_work_item"),
+    seed: int = 0,
+) -> dict:
     """Runs the workload; returns a dict of medians (seconds, bytes/s) per variant."""
     import embedlookup as el
 
     keys, values, offsets = make_workload(rows, batch, pooling, alpha, seed)
     table = el.EmbeddingTable(dim, initializer=el.init.uniform(-0.1, 0.1, seed=seed))
     table.lookup(keys)
-    devs = {v: OpenCLTable(table, platform=platform, device=device, variant=v, profile=True)
-            for v in variants}
+    devs = {
+        v: OpenCLTable(table, platform=platform, device=device, variant=v, profile=True) for v in variants
+    }
     first = next(iter(devs.values()))
     want = table.pooled_lookup(values, offsets, mode, insert=False)
     for v, d in devs.items():  # warm-up, and never time a wrong answer
@@ -91,9 +102,16 @@ def bench_pooled(platform=None, device=None, rows: int = 100_000, dim: int = 64,
     row_bytes = 4 * dim
     useful = len(values) * row_bytes
     result = {
-        "device": first.device.name, "platform": first.platform.name, "rows": rows, "dim": dim, "batch": batch,
-        "pooling": pooling, "keys": "uniform" if alpha is None else f"zipf({alpha})", "mode": mode,
-        "repeats": repeats, "rows_read_bytes": useful,
+        "device": first.device.name,
+        "platform": first.platform.name,
+        "rows": rows,
+        "dim": dim,
+        "batch": batch,
+        "pooling": pooling,
+        "keys": "uniform" if alpha is None else f"zipf({alpha})",
+        "mode": mode,
+        "repeats": repeats,
+        "rows_read_bytes": useful,
         "device_copy_bytes_per_s": device_copy_bandwidth(first),
     }
     for name, ts in samples.items():
@@ -120,8 +138,18 @@ def main(argv=None) -> int:
     def sel(x):
         return int(x) if x is not None and x.isdigit() else x
 
-    r = bench_pooled(sel(args.platform), sel(args.device), args.rows, args.dim, args.batch, args.pooling,
-                     args.alpha, args.mode, args.repeats, tuple(args.variants.split(",")))
+    r = bench_pooled(
+        sel(args.platform),
+        sel(args.device),
+        args.rows,
+        args.dim,
+        args.batch,
+        args.pooling,
+        args.alpha,
+        args.mode,
+        args.repeats,
+        tuple(args.variants.split(",")),
+    )
     print(json.dumps(r, indent=1))
     return 0
 

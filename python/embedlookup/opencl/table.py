@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks
 
-__all__ = ["OpenCLTable", "OpenCLUnavailableError", "DeviceMemoryError", "available_devices", "VARIANTS"]
+__all__ = ["VARIANTS", "DeviceMemoryError", "OpenCLTable", "OpenCLUnavailableError", "available_devices"]
 
 VARIANTS = ("ndrange", "single_work_item")
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +34,8 @@ def _cl():
         import pyopencl as cl
     except ImportError as e:
         raise OpenCLUnavailableError(
-            f"pyopencl is not installed ({e}); install the extra: pip install 'embedlookup[opencl]'") from None
+            f"pyopencl is not installed ({e}); install the extra: pip install 'embedlookup[opencl]'"
+        ) from None
     return cl
 
 
@@ -99,12 +100,15 @@ def _check_fits(device, buffers: dict) -> None:
     biggest = max(buffers, key=buffers.get)
     if buffers[biggest] > device.max_mem_alloc_size:
         raise DeviceMemoryError(
-            f"table does not fit the device {device.name!r}: its {biggest} need {buffers[biggest]} bytes in one "
-            f"buffer, the device allows at most {device.max_mem_alloc_size} (CL_DEVICE_MAX_MEM_ALLOC_SIZE)")
+            f"table does not fit the device {device.name!r}: its {biggest} need {buffers[biggest]} bytes "
+            f"in one buffer, the device allows at most {device.max_mem_alloc_size} "
+            f"(CL_DEVICE_MAX_MEM_ALLOC_SIZE)"
+        )
     if total > device.global_mem_size:
         raise DeviceMemoryError(
             f"table does not fit the device {device.name!r}: it needs {total} bytes, the device has "
-            f"{device.global_mem_size} bytes of global memory")
+            f"{device.global_mem_size} bytes of global memory"
+        )
 
 
 def build_index(keys: np.ndarray, hashes: np.ndarray, capacity: int):
@@ -186,7 +190,9 @@ class OpenCLTable:
             variant = "single_work_item" if self.device.type & cl.device_type.ACCELERATOR else "ndrange"
         self._dim = table.dim
         if variant == "single_work_item" and self._dim > _SWI_MAX_DIM:
-            raise ValueError(f"variant='single_work_item' takes dim <= {_SWI_MAX_DIM}, the table has dim {self._dim}")
+            raise ValueError(
+                f"variant='single_work_item' takes dim <= {_SWI_MAX_DIM}, the table has dim {self._dim}"
+            )
         self.variant = variant
         keys, rows = table.export()
         keys = np.ascontiguousarray(keys, np.int64)
@@ -203,11 +209,15 @@ class OpenCLTable:
         props = cl.command_queue_properties.PROFILING_ENABLE if self._profile else 0
         self._queue = cl.CommandQueue(self._ctx, properties=props)
         max_dim = (self._dim + 7) // 8 * 8
-        src = open(os.path.join(_HERE, f"{variant}.cl")).read()
+        with open(os.path.join(_HERE, f"{variant}.cl")) as f:
+            src = f.read()
         opts = ["-I", _HERE, f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}"]
         prg = cl.Program(self._ctx, src).build(options=opts)
-        names = ["el_hash_keys"] + (["el_pooled_swi", "el_find_swi"] if variant == "single_work_item"
-                                    else ["el_resolve", "el_pool", "el_gather"])
+        names = ["el_hash_keys"] + (
+            ["el_pooled_swi", "el_find_swi"]
+            if variant == "single_work_item"
+            else ["el_resolve", "el_pool", "el_gather"]
+        )
         self._k = {name: cl.Kernel(prg, name) for name in names}
         # A kernel object carries its arguments between set and enqueue:
         # concurrent calls from several threads take turns.
@@ -238,8 +248,10 @@ class OpenCLTable:
         return self._n_rows
 
     def __repr__(self) -> str:
-        return (f"OpenCLTable(dim={self._dim}, rows={self._n_rows}, variant={self.variant!r}, "
-                f"device={self.device.name!r})")
+        return (
+            f"OpenCLTable(dim={self._dim}, rows={self._n_rows}, variant={self.variant!r}, "
+            f"device={self.device.name!r})"
+        )
 
     # ----------------------------------------------------------------- helpers
     def _in(self, a: np.ndarray):
@@ -296,20 +308,40 @@ class OpenCLTable:
         kb, ob, fb = self._in(k), self._outbuf(out.nbytes), self._outbuf(n)
         index = (self._slot_keys, self._slot_rows, self._mask)
         if self.variant == "single_work_item":
-            evs = [self._run("el_find_swi", (1,), None, kb, np.int64(n), *index, self._rows,
-                             np.int32(self._dim), ob, fb)]
+            evs = [
+                self._run(
+                    "el_find_swi",
+                    (1,),
+                    None,
+                    kb,
+                    np.int64(n),
+                    *index,
+                    self._rows,
+                    np.int32(self._dim),
+                    ob,
+                    fb,
+                )
+            ]
         else:
             ids = self._outbuf(4 * n)
             g, loc = self._ndrange_2d(n)
-            evs = [self._run("el_resolve", (n,), None, kb, np.int64(n), *index, ids),
-                   self._run("el_gather", g, loc, ids, self._rows, np.int32(self._dim), ob, fb)]
+            evs = [
+                self._run("el_resolve", (n,), None, kb, np.int64(n), *index, ids),
+                self._run("el_gather", g, loc, ids, self._rows, np.int32(self._dim), ob, fb),
+            ]
         cl.enqueue_copy(self._queue, out, ob)
         cl.enqueue_copy(self._queue, found.view(np.uint8), fb)
         self._finish(evs)
         return out, found
 
-    def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
-                      include_last_offset: bool = False) -> np.ndarray:
+    def pooled_lookup(
+        self,
+        values,
+        offsets=None,
+        mode: str = "sum",
+        per_sample_weights=None,
+        include_last_offset: bool = False,
+    ) -> np.ndarray:
         """Pooled rows per bag, with ``torch.nn.EmbeddingBag``'s semantics and
         arguments, as :meth:`embedlookup.EmbeddingTable.pooled_lookup` with
         ``insert=False``: missing keys count as zero rows (also in "mean"'s
@@ -334,14 +366,32 @@ class OpenCLTable:
         bags = (offb, np.int64(off.shape[0]), np.int64(n))
         index = (self._slot_keys, self._slot_rows, self._mask)
         if self.variant == "single_work_item":
-            evs = [self._run("el_pooled_swi", (1,), None, vb, *bags, np.int64(n_bags), wb, has_w, np.int32(m),
-                             *index, self._rows, np.int32(self._dim), ob)]
+            evs = [
+                self._run(
+                    "el_pooled_swi",
+                    (1,),
+                    None,
+                    vb,
+                    *bags,
+                    np.int64(n_bags),
+                    wb,
+                    has_w,
+                    np.int32(m),
+                    *index,
+                    self._rows,
+                    np.int32(self._dim),
+                    ob,
+                )
+            ]
         else:
             ids = self._outbuf(4 * n)
             g, loc = self._ndrange_2d(n_bags)
             evs = [self._run("el_resolve", (n,), None, vb, np.int64(n), *index, ids)] if n else []
-            evs.append(self._run("el_pool", g, loc, ids, *bags, wb, has_w, np.int32(m), self._rows,
-                                 np.int32(self._dim), ob))
+            evs.append(
+                self._run(
+                    "el_pool", g, loc, ids, *bags, wb, has_w, np.int32(m), self._rows, np.int32(self._dim), ob
+                )
+            )
         cl.enqueue_copy(self._queue, out, ob)
         self._finish(evs)
         return out

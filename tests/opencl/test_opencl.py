@@ -212,6 +212,26 @@ def test_colliding_keys_and_wraparound(variant):
 
 
 @pytest.mark.parametrize("variant", elcl.VARIANTS)
+def test_probe_bound_grows_the_index(variant, monkeypatch):
+    """With a probe bound of 4 slots, the eight colliding keys cannot share one
+    cluster: the index doubles until every key is within the bound, and the
+    kernels (built with the same bound) still find every key."""
+    monkeypatch.setattr(cltable, "_MAX_PROBE", 4)
+    cand = np.arange(1, 200_000, dtype=np.int64)
+    same = cand[(reference.hash_key(cand) & np.uint64(15)) == np.uint64(15)]
+    keys, absent = same[:8], same[8:12]
+    assert cltable.build_index(keys, reference.hash_key(keys), 16) is None
+    t = el.EmbeddingTable(5, initializer=el.init.uniform(-1, 1, seed=3))
+    t.lookup(keys)
+    d = elcl.OpenCLTable(t, platform=PLATFORM, variant=variant)
+    assert d.index_capacity > 16 and d.longest_probe <= 4
+    probe = np.concatenate([keys, absent])
+    rows, found = d.find(probe)
+    np.testing.assert_array_equal(found, [True] * 8 + [False] * 4)
+    np.testing.assert_array_equal(rows, t.find(probe)[0])
+
+
+@pytest.mark.parametrize("variant", elcl.VARIANTS)
 def test_empty_table_and_wide_rows(variant):
     t = el.EmbeddingTable(70)
     d = elcl.OpenCLTable(t, platform=PLATFORM, variant=variant)
@@ -265,6 +285,16 @@ def test_array_on_another_device_is_rejected(dev_table):
 
     with pytest.raises(TypeError, match="values: cannot borrow this array from CPU memory"):
         dev_table.pooled_lookup(OnGpu(), np.array([0], np.int64))
+
+
+def test_device_arrays_are_rejected_with_a_clear_error(dev_table):
+    import pyopencl.array as cla
+
+    on_dev = cla.to_device(dev_table._queue, np.arange(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="values: expected a host array .* got a pyopencl Array"):
+        dev_table.pooled_lookup(on_dev, np.array([0], np.int64))
+    with pytest.raises(TypeError, match="keys: expected a host array"):
+        dev_table.find(on_dev)
 
 
 def test_bad_construction(cpu_table):

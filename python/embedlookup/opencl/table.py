@@ -56,6 +56,17 @@ def available_devices() -> list[tuple[str, str]]:
     return out
 
 
+def _host(x, name: str):
+    """Inputs are host arrays: the offsets are validated on the host before
+    any device work, and keys go up with them in one transfer."""
+    if type(x).__module__.startswith("pyopencl"):
+        raise TypeError(
+            f"{name}: expected a host array (NumPy or a CPU tensor), got a pyopencl "
+            f"{type(x).__name__}; copy it to the host first (.get())"
+        )
+    return x
+
+
 def _pick(items, want, what: str, describe):
     """`want`: None (the first), an int index, a case-insensitive substring of
     the name (or vendor), or the pyopencl object itself."""
@@ -293,13 +304,13 @@ class OpenCLTable:
     def hash_keys(self, keys) -> np.ndarray:
         """The keys' hashes as computed on the device (uint64); equal to the
         CPU engine's ``hash_key``. For checking a device's arithmetic."""
-        return self._hash(_checks.keys_1d(keys, "keys"))
+        return self._hash(_checks.keys_1d(_host(keys, "keys"), "keys"))
 
     def find(self, keys) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found): rows of ``keys`` as (n, dim) float32, zero rows where
         a key is missing, and ``found[i]`` whether ``keys[i]`` is in the table."""
         cl = _cl()
-        k = _checks.keys_1d(keys, "keys")
+        k = _checks.keys_1d(_host(keys, "keys"), "keys")
         n = k.shape[0]
         out = np.zeros((n, self._dim), np.float32)
         found = np.zeros(n, np.bool_)
@@ -349,12 +360,14 @@ class OpenCLTable:
         DLPack). Returns (n_bags, dim) float32 on the host."""
         cl = _cl()
         m = _checks.mode_id(mode)
+        values, offsets = _host(values, "values"), _host(offsets, "offsets")
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         w = None
         if per_sample_weights is not None:
             if mode != "sum":
                 raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
-            w = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+            w = _host(per_sample_weights, "per_sample_weights")
+            w = _checks.floats(w, "per_sample_weights", (v.shape[0],))
         out = np.zeros((n_bags, self._dim), np.float32)
         if n_bags == 0:
             return out

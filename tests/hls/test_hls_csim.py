@@ -126,40 +126,16 @@ def test_truncated_or_missing_golden_file_fails(testbench, cases, tmp_path):
     assert run_tb(testbench, tmp_path / "absent.bin").returncode != 0
 
 
-def test_pragmas_parse_under_synthesis_define(tmp_path):
+def test_pragmas_parse_under_synthesis_define():
     """With __SYNTHESIS__ defined the HLS pragmas are emitted; g++ must still
     parse the kernel (it ignores the unknown HLS pragmas)."""
-    r = subprocess.run(
-        [
-            GXX,
-            "-std=c++14",
-            "-fsyntax-only",
-            "-D__SYNTHESIS__",
-            "-Wall",
-            "-Wno-unknown-pragmas",
-            f"-I{ROOT / 'native' / 'include'}",
-            f"-I{HLS}",
-            str(HLS / "embedding_bag.cpp"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def gxx(*flags):
+        cmd = [GXX, "-std=c++14", "-D__SYNTHESIS__", f"-I{ROOT / 'native' / 'include'}", f"-I{HLS}", *flags,
+               str(HLS / "embedding_bag.cpp")]
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+
+    r = gxx("-fsyntax-only", "-Wall", "-Wno-unknown-pragmas")
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(
-        [
-            GXX,
-            "-std=c++14",
-            "-E",
-            "-D__SYNTHESIS__",
-            f"-I{ROOT / 'native' / 'include'}",
-            f"-I{HLS}",
-            str(HLS / "embedding_bag.cpp"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = gxx("-E")
     assert "#pragma HLS PIPELINE II = 1" in r.stdout and "#pragma HLS INTERFACE m_axi port = rows" in r.stdout

@@ -248,6 +248,7 @@ class OpenCLTable:
         self._rows = cl.Buffer(self._ctx, ro, hostbuf=rows if rows.size else np.zeros(1, np.float32))
         self._slot_keys = cl.Buffer(self._ctx, ro, hostbuf=slot_keys)
         self._slot_rows = cl.Buffer(self._ctx, ro, hostbuf=slot_rows)
+        self._index = (self._slot_keys, self._slot_rows, self._mask)  # the probe's kernel arguments
         self.index_capacity = capacity
 
     # ------------------------------------------------------------------ basics
@@ -300,6 +301,13 @@ class OpenCLTable:
         local = min(self._dim, 64)
         return ((self._dim + local - 1) // local * local, n), (local, 1)
 
+    def _resolve(self, keys_buf, n: int, events: list):
+        """NDRange: row ids of n keys (EL_NO_ROW where missing), probed on the device."""
+        ids = self._outbuf(4 * n)
+        if n:
+            events.append(self._run("el_resolve", (n,), None, keys_buf, np.int64(n), *self._index, ids))
+        return ids
+
     # ----------------------------------------------------------------- lookups
     def hash_keys(self, keys) -> np.ndarray:
         """The keys' hashes as computed on the device (uint64); equal to the
@@ -317,42 +325,21 @@ class OpenCLTable:
         if n == 0:
             return out, found
         kb, ob, fb = self._in(k), self._outbuf(out.nbytes), self._outbuf(n)
-        index = (self._slot_keys, self._slot_rows, self._mask)
+        dim, evs = np.int32(self._dim), []
         if self.variant == "single_work_item":
-            evs = [
-                self._run(
-                    "el_find_swi",
-                    (1,),
-                    None,
-                    kb,
-                    np.int64(n),
-                    *index,
-                    self._rows,
-                    np.int32(self._dim),
-                    ob,
-                    fb,
-                )
-            ]
+            evs.append(self._run("el_find_swi", (1,), None, kb, np.int64(n), *self._index, self._rows, dim,
+                                 ob, fb))
         else:
-            ids = self._outbuf(4 * n)
+            ids = self._resolve(kb, n, evs)
             g, loc = self._ndrange_2d(n)
-            evs = [
-                self._run("el_resolve", (n,), None, kb, np.int64(n), *index, ids),
-                self._run("el_gather", g, loc, ids, self._rows, np.int32(self._dim), ob, fb),
-            ]
+            evs.append(self._run("el_gather", g, loc, ids, self._rows, dim, ob, fb))
         cl.enqueue_copy(self._queue, out, ob)
         cl.enqueue_copy(self._queue, found.view(np.uint8), fb)
         self._finish(evs)
         return out, found
 
-    def pooled_lookup(
-        self,
-        values,
-        offsets=None,
-        mode: str = "sum",
-        per_sample_weights=None,
-        include_last_offset: bool = False,
-    ) -> np.ndarray:
+    def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
+                      include_last_offset: bool = False) -> np.ndarray:
         """Pooled rows per bag, with ``torch.nn.EmbeddingBag``'s semantics and
         arguments, as :meth:`embedlookup.EmbeddingTable.pooled_lookup` with
         ``insert=False``: missing keys count as zero rows (also in "mean"'s
@@ -372,39 +359,19 @@ class OpenCLTable:
         if n_bags == 0:
             return out
         n = v.shape[0]
-        vb, offb = self._in(v), self._in(off)
+        vb, ob = self._in(v), self._outbuf(out.nbytes)
         wb = self._in(w if w is not None else np.zeros(1, np.float32))
-        ob = self._outbuf(out.nbytes)
-        has_w = np.int32(w is not None)
-        bags = (offb, np.int64(off.shape[0]), np.int64(n))
-        index = (self._slot_keys, self._slot_rows, self._mask)
+        # Shared tail of both pooling kernels' arguments after the keys / ids.
+        bags = (self._in(off), np.int64(off.shape[0]), np.int64(n))
+        pool = (wb, np.int32(w is not None), np.int32(m))
+        dim, evs = np.int32(self._dim), []
         if self.variant == "single_work_item":
-            evs = [
-                self._run(
-                    "el_pooled_swi",
-                    (1,),
-                    None,
-                    vb,
-                    *bags,
-                    np.int64(n_bags),
-                    wb,
-                    has_w,
-                    np.int32(m),
-                    *index,
-                    self._rows,
-                    np.int32(self._dim),
-                    ob,
-                )
-            ]
+            evs.append(self._run("el_pooled_swi", (1,), None, vb, *bags, np.int64(n_bags), *pool,
+                                 *self._index, self._rows, dim, ob))
         else:
-            ids = self._outbuf(4 * n)
+            ids = self._resolve(vb, n, evs)
             g, loc = self._ndrange_2d(n_bags)
-            evs = [self._run("el_resolve", (n,), None, vb, np.int64(n), *index, ids)] if n else []
-            evs.append(
-                self._run(
-                    "el_pool", g, loc, ids, *bags, wb, has_w, np.int32(m), self._rows, np.int32(self._dim), ob
-                )
-            )
+            evs.append(self._run("el_pool", g, loc, ids, *bags, *pool, self._rows, dim, ob))
         cl.enqueue_copy(self._queue, out, ob)
         self._finish(evs)
         return out

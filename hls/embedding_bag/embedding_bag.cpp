@@ -3,7 +3,8 @@
 //
 // Schedule: for each bag, for each key: resolve the key to a row id (bounded
 // hash probe or direct index), burst-read the row into an on-chip buffer
-// (read_row, II=1, consecutive addresses -> one AXI burst), then fold it into
+// (read_row, II=1, consecutive addresses -> one AXI burst; zero_row for a
+// missing key, so no read depends on a condition), then fold it into
 // the accumulator (accumulate, II=1). Inside accumulate every iteration
 // touches a different column, so the float adder's latency never stalls the
 // pipeline; acc[d] is carried only from one key to the next, exactly the
@@ -102,12 +103,21 @@ bags:
         id = (key >= 0 && key < n_rows) ? static_cast<int32_t>(key) : kNoRow;
       }
       const float w = use_weights ? weights[p] : 1.0f;
-      const int64_t base = static_cast<int64_t>(id) * dim;
-    read_row:
-      for (int32_t d = 0; d < dim; ++d) {
-        EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
-        EL_PRAGMA(HLS PIPELINE II = 1)
-        row[d] = (id != kNoRow) ? rows[base + d] : 0.0f;  // missing key: a zero row
+      if (id != kNoRow) {
+        const float* src = rows + static_cast<int64_t>(id) * dim;
+      read_row:  // unconditional, consecutive reads: one AXI burst per row
+        for (int32_t d = 0; d < dim; ++d) {
+          EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
+          EL_PRAGMA(HLS PIPELINE II = 1)
+          row[d] = src[d];
+        }
+      } else {
+      zero_row:  // a missing key pools as a zero row (it still counts for mean and max)
+        for (int32_t d = 0; d < dim; ++d) {
+          EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
+          EL_PRAGMA(HLS PIPELINE II = 1)
+          row[d] = 0.0f;
+        }
       }
     accumulate:
       for (int32_t d = 0; d < dim; ++d) {

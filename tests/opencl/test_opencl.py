@@ -359,6 +359,7 @@ def test_bench_smoke():
     assert r["rows_read_bytes"] == 16 * 4 * 8 * 4 and r["keys"] == "zipf(1.2)"
     for name in (
         "cpu_engine",
+        "cpu_engine_1thread",
         "ndrange_call",
         "ndrange_device",
         "single_work_item_call",

@@ -6,7 +6,8 @@ Reports, for one workload, the median over repeats of:
 - ``call_s``: a whole ``pooled_lookup`` call (argument checks, uploads, kernels, read-back),
 - effective bytes/s = rows read x row bytes / time, next to the device's
   measured buffer-to-buffer copy bandwidth (bytes read + written / time) and
-  the CPU engine's ``pooled_lookup`` on the same keys (``insert=False``).
+  the CPU engine's ``pooled_lookup`` on the same keys (``insert=False``), with
+  all its threads and with one.
 
     python -m embedlookup.opencl.bench --platform portable --rows 100000 --dim 64
 
@@ -78,6 +79,10 @@ def bench_pooled(
     keys, values, offsets = make_workload(rows, batch, pooling, alpha, seed)
     table = el.EmbeddingTable(dim, initializer=el.init.uniform(-0.1, 0.1, seed=seed))
     table.lookup(keys)
+    # The same rows with one OpenMP thread: on a loaded machine a parallel
+    # region can wait milliseconds for its threads, which a one-thread run shows.
+    table_1t = el.EmbeddingTable(dim, num_threads=1)
+    table_1t.assign(*table.export())
     devs = {
         v: OpenCLTable(table, platform=platform, device=device, variant=v, profile=True) for v in variants
     }
@@ -86,13 +91,16 @@ def bench_pooled(
     for v, d in devs.items():  # warm-up, and never time a wrong answer
         np.testing.assert_allclose(d.pooled_lookup(values, offsets, mode), want, rtol=1e-5, atol=1e-6)
 
-    samples = {"cpu_engine": []}
+    samples = {"cpu_engine": [], "cpu_engine_1thread": []}
     samples.update({f"{v}_call": [] for v in devs})
     samples.update({f"{v}_device": [] for v in devs})
     for _ in range(repeats):
         t0 = time.perf_counter()
         table.pooled_lookup(values, offsets, mode, insert=False)
         samples["cpu_engine"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        table_1t.pooled_lookup(values, offsets, mode, insert=False)
+        samples["cpu_engine_1thread"].append(time.perf_counter() - t0)
         for v, d in devs.items():
             t0 = time.perf_counter()
             d.pooled_lookup(values, offsets, mode)

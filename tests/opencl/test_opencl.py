@@ -375,3 +375,21 @@ def test_bench_smoke():
         and np.isin(values, keys).all()
         and offsets.tolist() == list(range(0, 40, 5))
     )
+
+
+def test_concurrent_calls_from_threads(dev_table, cpu_table):
+    """Kernel objects hold their arguments between set and enqueue; calls from
+    several threads must not mix them up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    jobs = [random_bags(rng, 20 + i, 6) + (mode,) for i, mode in enumerate(["sum", "mean", "max"] * 4)]
+
+    def one(job):
+        values, offsets, mode = job
+        return dev_table.pooled_lookup(values, offsets, mode)
+
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(one, jobs))
+    for (values, offsets, mode), got in zip(jobs, results):
+        np.testing.assert_array_equal(got, cpu_table.pooled_lookup(values, offsets, mode, insert=False))

@@ -31,8 +31,8 @@ int32_t probe(int64_t key, const int64_t* slot_keys, const int32_t* slot_rows, u
   int32_t row = kNoRow;
 probe_slots:
   for (int step = 0; step < kMaxProbe; ++step) {
-    EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 4)
-    EL_PRAGMA(HLS PIPELINE II = 1)
+    EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=4)
+    EL_PRAGMA(HLS PIPELINE II=1)
     const int32_t r = slot_rows[s];
     if (r == kNoRow) break;
     if (slot_keys[s] == key) {
@@ -54,47 +54,47 @@ void embedding_bag(const int64_t* keys, const int64_t* offsets, const float* wei
                    int32_t use_hash, uint64_t mask) {
   // Separate bundles let the table's row bursts own a memory channel (an HBM
   // pseudo-channel / DDR bank) while keys, index and output use others.
-  EL_PRAGMA(HLS INTERFACE m_axi port = keys offset = slave bundle = gmem_keys depth = 4096)
-  EL_PRAGMA(HLS INTERFACE m_axi port = offsets offset = slave bundle = gmem_keys depth = 4096)
-  EL_PRAGMA(HLS INTERFACE m_axi port = weights offset = slave bundle = gmem_keys depth = 4096)
-  EL_PRAGMA(HLS INTERFACE m_axi port = rows offset = slave bundle = gmem_rows depth = 65536 max_read_burst_length = 64)
-  EL_PRAGMA(HLS INTERFACE m_axi port = slot_keys offset = slave bundle = gmem_index depth = 4096)
-  EL_PRAGMA(HLS INTERFACE m_axi port = slot_rows offset = slave bundle = gmem_index depth = 4096)
-  EL_PRAGMA(HLS INTERFACE m_axi port = out offset = slave bundle = gmem_out depth = 65536 max_write_burst_length = 64)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = n)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = n_offsets)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = n_bags)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = n_rows)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = dim)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = mode)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = use_weights)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = use_hash)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = mask)
-  EL_PRAGMA(HLS INTERFACE s_axilite port = return)
+  EL_PRAGMA(HLS INTERFACE m_axi port=keys offset=slave bundle=gmem_keys depth=4096)
+  EL_PRAGMA(HLS INTERFACE m_axi port=offsets offset=slave bundle=gmem_keys depth=4096)
+  EL_PRAGMA(HLS INTERFACE m_axi port=weights offset=slave bundle=gmem_keys depth=4096)
+  EL_PRAGMA(HLS INTERFACE m_axi port=rows offset=slave bundle=gmem_rows depth=65536 max_read_burst_length=64)
+  EL_PRAGMA(HLS INTERFACE m_axi port=slot_keys offset=slave bundle=gmem_index depth=4096)
+  EL_PRAGMA(HLS INTERFACE m_axi port=slot_rows offset=slave bundle=gmem_index depth=4096)
+  EL_PRAGMA(HLS INTERFACE m_axi port=out offset=slave bundle=gmem_out depth=65536 max_write_burst_length=64)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=n)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=n_offsets)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=n_bags)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=n_rows)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=dim)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=mode)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=use_weights)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=use_hash)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=mask)
+  EL_PRAGMA(HLS INTERFACE s_axilite port=return)
 
   if (dim < 1 || dim > kMaxDim) return;  // the buffers below hold kMaxDim floats
 
   float acc[kMaxDim];
   float row[kMaxDim];
   // Two ports each (one read, one write per iteration) suffice for II=1.
-  EL_PRAGMA(HLS BIND_STORAGE variable = acc type = ram_2p impl = bram)
-  EL_PRAGMA(HLS BIND_STORAGE variable = row type = ram_2p impl = bram)
+  EL_PRAGMA(HLS BIND_STORAGE variable=acc type=ram_2p impl=bram)
+  EL_PRAGMA(HLS BIND_STORAGE variable=row type=ram_2p impl=bram)
 
   const float init = (mode == kMax) ? -__builtin_huge_valf() : 0.0f;
 bags:
   for (int64_t b = 0; b < n_bags; ++b) {
-    EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 1024)
+    EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=1024)
     const int64_t s = offsets[b];
     const int64_t e = (b + 1 < n_offsets) ? offsets[b + 1] : n;
   init_acc:
     for (int32_t d = 0; d < dim; ++d) {
-      EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
-      EL_PRAGMA(HLS PIPELINE II = 1)
+      EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=256)
+      EL_PRAGMA(HLS PIPELINE II=1)
       acc[d] = init;
     }
   bag_keys:
     for (int64_t p = s; p < e; ++p) {
-      EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 0 max = 64)
+      EL_PRAGMA(HLS LOOP_TRIPCOUNT min=0 max=64)
       const int64_t key = keys[p];
       int32_t id;
       if (use_hash) {
@@ -107,23 +107,23 @@ bags:
         const float* src = rows + static_cast<int64_t>(id) * dim;
       read_row:  // unconditional, consecutive reads: one AXI burst per row
         for (int32_t d = 0; d < dim; ++d) {
-          EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
-          EL_PRAGMA(HLS PIPELINE II = 1)
+          EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=256)
+          EL_PRAGMA(HLS PIPELINE II=1)
           row[d] = src[d];
         }
       } else {
       zero_row:  // a missing key pools as a zero row (it still counts for mean and max)
         for (int32_t d = 0; d < dim; ++d) {
-          EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
-          EL_PRAGMA(HLS PIPELINE II = 1)
+          EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=256)
+          EL_PRAGMA(HLS PIPELINE II=1)
           row[d] = 0.0f;
         }
       }
     accumulate:
       for (int32_t d = 0; d < dim; ++d) {
-        EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
-        EL_PRAGMA(HLS PIPELINE II = 1)
-        EL_PRAGMA(HLS DEPENDENCE variable = acc inter false)
+        EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=256)
+        EL_PRAGMA(HLS PIPELINE II=1)
+        EL_PRAGMA(HLS DEPENDENCE variable=acc type=inter false)
         const float x = row[d];
         const float a = acc[d];
         float r;
@@ -141,8 +141,8 @@ bags:
     const float scale = (mode == kMean && count > 0) ? 1.0f / static_cast<float>(count) : 1.0f;
   write_out:
     for (int32_t d = 0; d < dim; ++d) {
-      EL_PRAGMA(HLS LOOP_TRIPCOUNT min = 1 max = 256)
-      EL_PRAGMA(HLS PIPELINE II = 1)
+      EL_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=256)
+      EL_PRAGMA(HLS PIPELINE II=1)
       float r = acc[d];
       if (count <= 0) {
         r = 0.0f;

@@ -138,4 +138,4 @@ def test_pragmas_parse_under_synthesis_define():
     r = gxx("-fsyntax-only", "-Wall", "-Wno-unknown-pragmas")
     assert r.returncode == 0, r.stderr
     r = gxx("-E")
-    assert "#pragma HLS PIPELINE II = 1" in r.stdout and "#pragma HLS INTERFACE m_axi port = rows" in r.stdout
+    assert "#pragma HLS PIPELINE II=1" in r.stdout and "#pragma HLS INTERFACE m_axi port=rows" in r.stdout

@@ -22,7 +22,7 @@ GXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(
     GXX is None, reason="no C++ compiler (g++) to build the C-simulation testbench"
 )
-CFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'native' / 'include'}", f"-I{HLS}"]
+CFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", f"-I{ROOT / 'native' / 'include'}", f"-I{HLS}"]
 
 
 def _load_make_golden():

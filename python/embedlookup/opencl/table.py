@@ -67,6 +67,20 @@ def _host(x, name: str):
     return x
 
 
+def _source(variant: str) -> str:
+    """The variant's program with el_common.cl pasted in for its #include, so
+    the build needs no -I path (which runtimes split at spaces)."""
+
+    def read(name):
+        with open(os.path.join(_HERE, name)) as f:
+            return f.read()
+
+    src = read(f"{variant}.cl")
+    include = '#include "el_common.cl"'
+    assert include in src, f"{variant}.cl must include el_common.cl"
+    return src.replace(include, read("el_common.cl"))
+
+
 def _pick(items, want, what: str, describe):
     """`want`: None (the first), an int index, a case-insensitive substring of
     the name (or vendor), or the pyopencl object itself."""
@@ -220,10 +234,8 @@ class OpenCLTable:
         props = cl.command_queue_properties.PROFILING_ENABLE if self._profile else 0
         self._queue = cl.CommandQueue(self._ctx, properties=props)
         max_dim = (self._dim + 7) // 8 * 8
-        with open(os.path.join(_HERE, f"{variant}.cl")) as f:
-            src = f.read()
-        opts = ["-I", _HERE, f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}"]
-        prg = cl.Program(self._ctx, src).build(options=opts)
+        opts = [f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}"]
+        prg = cl.Program(self._ctx, _source(variant)).build(options=opts)
         names = ["el_hash_keys"] + (
             ["el_pooled_swi", "el_find_swi"]
             if variant == "single_work_item"

@@ -89,6 +89,8 @@ int main(int argc, char** argv) {
     if (use_hash) {  // every table key must be found at its own row
       for (int64_t i = 0; i < n_table; ++i)
         if (el_hls::probe(table_keys[i], slot_keys.data(), slot_rows.data(), mask) != i) ++errors;
+      std::printf("case %lld: %lld keys in %llu index slots\n", static_cast<long long>(c),
+                  static_cast<long long>(n_table), static_cast<unsigned long long>(mask + 1));
     }
     std::vector<float> out(static_cast<size_t>(n_bags * dim), -12345.0f);  // poison: unwritten outputs fail
     const float dummy = 0.0f;  // stands in for empty arrays

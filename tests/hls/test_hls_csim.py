@@ -115,6 +115,30 @@ def test_corrupted_golden_data_fails(testbench, cases, tmp_path, what):
         assert r.returncode == 1 and "1 errors" in r.stdout
 
 
+def test_long_collision_cluster_grows_the_index(testbench, tmp_path):
+    """200 keys sharing one home slot at 512 slots form a cluster longer than
+    the kernel's probe bound (128): the host doubles the index (homes then
+    split over two slots) and the kernel still finds every key."""
+    import embedlookup as el
+
+    cand = np.arange(1, 400_000, dtype=np.int64)
+    same = cand[(reference.hash_key(cand) & np.uint64(511)) == 0]
+    keys, absent = same[:200], same[200:210]
+    table = el.EmbeddingTable(8, initializer=el.init.uniform(-1.0, 1.0, seed=5))
+    table.lookup(keys)
+    table_keys, table_rows = table.export()
+    values = np.concatenate([keys[::7], absent, keys[-3:]])
+    offsets = np.array([0, 10, 10, 25], np.int64)
+    case = {"mode": "sum", "use_hash": True, "table_keys": table_keys, "table_rows": table_rows, "values": values,
+            "offsets": offsets, "weights": None, "include_last_offset": False, "tol": 0.0,
+            "expected": table.pooled_lookup(values, offsets, "sum", insert=False)}
+    golden = tmp_path / "cluster.bin"
+    make_golden.write_golden(golden, [case])
+    r = run_tb(testbench, golden)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "case 0: 200 keys in 1024 index slots" in r.stdout
+
+
 def test_truncated_or_missing_golden_file_fails(testbench, cases, tmp_path):
     golden = tmp_path / "golden.bin"
     make_golden.write_golden(golden, cases)

@@ -393,3 +393,12 @@ def test_concurrent_calls_from_threads(dev_table, cpu_table):
         results = list(ex.map(one, jobs))
     for (values, offsets, mode), got in zip(jobs, results):
         np.testing.assert_array_equal(got, cpu_table.pooled_lookup(values, offsets, mode, insert=False))
+
+
+def test_auto_variant_follows_the_device_type(cpu_table):
+    import pyopencl as cl
+
+    d = elcl.OpenCLTable(cpu_table, platform=PLATFORM)
+    is_accel = bool(d.device.type & cl.device_type.ACCELERATOR)
+    assert d.variant == ("single_work_item" if is_accel else "ndrange")
+    np.testing.assert_array_equal(d.find(KEYS[:5])[0], cpu_table.find(KEYS[:5])[0])

@@ -129,8 +129,8 @@ def test_long_collision_cluster_grows_the_index(testbench, tmp_path):
     table_keys, table_rows = table.export()
     values = np.concatenate([keys[::7], absent, keys[-3:]])
     offsets = np.array([0, 10, 10, 25], np.int64)
-    case = {"mode": "sum", "use_hash": True, "table_keys": table_keys, "table_rows": table_rows, "values": values,
-            "offsets": offsets, "weights": None, "include_last_offset": False, "tol": 0.0,
+    case = {"mode": "sum", "use_hash": True, "table_keys": table_keys, "table_rows": table_rows,
+            "values": values, "offsets": offsets, "weights": None, "include_last_offset": False, "tol": 0.0,
             "expected": table.pooled_lookup(values, offsets, "sum", insert=False)}
     golden = tmp_path / "cluster.bin"
     make_golden.write_golden(golden, [case])

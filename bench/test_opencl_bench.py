@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 
+import embedlookup as el
 import numpy as np
 import pytest
-
-import embedlookup as el
 
 pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'embedlookup[opencl]')")
 from embedlookup.opencl import OpenCLTable, available_devices, bench  # noqa: E402

@@ -2,7 +2,7 @@
 GPU's measured device-to-device copy bandwidth and torch.nn.EmbeddingBag on
 the same GPU, same rows, same keys, in one run.
 
-    python -m embedlookup.cuda_bench [--rows 10000000] [--dim 64] [--pooling 32] [--batches 4096,16384,65536]
+    python -c "import torch; from embedlookup.cuda_bench import main; main()" [--rows 10000000] [--dim 64] [--pooling 32] [--batches 4096,16384,65536]
 
 Effective bytes = keys looked up x dim x 4 (the row bytes a pooled lookup must
 read); copy bandwidth counts bytes read + written (STREAM convention). Each

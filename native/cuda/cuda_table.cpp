@@ -405,17 +405,8 @@ void CudaTable::apply_gradients(const int64_t* keys, int64_t n, const float* gra
   }
   if (state_kind_ != OptimKind::kNone && state_kind_ != o.kind) {
     end(s);
-    auto name = [](OptimKind k) {
-      switch (k) {
-        case OptimKind::kSGD: return "SGD";
-        case OptimKind::kAdagrad: return "Adagrad";
-        case OptimKind::kRowWiseAdagrad: return "Adagrad(rowwise=True)";
-        case OptimKind::kAdam: return "Adam";
-        default: return "none";
-      }
-    };
-    throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") + name(state_kind_) +
-                                ", cannot apply " + name(o.kind));
+    throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") +
+                                optim_name(state_kind_) + ", cannot apply " + optim_name(o.kind));
   }
   if (state_kind_ == OptimKind::kNone) {
     const int64_t nf = state_floats(o.kind, dim_);

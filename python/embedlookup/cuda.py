@@ -27,7 +27,7 @@ both hold, :func:`unavailable_reason` why not.
 
 from __future__ import annotations
 
-from . import _core
+from . import _checks, _core
 from . import init as _init
 from .optim import Optimizer
 
@@ -283,12 +283,7 @@ class CudaTable:
                 raise ValueError("offsets are required when values is 1-D")
             v = self._keys(v, "values")
             off = self._keys(offsets, "offsets")
-            if include_last_offset:
-                if off.shape[0] < 1:
-                    raise ValueError("offsets must hold at least one entry with include_last_offset=True")
-                n_bags = off.shape[0] - 1
-            else:
-                n_bags = off.shape[0]
+            n_bags = _checks.bag_count(off.shape[0], include_last_offset)
             if off.shape[0] == 0 and v.shape[0]:
                 raise ValueError(f"offsets is empty but values holds {v.shape[0]} keys")
         n = v.shape[0]
@@ -308,15 +303,10 @@ class CudaTable:
 
     @staticmethod
     def _offsets_message(code: int, index: int, off, n: int) -> str:
-        # Same wording as the CPU path (embedlookup._checks.bags).
-        if code & 1:
-            return f"offsets[0] must be 0, got {int(off[0])}"
-        if code & 2:
-            return (f"offsets must be non-decreasing, but offsets[{index}]={int(off[index])} < "
-                    f"offsets[{index - 1}]={int(off[index - 1])}")
-        if code & 4:
-            return f"offsets[-1]={int(off[-1])} exceeds len(values)={n}"
-        return f"with include_last_offset=True, offsets[-1] must equal len(values)={n}, got {int(off[-1])}"
+        # Bits set by the native check (kOffsets* in kernels_cuda.h), reported
+        # in the CPU path's order and words.
+        problem = "first" if code & 1 else "decreasing" if code & 2 else "past_end" if code & 4 else "last"
+        return _checks.offsets_message(problem, off, n, index)
 
     # --------------------------------------------------------------- mutations
     def assign(self, keys, rows) -> None:
@@ -342,12 +332,7 @@ class CudaTable:
         all keys must exist (``KeyMissingError``), non-finite gradients raise
         ``ValueError``; on any error nothing is updated. Waits for the stream
         (the checks are read back)."""
-        opt = optimizer if optimizer is not None else self.optimizer
-        if opt is None:
-            raise ValueError("optimizer: none given and the table has no default optimizer")
-        if not isinstance(opt, Optimizer):
-            raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam), "
-                            f"got {type(opt).__name__}")
+        opt = _checks.optimizer(optimizer, self.optimizer)
         k = self._keys(keys, "keys")
         g = self._floats(grads, "grads", (k.shape[0], self._dim))
         _rethrow_oom(self._t.apply_gradients, k.data_ptr(), k.shape[0], g.data_ptr(), opt._spec(), self._stream())

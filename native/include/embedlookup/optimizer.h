@@ -21,6 +21,17 @@ struct OptimSpec {
   float initial_accumulator_value = 0.0f; // Adagrad / row-wise Adagrad
 };
 
+// The name users know the optimizer by (error messages).
+inline const char* optim_name(OptimKind k) {
+  switch (k) {
+    case OptimKind::kSGD: return "SGD";
+    case OptimKind::kAdagrad: return "Adagrad";
+    case OptimKind::kRowWiseAdagrad: return "Adagrad(rowwise=True)";
+    case OptimKind::kAdam: return "Adam";
+    default: return "none";
+  }
+}
+
 // Scalars that depend on the step count only: computed once per call, not per row.
 struct StepScalars {
   float lr = 0.0f;           // effective learning rate (Adagrad: decayed; Adam: lr / bias_correction1)

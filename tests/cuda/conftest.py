@@ -2,6 +2,8 @@
 CUDA backend is built, torch has CUDA and a GPU is visible. Tests marked
 ``cpu_only`` (the build report) run everywhere."""
 
+from pathlib import Path
+
 import pytest
 
 import embedlookup.cuda as elc
@@ -17,6 +19,7 @@ def pytest_collection_modifyitems(config, items):
     if _REASON is None:
         return
     skip = pytest.mark.skip(reason=f"CUDA tests need a GPU: {_REASON}")
+    here = Path(__file__).parent
     for item in items:
-        if "tests/cuda/" in item.nodeid.replace("\\", "/") and "cpu_only" not in item.keywords:
+        if Path(item.path).parent == here and "cpu_only" not in item.keywords:
             item.add_marker(skip)

@@ -23,18 +23,6 @@ uint32_t* scratch_ids(int64_t n) {
 }
 }  // namespace
 
-namespace {
-const char* optim_name(OptimKind k) {
-  switch (k) {
-    case OptimKind::kSGD: return "SGD";
-    case OptimKind::kAdagrad: return "Adagrad";
-    case OptimKind::kRowWiseAdagrad: return "Adagrad(rowwise=True)";
-    case OptimKind::kAdam: return "Adam";
-    default: return "none";
-  }
-}
-}  // namespace
-
 EmbeddingTable::EmbeddingTable(const TableOptions& o)
     : opt_(o), index_(0), rows_(padded_stride(o.dim)), zero_row_(padded_stride(o.dim), 0.0f) {
   if (o.dim <= 0) throw std::invalid_argument("dim must be > 0");

@@ -85,25 +85,54 @@ def bags(values, offsets, include_last_offset: bool):
     v = keys_1d(v, "values")
     off = keys_1d(offsets, "offsets")
     n = v.shape[0]
-    if include_last_offset:
-        if off.shape[0] < 1:
-            raise ValueError("offsets must hold at least one entry with include_last_offset=True")
-        n_bags = off.shape[0] - 1
-    else:
-        n_bags = off.shape[0]
+    n_bags = bag_count(off.shape[0], include_last_offset)
     if off.shape[0]:
         if off[0] != 0:
-            raise ValueError(f"offsets[0] must be 0, got {off[0]}")
+            raise ValueError(offsets_message("first", off, n))
         if off.shape[0] > 1 and np.any(off[1:] < off[:-1]):
-            i = int(np.argmax(off[1:] < off[:-1]))
-            raise ValueError(f"offsets must be non-decreasing, but offsets[{i + 1}]={off[i + 1]} < offsets[{i}]={off[i]}")
+            raise ValueError(offsets_message("decreasing", off, n, int(np.argmax(off[1:] < off[:-1])) + 1))
         if off[-1] > n:
-            raise ValueError(f"offsets[-1]={off[-1]} exceeds len(values)={n}")
+            raise ValueError(offsets_message("past_end", off, n))
         if include_last_offset and off[-1] != n:
-            raise ValueError(f"with include_last_offset=True, offsets[-1] must equal len(values)={n}, got {off[-1]}")
+            raise ValueError(offsets_message("last", off, n))
     elif n:
         raise ValueError(f"offsets is empty but values holds {n} keys")
     return v, off, n_bags
+
+
+def bag_count(n_offsets: int, include_last_offset: bool) -> int:
+    """Bags described by n_offsets offsets (EmbeddingBag's include_last_offset rule)."""
+    if include_last_offset:
+        if n_offsets < 1:
+            raise ValueError("offsets must hold at least one entry with include_last_offset=True")
+        return n_offsets - 1
+    return n_offsets
+
+
+def offsets_message(problem: str, off, n: int, i: int = 0) -> str:
+    """The error for bad offsets, worded once for every backend. problem:
+    "first" (offsets[0] != 0), "decreasing" (offsets[i] < offsets[i - 1]),
+    "past_end" (offsets[-1] > n) or "last" (include_last_offset and offsets[-1] != n)."""
+    if problem == "first":
+        return f"offsets[0] must be 0, got {int(off[0])}"
+    if problem == "decreasing":
+        return f"offsets must be non-decreasing, but offsets[{i}]={int(off[i])} < offsets[{i - 1}]={int(off[i - 1])}"
+    if problem == "past_end":
+        return f"offsets[-1]={int(off[-1])} exceeds len(values)={n}"
+    return f"with include_last_offset=True, offsets[-1] must equal len(values)={n}, got {int(off[-1])}"
+
+
+def optimizer(opt, default):
+    """The optimizer for an update: opt, else the table's default; checked."""
+    from .optim import Optimizer
+
+    o = opt if opt is not None else default
+    if o is None:
+        raise ValueError("optimizer: none given and the table has no default optimizer")
+    if not isinstance(o, Optimizer):
+        raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam), "
+                        f"got {type(o).__name__}")
+    return o
 
 
 def mode_id(mode) -> int:

@@ -135,12 +135,7 @@ class EmbeddingTable:
         in the table (``KeyMissingError`` otherwise). Non-finite gradients are
         rejected with ``ValueError``. On any error nothing is updated.
         """
-        opt = optimizer if optimizer is not None else self.optimizer
-        if opt is None:
-            raise ValueError("optimizer: none given and the table has no default optimizer")
-        if not isinstance(opt, Optimizer):
-            raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam), "
-                            f"got {type(opt).__name__}")
+        opt = _checks.optimizer(optimizer, self.optimizer)
         k = _checks.keys_1d(keys, "keys")
         g = _checks.floats(grads, "grads", (k.shape[0], self._dim))
         self._t.apply_gradients(k, g, opt._spec())

@@ -21,6 +21,17 @@ struct OptimSpec {
   float initial_accumulator_value = 0.0f; // Adagrad / row-wise Adagrad
 };
 
+// The name users know the optimizer by (error messages).
+inline const char* optim_name(OptimKind k) {
+  switch (k) {
+    case OptimKind::kSGD: return "SGD";
+    case OptimKind::kAdagrad: return "Adagrad";
+    case OptimKind::kRowWiseAdagrad: return "Adagrad(rowwise=True)";
+    case OptimKind::kAdam: return "Adam";
+    default: return "none";
+  }
+}
+
 // Scalars that depend on the step count only: computed once per call, not per row.
 struct StepScalars {
   float lr = 0.0f;           // effective learning rate (Adagrad: decayed; Adam: lr / bias_correction1)
@@ -55,37 +66,51 @@ EL_HD float initial_state_value(const OptimSpec& s) {
   return (s.kind == OptimKind::kAdagrad || s.kind == OptimKind::kRowWiseAdagrad) ? s.initial_accumulator_value : 0.0f;
 }
 
+// Per-element steps. apply_row below runs them over a whole row (CPU); the
+// CUDA kernel spreads the same calls over a warp's lanes, so both backends
+// share one definition of every formula.
+EL_HD float decayed_grad(const OptimSpec& s, float g, float w) { return g + s.weight_decay * w; }
+
+EL_HD void sgd_elem(const StepScalars& c, float& w, float g) { w -= c.lr * g; }
+
+EL_HD void adagrad_elem(const OptimSpec& s, const StepScalars& c, float& w, float& acc, float g) {
+  acc += g * g;
+  w -= c.lr * g / (sqrtf(acc) + s.eps);
+}
+
+// Row-wise Adagrad: `sq` is the sum of g^2 over the row; updates the row's one
+// accumulator and returns the step size shared by all its elements.
+EL_HD float rowwise_adagrad_scale(const OptimSpec& s, const StepScalars& c, float& acc, float sq, int64_t dim) {
+  acc += sq / static_cast<float>(dim);
+  return c.lr / (sqrtf(acc) + s.eps);
+}
+
+EL_HD void adam_elem(const OptimSpec& s, const StepScalars& c, float& w, float& m, float& v, float g) {
+  m += (1.0f - s.beta1) * (g - m);
+  v = s.beta2 * v + (1.0f - s.beta2) * g * g;
+  w -= c.lr * m / (sqrtf(v) * c.inv_bc2_sqrt + s.eps);
+}
+
 EL_HD void apply_row(const OptimSpec& s, const StepScalars& c, float* w, float* state, float* grad, int64_t dim) {
   if (s.weight_decay != 0.0f)
-    for (int64_t j = 0; j < dim; ++j) grad[j] += s.weight_decay * w[j];
+    for (int64_t j = 0; j < dim; ++j) grad[j] = decayed_grad(s, grad[j], w[j]);
   switch (s.kind) {
     case OptimKind::kSGD:
-      for (int64_t j = 0; j < dim; ++j) w[j] -= c.lr * grad[j];
+      for (int64_t j = 0; j < dim; ++j) sgd_elem(c, w[j], grad[j]);
       break;
     case OptimKind::kAdagrad:
-      for (int64_t j = 0; j < dim; ++j) {
-        state[j] += grad[j] * grad[j];
-        w[j] -= c.lr * grad[j] / (sqrtf(state[j]) + s.eps);
-      }
+      for (int64_t j = 0; j < dim; ++j) adagrad_elem(s, c, w[j], state[j], grad[j]);
       break;
     case OptimKind::kRowWiseAdagrad: {
       float sq = 0.0f;
       for (int64_t j = 0; j < dim; ++j) sq += grad[j] * grad[j];
-      state[0] += sq / static_cast<float>(dim);
-      const float scale = c.lr / (sqrtf(state[0]) + s.eps);
+      const float scale = rowwise_adagrad_scale(s, c, state[0], sq, dim);
       for (int64_t j = 0; j < dim; ++j) w[j] -= scale * grad[j];
       break;
     }
-    case OptimKind::kAdam: {
-      float* m = state;
-      float* v = state + dim;
-      for (int64_t j = 0; j < dim; ++j) {
-        m[j] += (1.0f - s.beta1) * (grad[j] - m[j]);
-        v[j] = s.beta2 * v[j] + (1.0f - s.beta2) * grad[j] * grad[j];
-        w[j] -= c.lr * m[j] / (sqrtf(v[j]) * c.inv_bc2_sqrt + s.eps);
-      }
+    case OptimKind::kAdam:
+      for (int64_t j = 0; j < dim; ++j) adam_elem(s, c, w[j], state[j], state[dim + j], grad[j]);
       break;
-    }
     default:
       break;
   }

@@ -292,9 +292,11 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
   uint32_t* ids = freq_scratch_ids(n);
   const uint32_t now = clock_.fetch_add(1) + 1;
   const RowView view{&rows_, &seq_, cold_row_.data()};
+  // TTL expiry runs on every ttl_interval-th step, even when nothing is missing.
+  const bool ttl_due = fo_.policy == EvictionPolicy::kTTL && now % static_cast<uint64_t>(fo_.ttl_interval) == 0;
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
-    if (kernel(view, ids) == 0) {
+    if (kernel(view, ids) == 0 && !ttl_due) {
       // Every key has a row: only the score side pass remains.
       std::lock_guard<std::mutex> g(meta_mu_);
       cs.hits = n;
@@ -318,7 +320,12 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
 CallStats FrequencyTable::lookup(const int64_t* keys, int64_t n, float* out, bool train, uint8_t* found,
                                  const float* weights) {
   auto kernel = [&](const RowView& v, uint32_t* ids) {
-    return cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+    const int64_t missing = cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+    // gather_rows writes zeros for missing keys; the learned cold row replaces them.
+    if (missing && fo_.default_row == DefaultRowKind::kCold)
+      for (int64_t i = 0; i < n; ++i)
+        if (ids[i] >= kTombstone) std::memcpy(out + i * opt_.dim, cold_row_.data(), sizeof(float) * opt_.dim);
+    return missing;
   };
   if (train) return train_call(keys, n, weights, kernel);
   CallStats cs;

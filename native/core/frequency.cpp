@@ -1,5 +1,7 @@
 #include "frequency.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -120,17 +122,28 @@ void FrequencyTable::add_totals(const CallStats& cs) {
 
 void FrequencyTable::touch(const uint32_t* ids, int64_t n, const float* w, uint32_t now, CallStats& cs) {
   const uint32_t hot = static_cast<uint32_t>(fo_.hot_fraction * static_cast<double>(index_.size()));
+  // Threads own disjoint rows (by 64-byte line of metadata), and each scans the
+  // ids in order, so a row's updates apply in occurrence order, race-free and
+  // deterministic, without atomics.
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(), n / 16384 + 1)));
   int64_t hot_hits = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t id = ids[i];
-    if (id >= kTombstone) continue;
-    RowMeta& m = meta_[id];
-    const double wi = w ? w[i] : 1.0;
-    // Lazy decay: the score is stored as of step `last`; it is decayed to now
-    // only when touched (and when compared for eviction).
-    m.score = static_cast<float>((m.last == now ? static_cast<double>(m.score) : score_at(m, now)) + wi);
-    m.last = now;
-    hot_hits += id < hot;
+#pragma omp parallel num_threads(nt) reduction(+ : hot_hits)
+  {
+    const uint32_t me = static_cast<uint32_t>(omp_get_thread_num()), T = static_cast<uint32_t>(omp_get_num_threads());
+    constexpr int64_t kAhead = 16;
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n && ids[i + kAhead] < kTombstone && ((ids[i + kAhead] >> 3) % T) == me)
+        __builtin_prefetch(&meta_[ids[i + kAhead]], 1, 3);
+      const uint32_t id = ids[i];
+      if (id >= kTombstone || ((id >> 3) % T) != me) continue;
+      RowMeta& m = meta_[id];
+      const double wi = w ? w[i] : 1.0;
+      // Lazy decay: the score is stored as of step `last`; it is decayed to
+      // now only when touched (and when compared for eviction).
+      m.score = static_cast<float>((m.last == now ? static_cast<double>(m.score) : score_at(m, now)) + wi);
+      m.last = now;
+      hot_hits += id < hot;
+    }
   }
   cs.hot_hits += hot_hits;
 }
@@ -463,33 +476,49 @@ int64_t FrequencyTable::erase(const int64_t* keys, int64_t n) {
 
 // --------------------------------------------------------------- relayout
 int64_t FrequencyTable::relayout_step(int64_t max_moves) {
-  std::unique_lock<std::shared_mutex> lk(mu_);
-  ensure_meta();
-  if (plan_.empty()) {
-    // Plan: every live row, hottest first (score now, then most recent, then key).
-    const uint32_t now = clock_.load();
+  bool have_plan;
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    have_plan = !plan_.empty();
+  }
+  std::vector<int64_t> fresh_plan;
+  if (!have_plan) {
+    // Plan: every live row, hottest first (score now, then most recent, then
+    // key). Only the snapshot holds locks (shared, plus the metadata mutex so
+    // side passes wait, lookups do not); the sort runs with none.
     struct P {
       double s;
       uint32_t last;
       int64_t key;
     };
     std::vector<P> ps;
-    ps.reserve(index_.size());
-    for (uint32_t id = 0; id < next_row_; ++id)
-      if (meta_[id].score >= 0.0f) ps.push_back(P{score_at(meta_[id], now), meta_[id].last, row_keys_[id]});
+    {
+      std::shared_lock<std::shared_mutex> lk(mu_);
+      std::lock_guard<std::mutex> g(meta_mu_);
+      const uint32_t now = clock_.load();
+      const uint32_t nr = std::min<uint32_t>(next_row_, static_cast<uint32_t>(meta_.size()));
+      ps.reserve(index_.size());
+      for (uint32_t id = 0; id < nr; ++id)
+        if (meta_[id].score >= 0.0f) ps.push_back(P{score_at(meta_[id], now), meta_[id].last, row_keys_[id]});
+    }
     std::sort(ps.begin(), ps.end(), [](const P& a, const P& b) {
       if (a.s != b.s) return a.s > b.s;
       if (a.last != b.last) return a.last > b.last;
       return a.key < b.key;
     });
-    plan_.resize(ps.size());
-    for (size_t i = 0; i < ps.size(); ++i) plan_[i] = ps[i].key;
-    cursor_ = 0;
-    target_ = 0;
-    if (plan_.empty()) {
-      ++relayouts_completed_;
+    fresh_plan.resize(ps.size());
+    for (size_t i = 0; i < ps.size(); ++i) fresh_plan[i] = ps[i].key;
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  ensure_meta();
+  if (plan_.empty()) {
+    if (fresh_plan.empty()) {
+      if (!have_plan) ++relayouts_completed_;  // an empty table is packed
       return 0;
     }
+    plan_.swap(fresh_plan);
+    cursor_ = 0;
+    target_ = 0;
   }
   // Free row ids can be move targets: find their place in the free list.
   std::unordered_map<uint32_t, size_t> free_pos;

@@ -178,7 +178,14 @@ class FrequencyTable(EmbeddingTable):
         """Bytes one row costs: the padded row, its optimizer state, its score
         metadata (8) and key (8), and its index share (~16 at the index's 0.8 load)."""
         stride = (int(dim) + 7) // 8 * 8
-        state = {0: 0, 1: 0, 2: dim, 3: 1, 4: 2 * dim}.get(optimizer.kind if optimizer else 0, 0) if optimizer else 0
+        from . import optim
+
+        if isinstance(optimizer, optim.Adagrad):
+            state = 1 if optimizer.rowwise else int(dim)
+        elif isinstance(optimizer, optim.Adam):
+            state = 2 * int(dim)
+        else:
+            state = 0
         return 4 * stride + 4 * state + 8 + 8 + 16
 
     # --------------------------------------------------------------- features

@@ -169,3 +169,22 @@ def test_drift_keeps_trained_rows_serving_at_least_90_percent():
         n = sum(x for p, _, x in shares if p == phase)
         assert h / n >= 0.9, f"phase {phase}: {h / n:.3f}"
     assert len(t) <= t.budget_rows
+
+
+def test_stats_report_bytes_per_part_and_budget_bytes():
+    opt = el.optim.Adagrad(lr=0.1)
+    per_row = el.FrequencyTable.bytes_per_row(16, opt)
+    assert per_row == 4 * 16 + 4 * 16 + 8 + 8 + 16
+    t = el.FrequencyTable(16, budget_bytes=per_row * 50, optimizer=opt, admit_count=2, sketch_width=1 << 12,
+                          sketch_depth=3, policy="lru")
+    assert t.budget_rows == 50
+    k = np.arange(200, dtype=np.int64)
+    t.lookup(np.concatenate([k[:40], k[:40]]))  # seen twice in one call: admitted
+    t.apply_gradients(k[:40], np.ones((40, 16), np.float32))
+    s = t.stats()
+    assert s["sketch_bytes"] == 4 * 3 * (1 << 12)
+    assert s["rows"] == 40 and s["admitted"] == 40
+    assert s["row_bytes"] >= 40 * 64 and s["optimizer_state_bytes"] >= 40 * 64
+    assert s["metadata_bytes"] >= 40 * 16 and s["index_bytes"] > 0
+    assert s["overhead_bytes_per_row"] == (s["index_bytes"] + s["metadata_bytes"]) / 40
+    assert s["hit_ratio"] == 0.0 and s["misses"] == 80

@@ -152,6 +152,8 @@ void bind_frequency(py::module_& m) {
              d["relayout_moves"] = s.relayout_moves;
              d["relayouts_completed"] = s.relayouts_completed;
              d["grads_dropped"] = s.grads_dropped;
+             d["relayout_pause_max_ms"] = s.relayout_pause_max_ns * 1e-6;
+             d["evict_pause_max_ms"] = s.evict_pause_max_ns * 1e-6;
              d["cold_updates"] = s.cold_updates;
              d["evicted_pending"] = s.evicted_pending;
              d["index_bytes"] = s.index_bytes;

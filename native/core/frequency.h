@@ -85,6 +85,9 @@ struct FrequencyStats {
   CallStats totals;
   int64_t clock = 0, rows = 0, hot_rows = 0, relayout_moves = 0, relayouts_completed = 0;
   int64_t grads_dropped = 0, cold_updates = 0, evicted_pending = 0;
+  // Longest exclusive-lock holds (what a concurrent lookup may wait): one
+  // relayout step, and one eviction selection + export.
+  int64_t relayout_pause_max_ns = 0, evict_pause_max_ns = 0;
   size_t index_bytes = 0, row_bytes = 0, state_bytes = 0, metadata_bytes = 0, sketch_bytes = 0,
          evicted_buffer_bytes = 0;
 };
@@ -161,6 +164,7 @@ class FrequencyTable : public EmbeddingTable {
   std::atomic<int64_t> hits_{0}, misses_{0}, admitted_{0}, rejected_{0}, evicted_{0}, hot_hits_{0};
   std::atomic<int64_t> grads_dropped_{0}, cold_updates_{0};
   int64_t relayout_moves_ = 0, relayouts_completed_ = 0;
+  int64_t relayout_pause_max_ns_ = 0, evict_pause_max_ns_ = 0;  // written under the exclusive lock
 
   // Relayout plan: keys in target order; positions [0, cursor_) are done,
   // target_ is the next row id to fill.

@@ -346,17 +346,9 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
   return cs;
 }
 
-CallStats FrequencyTable::lookup(const int64_t* keys, int64_t n, float* out, bool train, uint8_t* found,
-                                 const float* weights) {
-  auto kernel = [&](const RowView& v, uint32_t* ids) {
-    const int64_t missing = cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
-    // gather_rows writes zeros for missing keys; the learned cold row replaces them.
-    if (missing && fo_.default_row == DefaultRowKind::kCold)
-      for (int64_t i = 0; i < n; ++i)
-        if (ids[i] >= kTombstone) std::memcpy(out + i * opt_.dim, cold_row_.data(), sizeof(float) * opt_.dim);
-    return missing;
-  };
-  if (train) return train_call(keys, n, weights, kernel);
+template <class Kernel>
+CallStats FrequencyTable::serve_call(int64_t n, Kernel&& kernel) {
+  // Read-only: no clock, no scores, no admission; only the counters.
   CallStats cs;
   uint32_t* ids = freq_scratch_ids(n);
   const RowView view{&rows_, &seq_, cold_row_.data()};
@@ -369,6 +361,19 @@ CallStats FrequencyTable::lookup(const int64_t* keys, int64_t n, float* out, boo
   return cs;
 }
 
+CallStats FrequencyTable::lookup(const int64_t* keys, int64_t n, float* out, bool train, uint8_t* found,
+                                 const float* weights) {
+  auto kernel = [&](const RowView& v, uint32_t* ids) {
+    const int64_t missing = cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+    // gather_rows writes zeros for missing keys; the learned cold row replaces them.
+    if (missing && fo_.default_row == DefaultRowKind::kCold)
+      for (int64_t i = 0; i < n; ++i)
+        if (ids[i] >= kTombstone) std::memcpy(out + i * opt_.dim, cold_row_.data(), sizeof(float) * opt_.dim);
+    return missing;
+  };
+  return train ? train_call(keys, n, weights, kernel) : serve_call(n, kernel);
+}
+
 CallStats FrequencyTable::pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
                                         int64_t n_bags, PoolMode mode, const float* pool_weights, float* out,
                                         bool train, const float* score_weights) {
@@ -376,17 +381,7 @@ CallStats FrequencyTable::pooled_lookup(const int64_t* values, int64_t n, const 
     return cpu::pool_bags(v, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, pool_weights, out,
                           threads());
   };
-  if (train) return train_call(values, n, score_weights, kernel);
-  CallStats cs;
-  uint32_t* ids = freq_scratch_ids(n);
-  const RowView view{&rows_, &seq_, cold_row_.data()};
-  std::shared_lock<std::shared_mutex> lk(mu_);
-  cs.misses = kernel(view, ids);
-  cs.hits = n - cs.misses;
-  const uint32_t hot = static_cast<uint32_t>(fo_.hot_fraction * static_cast<double>(index_.size()));
-  for (int64_t i = 0; i < n; ++i) cs.hot_hits += ids[i] < hot;
-  add_totals(cs);
-  return cs;
+  return train ? train_call(values, n, score_weights, kernel) : serve_call(n, kernel);
 }
 
 void FrequencyTable::apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) {

@@ -154,6 +154,8 @@ class FrequencyTable : public EmbeddingTable {
   void add_totals(const CallStats& cs);
   template <class Kernel>
   CallStats train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel);
+  template <class Kernel>
+  CallStats serve_call(int64_t n, Kernel&& kernel);
 
   FrequencyOptions fo_;
   CountMinSketch sketch_;

@@ -104,19 +104,10 @@ class FrequencyTable(EmbeddingTable):
                  admit_seed: int = 0, sketch_width: int = 1 << 20, sketch_depth: int = 4,
                  default_row: str = "zeros", hot_fraction: float = 0.1,
                  on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if initializer is None:
-            initializer = _init.uniform()
-        if not isinstance(initializer, _init.Initializer):
-            raise TypeError(f"initializer must come from embedlookup.init, got {type(initializer).__name__}")
-        if optimizer is not None and not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(optimizer).__name__}")
-        if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads <= 0):
-            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        # The base class checks dim, initializer, optimizer and num_threads (its
+        # small native table is replaced below).
+        super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads)
         half_life = _float("half_life", half_life, low=0.0, high=math.inf, high_open=True)
-        self._dim = int(dim)
-        self.initializer, self.optimizer, self.capacity = initializer, optimizer, None
         if budget_rows is not None and budget_bytes is not None:
             raise ValueError("give budget_rows or budget_bytes, not both")
         if budget_bytes is not None:
@@ -169,7 +160,7 @@ class FrequencyTable(EmbeddingTable):
             for name in features:
                 self._register(name)
         self._t = _core.FrequencyTable(
-            self._dim, initializer._spec(), int(num_threads or 0), half_life, budget_rows or 0, POLICIES[policy],
+            self._dim, self.initializer._spec(), int(num_threads or 0), half_life, budget_rows or 0, POLICIES[policy],
             evict_fraction, ttl or 0, ttl_interval or 0, admit_count, admit_probability, admit_seed, sketch_width,
             sketch_depth, DEFAULT_ROWS[default_row], hot_fraction)
 

@@ -34,9 +34,8 @@ def test_reads_and_updates_stay_correct_during_eviction_and_relayout():
                 stop.set()
         return run
 
-    def churn():  # training lookups: pinned keys stay hot, new keys force evictions
-        nxt = 10_000
-        for _ in range(400):
+    def churn(nxt):  # training lookups: pinned keys stay hot, new keys force evictions
+        for _ in range(250):
             if stop.is_set():
                 return
             fresh = np.arange(nxt, nxt + 50, dtype=np.int64)
@@ -65,10 +64,11 @@ def test_reads_and_updates_stay_correct_during_eviction_and_relayout():
             assert np.all(d[:, 0] <= 0) and np.all(d[:, 0] == np.round(d[:, 0]))
 
     workers = [threading.Thread(target=guard(f)) for f in (relayout, trainer, reader, reader)]
-    churner = threading.Thread(target=guard(churn))
-    for w in workers + [churner]:
+    churners = [threading.Thread(target=guard(lambda s=s: churn(s))) for s in (10_000, 10_000_000)]
+    for w in workers + churners:
         w.start()
-    churner.join()
+    for c in churners:
+        c.join()
     stop.set()
     for w in workers:
         w.join()

@@ -16,6 +16,7 @@ CASES = [
     dict(policy="ttl", budget=0, ttl=4),
     dict(policy="ttl", budget=9, ttl=6, ttl_interval=2, admit_count=2),
     dict(policy="lfu", budget=16, admit_count=2, admit_probability=0.7, admit_seed=3, weighted=True),
+    dict(policy="lfu", budget=14, evict_fraction=0.2, weighted=True, pooled=True),
 ]
 
 
@@ -48,8 +49,14 @@ def test_policy_matches_model(case, seed):
         w = rng.integers(0, 4, size=batch.size).astype(np.float32) if case.get("weighted") else None
         hits, admitted, rejected, evicted = m.step(batch, w)
         before = t.stats()  # find() below counts serving lookups too
-        rows = t.lookup(batch, weights=w)
-        s = t.stats()
+        if case.get("pooled"):  # the pooled path scores, admits and evicts the same way
+            pooled = t.pooled_lookup(batch, np.array([0], np.int64), score_weights=w)
+            s = t.stats()
+            rows = t.find(batch)[0]  # rows of rejected keys read as zeros here too
+            np.testing.assert_allclose(pooled[0], rows.sum(0), rtol=1e-5, atol=1e-6)
+        else:
+            rows = t.lookup(batch, weights=w)
+            s = t.stats()
         d = {k: s[k] - before[k] for k in ("hits", "misses", "admitted", "rejected", "evicted")}
         assert d == dict(hits=hits, misses=batch.size - hits, admitted=len(admitted), rejected=len(rejected),
                          evicted=len(evicted)), f"step {step}"

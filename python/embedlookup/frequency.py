@@ -253,10 +253,13 @@ class FrequencyTable(EmbeddingTable):
         return self._t.take_evicted()
 
     # ---------------------------------------------------------------- lookups
-    def lookup(self, keys, *, train: bool = True, weights=None, feature=None, out=None) -> np.ndarray:
+    def lookup(self, keys, *, train: bool = True, weights=None, feature=None, out=None,
+               insert: bool | None = None) -> np.ndarray:
         """Rows of ``keys`` (n, dim). ``train=True`` advances the clock, scores
         the keys (each occurrence adds ``weights[i]``, default 1), admits and
-        evicts. Keys without a row read the default row."""
+        evicts. Keys without a row read the default row. ``insert`` is
+        accepted as EmbeddingTable's name for ``train``."""
+        train = train if insert is None else insert
         k = self.namespaced_keys(keys, feature)
         w = None if weights is None else self._score_weights(weights, k.shape[0])
         o = _checks.out_array(out, "out", (k.shape[0], self._dim))
@@ -273,10 +276,12 @@ class FrequencyTable(EmbeddingTable):
 
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
                       include_last_offset: bool = False, *, train: bool = True, score_weights=None,
-                      feature=None, out=None) -> np.ndarray:
+                      feature=None, out=None, insert: bool | None = None) -> np.ndarray:
         """``torch.nn.EmbeddingBag`` pooling (see EmbeddingTable.pooled_lookup),
         with the training side effects of :meth:`lookup`. ``score_weights``
-        (one per value, >= 0) weight the scores, e.g. positives more (Kraken)."""
+        (one per value, >= 0) weight the scores, e.g. positives more (Kraken).
+        ``insert`` is accepted as EmbeddingTable's name for ``train``."""
+        train = train if insert is None else insert
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         v = self.namespaced_keys(v, feature)

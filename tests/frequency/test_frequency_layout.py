@@ -188,3 +188,11 @@ def test_stats_report_bytes_per_part_and_budget_bytes():
     assert s["metadata_bytes"] >= 40 * 16 and s["index_bytes"] > 0
     assert s["overhead_bytes_per_row"] == (s["index_bytes"] + s["metadata_bytes"]) / 40
     assert s["hit_ratio"] == 0.0 and s["misses"] == 80
+
+
+def test_insert_is_an_alias_of_train():
+    t = el.FrequencyTable(4)
+    t.pooled_lookup(np.array([1, 2], np.int64), np.array([0], np.int64), insert=False)
+    assert len(t) == 0 and t.stats()["clock"] == 0
+    t.lookup(np.array([1, 2], np.int64), insert=True)
+    assert len(t) == 2 and t.stats()["clock"] == 1

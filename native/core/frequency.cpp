@@ -147,8 +147,8 @@ void FrequencyTable::touch(const uint32_t* ids, int64_t n, const float* w, uint3
       const double wi = w ? w[i] : 1.0;
       // Lazy decay: the score is stored as of step `last`; it is decayed to
       // now only when touched (and when compared for eviction).
-      m.score = static_cast<float>((m.last == now ? static_cast<double>(m.score) : score_at(m, now)) + wi);
-      m.last = now;
+      m.score = static_cast<float>(score_at(m, now) + wi);
+      m.last = std::max(m.last, now);
       hot_hits += id < hot;
     }
   }
@@ -272,7 +272,7 @@ void FrequencyTable::evict_to_budget(uint32_t now, CallStats& cs) {
   if (fo_.policy == EvictionPolicy::kTTL && now % static_cast<uint64_t>(fo_.ttl_interval) == 0) {
     for (uint32_t id = 0; id < nr; ++id) {
       const RowMeta& m = meta_[id];
-      if (m.score >= 0.0f && m.last != now && static_cast<int64_t>(now - m.last) > fo_.ttl) victims.push_back(id);
+      if (m.score >= 0.0f && m.last < now && static_cast<int64_t>(now - m.last) > fo_.ttl) victims.push_back(id);
     }
     // Oldest first, as LRU would order them.
     std::sort(victims.begin(), victims.end(), [&](uint32_t a, uint32_t b) {
@@ -297,7 +297,7 @@ void FrequencyTable::evict_to_budget(uint32_t now, CallStats& cs) {
   const bool lfu = fo_.policy == EvictionPolicy::kLFU;
   for (uint32_t id = 0; id < nr; ++id) {
     const RowMeta& m = meta_[id];
-    if (m.score < 0.0f || m.last == now) continue;
+    if (m.score < 0.0f || m.last >= now) continue;  // touched by this call (or a later concurrent one)
     cand.push_back(Cand{lfu ? score_at(m, now) : 0.0, m.last, id});
   }
   // Priority: LFU (score, last, key); LRU and TTL (last, key). Lowest goes first.
@@ -339,7 +339,7 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
   ensure_meta();
   admit_missing(keys, n, ids, w, now, cs);
   touch(ids, n, w, now, cs);
-  evict_to_budget(now, cs);  // spares every row this call touched (last == now)
+  evict_to_budget(now, cs);  // spares rows this call (or a later concurrent one) touched: last >= now
   // Rows admitted by this call read their initial values, not the default row.
   if (cs.admitted) kernel(view, ids);
   add_totals(cs);

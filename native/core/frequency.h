@@ -150,7 +150,9 @@ class FrequencyTable : public EmbeddingTable {
   void touch(const uint32_t* ids, int64_t n, const float* w, uint32_t now, CallStats& cs);
   void ensure_meta();
   double decay(uint32_t dt) const;
-  double score_at(const RowMeta& m, uint32_t now) const { return m.score * decay(now - m.last); }
+  // A concurrent call with a later step may have touched the row already
+  // (last > now): no decay then.
+  double score_at(const RowMeta& m, uint32_t now) const { return m.last >= now ? m.score : m.score * decay(now - m.last); }
   void add_totals(const CallStats& cs);
   template <class Kernel>
   CallStats train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel);

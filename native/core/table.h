@@ -82,6 +82,11 @@ class EmbeddingTable {
   void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
   MemoryStats memory() const;
 
+  // --- frequency (issue 3): FrequencyTable (frequency.h) derives from this
+  // table and drives its index, arena and free list directly for admission,
+  // eviction and relayout. ---
+  friend class FrequencyTable;
+
  private:
   int threads() const;
   void resolve(const int64_t* keys, int64_t n, uint32_t* ids) const;

@@ -13,6 +13,7 @@ torch is optional: ``embedlookup.torch`` is imported only when asked for.
 from . import init, optim
 from ._core import KeyMissingError, TableFullError
 from .table import EmbeddingTable
+from .frequency import FrequencyTable  # frequency (issue 3)
 
-__all__ = ["EmbeddingTable", "KeyMissingError", "TableFullError", "init", "optim", "__version__"]
+__all__ = ["EmbeddingTable", "FrequencyTable", "KeyMissingError", "TableFullError", "init", "optim", "__version__"]
 __version__ = "0.1.0"

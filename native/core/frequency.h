@@ -1,0 +1,186 @@
+// The frequency-aware table: an EmbeddingTable that spends rows only on keys
+// that earn them and keeps the hottest rows physically together.
+//
+// What it adds (docs/frequency.md has the full contract):
+//  * a per-row score: a decayed access count (half-life in clock steps) and the
+//    last access step, 8 bytes per row, updated by a side pass over the
+//    resolved row ids after the lookup kernel (never inside it);
+//  * admission: a missing key gets a row once a count-min sketch has seen it
+//    `admit_count` times (and, optionally, a per-(key, step) coin of
+//    probability `admit_probability` says yes); until then it reads the
+//    default row (zeros, or one shared learned "cold" row);
+//  * eviction under a row budget: LFU (lowest decayed score), LRU (oldest last
+//    access) or TTL (unseen for more than `ttl` steps, then LRU if still over
+//    budget). Eviction runs in batches: when the table passes its budget it
+//    drops to budget * (1 - evict_fraction), so one O(rows) selection pays for
+//    budget * evict_fraction admissions. Evicted rows (key, row, optimizer
+//    state, score, last step) go to a sink callback or an export buffer;
+//  * relayout: packs rows in score order (hottest at row id 0) in chunks of a
+//    bounded number of row moves, each chunk under the table lock held
+//    exclusively (so no reader sees a moving row, no update is lost);
+//  * stats: hits, misses, admitted, rejected, evicted, hot-region hits, bytes.
+//
+// Clock: one step per training lookup call (train=true). Serving lookups
+// (train=false) neither advance the clock nor change any metadata.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+#include "table.h"
+
+namespace embedlookup {
+
+enum class EvictionPolicy : int32_t { kNone = 0, kLFU = 1, kLRU = 2, kTTL = 3 };
+enum class DefaultRowKind : int32_t { kZeros = 0, kCold = 1 };
+
+struct FrequencyOptions {
+  double half_life = 1000.0;         // steps after which a score halves (> 0)
+  int64_t budget_rows = 0;           // max live rows; 0 = unbounded (policy must be kNone)
+  EvictionPolicy policy = EvictionPolicy::kNone;
+  double evict_fraction = 0.05;      // evict down to budget * (1 - this), in [0, 1)
+  int64_t ttl = 0;                   // kTTL: evict rows unseen for more than ttl steps (> 0)
+  int64_t ttl_interval = 0;          // kTTL: check every this many steps (0 = max(1, ttl / 4))
+  int64_t admit_count = 1;           // sightings before a key gets a row (>= 1; 1 = always)
+  double admit_probability = 1.0;    // in (0, 1]; 1 = no coin
+  uint64_t admit_seed = 0;           // seeds the admission coin
+  int64_t sketch_width = 1 << 20;    // count-min columns per row (power of two)
+  int64_t sketch_depth = 4;          // count-min rows
+  DefaultRowKind default_row = DefaultRowKind::kZeros;
+  double hot_fraction = 0.1;         // hot region = row ids [0, hot_fraction * rows)
+  // Throws std::invalid_argument naming the bad field.
+  void validate() const;
+};
+
+// Count-min sketch with conservative update: estimates never fall below the
+// true count; memory is depth * width * 4 bytes whatever the key count.
+class CountMinSketch {
+ public:
+  CountMinSketch(int64_t width, int64_t depth);
+  // Adds `c` sightings of key and returns its new estimate.
+  uint32_t add(int64_t key, uint32_t c);
+  uint32_t estimate(int64_t key) const;
+  size_t bytes() const { return counts_.size() * sizeof(uint32_t); }
+
+ private:
+  size_t slot(int64_t key, int64_t row) const;
+  int64_t width_, depth_;
+  std::vector<uint32_t> counts_;
+};
+
+// Score metadata of one row. score < 0 marks a free row id.
+struct RowMeta {
+  float score;    // decayed access count as of step `last`
+  uint32_t last;  // clock step of the last access
+};
+
+// What one lookup call did (the Python layer adds these to per-feature stats).
+struct CallStats {
+  int64_t hits = 0, misses = 0, admitted = 0, rejected = 0, evicted = 0, hot_hits = 0;
+};
+
+struct FrequencyStats {
+  CallStats totals;
+  int64_t clock = 0, rows = 0, hot_rows = 0, relayout_moves = 0, relayouts_completed = 0;
+  int64_t grads_dropped = 0, cold_updates = 0, evicted_pending = 0;
+  // Longest exclusive-lock holds (what a concurrent lookup may wait): one
+  // relayout step, and one eviction selection + export.
+  int64_t relayout_pause_max_ns = 0, evict_pause_max_ns = 0;
+  size_t index_bytes = 0, row_bytes = 0, state_bytes = 0, metadata_bytes = 0, sketch_bytes = 0,
+         evicted_buffer_bytes = 0;
+};
+
+// Rows that left the table, in eviction order (lowest priority first).
+struct EvictedRows {
+  int64_t dim = 0, state_dim = 0;
+  std::vector<int64_t> keys;
+  std::vector<float> rows;    // keys.size() x dim
+  std::vector<float> state;   // keys.size() x state_dim (0 floats when no optimizer state yet)
+  std::vector<float> scores;  // score at eviction, decayed to the eviction step
+  std::vector<uint32_t> last;
+  void clear() { keys.clear(); rows.clear(); state.clear(); scores.clear(); last.clear(); }
+};
+
+class FrequencyTable : public EmbeddingTable {
+ public:
+  FrequencyTable(const TableOptions& t, const FrequencyOptions& f);
+
+  const FrequencyOptions& frequency_options() const { return fo_; }
+
+  // train=true: advances the clock, admits/scores/evicts. train=false: a
+  // read-only serving lookup (missing keys read the default row). weights
+  // (score weight per key occurrence, >= 0) may be null (= 1 each).
+  CallStats lookup(const int64_t* keys, int64_t n, float* out, bool train, uint8_t* found, const float* weights);
+  CallStats pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                          int64_t n_bags, PoolMode mode, const float* pool_weights, float* out, bool train,
+                          const float* score_weights);
+  // Gradients of keys without a row are dropped (default_row kZeros) or summed
+  // into the shared cold row and applied to it with the same optimizer.
+  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
+  // Explicit writes always admit; the budget is enforced afterwards.
+  void assign(const int64_t* keys, int64_t n, const float* rows);
+  int64_t erase(const int64_t* keys, int64_t n);
+
+  // Relayout: moves at most max_moves rows (one exclusive-lock pause), starting
+  // a new plan when none is active. Returns the planned positions left (0 =
+  // the layout is packed in the plan's score order).
+  int64_t relayout_step(int64_t max_moves);
+  void relayout(int64_t chunk);  // runs steps of `chunk` moves until done
+
+  // Evicted rows not yet taken (only collected when no sink is set).
+  EvictedRows take_evicted();
+  // Called under the table's exclusive lock with each eviction batch; must not
+  // call back into the table. Replaces the export buffer.
+  void set_eviction_sink(std::function<void(const EvictedRows&)> sink);
+
+  FrequencyStats stats() const;
+  // For tests and tools: stored (score, last) and row id of each key (score -1,
+  // id kNoRow when absent).
+  void inspect(const int64_t* keys, int64_t n, float* score, uint32_t* last, uint32_t* row_id) const;
+  const float* default_row() const { return cold_row_.data(); }
+
+ private:
+  // All three: caller holds mu_ exclusively.
+  void admit_missing(const int64_t* keys, int64_t n, uint32_t* ids, const float* w, uint32_t now, CallStats& cs);
+  void evict_to_budget(uint32_t now, CallStats& cs);
+  void evict_rows(std::vector<uint32_t>& victims, uint32_t now);
+  // Score side pass; caller holds mu_ (shared with meta_mu_, or exclusive).
+  void touch(const uint32_t* ids, int64_t n, const float* w, uint32_t now, CallStats& cs);
+  void ensure_meta();
+  double decay(uint32_t dt) const;
+  // A concurrent call with a later step may have touched the row already
+  // (last > now): no decay then.
+  double score_at(const RowMeta& m, uint32_t now) const { return m.last >= now ? m.score : m.score * decay(now - m.last); }
+  void add_totals(const CallStats& cs);
+  template <class Kernel>
+  CallStats train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel);
+  template <class Kernel>
+  CallStats serve_call(int64_t n, Kernel&& kernel);
+
+  FrequencyOptions fo_;
+  CountMinSketch sketch_;
+  std::vector<RowMeta> meta_;        // row id -> score metadata
+  std::vector<double> decay_table_;  // 2^(-dt / half_life) for small dt
+  std::mutex meta_mu_;               // serialises score side passes of concurrent readers
+  std::atomic<uint32_t> clock_{0};
+  std::atomic<int64_t> hits_{0}, misses_{0}, admitted_{0}, rejected_{0}, evicted_{0}, hot_hits_{0};
+  std::atomic<int64_t> grads_dropped_{0}, cold_updates_{0};
+  int64_t relayout_moves_ = 0, relayouts_completed_ = 0;
+  int64_t relayout_pause_max_ns_ = 0, evict_pause_max_ns_ = 0;  // written under the exclusive lock
+
+  // Relayout plan: keys in target order; positions [0, cursor_) are done,
+  // target_ is the next row id to fill.
+  std::vector<int64_t> plan_;
+  size_t cursor_ = 0;
+  uint32_t target_ = 0;
+
+  std::vector<float> cold_row_;    // default row: zeros, or the learned cold row
+  std::vector<float> cold_state_;  // optimizer state of the cold row
+  mutable std::mutex evicted_mu_;
+  EvictedRows evicted_buf_;
+  std::function<void(const EvictedRows&)> sink_;
+};
+
+}  // namespace embedlookup

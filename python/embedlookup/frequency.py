@@ -1,0 +1,376 @@
+"""The frequency-aware global table: namespaced features, decayed scores,
+admission, eviction under a budget, hot/cold relayout, statistics.
+
+One :class:`FrequencyTable` serves many sparse features (Kraken's global
+shared table). Rows are spent only on keys that earn them, and a relayout
+packs the hottest rows at the start of the row arena. See docs/frequency.md.
+
+Quick start::
+
+    import numpy as np, embedlookup as el
+    t = el.FrequencyTable(64, budget_rows=1_000_000, policy="lfu", half_life=500,
+                          admit_count=2, features=["user", "item"])
+    out = t.pooled_lookup(values, offsets, feature="item")      # trains: scores, admits, evicts
+    t.apply_gradients(values, grads, el.optim.Adagrad(lr=0.05), feature="item")
+    t.relayout_step(65536)      # bounded pause; call once per step until it returns 0
+    t.stats()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from . import _checks, _core
+from . import init as _init
+from .optim import Optimizer
+from .table import EmbeddingTable
+
+__all__ = ["FrequencyTable", "POLICIES", "FEATURE_SHIFT", "MAX_FEATURES"]
+
+POLICIES = {"none": 0, "lfu": 1, "lru": 2, "ttl": 3}
+DEFAULT_ROWS = {"zeros": 0, "cold": 1}
+#: Namespaced keys are ``feature_id << FEATURE_SHIFT | value``; values must lie in [0, 2**48).
+FEATURE_SHIFT = 48
+MAX_FEATURES = 1 << 15  # feature ids in [0, 2**15): namespaced keys stay non-negative
+_VALUE_LIMIT = 1 << FEATURE_SHIFT
+_COUNTERS = ("hits", "misses", "admitted", "rejected", "evicted", "hot_hits")
+
+
+def _int(name, v, *, low, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an int >= {low}{' or None' if allow_none else ''}, got {v!r}")
+    return int(v)
+
+
+def _float(name, v, *, low, high, low_open=True, high_open=False):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    ok = math.isfinite(x) and (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {v!r}")
+    return x
+
+
+class FrequencyTable(EmbeddingTable):
+    """An embedding table that admits, scores, evicts and relays out rows by access frequency.
+
+    Parameters (all keyword-only after ``dim``):
+
+    - ``half_life`` (steps, > 0): a row's score is a decayed access count that
+      halves every ``half_life`` clock steps. The clock advances once per
+      training lookup call.
+    - ``budget_rows`` / ``budget_bytes``: most rows kept (bytes are turned into
+      rows with :meth:`bytes_per_row`). ``None`` for both: unbounded.
+    - ``policy``: ``"lfu"`` (lowest decayed score), ``"lru"`` (least recent),
+      ``"ttl"`` (unseen for more than ``ttl`` steps; checked every
+      ``ttl_interval`` steps, default ``max(1, ttl // 4)``; LRU if still over
+      budget) or ``"none"``. Default: ``"lfu"`` with a budget, else ``"none"``.
+    - ``evict_fraction`` in [0, 1): on passing the budget, evict down to
+      ``budget * (1 - evict_fraction)``, so one selection pass is amortised over
+      many admissions.
+    - ``admit_count`` (>= 1): sightings (count-min sketch of ``sketch_depth`` x
+      ``sketch_width`` counters) before a key gets a row; ``admit_probability``
+      in (0, 1]: then a deterministic per-(key, step) coin must also say yes.
+    - ``default_row``: what keys without a row read: ``"zeros"`` (their
+      gradients are dropped) or ``"cold"`` (one shared learned row, starting at
+      zeros, to which their summed gradients are applied).
+    - ``hot_fraction``: the hot region is row ids ``[0, hot_fraction * rows)``;
+      :meth:`stats` reports the share of lookups it serves.
+    - ``on_evict``: ``None`` (evicted rows wait in a buffer for
+      :meth:`take_evicted`), ``"drop"`` (discarded, still counted), or a
+      callable receiving a dict ``keys, rows, optimizer_state, scores,
+      last_step`` (and ``feature`` when namespaced) after each call that evicted.
+    - ``features``: ``None`` (raw int64 keys), or a list of feature names /
+      ``True`` (names registered on first use): every call then names its
+      ``feature`` and values must lie in [0, 2**48).
+    - ``max_batch_keys``: if given, a budget below it is rejected here rather
+      than at the first oversized batch.
+    """
+
+    def __init__(self, dim: int, *, initializer: _init.Initializer | None = None,
+                 optimizer: Optimizer | None = None, num_threads: int | None = None,
+                 half_life: float = 1000.0, budget_rows: int | None = None, budget_bytes: int | None = None,
+                 policy: str | None = None, evict_fraction: float = 0.05, ttl: int | None = None,
+                 ttl_interval: int | None = None, admit_count: int = 1, admit_probability: float = 1.0,
+                 admit_seed: int = 0, sketch_width: int = 1 << 20, sketch_depth: int = 4,
+                 default_row: str = "zeros", hot_fraction: float = 0.1,
+                 on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None):
+        # The base class checks dim, initializer, optimizer and num_threads (its
+        # small native table is replaced below).
+        super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads)
+        half_life = _float("half_life", half_life, low=0.0, high=math.inf, high_open=True)
+        if budget_rows is not None and budget_bytes is not None:
+            raise ValueError("give budget_rows or budget_bytes, not both")
+        if budget_bytes is not None:
+            b = _int("budget_bytes", budget_bytes, low=1)
+            budget_rows = b // self.bytes_per_row(self._dim, optimizer)
+            if budget_rows < 1:
+                raise ValueError(f"budget_bytes={b} holds no row ({self.bytes_per_row(self._dim, optimizer)} "
+                                 f"bytes each)")
+        budget_rows = _int("budget_rows", budget_rows, low=1, allow_none=True)
+        if policy is None:
+            policy = "lfu" if budget_rows else "none"
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {policy!r}")
+        if budget_rows and policy == "none":
+            raise ValueError("policy='none' cannot keep a budget; use 'lfu', 'lru' or 'ttl'")
+        if not budget_rows and policy in ("lfu", "lru"):
+            raise ValueError(f"policy={policy!r} needs budget_rows or budget_bytes")
+        if policy == "ttl":
+            ttl = _int("ttl", ttl, low=1)
+        elif ttl is not None:
+            raise ValueError(f"ttl is only used with policy='ttl', got policy={policy!r}")
+        ttl_interval = _int("ttl_interval", ttl_interval, low=1, allow_none=True)
+        evict_fraction = _float("evict_fraction", evict_fraction, low=0.0, high=1.0, low_open=False, high_open=True)
+        admit_count = _int("admit_count", admit_count, low=1)
+        admit_probability = _float("admit_probability", admit_probability, low=0.0, high=1.0)
+        admit_seed = _int("admit_seed", admit_seed, low=0)
+        sketch_width = _int("sketch_width", sketch_width, low=1)
+        if sketch_width & (sketch_width - 1):
+            raise ValueError(f"sketch_width must be a power of two, got {sketch_width}")
+        sketch_depth = _int("sketch_depth", sketch_depth, low=1)
+        if sketch_depth > 16:
+            raise ValueError(f"sketch_depth must be <= 16, got {sketch_depth}")
+        if default_row not in DEFAULT_ROWS:
+            raise ValueError(f"default_row must be one of {sorted(DEFAULT_ROWS)}, got {default_row!r}")
+        hot_fraction = _float("hot_fraction", hot_fraction, low=0.0, high=1.0, low_open=False)
+        if not (on_evict is None or on_evict == "drop" or callable(on_evict)):
+            raise ValueError(f"on_evict must be None, 'drop' or a callable, got {on_evict!r}")
+        max_batch_keys = _int("max_batch_keys", max_batch_keys, low=1, allow_none=True)
+        if budget_rows and max_batch_keys and budget_rows < max_batch_keys:
+            raise ValueError(f"budget_rows={budget_rows} is below one batch's distinct keys "
+                             f"(max_batch_keys={max_batch_keys}): a batch's rows could not all be kept")
+        self.budget_rows, self.policy, self.default_row = budget_rows, policy, default_row
+        self.half_life = half_life
+        self.on_evict = on_evict
+        self._namespaced = features is not None and features is not False
+        self._auto_features = features is True
+        self._feature_ids: dict = {}
+        self._feature_stats: dict = {}
+        if self._namespaced and not self._auto_features:
+            for name in features:
+                self._register(name)
+        self._t = _core.FrequencyTable(
+            self._dim, self.initializer._spec(), int(num_threads or 0), half_life, budget_rows or 0, POLICIES[policy],
+            evict_fraction, ttl or 0, ttl_interval or 0, admit_count, admit_probability, admit_seed, sketch_width,
+            sketch_depth, DEFAULT_ROWS[default_row], hot_fraction)
+
+    @staticmethod
+    def bytes_per_row(dim: int, optimizer: Optimizer | None = None) -> int:
+        """Bytes one row costs: the padded row, its optimizer state, its score
+        metadata (8) and key (8), and its index share (~16 at the index's 0.8 load)."""
+        stride = (int(dim) + 7) // 8 * 8
+        from . import optim
+
+        if isinstance(optimizer, optim.Adagrad):
+            state = 1 if optimizer.rowwise else int(dim)
+        elif isinstance(optimizer, optim.Adam):
+            state = 2 * int(dim)
+        else:
+            state = 0
+        return 4 * stride + 4 * state + 8 + 8 + 16
+
+    # --------------------------------------------------------------- features
+    def _register(self, name) -> int:
+        if name in self._feature_ids:
+            return self._feature_ids[name]
+        if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+            fid = int(name)
+            if not 0 <= fid < MAX_FEATURES:
+                raise ValueError(f"feature id must be in [0, {MAX_FEATURES}), got {fid}")
+            if fid in self._feature_ids.values():
+                raise ValueError(f"feature id {fid} is already used by another name")
+        elif isinstance(name, str):
+            used = set(self._feature_ids.values())
+            fid = next(i for i in range(MAX_FEATURES + 1) if i not in used or i == MAX_FEATURES)
+            if fid >= MAX_FEATURES:
+                raise ValueError(f"at most {MAX_FEATURES} features per table")
+        else:
+            raise TypeError(f"feature must be a name (str) or an id (int), got {type(name).__name__}")
+        self._feature_ids[name] = fid
+        self._feature_stats[name] = dict.fromkeys(_COUNTERS, 0)
+        return fid
+
+    def feature_id(self, feature) -> int:
+        """The id of a feature name (registering it when the table was built with ``features=True``)."""
+        if not self._namespaced:
+            raise ValueError("this table was built without features=...; calls take raw keys")
+        if feature not in self._feature_ids:
+            if not self._auto_features:
+                raise ValueError(f"feature {feature!r} is not one of {list(self._feature_ids)}")
+            return self._register(feature)
+        return self._feature_ids[feature]
+
+    def namespaced_keys(self, values, feature) -> np.ndarray:
+        """The table keys of ``values`` of ``feature``: ``id << 48 | value``.
+        Values must lie in [0, 2**48) (so no two features share a key)."""
+        v = _checks.keys_1d(values, "values")
+        if feature is None:
+            if self._namespaced:
+                raise ValueError("feature: this table is namespaced; name the feature of these keys")
+            return v
+        fid = self.feature_id(feature)
+        if v.size and (int(v.min()) < 0 or int(v.max()) >= _VALUE_LIMIT):
+            bad = v[(v < 0) | (v >= _VALUE_LIMIT)][0]
+            raise ValueError(f"values of feature {feature!r} must lie in [0, 2**48) to be namespaced, got {bad}")
+        return v | np.int64(fid << FEATURE_SHIFT)
+
+    def _account(self, feature, cs) -> None:
+        if feature is not None:
+            st = self._feature_stats[feature]
+            for name, x in zip(_COUNTERS, cs):
+                st[name] += x
+        if cs[4]:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self.on_evict is None:
+            return
+        ev = self._t.take_evicted()
+        if self._namespaced and ev["keys"].size:
+            fids = ev["keys"] >> FEATURE_SHIFT
+            ev["feature"] = fids
+            names = {v: k for k, v in self._feature_ids.items()}
+            for fid, c in zip(*np.unique(fids, return_counts=True)):
+                if int(fid) in names:
+                    self._feature_stats[names[int(fid)]]["evicted_rows"] = \
+                        self._feature_stats[names[int(fid)]].get("evicted_rows", 0) + int(c)
+        if callable(self.on_evict) and ev["keys"].size:
+            self.on_evict(ev)
+
+    def take_evicted(self) -> dict:
+        """Evicted rows waiting in the buffer (``on_evict=None``), oldest first:
+        ``keys, rows, optimizer_state, scores, last_step``; the buffer is emptied."""
+        return self._t.take_evicted()
+
+    # ---------------------------------------------------------------- lookups
+    def lookup(self, keys, *, train: bool = True, weights=None, feature=None, out=None,
+               insert: bool | None = None) -> np.ndarray:
+        """Rows of ``keys`` (n, dim). ``train=True`` advances the clock, scores
+        the keys (each occurrence adds ``weights[i]``, default 1), admits and
+        evicts. Keys without a row read the default row. ``insert`` is
+        accepted as EmbeddingTable's name for ``train``."""
+        train = train if insert is None else insert
+        k = self.namespaced_keys(keys, feature)
+        w = None if weights is None else self._score_weights(weights, k.shape[0])
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        self._account(feature, self._t.lookup(k, o, bool(train), None, w))
+        return o
+
+    def find(self, keys, *, feature=None, out=None) -> tuple[np.ndarray, np.ndarray]:
+        """Read-only serving lookup: (rows, found); changes no score, admits nothing."""
+        k = self.namespaced_keys(keys, feature)
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        found = np.empty(k.shape[0], dtype=np.bool_)
+        self._account(feature, self._t.lookup(k, o, False, found, None))
+        return o, found
+
+    def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
+                      include_last_offset: bool = False, *, train: bool = True, score_weights=None,
+                      feature=None, out=None, insert: bool | None = None) -> np.ndarray:
+        """``torch.nn.EmbeddingBag`` pooling (see EmbeddingTable.pooled_lookup),
+        with the training side effects of :meth:`lookup`. ``score_weights``
+        (one per value, >= 0) weight the scores, e.g. positives more (Kraken).
+        ``insert`` is accepted as EmbeddingTable's name for ``train``."""
+        train = train if insert is None else insert
+        m = _checks.mode_id(mode)
+        v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
+        v = self.namespaced_keys(v, feature)
+        pw = None
+        if per_sample_weights is not None:
+            if mode != "sum":
+                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+            pw = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+        sw = None if score_weights is None else self._score_weights(score_weights, v.shape[0])
+        o = _checks.out_array(out, "out", (n_bags, self._dim))
+        self._account(feature, self._t.pooled_lookup(v, off, n_bags, m, pw, o, bool(train), sw))
+        return o
+
+    @staticmethod
+    def _score_weights(w, n) -> np.ndarray:
+        a = _checks.floats(w, "score_weights", (n,))
+        if a.size and not (np.all(np.isfinite(a)) and a.min() >= 0):
+            raise ValueError("score_weights must be finite and >= 0")
+        return a
+
+    # -------------------------------------------------------------- mutations
+    def apply_gradients(self, keys, grads, optimizer: Optimizer | None = None, *, feature=None) -> None:
+        """Fused optimizer step on the rows of ``keys``. Keys without a row
+        (not admitted, or evicted since their lookup) have their gradients
+        dropped (``default_row='zeros'``) or applied, summed, to the cold row."""
+        opt = optimizer if optimizer is not None else self.optimizer
+        if opt is None:
+            raise ValueError("optimizer: none given and the table has no default optimizer")
+        if not isinstance(opt, Optimizer):
+            raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(opt).__name__}")
+        k = self.namespaced_keys(keys, feature)
+        g = _checks.floats(grads, "grads", (k.shape[0], self._dim))
+        self._t.apply_gradients(k, g, opt._spec())
+
+    def assign(self, keys, rows, *, feature=None) -> None:
+        """Sets rows (always admits; the budget is enforced afterwards)."""
+        k = self.namespaced_keys(keys, feature)
+        r = _checks.floats(rows, "rows", (k.shape[0], self._dim))
+        self._t.assign(k, r)
+        self._drain()
+
+    def erase(self, keys, *, feature=None) -> int:
+        return self._t.erase(self.namespaced_keys(keys, feature))
+
+    # --------------------------------------------------------------- layout
+    def relayout_step(self, max_moves: int = 65536) -> int:
+        """Moves at most ``max_moves`` rows towards score order (hottest at row
+        id 0) in one short exclusive pause; starts a new plan when the last one
+        finished. Returns the planned rows left (0: packed)."""
+        return self._t.relayout_step(_int("max_moves", max_moves, low=1))
+
+    def relayout(self, chunk: int = 65536) -> None:
+        """Runs :meth:`relayout_step` until the table is packed (lookups from
+        other threads run between chunks)."""
+        self._t.relayout(_int("chunk", chunk, low=1))
+
+    def inspect(self, keys, *, feature=None):
+        """(score, last_step, row_id) per key: the stored score (as of
+        last_step; -1 when absent) and the row id (2**32 - 1 when absent)."""
+        return self._t.inspect(self.namespaced_keys(keys, feature))
+
+    def default_row_values(self) -> np.ndarray:
+        """The row that keys without a row read (zeros, or the learned cold row)."""
+        return self._t.default_row()
+
+    # ---------------------------------------------------------------- stats
+    def stats(self) -> dict:
+        """Counters since construction (hits and misses count key occurrences;
+        admitted, rejected and evicted count distinct keys), the hot-region hit
+        ratio, and bytes per part. ``features`` holds per-feature counters."""
+        s = dict(self._t.stats())
+        lookups = s["hits"] + s["misses"]
+        s["hit_ratio"] = s["hits"] / lookups if lookups else 0.0
+        s["hot_hit_ratio"] = s["hot_hits"] / lookups if lookups else 0.0
+        s["total_bytes"] = sum(s[k] for k in ("index_bytes", "row_bytes", "optimizer_state_bytes",
+                                               "metadata_bytes", "sketch_bytes", "evicted_buffer_bytes"))
+        n = max(s["rows"], 1)
+        s["row_bytes_per_row"] = 4 * self._t.stride
+        s["overhead_bytes_per_row"] = (s["index_bytes"] + s["metadata_bytes"]) / n
+        if self._namespaced:
+            s["features"] = {k: dict(v) for k, v in self._feature_stats.items()}
+        return s
+
+    def memory_usage(self) -> dict:
+        s = self.stats()
+        keys = ("index_bytes", "row_bytes", "optimizer_state_bytes", "metadata_bytes", "sketch_bytes",
+                "evicted_buffer_bytes", "total_bytes", "rows", "row_bytes_per_row", "overhead_bytes_per_row")
+        return {k: s[k] for k in keys}
+
+    def __repr__(self) -> str:
+        return (f"FrequencyTable(dim={self._dim}, rows={len(self)}, budget_rows={self.budget_rows}, "
+                f"policy={self.policy!r})")

@@ -43,6 +43,7 @@ py::array_t<T> vector_to_array(std::vector<T>&& v, std::vector<py::ssize_t> shap
 // Each part of the engine binds itself from its own file (bind_*.cpp) and is
 // registered here with one line, so parts can grow without touching each other.
 void bind_table(py::module_& m);
+void bind_training(py::module_& m);  // torch backend (issue 5): bind_training.cpp
 #ifdef EMBEDLOOKUP_WITH_CUDA
 void bind_cuda(py::module_& m);
 #endif
@@ -50,6 +51,7 @@ void bind_cuda(py::module_& m);
 PYBIND11_MODULE(_core, m) {
   m.doc() = "embedlookup native core (use the embedlookup package, not this module)";
   bind_table(m);
+  bind_training(m);  // after bind_table: adds methods to Table
 #ifdef EMBEDLOOKUP_WITH_CUDA
   bind_cuda(m);
 #endif

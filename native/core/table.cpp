@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include "../cpu/kernels_cpu.h"
+#include "../cpu/update_cpu.h"
 
 namespace embedlookup {
 
@@ -212,6 +213,15 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
   uint32_t* ids = scratch_ids(n);
+  auto lk = lock_for_update(keys, n, ids, o);
+  const int64_t step = step_.fetch_add(1) + 1;
+  const StepScalars c = step_scalars(o, step);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads());
+}
+
+std::shared_lock<std::shared_mutex> EmbeddingTable::lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
+                                                                    const OptimSpec& o) {
   std::shared_lock<std::shared_mutex> lk(mu_);
   for (;;) {
     resolve(keys, n, ids);
@@ -220,7 +230,7 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
         throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " (position " + std::to_string(i) +
                               ") is not in the table; look keys up (which inserts them) before applying gradients");
     const OptimKind have = state_kind_.load();
-    if (have == o.kind) break;
+    if (have == o.kind) return lk;
     if (have != OptimKind::kNone)
       throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") +
                                   optim_name(have) + ", cannot apply " + optim_name(o.kind));
@@ -231,12 +241,6 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
     }
     lk.lock();  // re-resolve: keys may have changed while unlocked
   }
-  cpu::RowGroups groups;
-  cpu::group_rows(ids, n, groups);
-  const int64_t step = step_.fetch_add(1) + 1;
-  const StepScalars c = step_scalars(o, step);
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::sparse_update(view, state_.get(), groups, g, opt_.dim, o, c, threads());
 }
 
 MemoryStats EmbeddingTable::memory() const {

@@ -82,6 +82,34 @@ class EmbeddingTable {
   void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
   MemoryStats memory() const;
 
+  // ---- Training entry points for the torch backend (issue 5); defined in
+  // table_training.cpp.
+  // Backward of pooled_lookup fused with one optimizer step: occurrence p of
+  // bag b gets grad_out[b] (row stride grad_stride) times per_sample_weights[p]
+  // (sum) or 1/len(b) (mean); max mode routes each column to the position in
+  // argmax (from pooled_max_argmax). Keys must exist; nothing changes on error.
+  void apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                              int64_t n_bags, PoolMode mode, const float* weights, const int64_t* argmax,
+                              const float* grad_out, int64_t grad_stride, const OptimSpec& o);
+  // Max pooling that also returns the winning position per (bag, column).
+  void pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                         int64_t n_bags, float* out, int64_t* argmax, bool insert);
+  // Optimizer state per row (0 when no state is bound yet).
+  int64_t state_stride() const;
+  // Optimizer-state rows of `keys` (n x state_stride()); all keys must exist.
+  void export_state(const int64_t* keys, int64_t n, float* out) const;
+  // Writes optimizer-state rows for existing keys, binding state of o.kind
+  // first when none is bound (rows not listed start at o's initial value).
+  void import_state(const int64_t* keys, int64_t n, const float* state, const OptimSpec& o);
+  void set_step(int64_t step) { step_.store(step); }
+
+ private:
+  // Resolves keys (all must exist) and binds optimizer state of o.kind on
+  // first use; returns holding the shared lock.
+  std::shared_lock<std::shared_mutex> lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
+                                                      const OptimSpec& o);
+  // ---- end of the torch-backend block
+
  private:
   int threads() const;
   void resolve(const int64_t* keys, int64_t n, uint32_t* ids) const;

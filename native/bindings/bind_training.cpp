@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include "../core/table.h"
+#include "../cpu/update_cpu.h"
 
 namespace py = pybind11;
 using namespace embedlookup;
@@ -67,4 +68,5 @@ void bind_training(py::module_& m) {
              t.import_state(k, n, s, o);
            })
       .def("set_step", &EmbeddingTable::set_step);
+  m.def("_tune_update", [](int64_t ahead, int64_t early) { cpu::g_update_ahead = ahead; cpu::g_update_early = early; });
 }

@@ -28,6 +28,10 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
   (has_avx2() ? avx2::fused_update : generic::fused_update)(v, state, ids, n, g, dim, o, c, nt);
 }
 
+// Prefetch tuning (measured on a 2-core EPYC, 1 M x 64 rows: early prefetch at
+// group creation plus 12 rows ahead in the apply pass was fastest).
+int64_t g_update_ahead = 12, g_update_early = 1;
+
 namespace {
 int threads_for(int nthreads, int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, work / 4096 + 1)));

@@ -10,6 +10,10 @@
 namespace embedlookup {
 namespace cpu {
 
+// Prefetch tuning of fused_update: rows prefetched ahead in the apply pass, and
+// whether rows are also prefetched when first seen (benchmark hook _tune_update).
+extern int64_t g_update_ahead, g_update_early;
+
 // One optimizer step on every distinct row of ids[0..n). Occurrence i
 // contributes g.grad[(g.src ? g.src[i] : i) * g.grad_stride ..] * (g.scale ?
 // g.scale[i] : 1). Duplicates are summed in ascending position order, so the

@@ -28,7 +28,6 @@ struct PartitionScratch {
   std::vector<float> grad;
 };
 
-constexpr int64_t kUpdateAhead = 6;  // rows prefetched ahead in the apply pass
 
 // Merges and applies the occurrences pos[0..m) (ascending, all of one
 // partition, so no other thread touches their rows).
@@ -62,6 +61,10 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
       slot_row[h] = id;
       slot_group[h] = static_cast<uint32_t>(groups);
       s.rows[groups] = id;
+      if (g_update_early) {
+        __builtin_prefetch(v.arena->row(id), 1, 2);
+        if (state) __builtin_prefetch(state->row(id), 1, 2);
+      }
       float* __restrict acc = s.grad.data() + groups * stride;
       for (int64_t j = 0; j < dim; ++j) acc[j] = sc * src[j];
       ++groups;
@@ -80,6 +83,7 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
       for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 1, 3);
     }
   };
+  const int64_t kUpdateAhead = g_update_ahead;
   for (int64_t u = 0; u < std::min(groups, kUpdateAhead); ++u) prefetch_rw(s.rows[u]);
   for (int64_t u = 0; u < groups; ++u) {
     if (u + kUpdateAhead < groups) prefetch_rw(s.rows[u + kUpdateAhead]);

@@ -23,29 +23,48 @@ void bind_training(py::module_& m) {
   table
       .def("apply_pooled_gradients",
            [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
-              py::object argmax, py::array grad_out, const OptimSpec& o) {
+              py::object argmax, py::array grad_out, const OptimSpec& o, py::object ids, uint64_t ids_epoch) {
              const int64_t* v = static_cast<const int64_t*>(values.data());
              const int64_t* off = static_cast<const int64_t*>(offsets.data());
              const float* w = opt_data<float>(weights);
              const int64_t* am = opt_data<int64_t>(argmax);
+             const uint32_t* hint = opt_data<uint32_t>(ids);
              const float* g = static_cast<const float*>(grad_out.data());
              const int64_t n = values.size(), n_off = offsets.size();
              const int64_t gs = grad_out.ndim() == 2 ? grad_out.strides(0) / static_cast<int64_t>(sizeof(float))
                                                      : t.dim();
              py::gil_scoped_release nogil;
-             t.apply_pooled_gradients(v, n, off, n_off, n_bags, static_cast<PoolMode>(mode), w, am, g, gs, o);
+             t.apply_pooled_gradients(v, n, off, n_off, n_bags, static_cast<PoolMode>(mode), w, am, g, gs, o, hint,
+                                      ids_epoch);
+           },
+           py::arg("values"), py::arg("offsets"), py::arg("n_bags"), py::arg("mode"), py::arg("weights"),
+           py::arg("argmax"), py::arg("grad_out"), py::arg("optimizer"), py::arg("ids") = py::none(),
+           py::arg("ids_epoch") = 0)
+      .def("pooled_lookup_ids",
+           [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
+              py::array out, bool insert, py::array ids) {
+             const int64_t* v = static_cast<const int64_t*>(values.data());
+             const int64_t* off = static_cast<const int64_t*>(offsets.data());
+             const float* w = opt_data<float>(weights);
+             float* o = static_cast<float*>(out.mutable_data());
+             uint32_t* id = static_cast<uint32_t*>(ids.mutable_data());
+             const int64_t n = values.size(), n_off = offsets.size();
+             py::gil_scoped_release nogil;
+             return t.pooled_lookup_ids(v, n, off, n_off, n_bags, static_cast<PoolMode>(mode), w, o, insert, id);
            })
       .def("pooled_max_argmax",
            [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, py::array out, py::array argmax,
-              bool insert) {
+              bool insert, py::array ids) {
              const int64_t* v = static_cast<const int64_t*>(values.data());
              const int64_t* off = static_cast<const int64_t*>(offsets.data());
              float* o = static_cast<float*>(out.mutable_data());
              int64_t* am = static_cast<int64_t*>(argmax.mutable_data());
+             uint32_t* id = static_cast<uint32_t*>(ids.mutable_data());
              const int64_t n = values.size(), n_off = offsets.size();
              py::gil_scoped_release nogil;
-             t.pooled_max_argmax(v, n, off, n_off, n_bags, o, am, insert);
+             return t.pooled_max_argmax(v, n, off, n_off, n_bags, o, am, insert, id);
            })
+      .def_property_readonly("layout_epoch", &EmbeddingTable::layout_epoch)
       .def_property_readonly("state_stride", &EmbeddingTable::state_stride)
       .def("export_state",
            [](const EmbeddingTable& t, py::array keys) {

@@ -172,6 +172,7 @@ int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
     free_rows_.push_back(id);
     ++erased;
   }
+  if (erased) layout_epoch_.fetch_add(1);  // row ids cached by callers may now be stale
   return erased;
 }
 
@@ -221,10 +222,16 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
 }
 
 std::shared_lock<std::shared_mutex> EmbeddingTable::lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
-                                                                    const OptimSpec& o) {
+                                                                    const OptimSpec& o, const uint32_t* hint,
+                                                                    uint64_t hint_epoch) {
   std::shared_lock<std::shared_mutex> lk(mu_);
   for (;;) {
-    resolve(keys, n, ids);
+    // Ids resolved by an earlier call (the forward) are still right while no
+    // row was freed or moved since: skip the second pass over the index.
+    if (hint && hint_epoch == layout_epoch_.load())
+      std::copy(hint, hint + n, ids);
+    else
+      resolve(keys, n, ids);
     for (int64_t i = 0; i < n; ++i)
       if (ids[i] == kNoRow)
         throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " (position " + std::to_string(i) +

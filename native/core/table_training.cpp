@@ -34,7 +34,7 @@ T* sized(std::vector<T>& v, int64_t n) {
 void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets,
                                             int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
                                             const int64_t* argmax, const float* grad_out, int64_t grad_stride,
-                                            const OptimSpec& o) {
+                                            const OptimSpec& o, const uint32_t* ids_hint, uint64_t ids_epoch) {
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
   if (mode == PoolMode::kMax && !argmax) throw std::invalid_argument("max mode needs the argmax from its forward");
   const int64_t dim = opt_.dim;
@@ -44,7 +44,7 @@ void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
   TrainScratch& s = train_scratch();
   uint32_t* ids = sized(s.ids, n);
-  auto lk = lock_for_update(values, n, ids, o);
+  auto lk = lock_for_update(values, n, ids, o, ids_hint, ids_epoch);
   GradSource g{};
   if (mode == PoolMode::kMax) {
     float* per_occurrence = sized(s.grad, n * dim);
@@ -63,9 +63,27 @@ void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
   cpu::fused_update(view, state_.get(), ids, n, g, dim, o, c, threads());
 }
 
-void EmbeddingTable::pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                                       int64_t n_bags, float* out, int64_t* argmax, bool insert) {
-  uint32_t* ids = sized(train_scratch().ids, n);
+uint64_t EmbeddingTable::pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets,
+                                           int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
+                                           float* out, bool insert, uint32_t* ids) {
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    if (cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out,
+                       threads()) == 0 ||
+        !insert)
+      return layout_epoch_.load();
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  resolve(values, n, ids);
+  insert_missing(values, n, ids, true);
+  cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out, threads());
+  return layout_epoch_.load();
+}
+
+uint64_t EmbeddingTable::pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets,
+                                           int64_t n_offsets, int64_t n_bags, float* out, int64_t* argmax,
+                                           bool insert, uint32_t* ids) {
   const RowView view{&rows_, &seq_, zero_row_.data()};
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
@@ -74,13 +92,14 @@ void EmbeddingTable::pooled_max_argmax(const int64_t* values, int64_t n, const i
     for (int64_t i = 0; i < n && !missing; ++i) missing = ids[i] == kNoRow;
     if (!missing || !insert) {
       cpu::pool_max_argmax(view, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
-      return;
+      return layout_epoch_.load();
     }
   }
   std::unique_lock<std::shared_mutex> lk(mu_);
   resolve(values, n, ids);
   insert_missing(values, n, ids, true);
   cpu::pool_max_argmax(view, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
+  return layout_epoch_.load();
 }
 
 int64_t EmbeddingTable::state_stride() const {

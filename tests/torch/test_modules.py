@@ -200,3 +200,23 @@ def test_state_dict_rejects_other_dim_and_optimizer():
     with pytest.raises(ValueError, match="optimizer"):
         c.load_state_dict(sd)
     assert c.table.export()[0].tolist() == [5]  # unchanged
+
+
+def test_backward_does_not_trust_row_ids_after_an_erase():
+    # The forward's row ids are reused by backward only while no row was freed:
+    # here key 2's row is freed and taken by key 9 between forward and backward.
+    m = HashEmbeddingBag(4, mode="sum", optimizer=el.optim.SGD(lr=1.0), initializer=el.init.constant(1.0))
+    y = m(torch.tensor([1, 2]), torch.tensor([0, 1]))
+    m.table.erase(np.array([2]))
+    m.table.lookup(np.array([9]))
+    before = m.table.export()
+    with pytest.raises(KeyError, match="key 2"):
+        y.sum().backward()
+    after = m.table.export()
+    np.testing.assert_array_equal(before[1], after[1])
+    # Without an erase the cached ids are used and the right rows move.
+    y = m(torch.tensor([1, 9]), torch.tensor([0, 1]))
+    m.table.lookup(np.array([100]))  # inserts do not invalidate
+    y.sum().backward()
+    np.testing.assert_array_equal(m.table.lookup(np.array([1, 9, 100]), insert=False),
+                                  [[0.0] * 4, [0.0] * 4, [1.0] * 4])

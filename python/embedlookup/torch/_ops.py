@@ -71,21 +71,25 @@ def _n_bags(offsets: torch.Tensor, include_last_offset: bool) -> int:
 @torch.library.custom_op("embedlookup::pooled_lookup", mutates_args=())
 def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
                   weights: Optional[torch.Tensor], handle: int, mode: int, include_last_offset: bool,
-                  insert: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled rows per bag (n_bags, dim), and for max mode the winning
-    position per (bag, column) (int64; an empty tensor for sum/mean)."""
+                  insert: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pooled rows per bag (n_bags, dim); for max mode the winning position
+    per (bag, column) (int64; an empty tensor for sum/mean); the row ids the
+    keys resolved to (n, int32 holding uint32) and the table's layout epoch
+    (1,): the backward reuses the ids unless rows were freed meanwhile."""
     entry = table_of(handle)
     t = entry.table
     v, off, n_bags = _checks.bags(_np(values), _np(offsets), include_last_offset)
     w = None if weights is None else _checks.floats(_np(weights), "per_sample_weights", (v.shape[0],))
     out = torch.empty((n_bags, t.dim), dtype=torch.float32)
+    ids = torch.empty((v.shape[0],), dtype=torch.int32)
+    ids_np = _np(ids).view(np.uint32)
     if mode == _checks.MODES["max"]:
         argmax = torch.empty((n_bags, t.dim), dtype=torch.int64)
-        t._t.pooled_max_argmax(v, off, n_bags, _np(out), _np(argmax), insert)
+        epoch = t._t.pooled_max_argmax(v, off, n_bags, _np(out), _np(argmax), insert, ids_np)
     else:
         argmax = torch.empty((0,), dtype=torch.int64)
-        t._t.pooled_lookup(v, off, n_bags, mode, w, _np(out), insert)
-    return out, argmax
+        epoch = t._t.pooled_lookup_ids(v, off, n_bags, mode, w, _np(out), insert, ids_np)
+    return out, argmax, ids, torch.tensor([epoch], dtype=torch.int64)
 
 
 @pooled_lookup.register_fake
@@ -94,12 +98,14 @@ def _(anchor, values, offsets, weights, handle, mode, include_last_offset, inser
     n_bags = _n_bags(offsets, include_last_offset)
     out = values.new_empty((n_bags, dim), dtype=torch.float32)
     am_shape = (n_bags, dim) if mode == _checks.MODES["max"] else (0,)
-    return out, values.new_empty(am_shape, dtype=torch.int64)
+    return (out, values.new_empty(am_shape, dtype=torch.int64), values.new_empty(values.shape, dtype=torch.int32),
+            values.new_empty((1,), dtype=torch.int64))
 
 
 @torch.library.custom_op("embedlookup::pooled_backward", mutates_args=())
 def pooled_backward(grad: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
-                    weights: Optional[torch.Tensor], argmax: torch.Tensor, handle: int, mode: int,
+                    weights: Optional[torch.Tensor], argmax: torch.Tensor, ids: torch.Tensor, epoch: torch.Tensor,
+                    handle: int, mode: int,
                     include_last_offset: bool, weights_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Applies the table's optimizer to the rows the forward touched (fused,
     in native code). Returns (anchor gradient: empty, per_sample_weights
@@ -118,26 +124,28 @@ def pooled_backward(grad: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
                                                                                                    v.shape[0]))))
         wg = (rows * g[bag_of]).sum(1)
     am = None if mode != _checks.MODES["max"] else _np(argmax)
-    t._t.apply_pooled_gradients(v, off, n_bags, mode, w, am, _np(g), entry.optimizer._spec())
+    t._t.apply_pooled_gradients(v, off, n_bags, mode, w, am, _np(g), entry.optimizer._spec(),
+                                _np(ids).view(np.uint32), int(epoch[0]))
     return torch.zeros((0,), dtype=torch.float32), wg
 
 
 @pooled_backward.register_fake
-def _(grad, values, offsets, weights, argmax, handle, mode, include_last_offset, weights_grad):
+def _(grad, values, offsets, weights, argmax, ids, epoch, handle, mode, include_last_offset, weights_grad):
     wg = values.new_empty((values.shape[0],) if weights_grad else (0,), dtype=torch.float32)
     return grad.new_empty((0,)), wg
 
 
 def _setup_context(ctx, inputs, output):
     anchor, values, offsets, weights, handle, mode, include_last_offset, insert = inputs
-    ctx.save_for_backward(values, offsets, weights, output[1])
+    ctx.save_for_backward(values, offsets, weights, output[1], output[2], output[3])
     ctx.handle, ctx.mode, ctx.include_last_offset = handle, mode, include_last_offset
 
 
-def _backward(ctx, grad_out, grad_argmax):
-    values, offsets, weights, argmax = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_argmax, grad_ids, grad_epoch):
+    values, offsets, weights, argmax, ids, epoch = ctx.saved_tensors
     weights_grad = weights is not None and ctx.needs_input_grad[3]
-    anchor_grad, wg = torch.ops.embedlookup.pooled_backward(grad_out, values, offsets, weights, argmax, ctx.handle,
+    anchor_grad, wg = torch.ops.embedlookup.pooled_backward(grad_out, values, offsets, weights, argmax, ids, epoch,
+                                                            ctx.handle,
                                                             ctx.mode, ctx.include_last_offset, weights_grad)
     return anchor_grad, None, None, (wg if weights_grad else None), None, None, None, None
 

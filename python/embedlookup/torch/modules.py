@@ -98,8 +98,8 @@ class _TableModule(nn.Module):
         return self.training or self.insert_in_eval
 
     def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool) -> torch.Tensor:
-        out, _ = torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
-                                                     mode_id, include_last_offset, self._insert())
+        out = torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
+                                                     mode_id, include_last_offset, self._insert())[0]
         return out
 
     # ---------------------------------------------------------- checkpoints

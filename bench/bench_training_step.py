@@ -75,7 +75,10 @@ def main(argv=None):
     p.add_argument("--zipf", type=float, default=0.0, help="Zipf exponent (0: uniform keys)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--only", default="", help="comma-separated config names to run")
+    p.add_argument("--threads", type=int, default=0, help="threads for torch, FBGEMM and ours (0: torch's default)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)  # embedlookup's kernels share torch's OpenMP runtime
     rng = np.random.default_rng(0)
     n = a.batch * a.pooling
     batches = []

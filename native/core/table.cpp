@@ -218,7 +218,7 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   const int64_t step = step_.fetch_add(1) + 1;
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads());
+  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads(), next_row_);
 }
 
 std::shared_lock<std::shared_mutex> EmbeddingTable::lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,

@@ -12,21 +12,23 @@ namespace cpu {
 
 // Prefetch tuning of fused_update: rows prefetched ahead in the apply pass, and
 // whether rows are also prefetched when first seen (benchmark hook _tune_update).
-extern int64_t g_update_ahead, g_update_early;
+extern int64_t g_update_ahead, g_update_early, g_update_range;
 
 // One optimizer step on every distinct row of ids[0..n). Occurrence i
 // contributes g.grad[(g.src ? g.src[i] : i) * g.grad_stride ..] * (g.scale ?
 // g.scale[i] : 1). Duplicates are summed in ascending position order, so the
 // result does not depend on the thread count. All ids must be real rows.
 //
-// How: occurrences are radix-partitioned by a hash of their row id into
-// partitions of ~512 (one parallel counting pass + a stable scatter); each
+// How: occurrences are radix-partitioned by row id range (or a hash of the id)
+// into partitions of ~512 (one parallel counting pass + a stable scatter); each
 // partition is then owned by one thread, which merges duplicates with a small
 // L1-resident hash map, accumulates their gradients, and updates the rows.
 // No locks between threads (a row lives in exactly one partition) and no
 // global sort.
+// id_limit: every id is below it (the arena's row count); lets partitions be
+// contiguous id ranges.
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads);
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads, uint32_t id_limit);
 
 // bag_of[p] = the bag holding position p (positions outside every bag: -1),
 // and, when scale != nullptr, scale[p] = per_sample_weights[p] (sum), or

@@ -21,6 +21,15 @@ namespace {
 inline uint32_t partition_of(uint32_t id, uint32_t parts) {
   return static_cast<uint32_t>((static_cast<uint64_t>(id * 0x9E3779B1u) * parts) >> 32);
 }
+// Contiguous id ranges instead: a partition's rows then lie in one window of
+// the arena (~1 MB for 1 M rows x 64), friendlier to DRAM pages and caches.
+struct PartitionMap {
+  uint32_t parts;
+  uint64_t id_limit;  // ids are < id_limit; 0 = hash the ids
+  uint32_t operator()(uint32_t id) const {
+    return id_limit ? static_cast<uint32_t>(static_cast<uint64_t>(id) * parts / id_limit) : partition_of(id, parts);
+  }
+};
 
 // Reused per thread so steady-state training steps neither allocate nor fault.
 struct PartitionScratch {
@@ -98,7 +107,7 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
 }  // namespace
 
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads) {
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads, uint32_t id_limit) {
   if (n <= 0) return;
   const int64_t stride = v.arena->stride();
   // ~512 occurrences per partition keeps its map (4 KiB) and gradient sums
@@ -106,6 +115,7 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
   // the dynamic schedule.
   const uint32_t parts = static_cast<uint32_t>(std::min<int64_t>(int64_t(1) << 16, std::max<int64_t>(1, n / 512)));
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
+  const PartitionMap part_of{parts, g_update_range ? static_cast<uint64_t>(id_limit) : 0};
   thread_local std::vector<int64_t> hist, pos;
   hist.assign(static_cast<size_t>(nt) * parts, 0);
   if (static_cast<int64_t>(pos.size()) < n) pos.resize(n);
@@ -117,7 +127,7 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
     const int t = omp_get_thread_num();
     const int64_t i0 = n * t / nt, i1 = n * (t + 1) / nt;
     int64_t* __restrict h = H + static_cast<size_t>(t) * parts;
-    for (int64_t i = i0; i < i1; ++i) ++h[partition_of(ids[i], parts)];
+    for (int64_t i = i0; i < i1; ++i) ++h[part_of(ids[i])];
 #pragma omp barrier
 #pragma omp single
     {
@@ -134,7 +144,7 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
       }
       part_start[parts] = acc;
     }
-    for (int64_t i = i0; i < i1; ++i) P[h[partition_of(ids[i], parts)]++] = i;
+    for (int64_t i = i0; i < i1; ++i) P[h[part_of(ids[i])]++] = i;
 #pragma omp barrier
     thread_local PartitionScratch scratch;
 #pragma omp for schedule(dynamic, 4)

@@ -55,14 +55,14 @@ _M64 = (1 << 64) - 1
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on uint64 arrays (a bijection with full avalanche)."""
+    """A 64-bit avalanche mix (murmur3's fmix64) on uint64 arrays: seeds the
+    stream's hidden weights and the hashing-trick buckets."""
     x = x.astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
+        for mult in (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)):
+            x ^= x >> np.uint64(33)
+            x *= mult
+        x ^= x >> np.uint64(33)
     return x
 
 

@@ -253,6 +253,8 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
     free_rows_.push_back(id);
     meta_[id].score = -1.0f;
   }
+  // Freed ids may be reused: row ids cached by a forward (torch backward) are stale.
+  if (!victims.empty()) layout_epoch_.fetch_add(1);
   if (sink_) sink_(local);
 }
 
@@ -482,6 +484,7 @@ int64_t FrequencyTable::erase(const int64_t* keys, int64_t n) {
     meta_[id].score = -1.0f;
     ++erased;
   }
+  if (erased) layout_epoch_.fetch_add(1);
   return erased;
 }
 
@@ -582,6 +585,7 @@ int64_t FrequencyTable::relayout_step(int64_t max_moves) {
     ++moves;
   }
   relayout_moves_ += moves;
+  if (moves) layout_epoch_.fetch_add(1);  // keys changed row ids
   if (cursor_ >= plan_.size()) {
     plan_.clear();
     plan_.shrink_to_fit();

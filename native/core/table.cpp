@@ -10,6 +10,7 @@
 #include <string>
 
 #include "../cpu/kernels_cpu.h"
+#include "../cpu/update_cpu.h"
 
 namespace embedlookup {
 
@@ -160,6 +161,7 @@ int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
     free_rows_.push_back(id);
     ++erased;
   }
+  if (erased) layout_epoch_.fetch_add(1);  // row ids cached by callers may now be stale
   return erased;
 }
 
@@ -201,15 +203,30 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
   uint32_t* ids = scratch_ids(n);
+  auto lk = lock_for_update(keys, n, ids, o);
+  const int64_t step = step_.fetch_add(1) + 1;
+  const StepScalars c = step_scalars(o, step);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads(), next_row_);
+}
+
+std::shared_lock<std::shared_mutex> EmbeddingTable::lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
+                                                                    const OptimSpec& o, const uint32_t* hint,
+                                                                    uint64_t hint_epoch) {
   std::shared_lock<std::shared_mutex> lk(mu_);
   for (;;) {
-    resolve(keys, n, ids);
+    // Ids resolved by an earlier call (the forward) are still right while no
+    // row was freed or moved since: skip the second pass over the index.
+    if (hint && hint_epoch == layout_epoch_.load())
+      std::copy(hint, hint + n, ids);
+    else
+      resolve(keys, n, ids);
     for (int64_t i = 0; i < n; ++i)
       if (ids[i] == kNoRow)
         throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " (position " + std::to_string(i) +
                               ") is not in the table; look keys up (which inserts them) before applying gradients");
     const OptimKind have = state_kind_.load();
-    if (have == o.kind) break;
+    if (have == o.kind) return lk;
     if (have != OptimKind::kNone)
       throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") +
                                   optim_name(have) + ", cannot apply " + optim_name(o.kind));
@@ -220,12 +237,6 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
     }
     lk.lock();  // re-resolve: keys may have changed while unlocked
   }
-  cpu::RowGroups groups;
-  cpu::group_rows(ids, n, groups);
-  const int64_t step = step_.fetch_add(1) + 1;
-  const StepScalars c = step_scalars(o, step);
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::sparse_update(view, state_.get(), groups, g, opt_.dim, o, c, threads());
 }
 
 MemoryStats EmbeddingTable::memory() const {

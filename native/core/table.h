@@ -86,6 +86,48 @@ class EmbeddingTable {
   // table and drives its index, arena and free list directly for admission,
   // eviction and relayout. ---
   friend class FrequencyTable;
+  // ---- Training entry points for the torch backend (issue 5); defined in
+  // table_training.cpp.
+  // Backward of pooled_lookup fused with one optimizer step: occurrence p of
+  // bag b gets grad_out[b] (row stride grad_stride) times per_sample_weights[p]
+  // (sum) or 1/len(b) (mean); max mode routes each column to the position in
+  // argmax (from pooled_max_argmax). Keys must exist; nothing changes on error.
+  // ids/ids_epoch: the row ids and layout_epoch() a forward returned (may be
+  // null); used instead of resolving the keys again when no row was freed or
+  // moved since.
+  void apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                              int64_t n_bags, PoolMode mode, const float* weights, const int64_t* argmax,
+                              const float* grad_out, int64_t grad_stride, const OptimSpec& o,
+                              const uint32_t* ids = nullptr, uint64_t ids_epoch = 0);
+  // pooled_lookup that also returns the resolved row ids (ids_out, n) and the
+  // layout epoch they belong to.
+  uint64_t pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                             int64_t n_bags, PoolMode mode, const float* weights, float* out, bool insert,
+                             uint32_t* ids_out);
+  // Max pooling that also returns the winning position per (bag, column),
+  // and the row ids / epoch as pooled_lookup_ids.
+  uint64_t pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                             int64_t n_bags, float* out, int64_t* argmax, bool insert, uint32_t* ids_out);
+  // Bumped whenever a row id may stop meaning the same key (erase; relayout
+  // and eviction must bump it too).
+  uint64_t layout_epoch() const { return layout_epoch_.load(); }
+  // Optimizer state per row (0 when no state is bound yet).
+  int64_t state_stride() const;
+  // Optimizer-state rows of `keys` (n x state_stride()); all keys must exist.
+  void export_state(const int64_t* keys, int64_t n, float* out) const;
+  // Writes optimizer-state rows for existing keys, binding state of o.kind
+  // first when none is bound (rows not listed start at o's initial value).
+  void import_state(const int64_t* keys, int64_t n, const float* state, const OptimSpec& o);
+  void set_step(int64_t step) { step_.store(step); }
+
+ private:
+  // Resolves keys (all must exist) and binds optimizer state of o.kind on
+  // first use; returns holding the shared lock.
+  std::shared_lock<std::shared_mutex> lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
+                                                      const OptimSpec& o, const uint32_t* hint = nullptr,
+                                                      uint64_t hint_epoch = 0);
+  std::atomic<uint64_t> layout_epoch_{0};
+  // ---- end of the torch-backend block
 
  private:
   int threads() const;

@@ -1,0 +1,144 @@
+// EmbeddingTable's training entry points for the torch backend: the fused
+// backward of pooled_lookup, max pooling with argmax, and optimizer-state
+// export/import for checkpoints. Same contract as table.cpp: validate first,
+// mutate after, so a failed call leaves the table as it was.
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../cpu/kernels_cpu.h"
+#include "../cpu/update_cpu.h"
+#include "table.h"
+
+namespace embedlookup {
+
+namespace {
+// Per-thread scratch reused across training steps (a step's arrays are a few
+// MB; reallocating them would page-fault on every call).
+struct TrainScratch {
+  std::vector<uint32_t> ids;
+  std::vector<int64_t> bag_of;
+  std::vector<float> scale, grad;
+};
+TrainScratch& train_scratch() {
+  thread_local TrainScratch s;
+  return s;
+}
+template <class T>
+T* sized(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+}  // namespace
+
+void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets,
+                                            int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
+                                            const int64_t* argmax, const float* grad_out, int64_t grad_stride,
+                                            const OptimSpec& o, const uint32_t* ids_hint, uint64_t ids_epoch) {
+  if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
+  if (mode == PoolMode::kMax && !argmax) throw std::invalid_argument("max mode needs the argmax from its forward");
+  const int64_t dim = opt_.dim;
+  const int64_t bad = cpu::first_non_finite(grad_out, n_bags, dim, grad_stride, threads());
+  if (bad >= 0)
+    throw std::invalid_argument("grad_output: bag " + std::to_string(bad) +
+                                " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
+  TrainScratch& s = train_scratch();
+  uint32_t* ids = sized(s.ids, n);
+  auto lk = lock_for_update(values, n, ids, o, ids_hint, ids_epoch);
+  GradSource g{};
+  if (mode == PoolMode::kMax) {
+    float* per_occurrence = sized(s.grad, n * dim);
+    cpu::max_pool_grad(argmax, grad_out, n_bags, dim, grad_stride, n, per_occurrence, threads());
+    g = GradSource{per_occurrence, n, dim, nullptr, nullptr};
+  } else {
+    int64_t* bag_of = sized(s.bag_of, n);
+    // Plain sum needs no per-occurrence scale.
+    float* scale = (mode == PoolMode::kMean || weights) ? sized(s.scale, n) : nullptr;
+    cpu::bag_positions(offsets, n_offsets, n_bags, n, mode, weights, bag_of, scale, threads());
+    g = GradSource{grad_out, n_bags, grad_stride, bag_of, scale};
+  }
+  const int64_t step = step_.fetch_add(1) + 1;
+  const StepScalars c = step_scalars(o, step);
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  cpu::fused_update(view, state_.get(), ids, n, g, dim, o, c, threads(), next_row_);
+}
+
+uint64_t EmbeddingTable::pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets,
+                                           int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
+                                           float* out, bool insert, uint32_t* ids) {
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    if (cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out,
+                       threads()) == 0 ||
+        !insert)
+      return layout_epoch_.load();
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  resolve(values, n, ids);
+  insert_missing(values, n, ids, true);
+  cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out, threads());
+  return layout_epoch_.load();
+}
+
+uint64_t EmbeddingTable::pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets,
+                                           int64_t n_offsets, int64_t n_bags, float* out, int64_t* argmax,
+                                           bool insert, uint32_t* ids) {
+  const RowView view{&rows_, &seq_, zero_row_.data()};
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    resolve(values, n, ids);
+    bool missing = false;
+    for (int64_t i = 0; i < n && !missing; ++i) missing = ids[i] == kNoRow;
+    if (!missing || !insert) {
+      cpu::pool_max_argmax(view, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
+      return layout_epoch_.load();
+    }
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  resolve(values, n, ids);
+  insert_missing(values, n, ids, true);
+  cpu::pool_max_argmax(view, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
+  return layout_epoch_.load();
+}
+
+int64_t EmbeddingTable::state_stride() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return state_ ? state_floats(state_kind_.load(), opt_.dim) : 0;
+}
+
+void EmbeddingTable::export_state(const int64_t* keys, int64_t n, float* out) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  if (!state_) return;
+  const int64_t sf = state_floats(state_kind_.load(), opt_.dim);
+  std::vector<uint32_t> ids(n);
+  resolve(keys, n, ids.data());
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] == kNoRow) throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " is not in the table");
+  for (int64_t i = 0; i < n; ++i) {
+    const float* st = state_->row(ids[i]);
+    for (;;) {  // consistent with concurrent updates, like row reads
+      const uint32_t s0 = seq_.read_begin(ids[i]);
+      std::copy(st, st + sf, out + i * sf);
+      if (seq_.read_valid(ids[i], s0)) break;
+    }
+  }
+}
+
+void EmbeddingTable::import_state(const int64_t* keys, int64_t n, const float* state, const OptimSpec& o) {
+  if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  const OptimKind have = state_kind_.load();
+  if (have != OptimKind::kNone && have != o.kind)
+    throw std::invalid_argument("optimizer: the table already holds optimizer state of another kind");
+  std::vector<uint32_t> ids(n);
+  resolve(keys, n, ids.data());
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] == kNoRow) throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " is not in the table");
+  if (have == OptimKind::kNone) bind_state(o);
+  if (!state_) return;  // SGD keeps no state
+  const int64_t sf = state_->stride();
+  for (int64_t i = 0; i < n; ++i) std::copy(state + i * sf, state + (i + 1) * sf, state_->row(ids[i]));
+}
+
+}  // namespace embedlookup

@@ -1,0 +1,159 @@
+// Body of the fused sparse update, included once per instruction set with
+// EL_ISA_NS set (see update_cpu.h for what it computes and how).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../core/key_index.h"
+#include "../core/table.h"
+#include "update_cpu.h"
+
+namespace embedlookup {
+namespace cpu {
+namespace EL_ISA_NS {
+
+namespace {
+
+// Lemire's multiply-shift reduction of a multiplicative hash: maps a row id
+// to [0, parts) for any parts, spreading consecutive ids.
+inline uint32_t partition_of(uint32_t id, uint32_t parts) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(id * 0x9E3779B1u) * parts) >> 32);
+}
+// Contiguous id ranges instead: a partition's rows then lie in one window of
+// the arena (~1 MB for 1 M rows x 64), friendlier to DRAM pages and caches.
+struct PartitionMap {
+  uint32_t parts;
+  uint64_t id_limit;  // ids are < id_limit; 0 = hash the ids
+  uint32_t operator()(uint32_t id) const {
+    return id_limit ? static_cast<uint32_t>(static_cast<uint64_t>(id) * parts / id_limit) : partition_of(id, parts);
+  }
+};
+
+// Reused per thread so steady-state training steps neither allocate nor fault.
+struct PartitionScratch {
+  std::vector<uint32_t> slot_row, slot_group, rows;
+  std::vector<float> grad;
+};
+
+
+// Merges and applies the occurrences pos[0..m) (ascending, all of one
+// partition, so no other thread touches their rows).
+void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, const int64_t* pos, int64_t m,
+                      const GradSource& g, int64_t dim, int64_t stride, const OptimSpec& o, const StepScalars& c,
+                      PartitionScratch& s) {
+  int log_cap = 4;
+  while ((int64_t(1) << log_cap) < 2 * m) ++log_cap;
+  const size_t cap = size_t(1) << log_cap;
+  if (s.slot_row.size() < cap) {
+    s.slot_row.resize(cap);
+    s.slot_group.resize(cap);
+  }
+  if (static_cast<int64_t>(s.rows.size()) < m) {
+    s.rows.resize(m);
+    s.grad.resize(static_cast<size_t>(m) * stride);
+  }
+  uint32_t* __restrict slot_row = s.slot_row.data();
+  uint32_t* __restrict slot_group = s.slot_group.data();
+  std::fill(slot_row, slot_row + cap, kNoRow);
+  int64_t groups = 0;
+  for (int64_t k = 0; k < m; ++k) {
+    const int64_t i = pos[k];
+    const uint32_t id = ids[i];
+    // A different multiplier from partition_of, so ids of one partition spread.
+    size_t h = (id * 0x85EBCA6Bu) >> (32 - log_cap);
+    while (slot_row[h] != kNoRow && slot_row[h] != id) h = (h + 1) & (cap - 1);
+    const float* __restrict src = g.grad + (g.src ? g.src[i] : i) * g.grad_stride;
+    const float sc = g.scale ? g.scale[i] : 1.0f;
+    if (slot_row[h] == kNoRow) {
+      slot_row[h] = id;
+      slot_group[h] = static_cast<uint32_t>(groups);
+      s.rows[groups] = id;
+      if (g_update_early) {
+        __builtin_prefetch(v.arena->row(id), 1, 2);
+        if (state) __builtin_prefetch(state->row(id), 1, 2);
+      }
+      float* __restrict acc = s.grad.data() + groups * stride;
+      for (int64_t j = 0; j < dim; ++j) acc[j] = sc * src[j];
+      ++groups;
+    } else {
+      float* __restrict acc = s.grad.data() + static_cast<int64_t>(slot_group[h]) * stride;
+      for (int64_t j = 0; j < dim; ++j) acc[j] += sc * src[j];
+    }
+  }
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(float));
+  const int64_t state_bytes = state ? state->stride() * static_cast<int64_t>(sizeof(float)) : 0;
+  auto prefetch_rw = [&](uint32_t id) {
+    const char* r = reinterpret_cast<const char*>(v.arena->row(id));
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(r + b, 1, 3);
+    if (state) {
+      const char* st = reinterpret_cast<const char*>(state->row(id));
+      for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 1, 3);
+    }
+  };
+  const int64_t kUpdateAhead = g_update_ahead;
+  for (int64_t u = 0; u < std::min(groups, kUpdateAhead); ++u) prefetch_rw(s.rows[u]);
+  for (int64_t u = 0; u < groups; ++u) {
+    if (u + kUpdateAhead < groups) prefetch_rw(s.rows[u + kUpdateAhead]);
+    const uint32_t id = s.rows[u];
+    float* st = state ? state->row(id) : nullptr;
+    v.seq->write_lock(id);
+    apply_row(o, c, v.arena->row(id), st, s.grad.data() + u * stride, dim);
+    v.seq->write_unlock(id);
+  }
+}
+
+}  // namespace
+
+void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads, uint32_t id_limit) {
+  if (n <= 0) return;
+  const int64_t stride = v.arena->stride();
+  // ~512 occurrences per partition keeps its map (4 KiB) and gradient sums
+  // (128 KiB at dim 64) in L1/L2; many more partitions than threads balance
+  // the dynamic schedule.
+  const uint32_t parts = static_cast<uint32_t>(std::min<int64_t>(int64_t(1) << 16, std::max<int64_t>(1, n / 512)));
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
+  const PartitionMap part_of{parts, g_update_range ? static_cast<uint64_t>(id_limit) : 0};
+  thread_local std::vector<int64_t> hist, pos;
+  hist.assign(static_cast<size_t>(nt) * parts, 0);
+  if (static_cast<int64_t>(pos.size()) < n) pos.resize(n);
+  int64_t* __restrict H = hist.data();
+  int64_t* __restrict P = pos.data();
+  std::vector<int64_t> part_start(parts + 1);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t i0 = n * t / nt, i1 = n * (t + 1) / nt;
+    int64_t* __restrict h = H + static_cast<size_t>(t) * parts;
+    for (int64_t i = i0; i < i1; ++i) ++h[part_of(ids[i])];
+#pragma omp barrier
+#pragma omp single
+    {
+      // Exclusive prefix in (partition, thread) order: the scatter below is
+      // stable, so each partition lists its positions in ascending order.
+      int64_t acc = 0;
+      for (uint32_t p = 0; p < parts; ++p) {
+        part_start[p] = acc;
+        for (int u = 0; u < nt; ++u) {
+          const int64_t cnt = H[static_cast<size_t>(u) * parts + p];
+          H[static_cast<size_t>(u) * parts + p] = acc;
+          acc += cnt;
+        }
+      }
+      part_start[parts] = acc;
+    }
+    for (int64_t i = i0; i < i1; ++i) P[h[part_of(ids[i])]++] = i;
+#pragma omp barrier
+    thread_local PartitionScratch scratch;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t p = 0; p < static_cast<int64_t>(parts); ++p)
+      update_partition(v, state, ids, P + part_start[p], part_start[p + 1] - part_start[p], g, dim, stride, o, c,
+                       scratch);
+  }
+}
+
+}  // namespace EL_ISA_NS
+}  // namespace cpu
+}  // namespace embedlookup

@@ -1,0 +1,19 @@
+"""PyTorch modules over embedlookup's hashed tables (needs ``torch``).
+
+``HashEmbeddingBag`` / ``HashEmbedding`` replace ``torch.nn.EmbeddingBag`` /
+``torch.nn.Embedding`` for int64 IDs without a fixed vocabulary, and
+``HashEmbeddingBagCollection`` pools many jagged features in one call. The
+backward applies each module's fused sparse optimizer in native code (see
+``modules`` for how this interacts with ``optimizer.step()``, gradient
+accumulation and ``zero_grad``). The forward and backward are ``torch.library``
+custom ops, so ``torch.compile`` keeps them in its graph.
+"""
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError("embedlookup.torch needs PyTorch: pip install 'embedlookup[torch]'") from e
+
+from .modules import HashEmbedding, HashEmbeddingBag, HashEmbeddingBagCollection
+
+__all__ = ["HashEmbedding", "HashEmbeddingBag", "HashEmbeddingBagCollection"]

@@ -1,0 +1,179 @@
+"""torch.library custom ops over the native table.
+
+A table is not a tensor, so modules register theirs in a process-wide registry
+and pass its integer handle to the ops (torch.compile treats it as a
+constant). The ops are opaque to the compiler: their real implementations
+call the native code on borrowed CPU memory (``Tensor.numpy()`` shares the
+storage), their fake implementations give only output shapes, so a compiled
+model keeps them in its graph instead of breaking around them.
+
+The forward op inserts missing keys (hidden table state); the backward op
+applies the fused optimizer step to the touched rows and returns the
+gradient of the module's empty anchor parameter, so neither can be
+dead-code-eliminated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import _checks
+
+__all__ = ["register_table", "unregister_table", "table_of"]
+
+_registry: dict = {}
+_lock = threading.Lock()
+_ids = itertools.count(1)
+
+
+class _Entry:
+    """What the ops need of a module's table: the table and its optimizer."""
+
+    __slots__ = ("table", "optimizer")
+
+    def __init__(self, table, optimizer):
+        self.table, self.optimizer = table, optimizer
+
+
+def register_table(table, optimizer) -> int:
+    with _lock:
+        h = next(_ids)
+        _registry[h] = _Entry(table, optimizer)
+    return h
+
+
+def unregister_table(handle: int) -> None:
+    with _lock:
+        _registry.pop(handle, None)
+
+
+def table_of(handle: int) -> _Entry:
+    try:
+        return _registry[handle]
+    except KeyError:
+        raise RuntimeError(f"embedlookup: table handle {handle} is not registered (module deleted?)") from None
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    # CPU, contiguous (the modules make it so): shares memory, no copy.
+    return t.detach().numpy()
+
+
+def _n_bags(offsets: torch.Tensor, include_last_offset: bool) -> int:
+    return offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+
+
+@torch.library.custom_op("embedlookup::pooled_lookup", mutates_args=())
+def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                  weights: Optional[torch.Tensor], handle: int, mode: int, include_last_offset: bool,
+                  insert: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pooled rows per bag (n_bags, dim); for max mode the winning position
+    per (bag, column) (int64; an empty tensor for sum/mean); the row ids the
+    keys resolved to (n, int32 holding uint32) and the table's layout epoch
+    (1,): the backward reuses the ids unless rows were freed meanwhile."""
+    entry = table_of(handle)
+    t = entry.table
+    v, off, n_bags = _checks.bags(_np(values), _np(offsets), include_last_offset)
+    w = None if weights is None else _checks.floats(_np(weights), "per_sample_weights", (v.shape[0],))
+    out = torch.empty((n_bags, t.dim), dtype=torch.float32)
+    ids = torch.empty((v.shape[0],), dtype=torch.int32)
+    ids_np = _np(ids).view(np.uint32)
+    if mode == _checks.MODES["max"]:
+        argmax = torch.empty((n_bags, t.dim), dtype=torch.int64)
+        epoch = t._t.pooled_max_argmax(v, off, n_bags, _np(out), _np(argmax), insert, ids_np)
+    else:
+        argmax = torch.empty((0,), dtype=torch.int64)
+        epoch = t._t.pooled_lookup_ids(v, off, n_bags, mode, w, _np(out), insert, ids_np)
+    return out, argmax, ids, torch.tensor([epoch], dtype=torch.int64)
+
+
+@pooled_lookup.register_fake
+def _(anchor, values, offsets, weights, handle, mode, include_last_offset, insert):
+    dim = table_of(handle).table.dim
+    n_bags = _n_bags(offsets, include_last_offset)
+    out = values.new_empty((n_bags, dim), dtype=torch.float32)
+    am_shape = (n_bags, dim) if mode == _checks.MODES["max"] else (0,)
+    return (out, values.new_empty(am_shape, dtype=torch.int64), values.new_empty(values.shape, dtype=torch.int32),
+            values.new_empty((1,), dtype=torch.int64))
+
+
+@torch.library.custom_op("embedlookup::pooled_backward", mutates_args=())
+def pooled_backward(grad: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+                    weights: Optional[torch.Tensor], argmax: torch.Tensor, ids: torch.Tensor, epoch: torch.Tensor,
+                    handle: int, mode: int,
+                    include_last_offset: bool, weights_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies the table's optimizer to the rows the forward touched (fused,
+    in native code). Returns (anchor gradient: empty, per_sample_weights
+    gradient: (n,) when asked for, else empty)."""
+    entry = table_of(handle)
+    t = entry.table
+    v, off, n_bags = _np(values), _np(offsets), _n_bags(offsets, include_last_offset)
+    g = grad.contiguous()
+    w = None if weights is None else _np(weights)
+    wg = torch.empty((0,), dtype=torch.float32)
+    if weights_grad:
+        # d out[b] / d w[p] = row(p): rows as they were in forward (read
+        # before this step updates them).
+        rows = torch.from_numpy(t.lookup(v, insert=False))
+        bag_of = torch.repeat_interleave(torch.arange(n_bags), torch.from_numpy(np.diff(np.append(off[:n_bags],
+                                                                                                   v.shape[0]))))
+        wg = (rows * g[bag_of]).sum(1)
+    am = None if mode != _checks.MODES["max"] else _np(argmax)
+    t._t.apply_pooled_gradients(v, off, n_bags, mode, w, am, _np(g), entry.optimizer._spec(),
+                                _np(ids).view(np.uint32), int(epoch[0]))
+    return torch.zeros((0,), dtype=torch.float32), wg
+
+
+@pooled_backward.register_fake
+def _(grad, values, offsets, weights, argmax, ids, epoch, handle, mode, include_last_offset, weights_grad):
+    wg = values.new_empty((values.shape[0],) if weights_grad else (0,), dtype=torch.float32)
+    return grad.new_empty((0,)), wg
+
+
+def _setup_context(ctx, inputs, output):
+    anchor, values, offsets, weights, handle, mode, include_last_offset, insert = inputs
+    ctx.save_for_backward(values, offsets, weights, output[1], output[2], output[3])
+    ctx.handle, ctx.mode, ctx.include_last_offset = handle, mode, include_last_offset
+
+
+def _backward(ctx, grad_out, grad_argmax, grad_ids, grad_epoch):
+    values, offsets, weights, argmax, ids, epoch = ctx.saved_tensors
+    weights_grad = weights is not None and ctx.needs_input_grad[3]
+    anchor_grad, wg = torch.ops.embedlookup.pooled_backward(grad_out, values, offsets, weights, argmax, ids, epoch,
+                                                            ctx.handle,
+                                                            ctx.mode, ctx.include_last_offset, weights_grad)
+    return anchor_grad, None, None, (wg if weights_grad else None), None, None, None, None
+
+
+pooled_lookup.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("embedlookup::namespace_keys", mutates_args=())
+def namespace_keys(values: torch.Tensor, feature_offsets: torch.Tensor, bits: int) -> torch.Tensor:
+    """Key of position p in feature f -> (f << (64 - bits)) | (key & low bits):
+    injective as long as every key fits in 64 - bits bits (two's complement),
+    which is checked, so features sharing a table never collide."""
+    v, fo = _np(values), _np(feature_offsets)
+    if bits == 0:
+        return values.clone()
+    low = 64 - bits
+    hi = v >> np.int64(low - 1)  # 0 or -1 when the key fits in `low` bits
+    if hi.size and (hi.min() < -1 or hi.max() > 0):
+        bad = int(v[(hi < -1) | (hi > 0)][0])
+        raise ValueError(f"values: key {bad} does not fit in {low} bits; a shared table with "
+                         f"{len(fo) - 1} features reserves the top {bits} bits of each key for the feature "
+                         f"(use shared_table=False for full 64-bit keys)")
+    feat = np.repeat(np.arange(len(fo) - 1, dtype=np.int64), np.diff(fo))
+    mask = np.int64((1 << low) - 1) if low < 64 else np.int64(-1)
+    out = (feat << np.int64(low)) | (v & mask)
+    return torch.from_numpy(out)
+
+
+@namespace_keys.register_fake
+def _(values, feature_offsets, bits):
+    return torch.empty_like(values)

@@ -1,0 +1,339 @@
+"""Drop-in torch modules over hashed embedding tables.
+
+``HashEmbeddingBag`` / ``HashEmbedding`` take the forward arguments of
+``torch.nn.EmbeddingBag`` / ``torch.nn.Embedding`` but index rows by arbitrary
+int64 IDs (no ``num_embeddings``: rows are created on first lookup).
+
+Training: the embedding rows are not ``nn.Parameter``s. Each module owns a
+fused sparse optimizer (``embedlookup.optim``) that its backward applies, in
+native code, to exactly the rows the forward touched, as FBGEMM's fused
+table-batched embedding does; no dense gradient is ever built. Consequences:
+
+* ``loss.backward()`` already updated the embeddings; ``optimizer.step()``
+  of your dense optimizer (for the MLP) neither needs nor sees them, and
+  ``zero_grad()`` has nothing to clear for them.
+* Gradient accumulation over k micro-batches applies k updates (one per
+  backward), not one update of the summed gradient. Use a k-times-larger
+  batch where that matters, or scale the learning rate.
+* Calling backward twice through one forward applies two updates.
+* ``optimizer=None`` freezes the table (no gradient flows into it).
+
+Each module holds one empty parameter (``_grad_anchor``, 0 elements) so that
+autograd calls the backward; it costs nothing in a dense optimizer.
+
+In training mode (``module.train()``) lookups insert unseen keys (initialised
+by the initializer); in eval mode they do not, and unseen keys read as zero
+rows (the serving path), unless ``insert_in_eval=True``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _checks
+from .. import init as _init
+from .. import optim
+from ..optim import Optimizer
+from ..table import EmbeddingTable
+from . import _ops
+
+__all__ = ["HashEmbeddingBag", "HashEmbedding", "HashEmbeddingBagCollection"]
+
+_STATE_VERSION = 1
+
+
+def _check_device(t: torch.Tensor, name: str, like: Optional[torch.Tensor] = None) -> None:
+    if t.device.type == "cuda":
+        raise RuntimeError(f"{name} is on {t.device}, but embedlookup was built without its CUDA backend; "
+                           f"pass CPU tensors (e.g. {name}.cpu())")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"{name} is on {t.device}; embedlookup's torch modules take CPU tensors")
+    if like is not None and t.device != like.device:
+        raise RuntimeError(f"{name} is on {t.device} but input is on {like.device}; pass both on one device")
+
+
+def _state_kind(opt: Optimizer) -> int:
+    """The native optimizer-state kind an optimizer keeps (OptimKind in optimizer.h)."""
+    if isinstance(opt, optim.Adagrad):
+        return optim._ROWWISE if opt.rowwise else optim._ADAGRAD
+    return optim._ADAM if isinstance(opt, optim.Adam) else optim._SGD
+
+
+def _int_tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name} must hold integers (torch.int64 preferred), got {x.dtype}")
+    return x
+
+
+class _TableModule(nn.Module):
+    """Owns one native table, its optimizer and its registry handle; saves and
+    loads them through ``state_dict`` (extra state)."""
+
+    def __init__(self, dim, optimizer, initializer, capacity, num_threads, insert_in_eval):
+        super().__init__()
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam) or None, "
+                            f"got {type(optimizer).__name__}")
+        self.table = EmbeddingTable(dim, initializer=initializer, capacity=capacity, optimizer=optimizer,
+                                    num_threads=num_threads)
+        self.optimizer = optimizer
+        self.insert_in_eval = bool(insert_in_eval)
+        self._num_threads = num_threads
+        self._handle = _ops.register_table(self.table, optimizer)
+        weakref.finalize(self, _ops.unregister_table, self._handle)
+        self._grad_anchor = nn.Parameter(torch.zeros(0), requires_grad=optimizer is not None)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.table.dim
+
+    def _insert(self) -> bool:
+        return self.training or self.insert_in_eval
+
+    def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool) -> torch.Tensor:
+        out = torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
+                                                     mode_id, include_last_offset, self._insert())[0]
+        return out
+
+    # ---------------------------------------------------------- checkpoints
+    def get_extra_state(self):
+        keys, rows = self.table.export()
+        state = self.table._t.export_state(keys)
+        opt = self.optimizer
+        return {
+            "version": _STATE_VERSION,
+            "dim": self.table.dim,
+            "keys": torch.from_numpy(keys),
+            "rows": torch.from_numpy(rows),
+            "optimizer_state": torch.from_numpy(state),
+            "optimizer_kind": int(self.table._t.state_kind),
+            "optimizer": None if opt is None else (type(opt).__name__, dict(vars(opt))),
+            "step": self.table.step,
+            "initializer": vars(self.table.initializer).copy(),
+            "capacity": self.table.capacity,
+        }
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError("state_dict: not an embedlookup table state (or an unknown version)")
+        if state["dim"] != self.table.dim:
+            raise ValueError(f"state_dict: saved table has dim {state['dim']}, this module has {self.table.dim}")
+        keys = _checks.keys_1d(state["keys"].numpy(), "keys")
+        rows = _checks.floats(state["rows"].numpy(), "rows", (keys.shape[0], self.table.dim))
+        opt_state = np.ascontiguousarray(state["optimizer_state"].numpy(), dtype=np.float32)
+        kind = state["optimizer_kind"]
+        if opt_state.size and (self.optimizer is None or _state_kind(self.optimizer) != kind):
+            raise ValueError("state_dict: the saved optimizer state belongs to another optimizer kind than "
+                             f"this module's ({type(self.optimizer).__name__})")
+        # Build the new table fully before swapping it in: a failure leaves the module as it was.
+        fresh = EmbeddingTable(self.table.dim, initializer=self.table.initializer, capacity=self.table.capacity,
+                               optimizer=self.optimizer, num_threads=self._num_threads)
+        fresh.assign(keys, rows)
+        if opt_state.size:
+            fresh._t.import_state(keys, opt_state.reshape(keys.shape[0], -1), self.optimizer._spec())
+        fresh._t.set_step(int(state["step"]))
+        self.table = fresh
+        _ops.table_of(self._handle).table = fresh
+
+
+class HashEmbeddingBag(_TableModule):
+    """``torch.nn.EmbeddingBag`` over a hashed table keyed by int64 IDs.
+
+    Parameters
+    ----------
+    embedding_dim: floats per row.
+    mode: "sum", "mean" (nn.EmbeddingBag's default) or "max".
+    optimizer: ``embedlookup.optim.SGD / Adagrad / Adam`` applied by backward
+        (fused, sparse); ``None`` freezes the table.
+    initializer: ``embedlookup.init.*`` for new rows (default uniform(-0.01, 0.01)).
+    capacity: maximum rows (``None``: unbounded); inserting past it raises
+        ``embedlookup.TableFullError``.
+    include_last_offset: as nn.EmbeddingBag.
+    num_threads: native threads per call (default: OpenMP's).
+    insert_in_eval: insert unseen keys in eval mode too.
+
+    ``forward(input, offsets=None, per_sample_weights=None)`` as
+    nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of
+    equal-length bags; returns (bags, embedding_dim) float32. padding_idx,
+    max_norm and scale_grad_by_freq are not supported.
+    """
+
+    def __init__(self, embedding_dim: int, mode: str = "mean", *, optimizer: Optimizer | None = None,
+                 initializer: _init.Initializer | None = None, capacity: int | None = None,
+                 include_last_offset: bool = False, num_threads: int | None = None, insert_in_eval: bool = False):
+        self._mode_id = _checks.mode_id(mode)
+        super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval)
+        self.mode = mode
+        self.include_last_offset = bool(include_last_offset)
+
+    def extra_repr(self) -> str:
+        return (f"{self.embedding_dim}, mode={self.mode!r}, optimizer={self.optimizer}, rows={len(self.table)}, "
+                f"capacity={self.table.capacity}")
+
+    def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+                per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = _int_tensor(input, "input")
+        _check_device(x, "input")
+        ilo = self.include_last_offset
+        if x.dim() == 2:
+            if offsets is not None:
+                raise ValueError("offsets must be None when input is 2-D (each row is one bag)")
+            if ilo:
+                raise ValueError("include_last_offset needs 1-D input with offsets")
+            bags, length = x.shape
+            offsets = torch.arange(0, bags * length, max(length, 1), dtype=torch.int64)[:bags]
+            x = x.reshape(-1)
+        elif x.dim() == 1:
+            if offsets is None:
+                raise ValueError("offsets are required when input is 1-D")
+            offsets = _int_tensor(offsets, "offsets")
+            _check_device(offsets, "offsets", x)
+            if offsets.dim() != 1:
+                raise ValueError(f"offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        else:
+            raise ValueError(f"input must be 1-D (with offsets) or 2-D (bags x length), got shape {tuple(x.shape)}")
+        w = None
+        if per_sample_weights is not None:
+            if self.mode != "sum":
+                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={self.mode!r}")
+            if not isinstance(per_sample_weights, torch.Tensor) or not per_sample_weights.is_floating_point():
+                raise TypeError("per_sample_weights must be a floating-point torch.Tensor")
+            _check_device(per_sample_weights, "per_sample_weights", input)
+            if per_sample_weights.shape != input.shape:
+                raise ValueError(f"per_sample_weights must have input's shape {tuple(input.shape)}, "
+                                 f"got {tuple(per_sample_weights.shape)}")
+            w = per_sample_weights.reshape(-1).to(torch.float32).contiguous()
+        x = x.to(torch.int64).contiguous()
+        offsets = offsets.to(torch.int64).contiguous()
+        return self._pool(x, offsets, w, self._mode_id, ilo)
+
+
+class HashEmbedding(_TableModule):
+    """``torch.nn.Embedding`` over a hashed table: ``forward(input)`` maps an
+    integer tensor of any shape to ``input.shape + (embedding_dim,)``.
+    Parameters as ``HashEmbeddingBag`` (no mode)."""
+
+    def __init__(self, embedding_dim: int, *, optimizer: Optimizer | None = None,
+                 initializer: _init.Initializer | None = None, capacity: int | None = None,
+                 num_threads: int | None = None, insert_in_eval: bool = False):
+        super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval)
+
+    def extra_repr(self) -> str:
+        return f"{self.embedding_dim}, optimizer={self.optimizer}, rows={len(self.table)}"
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = _int_tensor(input, "input")
+        _check_device(x, "input")
+        flat = x.reshape(-1).to(torch.int64).contiguous()
+        # One key per bag, summed: the same op (and fused backward) as bags.
+        offsets = torch.arange(flat.shape[0], dtype=torch.int64)
+        out = self._pool(flat, offsets, None, _checks.MODES["sum"], False)
+        return out.reshape(tuple(x.shape) + (self.embedding_dim,))
+
+
+class HashEmbeddingBagCollection(nn.Module):
+    """Pooled embeddings for many sparse features in one call.
+
+    Input is jagged by feature, laid out as TorchRec's ``KeyedJaggedTensor``:
+    ``values`` holds feature 0's IDs for samples 0..B-1, then feature 1's, ...;
+    ``lengths`` (F*B) or ``offsets`` (F*B + 1) delimit the bags; optional
+    ``weights`` (mode "sum"). A KeyedJaggedTensor (or anything with its
+    ``keys()/values()/lengths()/offsets()/weights_or_none()`` methods) may be
+    passed instead. Returns ``{feature: (B, embedding_dim)}``.
+
+    ``shared_table=True`` (default) keeps every feature in one table (one
+    native call per batch; rows of all features compete for one capacity, as
+    in Kraken's global table). Features never collide: a key is stored as
+    ``(feature << (64 - bits)) | key`` with ``bits = ceil(log2(F))``, and keys
+    that do not fit in ``64 - bits`` bits are rejected. ``shared_table=False``
+    gives each feature its own ``HashEmbeddingBag`` (full 64-bit keys;
+    ``capacity`` then applies per table).
+    """
+
+    def __init__(self, features, embedding_dim: int, mode: str = "sum", *, optimizer: Optimizer | None = None,
+                 initializer: _init.Initializer | None = None, capacity: int | None = None,
+                 shared_table: bool = True, num_threads: int | None = None, insert_in_eval: bool = False):
+        super().__init__()
+        self.features = [str(f) for f in features]
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError(f"features must be a non-empty list of distinct names, got {features!r}")
+        _checks.mode_id(mode)
+        self.mode = mode
+        self.shared_table = bool(shared_table)
+        kw = dict(mode=mode, optimizer=optimizer, initializer=initializer, capacity=capacity,
+                  include_last_offset=True, num_threads=num_threads, insert_in_eval=insert_in_eval)
+        if self.shared_table:
+            self.bag = HashEmbeddingBag(embedding_dim, **kw)
+            self._bits = int(len(self.features) - 1).bit_length()
+        else:
+            self.bags = nn.ModuleDict({f: HashEmbeddingBag(embedding_dim, **kw) for f in self.features})
+        self.embedding_dim = int(embedding_dim)
+
+    def memory_usage(self) -> dict:
+        """Native memory of the table(s), summed (see EmbeddingTable.memory_usage)."""
+        mods = [self.bag] if self.shared_table else list(self.bags.values())
+        total: dict = {}
+        for m in mods:
+            for k, v in m.table.memory_usage().items():
+                if k.endswith("_bytes") or k == "rows":
+                    total[k] = total.get(k, 0) + v
+        return total
+
+    def forward(self, features=None, *, values: Optional[torch.Tensor] = None,
+                lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None,
+                weights: Optional[torch.Tensor] = None) -> dict:
+        if features is not None:
+            if values is not None or lengths is not None or offsets is not None:
+                raise ValueError("pass either a KeyedJaggedTensor or values/lengths/offsets, not both")
+            if not callable(getattr(features, "values", None)):
+                raise TypeError(f"features must be a KeyedJaggedTensor, got {type(features).__name__}")
+            names = list(features.keys())
+            if names != self.features:
+                raise ValueError(f"KeyedJaggedTensor keys {names} differ from this module's features {self.features}")
+            values, offsets = features.values(), features.offsets()
+            weights = features.weights_or_none()
+        if values is None:
+            raise ValueError("values are required")
+        values = _int_tensor(values, "values")
+        _check_device(values, "values")
+        if values.dim() != 1:
+            raise ValueError(f"values must be 1-D, got shape {tuple(values.shape)}")
+        F = len(self.features)
+        if offsets is None:
+            if lengths is None:
+                raise ValueError("lengths or offsets are required")
+            lengths = _int_tensor(lengths, "lengths")
+            _check_device(lengths, "lengths", values)
+            if lengths.dim() != 1 or lengths.shape[0] % F:
+                raise ValueError(f"lengths must be 1-D with a multiple of {F} (features) entries, "
+                                 f"got shape {tuple(lengths.shape)}")
+            offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+        else:
+            if lengths is not None:
+                raise ValueError("pass lengths or offsets, not both")
+            offsets = _int_tensor(offsets, "offsets")
+            _check_device(offsets, "offsets", values)
+            if offsets.dim() != 1 or (offsets.shape[0] - 1) % F or offsets.shape[0] < 1:
+                raise ValueError(f"offsets must be 1-D with F*B + 1 entries (F = {F}), got shape "
+                                 f"{tuple(offsets.shape)}")
+        offsets = offsets.to(torch.int64).contiguous()
+        values = values.to(torch.int64).contiguous()
+        B = (offsets.shape[0] - 1) // F
+        if self.shared_table:
+            keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
+                                                        self._bits)
+            out = self.bag(keys, offsets, weights).reshape(F, B, self.embedding_dim)
+            return {f: out[i] for i, f in enumerate(self.features)}
+        result = {}
+        for i, f in enumerate(self.features):
+            lo, hi = offsets[i * B], offsets[(i + 1) * B]
+            w = None if weights is None else weights[lo:hi]
+            result[f] = self.bags[f](values[lo:hi], offsets[i * B:(i + 1) * B + 1] - lo, w)
+        return result

@@ -1,0 +1,512 @@
+"""Continual training of a DLRM-style CTR model on a click stream.
+
+One pass over a stream of batches, with progressive validation: every batch
+is first scored by the current model (those predictions give logloss / AUC),
+then trained on. Several embedding configurations are trained side by side
+on the same batches so that they can be compared at equal embedding memory:
+
+* ``hashing``: ``torch.nn.EmbeddingBag(rows, dim, sparse=True)`` with the
+  hashing trick (each (feature, ID) hashed modulo a fixed number of rows;
+  colliding IDs share a row) + ``torch.optim.Adagrad``;
+* ``hash_table``: ``embedlookup.torch.HashEmbeddingBagCollection`` (one
+  collision-free table shared by all features) with fused Adagrad, bounded
+  by ``capacity`` rows so that its total bytes (rows, optimizer state, index
+  and metadata) match the hashing model's; the table policy is pluggable
+  (``TablePolicy``): the default admits IDs until the table is full and then
+  maps unseen IDs to one out-of-vocabulary row per feature, because the
+  engine has no admission/eviction yet;
+* ``hash_table_unbounded``: the same without a bound (more memory; the
+  ceiling a collision-free table reaches when it may keep every ID).
+
+Streams: ``SyntheticClickStream`` (seeded, documented below) or
+``criteo_batches`` for files in the Criteo display-advertising TSV layout.
+
+Run::
+
+    PYTHONPATH=python python3 -m embedlookup.train --batches 400 --out train_results
+    PYTHONPATH=python python3 -m embedlookup.train --criteo day_0.tsv --rows 200000 --out criteo_results
+
+It writes ``metrics.json`` (per-window logloss / AUC, memory, configuration)
+and ``training.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import init as _init
+from . import optim as _optim
+from .torch import HashEmbeddingBagCollection
+
+__all__ = ["Batch", "SyntheticClickStream", "criteo_batches", "DLRM", "TablePolicy", "AdmitUntilFull",
+           "run", "main"]
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit avalanche mix (murmur3's fmix64) on uint64 arrays: seeds the
+    stream's hidden weights and the hashing-trick buckets."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        for mult in (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)):
+            x ^= x >> np.uint64(33)
+            x *= mult
+        x ^= x >> np.uint64(33)
+    return x
+
+
+@dataclass
+class Batch:
+    """One mini-batch: ``dense`` (B, n_dense) float32, ``sparse`` (B, F)
+    int64 IDs (one per feature), ``label`` (B,) float32 in {0, 1}."""
+
+    dense: torch.Tensor
+    sparse: torch.Tensor
+    label: torch.Tensor
+
+
+# --------------------------------------------------------------- synthetic
+@dataclass
+class SyntheticClickStream:
+    """A seeded click stream with the structure of CTR data.
+
+    * ``n_features`` categorical features; feature f draws a popularity rank
+      r ~ Zipf(``zipf_alpha``) truncated to ``vocab[f]`` and maps it to an ID;
+    * drift: for the first ``drifting`` features (items, ads) the ID of rank r
+      at batch t is ``r + floor(drift * t)``: new IDs keep arriving at the head
+      and old ones fade, as in a live catalogue;
+    * hidden click model: ``logit = bias + sum_f w_f(ID) + dense . beta`` with
+      ``w_f(ID) ~ N(0, weight_std)`` fixed per (seed, feature, ID) by a
+      counter-based hash, so an ID's effect never changes but unseen IDs keep
+      appearing; label ~ Bernoulli(sigmoid(logit));
+    * ``n_dense`` dense features ~ N(0, 1).
+
+    Deterministic for a given seed.
+    """
+
+    n_features: int = 8
+    vocab: tuple = (2_000_000, 1_000_000, 300_000, 100_000, 30_000, 10_000, 1_000, 100)
+    zipf_alpha: float = 1.15
+    drifting: int = 2
+    drift: float = 200.0
+    n_dense: int = 4
+    weight_std: float = 0.8
+    bias: float = -2.0
+    batch_size: int = 2048
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.vocab) < self.n_features:
+            raise ValueError(f"vocab needs {self.n_features} sizes, got {len(self.vocab)}")
+
+    def hidden_weight(self, f: int, ids: np.ndarray) -> np.ndarray:
+        h1 = _mix64(ids.astype(np.int64).view(np.uint64) ^ np.uint64((self.seed * 1000003 + f * 7919 + 1) & _M64))
+        h2 = _mix64(h1 ^ np.uint64(0x9E3779B97F4A7C15))
+        u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+        u2 = (h2 >> np.uint64(11)).astype(np.float64) / 2.0**53
+        return self.weight_std * np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
+
+    def batches(self, n_batches: int) -> Iterator[Batch]:
+        rng = np.random.default_rng(self.seed)
+        beta = rng.normal(0, 0.3, self.n_dense)
+        B, F = self.batch_size, self.n_features
+        for t in range(n_batches):
+            ids = np.empty((B, F), np.int64)
+            logit = np.full(B, self.bias)
+            for f in range(F):
+                r = rng.zipf(self.zipf_alpha, B) - 1
+                r = r % self.vocab[f]
+                shift = int(self.drift * t) if f < self.drifting else 0
+                ids[:, f] = r + shift
+                logit += self.hidden_weight(f, ids[:, f])
+            dense = rng.normal(0, 1, (B, self.n_dense)).astype(np.float32)
+            logit += dense @ beta
+            label = (rng.random(B) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+            yield Batch(torch.from_numpy(dense), torch.from_numpy(ids), torch.from_numpy(label))
+
+
+# ------------------------------------------------------------------ criteo
+CRITEO_DENSE, CRITEO_SPARSE = 13, 26
+
+
+def criteo_batches(path: str, batch_size: int = 2048, max_batches: Optional[int] = None) -> Iterator[Batch]:
+    """Reads the Criteo display-advertising TSV layout: ``label``, 13 integer
+    columns, 26 categorical columns of 32-bit hex hashes, tab-separated;
+    empty fields are missing. Integers become ``log(1 + max(x, 0))`` (missing:
+    0); a categorical field becomes its hex value as an int64 ID (missing: -1).
+    Lines with the wrong number of fields raise ``ValueError`` naming the line.
+    """
+    n_cols = 1 + CRITEO_DENSE + CRITEO_SPARSE
+    dense = np.zeros((batch_size, CRITEO_DENSE), np.float32)
+    sparse = np.full((batch_size, CRITEO_SPARSE), -1, np.int64)
+    label = np.zeros(batch_size, np.float32)
+    k, done = 0, 0
+    with open(path, encoding="ascii") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if len(parts) != n_cols:
+                raise ValueError(f"{path}:{lineno}: expected {n_cols} tab-separated fields "
+                                 f"(label, 13 integers, 26 categoricals), got {len(parts)}")
+            try:
+                label[k] = float(parts[0])
+                for j in range(CRITEO_DENSE):
+                    s = parts[1 + j]
+                    dense[k, j] = math.log1p(max(int(s), 0)) if s else 0.0
+                for j in range(CRITEO_SPARSE):
+                    s = parts[1 + CRITEO_DENSE + j]
+                    sparse[k, j] = int(s, 16) if s else -1
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+            k += 1
+            if k == batch_size:
+                yield Batch(torch.from_numpy(dense.copy()), torch.from_numpy(sparse.copy()),
+                            torch.from_numpy(label.copy()))
+                k, done = 0, done + 1
+                sparse.fill(-1)
+                dense.fill(0)
+                if max_batches is not None and done >= max_batches:
+                    return
+    if k:
+        yield Batch(torch.from_numpy(dense[:k].copy()), torch.from_numpy(sparse[:k].copy()),
+                    torch.from_numpy(label[:k].copy()))
+
+
+# ------------------------------------------------------------------- model
+class TablePolicy:
+    """Decides, before each forward, which IDs a bounded hashed table sees.
+    ``prepare(sparse)`` returns the (B, F) IDs to look up. Subclass to plug in
+    admission / eviction (issue 3's policies, once they exist)."""
+
+    def bind(self, collection: HashEmbeddingBagCollection) -> None:
+        self.collection = collection
+
+    def prepare(self, sparse: torch.Tensor) -> torch.Tensor:
+        return sparse
+
+
+class AdmitUntilFull(TablePolicy):
+    """First come, first admitted, until ``capacity`` rows; afterwards unseen
+    IDs map to one reserved out-of-vocabulary ID per feature (which is
+    admitted first, so it always has a row). What the engine offers today:
+    no eviction, so a full table stops learning new IDs."""
+
+    OOV = -(1 << 40)  # a reserved ID; fits the shared table's namespaced key range
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+
+    def bind(self, collection):
+        super().bind(collection)
+        self._keys = None
+
+    def prepare(self, sparse):
+        coll = self.collection
+        table = coll.bag.table
+        F = sparse.shape[1]
+        if len(table) == 0:  # reserve the OOV rows first
+            coll(values=torch.full((F,), self.OOV, dtype=torch.int64), lengths=torch.ones(F, dtype=torch.int64))
+        room = self.capacity - len(table)
+        B, F = sparse.shape
+        keys = _namespaced(sparse, coll).reshape(F, B).T  # (B, F), as the table stores them
+        _, found = table.find(keys.reshape(-1))
+        new = ~found.reshape(B, F)
+        if not new.any():
+            return sparse
+        # Admit the first `room` distinct unseen keys (in batch order); the rest read the OOV row.
+        unseen = keys[new]
+        uniq, first = np.unique(unseen, return_index=True)
+        admitted = uniq[np.argsort(first)][:max(room, 0)]
+        out = sparse.numpy().copy()
+        sub = out[new]
+        sub[~np.isin(unseen, admitted)] = self.OOV
+        out[new] = sub
+        return torch.from_numpy(out)
+
+
+def _namespaced(sparse: torch.Tensor, coll: HashEmbeddingBagCollection) -> np.ndarray:
+    """The keys the shared table stores for (B, F) IDs (feature-major)."""
+    F, B = sparse.shape[1], sparse.shape[0]
+    values = sparse.T.contiguous().reshape(-1)
+    fo = torch.arange(0, F * B + 1, B, dtype=torch.int64)
+    return torch.ops.embedlookup.namespace_keys(values, fo, coll._bits).numpy()
+
+
+class HashingTrickEmbeddings(nn.Module):
+    """(B, F) IDs -> (F, B, dim) via one nn.EmbeddingBag of ``rows`` rows,
+    (feature, ID) hashed modulo rows (the hashing trick)."""
+
+    def __init__(self, n_features: int, rows: int, dim: int, seed: int = 0):
+        super().__init__()
+        self.emb = nn.EmbeddingBag(rows, dim, mode="sum", sparse=True)
+        nn.init.uniform_(self.emb.weight, -0.05, 0.05)
+        self.rows, self.seed = rows, seed
+        self.salt = np.uint64(_mix64(np.arange(n_features, dtype=np.uint64) + np.uint64(seed + 1)))
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        B, F = sparse.shape
+        ids = sparse.numpy().astype(np.int64).view(np.uint64)
+        h = _mix64(ids ^ self.salt[None, :]) % np.uint64(self.rows)
+        idx = torch.from_numpy(h.astype(np.int64).T.reshape(-1))
+        out = self.emb(idx, torch.arange(F * B, dtype=torch.int64))
+        return out.reshape(F, B, -1)
+
+    def memory_bytes(self) -> int:
+        # rows + torch Adagrad's dense state (one float per element)
+        return 2 * self.emb.weight.numel() * 4
+
+
+class HashTableEmbeddings(nn.Module):
+    """(B, F) IDs -> (F, B, dim) via HashEmbeddingBagCollection (one shared
+    collision-free table), after the table policy."""
+
+    def __init__(self, n_features: int, dim: int, capacity: Optional[int], lr: float, seed: int = 0,
+                 policy: Optional[TablePolicy] = None):
+        super().__init__()
+        self.coll = HashEmbeddingBagCollection([f"f{i}" for i in range(n_features)], dim, mode="sum",
+                                               optimizer=_optim.Adagrad(lr=lr),
+                                               initializer=_init.uniform(-0.05, 0.05, seed=seed),
+                                               capacity=capacity)
+        self.policy = policy or TablePolicy()
+        self.policy.bind(self.coll)
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            sparse = self.policy.prepare(sparse)
+        B, F = sparse.shape
+        out = self.coll(values=sparse.T.contiguous().reshape(-1), lengths=torch.ones(F * B, dtype=torch.int64))
+        return torch.stack(list(out.values()))
+
+    def memory_bytes(self) -> int:
+        """Bytes in use: live rows with their Adagrad state and key, plus the
+        index as allocated. (The arena allocates 8 MiB chunks, so allocated
+        bytes round up; ``allocated_bytes`` gives those.)"""
+        t = self.coll.bag.table
+        m = t.memory_usage()
+        return int(len(t) * (m["row_bytes_per_row"] + 4 * t.dim + 8) + m["index_bytes"])
+
+    def allocated_bytes(self) -> int:
+        return int(self.coll.memory_usage()["total_bytes"])
+
+
+class DLRM(nn.Module):
+    """Bottom MLP on dense features, embeddings per sparse feature, pairwise
+    dot-product interactions, top MLP -> click logit (Naumov et al., 2019)."""
+
+    def __init__(self, embeddings: nn.Module, n_dense: int, n_features: int, dim: int, hidden: int = 64):
+        super().__init__()
+        self.embeddings = embeddings
+        self.bottom = nn.Sequential(nn.Linear(n_dense, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU())
+        n = n_features + 1
+        self.register_buffer("pairs", torch.triu_indices(n, n, offset=1), persistent=False)
+        self.top = nn.Sequential(nn.Linear(dim + n * (n - 1) // 2, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        d = self.bottom(dense)                                # (B, dim)
+        e = self.embeddings(sparse).transpose(0, 1)           # (B, F, dim)
+        z = torch.cat([d.unsqueeze(1), e], dim=1)             # (B, F+1, dim)
+        inter = torch.bmm(z, z.transpose(1, 2))[:, self.pairs[0], self.pairs[1]]
+        return self.top(torch.cat([d, inter], dim=1)).squeeze(1)
+
+
+# ----------------------------------------------------------------- metrics
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum statistic (ties get average ranks)."""
+    labels = labels.astype(bool)
+    pos, neg = labels.sum(), (~labels).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    ranks = np.empty(len(s))
+    i = 0
+    while i < len(s):  # average ranks over runs of equal scores (runs are rare)
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[i:j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(s))
+    r[order] = ranks
+    return float((r[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def logloss(labels: np.ndarray, logits: np.ndarray) -> float:
+    # log(1 + e^x) - y x, stable
+    return float(np.mean(np.logaddexp(0, logits) - labels * logits))
+
+
+# --------------------------------------------------------------------- run
+@dataclass
+class RunConfig:
+    dim: int = 16
+    rows: int = 100_000           # hashing-trick rows; the bounded table gets the same bytes
+    lr_embedding: float = 0.05
+    lr_dense: float = 1e-3
+    window: int = 20              # batches per reported window
+    models: tuple = ("hashing", "hash_table", "hash_table_unbounded")
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def hash_table_rows_for_bytes(budget: int, dim: int) -> int:
+    """Rows of a bounded table whose rows + Adagrad state + index + metadata
+    fit ``budget`` bytes, measured on a probe table (index bytes depend on
+    the load the index keeps)."""
+    probe = HashEmbeddingBagCollection(["a"], dim, optimizer=_optim.Adagrad())
+    t = probe.bag.table
+    n = 20_000
+    t.lookup(np.arange(n, dtype=np.int64))
+    t.apply_gradients(np.arange(n, dtype=np.int64), np.zeros((n, dim), np.float32), _optim.Adagrad())
+    m = t.memory_usage()
+    # Index bytes per row at this probe's load; the index doubles as it grows,
+    # so at capacity it may hold up to 2x this (reported, not hidden).
+    per_row = m["row_bytes_per_row"] + 4 * dim + 8 + m["index_bytes"] / n
+    return int(budget / per_row)
+
+
+def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
+    torch.manual_seed(cfg.seed)
+    models = {}
+    budget = 2 * cfg.rows * cfg.dim * 4
+    for name in cfg.models:
+        if name == "hashing":
+            emb = HashingTrickEmbeddings(n_features, cfg.rows, cfg.dim, cfg.seed)
+        elif name == "hash_table":
+            cap = hash_table_rows_for_bytes(budget, cfg.dim)
+            emb = HashTableEmbeddings(n_features, cfg.dim, cap, cfg.lr_embedding, cfg.seed, AdmitUntilFull(cap))
+        elif name == "hash_table_unbounded":
+            emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed)
+        else:
+            raise ValueError(f"unknown model {name!r}")
+        model = DLRM(emb, n_dense, n_features, cfg.dim)
+        dense_params = [p for n_, p in model.named_parameters() if not n_.startswith("embeddings.")]
+        opts = [torch.optim.Adam(dense_params, lr=cfg.lr_dense)]
+        if name == "hashing":
+            opts.append(torch.optim.Adagrad(emb.parameters(), lr=cfg.lr_embedding))
+        models[name] = (model, opts)
+    return models
+
+
+def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> dict:
+    """Trains every configured model one pass over ``batches`` with
+    progressive validation; returns the metrics dict (see module doc)."""
+    models = build_models(cfg, n_features, n_dense)
+    loss_fn = nn.BCEWithLogitsLoss()
+    hist = {name: {"logloss": [], "auc": [], "memory_bytes": [], "seconds": 0.0} for name in models}
+    buf = {name: ([], []) for name in models}
+    seen = 0
+    for t, batch in enumerate(batches):
+        seen += batch.label.shape[0]
+        for name, (model, opts) in models.items():
+            t0 = time.perf_counter()
+            model.train()
+            logits = model(batch.dense, batch.sparse)
+            buf[name][0].append(batch.label.numpy())
+            buf[name][1].append(logits.detach().numpy().copy())  # scored before this batch's update
+            loss = loss_fn(logits, batch.label)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()  # hashed tables update here (fused)
+            for o in opts:
+                o.step()
+            hist[name]["seconds"] += time.perf_counter() - t0
+        if (t + 1) % cfg.window == 0:
+            for name, (model, _) in models.items():
+                y, s = np.concatenate(buf[name][0]), np.concatenate(buf[name][1])
+                hist[name]["logloss"].append(logloss(y, s))
+                hist[name]["auc"].append(auc(y, s))
+                hist[name]["memory_bytes"].append(model.embeddings.memory_bytes())
+                buf[name] = ([], [])
+            log(f"batch {t + 1:5d} samples {seen:9d}  " + "  ".join(
+                f"{n}: ll={h['logloss'][-1]:.4f} auc={h['auc'][-1]:.4f}" for n, h in hist.items()))
+    for name, (model, _) in models.items():
+        h = hist[name]
+        h["mean_logloss"] = float(np.mean(h["logloss"])) if h["logloss"] else float("nan")
+        h["mean_auc"] = float(np.nanmean(h["auc"])) if h["auc"] else float("nan")
+        if name.startswith("hash_table"):
+            h["allocated_bytes"] = model.embeddings.allocated_bytes()
+            h["rows"] = len(model.embeddings.coll.bag.table)
+            h["capacity"] = model.embeddings.coll.bag.table.capacity
+    return {"config": asdict(cfg), "samples": seen, "models": hist}
+
+
+def plot(result: dict, path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
+    w = result["config"]["window"]
+    for name, h in result["models"].items():
+        x = np.arange(1, len(h["logloss"]) + 1) * w
+        mb = h["memory_bytes"][-1] / 2**20 if h["memory_bytes"] else float("nan")
+        label = f"{name} ({mb:.1f} MiB)"
+        ax[0].plot(x, h["logloss"], label=label)
+        ax[1].plot(x, h["auc"], label=label)
+        ax[2].plot(x, np.array(h["memory_bytes"]) / 2**20, label=name)
+    ax[0].set(xlabel="batch", ylabel="logloss (progressive, per window)")
+    ax[1].set(xlabel="batch", ylabel="AUC (progressive, per window)")
+    ax[2].set(xlabel="batch", ylabel="embedding memory (MiB)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(title or "progressive validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m embedlookup.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--criteo", help="Criteo-layout TSV file (default: the synthetic stream)")
+    p.add_argument("--batches", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--rows", type=int, default=100_000, help="hashing-trick rows (sets the memory budget)")
+    p.add_argument("--window", type=int, default=20)
+    p.add_argument("--lr-embedding", type=float, default=0.05)
+    p.add_argument("--models", default="hashing,hash_table,hash_table_unbounded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drift", type=float, default=200.0, help="synthetic: new head IDs per batch")
+    p.add_argument("--threads", type=int, default=None, help="torch and native threads (default: torch's)")
+    p.add_argument("--out", default="train_results")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)  # the native kernels share torch's OpenMP runtime
+    cfg = RunConfig(dim=a.dim, rows=a.rows, lr_embedding=a.lr_embedding, window=a.window,
+                    models=tuple(a.models.split(",")), seed=a.seed)
+    if a.criteo:
+        batches = criteo_batches(a.criteo, a.batch_size, a.batches)
+        nf, nd, title = CRITEO_SPARSE, CRITEO_DENSE, f"Criteo: {os.path.basename(a.criteo)}"
+    else:
+        stream = SyntheticClickStream(batch_size=a.batch_size, seed=a.seed, drift=a.drift)
+        batches = stream.batches(a.batches)
+        nf, nd = stream.n_features, stream.n_dense
+        cfg.extra["stream"] = {k: v for k, v in asdict(stream).items()}
+        title = f"synthetic stream (seed {a.seed}, drift {a.drift}/batch)"
+    result = run(batches, cfg, nf, nd)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "metrics.json"), "w") as fh:
+        json.dump(result, fh, indent=1, default=float)
+    plot(result, os.path.join(a.out, "training.png"), title)
+    for name, h in result["models"].items():
+        print(f"{name:22s} mean logloss {h['mean_logloss']:.4f}  mean AUC {h['mean_auc']:.4f}  "
+              f"memory {h['memory_bytes'][-1] / 2**20 if h['memory_bytes'] else 0:.1f} MiB  "
+              f"train {h['seconds']:.1f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,6 @@ namespace cpu {
                     int64_t, int64_t, PoolMode, const float*, float*, int);                                       \
   int64_t gather_rows(const RowView&, const KeyIndex&, const int64_t*, uint32_t*, int64_t, int64_t, float*,       \
                       uint8_t*, int);                                                                             \
-  void sparse_update(const RowView&, RowArena*, const RowGroups&, const GradSource&, int64_t, const OptimSpec&, \
-                     const StepScalars&, int);                                                                 \
   }
 EL_DECLARE_ISA(avx2)
 EL_DECLARE_ISA(generic)
@@ -46,51 +44,6 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
                     int64_t dim, float* out, uint8_t* found, int nt) {
   return (has_avx2() ? avx2::gather_rows : generic::gather_rows)(v, index, keys, ids, n, dim, out, found, nt);
 }
-void sparse_update(const RowView& v, RowArena* state, const RowGroups& g, const GradSource& src, int64_t dim,
-                   const OptimSpec& o, const StepScalars& c, int nt) {
-  (has_avx2() ? avx2::sparse_update : generic::sparse_update)(v, state, g, src, dim, o, c, nt);
-}
-
-RowGroups::~RowGroups() {
-  delete[] rows;
-  delete[] start;
-  delete[] order;
-}
-
-void group_rows(const uint32_t* ids, int64_t n, RowGroups& out) {
-  // Open-addressing map row id -> group, sized for a load <= 0.5.
-  size_t cap = 16;
-  while (cap < static_cast<size_t>(2 * n)) cap <<= 1;
-  std::unique_ptr<uint32_t[]> slot_row(new uint32_t[cap]);
-  std::unique_ptr<uint32_t[]> slot_group(new uint32_t[cap]);
-  std::fill(slot_row.get(), slot_row.get() + cap, kNoRow);
-  std::unique_ptr<uint32_t[]> group_of(new uint32_t[n]);
-  out.rows = new uint32_t[n];
-  std::vector<int64_t> count;
-  count.reserve(n);
-  int64_t g = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t id = ids[i];
-    size_t h = mix64(id) & (cap - 1);
-    while (slot_row[h] != kNoRow && slot_row[h] != id) h = (h + 1) & (cap - 1);
-    if (slot_row[h] == kNoRow) {
-      slot_row[h] = id;
-      slot_group[h] = static_cast<uint32_t>(g);
-      out.rows[g++] = id;
-      count.push_back(0);
-    }
-    group_of[i] = slot_group[h];
-    ++count[slot_group[h]];
-  }
-  out.n_rows = g;
-  out.start = new int64_t[g + 1];
-  out.start[0] = 0;
-  for (int64_t u = 0; u < g; ++u) out.start[u + 1] = out.start[u] + count[u];
-  out.order = new int64_t[n];
-  std::vector<int64_t> fill(out.start, out.start + g);
-  for (int64_t i = 0; i < n; ++i) out.order[fill[group_of[i]]++] = i;
-}
-
 int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
   int64_t first = rows;
 #pragma omp parallel for num_threads(nt) reduction(min : first) schedule(static) if (rows * dim > 65536)

@@ -41,20 +41,6 @@ int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, 
 int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
                     int64_t dim, float* out, uint8_t* found, int nthreads);
 
-// Distinct rows of ids[0..n) in first-occurrence order, and for each the
-// positions where it occurs (CSR: order[start[u] .. start[u+1])), ascending.
-struct RowGroups {
-  uint32_t* rows = nullptr;
-  int64_t n_rows = 0;
-  int64_t* start = nullptr;  // n_rows + 1
-  int64_t* order = nullptr;  // n
-  ~RowGroups();
-};
-void group_rows(const uint32_t* ids, int64_t n, RowGroups& out);
-
-void sparse_update(const RowView& v, RowArena* state, const RowGroups& groups, const GradSource& g, int64_t dim,
-                   const OptimSpec& o, const StepScalars& c, int nthreads);
-
 // Index of the first row of a (rows x dim, row stride `stride`) matrix holding
 // NaN or inf, or -1.
 int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);

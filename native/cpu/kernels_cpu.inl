@@ -256,35 +256,6 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
   return missing;
 }
 
-void sparse_update(const RowView& v, RowArena* state, const RowGroups& gr, const GradSource& g, int64_t dim,
-                   const OptimSpec& o, const StepScalars& c, int nthreads) {
-  const int64_t stride = v.arena->stride();
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, gr.n_rows / 256 + 1)));
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<float> gsum(stride);
-#pragma omp for schedule(static)
-    for (int64_t u = 0; u < gr.n_rows; ++u) {
-      if (u + 4 < gr.n_rows) {
-        prefetch_row(v, gr.rows[u + 4], stride);
-        if (state) __builtin_prefetch(state->row(gr.rows[u + 4]), 1, 3);
-      }
-      std::fill(gsum.begin(), gsum.end(), 0.0f);
-      for (int64_t k = gr.start[u]; k < gr.start[u + 1]; ++k) {
-        const int64_t i = gr.order[k];
-        const float* src = g.grad + (g.src ? g.src[i] : i) * g.grad_stride;
-        const float sc = g.scale ? g.scale[i] : 1.0f;
-        for (int64_t j = 0; j < dim; ++j) gsum[j] += sc * src[j];
-      }
-      const uint32_t id = gr.rows[u];
-      float* st = state ? state->row(id) : nullptr;
-      v.seq->write_lock(id);
-      apply_row(o, c, v.arena->row(id), st, gsum.data(), dim);
-      v.seq->write_unlock(id);
-    }
-  }
-}
-
 }  // namespace EL_ISA_NS
 }  // namespace cpu
 }  // namespace embedlookup

@@ -44,6 +44,7 @@ py::array_t<T> vector_to_array(std::vector<T>&& v, std::vector<py::ssize_t> shap
 // registered here with one line, so parts can grow without touching each other.
 void bind_table(py::module_& m);
 void bind_frequency(py::module_& m);  // frequency (issue 3): bind_frequency.cpp
+void bind_storage(py::module_& m);  // storage (issue 4): native/storage/bind_storage.cpp
 #ifdef EMBEDLOOKUP_WITH_CUDA
 void bind_cuda(py::module_& m);
 #endif
@@ -52,6 +53,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "embedlookup native core (use the embedlookup package, not this module)";
   bind_table(m);
   bind_frequency(m);  // frequency (issue 3)
+  bind_storage(m);  // storage (issue 4)
 #ifdef EMBEDLOOKUP_WITH_CUDA
   bind_cuda(m);
 #endif

@@ -1,0 +1,314 @@
+#include "snapshot.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <memory>
+
+#include "crc32c.h"
+
+namespace embedlookup {
+
+namespace {
+
+// Header field offsets (docs/format.md). All integers little-endian as
+// written by this (x86-64 / little-endian) build; the byte-order mark makes a
+// reader on another byte order refuse the file instead of misreading it.
+constexpr char kMagic[8] = {'E', 'L', 'S', 'N', 'A', 'P', '\r', '\n'};
+constexpr char kEndMagic[8] = {'E', 'L', 'S', 'N', 'E', 'N', 'D', '\n'};
+constexpr uint32_t kBom = 0x01020304u;
+constexpr uint32_t kDtypeF32 = 1;
+constexpr uint32_t kKindFull = 1, kKindDelta = 2;
+constexpr int kSections = 6;
+const char* const kSectionNames[kSections] = {"keys", "versions", "rows", "optimizer state", "tombstone keys",
+                                              "tombstone versions"};
+constexpr size_t kSectionTable = 128, kHeaderCrc = 316;
+
+size_t align64(size_t x) { return (x + 63) & ~size_t(63); }
+
+template <class T>
+void put(uint8_t* h, size_t off, T v) { std::memcpy(h + off, &v, sizeof(T)); }
+template <class T>
+T get(const uint8_t* h, size_t off) {
+  T v;
+  std::memcpy(&v, h + off, sizeof(T));
+  return v;
+}
+
+struct Section {
+  const void* data;
+  size_t bytes;
+};
+
+void sections_of(const RowBatch& b, Section s[kSections]) {
+  s[0] = {b.keys.data(), b.keys.size() * 8};
+  s[1] = {b.versions.data(), b.has_versions ? b.versions.size() * 8 : 0};
+  s[2] = {b.rows.data(), b.rows.size() * 4};
+  s[3] = {b.state.data(), b.state.size() * 4};
+  s[4] = {b.dead_keys.data(), b.dead_keys.size() * 8};
+  s[5] = {b.dead_versions.data(), b.dead_versions.size() * 8};
+}
+
+// Fills the header (with section CRCs) and returns the total size.
+size_t make_header(const RowBatch& b, uint8_t* h, const Section s[kSections], bool with_crcs) {
+  std::memset(h, 0, kSnapshotHeaderBytes);
+  std::memcpy(h, kMagic, 8);
+  put<uint32_t>(h, 8, kSnapshotFormatVersion);
+  put<uint32_t>(h, 12, kBom);
+  put<uint32_t>(h, 16, b.full ? kKindFull : kKindDelta);
+  put<uint32_t>(h, 20, kDtypeF32);
+  put<int64_t>(h, 24, b.dim);
+  put<uint64_t>(h, 32, b.lineage);
+  put<uint64_t>(h, 40, b.from_version);
+  put<uint64_t>(h, 48, b.to_version);
+  put<int64_t>(h, 56, static_cast<int64_t>(b.keys.size()));
+  put<int64_t>(h, 64, static_cast<int64_t>(b.dead_keys.size()));
+  put<int32_t>(h, 72, static_cast<int32_t>(b.state_kind));
+  put<float>(h, 76, b.state_init);
+  put<int64_t>(h, 80, b.state_floats);
+  put<int64_t>(h, 88, b.step);
+  put<int32_t>(h, 96, static_cast<int32_t>(b.init.kind));
+  put<float>(h, 100, b.init.a);
+  put<float>(h, 104, b.init.b);
+  put<uint32_t>(h, 108, b.has_versions ? 1u : 0u);
+  put<uint64_t>(h, 112, b.init.seed);
+  put<int64_t>(h, 120, b.capacity);
+  size_t off = kSnapshotHeaderBytes;
+  for (int i = 0; i < kSections; ++i) {
+    const size_t e = kSectionTable + 24 * i;
+    put<uint64_t>(h, e, off);
+    put<uint64_t>(h, e + 8, s[i].bytes);
+    put<uint32_t>(h, e + 16, with_crcs ? crc32c(s[i].data, s[i].bytes) : 0u);
+    off = align64(off + s[i].bytes);
+  }
+  put<uint32_t>(h, kHeaderCrc, crc32c(h, kHeaderCrc));
+  return off + 8;
+}
+
+[[noreturn]] void fail(const std::string& what) { throw SnapshotFormatError(what); }
+
+// Reads `len` bytes at `off` of the source; the source checks bounds.
+using ReadAt = std::function<void(size_t off, void* dst, size_t len)>;
+
+RowBatch parse_header(const uint8_t* h, size_t total) {
+  if (total < kSnapshotHeaderBytes)
+    fail("truncated: " + std::to_string(total) + " bytes, less than the " + std::to_string(kSnapshotHeaderBytes) +
+         "-byte header of an embedlookup snapshot");
+  if (std::memcmp(h, kMagic, 8) != 0) fail("not an embedlookup checkpoint or delta (bad magic)");
+  if (get<uint32_t>(h, 12) != kBom) fail("written on a machine of the other byte order (byte-order mark mismatch)");
+  const uint32_t fv = get<uint32_t>(h, 8);
+  if (fv == 0 || fv > kSnapshotFormatVersion)
+    fail("format version " + std::to_string(fv) + " is not readable by this version (reads 1.." +
+         std::to_string(kSnapshotFormatVersion) + ")");
+  if (get<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc)) fail("corrupt: header checksum mismatch");
+  const uint32_t dt = get<uint32_t>(h, 20);
+  if (dt != kDtypeF32) fail("dtype code " + std::to_string(dt) + " is not supported (only 1 = float32)");
+  RowBatch b;
+  const uint32_t kind = get<uint32_t>(h, 16);
+  if (kind != kKindFull && kind != kKindDelta) fail("corrupt: unknown snapshot kind " + std::to_string(kind));
+  b.full = kind == kKindFull;
+  b.dim = get<int64_t>(h, 24);
+  b.lineage = get<uint64_t>(h, 32);
+  b.from_version = get<uint64_t>(h, 40);
+  b.to_version = get<uint64_t>(h, 48);
+  const int64_t n = get<int64_t>(h, 56), nd = get<int64_t>(h, 64);
+  const int32_t sk = get<int32_t>(h, 72);
+  b.state_init = get<float>(h, 76);
+  b.state_floats = get<int64_t>(h, 80);
+  b.step = get<int64_t>(h, 88);
+  b.init.kind = static_cast<InitKind>(get<int32_t>(h, 96));
+  b.init.a = get<float>(h, 100);
+  b.init.b = get<float>(h, 104);
+  b.has_versions = get<uint32_t>(h, 108) & 1u;
+  b.init.seed = get<uint64_t>(h, 112);
+  b.capacity = get<int64_t>(h, 120);
+  if (b.dim <= 0 || b.dim > (int64_t(1) << 24)) fail("corrupt: dim " + std::to_string(b.dim));
+  if (sk < 0 || sk > 4) fail("corrupt: optimizer kind " + std::to_string(sk));
+  b.state_kind = static_cast<OptimKind>(sk);
+  if (b.state_floats != state_floats(b.state_kind, b.dim)) fail("corrupt: optimizer state width");
+  if (n < 0 || nd < 0 || b.from_version > b.to_version || b.step < 0 || b.capacity < 0 ||
+      static_cast<int32_t>(b.init.kind) < 0 || static_cast<int32_t>(b.init.kind) > 3)
+    fail("corrupt: inconsistent header fields");
+  const uint64_t un = static_cast<uint64_t>(n), und = static_cast<uint64_t>(nd);
+  const uint64_t expect[kSections] = {un * 8, b.has_versions ? un * 8 : 0, un * b.dim * 4, un * b.state_floats * 4,
+                                      und * 8, und * 8};
+  size_t off = kSnapshotHeaderBytes;
+  for (int i = 0; i < kSections; ++i) {
+    const size_t e = kSectionTable + 24 * i;
+    if (un > (uint64_t(1) << 40) || und > (uint64_t(1) << 40) || get<uint64_t>(h, e) != off ||
+        get<uint64_t>(h, e + 8) != expect[i])
+      fail(std::string("corrupt: section '") + kSectionNames[i] + "' has the wrong offset or size");
+    off = align64(off + expect[i]);
+  }
+  if (total != off + 8)
+    fail((total < off + 8 ? "truncated: " : "corrupt: ") + std::to_string(total) + " bytes, the header describes " +
+         std::to_string(off + 8));
+  return b;
+}
+
+RowBatch decode(const uint8_t* h, size_t total, const ReadAt& read) {
+  RowBatch b = parse_header(h, total);
+  const size_t n = get<uint64_t>(h, 56), nd = get<uint64_t>(h, 64);
+  b.keys.resize(n);
+  if (b.has_versions) b.versions.resize(n);
+  b.rows.resize(n * b.dim);
+  b.state.resize(n * b.state_floats);
+  b.dead_keys.resize(nd);
+  b.dead_versions.resize(nd);
+  void* dst[kSections] = {b.keys.data(), b.versions.data(), b.rows.data(), b.state.data(), b.dead_keys.data(),
+                          b.dead_versions.data()};
+  for (int i = 0; i < kSections; ++i) {
+    const size_t e = kSectionTable + 24 * i;
+    const size_t bytes = get<uint64_t>(h, e + 8);
+    if (bytes) read(get<uint64_t>(h, e), dst[i], bytes);
+    if (crc32c(dst[i], bytes) != get<uint32_t>(h, e + 16))
+      fail(std::string("corrupt: checksum mismatch in section '") + kSectionNames[i] + "'");
+  }
+  char end[8];
+  read(total - 8, end, 8);
+  if (std::memcmp(end, kEndMagic, 8) != 0) fail("corrupt: end marker missing");
+  return b;
+}
+
+struct Fd {
+  int fd;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+[[noreturn]] void sys_fail(const std::string& what, const std::string& path) {
+  throw std::runtime_error(what + " '" + path + "': " + std::strerror(errno));
+}
+
+void write_all(int fd, const void* p, size_t n, const std::string& path) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    const ssize_t w = ::write(fd, c, std::min<size_t>(n, size_t(1) << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      sys_fail("cannot write", path);
+    }
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+ReadAt file_reader(int fd, size_t total, const std::string& path) {
+  return [fd, total, path](size_t off, void* dst, size_t len) {
+    if (off + len > total) fail("truncated");
+    char* c = static_cast<char*>(dst);
+    while (len) {
+      const ssize_t r = ::pread(fd, c, std::min<size_t>(len, size_t(1) << 30), static_cast<off_t>(off));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) sys_fail("cannot read", path);
+      if (r == 0) fail("truncated: file ended early");
+      c += r;
+      off += static_cast<size_t>(r);
+      len -= static_cast<size_t>(r);
+    }
+  };
+}
+
+int open_for_read(const std::string& path, size_t& total, uint8_t* h) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) sys_fail("cannot open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    sys_fail("cannot stat", path);
+  }
+  total = static_cast<size_t>(st.st_size);
+  std::memset(h, 0, kSnapshotHeaderBytes);
+  try {
+    if (total >= kSnapshotHeaderBytes) file_reader(fd, total, path)(0, h, kSnapshotHeaderBytes);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  return fd;
+}
+
+}  // namespace
+
+size_t snapshot_bytes(const RowBatch& b) {
+  Section s[kSections];
+  sections_of(b, s);
+  uint8_t h[kSnapshotHeaderBytes];
+  return make_header(b, h, s, false);
+}
+
+void encode_snapshot(const RowBatch& b, std::vector<uint8_t>& out) {
+  Section s[kSections];
+  sections_of(b, s);
+  uint8_t h[kSnapshotHeaderBytes];
+  const size_t total = make_header(b, h, s, true);
+  out.assign(total, 0);
+  std::memcpy(out.data(), h, kSnapshotHeaderBytes);
+  for (int i = 0; i < kSections; ++i)
+    if (s[i].bytes) std::memcpy(out.data() + get<uint64_t>(h, kSectionTable + 24 * i), s[i].data, s[i].bytes);
+  std::memcpy(out.data() + total - 8, kEndMagic, 8);
+}
+
+void write_snapshot_file(const RowBatch& b, const std::string& path) {
+  Section s[kSections];
+  sections_of(b, s);
+  uint8_t h[kSnapshotHeaderBytes];
+  const size_t total = make_header(b, h, s, true);
+  const std::string tmp = path + ".tmp";
+  Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (f.fd < 0) sys_fail("cannot create", tmp);
+  static const uint8_t zeros[64] = {};
+  write_all(f.fd, h, kSnapshotHeaderBytes, tmp);
+  size_t at = kSnapshotHeaderBytes;
+  for (int i = 0; i < kSections; ++i) {
+    write_all(f.fd, s[i].data, s[i].bytes, tmp);
+    at += s[i].bytes;
+    write_all(f.fd, zeros, align64(at) - at, tmp);
+    at = align64(at);
+  }
+  write_all(f.fd, kEndMagic, 8, tmp);
+  if (at + 8 != total) throw std::logic_error("snapshot writer: size mismatch");
+  if (::fsync(f.fd) != 0) sys_fail("cannot fsync", tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) sys_fail("cannot rename to", path);
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d.fd >= 0) ::fsync(d.fd);  // best effort: makes the rename durable
+}
+
+RowBatch decode_snapshot_header(const uint8_t* data, size_t n) {
+  uint8_t h[kSnapshotHeaderBytes] = {};
+  std::memcpy(h, data, std::min(n, kSnapshotHeaderBytes));
+  return parse_header(h, n);
+}
+
+RowBatch decode_snapshot(const uint8_t* data, size_t n) {
+  uint8_t h[kSnapshotHeaderBytes] = {};
+  std::memcpy(h, data, std::min(n, kSnapshotHeaderBytes));
+  return decode(h, n, [data, n](size_t off, void* dst, size_t len) {
+    if (off + len > n) fail("truncated");
+    std::memcpy(dst, data + off, len);
+  });
+}
+
+RowBatch read_snapshot_file_header(const std::string& path) {
+  size_t total;
+  uint8_t h[kSnapshotHeaderBytes];
+  Fd f(open_for_read(path, total, h));
+  return parse_header(h, total);
+}
+
+RowBatch read_snapshot_file(const std::string& path) {
+  size_t total;
+  uint8_t h[kSnapshotHeaderBytes];
+  Fd f(open_for_read(path, total, h));
+  return decode(h, total, file_reader(f.fd, total, path));
+}
+
+}  // namespace embedlookup

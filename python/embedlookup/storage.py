@@ -33,6 +33,16 @@ def _state_floats(kind: int, dim: int) -> int:
     return _STATE_FLOATS[int(kind)](dim)
 
 
+def _optim_kind(opt) -> int:
+    from . import optim
+
+    if opt is None or isinstance(opt, optim.SGD):
+        return 0
+    if isinstance(opt, optim.Adagrad):
+        return 3 if opt.rowwise else 2
+    return 4 if isinstance(opt, optim.Adam) else 0
+
+
 def _positive_int(x, name: str, allow_none: bool = False):
     if x is None and allow_none:
         return None
@@ -184,7 +194,7 @@ class _StorageMethods:
         if not isinstance(tier, FileTier):
             raise TypeError(f"tier must be an embedlookup.storage.FileTier, got {type(tier).__name__}")
         memory_rows = _positive_int(memory_rows, "memory_rows", allow_none=True)
-        kind = self.optimizer._spec().kind if self.optimizer is not None else 0
+        kind = _optim_kind(self.optimizer)
         native = tier._open(self._dim, _state_floats(kind, self._dim))
         self._t.attach_tier(native, memory_rows or 0, bool(promote))
         self.tier = tier

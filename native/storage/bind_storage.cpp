@@ -5,6 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+
 #include "../core/table.h"
 #include "file_tier.h"
 #include "snapshot.h"
@@ -231,6 +239,35 @@ void bind_storage(py::module_& m) {
     if (got != h.size()) throw SnapshotFormatError("truncated");
     auto c = counts(h.data());
     return header_dict(b, c.first, c.second);
+  });
+  // Benchmark helper (bench/bench_storage.py): ns per random slot read of an
+  // existing file through a shared read-only mapping (mmap=True) or pread.
+  m.def("_slot_read_ns", [](const std::string& path, int64_t slot_bytes, int64_t reads, bool use_mmap) {
+    py::gil_scoped_release nogil;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("cannot open " + path);
+    struct stat st;
+    ::fstat(fd, &st);
+    const int64_t slots = st.st_size / slot_bytes;
+    void* map = ::mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    std::vector<uint8_t> buf(slot_bytes);
+    std::mt19937_64 rng(1);
+    std::vector<int64_t> idx(reads);
+    for (auto& i : idx) i = static_cast<int64_t>(rng() % slots) * slot_bytes;
+    double ns = 0;
+    uint64_t sink = 0;
+    for (int pass = 0; pass < 2; ++pass) {  // the second pass runs with the file cached
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int64_t o : idx) {
+        if (use_mmap) std::memcpy(buf.data(), static_cast<const uint8_t*>(map) + o, slot_bytes);
+        else if (::pread(fd, buf.data(), slot_bytes, o) != slot_bytes) throw std::runtime_error("short read");
+        sink += buf[0];
+      }
+      ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / reads;
+    }
+    ::munmap(map, st.st_size);
+    ::close(fd);
+    return ns + static_cast<double>(sink & 0) ;
   });
   m.def("snapshot_header_bytes", [] { return kSnapshotHeaderBytes; });
 }

@@ -65,11 +65,11 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
     int64_t tpos;
   };
   std::vector<Src> src;
-  for (uint32_t id = 0; id < next_row_; ++id) {
-    if (stamped(id) <= since) continue;
-    const int64_t k = row_keys_[id];
-    if (index_.find(k) == id) src.push_back({k, id, -1});
-  }
+  src.reserve(full ? index_.size() : 0);
+  // A sequential scan of the index (not a probe per row id): live rows only.
+  index_.for_each([&](int64_t k, uint32_t id) {
+    if (stamped(id) > since) src.push_back({k, id, -1});
+  });
   std::vector<int64_t> tk;
   std::vector<float> tr, ts;
   std::vector<uint64_t> tv;
@@ -135,6 +135,10 @@ void EmbeddingTable::apply_batch(const RowBatch& b) {
     bad_batch(std::string(what) + ": inconsistent sizes");
   std::unique_lock<std::shared_mutex> lk(mu_);
   // ---- validate everything before the first change
+  // Keys are strictly ascending (the encoder sorts them, the decoder checks):
+  // no duplicates, so counting needs no set.
+  for (size_t i = 1; i < n; ++i)
+    if (b.keys[i] <= b.keys[i - 1]) bad_batch(std::string(what) + ": keys are not strictly ascending");
   const uint64_t have = version_.load();
   const size_t in_tier = tier_ ? static_cast<size_t>(tier_->size()) : 0;
   const bool fresh = have == 0 && index_.size() == 0 && in_tier == 0;
@@ -160,14 +164,13 @@ void EmbeddingTable::apply_batch(const RowBatch& b) {
   const int64_t n64 = static_cast<int64_t>(n);
   std::vector<uint32_t> ids(n);
   resolve(b.keys.data(), n64, ids.data());
-  std::unordered_set<int64_t> dead(b.dead_keys.begin(), b.dead_keys.end());
-  size_t dead_in_memory = 0;
+  size_t dead_in_memory = 0, incoming = 0;
   for (int64_t k : b.dead_keys)
     if (index_.find(k) != kNoRow) ++dead_in_memory;
-  std::unordered_set<int64_t> incoming;
-  for (size_t i = 0; i < n; ++i)
-    if (ids[i] == kNoRow || dead.count(b.keys[i])) incoming.insert(b.keys[i]);
-  const size_t after = index_.size() - dead_in_memory + incoming.size();
+  std::unordered_set<int64_t> dead;
+  if (!b.dead_keys.empty()) dead.insert(b.dead_keys.begin(), b.dead_keys.end());
+  for (size_t i = 0; i < n; ++i) incoming += ids[i] == kNoRow || (!dead.empty() && dead.count(b.keys[i]));
+  const size_t after = index_.size() - dead_in_memory + incoming;
   if (opt_.capacity > 0 && after > static_cast<size_t>(opt_.capacity))
     throw TableFullError(std::string(what) + ": applying it needs " + std::to_string(after) +
                          " rows in memory > capacity " + std::to_string(opt_.capacity) + "; nothing was applied");
@@ -191,7 +194,7 @@ void EmbeddingTable::apply_batch(const RowBatch& b) {
     // Rows the batch overwrites leave the tier: memory holds the new value.
     tier_->erase(b.keys.data(), n64);
   }
-  index_.reserve(index_.size() + incoming.size());
+  index_.reserve(index_.size() + incoming);
   const int64_t dim = opt_.dim, sf = state_ ? state_->stride() : 0;
   for (size_t i = 0; i < n; ++i) {
     uint32_t id = index_.find(b.keys[i]);

@@ -107,7 +107,7 @@ class EmbeddingTable {
   // Validates the whole batch first (dim, optimizer state, lineage, order,
   // capacity), then applies it under the exclusive lock: a concurrent reader
   // sees all of it or none. A full batch loads into an empty table only.
-  void apply_batch(const RowBatch& b);
+  void apply_batch(const RowBatchView& b);
   // Lower tier: rows missing from memory are read through from `tier`
   // (promote: moved into memory; else served in place while no new key needs
   // inserting); memory_rows > 0 caps the rows kept in memory (excess rows are

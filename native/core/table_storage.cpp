@@ -123,7 +123,7 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
   }
 }
 
-void EmbeddingTable::apply_batch(const RowBatch& b) {
+void EmbeddingTable::apply_batch(const RowBatchView& b) {
   const char* what = b.full ? "checkpoint" : "delta";
   if (b.dim != opt_.dim)
     bad_batch(std::string(what) + ": rows have dim " + std::to_string(b.dim) + " but this table has dim " +

@@ -181,8 +181,7 @@ void bind_storage(py::module_& m) {
              const auto* p = static_cast<const uint8_t*>(info.ptr);
              const size_t n = static_cast<size_t>(info.size * info.itemsize);
              py::gil_scoped_release nogil;
-             RowBatch b = decode_snapshot(p, n);  // validates all before any change
-             t.apply_batch(b);
+             t.apply_batch(decode_snapshot(p, n));  // validates all before any change
            })
       .def("save",
            [](const EmbeddingTable& t, const std::string& path, uint64_t since, bool full) {
@@ -196,8 +195,8 @@ void bind_storage(py::module_& m) {
       .def("apply_file",
            [](EmbeddingTable& t, const std::string& path) {
              py::gil_scoped_release nogil;
-             RowBatch b = read_snapshot_file(path);
-             t.apply_batch(b);
+             MappedSnapshot snap(path);  // validated, mapped, no copy
+             t.apply_batch(snap.view());
            })
       .def("attach_tier", &EmbeddingTable::attach_tier, py::arg("tier"), py::arg("memory_rows"), py::arg("promote"),
            py::call_guard<py::gil_scoped_release>())

@@ -1,6 +1,7 @@
 #include "snapshot.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -150,28 +151,28 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
   return b;
 }
 
-RowBatch decode(const uint8_t* h, size_t total, const ReadAt& read) {
-  RowBatch b = parse_header(h, total);
+RowBatchView decode_in_place(const uint8_t* data, size_t total) {
+  RowBatchView v;
+  static_cast<RowBatchMeta&>(v) = parse_header(data, total);
+  const uint8_t* h = data;
   const size_t n = get<uint64_t>(h, 56), nd = get<uint64_t>(h, 64);
-  b.keys.resize(n);
-  if (b.has_versions) b.versions.resize(n);
-  b.rows.resize(n * b.dim);
-  b.state.resize(n * b.state_floats);
-  b.dead_keys.resize(nd);
-  b.dead_versions.resize(nd);
-  void* dst[kSections] = {b.keys.data(), b.versions.data(), b.rows.data(), b.state.data(), b.dead_keys.data(),
-                          b.dead_versions.data()};
+  const uint8_t* at[kSections];
   for (int i = 0; i < kSections; ++i) {
     const size_t e = kSectionTable + 24 * i;
-    const size_t bytes = get<uint64_t>(h, e + 8);
-    if (bytes) read(get<uint64_t>(h, e), dst[i], bytes);
-    if (crc32c(dst[i], bytes) != get<uint32_t>(h, e + 16))
+    at[i] = data + get<uint64_t>(h, e);
+    if (crc32c(at[i], get<uint64_t>(h, e + 8)) != get<uint32_t>(h, e + 16))
       fail(std::string("corrupt: checksum mismatch in section '") + kSectionNames[i] + "'");
   }
-  char end[8];
-  read(total - 8, end, 8);
-  if (std::memcmp(end, kEndMagic, 8) != 0) fail("corrupt: end marker missing");
-  return b;
+  if (std::memcmp(data + total - 8, kEndMagic, 8) != 0) fail("corrupt: end marker missing");
+  v.keys = {reinterpret_cast<const int64_t*>(at[0]), n};
+  v.versions = {reinterpret_cast<const uint64_t*>(at[1]), v.has_versions ? n : 0};
+  v.rows = {reinterpret_cast<const float*>(at[2]), n * v.dim};
+  v.state = {reinterpret_cast<const float*>(at[3]), n * v.state_floats};
+  v.dead_keys = {reinterpret_cast<const int64_t*>(at[4]), nd};
+  v.dead_versions = {reinterpret_cast<const uint64_t*>(at[5]), nd};
+  for (size_t i = 1; i < n; ++i)
+    if (v.keys[i] <= v.keys[i - 1]) fail("corrupt: keys are not strictly ascending");
+  return v;
 }
 
 struct Fd {
@@ -288,13 +289,9 @@ RowBatch decode_snapshot_header(const uint8_t* data, size_t n) {
   return parse_header(h, n);
 }
 
-RowBatch decode_snapshot(const uint8_t* data, size_t n) {
-  uint8_t h[kSnapshotHeaderBytes] = {};
-  std::memcpy(h, data, std::min(n, kSnapshotHeaderBytes));
-  return decode(h, n, [data, n](size_t off, void* dst, size_t len) {
-    if (off + len > n) fail("truncated");
-    std::memcpy(dst, data + off, len);
-  });
+RowBatchView decode_snapshot(const uint8_t* data, size_t n) {
+  if (n < kSnapshotHeaderBytes) parse_header(data, n);  // throws "truncated" without reading past n
+  return decode_in_place(data, n);
 }
 
 RowBatch read_snapshot_file_header(const std::string& path) {
@@ -304,11 +301,26 @@ RowBatch read_snapshot_file_header(const std::string& path) {
   return parse_header(h, total);
 }
 
-RowBatch read_snapshot_file(const std::string& path) {
+MappedSnapshot::MappedSnapshot(const std::string& path) {
   size_t total;
   uint8_t h[kSnapshotHeaderBytes];
   Fd f(open_for_read(path, total, h));
-  return decode(h, total, file_reader(f.fd, total, path));
+  parse_header(h, total);  // cheap checks before mapping
+  void* p = ::mmap(nullptr, total, PROT_READ, MAP_PRIVATE, f.fd, 0);
+  if (p == MAP_FAILED) sys_fail("cannot map", path);
+  ::madvise(p, total, MADV_SEQUENTIAL);
+  map_ = p;
+  bytes_ = total;
+  try {
+    view_ = decode_in_place(static_cast<const uint8_t*>(p), total);
+  } catch (...) {
+    ::munmap(map_, bytes_);
+    throw;
+  }
+}
+
+MappedSnapshot::~MappedSnapshot() {
+  if (map_) ::munmap(map_, bytes_);
 }
 
 }  // namespace embedlookup

@@ -35,7 +35,23 @@ void write_snapshot_file(const RowBatch& b, const std::string& path);
 // Header only (payload vectors left empty); checks header integrity.
 RowBatch decode_snapshot_header(const uint8_t* data, size_t n);
 RowBatch read_snapshot_file_header(const std::string& path);
-RowBatch decode_snapshot(const uint8_t* data, size_t n);
-RowBatch read_snapshot_file(const std::string& path);
+// Validates the whole snapshot in place (checksums included) and returns a
+// view into `data`, which must outlive it. No copy.
+RowBatchView decode_snapshot(const uint8_t* data, size_t n);
+
+// A snapshot file mapped read-only and validated; view() borrows the mapping.
+class MappedSnapshot {
+ public:
+  explicit MappedSnapshot(const std::string& path);
+  ~MappedSnapshot();
+  MappedSnapshot(const MappedSnapshot&) = delete;
+  MappedSnapshot& operator=(const MappedSnapshot&) = delete;
+  const RowBatchView& view() const { return view_; }
+
+ private:
+  void* map_ = nullptr;
+  size_t bytes_ = 0;
+  RowBatchView view_;
+};
 
 }  // namespace embedlookup

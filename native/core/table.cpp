@@ -307,6 +307,8 @@ MemoryStats EmbeddingTable::memory() const {
   m.row_bytes = rows_.bytes();
   m.state_bytes = state_ ? state_->bytes() : 0;
   m.metadata_bytes = row_keys_.capacity() * sizeof(int64_t) + free_rows_.capacity() * sizeof(uint32_t);
+  // storage (issue 4): row versions (8 B/row) and tombstones (~32 B per erased key in the map)
+  m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + tombstones_.size() * 32;
   m.rows = index_.size();
   return m;
 }

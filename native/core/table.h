@@ -155,6 +155,7 @@ class EmbeddingTable {
   // (caller holds mu_ exclusively). Returns rows promoted.
   int64_t promote_locked(const int64_t* keys, int64_t n, uint32_t* ids);
   void enforce_budget_locked();
+  int64_t fetch_missing(const int64_t* keys, int64_t n, const uint32_t* ids, int64_t& got) const;
   // Shared-lock read-through: fills the rows of missing positions from the
   // tier. Returns how many positions are still missing.
   int64_t serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out, uint8_t* found);

@@ -348,8 +348,10 @@ ServeScratch& serve_scratch() {
 }
 }  // namespace
 
-int64_t EmbeddingTable::serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out,
-                                     uint8_t* found) {
+// Reads the tier rows of the positions the memory pass missed (ids == kNoRow)
+// into the thread's scratch: pos / rows / found for m positions. Returns m
+// and sets `got` to the number found.
+int64_t EmbeddingTable::fetch_missing(const int64_t* keys, int64_t n, const uint32_t* ids, int64_t& got) const {
   ServeScratch& s = serve_scratch();
   s.pos.clear();
   s.keys.clear();
@@ -358,35 +360,35 @@ int64_t EmbeddingTable::serve_gather(const int64_t* keys, int64_t n, const uint3
       s.pos.push_back(i);
       s.keys.push_back(keys[i]);
     }
-  const int64_t m = static_cast<int64_t>(s.pos.size()), dim = opt_.dim;
-  float* r = scratch(s.rows, static_cast<size_t>(m) * dim);
+  const int64_t m = static_cast<int64_t>(s.pos.size());
+  float* r = scratch(s.rows, static_cast<size_t>(m) * opt_.dim);
   uint8_t* f = scratch(s.found, m);
-  const int64_t got = tier_->get(s.keys.data(), m, r, nullptr, nullptr, f);
+  got = tier_->get(s.keys.data(), m, r, nullptr, nullptr, f);
+  tier_hits_.fetch_add(got, std::memory_order_relaxed);
+  return m;
+}
+
+int64_t EmbeddingTable::serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out,
+                                     uint8_t* found) {
+  int64_t got;
+  const int64_t m = fetch_missing(keys, n, ids, got), dim = opt_.dim;
+  const ServeScratch& s = serve_scratch();
   for (int64_t j = 0; j < m; ++j) {
-    if (!f[j]) continue;
-    std::memcpy(out + s.pos[j] * dim, r + j * dim, sizeof(float) * dim);
+    if (!s.found[j]) continue;
+    std::memcpy(out + s.pos[j] * dim, s.rows.data() + j * dim, sizeof(float) * dim);
     if (found) found[s.pos[j]] = 1;
   }
-  tier_hits_.fetch_add(got, std::memory_order_relaxed);
   return m - got;
 }
 
 int64_t EmbeddingTable::serve_pool(const int64_t* values, int64_t n, const uint32_t* ids, const int64_t* off,
                                    int64_t n_off, int64_t n_bags, PoolMode mode, const float* w, float* out) {
-  ServeScratch& s = serve_scratch();
-  s.pos.clear();
-  s.keys.clear();
-  for (int64_t i = 0; i < n; ++i)
-    if (ids[i] == kNoRow) {
-      s.pos.push_back(i);
-      s.keys.push_back(values[i]);
-    }
-  const int64_t m = static_cast<int64_t>(s.pos.size()), dim = opt_.dim;
-  float* r = scratch(s.rows, static_cast<size_t>(m) * dim);
-  uint8_t* f = scratch(s.found, m);
-  const int64_t got = tier_->get(s.keys.data(), m, r, nullptr, nullptr, f);
-  tier_hits_.fetch_add(got, std::memory_order_relaxed);
+  int64_t got;
+  const int64_t m = fetch_missing(values, n, ids, got), dim = opt_.dim;
   if (got == 0) return m;
+  const ServeScratch& s = serve_scratch();
+  const float* r = s.rows.data();
+  const uint8_t* f = s.found.data();
   auto bag_of = [&](int64_t p) { return static_cast<int64_t>(std::upper_bound(off, off + n_bags, p) - off) - 1; };
   auto bag_end = [&](int64_t b) { return b + 1 < n_off ? off[b + 1] : n; };
   if (mode != PoolMode::kMax) {

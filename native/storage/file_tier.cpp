@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "crc32c.h"
+#include "le_bytes.h"
 
 namespace embedlookup {
 
@@ -22,14 +23,8 @@ constexpr size_t kHeaderBytes = 4096, kHeaderCrc = 124, kCleanAt = 512;
 constexpr uint32_t kClean = 0x4E41454Cu;  // "CLEAN" marker; anything else = dirty
 constexpr int64_t kChunk = 4096;           // rows per write batch
 
-template <class T>
-void put(uint8_t* h, size_t off, T v) { std::memcpy(h + off, &v, sizeof(T)); }
-template <class T>
-T load_as(const uint8_t* h, size_t off) {
-  T v;
-  std::memcpy(&v, h + off, sizeof(T));
-  return v;
-}
+using fmt::put;
+using fmt::load_as;
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 void pwrite_all(int fd, const void* p, size_t n, size_t off, const std::string& path) {

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "crc32c.h"
+#include "le_bytes.h"
 
 namespace embedlookup {
 
@@ -31,14 +32,7 @@ constexpr size_t kSectionTable = 128, kHeaderCrc = 316;
 
 size_t align64(size_t x) { return (x + 63) & ~size_t(63); }
 
-template <class T>
-void put(uint8_t* h, size_t off, T v) { std::memcpy(h + off, &v, sizeof(T)); }
-template <class T>
-T get(const uint8_t* h, size_t off) {
-  T v;
-  std::memcpy(&v, h + off, sizeof(T));
-  return v;
-}
+using fmt::put;
 
 struct Section {
   const void* data;
@@ -100,33 +94,33 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
     fail("truncated: " + std::to_string(total) + " bytes, less than the " + std::to_string(kSnapshotHeaderBytes) +
          "-byte header of an embedlookup snapshot");
   if (std::memcmp(h, kMagic, 8) != 0) fail("not an embedlookup checkpoint or delta (bad magic)");
-  if (get<uint32_t>(h, 12) != kBom) fail("written on a machine of the other byte order (byte-order mark mismatch)");
-  const uint32_t fv = get<uint32_t>(h, 8);
+  if (fmt::load_as<uint32_t>(h, 12) != kBom) fail("written on a machine of the other byte order (byte-order mark mismatch)");
+  const uint32_t fv = fmt::load_as<uint32_t>(h, 8);
   if (fv == 0 || fv > kSnapshotFormatVersion)
     fail("format version " + std::to_string(fv) + " is not readable by this version (reads 1.." +
          std::to_string(kSnapshotFormatVersion) + ")");
-  if (get<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc)) fail("corrupt: header checksum mismatch");
-  const uint32_t dt = get<uint32_t>(h, 20);
+  if (fmt::load_as<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc)) fail("corrupt: header checksum mismatch");
+  const uint32_t dt = fmt::load_as<uint32_t>(h, 20);
   if (dt != kDtypeF32) fail("dtype code " + std::to_string(dt) + " is not supported (only 1 = float32)");
   RowBatch b;
-  const uint32_t kind = get<uint32_t>(h, 16);
+  const uint32_t kind = fmt::load_as<uint32_t>(h, 16);
   if (kind != kKindFull && kind != kKindDelta) fail("corrupt: unknown snapshot kind " + std::to_string(kind));
   b.full = kind == kKindFull;
-  b.dim = get<int64_t>(h, 24);
-  b.lineage = get<uint64_t>(h, 32);
-  b.from_version = get<uint64_t>(h, 40);
-  b.to_version = get<uint64_t>(h, 48);
-  const int64_t n = get<int64_t>(h, 56), nd = get<int64_t>(h, 64);
-  const int32_t sk = get<int32_t>(h, 72);
-  b.state_init = get<float>(h, 76);
-  b.state_floats = get<int64_t>(h, 80);
-  b.step = get<int64_t>(h, 88);
-  b.init.kind = static_cast<InitKind>(get<int32_t>(h, 96));
-  b.init.a = get<float>(h, 100);
-  b.init.b = get<float>(h, 104);
-  b.has_versions = get<uint32_t>(h, 108) & 1u;
-  b.init.seed = get<uint64_t>(h, 112);
-  b.capacity = get<int64_t>(h, 120);
+  b.dim = fmt::load_as<int64_t>(h, 24);
+  b.lineage = fmt::load_as<uint64_t>(h, 32);
+  b.from_version = fmt::load_as<uint64_t>(h, 40);
+  b.to_version = fmt::load_as<uint64_t>(h, 48);
+  const int64_t n = fmt::load_as<int64_t>(h, 56), nd = fmt::load_as<int64_t>(h, 64);
+  const int32_t sk = fmt::load_as<int32_t>(h, 72);
+  b.state_init = fmt::load_as<float>(h, 76);
+  b.state_floats = fmt::load_as<int64_t>(h, 80);
+  b.step = fmt::load_as<int64_t>(h, 88);
+  b.init.kind = static_cast<InitKind>(fmt::load_as<int32_t>(h, 96));
+  b.init.a = fmt::load_as<float>(h, 100);
+  b.init.b = fmt::load_as<float>(h, 104);
+  b.has_versions = fmt::load_as<uint32_t>(h, 108) & 1u;
+  b.init.seed = fmt::load_as<uint64_t>(h, 112);
+  b.capacity = fmt::load_as<int64_t>(h, 120);
   if (b.dim <= 0 || b.dim > (int64_t(1) << 24)) fail("corrupt: dim " + std::to_string(b.dim));
   if (sk < 0 || sk > 4) fail("corrupt: optimizer kind " + std::to_string(sk));
   b.state_kind = static_cast<OptimKind>(sk);
@@ -140,8 +134,8 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
   size_t off = kSnapshotHeaderBytes;
   for (int i = 0; i < kSections; ++i) {
     const size_t e = kSectionTable + 24 * i;
-    if (un > (uint64_t(1) << 40) || und > (uint64_t(1) << 40) || get<uint64_t>(h, e) != off ||
-        get<uint64_t>(h, e + 8) != expect[i])
+    if (un > (uint64_t(1) << 40) || und > (uint64_t(1) << 40) || fmt::load_as<uint64_t>(h, e) != off ||
+        fmt::load_as<uint64_t>(h, e + 8) != expect[i])
       fail(std::string("corrupt: section '") + kSectionNames[i] + "' has the wrong offset or size");
     off = align64(off + expect[i]);
   }
@@ -155,12 +149,12 @@ RowBatchView decode_in_place(const uint8_t* data, size_t total) {
   RowBatchView v;
   static_cast<RowBatchMeta&>(v) = parse_header(data, total);
   const uint8_t* h = data;
-  const size_t n = get<uint64_t>(h, 56), nd = get<uint64_t>(h, 64);
+  const size_t n = fmt::load_as<uint64_t>(h, 56), nd = fmt::load_as<uint64_t>(h, 64);
   const uint8_t* at[kSections];
   for (int i = 0; i < kSections; ++i) {
     const size_t e = kSectionTable + 24 * i;
-    at[i] = data + get<uint64_t>(h, e);
-    if (crc32c(at[i], get<uint64_t>(h, e + 8)) != get<uint32_t>(h, e + 16))
+    at[i] = data + fmt::load_as<uint64_t>(h, e);
+    if (crc32c(at[i], fmt::load_as<uint64_t>(h, e + 8)) != fmt::load_as<uint32_t>(h, e + 16))
       fail(std::string("corrupt: checksum mismatch in section '") + kSectionNames[i] + "'");
   }
   if (std::memcmp(data + total - 8, kEndMagic, 8) != 0) fail("corrupt: end marker missing");
@@ -252,7 +246,7 @@ void encode_snapshot(const RowBatch& b, std::vector<uint8_t>& out) {
   out.assign(total, 0);
   std::memcpy(out.data(), h, kSnapshotHeaderBytes);
   for (int i = 0; i < kSections; ++i)
-    if (s[i].bytes) std::memcpy(out.data() + get<uint64_t>(h, kSectionTable + 24 * i), s[i].data, s[i].bytes);
+    if (s[i].bytes) std::memcpy(out.data() + fmt::load_as<uint64_t>(h, kSectionTable + 24 * i), s[i].data, s[i].bytes);
   std::memcpy(out.data() + total - 8, kEndMagic, 8);
 }
 

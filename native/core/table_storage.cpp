@@ -385,7 +385,7 @@ int64_t EmbeddingTable::serve_pool(const int64_t* values, int64_t n, const uint3
                                    int64_t n_off, int64_t n_bags, PoolMode mode, const float* w, float* out) {
   int64_t got;
   const int64_t m = fetch_missing(values, n, ids, got), dim = opt_.dim;
-  if (got == 0) return m;
+  if (got == 0 || n_bags == 0) return m - got;
   const ServeScratch& s = serve_scratch();
   const float* r = s.rows.data();
   const uint8_t* f = s.found.data();
@@ -393,9 +393,13 @@ int64_t EmbeddingTable::serve_pool(const int64_t* values, int64_t n, const uint3
   auto bag_end = [&](int64_t b) { return b + 1 < n_off ? off[b + 1] : n; };
   if (mode != PoolMode::kMax) {
     // The kernel pooled a zero row for each missing key: add the tier rows.
+    int64_t b = 0;
     for (int64_t j = 0; j < m; ++j) {
       if (!f[j]) continue;
-      const int64_t p = s.pos[j], b = bag_of(p);
+      const int64_t p = s.pos[j];
+      // positions ascend: most misses fall in the bag of the previous one
+      if (!(off[b] <= p && p < bag_end(b))) b = bag_of(p);
+      if (b < 0) continue;  // before the first bag (offsets[0] > 0): pooled nowhere
       float x = w ? w[p] : 1.0f;
       if (mode == PoolMode::kMean) x /= static_cast<float>(bag_end(b) - off[b]);
       float* o = out + b * dim;
@@ -410,7 +414,7 @@ int64_t EmbeddingTable::serve_pool(const int64_t* values, int64_t n, const uint3
   for (int64_t j = 0; j < m; ++j) {
     if (!f[j]) continue;
     const int64_t b = bag_of(s.pos[j]);
-    if (b == last_bag) continue;
+    if (b < 0 || b == last_bag) continue;
     last_bag = b;
     float* o = out + b * dim;
     for (int64_t c = 0; c < dim; ++c) o[c] = -INFINITY;

@@ -234,10 +234,27 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
                       uint8_t* found) {
   std::shared_lock<std::shared_mutex> lk(mu_);
   check_open();
+  // Two passes so that cache misses overlap: resolve every key (index
+  // buckets prefetched ahead), then copy slots (slot lines prefetched ahead).
+  thread_local std::vector<uint32_t> slots;
+  if (slots.size() < static_cast<size_t>(n)) slots.resize(n);
+  constexpr int64_t kAhead = 8;
+  for (int64_t i = 0; i < std::min(n, kAhead); ++i) index_.prefetch(keys[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) index_.prefetch(keys[i + kAhead]);
+    slots[i] = index_.find(keys[i]);
+  }
+  const size_t row_bytes = sizeof(float) * dim_;
+  auto prefetch_slot = [&](uint32_t s) {
+    if (s == kNoRow) return;
+    const uint8_t* p = map_ + data_off(s);
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(p + b, 0, 0);
+  };
+  for (int64_t i = 0; i < std::min(n, kAhead); ++i) prefetch_slot(slots[i]);
   int64_t got = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (i + 4 < n) index_.prefetch(keys[i + 4]);
-    const uint32_t s = index_.find(keys[i]);
+    if (i + kAhead < n) prefetch_slot(slots[i + kAhead]);
+    const uint32_t s = slots[i];
     if (s == kNoRow) {
       found[i] = 0;
       continue;
@@ -245,7 +262,7 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
     found[i] = 1;
     ++got;
     const float* src = reinterpret_cast<const float*>(map_ + data_off(s));
-    std::memcpy(rows + i * dim_, src, sizeof(float) * dim_);
+    std::memcpy(rows + i * dim_, src, row_bytes);
     if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
     if (versions) versions[i] = dir_[s].version;
   }

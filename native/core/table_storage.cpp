@@ -223,6 +223,8 @@ void EmbeddingTable::attach_tier(std::shared_ptr<StorageTier> tier, int64_t memo
   std::unique_lock<std::shared_mutex> lk(mu_);
   if (tier_) throw std::invalid_argument("tier: this table already has one");
   tier_ = std::move(tier);
+  // Rows already in a reopened tier keep their versions: continue above them.
+  if (tier_->max_version() > version_.load()) version_.store(tier_->max_version());
   memory_rows_ = memory_rows;
   promote_ = promote;
   if (memory_rows_ > 0) index_.for_each([&](int64_t k, uint32_t) { arrival_.push_back(k); });

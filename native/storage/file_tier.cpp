@@ -205,6 +205,7 @@ void FileTier::recover_directory(bool verify_data) {
       continue;
     }
     seq_ = std::max(seq_, e.seq);
+    max_version_ = std::max(max_version_, e.version);
     const uint32_t other = index_.find(e.key);
     if (other == kNoRow) {
       index_.insert(e.key, static_cast<uint32_t>(s));
@@ -324,6 +325,7 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
       e.key = keys[i];
       e.seq = ++seq_;
       e.version = versions ? versions[i] : 0;
+      max_version_ = std::max(max_version_, e.version);
       e.data_crc = crc32c(d, payload);
       e.entry_crc = entry_crc(&e);
     }
@@ -412,6 +414,11 @@ void FileTier::scan(uint64_t since, std::vector<int64_t>& keys) const {
   index_.for_each([&](int64_t k, uint32_t s) {
     if (dir_[s].version > since) keys.push_back(k);
   });
+}
+
+uint64_t FileTier::max_version() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return max_version_;
 }
 
 TierStats FileTier::stats() const {

@@ -61,6 +61,7 @@ class FileTier : public StorageTier {
   void flush() override;
   void scan(uint64_t since, std::vector<int64_t>& keys) const override;
   TierStats stats() const override;
+  uint64_t max_version() const override;
 
   // Flushes, marks the file cleanly closed and releases it (idempotent).
   void close();
@@ -104,6 +105,7 @@ class FileTier : public StorageTier {
   std::unordered_map<int64_t, uint32_t> durable_old_;  // key -> slot of its last flushed value
   std::vector<uint32_t> free_;
   uint64_t seq_ = 0;
+  uint64_t max_version_ = 0;
   mutable TierStats st_;
   mutable std::atomic<int64_t> reads_{0}, bytes_read_{0};
 };

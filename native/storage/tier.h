@@ -55,6 +55,9 @@ class StorageTier {
   // Keys whose version is > since (all keys: since = 0).
   virtual void scan(uint64_t since, std::vector<int64_t>& keys) const = 0;
   virtual TierStats stats() const = 0;
+  // Highest row version held (a table attached to a reopened tier continues
+  // its versions above it).
+  virtual uint64_t max_version() const = 0;
 };
 
 }  // namespace embedlookup

@@ -200,3 +200,21 @@ def test_full_tier_under_a_table_loses_nothing(tmp_path):
         a.demote(np.arange(20))
     assert len(a) == 30 and a.tier_stats()["tier_rows"] == 0
     np.testing.assert_array_equal(a.find(np.arange(30))[0], init_uniform(np.arange(30), DIM, -1, 1, 11))
+
+
+def test_a_new_table_over_a_reopened_tier_reads_its_rows(tmp_path):
+    a, b = _pair(tmp_path, memory_rows=10)
+    keys = np.arange(60)
+    a.lookup(keys)
+    b.lookup(keys)
+    a.assign(np.array([7]), np.full((1, DIM), 3.0, np.float32))
+    b.assign(np.array([7]), np.full((1, DIM), 3.0, np.float32))
+    a.demote(a.export()[0])  # everything to the file
+    v = a.version
+    a.tier.close()
+    del a
+    tier = el.storage.FileTier(tmp_path / "tier")
+    c = el.EmbeddingTable(DIM, initializer=el.init.uniform(-1, 1, seed=11), tier=tier, memory_rows=10)
+    assert len(c) == 60 and c.version >= v  # versions continue above the tier's rows
+    assert_same(c, b)
+    np.testing.assert_array_equal(c.lookup(keys), b.lookup(keys))

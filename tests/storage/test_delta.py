@@ -190,3 +190,41 @@ def test_apply_delta_is_atomic_for_a_concurrent_reader():
     th.join()
     assert not mixed
     np.testing.assert_array_equal(dst.find(keys)[0], np.full((n, DIM), 40.0, np.float32))
+
+
+def test_export_during_gradient_steps_gives_whole_rows_with_their_state():
+    # Every step adds g = 1 to all rows with Adagrad from zero rows: after k steps
+    # the accumulator is k and the row is -lr * sum_{i<=k} 1/sqrt(i). A delta taken
+    # while steps run must pair each row with its own accumulator.
+    n, lr = 2000, 0.1
+    keys = np.arange(n)
+    t = el.EmbeddingTable(DIM, initializer=el.init.zeros(), optimizer=el.optim.Adagrad(lr=lr, eps=0.0))
+    t.lookup(keys)
+    g = np.ones((n, DIM), np.float32)
+    t.apply_gradients(keys, g)  # binds the optimizer state before the race
+    stop = threading.Event()
+
+    def trainer():
+        while not stop.is_set():
+            t.apply_gradients(keys, g)
+
+    th = threading.Thread(target=trainer)
+    th.start()
+    try:
+        deltas = []
+        while len(deltas) < 10 or (t.step < 4 and len(deltas) < 2000):
+            deltas.append(t.export_delta(0))
+    finally:
+        stop.set()
+        th.join()
+    assert t.step > 1  # steps ran while the deltas were taken
+    expect = -lr * np.cumsum(1.0 / np.sqrt(np.arange(1, t.step + 1)))
+    for d in deltas:
+        buf = bytes(d)
+        sec = [np.frombuffer(buf, np.uint64, 2, 128 + 24 * i) for i in range(6)]
+        rows = np.frombuffer(buf, np.float32, n * DIM, int(sec[2][0])).reshape(n, DIM)
+        state = np.frombuffer(buf, np.float32, n * DIM, int(sec[3][0])).reshape(n, DIM)
+        k = state[:, 0].astype(np.int64)
+        assert (state == state[:, :1]).all() and (rows == rows[:, :1]).all()
+        w = np.where(k > 0, expect[np.maximum(k, 1) - 1], 0.0)
+        np.testing.assert_allclose(rows[:, 0], w, rtol=1e-4, atol=1e-6)

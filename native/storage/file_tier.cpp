@@ -170,7 +170,7 @@ void FileTier::open_existing(int64_t capacity) {
   recovered_ = !clean;
   map_file();
   set_clean(false);
-  recover_directory(!clean);
+  recover_directory(clean);
 }
 
 void FileTier::map_file() {
@@ -187,7 +187,7 @@ void FileTier::set_clean(bool clean) {
   if (::fdatasync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fdatasync failed");
 }
 
-void FileTier::recover_directory(bool verify_data) {
+void FileTier::recover_directory(bool was_clean) {
   dir_.assign(slots_, Entry{});
   pread_all(fd_, dir_.data(), static_cast<size_t>(slots_) * sizeof(Entry), dir_offset_, path_);
   unflushed_.assign(slots_, 0);
@@ -196,8 +196,16 @@ void FileTier::recover_directory(bool verify_data) {
   std::vector<uint32_t> losers;
   for (int64_t s = 0; s < slots_; ++s) {
     Entry& e = dir_[s];
-    const bool valid = e.seq != 0 && e.entry_crc == entry_crc(&e) &&
-                       (!verify_data || crc32c(map_ + data_off(static_cast<uint32_t>(s)), payload) == e.data_crc);
+    bool valid = e.seq != 0 && e.entry_crc == entry_crc(&e);
+    // Every open checks every live slot's data (CRC-32C at memory speed): after
+    // a crash a torn slot is dropped (the key keeps its previous copy); in a
+    // cleanly closed file a bad slot is damage, reported, never served.
+    if (valid && crc32c(map_ + data_off(static_cast<uint32_t>(s)), payload) != e.data_crc) {
+      if (was_clean)
+        throw TierFormatError("tier file '" + path_ + "' is corrupt: slot " + std::to_string(s) + " (key " +
+                              std::to_string(e.key) + ") fails its checksum");
+      valid = false;
+    }
     if (!valid) {
       static const Entry zero{};
       if (std::memcmp(&e, &zero, sizeof(Entry)) != 0) losers.push_back(static_cast<uint32_t>(s));

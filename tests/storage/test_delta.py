@@ -228,3 +228,31 @@ def test_export_during_gradient_steps_gives_whole_rows_with_their_state():
         assert (state == state[:, :1]).all() and (rows == rows[:, :1]).all()
         w = np.where(k > 0, expect[np.maximum(k, 1) - 1], 0.0)
         np.testing.assert_allclose(rows[:, 0], w, rtol=1e-4, atol=1e-6)
+
+
+def test_random_damage_is_rejected_or_harmless():
+    # Any flipped byte or cut either raises a clear error (table unchanged) or
+    # lands in padding and applies the exact same rows.
+    src = uniform_table(optimizer=el.optim.Adagrad(lr=0.1))
+    src.lookup(np.arange(50))
+    src.apply_gradients(np.arange(10), np.ones((10, DIM), np.float32))
+    src.erase(np.array([3]))
+    good = bytes(src.export_delta(0))
+    want = src.export()
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        blob = bytearray(good)
+        if trial % 3 == 0:
+            blob = blob[: int(rng.integers(0, len(good)))]
+        else:
+            blob[int(rng.integers(0, len(good)))] ^= int(rng.integers(1, 256))
+        dst = uniform_table()
+        try:
+            dst.apply_delta(bytes(blob))
+        except (el.storage.SnapshotFormatError, ValueError) as e:
+            assert str(e)
+            assert len(dst) == 0 and dst.version == 0
+            continue
+        got = dst.export()
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

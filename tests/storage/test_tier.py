@@ -218,3 +218,16 @@ def test_a_new_table_over_a_reopened_tier_reads_its_rows(tmp_path):
     assert len(c) == 60 and c.version >= v  # versions continue above the tier's rows
     assert_same(c, b)
     np.testing.assert_array_equal(c.lookup(keys), b.lookup(keys))
+
+
+def test_damaged_slot_in_a_clean_file_is_reported(tmp_path):
+    p = tmp_path / "t"
+    t = el.storage.FileTier(p, 10, dim=DIM)
+    t.set(np.array([1, 2]), rows_for([1, 2]))
+    t.close()
+    raw = bytearray(p.read_bytes())
+    data_off = int(np.frombuffer(bytes(raw), np.uint64, 1, 72)[0])
+    raw[data_off + 3] ^= 0xFF  # bit rot in slot 0 (key 1) of a cleanly closed file
+    p.write_bytes(bytes(raw))
+    with pytest.raises(el.storage.TierFormatError, match="key 1.*checksum"):
+        el.storage.FileTier(p, dim=DIM)

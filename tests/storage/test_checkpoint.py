@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import embedlookup as el
+from storage_helpers import assert_same
 from reference import RefOptimizer
 
 DIM = 16
@@ -21,13 +22,6 @@ def trained_table(opt=None, n=300, steps=3, seed=0):
         t.lookup(k)
         t.apply_gradients(k, rng.standard_normal((64, DIM)).astype(np.float32))
     return t
-
-
-def assert_same(a, b):
-    ka, ra = a.export()
-    kb, rb = b.export()
-    np.testing.assert_array_equal(ka, kb)
-    np.testing.assert_array_equal(ra, rb)
 
 
 @pytest.mark.parametrize("opt", [el.optim.SGD(lr=0.1), el.optim.Adagrad(lr=0.1, initial_accumulator_value=0.1),

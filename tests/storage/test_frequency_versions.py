@@ -4,6 +4,7 @@ erases, evictions and relayout all reach a replica through deltas."""
 import numpy as np
 
 import embedlookup as el
+from storage_helpers import push_delta
 
 
 def test_frequency_table_replica_follows_through_deltas(tmp_path):
@@ -22,13 +23,7 @@ def test_frequency_table_replica_follows_through_deltas(tmp_path):
             src.erase(np.array([k[0]]))
         if step % 5 == 3:
             src.relayout()
-        d = src.export_delta(seen)
-        replica.apply_delta(d)
-        seen = el.storage.delta_info(d)["to_version"]
-        ks, rs = src.export()
-        kr, rr = replica.export()
-        np.testing.assert_array_equal(ks, kr)
-        np.testing.assert_array_equal(rs, rr)
+        seen = push_delta(src, replica, seen)
     assert src.stats()["evicted"] > 0
     src.save(tmp_path / "f")
     np.testing.assert_array_equal(el.EmbeddingTable.load(tmp_path / "f").export()[1], src.export()[1])

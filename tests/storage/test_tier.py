@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import embedlookup as el
+from storage_helpers import assert_same
 from reference import init_uniform, pooled
 
 DIM = 16
@@ -112,13 +113,6 @@ def _pair(tmp_path, memory_rows, promote=True, optimizer=None, name="tier"):
                           promote=promote)
     b = el.EmbeddingTable(DIM, initializer=init, optimizer=optimizer)
     return a, b
-
-
-def assert_same(a, b):
-    ka, ra = a.export()
-    kb, rb = b.export()
-    np.testing.assert_array_equal(ka, kb)
-    np.testing.assert_array_equal(ra, rb)
 
 
 @pytest.mark.parametrize("promote", [True, False])

@@ -45,6 +45,7 @@ py::array_t<T> vector_to_array(std::vector<T>&& v, std::vector<py::ssize_t> shap
 void bind_table(py::module_& m);
 void bind_frequency(py::module_& m);  // frequency (issue 3): bind_frequency.cpp
 void bind_training(py::module_& m);  // torch backend (issue 5): bind_training.cpp
+void bind_storage(py::module_& m);  // storage (issue 4): native/storage/bind_storage.cpp
 #ifdef EMBEDLOOKUP_WITH_CUDA
 void bind_cuda(py::module_& m);
 #endif
@@ -54,6 +55,7 @@ PYBIND11_MODULE(_core, m) {
   bind_table(m);
   bind_frequency(m);  // frequency (issue 3)
   bind_training(m);  // after bind_table: adds methods to Table
+  bind_storage(m);  // storage (issue 4)
 #ifdef EMBEDLOOKUP_WITH_CUDA
   bind_cuda(m);
 #endif

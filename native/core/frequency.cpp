@@ -203,6 +203,8 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
   }
   cs.admitted = static_cast<int64_t>(created.size());
   if (created.empty()) return;
+  const uint64_t ver = ++version_;  // storage (issue 4): admitted rows carry their insert's version
+  for (uint32_t id : created) stamp(id, ver);
   ensure_meta();
   const int64_t nc = static_cast<int64_t>(created.size()), dim = opt_.dim;
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
@@ -252,7 +254,9 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
     index_.erase(key);
     free_rows_.push_back(id);
     meta_[id].score = -1.0f;
+    tombstones_[key] = version_.load() + 1;  // storage (issue 4): deltas carry evictions
   }
+  ++version_;  // storage (issue 4)
   // Freed ids may be reused: row ids cached by a forward (torch backward) are stale.
   if (!victims.empty()) layout_epoch_.fetch_add(1);
   if (sink_) sink_(local);
@@ -467,6 +471,8 @@ void FrequencyTable::assign(const int64_t* keys, int64_t n, const float* rows) {
     if (was_missing[i]) meta_[ids[i]] = RowMeta{0.0f, now};
     std::memcpy(rows_.row(ids[i]), rows + i * opt_.dim, sizeof(float) * opt_.dim);
   }
+  const uint64_t ver = ++version_;  // storage (issue 4)
+  for (int64_t i = 0; i < n; ++i) stamp(ids[i], ver);
   // New rows carry last == now and are spared, like a lookup's rows.
   CallStats cs;
   evict_to_budget(now, cs);
@@ -482,8 +488,10 @@ int64_t FrequencyTable::erase(const int64_t* keys, int64_t n) {
     if (id == kNoRow) continue;
     free_rows_.push_back(id);
     meta_[id].score = -1.0f;
+    tombstones_[keys[i]] = version_.load() + 1;  // storage (issue 4)
     ++erased;
   }
+  if (erased) ++version_;  // storage (issue 4)
   if (erased) layout_epoch_.fetch_add(1);
   return erased;
 }
@@ -567,6 +575,7 @@ int64_t FrequencyTable::relayout_step(int64_t max_moves) {
       }
       std::swap(meta_[t], meta_[c]);
       std::swap(row_keys_[t], row_keys_[c]);
+      std::swap(row_version_[t], row_version_[c]);  // storage (issue 4): versions move with rows
       index_.set_row(key, t);
       index_.set_row(other, c);
     } else {
@@ -576,6 +585,7 @@ int64_t FrequencyTable::relayout_step(int64_t max_moves) {
       meta_[t] = meta_[c];
       meta_[c].score = -1.0f;
       row_keys_[t] = key;
+      row_version_[t] = row_version_[c];  // storage (issue 4)
       index_.set_row(key, t);
       const size_t p = free_pos.at(t);
       free_rows_[p] = c;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 #include <numeric>
+#include <random>  // storage (issue 4): lineage ids
 #include <string>
 
 #include "../cpu/kernels_cpu.h"
@@ -28,13 +29,17 @@ EmbeddingTable::EmbeddingTable(const TableOptions& o)
     : opt_(o), index_(0), rows_(padded_stride(o.dim)), zero_row_(padded_stride(o.dim), 0.0f) {
   if (o.dim <= 0) throw std::invalid_argument("dim must be > 0");
   if (o.capacity < 0) throw std::invalid_argument("capacity must be >= 0");
+  // storage (issue 4): a random id for this table's history, so a delta is
+  // never applied to an unrelated table.
+  std::random_device rd;
+  lineage_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ 1;
 }
 
 int EmbeddingTable::threads() const { return opt_.num_threads > 0 ? opt_.num_threads : omp_get_max_threads(); }
 
 size_t EmbeddingTable::size() const {
   std::shared_lock<std::shared_mutex> lk(mu_);
-  return index_.size();
+  return index_.size() + (tier_ ? static_cast<size_t>(tier_->size()) : 0);  // storage: + tier rows
 }
 
 void EmbeddingTable::resolve(const int64_t* keys, int64_t n, uint32_t* ids) const {
@@ -60,8 +65,12 @@ uint32_t EmbeddingTable::allocate_row(int64_t key) {
     rows_.ensure(next_row_);
     if (state_) state_->ensure(next_row_);
     if (row_keys_.size() < next_row_) row_keys_.resize(std::max<size_t>(next_row_, row_keys_.size() * 2));
+    if (row_version_.size() < next_row_) row_version_.resize(row_keys_.size());  // storage: versions
   }
   row_keys_[id] = key;
+  // storage (issue 4): a re-inserted key's tombstone is superseded by its row.
+  if (!tombstones_.empty()) tombstones_.erase(key);
+  if (tier_ && memory_rows_ > 0) arrival_.push_back(key);
   index_.insert(key, id);
   return id;
 }
@@ -99,6 +108,8 @@ void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* id
   }
   const int64_t nc = static_cast<int64_t>(created.size());
   const int64_t dim = opt_.dim;
+  const uint64_t v = ++version_;  // storage: new rows carry the version of their insert
+  for (uint32_t id : created) stamp(id, v);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
   for (int64_t k = 0; k < nc; ++k) {
     const uint32_t id = created[k];
@@ -116,13 +127,20 @@ void EmbeddingTable::lookup(const int64_t* keys, int64_t n, float* out, bool ins
   const RowView view{&rows_, &seq_, zero_row_.data()};
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
-    if (cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, found, threads()) == 0 || !insert) return;
+    int64_t missing = cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, found, threads());
+    if (tier_) {  // storage: count hits; serve tier rows in place
+      memory_hits_.fetch_add(n - missing, std::memory_order_relaxed);
+      if (missing && !promote_) missing = serve_gather(keys, n, ids, out, found);
+    }
+    if (missing == 0 || (!insert && !(tier_ && promote_))) return;
   }
   // Some keys are new: insert them under the exclusive lock, then read again.
   std::unique_lock<std::shared_mutex> lk(mu_);
   resolve(keys, n, ids);
-  insert_missing(keys, n, ids, true);
-  cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, nullptr, threads());
+  if (tier_) promote_locked(keys, n, ids);  // storage: read-through
+  if (insert) insert_missing(keys, n, ids, true);
+  cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, found, threads());
+  if (tier_) enforce_budget_locked();  // storage
 }
 
 void EmbeddingTable::pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
@@ -131,36 +149,59 @@ void EmbeddingTable::pooled_lookup(const int64_t* values, int64_t n, const int64
   const RowView view{&rows_, &seq_, zero_row_.data()};
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
-    if (cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out,
-                       threads()) == 0 ||
-        !insert)
-      return;
+    int64_t missing = cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode,
+                                     weights, out, threads());
+    if (tier_) {  // storage: count hits; serve tier rows in place
+      memory_hits_.fetch_add(n - missing, std::memory_order_relaxed);
+      if (missing && !promote_) missing = serve_pool(values, n, ids, offsets, n_offsets, n_bags, mode, weights, out);
+    }
+    if (missing == 0 || (!insert && !(tier_ && promote_))) return;
   }
   std::unique_lock<std::shared_mutex> lk(mu_);
   resolve(values, n, ids);
-  insert_missing(values, n, ids, true);
+  if (tier_) promote_locked(values, n, ids);  // storage: read-through
+  if (insert) insert_missing(values, n, ids, true);
   cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out, threads());
+  if (tier_) enforce_budget_locked();  // storage
 }
 
 void EmbeddingTable::assign(const int64_t* keys, int64_t n, const float* rows) {
   std::unique_lock<std::shared_mutex> lk(mu_);
   uint32_t* ids = scratch_ids(n);
   resolve(keys, n, ids);
+  if (tier_) promote_locked(keys, n, ids);  // storage: keeps tier rows' optimizer state
   insert_missing(keys, n, ids, false);
   // Sequential so that the last occurrence of a duplicated key wins.
   const int64_t dim = opt_.dim;
-  for (int64_t i = 0; i < n; ++i) std::memcpy(rows_.row(ids[i]), rows + i * dim, sizeof(float) * dim);
+  const uint64_t v = ++version_;  // storage
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(rows_.row(ids[i]), rows + i * dim, sizeof(float) * dim);
+    stamp(ids[i], v);  // storage
+  }
+  if (tier_) enforce_budget_locked();  // storage
 }
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
   std::unique_lock<std::shared_mutex> lk(mu_);
   int64_t erased = 0;
+  const uint64_t v = version_.load() + 1;  // storage: the erase's version (taken only if something is erased)
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t id = index_.erase(keys[i]);
     if (id == kNoRow) continue;
     free_rows_.push_back(id);
+    tombstones_[keys[i]] = v;  // storage
     ++erased;
   }
+  // storage (issue 4): keys held by the tier are erased there too.
+  if (tier_) {
+    std::vector<uint8_t> in_tier(n);
+    std::vector<float> scratch(static_cast<size_t>(n) * (opt_.dim + tier_->state_floats()));
+    tier_->get(keys, n, scratch.data(), nullptr, nullptr, in_tier.data());
+    for (int64_t i = 0; i < n; ++i)
+      if (in_tier[i]) tombstones_[keys[i]] = v;
+    erased += tier_->erase(keys, n);
+  }
+  if (erased) version_.store(v);
   if (erased) layout_epoch_.fetch_add(1);  // row ids cached by callers may now be stale
   return erased;
 }
@@ -170,6 +211,10 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   std::vector<std::pair<int64_t, uint32_t>> kv;
   kv.reserve(index_.size());
   index_.for_each([&](int64_t k, uint32_t r) { kv.emplace_back(k, r); });
+  // storage (issue 4): rows in the tier are part of the table.
+  std::vector<int64_t> tier_keys;
+  if (tier_) tier_->scan(0, tier_keys);
+  for (int64_t k : tier_keys) kv.emplace_back(k, kNoRow);
   std::sort(kv.begin(), kv.end());
   const int64_t n = static_cast<int64_t>(kv.size());
   keys.resize(n);
@@ -181,7 +226,22 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   rows.resize(static_cast<size_t>(n) * opt_.dim);
   const RowView view{&rows_, &seq_, zero_row_.data()};
   std::vector<uint32_t> scratch(n);
-  cpu::gather_rows(view, index_, keys.data(), scratch.data(), n, opt_.dim, rows.data(), nullptr, threads());
+  const int64_t missing =
+      cpu::gather_rows(view, index_, keys.data(), scratch.data(), n, opt_.dim, rows.data(), nullptr, threads());
+  if (missing) {  // storage: the tier's rows
+    std::vector<int64_t> tk;
+    std::vector<int64_t> pos;
+    for (int64_t i = 0; i < n; ++i)
+      if (scratch[i] == kNoRow) {
+        tk.push_back(keys[i]);
+        pos.push_back(i);
+      }
+    std::vector<float> tr(tk.size() * opt_.dim);
+    std::vector<uint8_t> f(tk.size());
+    tier_->get(tk.data(), static_cast<int64_t>(tk.size()), tr.data(), nullptr, nullptr, f.data());
+    for (size_t j = 0; j < tk.size(); ++j)
+      std::memcpy(rows.data() + pos[j] * opt_.dim, tr.data() + j * opt_.dim, sizeof(float) * opt_.dim);
+  }
 }
 
 void EmbeddingTable::bind_state(const OptimSpec& o) {
@@ -208,11 +268,29 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
   cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads(), next_row_);
+  finish_update(lk, ids, n);
+}
+
+// storage (issue 4): updated rows carry the step's version; a tier's memory
+// budget is enforced after the update (exclusively, briefly).
+void EmbeddingTable::finish_update(std::shared_lock<std::shared_mutex>& lk, const uint32_t* ids, int64_t n) {
+  const uint64_t v = ++version_;
+  for (int64_t i = 0; i < n; ++i) stamp(ids[i], v);
+  if (tier_ && memory_rows_ > 0 && static_cast<int64_t>(index_.size()) > memory_rows_) {
+    lk.unlock();
+    std::unique_lock<std::shared_mutex> ex(mu_);
+    enforce_budget_locked();
+  }
 }
 
 std::shared_lock<std::shared_mutex> EmbeddingTable::lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
                                                                     const OptimSpec& o, const uint32_t* hint,
                                                                     uint64_t hint_epoch) {
+  if (tier_) {  // storage: bring tier rows into memory before the (shared-lock) update
+    std::unique_lock<std::shared_mutex> ex(mu_);
+    resolve(keys, n, ids);
+    promote_locked(keys, n, ids);
+  }
   std::shared_lock<std::shared_mutex> lk(mu_);
   for (;;) {
     // Ids resolved by an earlier call (the forward) are still right while no
@@ -246,6 +324,8 @@ MemoryStats EmbeddingTable::memory() const {
   m.row_bytes = rows_.bytes();
   m.state_bytes = state_ ? state_->bytes() : 0;
   m.metadata_bytes = row_keys_.capacity() * sizeof(int64_t) + free_rows_.capacity() * sizeof(uint32_t);
+  // storage (issue 4): row versions (8 B/row) and tombstones (~32 B per erased key in the map)
+  m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + tombstones_.size() * 32;
   m.rows = index_.size();
   return m;
 }

@@ -21,6 +21,12 @@
 #include "embedlookup/pooling.h"
 #include "key_index.h"
 #include "row_arena.h"
+// -- storage (issue 4) --
+#include <deque>
+#include <unordered_map>
+#include "row_batch.h"
+#include "../storage/tier.h"
+// -- end storage --
 #include "row_seqlock.h"
 
 namespace embedlookup {
@@ -86,6 +92,38 @@ class EmbeddingTable {
   // table and drives its index, arena and free list directly for admission,
   // eviction and relayout. ---
   friend class FrequencyTable;
+  // ---- storage (issue 4): versions, deltas, checkpoints, lower tier ----
+  // Every change (insert, assign, gradient step, erase, applied delta) takes a
+  // new table version; each row records the version of its last change and
+  // each erased key leaves a tombstone (key, version). Only writers touch
+  // versions: the lookup path is unchanged.
+  uint64_t version() const { return version_.load(); }
+  uint64_t lineage() const { return lineage_; }
+  // Rows changed after `since` (+ tombstones), or all rows (full). Runs under
+  // the shared lock: lookups and gradient steps continue meanwhile; each row
+  // is read consistently (row + state) and to_version is taken first, so the
+  // batch holds every change up to to_version (and maybe some later ones).
+  void collect(uint64_t since, bool full, bool with_versions, RowBatch& out) const;
+  // Validates the whole batch first (dim, optimizer state, lineage, order,
+  // capacity), then applies it under the exclusive lock: a concurrent reader
+  // sees all of it or none. A full batch loads into an empty table only.
+  void apply_batch(const RowBatchView& b);
+  // Lower tier: rows missing from memory are read through from `tier`
+  // (promote: moved into memory; else served in place while no new key needs
+  // inserting); memory_rows > 0 caps the rows kept in memory (excess rows are
+  // demoted oldest-first until an eviction policy calls write_back_locked).
+  void attach_tier(std::shared_ptr<StorageTier> tier, int64_t memory_rows, bool promote);
+  const std::shared_ptr<StorageTier>& tier() const { return tier_; }
+  // Moves these keys' rows (those in memory) to the tier; returns how many.
+  int64_t demote(const int64_t* keys, int64_t n);
+  // Eviction hook: writes rows `ids` (with state and version) to the tier and
+  // frees them. The caller holds mu_ exclusively. TierFullError before any change.
+  int64_t write_back_locked(const uint32_t* ids, int64_t n);
+  struct TierCounters {
+    int64_t memory_hits, tier_hits, promotions, demotions, memory_rows;
+  };
+  TierCounters tier_counters() const;
+  // ---- end storage ----
   // ---- Training entry points for the torch backend (issue 5); defined in
   // table_training.cpp.
   // Backward of pooled_lookup fused with one optimizer step: occurrence p of
@@ -126,6 +164,8 @@ class EmbeddingTable {
   std::shared_lock<std::shared_mutex> lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
                                                       const OptimSpec& o, const uint32_t* hint = nullptr,
                                                       uint64_t hint_epoch = 0);
+  // After a fused update: stamps the rows' version, enforces a tier budget.
+  void finish_update(std::shared_lock<std::shared_mutex>& lk, const uint32_t* ids, int64_t n);
   std::atomic<uint64_t> layout_epoch_{0};
   // ---- end of the torch-backend block
 
@@ -151,6 +191,31 @@ class EmbeddingTable {
   RowSeqlock seq_;
   std::vector<float> zero_row_;
   std::atomic<int64_t> step_{0};
+
+  // ---- storage (issue 4) ----
+  void stamp(uint32_t id, uint64_t v) { __atomic_store_n(&row_version_[id], v, __ATOMIC_RELAXED); }
+  uint64_t stamped(uint32_t id) const { return __atomic_load_n(&row_version_[id], __ATOMIC_RELAXED); }
+  // For ids[i] == kNoRow whose key the tier holds: moves the row into memory
+  // (caller holds mu_ exclusively). Returns rows promoted.
+  int64_t promote_locked(const int64_t* keys, int64_t n, uint32_t* ids);
+  void enforce_budget_locked();
+  int64_t fetch_missing(const int64_t* keys, int64_t n, const uint32_t* ids, int64_t& got) const;
+  // Shared-lock read-through: fills the rows of missing positions from the
+  // tier. Returns how many positions are still missing.
+  int64_t serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out, uint8_t* found);
+  int64_t serve_pool(const int64_t* values, int64_t n, const uint32_t* ids, const int64_t* offsets,
+                     int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights, float* out);
+  void read_row_locked(uint32_t id, float* row, float* state) const;
+  std::atomic<uint64_t> version_{0};
+  uint64_t lineage_ = 0;
+  std::vector<uint64_t> row_version_;  // row id -> version of its last change (8 bytes/row)
+  std::unordered_map<int64_t, uint64_t> tombstones_;  // erased key -> version of the erase
+  std::shared_ptr<StorageTier> tier_;
+  int64_t memory_rows_ = 0;
+  bool promote_ = true;
+  std::deque<int64_t> arrival_;  // keys in order of entering memory: demotion order without a policy
+  mutable std::atomic<int64_t> memory_hits_{0}, tier_hits_{0}, promotions_{0}, demotions_{0};
+  // ---- end storage ----
 };
 
 }  // namespace embedlookup

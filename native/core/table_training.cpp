@@ -61,6 +61,7 @@ void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
   cpu::fused_update(view, state_.get(), ids, n, g, dim, o, c, threads(), next_row_);
+  finish_update(lk, ids, n);
 }
 
 uint64_t EmbeddingTable::pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets,

@@ -7,11 +7,12 @@ import numpy as np
 from . import _checks, _core
 from . import init as _init
 from .optim import Optimizer
+from .storage import _StorageMethods  # storage (issue 4)
 
 __all__ = ["EmbeddingTable"]
 
 
-class EmbeddingTable:
+class EmbeddingTable(_StorageMethods):
     """A growing hash table of embedding rows keyed by int64 IDs.
 
     Parameters
@@ -28,6 +29,12 @@ class EmbeddingTable:
         Default optimizer for :meth:`apply_gradients`.
     num_threads:
         OpenMP threads per call (default: OpenMP's, i.e. all cores).
+    tier, memory_rows, promote:
+        (storage) An ``embedlookup.storage.FileTier`` below memory: missing
+        keys are read through from it, rows over the ``memory_rows`` budget
+        are written back to it (oldest first, until an eviction policy does
+        it). ``promote=True`` moves tier rows into memory when read;
+        ``promote=False`` serves them in place. See docs/storage.md.
 
     Concurrency: every method releases the GIL. Lookups and gradient updates
     may run at the same time from several threads; each row a lookup returns
@@ -36,7 +43,8 @@ class EmbeddingTable:
     """
 
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
-                 optimizer: Optimizer | None = None, num_threads: int | None = None):
+                 optimizer: Optimizer | None = None, num_threads: int | None = None,
+                 tier=None, memory_rows: int | None = None, promote: bool = True):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if initializer is None:
@@ -55,6 +63,11 @@ class EmbeddingTable:
         self.capacity = None if capacity is None else int(capacity)
         self.optimizer = optimizer
         self._t = _core.Table(self._dim, initializer._spec(), self.capacity or 0, int(num_threads or 0))
+        self.tier = None  # storage (issue 4)
+        if tier is not None:
+            self._attach_tier(tier, memory_rows, promote)
+        elif memory_rows is not None:
+            raise ValueError("memory_rows needs a tier (tier=embedlookup.storage.FileTier(...))")
 
     # ------------------------------------------------------------------ basics
     @property

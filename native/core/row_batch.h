@@ -1,0 +1,73 @@
+// RowBatch: a table's rows in transit — a full checkpoint or a delta (the rows
+// changed after `from_version`, plus tombstones of erased keys). The table
+// fills and applies it (table.h); native/storage/snapshot.h encodes it.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "embedlookup/initializer.h"
+#include "embedlookup/optimizer.h"
+
+namespace embedlookup {
+
+// Read-only view of a contiguous array (a std::span stand-in for C++17).
+template <class T>
+struct Span {
+  const T* p = nullptr;
+  size_t n = 0;
+  const T* data() const { return p; }
+  size_t size() const { return n; }
+  bool empty() const { return n == 0; }
+  const T& operator[](size_t i) const { return p[i]; }
+  const T* begin() const { return p; }
+  const T* end() const { return p + n; }
+};
+
+struct RowBatchMeta {
+  bool full = false;           // full checkpoint (load into an empty table) vs delta
+  uint64_t lineage = 0;        // id of the table history the rows belong to
+  uint64_t from_version = 0;   // rows changed after this version (0 for full)
+  uint64_t to_version = 0;     // table version when the batch was taken
+  // configuration of the source table
+  int64_t dim = 0;
+  InitSpec init;
+  int64_t capacity = 0;
+  OptimKind state_kind = OptimKind::kNone;
+  float state_init = 0.0f;     // initial optimizer-state value (Adagrad accumulator)
+  int64_t state_floats = 0;    // per row; = state_floats(state_kind, dim)
+  int64_t step = 0;
+  bool has_versions = false;   // per-row versions carried (else rows take to_version)
+};
+
+// Borrowed payload: a decoded file mapping or caller's buffer, no copy.
+struct RowBatchView : RowBatchMeta {
+  Span<int64_t> keys;
+  Span<uint64_t> versions;  // n or empty
+  Span<float> rows;         // n x dim
+  Span<float> state;        // n x state_floats
+  Span<int64_t> dead_keys;  // tombstones
+  Span<uint64_t> dead_versions;
+};
+
+// Owned payload (what collect() fills).
+struct RowBatch : RowBatchMeta {
+  std::vector<int64_t> keys;
+  std::vector<uint64_t> versions;
+  std::vector<float> rows;
+  std::vector<float> state;
+  std::vector<int64_t> dead_keys;
+  std::vector<uint64_t> dead_versions;
+  RowBatchView view() const {
+    RowBatchView v;
+    static_cast<RowBatchMeta&>(v) = *this;
+    v.keys = {keys.data(), keys.size()};
+    v.versions = {versions.data(), versions.size()};
+    v.rows = {rows.data(), rows.size()};
+    v.state = {state.data(), state.size()};
+    v.dead_keys = {dead_keys.data(), dead_keys.size()};
+    v.dead_versions = {dead_versions.data(), dead_versions.size()};
+    return v;
+  }
+};
+
+}  // namespace embedlookup

@@ -1,0 +1,440 @@
+#include "file_tier.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <unordered_set>
+
+#include "crc32c.h"
+#include "le_bytes.h"
+
+namespace embedlookup {
+
+namespace {
+constexpr char kMagic[8] = {'E', 'L', 'T', 'I', 'E', 'R', '\r', '\n'};
+constexpr uint32_t kFormatVersion = 1, kBom = 0x01020304u, kDtypeF32 = 1;
+constexpr size_t kHeaderBytes = 4096, kHeaderCrc = 124, kCleanAt = 512;
+constexpr uint32_t kClean = 0x4E41454Cu;  // "CLEAN" marker; anything else = dirty
+constexpr int64_t kChunk = 4096;           // rows per write batch
+
+using fmt::put;
+using fmt::load_as;
+size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+void pwrite_all(int fd, const void* p, size_t n, size_t off, const std::string& path) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    const ssize_t w = ::pwrite(fd, c, n, static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) throw std::runtime_error("tier '" + path + "': write failed: " + std::strerror(errno));
+    c += w;
+    off += static_cast<size_t>(w);
+    n -= static_cast<size_t>(w);
+  }
+}
+void pread_all(int fd, void* p, size_t n, size_t off, const std::string& path) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    const ssize_t r = ::pread(fd, c, n, static_cast<off_t>(off));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw std::runtime_error("tier '" + path + "': read failed: " + std::strerror(errno));
+    if (r == 0) throw TierFormatError("tier file '" + path + "' is truncated");
+    c += r;
+    off += static_cast<size_t>(r);
+    n -= static_cast<size_t>(r);
+  }
+}
+uint32_t entry_crc(const void* e) { return crc32c(e, 28); }
+}  // namespace
+
+FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity)
+    : path_(path), dim_(dim), state_floats_(state_floats), index_(0) {
+  if (dim <= 0) throw std::invalid_argument("dim must be > 0");
+  if (state_floats < 0) throw std::invalid_argument("state_floats must be >= 0");
+  if (capacity < 0) throw std::invalid_argument("capacity must be >= 0");
+  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  try {
+    if (fd_ < 0) {
+      if (errno != ENOENT) throw std::runtime_error("tier '" + path + "': cannot open: " + std::strerror(errno));
+      if (capacity <= 0)
+        throw std::invalid_argument("capacity: tier file '" + path + "' does not exist; give a capacity to create it");
+      create(capacity);
+    } else {
+      open_existing(capacity);
+    }
+  } catch (...) {
+    if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
+    if (fd_ >= 0) ::close(fd_);
+    map_ = nullptr;
+    fd_ = -1;
+    throw;
+  }
+}
+
+FileTier::~FileTier() {
+  try {
+    close();
+  } catch (...) {
+    // destructor: a failed final flush cannot be reported; close() reports it
+  }
+}
+
+void FileTier::create(int64_t capacity) {
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error("tier '" + path_ + "': cannot create: " + std::strerror(errno));
+  capacity_ = capacity;
+  // Out-of-place writes need spare slots; a flush reclaims them.
+  slots_ = capacity + std::max<int64_t>(64, capacity / 16);
+  if (slots_ >= static_cast<int64_t>(kMaxRowId)) throw std::invalid_argument("capacity: at most 2^32 - 3 - slack rows");
+  slot_bytes_ = static_cast<int64_t>(align_up(static_cast<size_t>(dim_ + state_floats_) * 4, 64));
+  dir_offset_ = kHeaderBytes;
+  data_offset_ = align_up(dir_offset_ + static_cast<size_t>(slots_) * sizeof(Entry), 4096);
+  const size_t total = data_offset_ + static_cast<size_t>(slots_) * slot_bytes_;
+  const int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(total));
+  if (rc != 0) {
+    ::unlink(path_.c_str());
+    throw std::runtime_error("tier '" + path_ + "': cannot allocate " + std::to_string(total) +
+                             " bytes: " + std::strerror(rc));
+  }
+  uint8_t h[kHeaderBytes] = {};
+  std::memcpy(h, kMagic, 8);
+  put<uint32_t>(h, 8, kFormatVersion);
+  put<uint32_t>(h, 12, kBom);
+  put<uint32_t>(h, 16, kDtypeF32);
+  put<int64_t>(h, 24, dim_);
+  put<int64_t>(h, 32, state_floats_);
+  put<int64_t>(h, 40, capacity_);
+  put<int64_t>(h, 48, slots_);
+  put<int64_t>(h, 56, slot_bytes_);
+  put<uint64_t>(h, 64, dir_offset_);
+  put<uint64_t>(h, 72, data_offset_);
+  put<uint32_t>(h, kHeaderCrc, crc32c(h, kHeaderCrc));
+  pwrite_all(fd_, h, kHeaderBytes, 0, path_);  // clean flag 0: dirty while open
+  if (::fsync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fsync failed");
+  dir_.assign(slots_, Entry{});
+  unflushed_.assign(slots_, 0);
+  free_.reserve(slots_);
+  for (int64_t s = slots_ - 1; s >= 0; --s) free_.push_back(static_cast<uint32_t>(s));  // ascending pops
+  map_file();
+}
+
+void FileTier::open_existing(int64_t capacity) {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) throw std::runtime_error("tier '" + path_ + "': cannot stat");
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size < kHeaderBytes)
+    throw TierFormatError("tier file '" + path_ + "' is truncated or not a tier file (" + std::to_string(size) +
+                          " bytes)");
+  uint8_t h[kHeaderBytes];
+  pread_all(fd_, h, kHeaderBytes, 0, path_);
+  if (std::memcmp(h, kMagic, 8) != 0) throw TierFormatError("'" + path_ + "' is not an embedlookup tier file (bad magic)");
+  if (load_as<uint32_t>(h, 12) != kBom) throw TierFormatError("tier file '" + path_ + "' was written with the other byte order");
+  if (load_as<uint32_t>(h, 8) != kFormatVersion)
+    throw TierFormatError("tier file '" + path_ + "' has format version " + std::to_string(load_as<uint32_t>(h, 8)) +
+                          ", this build reads 1");
+  if (load_as<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc))
+    throw TierFormatError("tier file '" + path_ + "' is corrupt (header checksum mismatch)");
+  if (load_as<uint32_t>(h, 16) != kDtypeF32)
+    throw TierFormatError("tier file '" + path_ + "' holds dtype code " + std::to_string(load_as<uint32_t>(h, 16)) +
+                          ", only 1 = float32 is supported");
+  const int64_t fdim = load_as<int64_t>(h, 24), fsf = load_as<int64_t>(h, 32);
+  if (fdim != dim_)
+    throw TierFormatError("tier file '" + path_ + "' holds rows of dim " + std::to_string(fdim) + ", expected " +
+                          std::to_string(dim_));
+  if (fsf != state_floats_)
+    throw TierFormatError("tier file '" + path_ + "' stores " + std::to_string(fsf) +
+                          " optimizer-state floats per row, expected " + std::to_string(state_floats_));
+  capacity_ = load_as<int64_t>(h, 40);
+  if (capacity != 0 && capacity != capacity_)
+    throw std::invalid_argument("capacity: tier file '" + path_ + "' was created with capacity " +
+                                std::to_string(capacity_) + ", not " + std::to_string(capacity));
+  slots_ = load_as<int64_t>(h, 48);
+  slot_bytes_ = load_as<int64_t>(h, 56);
+  dir_offset_ = load_as<uint64_t>(h, 64);
+  data_offset_ = load_as<uint64_t>(h, 72);
+  if (capacity_ <= 0 || slots_ < capacity_ || slots_ >= static_cast<int64_t>(kMaxRowId) ||
+      slot_bytes_ < (dim_ + state_floats_) * 4 || dir_offset_ != kHeaderBytes ||
+      data_offset_ < dir_offset_ + static_cast<size_t>(slots_) * sizeof(Entry))
+    throw TierFormatError("tier file '" + path_ + "' is corrupt (inconsistent header)");
+  const size_t total = data_offset_ + static_cast<size_t>(slots_) * slot_bytes_;
+  if (size < total)
+    throw TierFormatError("tier file '" + path_ + "' is truncated: " + std::to_string(size) + " bytes, expected " +
+                          std::to_string(total));
+  const bool clean = load_as<uint32_t>(h, kCleanAt) == kClean;
+  recovered_ = !clean;
+  map_file();
+  set_clean(false);
+  recover_directory(clean);
+}
+
+void FileTier::map_file() {
+  map_bytes_ = data_offset_ + static_cast<size_t>(slots_) * slot_bytes_;
+  void* p = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("tier '" + path_ + "': mmap failed: " + std::strerror(errno));
+  ::madvise(p, map_bytes_, MADV_RANDOM);  // slot reads are random: no readahead
+  map_ = static_cast<const uint8_t*>(p);
+}
+
+void FileTier::set_clean(bool clean) {
+  const uint32_t v = clean ? kClean : 0u;
+  pwrite_all(fd_, &v, 4, kCleanAt, path_);
+  if (::fdatasync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fdatasync failed");
+}
+
+void FileTier::recover_directory(bool was_clean) {
+  dir_.assign(slots_, Entry{});
+  pread_all(fd_, dir_.data(), static_cast<size_t>(slots_) * sizeof(Entry), dir_offset_, path_);
+  unflushed_.assign(slots_, 0);
+  index_.reserve(static_cast<size_t>(capacity_));
+  const size_t payload = static_cast<size_t>(dim_ + state_floats_) * 4;
+  std::vector<uint32_t> losers;
+  for (int64_t s = 0; s < slots_; ++s) {
+    Entry& e = dir_[s];
+    bool valid = e.seq != 0 && e.entry_crc == entry_crc(&e);
+    // Every open checks every live slot's data (CRC-32C at memory speed): after
+    // a crash a torn slot is dropped (the key keeps its previous copy); in a
+    // cleanly closed file a bad slot is damage, reported, never served.
+    if (valid && crc32c(map_ + data_off(static_cast<uint32_t>(s)), payload) != e.data_crc) {
+      if (was_clean)
+        throw TierFormatError("tier file '" + path_ + "' is corrupt: slot " + std::to_string(s) + " (key " +
+                              std::to_string(e.key) + ") fails its checksum");
+      valid = false;
+    }
+    if (!valid) {
+      static const Entry zero{};
+      if (std::memcmp(&e, &zero, sizeof(Entry)) != 0) losers.push_back(static_cast<uint32_t>(s));
+      else free_.push_back(static_cast<uint32_t>(s));
+      continue;
+    }
+    seq_ = std::max(seq_, e.seq);
+    max_version_ = std::max(max_version_, e.version);
+    const uint32_t other = index_.find(e.key);
+    if (other == kNoRow) {
+      index_.insert(e.key, static_cast<uint32_t>(s));
+    } else if (dir_[other].seq < e.seq) {  // a newer copy of the key: the older one was superseded
+      index_.set_row(e.key, static_cast<uint32_t>(s));
+      losers.push_back(other);
+    } else {
+      losers.push_back(static_cast<uint32_t>(s));
+    }
+  }
+  for (uint32_t s : losers) free_slot_locked(s);
+  if (static_cast<int64_t>(index_.size()) > capacity_)
+    throw TierFormatError("tier file '" + path_ + "' is corrupt (more rows than its capacity)");
+  std::sort(free_.begin(), free_.end(), std::greater<uint32_t>());  // pop ascending: contiguous writes
+}
+
+void FileTier::check_open() const {
+  if (fd_ < 0) throw std::runtime_error("tier '" + path_ + "' is closed");
+}
+
+int64_t FileTier::size() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return static_cast<int64_t>(index_.size());
+}
+
+int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                      uint8_t* found) {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  // Two passes so that cache misses overlap: resolve every key (index
+  // buckets prefetched ahead), then copy slots (slot lines prefetched ahead).
+  thread_local std::vector<uint32_t> slots;
+  if (slots.size() < static_cast<size_t>(n)) slots.resize(n);
+  constexpr int64_t kAhead = 8;
+  for (int64_t i = 0; i < std::min(n, kAhead); ++i) index_.prefetch(keys[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) index_.prefetch(keys[i + kAhead]);
+    slots[i] = index_.find(keys[i]);
+  }
+  const size_t row_bytes = sizeof(float) * dim_;
+  auto prefetch_slot = [&](uint32_t s) {
+    if (s == kNoRow) return;
+    const uint8_t* p = map_ + data_off(s);
+    for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(p + b, 0, 0);
+  };
+  for (int64_t i = 0; i < std::min(n, kAhead); ++i) prefetch_slot(slots[i]);
+  int64_t got = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) prefetch_slot(slots[i + kAhead]);
+    const uint32_t s = slots[i];
+    if (s == kNoRow) {
+      found[i] = 0;
+      continue;
+    }
+    found[i] = 1;
+    ++got;
+    const float* src = reinterpret_cast<const float*>(map_ + data_off(s));
+    std::memcpy(rows + i * dim_, src, row_bytes);
+    if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
+    if (versions) versions[i] = dir_[s].version;
+  }
+  reads_.fetch_add(got, std::memory_order_relaxed);
+  bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
+  return got;
+}
+
+void FileTier::write_entry(uint32_t slot, const Entry& e) {
+  pwrite_all(fd_, &e, sizeof(Entry), dir_offset_ + static_cast<size_t>(slot) * sizeof(Entry), path_);
+}
+
+void FileTier::free_slot_locked(uint32_t slot) {
+  const Entry zero{};
+  write_entry(slot, zero);
+  dir_[slot] = zero;
+  unflushed_[slot] = 0;
+  free_.push_back(slot);
+}
+
+void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const float* state, const uint64_t* versions) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  // Last occurrence of each key wins: write each distinct key once.
+  std::vector<int64_t> order;
+  order.reserve(n);
+  {
+    std::unordered_set<int64_t> seen;
+    for (int64_t i = n - 1; i >= 0; --i)
+      if (seen.insert(keys[i]).second) order.push_back(i);
+    std::reverse(order.begin(), order.end());
+  }
+  size_t fresh = 0;
+  for (int64_t i : order) fresh += index_.find(keys[i]) == kNoRow;
+  if (static_cast<int64_t>(index_.size() + fresh) > capacity_)
+    throw TierFullError("tier '" + path_ + "' is full: " + std::to_string(index_.size()) + " rows + " +
+                        std::to_string(fresh) + " new > capacity " + std::to_string(capacity_) +
+                        "; nothing was written");
+  index_.reserve(index_.size() + fresh);
+  const size_t payload = static_cast<size_t>(dim_ + state_floats_) * 4;
+  std::vector<uint8_t> buf;
+  std::vector<Entry> ents;
+  std::vector<uint32_t> slots;
+  for (size_t c0 = 0; c0 < order.size();) {
+    if (free_.empty()) flush_locked();  // reclaims the slots of superseded flushed values
+    const size_t m = std::min<size_t>({order.size() - c0, free_.size(), static_cast<size_t>(kChunk)});
+    if (m == 0) throw std::logic_error("FileTier: no free slot after flush");
+    buf.assign(m * slot_bytes_, 0);
+    ents.assign(m, Entry{});
+    slots.resize(m);
+    for (size_t j = 0; j < m; ++j) {
+      const int64_t i = order[c0 + j];
+      slots[j] = free_.back();
+      free_.pop_back();
+      uint8_t* d = buf.data() + j * slot_bytes_;
+      std::memcpy(d, rows + i * dim_, sizeof(float) * dim_);
+      if (state && state_floats_) std::memcpy(d + dim_ * 4, state + i * state_floats_, sizeof(float) * state_floats_);
+      Entry& e = ents[j];
+      e.key = keys[i];
+      e.seq = ++seq_;
+      e.version = versions ? versions[i] : 0;
+      max_version_ = std::max(max_version_, e.version);
+      e.data_crc = crc32c(d, payload);
+      e.entry_crc = entry_crc(&e);
+    }
+    // 1) all data, 2) all entries (runs of consecutive slots in one pwrite):
+    //    an entry only ever points at data that is already written.
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t j = 0; j < m;) {
+        size_t k = j + 1;
+        while (k < m && slots[k] == slots[k - 1] + 1) ++k;
+        if (pass == 0)
+          pwrite_all(fd_, buf.data() + j * slot_bytes_, (k - j) * slot_bytes_, data_off(slots[j]), path_);
+        else
+          pwrite_all(fd_, &ents[j], (k - j) * sizeof(Entry), dir_offset_ + slots[j] * sizeof(Entry), path_);
+        j = k;
+      }
+    }
+    // 3) retire the previous copies.
+    for (size_t j = 0; j < m; ++j) {
+      const uint32_t s = slots[j];
+      const int64_t key = ents[j].key;
+      dir_[s] = ents[j];
+      unflushed_[s] = 1;
+      const uint32_t old = index_.find(key);
+      if (old == kNoRow) {
+        index_.insert(key, s);
+        continue;
+      }
+      index_.set_row(key, s);
+      if (unflushed_[old]) free_slot_locked(old);  // never acknowledged: may go now
+      else durable_old_[key] = old;                // kept until the new value is flushed
+    }
+    st_.writes += static_cast<int64_t>(m);
+    st_.bytes_written += static_cast<int64_t>(m * payload);
+    c0 += m;
+  }
+}
+
+int64_t FileTier::erase(const int64_t* keys, int64_t n) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  int64_t erased = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t s = index_.find(keys[i]);
+    if (s == kNoRow) continue;
+    auto it = durable_old_.find(keys[i]);
+    if (it != durable_old_.end()) {  // the older copy first, so a crash never resurrects it alone
+      free_slot_locked(it->second);
+      durable_old_.erase(it);
+    }
+    free_slot_locked(s);
+    index_.erase(keys[i]);
+    ++erased;
+  }
+  st_.erases += erased;
+  return erased;
+}
+
+void FileTier::flush_locked() {
+  if (::fdatasync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
+  for (const auto& kv : durable_old_) free_slot_locked(kv.second);
+  durable_old_.clear();
+  std::fill(unflushed_.begin(), unflushed_.end(), 0);
+  ++st_.flushes;
+}
+
+void FileTier::flush() {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  flush_locked();
+}
+
+void FileTier::close() {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  if (fd_ < 0) return;
+  flush_locked();
+  set_clean(true);
+  ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
+  map_ = nullptr;
+  ::close(fd_);
+  fd_ = -1;
+}
+
+void FileTier::scan(uint64_t since, std::vector<int64_t>& keys) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  index_.for_each([&](int64_t k, uint32_t s) {
+    if (dir_[s].version > since) keys.push_back(k);
+  });
+}
+
+uint64_t FileTier::max_version() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return max_version_;
+}
+
+TierStats FileTier::stats() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  TierStats s = st_;
+  s.reads = reads_.load();
+  s.bytes_read = bytes_read_.load();
+  return s;
+}
+
+}  // namespace embedlookup

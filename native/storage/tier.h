@@ -1,0 +1,63 @@
+// StorageTier: where rows live below the table's memory tier.
+//
+// One interface for every lower tier: the file tier (NVM/SSD, file_tier.h)
+// implements it now, the parameter-server client later. Rows travel with their
+// optimizer state and metadata (the version of their last change), by key, in
+// batches. A table with a tier reads keys it lacks through from it (promotion)
+// and writes rows it sheds back to it (demotion); see table.h.
+//
+// Contract for implementations:
+//  * thread-safe: get/scan may run concurrently with each other; set/erase/
+//    flush are serialised by the implementation;
+//  * set is all-or-nothing with respect to capacity: TierFullError before any
+//    row is written;
+//  * rows and state are dense: row i at rows + i * dim, state at
+//    state + i * state_floats (state may be null: zeros are stored / nothing read).
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+namespace embedlookup {
+
+class TierFullError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct TierStats {
+  int64_t reads = 0;          // rows read (found)
+  int64_t writes = 0;         // rows written
+  int64_t erases = 0;         // rows erased
+  int64_t bytes_read = 0;
+  int64_t bytes_written = 0;
+  int64_t flushes = 0;
+};
+
+class StorageTier {
+ public:
+  virtual ~StorageTier() = default;
+  virtual int64_t dim() const = 0;
+  virtual int64_t state_floats() const = 0;  // optimizer-state floats stored per row
+  virtual int64_t capacity() const = 0;      // max rows (0: unbounded)
+  virtual int64_t size() const = 0;          // rows held
+  // found[i] = 1 and row/state/version filled for keys held; others untouched
+  // (found[i] = 0). Returns the number found.
+  virtual int64_t get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                      uint8_t* found) = 0;
+  // Inserts or overwrites; the last of duplicated keys wins.
+  virtual void set(const int64_t* keys, int64_t n, const float* rows, const float* state,
+                   const uint64_t* versions) = 0;
+  // Returns how many of `keys` were held.
+  virtual int64_t erase(const int64_t* keys, int64_t n) = 0;
+  // Makes every write so far durable.
+  virtual void flush() = 0;
+  // Keys whose version is > since (all keys: since = 0).
+  virtual void scan(uint64_t since, std::vector<int64_t>& keys) const = 0;
+  virtual TierStats stats() const = 0;
+  // Highest row version held (a table attached to a reopened tier continues
+  // its versions above it).
+  virtual uint64_t max_version() const = 0;
+};
+
+}  // namespace embedlookup

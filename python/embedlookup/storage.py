@@ -1,0 +1,277 @@
+"""Below memory: the file tier, checkpoints and versioned deltas.
+
+* :class:`FileTier` -- rows in a file of fixed-size slots (SSD or a DAX
+  persistent-memory file system) that survives a killed process.
+* A table built with ``tier=FileTier(...)`` reads keys it lacks through from
+  the tier and writes rows it sheds back to it (``memory_rows`` budget,
+  :meth:`EmbeddingTable.demote`).
+* ``table.save(path)`` / ``EmbeddingTable.load(path, deltas=[...])``,
+  ``table.export_delta(since_version)`` / ``table.apply_delta(delta)``.
+
+Formats and guarantees: docs/storage.md, docs/format.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import _checks, _core
+from . import init as _init
+
+__all__ = ["FileTier", "TierFullError", "SnapshotFormatError", "TierFormatError", "delta_info", "file_info"]
+
+TierFullError = _core.TierFullError
+SnapshotFormatError = _core.SnapshotFormatError
+TierFormatError = _core.TierFormatError
+
+_STATE_FLOATS = {0: lambda d: 0, 1: lambda d: 0, 2: lambda d: d, 3: lambda d: 1, 4: lambda d: 2 * d}
+
+
+def _state_floats(kind: int, dim: int) -> int:
+    return _STATE_FLOATS[int(kind)](dim)
+
+
+def _optim_kind(opt) -> int:
+    from . import optim
+
+    if opt is None or isinstance(opt, optim.SGD):
+        return 0
+    if isinstance(opt, optim.Adagrad):
+        return 3 if opt.rowwise else 2
+    return 4 if isinstance(opt, optim.Adam) else 0
+
+
+def _positive_int(x, name: str, allow_none: bool = False):
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x <= 0:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {x!r}")
+    return int(x)
+
+
+class FileTier:
+    """Rows in a file of fixed-size slots, with its own persistent key index.
+
+    ``FileTier(path, capacity)`` creates the file when absent (capacity rows,
+    allocated in full) or reopens it (``capacity`` then must match or be
+    None). ``dim`` and ``state_floats`` (optimizer-state floats per row) fix the
+    slot size; a table given an unopened tier opens it with its own dim and its
+    optimizer's state size.
+
+    Guarantees: a process killed at any instant leaves a file that reopens,
+    every row holding a whole value written at or after its last
+    :meth:`flush` (never a torn mix); writes acknowledged by ``flush()``
+    survive. A write that would pass ``capacity`` raises ``TierFullError`` and
+    writes nothing.
+    """
+
+    def __init__(self, path, capacity: int | None = None, *, dim: int | None = None, state_floats: int = 0):
+        self.path = os.fspath(path)
+        self._capacity = _positive_int(capacity, "capacity", allow_none=True)
+        if isinstance(state_floats, bool) or not isinstance(state_floats, (int, np.integer)) or state_floats < 0:
+            raise ValueError(f"state_floats must be an int >= 0, got {state_floats!r}")
+        self._native = None
+        if dim is not None:
+            self._open(_positive_int(dim, "dim"), int(state_floats))
+
+    def _open(self, dim: int, state_floats: int):
+        if self._native is None:
+            self._native = _core.FileTier(self.path, dim, state_floats, self._capacity or 0)
+        elif self._native.dim != dim or self._native.state_floats != state_floats:
+            raise ValueError(f"tier: '{self.path}' is open with dim={self._native.dim}, "
+                             f"state_floats={self._native.state_floats}; needed dim={dim}, state_floats={state_floats}")
+        return self._native
+
+    def _n(self):
+        if self._native is None:
+            raise RuntimeError(f"tier '{self.path}' is not open yet: give dim=... or attach it to a table")
+        return self._native
+
+    # ------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self._n().dim
+
+    @property
+    def state_floats(self) -> int:
+        return self._n().state_floats
+
+    @property
+    def capacity(self) -> int:
+        return self._n().capacity
+
+    @property
+    def recovered(self) -> bool:
+        """True when the file was opened after an unclean shutdown (and verified slot by slot)."""
+        return self._n().recovered
+
+    def __len__(self) -> int:
+        return len(self._n())
+
+    def __repr__(self) -> str:
+        if self._native is None:
+            return f"FileTier({self.path!r}, capacity={self._capacity}, unopened)"
+        return f"FileTier({self.path!r}, dim={self.dim}, capacity={self.capacity}, rows={len(self)})"
+
+    # ------------------------------------------------------------ row access
+    def get(self, keys):
+        """(rows, found): rows of held keys, zeros and found=False for others."""
+        rows, _, _, found = self._n().get(_checks.keys_1d(keys, "keys"))
+        return rows, found
+
+    def get_full(self, keys):
+        """(rows, state, versions, found) with optimizer state and row versions."""
+        return self._n().get(_checks.keys_1d(keys, "keys"))
+
+    def set(self, keys, rows, state=None, versions=None) -> None:
+        """Inserts or overwrites rows (last of duplicated keys wins)."""
+        t = self._n()
+        k = _checks.keys_1d(keys, "keys")
+        r = _checks.floats(rows, "rows", (k.shape[0], t.dim))
+        s = None
+        if state is not None:
+            s = _checks.floats(state, "state", (k.shape[0], t.state_floats))
+        v = None
+        if versions is not None:
+            v = np.ascontiguousarray(versions, dtype=np.uint64)
+            if v.shape != (k.shape[0],):
+                raise ValueError(f"versions must have shape ({k.shape[0]},), got {v.shape}")
+        t.set(k, r, s, v)
+
+    def erase(self, keys) -> int:
+        """Removes keys; returns how many were held."""
+        return self._n().erase(_checks.keys_1d(keys, "keys"))
+
+    def keys(self, since_version: int = 0) -> np.ndarray:
+        """Sorted keys whose row version is > since_version."""
+        return self._n().keys(int(since_version))
+
+    def flush(self) -> None:
+        """Makes every write so far durable (fdatasync)."""
+        self._n().flush()
+
+    def close(self) -> None:
+        """Flushes and marks the file cleanly closed (the next open skips slot verification)."""
+        if self._native is not None:
+            self._native.close()
+
+    def stats(self) -> dict:
+        """Rows and bytes read / written, erases, flushes."""
+        return dict(self._n().stats())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _delta_buffer(delta, name: str = "delta"):
+    if isinstance(delta, (bytes, bytearray, memoryview)):
+        return delta
+    if isinstance(delta, np.ndarray) and delta.dtype == np.uint8 and delta.ndim == 1:
+        return np.ascontiguousarray(delta)
+    raise TypeError(f"{name} must be bytes, bytearray, memoryview or a 1-D uint8 array "
+                    f"(from export_delta), got {type(delta).__name__}")
+
+
+def delta_info(delta) -> dict:
+    """Header of an exported delta or checkpoint (kind, dim, versions, row and tombstone counts...)."""
+    return dict(_core.snapshot_info(_delta_buffer(delta)))
+
+
+def file_info(path) -> dict:
+    """Header of a checkpoint or delta file written by save() / save_delta()."""
+    return dict(_core.snapshot_file_info(os.fspath(path)))
+
+
+class _StorageMethods:
+    """EmbeddingTable's versions, deltas, checkpoints and tier (mixed into EmbeddingTable)."""
+
+    def _attach_tier(self, tier, memory_rows, promote):
+        if not isinstance(tier, FileTier):
+            raise TypeError(f"tier must be an embedlookup.storage.FileTier, got {type(tier).__name__}")
+        memory_rows = _positive_int(memory_rows, "memory_rows", allow_none=True)
+        kind = _optim_kind(self.optimizer)
+        native = tier._open(self._dim, _state_floats(kind, self._dim))
+        self._t.attach_tier(native, memory_rows or 0, bool(promote))
+        self.tier = tier
+
+    # ------------------------------------------------------------ versions
+    @property
+    def version(self) -> int:
+        """The table's version: it grows with every change (insert, assign,
+        gradient step, erase, applied delta)."""
+        return self._t.version
+
+    def export_delta(self, since_version: int = 0, *, with_versions: bool = False) -> np.ndarray:
+        """Rows changed after ``since_version`` (with optimizer state) and
+        tombstones of keys erased after it, encoded (docs/format.md) as a 1-D
+        uint8 array; ``delta_info(d)["to_version"]`` is where the next delta
+        starts. Lookups continue while it is taken."""
+        since = int(since_version)
+        if since < 0:
+            raise ValueError(f"since_version must be >= 0, got {since_version!r}")
+        return self._t.export_delta(since, False, bool(with_versions))
+
+    def apply_delta(self, delta) -> None:
+        """Applies a delta from export_delta() atomically: a concurrent reader
+        sees all of it or none. Raises (table unchanged) for a corrupt or
+        truncated delta (``SnapshotFormatError``), another dim, another table's
+        delta, or one out of order (``ValueError``), or too many rows
+        (``TableFullError``)."""
+        self._t.apply_delta(_delta_buffer(delta))
+
+    # ---------------------------------------------------------- checkpoints
+    def save(self, path) -> int:
+        """Writes the whole table (rows, optimizer state, versions,
+        configuration) to ``path`` atomically (temp file + rename). Lookups
+        continue meanwhile. Returns the version saved: pass it to
+        save_delta() for the next incremental checkpoint."""
+        return self._t.save(os.fspath(path), 0, True)
+
+    def save_delta(self, path, since_version: int) -> int:
+        """Writes the changes after ``since_version`` (an incremental
+        checkpoint); returns the version it reaches."""
+        return self._t.save(os.fspath(path), int(since_version), False)
+
+    @classmethod
+    def load(cls, path, deltas=(), *, optimizer=None, num_threads=None, tier=None, memory_rows=None,
+             promote: bool = True):
+        """A table from a checkpoint written by save(), then the incremental
+        checkpoints ``deltas`` (paths from save_delta, oldest first) replayed.
+        Raises ``SnapshotFormatError`` for truncated, corrupt or foreign files."""
+        info = file_info(path)
+        if info["kind"] != "checkpoint":
+            raise ValueError(f"path: '{os.fspath(path)}' is a delta, not a full checkpoint; "
+                             "load the checkpoint and pass deltas=[...]")
+        initializer = _init.Initializer(info["init_kind"], info["init_a"], info["init_b"], info["init_seed"])
+        table = cls(info["dim"], initializer=initializer, capacity=info["capacity"] or None, optimizer=optimizer,
+                    num_threads=num_threads)
+        if tier is not None:
+            if optimizer is None and info["state_floats"]:
+                tier._open(info["dim"], info["state_floats"])
+            table._attach_tier(tier, memory_rows, promote)
+        table._t.apply_file(os.fspath(path))
+        for d in deltas:
+            table._t.apply_file(os.fspath(d))
+        return table
+
+    # ----------------------------------------------------------------- tier
+    def demote(self, keys) -> int:
+        """Moves the rows of ``keys`` (those in memory) to the tier; returns how many."""
+        return self._t.demote(_checks.keys_1d(keys, "keys"))
+
+    def tier_stats(self) -> dict:
+        """Memory-tier hits and ratio, tier hits, promotions, demotions, rows
+        per tier, and the tier's reads/writes/bytes."""
+        c = dict(self._t.tier_counters())
+        tot = c["memory_hits"] + c["tier_hits"]
+        c["hit_ratio"] = c["memory_hits"] / tot if tot else 1.0
+        tier = getattr(self, "tier", None)
+        if tier is not None:
+            c["tier_rows"] = len(tier)
+            c.update({f"tier_{k}": v for k, v in tier.stats().items()})
+        return c

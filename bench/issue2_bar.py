@@ -25,12 +25,12 @@ from embedlookup import bench
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--min-time", type=float, default=0.05)
+    p.add_argument("--op-time", type=float, default=4.0, help="seconds of timed rounds (more rounds: steadier)")
     p.add_argument("--threads", type=int, default=0, help="0: all cores")
     p.add_argument("--json", help="write the full report here")
     a = p.parse_args()
     w = bench.parse_workload(["issue2", f"threads={a.threads}"])
-    cfg = bench.Config(repeats=a.repeats, min_time=a.min_time, subjects=["embedlookup", "torch"])
+    cfg = bench.Config(repeats=a.repeats, max_repeats=201, op_time=a.op_time, subjects=["embedlookup", "torch"])
     rep = bench.run([(w, ["pooled_sum"])], cfg, command="bench/issue2_bar.py " + " ".join(sys.argv[1:]))
     if a.json:
         bench.write_json(rep, a.json)

@@ -38,9 +38,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="operations to run (default: the suite's); see --list")
     b.add_argument("--peers", action="append", default=[], metavar="NAME[,NAME]",
                    help="subjects to run beside embedlookup (default: all available)")
-    b.add_argument("--repeats", type=int, default=9, help="timed samples per subject (default 9)")
+    b.add_argument("--repeats", type=int, default=9, help="timed rounds per op, at least (default 9)")
+    b.add_argument("--max-repeats", type=int, default=41,
+                   help="timed rounds per op, at most, while they fit in --op-time (default 41)")
+    b.add_argument("--op-time", type=float, default=1.5,
+                   help="seconds of timed rounds per op beyond --repeats (default 1.5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed calls per subject first (default 2)")
-    b.add_argument("--min-time", type=float, default=0.03, help="seconds per sample; calls repeat to reach it")
+    b.add_argument("--min-time", type=float, default=0.005,
+                   help="seconds per sample; shorter calls repeat to reach it (default 0.005)")
     b.add_argument("--threads", type=int, help="threads for every workload (default: each workload's, 0 = all)")
     b.add_argument("--no-limits", action="store_true", help="skip measuring the machine's copy/gather bandwidth")
     b.add_argument("--limit-mib", type=int, default=256, help="table size for the gather limit (default 256 MiB)")
@@ -49,7 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--list", action="store_true", help="list workloads, suites, operations and subjects")
+    c = sub.add_parser("compare", help="compare the ratios against embedlookup of two bench JSON reports",
+                       description="Whether two runs agree: each (workload, op, peer) median ratio against "
+                       "embedlookup in A and B, and |B/A - 1|. Exit 1 if any exceeds the tolerance.")
+    c.add_argument("a", metavar="A.json")
+    c.add_argument("b", metavar="B.json")
+    c.add_argument("--tolerance", type=float, default=0.15, help="largest allowed |B/A - 1| (default 0.15)")
     return p
+
+
+def compare(args) -> int:
+    import json
+
+    from .bench.report import compare_reports, format_comparison
+
+    reps = []
+    for path in (args.a, args.b):
+        try:
+            with open(path) as f:
+                reps.append(json.load(f))
+        except (OSError, ValueError) as e:
+            print(f"embedlookup compare: cannot read {path}: {e}", file=sys.stderr)
+            return 2
+    rows = compare_reports(*reps)
+    if not rows:
+        print("embedlookup compare: the two reports have no ratio in common", file=sys.stderr)
+        return 2
+    print(format_comparison(rows, args.tolerance))
+    return 1 if any(r["rel_diff"] > args.tolerance for r in rows) else 0
 
 
 def _list() -> str:
@@ -73,6 +105,7 @@ def bench(args, argv: list[str]) -> int:
         return 0
     bad = [f"--{n} must be {c}, got {v}" for n, v, c in (
         ("repeats", args.repeats, ">= 1"), ("warmup", args.warmup, ">= 0"), ("min-time", args.min_time, ">= 0"),
+        ("op-time", args.op_time, ">= 0"), ("max-repeats", args.max_repeats, ">= 1"),
         ("limit-mib", args.limit_mib, ">= 1"), ("threads", args.threads, ">= 0"))
         if v is not None and (v < 1 if c == ">= 1" else v < 0)]
     if bad:
@@ -126,7 +159,8 @@ def bench(args, argv: list[str]) -> int:
                 problem(f"--{kind}: cannot write {path}: {why}; the run goes on without it")
             else:
                 outputs[kind] = path
-    cfg = B.Config(repeats=args.repeats, warmup=args.warmup, min_time=args.min_time, subjects=subjects,
+    cfg = B.Config(repeats=args.repeats, max_repeats=args.max_repeats, op_time=args.op_time, warmup=args.warmup,
+                   min_time=args.min_time, subjects=subjects,
                    limits=not args.no_limits, limit_bytes=args.limit_mib << 20, progress=not args.quiet)
     command = "embedlookup " + " ".join(shlex.quote(a) for a in argv)
     report = B.run([(w, ops) for w in plan_w], cfg, command=command, notes=notes)
@@ -150,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench":
         return bench(args, argv)
+    if args.command == "compare":
+        return compare(args)
     _parser().print_help()
     return 2
 

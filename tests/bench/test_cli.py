@@ -7,7 +7,7 @@ import pytest
 
 from embedlookup import cli
 
-FAST = ["--repeats", "1", "--warmup", "0", "--min-time", "0", "--no-limits", "--quiet"]
+FAST = ["--repeats", "1", "--op-time", "0", "--warmup", "0", "--min-time", "0", "--no-limits", "--quiet"]
 SMALL = ["--workload", "small", "threads=1", "batches=1"]
 
 
@@ -70,3 +70,22 @@ def test_plot_without_matplotlib_says_so(capsys, tmp_path, monkeypatch):
     png = tmp_path / "r.png"
     rc, _, err = run(capsys, "bench", *SMALL, "--ops", "lookup", "--peers", "numpy", *FAST, "--plot", str(png))
     assert "matplotlib is not available" in err and not png.exists()
+
+
+def _rep(ratios):
+    return {"results": [{"workload": "w", "op": op, "subject": s, "speedup_vs_embedlookup": v}
+                        for (op, s), v in ratios.items()] + [
+        {"workload": "w", "op": "pooled_sum", "subject": "embedlookup", "speedup_vs_embedlookup": None}]}
+
+
+def test_compare(capsys, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_rep({("pooled_sum", "torch"): 0.50, ("update", "torch"): 4.0})))
+    b.write_text(json.dumps(_rep({("pooled_sum", "torch"): 0.55, ("update", "torch"): 4.1,
+                                  ("lookup", "numpy"): 1.0})))
+    rc, out, _ = run(capsys, "compare", str(a), str(b))
+    assert rc == 0 and "2 ratios compared, 0 differ" in out and "10.0%" in out and "2.5%" in out
+    rc, out, _ = run(capsys, "compare", str(a), str(b), "--tolerance", "0.05")
+    assert rc == 1 and "1 differ by more than 5%" in out
+    rc, _, err = run(capsys, "compare", str(a), str(tmp_path / "none.json"))
+    assert rc == 2 and "cannot read" in err

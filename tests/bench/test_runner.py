@@ -6,7 +6,7 @@ import pytest
 from embedlookup import bench
 from embedlookup.bench import Case, Config, Skip, compare_outputs, implements, parse_workload, subject
 
-FAST = dict(repeats=2, warmup=0, min_time=0.0, limits=False, progress=False)
+FAST = dict(repeats=2, op_time=0, warmup=0, min_time=0.0, limits=False, progress=False)
 
 
 def _small():
@@ -91,9 +91,17 @@ def test_training_peers_agree_with_embedlookup():
 
 
 def test_limits_are_measured_and_used():
-    rep = bench.run([(_small(), ["lookup"])], Config(subjects=["embedlookup"], repeats=1, warmup=0, min_time=0,
-                                                     limit_bytes=8 << 20, progress=False))
+    rep = bench.run([(_small(), ["lookup"])], Config(subjects=["embedlookup"], repeats=1, op_time=0, warmup=0,
+                                                     min_time=0, limit_bytes=8 << 20, progress=False))
     lim = rep["workloads"][0]["limits"]
     assert lim["copy_bytes_per_s"] > 1e8 and lim["gather_bytes_per_s"] > 1e7
     r = rep["results"][0]
     assert r["pct_gather"] == pytest.approx(100 * r["bytes_per_s"] / lim["gather_bytes_per_s"])
+
+
+def test_rounds_grow_to_fill_op_time_up_to_max_repeats():
+    cfg = Config(subjects=["embedlookup", "numpy"], repeats=2, max_repeats=6, op_time=60.0, warmup=0,
+                 min_time=0.0, limits=False, progress=False)
+    rep = bench.run([(_small(), ["lookup"])], cfg)
+    assert [r["samples"] for r in rep["results"]] == [6, 6]
+    assert set(rep["workloads"][0]["op_wall_s"]) == {"lookup"}

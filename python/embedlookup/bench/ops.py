@@ -168,8 +168,12 @@ def _nthreads(w: Workload) -> int:
 
 
 def _torch():
+    import warnings
+
     import torch
 
+    # torch's sparse optimizers warn on every step that invariant checks are off
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
     return torch
 
 

@@ -114,10 +114,13 @@ def write_plot(report: dict, path: str) -> str | None:
         return f"matplotlib is not available ({type(e).__name__}: {e}); no plot written"
     ok = [r for r in report["results"] if r["status"] == "ok" and "bytes_per_s" in r]
     groups = list(dict.fromkeys((r["workload"], r["op"]) for r in ok))
-    subjects = list(dict.fromkeys(r["subject"] for r in ok))
+    from .ops import SUBJECTS
+
+    present = {r["subject"] for r in ok}
+    subjects = [s for s in SUBJECTS if s in present] + sorted(present - set(SUBJECTS))
     if not groups:
         return "no timed results to plot"
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) + 2), 4.8))
+    fig, ax = plt.subplots(figsize=(min(20.0, max(6.0, 0.55 * len(groups) + 2)), 6.0))
     bw = 0.8 / max(len(subjects), 1)
     for j, s in enumerate(subjects):
         xs, ys = [], []
@@ -139,10 +142,37 @@ def write_plot(report: dict, path: str) -> str | None:
             drawn.add(label)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{w}\n{o}" for w, o in groups], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("effective GB/s")
+    ax.set_yscale("log")  # ops span several decades (insert .. cached pooled sum)
+    ax.set_ylabel("effective GB/s (log)")
+    ax.grid(axis="y", which="both", alpha=0.3)
     ax.set_title(f"embedlookup bench - {report['machine']['cpu']}", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.text(0.01, 0.005, f"{report['command']}  |  {summary(report['machine'])}", fontsize=5, va="bottom")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def compare_reports(a: dict, b: dict) -> list[dict]:
+    """Per (workload, op, subject) timed in both reports: each run's median
+    ratio against embedlookup and their relative difference |b/a - 1|."""
+    def ratios(rep):
+        return {(r["workload"], r["op"], r["subject"]): r["speedup_vs_embedlookup"]
+                for r in rep["results"] if r.get("speedup_vs_embedlookup") is not None}
+
+    ra, rb = ratios(a), ratios(b)
+    return [{"workload": k[0], "op": k[1], "subject": k[2], "ratio_a": ra[k], "ratio_b": rb[k],
+             "rel_diff": abs(rb[k] / ra[k] - 1.0)} for k in ra if k in rb]
+
+
+def format_comparison(rows: list[dict], tolerance: float) -> str:
+    out = [f"{'workload':14s} {'op':14s} {'subject':8s} {'ratio A':>8s} {'ratio B':>8s} {'diff':>6s}"]
+    for r in rows:
+        flag = "" if r["rel_diff"] <= tolerance else "  > tolerance"
+        out.append(f"{r['workload']:14s} {r['op']:14s} {r['subject']:8s} {r['ratio_a']:8.3f} {r['ratio_b']:8.3f} "
+                   f"{r['rel_diff']:6.1%}{flag}")
+    bad = sum(r["rel_diff"] > tolerance for r in rows)
+    worst = max((r["rel_diff"] for r in rows), default=0.0)
+    out.append(f"{len(rows)} ratios compared, {bad} differ by more than {tolerance:.0%} (largest {worst:.1%})")
+    return "\n".join(out)

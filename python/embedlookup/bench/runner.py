@@ -4,10 +4,13 @@ For each (workload, operation): build every subject's :class:`~.ops.Case`,
 run each once from the same initial state and compare its output with
 embedlookup's (a subject that disagrees is reported as a mismatch and never
 timed), warm up, pick per subject how many calls make one sample (at least
-``min_time`` seconds), then take ``repeats`` samples round-robin over the
-subjects, rotating the starting subject each round, so drifting machine load
-hits all subjects alike. Ratios against embedlookup are the median of the
-per-round ratios (paired), which cancels most of that drift.
+``min_time`` seconds), then take samples round-robin over the subjects,
+rotating the starting subject each round, so drifting machine load hits all
+subjects alike. A round is short (one sample each, usually one call), so the
+rounds pair up well even on a loaded machine; ratios against embedlookup are
+the median of the per-round ratios. The number of rounds is ``repeats`` at
+least, and more (up to ``max_repeats``) while the op's rounds fit in
+``op_time`` seconds: fast ops get many rounds for free, slow ops the minimum.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ SCHEMA = "embedlookup-bench/1"
 
 @dataclass
 class Config:
-    repeats: int = 9                 # timed samples per subject
+    repeats: int = 9                 # timed samples per subject, at least
+    max_repeats: int = 41            # ... and at most, while rounds fit in op_time
+    op_time: float = 1.5             # seconds of timed rounds per op (beyond `repeats`)
     warmup: int = 2                  # untimed calls per subject before timing
-    min_time: float = 0.03           # seconds per sample (calls are repeated to reach it)
+    min_time: float = 0.005          # seconds per sample (calls are repeated to reach it)
     subjects: list | None = None     # None: all registered
     limits: bool = True              # measure copy / gather bandwidth
     limit_bytes: int = 256 << 20     # table size for the gather limit (at least the workload's table)
@@ -156,7 +161,7 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
             r.update(status="error", reason=f"{type(e).__name__}: {e}")
             prog.note(f"  ! {w.name} {op_name} {s}: {type(e).__name__}: {e}")
     # warm up and calibrate
-    inner = {}
+    inner, round_time = {}, 0.0
     for s, case in cases.items():
         prog.show(f"{w.name} {op_name} {s}: warm-up")
         try:
@@ -164,13 +169,15 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
                 _time_call(case, data.batches, 0, 1)
             t1 = _time_call(case, data.batches, 1, 1)
             inner[s] = int(min(case.max_inner, max(1, math.ceil(cfg.min_time / max(t1, 1e-9)))))
+            round_time += t1 * inner[s]
         except Exception as e:  # noqa: BLE001
             _fail(results, s, e, prog, w, op_name)
     cases = {s: c for s, c in cases.items() if s in inner}
     times = {s: [] for s in cases}
     order = list(cases)
-    for rep in range(cfg.repeats):
-        prog.show(f"{w.name} {op_name}: round {rep + 1}/{cfg.repeats}")
+    n_rounds = max(cfg.repeats, min(cfg.max_repeats, int(cfg.op_time / max(round_time, 1e-9))))
+    for rep in range(n_rounds):
+        prog.show(f"{w.name} {op_name}: round {rep + 1}/{n_rounds}")
         rot = order[rep % len(order):] + order[:rep % len(order)] if order else []
         for s in rot:
             if s not in cases:
@@ -254,9 +261,12 @@ def run(plan: list[tuple[Workload, list[str]]], cfg: Config | None = None, comma
             limits = limits_cache[key]
         entry["limits"] = limits
         report["workloads"].append(entry)
+        entry["op_wall_s"] = {}
         for op in ops:
             subs = [s for s in subjects if s not in unavailable]
+            t_op = time.perf_counter()
             res = _run_op(data, op, subs, cfg, prog, limits)
+            entry["op_wall_s"][op] = time.perf_counter() - t_op
             # subjects that don't implement the op at all are not worth a row
             report["results"].extend(r for r in res if not (r["status"] == "skipped"
                                                             and r["reason"].endswith(f"has no {op}")))

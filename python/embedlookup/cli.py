@@ -80,6 +80,10 @@ def compare(args) -> int:
     if not rows:
         print("embedlookup compare: the two reports have no ratio in common", file=sys.stderr)
         return 2
+    for name, rep in zip("AB", reps):
+        m = rep.get("machine", {})
+        print(f"{name}: {rep.get('command', '?')} - started {rep.get('started', '?')}, load average "
+              f"{(m.get('load_average') or ['?'])[0]} -> {(rep.get('load_average_end') or ['?'])[0]}")
     print(format_comparison(rows, args.tolerance))
     return 1 if any(r["rel_diff"] > args.tolerance for r in rows) else 0
 

@@ -105,3 +105,11 @@ def test_rounds_grow_to_fill_op_time_up_to_max_repeats():
     rep = bench.run([(_small(), ["lookup"])], cfg)
     assert [r["samples"] for r in rep["results"]] == [6, 6]
     assert set(rep["workloads"][0]["op_wall_s"]) == {"lookup"}
+
+
+def test_busy_machine_note():
+    from embedlookup.bench.machine import busy_note
+
+    assert busy_note([1.0, 1.0, 1.0], 2) is None
+    assert "load average 6.0 on 2 cores" in busy_note([6.0, 5.0, 4.0], 2)
+    assert busy_note(None, 2) is None

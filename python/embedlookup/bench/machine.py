@@ -70,6 +70,24 @@ def _versions() -> dict:
     return v
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_note(load: list[float] | None, cores: int | None) -> str | None:
+    """A warning when other processes compete for the cores: timings are then
+    slower and ratios between subjects move with the load (a 2-thread kernel
+    suffers more from a stolen core than a 1-thread one)."""
+    if not load or not cores or load[0] <= 0.75 * cores:
+        return None
+    return (f"the machine was busy (load average {load[0]:.1f} on {cores} cores): times are inflated and "
+            f"ratios between subjects shift with the load; rerun on a quiet machine to compare runs")
+
+
 def describe() -> dict:
     """CPU model, logical cores (and those this process may use), caches, memory, versions."""
     try:
@@ -82,6 +100,7 @@ def describe() -> dict:
         "usable_cores": usable,
         "caches": _caches(),
         "memory_bytes": _memory_bytes(),
+        "load_average": load_average(),
         "os": f"{platform.system()} {platform.release()}",
         "versions": _versions(),
     }
@@ -93,6 +112,8 @@ def summary(machine: dict) -> str:
     mem = machine.get("memory_bytes")
     mem = f", {mem / 2**30:.1f} GiB RAM" if mem else ""
     v = machine.get("versions", {})
+    load = machine.get("load_average")
+    mem += f", load average {load[0]:.2f} at start" if load else ""
     return (f"{machine['cpu']}, {machine['usable_cores']}/{machine['logical_cores']} cores, {caches}{mem}; "
             f"isa {v.get('isa')}, torch {v.get('torch', '-')}, fbgemm {v.get('fbgemm_gpu', '-')}")
 

@@ -276,4 +276,10 @@ def run(plan: list[tuple[Workload, list[str]]], cfg: Config | None = None, comma
         gc.collect()
     prog.close()
     report["wall_s"] = time.perf_counter() - t_start
+    report["load_average_end"] = _machine.load_average()
+    m = report["machine"]
+    worst = max((x or [0])[0] for x in (m.get("load_average"), report["load_average_end"]))
+    busy = _machine.busy_note([worst], m.get("usable_cores"))
+    if busy:
+        report["notes"].append(busy)
     return report

@@ -197,6 +197,19 @@ def _expanded_grad(data: WorkloadData, b: Batch) -> np.ndarray:
     return cache[id(b)]
 
 
+def _fbgemm_table(data: WorkloadData, optimizer: str, **kw):
+    """A one-table FBGEMM CPU TBE (sum pooling) holding the workload's rows."""
+    TBE, Loc, Dev, Pool, Opt = _fbgemm()
+    torch = _torch()
+    torch.set_num_threads(_nthreads(data.workload))
+    w = data.workload
+    emb = TBE(embedding_specs=[(w.rows, w.dim, Loc.HOST, Dev.CPU)], optimizer=getattr(Opt, optimizer),
+              pooling_mode=Pool.SUM, **kw)
+    with torch.no_grad():
+        emb.split_embedding_weights()[0].copy_(torch.from_numpy(data.dense))
+    return emb
+
+
 def _unique_rows(b: Batch) -> np.ndarray:
     return np.unique(b.idx)
 
@@ -283,13 +296,8 @@ def _pooled(mode: str):
             raise Skip("FBGEMM's table-batched embedding has no max pooling")
         torch = _torch()
         torch.set_num_threads(_nthreads(data.workload))
-        w = data.workload
         if "fbgemm_tbe" not in data.cache:  # one copy of the rows, shared by sum and mean
-            emb = TBE(embedding_specs=[(w.rows, w.dim, Loc.HOST, Dev.CPU)], optimizer=Opt.EXACT_SGD,
-                      learning_rate=0.0, pooling_mode=Pool.SUM)
-            with torch.no_grad():
-                emb.split_embedding_weights()[0].copy_(torch.from_numpy(data.dense))
-            data.cache["fbgemm_tbe"] = emb
+            data.cache["fbgemm_tbe"] = _fbgemm_table(data, "EXACT_SGD", learning_rate=0.0)
         emb = data.cache["fbgemm_tbe"]
         pm = Pool.SUM if mode == "sum" else Pool.MEAN
         tb = _tbatches(data)
@@ -430,14 +438,8 @@ implements("train_rowwise", "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, e
 
 @implements("train_rowwise", "fbgemm")
 def _(data):
-    TBE, Loc, Dev, Pool, Opt = _fbgemm()
     torch = _torch()
-    torch.set_num_threads(_nthreads(data.workload))
-    w = data.workload
-    emb = TBE(embedding_specs=[(w.rows, w.dim, Loc.HOST, Dev.CPU)], optimizer=Opt.EXACT_ROWWISE_ADAGRAD,
-              learning_rate=LR, eps=EPS_ADAGRAD, pooling_mode=Pool.SUM)
-    with torch.no_grad():
-        emb.split_embedding_weights()[0].copy_(torch.from_numpy(data.dense))
+    emb = _fbgemm_table(data, "EXACT_ROWWISE_ADAGRAD", learning_rate=LR, eps=EPS_ADAGRAD)
     tb = _tbatches(data)
 
     def run(b):

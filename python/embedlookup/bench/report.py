@@ -38,7 +38,8 @@ def _limits_lines(report: dict) -> list[str]:
         if lim:
             line += (f"; machine limits: copy {lim['copy_bytes_per_s'] / 1e9:.2f} GB/s, gather of "
                      f"{lim['row_bytes']} B rows {lim['gather_bytes_per_s'] / 1e9:.2f} GB/s "
-                     f"({lim['threads']} threads, {lim['table_bytes'] >> 20} MiB table)")
+                     f"({lim['threads']} threads, {lim['table_bytes'] >> 20} MiB table, "
+                     f"best of {lim.get('measurements', 1)} measurements)")
         out.append(line)
     return out
 

@@ -19,11 +19,13 @@ except ImportError:  # a development checkout: use the in-place build
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
 import pytest
-
 from embedlookup.bench import WorkloadData, parse_workload
 
-SPECS = [s.strip() for s in os.environ.get("EMBEDLOOKUP_BENCH_WORKLOADS", "uniform-1m,zipf-1m").split(",")
-         if s.strip()]
+SPECS = [
+    s.strip()
+    for s in os.environ.get("EMBEDLOOKUP_BENCH_WORKLOADS", "uniform-1m,zipf-1m").split(",")
+    if s.strip()
+]
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,16 @@ from embedlookup import bench
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--op-time", type=float, default=4.0, help="seconds of timed rounds (more rounds: steadier)")
+    p.add_argument(
+        "--op-time", type=float, default=4.0, help="seconds of timed rounds (more rounds: steadier)"
+    )
     p.add_argument("--threads", type=int, default=0, help="0: all cores")
     p.add_argument("--json", help="write the full report here")
     a = p.parse_args()
     w = bench.parse_workload(["issue2", f"threads={a.threads}"])
-    cfg = bench.Config(repeats=a.repeats, max_repeats=201, op_time=a.op_time, subjects=["embedlookup", "torch"])
+    cfg = bench.Config(
+        repeats=a.repeats, max_repeats=201, op_time=a.op_time, subjects=["embedlookup", "torch"]
+    )
     rep = bench.run([(w, ["pooled_sum"])], cfg, command="bench/issue2_bar.py " + " ".join(sys.argv[1:]))
     if a.json:
         bench.write_json(rep, a.json)
@@ -42,10 +46,12 @@ def main() -> int:
         return 2
     ratio = th["speedup_vs_embedlookup"]
     gl = rep["workloads"][0]["limits"]["gather_bytes_per_s"] / 1e9
-    print(f"issue-2 bar: embedlookup {el['median_s'] * 1e3:.2f} ms ({el['bytes_per_s'] / 1e9:.2f} GB/s), "
-          f"torch.nn.EmbeddingBag {th['median_s'] * 1e3:.2f} ms ({th['bytes_per_s'] / 1e9:.2f} GB/s), "
-          f"gather limit {gl:.2f} GB/s; ratio torch/embedlookup = {ratio:.3f} -> "
-          f"{'MET' if ratio >= 1.0 else 'NOT MET'}")
+    print(
+        f"issue-2 bar: embedlookup {el['median_s'] * 1e3:.2f} ms ({el['bytes_per_s'] / 1e9:.2f} GB/s), "
+        f"torch.nn.EmbeddingBag {th['median_s'] * 1e3:.2f} ms ({th['bytes_per_s'] / 1e9:.2f} GB/s), "
+        f"gather limit {gl:.2f} GB/s; ratio torch/embedlookup = {ratio:.3f} -> "
+        f"{'MET' if ratio >= 1.0 else 'NOT MET'}"
+    )
     return 0 if ratio >= 1.0 else 1
 
 

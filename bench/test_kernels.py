@@ -7,13 +7,19 @@ number).
 """
 
 import pytest
-
+from conftest import SPECS
 from embedlookup.bench import OPS, SUBJECTS, Skip, compare_outputs
 
-from conftest import SPECS
-
-OPS_HERE = ["lookup", "pooled_sum", "pooled_mean", "pooled_max", "update", "train_adagrad", "train_rowwise",
-            "insert"]
+OPS_HERE = [
+    "lookup",
+    "pooled_sum",
+    "pooled_mean",
+    "pooled_max",
+    "update",
+    "train_adagrad",
+    "train_rowwise",
+    "insert",
+]
 CASES = [(op, s) for op in OPS_HERE for s in OPS[op].impls]
 
 

@@ -26,37 +26,77 @@ def _csv(text: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embedlookup", description="embedlookup: hashed embedding tables.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    b = sub.add_parser("bench", help="benchmark embedlookup against its peers and the machine's limits",
-                       description="Time embedlookup's operations on named or parameterised workloads, "
-                       "next to torch, FBGEMM and NumPy on the same rows, and the machine's measured "
-                       "copy and gather bandwidth.")
+    b = sub.add_parser(
+        "bench",
+        help="benchmark embedlookup against its peers and the machine's limits",
+        description="Time embedlookup's operations on named or parameterised workloads, "
+        "next to torch, FBGEMM and NumPy on the same rows, and the machine's measured "
+        "copy and gather bandwidth.",
+    )
     b.add_argument("--suite", help="named suite (default: 'default' unless --workload is given); see --list")
-    b.add_argument("--workload", action="append", nargs="+", metavar="NAME|KEY=VALUE", default=[],
-                   help="a workload: a name and/or key=value parameters (dist, alpha, rows, keys, dim, batch, "
-                   "pooling, threads, seed, batches); repeat the flag for several")
-    b.add_argument("--ops", action="append", default=[], metavar="OP[,OP]",
-                   help="operations to run (default: the suite's); see --list")
-    b.add_argument("--peers", action="append", default=[], metavar="NAME[,NAME]",
-                   help="subjects to run beside embedlookup (default: all available)")
+    b.add_argument(
+        "--workload",
+        action="append",
+        nargs="+",
+        metavar="NAME|KEY=VALUE",
+        default=[],
+        help="a workload: a name and/or key=value parameters (dist, alpha, rows, keys, dim, batch, "
+        "pooling, threads, seed, batches); repeat the flag for several",
+    )
+    b.add_argument(
+        "--ops",
+        action="append",
+        default=[],
+        metavar="OP[,OP]",
+        help="operations to run (default: the suite's); see --list",
+    )
+    b.add_argument(
+        "--peers",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="subjects to run beside embedlookup (default: all available)",
+    )
     b.add_argument("--repeats", type=int, default=9, help="timed rounds per op, at least (default 9)")
-    b.add_argument("--max-repeats", type=int, default=41,
-                   help="timed rounds per op, at most, while they fit in --op-time (default 41)")
-    b.add_argument("--op-time", type=float, default=1.5,
-                   help="seconds of timed rounds per op beyond --repeats (default 1.5)")
+    b.add_argument(
+        "--max-repeats",
+        type=int,
+        default=41,
+        help="timed rounds per op, at most, while they fit in --op-time (default 41)",
+    )
+    b.add_argument(
+        "--op-time",
+        type=float,
+        default=1.5,
+        help="seconds of timed rounds per op beyond --repeats (default 1.5)",
+    )
     b.add_argument("--warmup", type=int, default=2, help="untimed calls per subject first (default 2)")
-    b.add_argument("--min-time", type=float, default=0.005,
-                   help="seconds per sample; shorter calls repeat to reach it (default 0.005)")
-    b.add_argument("--threads", type=int, help="threads for every workload (default: each workload's, 0 = all)")
-    b.add_argument("--no-limits", action="store_true", help="skip measuring the machine's copy/gather bandwidth")
-    b.add_argument("--limit-mib", type=int, default=256, help="table size for the gather limit (default 256 MiB)")
+    b.add_argument(
+        "--min-time",
+        type=float,
+        default=0.005,
+        help="seconds per sample; shorter calls repeat to reach it (default 0.005)",
+    )
+    b.add_argument(
+        "--threads", type=int, help="threads for every workload (default: each workload's, 0 = all)"
+    )
+    b.add_argument(
+        "--no-limits", action="store_true", help="skip measuring the machine's copy/gather bandwidth"
+    )
+    b.add_argument(
+        "--limit-mib", type=int, default=256, help="table size for the gather limit (default 256 MiB)"
+    )
     b.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     b.add_argument("--markdown", metavar="PATH", help="write the report as a Markdown table")
     b.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--list", action="store_true", help="list workloads, suites, operations and subjects")
-    c = sub.add_parser("compare", help="compare the ratios against embedlookup of two bench JSON reports",
-                       description="Whether two runs agree: each (workload, op, peer) median ratio against "
-                       "embedlookup in A and B, and |B/A - 1|. Exit 1 if any exceeds the tolerance.")
+    c = sub.add_parser(
+        "compare",
+        help="compare the ratios against embedlookup of two bench JSON reports",
+        description="Whether two runs agree: each (workload, op, peer) median ratio against "
+        "embedlookup in A and B, and |B/A - 1|. Exit 1 if any exceeds the tolerance.",
+    )
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
     c.add_argument("--tolerance", type=float, default=0.15, help="largest allowed |B/A - 1| (default 0.15)")
@@ -82,8 +122,10 @@ def compare(args) -> int:
         return 2
     for name, rep in zip("AB", reps):
         m = rep.get("machine", {})
-        print(f"{name}: {rep.get('command', '?')} - started {rep.get('started', '?')}, load average "
-              f"{(m.get('load_average') or ['?'])[0]} -> {(rep.get('load_average_end') or ['?'])[0]}")
+        print(
+            f"{name}: {rep.get('command', '?')} - started {rep.get('started', '?')}, load average "
+            f"{(m.get('load_average') or ['?'])[0]} -> {(rep.get('load_average_end') or ['?'])[0]}"
+        )
     print(format_comparison(rows, args.tolerance))
     return 1 if any(r["rel_diff"] > args.tolerance for r in rows) else 0
 
@@ -92,8 +134,10 @@ def _list() -> str:
     from .bench import OPS, SUBJECTS, SUITES, WORKLOADS
 
     out = ["workloads:"] + [f"  {n:16s} {w.describe()}" for n, w in WORKLOADS.items()]
-    out += ["suites:"] + [f"  {n:16s} workloads {', '.join(s['workloads'])}; ops {', '.join(s['ops'] or ['all'])}"
-                          for n, s in SUITES.items()]
+    out += ["suites:"] + [
+        f"  {n:16s} workloads {', '.join(s['workloads'])}; ops {', '.join(s['ops'] or ['all'])}"
+        for n, s in SUITES.items()
+    ]
     out += ["operations:"] + [f"  {n:16s} {o.doc} [{', '.join(o.impls)}]" for n, o in OPS.items()]
     out += ["subjects:"] + [f"  {n:16s} ({s.kind}) {s.doc}" for n, s in SUBJECTS.items()]
     return "\n".join(out)
@@ -107,11 +151,19 @@ def bench(args, argv: list[str]) -> int:
     if args.list:
         print(_list())
         return 0
-    bad = [f"--{n} must be {c}, got {v}" for n, v, c in (
-        ("repeats", args.repeats, ">= 1"), ("warmup", args.warmup, ">= 0"), ("min-time", args.min_time, ">= 0"),
-        ("op-time", args.op_time, ">= 0"), ("max-repeats", args.max_repeats, ">= 1"),
-        ("limit-mib", args.limit_mib, ">= 1"), ("threads", args.threads, ">= 0"))
-        if v is not None and (v < 1 if c == ">= 1" else v < 0)]
+    bad = [
+        f"--{n} must be {c}, got {v}"
+        for n, v, c in (
+            ("repeats", args.repeats, ">= 1"),
+            ("warmup", args.warmup, ">= 0"),
+            ("min-time", args.min_time, ">= 0"),
+            ("op-time", args.op_time, ">= 0"),
+            ("max-repeats", args.max_repeats, ">= 1"),
+            ("limit-mib", args.limit_mib, ">= 1"),
+            ("threads", args.threads, ">= 0"),
+        )
+        if v is not None and (v < 1 if c == ">= 1" else v < 0)
+    ]
     if bad:
         for m in bad:
             print(f"embedlookup bench: error: {m}", file=err)
@@ -129,7 +181,9 @@ def bench(args, argv: list[str]) -> int:
     plan_w = []
     if args.suite and args.suite not in B.SUITES:
         problem(f"unknown suite {args.suite!r}; known: {', '.join(B.SUITES)}")
-    suite = B.SUITES.get(args.suite or ("default" if not args.workload else ""), {"workloads": [], "ops": None})
+    suite = B.SUITES.get(
+        args.suite or ("default" if not args.workload else ""), {"workloads": [], "ops": None}
+    )
     for name in suite["workloads"]:
         plan_w.append(B.WORKLOADS[name])
     for tokens in args.workload:
@@ -149,7 +203,9 @@ def bench(args, argv: list[str]) -> int:
         subjects = [s for t in args.peers for s in _csv(t)]
         for s in [s for s in subjects if s not in B.SUBJECTS]:
             problem(f"unknown peer {s!r} - skipped; known: {', '.join(B.SUBJECTS)}")
-        subjects = ["embedlookup"] + [s for s in dict.fromkeys(subjects) if s in B.SUBJECTS and s != "embedlookup"]
+        subjects = ["embedlookup"] + [
+            s for s in dict.fromkeys(subjects) if s in B.SUBJECTS and s != "embedlookup"
+        ]
     if not plan_w or not ops:
         print("embedlookup bench: error: nothing to run (no valid workload or operation)", file=err)
         return 2
@@ -163,9 +219,17 @@ def bench(args, argv: list[str]) -> int:
                 problem(f"--{kind}: cannot write {path}: {why}; the run goes on without it")
             else:
                 outputs[kind] = path
-    cfg = B.Config(repeats=args.repeats, max_repeats=args.max_repeats, op_time=args.op_time, warmup=args.warmup,
-                   min_time=args.min_time, subjects=subjects,
-                   limits=not args.no_limits, limit_bytes=args.limit_mib << 20, progress=not args.quiet)
+    cfg = B.Config(
+        repeats=args.repeats,
+        max_repeats=args.max_repeats,
+        op_time=args.op_time,
+        warmup=args.warmup,
+        min_time=args.min_time,
+        subjects=subjects,
+        limits=not args.no_limits,
+        limit_bytes=args.limit_mib << 20,
+        progress=not args.quiet,
+    )
     command = "embedlookup " + " ".join(shlex.quote(a) for a in argv)
     report = B.run([(w, ops) for w in plan_w], cfg, command=command, notes=notes)
     print(B.format_table(report))

@@ -1,5 +1,4 @@
 import pytest
-
 from embedlookup.bench import OPS, SUBJECTS
 
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from embedlookup import bench
 from embedlookup.bench import Case, Config, Skip, compare_outputs, implements, parse_workload, subject
 
@@ -59,15 +58,23 @@ def test_a_wrong_peer_is_reported_and_never_timed(registry):
 
 def test_results_add_up():
     w = _small()
-    rep = bench.run([(w, ["pooled_sum", "pooled_max", "update", "insert"])],
-                    Config(subjects=["embedlookup", "torch", "numpy"], **FAST), command="embedlookup bench x")
+    rep = bench.run(
+        [(w, ["pooled_sum", "pooled_max", "update", "insert"])],
+        Config(subjects=["embedlookup", "torch", "numpy"], **FAST),
+        command="embedlookup bench x",
+    )
     assert rep["schema"] == bench.SCHEMA and rep["command"] == "embedlookup bench x"
     assert rep["machine"]["logical_cores"] >= 1 and rep["machine"]["cpu"]
     assert rep["workloads"][0]["params"]["rows"] == w.rows
     ok = [r for r in rep["results"] if r["status"] == "ok"]
-    assert {(r["op"], r["subject"]) for r in ok} >= {("pooled_sum", "embedlookup"), ("pooled_sum", "torch"),
-                                                     ("pooled_sum", "numpy"), ("pooled_max", "torch"),
-                                                     ("update", "torch"), ("insert", "embedlookup")}
+    assert {(r["op"], r["subject"]) for r in ok} >= {
+        ("pooled_sum", "embedlookup"),
+        ("pooled_sum", "torch"),
+        ("pooled_sum", "numpy"),
+        ("pooled_max", "torch"),
+        ("update", "torch"),
+        ("insert", "embedlookup"),
+    }
     for r in ok:
         assert len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
         assert r["bytes_per_s"] == pytest.approx(r["bytes_per_call"] / r["median_s"])
@@ -82,8 +89,7 @@ def test_results_add_up():
 
 def test_training_peers_agree_with_embedlookup():
     # one real step from identical rows: torch's Adagrad/SparseAdam and FBGEMM's row-wise Adagrad
-    rep = bench.run([(_small(), ["train_adagrad", "train_adam", "train_rowwise"])],
-                    Config(**FAST))
+    rep = bench.run([(_small(), ["train_adagrad", "train_adam", "train_rowwise"])], Config(**FAST))
     st = {(r["op"], r["subject"]): r["status"] for r in rep["results"]}
     assert st[("train_adagrad", "torch")] == "ok" and st[("train_adam", "torch")] == "ok"
     fb = next(r for r in rep["results"] if r["subject"] == "fbgemm")
@@ -92,9 +98,18 @@ def test_training_peers_agree_with_embedlookup():
 
 def test_limits_are_measured_and_used():
     other = parse_workload(["small", "threads=1", "batches=2", "seed=1"])
-    rep = bench.run([(_small(), ["lookup"]), (other, ["lookup"])],
-                    Config(subjects=["embedlookup"], repeats=1, op_time=0, warmup=0, min_time=0,
-                           limit_bytes=8 << 20, progress=False))
+    rep = bench.run(
+        [(_small(), ["lookup"]), (other, ["lookup"])],
+        Config(
+            subjects=["embedlookup"],
+            repeats=1,
+            op_time=0,
+            warmup=0,
+            min_time=0,
+            limit_bytes=8 << 20,
+            progress=False,
+        ),
+    )
     lim = rep["workloads"][0]["limits"]
     assert lim["copy_bytes_per_s"] > 1e8 and lim["gather_bytes_per_s"] > 1e7
     # same row size and threads: measured twice, both workloads keep the best
@@ -105,8 +120,16 @@ def test_limits_are_measured_and_used():
 
 
 def test_rounds_grow_to_fill_op_time_up_to_max_repeats():
-    cfg = Config(subjects=["embedlookup", "numpy"], repeats=2, max_repeats=6, op_time=60.0, warmup=0,
-                 min_time=0.0, limits=False, progress=False)
+    cfg = Config(
+        subjects=["embedlookup", "numpy"],
+        repeats=2,
+        max_repeats=6,
+        op_time=60.0,
+        warmup=0,
+        min_time=0.0,
+        limits=False,
+        progress=False,
+    )
     rep = bench.run([(_small(), ["lookup"])], cfg)
     assert [r["samples"] for r in rep["results"]] == [6, 6]
     assert set(rep["workloads"][0]["op_wall_s"]) == {"lookup"}
@@ -118,3 +141,17 @@ def test_busy_machine_note():
     assert busy_note([1.0, 1.0, 1.0], 2) is None
     assert "load average 6.0 on 2 cores" in busy_note([6.0, 5.0, 4.0], 2)
     assert busy_note(None, 2) is None
+
+
+def test_runs_without_torch(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)
+    rep = bench.run(
+        [(_small(), ["pooled_sum"])], Config(subjects=["embedlookup", "torch", "fbgemm", "numpy"], **FAST)
+    )
+    assert any(n.startswith("torch: skipped - torch is not importable") for n in rep["notes"])
+    assert any(n.startswith("fbgemm: skipped") for n in rep["notes"])
+    assert [(r["subject"], r["status"]) for r in rep["results"]] == [("embedlookup", "ok"), ("numpy", "ok")]
+    assert "torch" not in rep["machine"]["versions"]

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from embedlookup.bench import WORKLOADS, Workload, WorkloadData, WorkloadError, parse_workload
 from embedlookup.bench.workloads import draw_ranks, mix_keys, zipf_pmf
 
@@ -83,18 +82,21 @@ def test_parse_names_and_overrides():
     assert parse_workload("issue2") == WORKLOADS["issue2"]
 
 
-@pytest.mark.parametrize("tokens, match", [
-    (["nosuch"], "unknown workload 'nosuch'"),
-    (["small", "colour=red"], "unknown workload parameter 'colour'"),
-    (["small", "rows=abc"], "rows='abc' is not a valid int"),
-    (["small", "rows=1.5"], "rows='1.5' is not a valid int"),
-    (["small", "rows=0"], "rows must be a positive integer"),
-    (["small", "dist=normal"], "dist must be 'uniform' or 'zipf'"),
-    (["small", "alpha=-1"], "alpha must be a finite number > 0"),
-    (["small", "keys=20000"], "keys must be in"),
-    (["small", "dtype=float16"], "dtype 'float16' is not supported"),
-    (["small", "small-zipf"], "two names given"),
-])
+@pytest.mark.parametrize(
+    "tokens, match",
+    [
+        (["nosuch"], "unknown workload 'nosuch'"),
+        (["small", "colour=red"], "unknown workload parameter 'colour'"),
+        (["small", "rows=abc"], "rows='abc' is not a valid int"),
+        (["small", "rows=1.5"], "rows='1.5' is not a valid int"),
+        (["small", "rows=0"], "rows must be a positive integer"),
+        (["small", "dist=normal"], "dist must be 'uniform' or 'zipf'"),
+        (["small", "alpha=-1"], "alpha must be a finite number > 0"),
+        (["small", "keys=20000"], "keys must be in"),
+        (["small", "dtype=float16"], "dtype 'float16' is not supported"),
+        (["small", "small-zipf"], "two names given"),
+    ],
+)
 def test_parse_errors_name_the_problem(tokens, match):
     with pytest.raises(WorkloadError, match=match):
         parse_workload(tokens)

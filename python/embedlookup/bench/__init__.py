@@ -17,6 +17,27 @@ from .report import format_table, to_markdown, write_json, write_markdown, write
 from .runner import SCHEMA, Config, compare_outputs, run
 from .workloads import SUITES, WORKLOADS, Workload, WorkloadData, WorkloadError, parse_workload
 
-__all__ = ["OPS", "SUBJECTS", "SUITES", "WORKLOADS", "SCHEMA", "Case", "Config", "Skip", "Workload", "WorkloadData",
-           "WorkloadError", "compare_outputs", "format_table", "implements", "operation", "parse_workload", "run",
-           "subject", "to_markdown", "write_json", "write_markdown", "write_plot"]
+__all__ = [
+    "OPS",
+    "SCHEMA",
+    "SUBJECTS",
+    "SUITES",
+    "WORKLOADS",
+    "Case",
+    "Config",
+    "Skip",
+    "Workload",
+    "WorkloadData",
+    "WorkloadError",
+    "compare_outputs",
+    "format_table",
+    "implements",
+    "operation",
+    "parse_workload",
+    "run",
+    "subject",
+    "to_markdown",
+    "write_json",
+    "write_markdown",
+    "write_plot",
+]

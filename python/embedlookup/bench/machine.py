@@ -54,7 +54,12 @@ def _versions() -> dict:
 
     from .. import __version__, _core
 
-    v = {"embedlookup": __version__, "isa": _core.isa(), "numpy": np.__version__, "python": platform.python_version()}
+    v = {
+        "embedlookup": __version__,
+        "isa": _core.isa(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -84,8 +89,10 @@ def busy_note(load: list[float] | None, cores: int | None) -> str | None:
     suffers more from a stolen core than a 1-thread one)."""
     if not load or not cores or load[0] <= 0.75 * cores:
         return None
-    return (f"the machine was busy (load average {load[0]:.1f} on {cores} cores): times are inflated and "
-            f"ratios between subjects shift with the load; rerun on a quiet machine to compare runs")
+    return (
+        f"the machine was busy (load average {load[0]:.1f} on {cores} cores): times are inflated and "
+        f"ratios between subjects shift with the load; rerun on a quiet machine to compare runs"
+    )
 
 
 def describe() -> dict:
@@ -107,19 +114,24 @@ def describe() -> dict:
 
 
 def summary(machine: dict) -> str:
-    caches = ", ".join(f"L{c['level']}{'' if c['type'] == 'Unified' else c['type'][0].lower()} {c['size']}"
-                       for c in machine.get("caches", []))
+    caches = ", ".join(
+        f"L{c['level']}{'' if c['type'] == 'Unified' else c['type'][0].lower()} {c['size']}"
+        for c in machine.get("caches", [])
+    )
     mem = machine.get("memory_bytes")
     mem = f", {mem / 2**30:.1f} GiB RAM" if mem else ""
     v = machine.get("versions", {})
     load = machine.get("load_average")
     mem += f", load average {load[0]:.2f} at start" if load else ""
-    return (f"{machine['cpu']}, {machine['usable_cores']}/{machine['logical_cores']} cores, {caches}{mem}; "
-            f"isa {v.get('isa')}, torch {v.get('torch', '-')}, fbgemm {v.get('fbgemm_gpu', '-')}")
+    return (
+        f"{machine['cpu']}, {machine['usable_cores']}/{machine['logical_cores']} cores, {caches}{mem}; "
+        f"isa {v.get('isa')}, torch {v.get('torch', '-')}, fbgemm {v.get('fbgemm_gpu', '-')}"
+    )
 
 
-def measure_limits(row_bytes: int, lookups: int, threads: int, table_bytes: int, copy_bytes: int,
-                   repeats: int = 5) -> dict:
+def measure_limits(
+    row_bytes: int, lookups: int, threads: int, table_bytes: int, copy_bytes: int, repeats: int = 5
+) -> dict:
     """Bytes/s of a streaming copy (STREAM convention: read + write counted)
     and of a random prefetched gather of ``row_bytes`` rows from a
     ``table_bytes`` table, measured now in native code."""
@@ -127,8 +139,9 @@ def measure_limits(row_bytes: int, lookups: int, threads: int, table_bytes: int,
 
     return {
         "copy_bytes_per_s": _core.copy_bandwidth(int(copy_bytes), repeats, threads),
-        "gather_bytes_per_s": _core.gather_bandwidth(int(table_bytes), int(row_bytes), int(lookups), repeats,
-                                                     threads),
+        "gather_bytes_per_s": _core.gather_bandwidth(
+            int(table_bytes), int(row_bytes), int(lookups), repeats, threads
+        ),
         "table_bytes": int(table_bytes),
         "copy_bytes": int(copy_bytes),
         "row_bytes": int(row_bytes),

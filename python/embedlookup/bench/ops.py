@@ -27,7 +27,7 @@ import numpy as np
 
 from .workloads import Batch, Workload, WorkloadData
 
-__all__ = ["Skip", "Case", "Operation", "Subject", "OPS", "SUBJECTS", "operation", "implements", "subject"]
+__all__ = ["OPS", "SUBJECTS", "Case", "Operation", "Skip", "Subject", "implements", "operation", "subject"]
 
 
 class Skip(Exception):
@@ -117,8 +117,11 @@ def _fbgemm():
                 SplitTableBatchedEmbeddingBagsCodegen,
             )
     except Exception as e:  # noqa: BLE001
-        raise Skip(f"fbgemm_gpu is not importable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                   f"pip install fbgemm-gpu-cpu==1.8.0 (pairs with torch 2.13)") from None
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise Skip(
+            f"fbgemm_gpu is not importable ({type(e).__name__}: {first}); "
+            f"pip install fbgemm-gpu-cpu==1.8.0 (pairs with torch 2.13)"
+        ) from None
     return SplitTableBatchedEmbeddingBagsCodegen, EmbeddingLocation, ComputeDevice, PoolingMode, EmbOptimType
 
 
@@ -132,11 +135,25 @@ def _opencl():
 
 
 subject("embedlookup", "embedlookup", "the hashed table, CPU kernels")
-subject("opencl", "backend", "embedlookup.opencl.OpenCLTable on the first OpenCL device", lambda: (_opencl(), None)[1])
-subject("torch", "peer", "torch.nn.EmbeddingBag / index_select on a dense matrix (dense remapped indices); "
-        "training: EmbeddingBag(sparse=True) + torch.optim", _probe_torch)
-subject("fbgemm", "peer", "FBGEMM CPU table-batched embedding (fbgemm_gpu SplitTableBatchedEmbeddingBagsCodegen)",
-        lambda: (_fbgemm(), None)[1])
+subject(
+    "opencl",
+    "backend",
+    "embedlookup.opencl.OpenCLTable on the first OpenCL device",
+    lambda: (_opencl(), None)[1],
+)
+subject(
+    "torch",
+    "peer",
+    "torch.nn.EmbeddingBag / index_select on a dense matrix (dense remapped indices); "
+    "training: EmbeddingBag(sparse=True) + torch.optim",
+    _probe_torch,
+)
+subject(
+    "fbgemm",
+    "peer",
+    "FBGEMM CPU table-batched embedding (fbgemm_gpu SplitTableBatchedEmbeddingBagsCodegen)",
+    lambda: (_fbgemm(), None)[1],
+)
 subject("numpy", "floor", "NumPy take + reduceat on a dense matrix", None)
 
 
@@ -148,16 +165,31 @@ def _n(w, b):
 operation("lookup", "rows of batch x pooling keys (no pooling)", _n)
 for _m in ("sum", "mean", "max"):
     operation(f"pooled_{_m}", f"pooled lookup, mode={_m!r} (EmbeddingBag semantics)", _n)
-operation("update", "fused Adagrad step from per-key gradients (duplicates merged); rows = distinct keys",
-          lambda w, b: b.distinct)
-operation("train_adagrad", "pooled sum forward + backward + Adagrad step; rows = keys read + distinct rows updated",
-          lambda w, b: b.keys.shape[0] + b.distinct)
-operation("train_rowwise", "as train_adagrad with row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD)",
-          lambda w, b: b.keys.shape[0] + b.distinct)
-operation("train_adam", "as train_adagrad with lazy sparse Adam (torch.optim.SparseAdam)",
-          lambda w, b: b.keys.shape[0] + b.distinct)
-operation("insert", "insert `batch` new keys into the table (rows written; erased again untimed)",
-          lambda w, b: w.batch)
+operation(
+    "update",
+    "fused Adagrad step from per-key gradients (duplicates merged); rows = distinct keys",
+    lambda w, b: b.distinct,
+)
+operation(
+    "train_adagrad",
+    "pooled sum forward + backward + Adagrad step; rows = keys read + distinct rows updated",
+    lambda w, b: b.keys.shape[0] + b.distinct,
+)
+operation(
+    "train_rowwise",
+    "as train_adagrad with row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD)",
+    lambda w, b: b.keys.shape[0] + b.distinct,
+)
+operation(
+    "train_adam",
+    "as train_adagrad with lazy sparse Adam (torch.optim.SparseAdam)",
+    lambda w, b: b.keys.shape[0] + b.distinct,
+)
+operation(
+    "insert",
+    "insert `batch` new keys into the table (rows written; erased again untimed)",
+    lambda w, b: w.batch,
+)
 
 LR = 0.01
 EPS_ADAGRAD = 1e-8
@@ -182,8 +214,12 @@ def _tbatches(data: WorkloadData):
     if "tbatches" not in data.cache:
         torch = _torch()
         data.cache["tbatches"] = {
-            id(b): (torch.from_numpy(b.idx), torch.from_numpy(b.offsets), torch.from_numpy(b.offsets_full),
-                    torch.from_numpy(b.grad))
+            id(b): (
+                torch.from_numpy(b.idx),
+                torch.from_numpy(b.offsets),
+                torch.from_numpy(b.offsets_full),
+                torch.from_numpy(b.grad),
+            )
             for b in data.batches
         }
     return data.cache["tbatches"]
@@ -203,8 +239,12 @@ def _fbgemm_table(data: WorkloadData, optimizer: str, **kw):
     torch = _torch()
     torch.set_num_threads(_nthreads(data.workload))
     w = data.workload
-    emb = TBE(embedding_specs=[(w.rows, w.dim, Loc.HOST, Dev.CPU)], optimizer=getattr(Opt, optimizer),
-              pooling_mode=Pool.SUM, **kw)
+    emb = TBE(
+        embedding_specs=[(w.rows, w.dim, Loc.HOST, Dev.CPU)],
+        optimizer=getattr(Opt, optimizer),
+        pooling_mode=Pool.SUM,
+        **kw,
+    )
     with torch.no_grad():
         emb.split_embedding_weights()[0].copy_(torch.from_numpy(data.dense))
     return emb
@@ -291,7 +331,7 @@ def _pooled(mode: str):
 
     @implements(op, "fbgemm")
     def _fb(data):
-        TBE, Loc, Dev, Pool, Opt = _fbgemm()
+        Pool = _fbgemm()[3]
         if mode == "max":
             raise Skip("FBGEMM's table-batched embedding has no max pooling")
         torch = _torch()
@@ -396,8 +436,9 @@ def _train_torch(make_opt):
     def factory(data):
         torch = _torch()
         torch.set_num_threads(_nthreads(data.workload))
-        bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(data.dense.copy()), freeze=False,
-                                                    mode="sum", sparse=True)
+        bag = torch.nn.EmbeddingBag.from_pretrained(
+            torch.from_numpy(data.dense.copy()), freeze=False, mode="sum", sparse=True
+        )
         opt = make_opt(torch, bag.parameters())
         tb = _tbatches(data)
 
@@ -430,10 +471,13 @@ def _el_opt(name, **kw):
 
 implements("train_adagrad", "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD)))
 implements("train_adagrad", "torch")(
-    _train_torch(lambda torch, p: torch.optim.Adagrad(p, lr=LR, eps=EPS_ADAGRAD)))
+    _train_torch(lambda torch, p: torch.optim.Adagrad(p, lr=LR, eps=EPS_ADAGRAD))
+)
 implements("train_adam", "embedlookup")(_train_el(_el_opt("Adam", lr=LR)))
 implements("train_adam", "torch")(_train_torch(lambda torch, p: torch.optim.SparseAdam(list(p), lr=LR)))
-implements("train_rowwise", "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD, rowwise=True)))
+implements("train_rowwise", "embedlookup")(
+    _train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD, rowwise=True))
+)
 
 
 @implements("train_rowwise", "fbgemm")
@@ -472,7 +516,7 @@ def _(data):
     buf = np.empty((per, w.dim), np.float32)
 
     def run(b):
-        k = pool[state["next"] * per:(state["next"] + 1) * per]
+        k = pool[state["next"] * per : (state["next"] + 1) * per]
         state["next"] = (state["next"] + 1) % chunks
         state["used"].append(k)
         return t.lookup(k, out=buf)

@@ -19,7 +19,7 @@ import gc
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,22 +27,22 @@ from . import machine as _machine
 from .ops import OPS, SUBJECTS, Case, Skip
 from .workloads import Workload, WorkloadData
 
-__all__ = ["Config", "run", "compare_outputs", "SCHEMA"]
+__all__ = ["SCHEMA", "Config", "compare_outputs", "run"]
 
 SCHEMA = "embedlookup-bench/1"
 
 
 @dataclass
 class Config:
-    repeats: int = 9                 # timed samples per subject, at least
-    max_repeats: int = 41            # ... and at most, while rounds fit in op_time
-    op_time: float = 1.5             # seconds of timed rounds per op (beyond `repeats`)
-    warmup: int = 2                  # untimed calls per subject before timing
-    min_time: float = 0.005          # seconds per sample (calls are repeated to reach it)
-    subjects: list | None = None     # None: all registered
-    limits: bool = True              # measure copy / gather bandwidth
-    limit_bytes: int = 256 << 20     # table size for the gather limit (at least the workload's table)
-    rtol: float = 1e-4               # equivalence tolerance (relative, and absolute x max|ref|)
+    repeats: int = 9  # timed samples per subject, at least
+    max_repeats: int = 41  # ... and at most, while rounds fit in op_time
+    op_time: float = 1.5  # seconds of timed rounds per op (beyond `repeats`)
+    warmup: int = 2  # untimed calls per subject before timing
+    min_time: float = 0.005  # seconds per sample (calls are repeated to reach it)
+    subjects: list | None = None  # None: all registered
+    limits: bool = True  # measure copy / gather bandwidth
+    limit_bytes: int = 256 << 20  # table size for the gather limit (at least the workload's table)
+    rtol: float = 1e-4  # equivalence tolerance (relative, and absolute x max|ref|)
     progress: bool = True
 
 
@@ -62,8 +62,14 @@ def compare_outputs(ref, out, rtol: float = 1e-4) -> tuple[bool, float, str]:
     bad = diff > rtol * np.abs(ref) + rtol * 0.1 * scale
     mad = float(diff.max())
     if bad.any():
-        return False, mad, (f"output differs from embedlookup's at {int(bad.sum())} of {bad.size} values "
-                            f"(max |diff| {mad:.3g})")
+        return (
+            False,
+            mad,
+            (
+                f"output differs from embedlookup's at {int(bad.sum())} of {bad.size} values "
+                f"(max |diff| {mad:.3g})"
+            ),
+        )
     return True, mad, ""
 
 
@@ -85,8 +91,10 @@ class Progress:
             return
         n = 24
         fill = int(n * min(self.done, self.total) / self.total)
-        line = (f"[{'#' * fill}{'.' * (n - fill)}] {self.done}/{self.total} "
-                f"{time.perf_counter() - self.t0:5.0f}s {label}")
+        line = (
+            f"[{'#' * fill}{'.' * (n - fill)}] {self.done}/{self.total} "
+            f"{time.perf_counter() - self.t0:5.0f}s {label}"
+        )
         if self.tty:
             self.stream.write("\r\x1b[K" + line[:150])
         else:
@@ -109,8 +117,14 @@ class Progress:
 def _stats(t: list[float]) -> dict:
     a = np.asarray(t)
     q1, med, q3 = (float(x) for x in np.percentile(a, [25, 50, 75]))
-    return {"median_s": med, "q1_s": q1, "q3_s": q3, "min_s": float(a.min()), "max_s": float(a.max()),
-            "spread": (q3 - q1) / med if med > 0 else 0.0}
+    return {
+        "median_s": med,
+        "q1_s": q1,
+        "q3_s": q3,
+        "min_s": float(a.min()),
+        "max_s": float(a.max()),
+        "spread": (q3 - q1) / med if med > 0 else 0.0,
+    }
 
 
 def _time_call(case: Case, batches, k0: int, inner: int) -> float:
@@ -177,7 +191,7 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
     n_rounds = max(cfg.repeats, min(cfg.max_repeats, int(cfg.op_time / max(round_time, 1e-9))))
     for rep in range(n_rounds):
         prog.show(f"{w.name} {op_name}: round {rep + 1}/{n_rounds}")
-        rot = order[rep % len(order):] + order[:rep % len(order)] if order else []
+        rot = order[rep % len(order) :] + order[: rep % len(order)] if order else []
         for s in rot:
             if s not in cases:
                 continue
@@ -207,8 +221,12 @@ def _fail(results, s, e, prog, w, op_name):
     prog.note(f"  ! {w.name} {op_name} {s}: {type(e).__name__}: {e}")
 
 
-def run(plan: list[tuple[Workload, list[str]]], cfg: Config | None = None, command: str = "",
-        notes: list[str] | None = None) -> dict:
+def run(
+    plan: list[tuple[Workload, list[str]]],
+    cfg: Config | None = None,
+    command: str = "",
+    notes: list[str] | None = None,
+) -> dict:
     """Runs every (workload, ops) of ``plan`` and returns the report dict
     (``SCHEMA``): command, machine, limits per workload, results, skips."""
     cfg = cfg or Config()
@@ -216,9 +234,16 @@ def run(plan: list[tuple[Workload, list[str]]], cfg: Config | None = None, comma
     subjects = cfg.subjects or list(SUBJECTS)
     total = sum(len(ops) for _, ops in plan)
     prog = Progress(total, cfg.progress)
-    report = {"schema": SCHEMA, "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": _machine.describe(), "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
-              "workloads": [], "results": [], "notes": list(notes or [])}
+    report = {
+        "schema": SCHEMA,
+        "command": command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": _machine.describe(),
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
+        "workloads": [],
+        "results": [],
+        "notes": list(notes or []),
+    }
     # Subjects that cannot run here at all: one line each, once.
     unavailable = {}
     for s in subjects:
@@ -239,9 +264,13 @@ def run(plan: list[tuple[Workload, list[str]]], cfg: Config | None = None, comma
             prog.note(f"  ! workload {w.name}: {type(e).__name__}: {e}")
             prog.done += len(ops)
             continue
-        entry = {"name": w.name, "params": w.params(), "description": w.describe(),
-                 "generate_s": time.perf_counter() - t0,
-                 "distinct_keys_per_batch": [b.distinct for b in data.batches]}
+        entry = {
+            "name": w.name,
+            "params": w.params(),
+            "description": w.describe(),
+            "generate_s": time.perf_counter() - t0,
+            "distinct_keys_per_batch": [b.distinct for b in data.batches],
+        }
         limits = None
         if cfg.limits:
             threads = w.threads or (report["machine"]["usable_cores"] or 1)

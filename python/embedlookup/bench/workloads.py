@@ -21,8 +21,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Workload", "WorkloadData", "WORKLOADS", "SUITES", "WorkloadError", "parse_workload",
-           "mix_keys", "zipf_pmf", "draw_ranks"]
+__all__ = [
+    "SUITES",
+    "WORKLOADS",
+    "Workload",
+    "WorkloadData",
+    "WorkloadError",
+    "draw_ranks",
+    "mix_keys",
+    "parse_workload",
+    "zipf_pmf",
+]
 
 
 class WorkloadError(ValueError):
@@ -34,17 +43,17 @@ class Workload:
     """Parameters of one benchmark workload (every field has a default)."""
 
     name: str = "custom"
-    dist: str = "uniform"       # key distribution: "uniform" or "zipf"
-    alpha: float = 1.05         # Zipf exponent (dist="zipf" only); any alpha > 0 (finite key space)
-    rows: int = 1_000_000       # rows in the table (= distinct keys stored)
-    keys: int = 0               # distinct keys batches draw from (0: all `rows`); <= rows
-    dim: int = 64               # floats per row
-    dtype: str = "float32"      # row dtype (float32 only, for now)
-    batch: int = 4096           # bags per batch
-    pooling: int = 32           # keys per bag
-    threads: int = 0            # threads for embedlookup and torch (0: all cores)
-    seed: int = 0               # drives keys, permutation and batches
-    batches: int = 3            # distinct batches the timing loop rotates through
+    dist: str = "uniform"  # key distribution: "uniform" or "zipf"
+    alpha: float = 1.05  # Zipf exponent (dist="zipf" only); any alpha > 0 (finite key space)
+    rows: int = 1_000_000  # rows in the table (= distinct keys stored)
+    keys: int = 0  # distinct keys batches draw from (0: all `rows`); <= rows
+    dim: int = 64  # floats per row
+    dtype: str = "float32"  # row dtype (float32 only, for now)
+    batch: int = 4096  # bags per batch
+    pooling: int = 32  # keys per bag
+    threads: int = 0  # threads for embedlookup and torch (0: all cores)
+    seed: int = 0  # drives keys, permutation and batches
+    batches: int = 3  # distinct batches the timing loop rotates through
 
     @property
     def n_keys(self) -> int:
@@ -63,12 +72,12 @@ class Workload:
         d = "uniform" if self.dist == "uniform" else f"zipf({self.alpha:g})"
         keys = "" if not self.keys or self.keys == self.rows else f", {_si(self.keys)} keys"
         thr = f", {self.threads} thr" if self.threads else ""
-        return (f"{d}, {_si(self.rows)} rows{keys} x {self.dim}, batch {self.batch} x pool {self.pooling}{thr}")
+        return f"{d}, {_si(self.rows)} rows{keys} x {self.dim}, batch {self.batch} x pool {self.pooling}{thr}"
 
     def params(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "Workload":
+    def validate(self) -> Workload:
         def positive(name):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -77,17 +86,27 @@ class Workload:
         for f in ("rows", "dim", "batch", "pooling", "batches"):
             positive(f)
         if self.dist not in ("uniform", "zipf"):
-            raise WorkloadError(f"workload {self.name!r}: dist must be 'uniform' or 'zipf', got {self.dist!r}")
+            raise WorkloadError(
+                f"workload {self.name!r}: dist must be 'uniform' or 'zipf', got {self.dist!r}"
+            )
         if not (self.alpha > 0 and np.isfinite(self.alpha)):
-            raise WorkloadError(f"workload {self.name!r}: alpha must be a finite number > 0, got {self.alpha!r}")
+            raise WorkloadError(
+                f"workload {self.name!r}: alpha must be a finite number > 0, got {self.alpha!r}"
+            )
         if self.keys < 0 or self.keys > self.rows:
-            raise WorkloadError(f"workload {self.name!r}: keys must be in [0, rows={self.rows}], got {self.keys}")
+            raise WorkloadError(
+                f"workload {self.name!r}: keys must be in [0, rows={self.rows}], got {self.keys}"
+            )
         if self.threads < 0:
-            raise WorkloadError(f"workload {self.name!r}: threads must be >= 0 (0: all cores), got {self.threads}")
+            raise WorkloadError(
+                f"workload {self.name!r}: threads must be >= 0 (0: all cores), got {self.threads}"
+            )
         if self.seed < 0:
             raise WorkloadError(f"workload {self.name!r}: seed must be >= 0, got {self.seed}")
         if self.dtype != "float32":
-            raise WorkloadError(f"workload {self.name!r}: dtype {self.dtype!r} is not supported (float32 only)")
+            raise WorkloadError(
+                f"workload {self.name!r}: dtype {self.dtype!r} is not supported (float32 only)"
+            )
         if self.lookups >= 2**31:
             raise WorkloadError(f"workload {self.name!r}: batch x pooling must be < 2**31")
         return self
@@ -124,8 +143,16 @@ WORKLOADS: dict[str, Workload] = {
 SUITES: dict[str, dict] = {
     "default": {
         "workloads": ["uniform-1m", "zipf-1m", "uniform-64k"],
-        "ops": ["lookup", "pooled_sum", "pooled_mean", "pooled_max", "update", "train_adagrad",
-                "train_rowwise", "insert"],
+        "ops": [
+            "lookup",
+            "pooled_sum",
+            "pooled_mean",
+            "pooled_max",
+            "update",
+            "train_adagrad",
+            "train_rowwise",
+            "insert",
+        ],
     },
     "issue2": {"workloads": ["issue2"], "ops": ["pooled_sum"]},
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
@@ -162,11 +189,14 @@ def parse_workload(tokens: list[str] | str) -> Workload:
     for p in parts:
         if "=" not in p:
             if base is not None:
-                raise WorkloadError(f"workload: two names given ({base.name!r} and {p!r}); give one name "
-                                    f"followed by key=value overrides")
+                raise WorkloadError(
+                    f"workload: two names given ({base.name!r} and {p!r}); give one name "
+                    f"followed by key=value overrides"
+                )
             if p not in WORKLOADS:
-                raise WorkloadError(f"unknown workload {p!r}; known: {', '.join(WORKLOADS)} "
-                                    f"(or give key=value parameters)")
+                raise WorkloadError(
+                    f"unknown workload {p!r}; known: {', '.join(WORKLOADS)} (or give key=value parameters)"
+                )
             base = WORKLOADS[p]
             continue
         k, v = p.split("=", 1)
@@ -175,9 +205,12 @@ def parse_workload(tokens: list[str] | str) -> Workload:
             raise WorkloadError(f"unknown workload parameter {k!r}; known: {', '.join(_FIELDS)}")
         overrides[k] = v.strip()
     base = base or Workload()
-    wname = overrides.get("name") or (base.name if not overrides else
-                                      (base.name + ":" if base.name != "custom" else "")
-                                      + ",".join(f"{k}={v}" for k, v in overrides.items()))
+    wname = overrides.get("name") or (
+        base.name
+        if not overrides
+        else (base.name + ":" if base.name != "custom" else "")
+        + ",".join(f"{k}={v}" for k, v in overrides.items())
+    )
     values = {k: _convert(k, v, wname) for k, v in overrides.items() if k != "name"}
     return dataclasses.replace(base, name=wname, **values).validate()
 
@@ -190,7 +223,11 @@ def mix_keys(n: int, seed: int) -> np.ndarray:
     """``n`` distinct int64 keys: the splitmix64 finaliser (a bijection on
     64-bit words) of ``seed * 2**32 + i`` - distinct inputs, distinct keys."""
     with np.errstate(over="ignore"):
-        x = np.arange(n, dtype=np.uint64) + np.uint64(seed) * np.uint64(1 << 32) + np.uint64(0x9E3779B97F4A7C15)
+        x = (
+            np.arange(n, dtype=np.uint64)
+            + np.uint64(seed) * np.uint64(1 << 32)
+            + np.uint64(0x9E3779B97F4A7C15)
+        )
         x ^= x >> np.uint64(30)
         x *= _M1
         x ^= x >> np.uint64(27)
@@ -218,12 +255,12 @@ def draw_ranks(rng: np.random.Generator, n: int, w: Workload, cdf: np.ndarray | 
 
 @dataclass
 class Batch:
-    keys: np.ndarray      # int64 hashed keys, batch * pooling
-    idx: np.ndarray       # int64 dense row indices of the same keys
-    offsets: np.ndarray   # int64 start of each bag (batch,)
+    keys: np.ndarray  # int64 hashed keys, batch * pooling
+    idx: np.ndarray  # int64 dense row indices of the same keys
+    offsets: np.ndarray  # int64 start of each bag (batch,)
     offsets_full: np.ndarray  # with the end appended (batch + 1,), as FBGEMM takes them
-    grad: np.ndarray      # (batch, dim) float32 upstream gradient for training ops
-    distinct: int         # distinct keys in the batch
+    grad: np.ndarray  # (batch, dim) float32 upstream gradient for training ops
+    distinct: int  # distinct keys in the batch
 
 
 @dataclass
@@ -235,9 +272,9 @@ class WorkloadData:
     workload: Workload
     keys: np.ndarray
     dense: np.ndarray
-    table: object                       # the embedlookup.EmbeddingTable holding `keys`
+    table: object  # the embedlookup.EmbeddingTable holding `keys`
     batches: list[Batch] = field(default_factory=list)
-    cache: dict = field(default_factory=dict)   # peer objects shared by read-only ops
+    cache: dict = field(default_factory=dict)  # peer objects shared by read-only ops
 
     def initializer(self):
         from .. import init
@@ -254,7 +291,7 @@ class WorkloadData:
         return t
 
     @classmethod
-    def generate(cls, w: Workload) -> "WorkloadData":
+    def generate(cls, w: Workload) -> WorkloadData:
         rng = np.random.default_rng(w.seed)
         keys = mix_keys(w.rows, w.seed)
         # rank -> row: hot ranks land on scattered rows

@@ -21,12 +21,6 @@ except ImportError:  # a development checkout: use the in-place build
 import pytest
 from embedlookup.bench import WorkloadData, parse_workload
 
-SPECS = [
-    s.strip()
-    for s in os.environ.get("EMBEDLOOKUP_BENCH_WORKLOADS", "uniform-1m,zipf-1m").split(",")
-    if s.strip()
-]
-
 
 @pytest.fixture(scope="session")
 def workload_data():

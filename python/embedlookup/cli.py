@@ -67,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--op-time",
         type=float,
-        default=1.5,
-        help="seconds of timed rounds per op beyond --repeats (default 1.5)",
+        default=1.0,
+        help="seconds of timed rounds per op beyond --repeats (default 1.0)",
     )
-    b.add_argument("--warmup", type=int, default=2, help="untimed calls per subject first (default 2)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed calls per subject before timing, at least 1 (default 2)")
     b.add_argument(
         "--min-time",
         type=float,

@@ -37,7 +37,7 @@ class Config:
     repeats: int = 9  # timed samples per subject, at least
     max_repeats: int = 41  # ... and at most, while rounds fit in op_time
     op_time: float = 1.5  # seconds of timed rounds per op (beyond `repeats`)
-    warmup: int = 2  # untimed calls per subject before timing
+    warmup: int = 2  # untimed calls per subject before timing (at least 1: the last calibrates)
     min_time: float = 0.005  # seconds per sample (calls are repeated to reach it)
     subjects: list | None = None  # None: all registered
     limits: bool = True  # measure copy / gather bandwidth
@@ -178,9 +178,10 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
     for s, case in cases.items():
         prog.show(f"{w.name} {op_name} {s}: warm-up")
         try:
-            for _ in range(cfg.warmup):
-                _time_call(case, data.batches, 0, 1)
-            t1 = _time_call(case, data.batches, 1, 1)
+            # the check already ran one call; the last warm-up call calibrates
+            t1 = 0.0
+            for k in range(max(cfg.warmup, 1)):
+                t1 = _time_call(case, data.batches, k, 1)
             inner[s] = int(min(case.max_inner, max(1, math.ceil(cfg.min_time / max(t1, 1e-9)))))
             round_time += t1 * inner[s]
         except Exception as e:  # noqa: BLE001

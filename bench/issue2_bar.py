@@ -31,7 +31,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="0: all cores")
     p.add_argument("--json", help="write the full report here")
     a = p.parse_args()
-    w = bench.parse_workload(["issue2", f"threads={a.threads}"])
+    w = bench.parse_workload(["issue2"] + ([f"threads={a.threads}"] if a.threads else []))
     cfg = bench.Config(
         repeats=a.repeats, max_repeats=201, op_time=a.op_time, subjects=["embedlookup", "torch"]
     )

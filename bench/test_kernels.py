@@ -9,8 +9,7 @@ number).
 import os
 
 import pytest
-
-from embedlookup.bench import OPS, SUBJECTS, Skip, compare_outputs
+from embedlookup.bench import OPS, SUBJECTS, SUITES, Skip, compare_outputs
 
 # Workload specs, comma-separated (a spec's own parameters by spaces).
 SPECS = [
@@ -19,17 +18,8 @@ SPECS = [
     if s.strip()
 ]
 
-OPS_HERE = [
-    "lookup",
-    "pooled_sum",
-    "pooled_mean",
-    "pooled_max",
-    "update",
-    "train_adagrad",
-    "train_rowwise",
-    "insert",
-]
-CASES = [(op, s) for op in OPS_HERE for s in OPS[op].impls]
+# the default suite's operations, each by every subject that implements it
+CASES = [(op, s) for op in SUITES["default"]["ops"] for s in OPS[op].impls]
 
 
 @pytest.mark.parametrize("op, who", CASES, ids=[f"{o}-{s}" for o, s in CASES])

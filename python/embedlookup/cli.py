@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds of timed rounds per op beyond --repeats (default 1.0)",
     )
-    b.add_argument("--warmup", type=int, default=2, help="untimed calls per subject before timing, at least 1 (default 2)")
+    b.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed calls per subject before timing, at least 1 (default 2)",
+    )
     b.add_argument(
         "--min-time",
         type=float,

@@ -1,0 +1,242 @@
+"""Writing a benchmark report: terminal table, JSON, Markdown and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .machine import summary
+
+__all__ = [
+    "check_writable",
+    "format_table",
+    "table_rows",
+    "to_markdown",
+    "write_json",
+    "write_markdown",
+    "write_plot",
+]
+
+_COLS = ["workload", "op", "subject", "median ms", "spread", "GB/s", "% gather", "% copy", "el x", "status"]
+
+
+def _fmt(r: dict) -> list[str]:
+    ok = r["status"] == "ok" and "median_s" in r
+
+    def f(key, fmt, scale=1.0):
+        v = r.get(key)
+        return fmt.format(v * scale) if ok and v is not None else ""
+
+    status = "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or ''}"
+    return [
+        r["workload"],
+        r["op"],
+        r["subject"],
+        f("median_s", "{:.3f}", 1e3),
+        f("spread", "{:.0%}"),
+        f("bytes_per_s", "{:.2f}", 1e-9),
+        f("pct_gather", "{:.0f}%"),
+        f("pct_copy", "{:.0f}%"),
+        f("speedup_vs_embedlookup", "{:.2f}"),
+        status,
+    ]
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    return [_fmt(r) for r in report["results"]]
+
+
+def _limits_lines(report: dict) -> list[str]:
+    out = []
+    for w in report["workloads"]:
+        lim = w.get("limits")
+        line = f"{w['name']}: {w['description']}"
+        if lim:
+            line += (
+                f"; machine limits: copy {lim['copy_bytes_per_s'] / 1e9:.2f} GB/s, gather of "
+                f"{lim['row_bytes']} B rows {lim['gather_bytes_per_s'] / 1e9:.2f} GB/s "
+                f"({lim['threads']} threads, {lim['table_bytes'] >> 20} MiB table, "
+                f"best of {lim.get('measurements', 1)} measurements)"
+            )
+        out.append(line)
+    return out
+
+
+def _header(report: dict) -> list[str]:
+    return [f"command: {report['command']}", f"machine: {summary(report['machine'])}"] + _limits_lines(report)
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table for the terminal."""
+    rows = table_rows(report)
+    width = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(_COLS)]
+    width[-1] = len(_COLS[-1])
+    line = lambda cells: "  ".join(
+        c.ljust(width[i]) if i < 3 or i == 9 else c.rjust(width[i])
+        for i, c in enumerate(cells)
+    ).rstrip()
+    out = _header(report) + ["", line(_COLS), line(["-" * n for n in width])]
+    out += [line(r) for r in rows]
+    out += [
+        "",
+        "GB/s: effective (rows moved x row bytes / median time); % of the machine limits above;",
+        "el x: median over rounds of (subject's time / embedlookup's time): > 1 means embedlookup is faster.",
+        f"wall time {report.get('wall_s', 0):.1f} s",
+    ]
+    out += [f"note: {n}" for n in report.get("notes", [])]
+    return "\n".join(out)
+
+
+def to_markdown(report: dict) -> str:
+    esc = lambda s: s.replace("|", "\\|")
+    out = [
+        "# embedlookup bench",
+        "",
+        f"- command: `{report['command']}`",
+        f"- machine: {summary(report['machine'])}",
+        f"- started {report['started']}, wall time {report.get('wall_s', 0):.1f} s",
+    ]
+    out += [f"- {esc(x)}" for x in _limits_lines(report)]
+    out += [f"- note: {esc(n)}" for n in report.get("notes", [])]
+    out += [
+        "",
+        "| " + " | ".join(_COLS) + " |",
+        "|" + "|".join("---" if i < 3 or i == 9 else "---:" for i in range(len(_COLS))) + "|",
+    ]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in table_rows(report)]
+    out += [
+        "",
+        (
+            "GB/s is effective bandwidth (rows moved x row bytes / median time). "
+            "`el x` > 1 means embedlookup is faster (median of per-round time ratios)."
+        ),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def check_writable(path: str) -> str | None:
+    """None if ``path`` can be written, else why not (without creating it)."""
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    if not os.path.isdir(d):
+        return f"directory {d} does not exist"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    if not os.access(d, os.W_OK):
+        return f"directory {d} is not writable"
+    return None
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, default=float)
+        f.write("\n")
+
+
+def write_markdown(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(to_markdown(report))
+
+
+def write_plot(report: dict, path: str) -> str | None:
+    """Writes the PNG; returns None, or why no plot was written (matplotlib missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001 - optional dependency
+        return f"matplotlib is not available ({type(e).__name__}: {e}); no plot written"
+    ok = [r for r in report["results"] if r["status"] == "ok" and "bytes_per_s" in r]
+    groups = list(dict.fromkeys((r["workload"], r["op"]) for r in ok))
+    from .ops import SUBJECTS
+
+    present = {r["subject"] for r in ok}
+    subjects = [s for s in SUBJECTS if s in present] + sorted(present - set(SUBJECTS))
+    if not groups:
+        return "no timed results to plot"
+    fig, ax = plt.subplots(figsize=(min(20.0, max(6.0, 0.55 * len(groups) + 2)), 6.0))
+    bw = 0.8 / max(len(subjects), 1)
+    for j, s in enumerate(subjects):
+        xs, ys = [], []
+        for i, g in enumerate(groups):
+            r = next((r for r in ok if (r["workload"], r["op"]) == g and r["subject"] == s), None)
+            if r:
+                xs.append(i - 0.4 + bw * (j + 0.5))
+                ys.append(r["bytes_per_s"] / 1e9)
+        ax.bar(xs, ys, bw, label=s)
+    limits = {w["name"]: w.get("limits") for w in report["workloads"]}
+    drawn = set()
+    for name, lim in limits.items():
+        idx = [i for i, g in enumerate(groups) if g[0] == name]
+        if not lim or not idx:
+            continue
+        for key, style, label in (
+            ("gather_bytes_per_s", "--", "gather limit"),
+            ("copy_bytes_per_s", ":", "copy limit"),
+        ):
+            ax.hlines(
+                lim[key] / 1e9,
+                min(idx) - 0.45,
+                max(idx) + 0.45,
+                colors="k",
+                linestyles=style,
+                label=None if label in drawn else label,
+            )
+            drawn.add(label)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{w}\n{o}" for w, o in groups], rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")  # ops span several decades (insert .. cached pooled sum)
+    ax.set_ylabel("effective GB/s (log)")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.set_title(f"embedlookup bench - {report['machine']['cpu']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.text(0.01, 0.005, f"{report['command']}  |  {summary(report['machine'])}", fontsize=5, va="bottom")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def compare_reports(a: dict, b: dict) -> list[dict]:
+    """Per (workload, op, subject) timed in both reports: each run's median
+    ratio against embedlookup and their relative difference |b/a - 1|."""
+
+    def ratios(rep):
+        return {
+            (r["workload"], r["op"], r["subject"]): r["speedup_vs_embedlookup"]
+            for r in rep["results"]
+            if r.get("speedup_vs_embedlookup") is not None
+        }
+
+    ra, rb = ratios(a), ratios(b)
+    return [
+        {
+            "workload": k[0],
+            "op": k[1],
+            "subject": k[2],
+            "ratio_a": ra[k],
+            "ratio_b": rb[k],
+            "rel_diff": abs(rb[k] / ra[k] - 1.0),
+        }
+        for k in ra
+        if k in rb
+    ]
+
+
+def format_comparison(rows: list[dict], tolerance: float) -> str:
+    out = [f"{'workload':14s} {'op':14s} {'subject':8s} {'ratio A':>8s} {'ratio B':>8s} {'diff':>6s}"]
+    for r in rows:
+        flag = "" if r["rel_diff"] <= tolerance else "  > tolerance"
+        out.append(
+            f"{r['workload']:14s} {r['op']:14s} {r['subject']:8s} {r['ratio_a']:8.3f} {r['ratio_b']:8.3f} "
+            f"{r['rel_diff']:6.1%}{flag}"
+        )
+    bad = sum(r["rel_diff"] > tolerance for r in rows)
+    worst = max((r["rel_diff"] for r in rows), default=0.0)
+    out.append(
+        f"{len(rows)} ratios compared, {bad} differ by more than {tolerance:.0%} (largest {worst:.1%})"
+    )
+    return "\n".join(out)

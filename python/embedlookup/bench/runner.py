@@ -1,0 +1,323 @@
+"""Runs operations on workloads for every subject, checked, warmed up and interleaved.
+
+For each (workload, operation): build every subject's :class:`~.ops.Case`,
+run each once from the same initial state and compare its output with
+embedlookup's (a subject that disagrees is reported as a mismatch and never
+timed), warm up, pick per subject how many calls make one sample (at least
+``min_time`` seconds), then take samples round-robin over the subjects,
+rotating the starting subject each round, so drifting machine load hits all
+subjects alike. A round is short (one sample each, usually one call), so the
+rounds pair up well even on a loaded machine; ratios against embedlookup are
+the median of the per-round ratios. The number of rounds is ``repeats`` at
+least, and more (up to ``max_repeats``) while the op's rounds fit in
+``op_time`` seconds: fast ops get many rounds for free, slow ops the minimum.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import machine as _machine
+from .ops import OPS, SUBJECTS, Case, Skip
+from .workloads import Workload, WorkloadData
+
+__all__ = ["SCHEMA", "Config", "compare_outputs", "run"]
+
+SCHEMA = "embedlookup-bench/1"
+
+
+@dataclass
+class Config:
+    repeats: int = 9  # timed samples per subject, at least
+    max_repeats: int = 41  # ... and at most, while rounds fit in op_time
+    op_time: float = 1.5  # seconds of timed rounds per op (beyond `repeats`)
+    warmup: int = 2  # untimed calls per subject before timing (at least 1: the last calibrates)
+    min_time: float = 0.005  # seconds per sample (calls are repeated to reach it)
+    subjects: list | None = None  # None: all registered
+    limits: bool = True  # measure copy / gather bandwidth
+    limit_bytes: int = 256 << 20  # table size for the gather limit (at least the workload's table)
+    rtol: float = 1e-4  # equivalence tolerance (relative, and absolute x max|ref|)
+    progress: bool = True
+
+
+def compare_outputs(ref, out, rtol: float = 1e-4) -> tuple[bool, float, str]:
+    """Whether ``out`` equals the reference ``ref`` within fp32 reduction-order
+    noise: (ok, max |out - ref|, a message when not ok)."""
+    ref = np.asarray(ref)
+    out = np.asarray(out)
+    if out.shape != ref.shape:
+        return False, math.inf, f"output shape {out.shape} != embedlookup's {ref.shape}"
+    if not np.all(np.isfinite(out)):
+        return False, math.inf, "output holds NaN or inf"
+    if ref.size == 0:
+        return True, 0.0, ""
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    scale = max(1.0, float(np.abs(ref).max()))
+    bad = diff > rtol * np.abs(ref) + rtol * 0.1 * scale
+    mad = float(diff.max())
+    if bad.any():
+        return (
+            False,
+            mad,
+            (
+                f"output differs from embedlookup's at {int(bad.sum())} of {bad.size} values "
+                f"(max |diff| {mad:.3g})"
+            ),
+        )
+    return True, mad, ""
+
+
+class Progress:
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.done, self.enabled = max(total, 1), 0, enabled
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.t0 = time.perf_counter()
+
+    def step(self, label: str):
+        self.done += 1
+        self.show(label, lasting=True)
+
+    def show(self, label: str, lasting: bool = False):
+        """Updates the bar in place on a terminal; elsewhere (a log) only
+        completed steps print a line."""
+        if not self.enabled or not (self.tty or lasting):
+            return
+        n = 24
+        fill = int(n * min(self.done, self.total) / self.total)
+        line = (
+            f"[{'#' * fill}{'.' * (n - fill)}] {self.done}/{self.total} "
+            f"{time.perf_counter() - self.t0:5.0f}s {label}"
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line[:150])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def note(self, text: str):
+        """A line that stays (a skip, a mismatch), printed above the bar."""
+        if self.tty and self.enabled:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty and self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _stats(t: list[float]) -> dict:
+    a = np.asarray(t)
+    q1, med, q3 = (float(x) for x in np.percentile(a, [25, 50, 75]))
+    return {
+        "median_s": med,
+        "q1_s": q1,
+        "q3_s": q3,
+        "min_s": float(a.min()),
+        "max_s": float(a.max()),
+        "spread": (q3 - q1) / med if med > 0 else 0.0,
+    }
+
+
+def _time_call(case: Case, batches, k0: int, inner: int) -> float:
+    nb = len(batches)
+    t0 = time.perf_counter()
+    for k in range(inner):
+        case.run(batches[(k0 + k) % nb])
+    dt = (time.perf_counter() - t0) / inner
+    if case.after is not None:
+        case.after()
+    return dt
+
+
+def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, prog: Progress) -> list[dict]:
+    w = data.workload
+    op = OPS[op_name]
+    b0 = data.batches[0]
+    rows = int(np.mean([op.rows(w, b) for b in data.batches]))
+    base = {"workload": w.name, "op": op_name, "rows_per_call": rows, "bytes_per_call": rows * w.row_bytes}
+    results, cases = [], {}
+    ref = None
+    for s in ["embedlookup"] + [s for s in subjects if s != "embedlookup"]:
+        r = dict(base, subject=s, kind=SUBJECTS[s].kind, status="ok", reason=None)
+        results.append(r)
+        try:
+            if s not in op.impls:
+                raise Skip(f"{s} has no {op_name}")
+            prog.show(f"{w.name} {op_name} {s}: checking")
+            SUBJECTS[s].probe()
+            if s != "embedlookup" and ref is None:
+                raise Skip("embedlookup itself did not run, nothing to check against")
+            case = op.impls[s](data)
+            out = case.output(b0)
+            if s == "embedlookup":
+                ref = out
+            else:
+                ok, mad, msg = compare_outputs(ref, out, cfg.rtol)
+                r["max_abs_diff"] = mad
+                if not ok:
+                    r.update(status="mismatch", reason=msg + " - not timed")
+                    prog.note(f"  ! {w.name} {op_name} {s}: {msg}; not timed")
+                    continue
+            cases[s] = case
+        except Skip as e:
+            r.update(status="skipped", reason=str(e))
+        except Exception as e:  # noqa: BLE001 - one failing subject must not stop the suite
+            r.update(status="error", reason=f"{type(e).__name__}: {e}")
+            prog.note(f"  ! {w.name} {op_name} {s}: {type(e).__name__}: {e}")
+    # warm up and calibrate
+    inner, round_time = {}, 0.0
+    for s, case in cases.items():
+        prog.show(f"{w.name} {op_name} {s}: warm-up")
+        try:
+            # the check already ran one call; the last warm-up call calibrates
+            t1 = 0.0
+            for k in range(max(cfg.warmup, 1)):
+                t1 = _time_call(case, data.batches, k, 1)
+            inner[s] = int(min(case.max_inner, max(1, math.ceil(cfg.min_time / max(t1, 1e-9)))))
+            round_time += t1 * inner[s]
+        except Exception as e:  # noqa: BLE001
+            _fail(results, s, e, prog, w, op_name)
+    cases = {s: c for s, c in cases.items() if s in inner}
+    times = {s: [] for s in cases}
+    order = list(cases)
+    n_rounds = max(cfg.repeats, min(cfg.max_repeats, int(cfg.op_time / max(round_time, 1e-9))))
+    for rep in range(n_rounds):
+        prog.show(f"{w.name} {op_name}: round {rep + 1}/{n_rounds}")
+        rot = order[rep % len(order) :] + order[: rep % len(order)] if order else []
+        for s in rot:
+            if s not in cases:
+                continue
+            try:
+                times[s].append(_time_call(cases[s], data.batches, rep * inner[s], inner[s]))
+            except Exception as e:  # noqa: BLE001
+                _fail(results, s, e, prog, w, op_name)
+                cases.pop(s)
+    el = times.get("embedlookup") if "embedlookup" in cases else None
+    for r in results:
+        s = r["subject"]
+        if r["status"] != "ok" or s not in cases:
+            continue
+        t = times[s]
+        r.update(_stats(t), samples=len(t), inner=inner[s], times_s=t)
+        r["bytes_per_s"] = r["bytes_per_call"] / r["median_s"]
+        if el is not None and s != "embedlookup":
+            # > 1: embedlookup is faster than this subject
+            r["speedup_vs_embedlookup"] = float(np.median(np.asarray(t) / np.asarray(el)))
+    return results
+
+
+def _fail(results, s, e, prog, w, op_name):
+    for r in results:
+        if r["subject"] == s:
+            r.update(status="error", reason=f"{type(e).__name__}: {e}")
+    prog.note(f"  ! {w.name} {op_name} {s}: {type(e).__name__}: {e}")
+
+
+def run(
+    plan: list[tuple[Workload, list[str]]],
+    cfg: Config | None = None,
+    command: str = "",
+    notes: list[str] | None = None,
+) -> dict:
+    """Runs every (workload, ops) of ``plan`` and returns the report dict
+    (``SCHEMA``): command, machine, limits per workload, results, skips."""
+    cfg = cfg or Config()
+    t_start = time.perf_counter()
+    subjects = cfg.subjects or list(SUBJECTS)
+    total = sum(len(ops) for _, ops in plan)
+    prog = Progress(total, cfg.progress)
+    report = {
+        "schema": SCHEMA,
+        "command": command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": _machine.describe(),
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
+        "workloads": [],
+        "results": [],
+        "notes": list(notes or []),
+    }
+    # Subjects that cannot run here at all: one line each, once.
+    unavailable = {}
+    for s in subjects:
+        try:
+            SUBJECTS[s].probe()
+        except Skip as e:
+            unavailable[s] = str(e)
+            report["notes"].append(f"{s}: skipped - {e}")
+            prog.note(f"{s}: skipped - {e}")
+    limits_cache, timed = {}, []
+    for w, ops in plan:
+        prog.show(f"{w.name}: generating {w.describe()}")
+        t0 = time.perf_counter()
+        try:
+            data = WorkloadData.generate(w)
+        except Exception as e:  # noqa: BLE001
+            report["notes"].append(f"workload {w.name}: could not be generated ({type(e).__name__}: {e})")
+            prog.note(f"  ! workload {w.name}: {type(e).__name__}: {e}")
+            prog.done += len(ops)
+            continue
+        entry = {
+            "name": w.name,
+            "params": w.params(),
+            "description": w.describe(),
+            "generate_s": time.perf_counter() - t0,
+            "distinct_keys_per_batch": [b.distinct for b in data.batches],
+        }
+        limits = None
+        if cfg.limits:
+            threads = w.threads or (report["machine"]["usable_cores"] or 1)
+            table_bytes = max(cfg.limit_bytes, w.rows * w.row_bytes)
+            # read at least a quarter of the limit table per pass, so the
+            # measurement is not dominated by starting threads
+            n_read = max(w.lookups, cfg.limit_bytes // 4 // w.row_bytes)
+            key = (w.row_bytes, table_bytes, threads, n_read)
+            prog.show(f"{w.name}: measuring machine limits")
+            new = _machine.measure_limits(w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes)
+            # Limits are ceilings: on a shared machine a measurement can only
+            # come out low, so every workload measures again and all keep the
+            # run's best (one dict, shared by the workloads of the same key).
+            limits = limits_cache.setdefault(key, dict(new, measurements=0))
+            limits["measurements"] += 1
+            for k in ("copy_bytes_per_s", "gather_bytes_per_s"):
+                limits[k] = max(limits[k], new[k])
+        entry["limits"] = limits
+        timed.append((limits, []))
+        report["workloads"].append(entry)
+        entry["op_wall_s"] = {}
+        for op in ops:
+            subs = [s for s in subjects if s not in unavailable]
+            t_op = time.perf_counter()
+            res = _run_op(data, op, subs, cfg, prog)
+            entry["op_wall_s"][op] = time.perf_counter() - t_op
+            # subjects that don't implement the op at all are not worth a row
+            res = [r for r in res if not (r["status"] == "skipped" and r["reason"].endswith(f"has no {op}"))]
+            report["results"].extend(res)
+            if limits:
+                timed[-1][1].extend(res)
+            prog.step(f"{w.name} {op}")
+            gc.collect()
+        del data
+        gc.collect()
+    prog.close()
+    for limits, results in timed:
+        for r in results:
+            if "bytes_per_s" in r:
+                r["pct_gather"] = 100.0 * r["bytes_per_s"] / limits["gather_bytes_per_s"]
+                r["pct_copy"] = 100.0 * r["bytes_per_s"] / limits["copy_bytes_per_s"]
+    report["wall_s"] = time.perf_counter() - t_start
+    report["load_average_end"] = _machine.load_average()
+    m = report["machine"]
+    worst = max((x or [0])[0] for x in (m.get("load_average"), report["load_average_end"]))
+    busy = _machine.busy_note([worst], m.get("usable_cores"))
+    if busy:
+        report["notes"].append(busy)
+    return report

@@ -1,0 +1,267 @@
+"""The ``embedlookup`` command line. Its main job: ``embedlookup bench``.
+
+Examples::
+
+    embedlookup bench                                 # the default suite (a few minutes)
+    embedlookup bench --suite issue2                  # the engine's hard bar vs torch.nn.EmbeddingBag
+    embedlookup bench --workload zipf-1m alpha=1.2 --ops pooled_sum,update
+    embedlookup bench --workload dist=zipf rows=1e5 dim=32 --json out.json --markdown out.md --plot out.png
+    embedlookup bench --list                          # workloads, suites, operations, subjects
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+
+__all__ = ["main"]
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="embedlookup", description="embedlookup: hashed embedding tables.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    b = sub.add_parser(
+        "bench",
+        help="benchmark embedlookup against its peers and the machine's limits",
+        description="Time embedlookup's operations on named or parameterised workloads, "
+        "next to torch, FBGEMM and NumPy on the same rows, and the machine's measured "
+        "copy and gather bandwidth.",
+    )
+    b.add_argument("--suite", help="named suite (default: 'default' unless --workload is given); see --list")
+    b.add_argument(
+        "--workload",
+        action="append",
+        nargs="+",
+        metavar="NAME|KEY=VALUE",
+        default=[],
+        help="a workload: a name and/or key=value parameters (dist, alpha, rows, keys, dim, batch, "
+        "pooling, threads, seed, batches); repeat the flag for several",
+    )
+    b.add_argument(
+        "--ops",
+        action="append",
+        default=[],
+        metavar="OP[,OP]",
+        help="operations to run (default: the suite's); see --list",
+    )
+    b.add_argument(
+        "--peers",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="subjects to run beside embedlookup (default: all available)",
+    )
+    b.add_argument("--repeats", type=int, default=9, help="timed rounds per op, at least (default 9)")
+    b.add_argument(
+        "--max-repeats",
+        type=int,
+        default=41,
+        help="timed rounds per op, at most, while they fit in --op-time (default 41)",
+    )
+    b.add_argument(
+        "--op-time",
+        type=float,
+        default=1.0,
+        help="seconds of timed rounds per op beyond --repeats (default 1.0)",
+    )
+    b.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed calls per subject before timing, at least 1 (default 2)",
+    )
+    b.add_argument(
+        "--min-time",
+        type=float,
+        default=0.005,
+        help="seconds per sample; shorter calls repeat to reach it (default 0.005)",
+    )
+    b.add_argument(
+        "--threads", type=int, help="threads for every workload (default: each workload's, 0 = all)"
+    )
+    b.add_argument(
+        "--no-limits", action="store_true", help="skip measuring the machine's copy/gather bandwidth"
+    )
+    b.add_argument(
+        "--limit-mib", type=int, default=256, help="table size for the gather limit (default 256 MiB)"
+    )
+    b.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    b.add_argument("--markdown", metavar="PATH", help="write the report as a Markdown table")
+    b.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--list", action="store_true", help="list workloads, suites, operations and subjects")
+    c = sub.add_parser(
+        "compare",
+        help="compare the ratios against embedlookup of two bench JSON reports",
+        description="Whether two runs agree: each (workload, op, peer) median ratio against "
+        "embedlookup in A and B, and |B/A - 1|. Exit 1 if any exceeds the tolerance.",
+    )
+    c.add_argument("a", metavar="A.json")
+    c.add_argument("b", metavar="B.json")
+    c.add_argument("--tolerance", type=float, default=0.15, help="largest allowed |B/A - 1| (default 0.15)")
+    return p
+
+
+def compare(args) -> int:
+    import json
+
+    from .bench.report import compare_reports, format_comparison
+
+    reps = []
+    for path in (args.a, args.b):
+        try:
+            with open(path) as f:
+                reps.append(json.load(f))
+        except (OSError, ValueError) as e:
+            print(f"embedlookup compare: cannot read {path}: {e}", file=sys.stderr)
+            return 2
+    rows = compare_reports(*reps)
+    if not rows:
+        print("embedlookup compare: the two reports have no ratio in common", file=sys.stderr)
+        return 2
+    for name, rep in zip("AB", reps):
+        m = rep.get("machine", {})
+        print(
+            f"{name}: {rep.get('command', '?')} - started {rep.get('started', '?')}, load average "
+            f"{(m.get('load_average') or ['?'])[0]} -> {(rep.get('load_average_end') or ['?'])[0]}"
+        )
+    print(format_comparison(rows, args.tolerance))
+    return 1 if any(r["rel_diff"] > args.tolerance for r in rows) else 0
+
+
+def _list() -> str:
+    from .bench import OPS, SUBJECTS, SUITES, WORKLOADS
+
+    out = ["workloads:"] + [f"  {n:16s} {w.describe()}" for n, w in WORKLOADS.items()]
+    out += ["suites:"] + [
+        f"  {n:16s} workloads {', '.join(s['workloads'])}; ops {', '.join(s['ops'] or ['all'])}"
+        for n, s in SUITES.items()
+    ]
+    out += ["operations:"] + [f"  {n:16s} {o.doc} [{', '.join(o.impls)}]" for n, o in OPS.items()]
+    out += ["subjects:"] + [f"  {n:16s} ({s.kind}) {s.doc}" for n, s in SUBJECTS.items()]
+    return "\n".join(out)
+
+
+def bench(args, argv: list[str]) -> int:
+    from . import bench as B
+    from .bench.report import check_writable
+
+    err = sys.stderr
+    if args.list:
+        print(_list())
+        return 0
+    bad = [
+        f"--{n} must be {c}, got {v}"
+        for n, v, c in (
+            ("repeats", args.repeats, ">= 1"),
+            ("warmup", args.warmup, ">= 0"),
+            ("min-time", args.min_time, ">= 0"),
+            ("op-time", args.op_time, ">= 0"),
+            ("max-repeats", args.max_repeats, ">= 1"),
+            ("limit-mib", args.limit_mib, ">= 1"),
+            ("threads", args.threads, ">= 0"),
+        )
+        if v is not None and (v < 1 if c == ">= 1" else v < 0)
+    ]
+    if bad:
+        for m in bad:
+            print(f"embedlookup bench: error: {m}", file=err)
+        return 2
+    problems = 0
+    notes = []
+
+    def problem(msg):
+        nonlocal problems
+        problems += 1
+        notes.append(msg)
+        print(f"embedlookup bench: {msg}", file=err)
+
+    # workloads
+    plan_w = []
+    if args.suite and args.suite not in B.SUITES:
+        problem(f"unknown suite {args.suite!r}; known: {', '.join(B.SUITES)}")
+    suite = B.SUITES.get(
+        args.suite or ("default" if not args.workload else ""), {"workloads": [], "ops": None}
+    )
+    for name in suite["workloads"]:
+        plan_w.append(B.WORKLOADS[name])
+    for tokens in args.workload:
+        try:
+            plan_w.append(B.parse_workload(tokens))
+        except B.WorkloadError as e:
+            problem(f"{e} - workload skipped")
+    if args.threads is not None:
+        plan_w = [dataclasses.replace(w, threads=args.threads) for w in plan_w]
+    # operations and peers
+    ops = [o for t in args.ops for o in _csv(t)] or suite["ops"] or list(B.OPS)
+    for o in [o for o in ops if o not in B.OPS]:
+        problem(f"unknown operation {o!r} - skipped; known: {', '.join(B.OPS)}")
+    ops = [o for o in dict.fromkeys(ops) if o in B.OPS]
+    subjects = None
+    if args.peers:
+        subjects = [s for t in args.peers for s in _csv(t)]
+        for s in [s for s in subjects if s not in B.SUBJECTS]:
+            problem(f"unknown peer {s!r} - skipped; known: {', '.join(B.SUBJECTS)}")
+        subjects = ["embedlookup"] + [
+            s for s in dict.fromkeys(subjects) if s in B.SUBJECTS and s != "embedlookup"
+        ]
+    if not plan_w or not ops:
+        print("embedlookup bench: error: nothing to run (no valid workload or operation)", file=err)
+        return 2
+    # outputs: check now, so a bad path is known before minutes of timing
+    outputs = {}
+    for kind in ("json", "markdown", "plot"):
+        path = getattr(args, kind)
+        if path:
+            why = check_writable(path)
+            if why:
+                problem(f"--{kind}: cannot write {path}: {why}; the run goes on without it")
+            else:
+                outputs[kind] = path
+    cfg = B.Config(
+        repeats=args.repeats,
+        max_repeats=args.max_repeats,
+        op_time=args.op_time,
+        warmup=args.warmup,
+        min_time=args.min_time,
+        subjects=subjects,
+        limits=not args.no_limits,
+        limit_bytes=args.limit_mib << 20,
+        progress=not args.quiet,
+    )
+    command = "embedlookup " + " ".join(shlex.quote(a) for a in argv)
+    report = B.run([(w, ops) for w in plan_w], cfg, command=command, notes=notes)
+    print(B.format_table(report))
+    writers = {"json": B.write_json, "markdown": B.write_markdown, "plot": B.write_plot}
+    for kind, path in outputs.items():
+        try:
+            why = writers[kind](report, path)
+        except OSError as e:
+            why = f"cannot write {path}: {e}"
+            problems += 1
+        if why:
+            print(f"embedlookup bench: --{kind}: {why}", file=err)
+        else:
+            print(f"wrote {path}", file=err)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return bench(args, argv)
+    if args.command == "compare":
+        return compare(args)
+    _parser().print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""`embedlookup bench`: argument errors, partial failures, report files."""
+
+import json
+import sys
+
+import pytest
+from embedlookup import cli
+
+FAST = ["--repeats", "1", "--op-time", "0", "--warmup", "0", "--min-time", "0", "--no-limits", "--quiet"]
+SMALL = ["--workload", "small", "threads=1", "batches=1"]
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_list(capsys):
+    rc, out, _ = run(capsys, "bench", "--list")
+    assert rc == 0
+    for word in ("issue2", "zipf-1m", "default", "pooled_sum", "train_rowwise", "fbgemm", "numpy"):
+        assert word in out
+
+
+def test_bad_numbers_are_argument_errors(capsys):
+    rc, _, err = run(capsys, "bench", "--repeats", "0", *SMALL)
+    assert rc == 2 and "--repeats must be >= 1, got 0" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--repeats", "many"])
+    assert e.value.code == 2
+
+
+def test_nothing_valid_to_run(capsys):
+    rc, _, err = run(capsys, "bench", "--workload", "nosuch", *FAST)
+    assert rc == 2 and "unknown workload 'nosuch'" in err and "nothing to run" in err
+    rc, _, err = run(capsys, "bench", "--suite", "nosuch", *FAST)
+    assert rc == 2 and "unknown suite 'nosuch'" in err
+
+
+def test_bad_parts_are_reported_and_the_rest_runs(capsys, tmp_path):
+    js, md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
+    rc, out, err = run(
+        capsys,
+        "bench",
+        *SMALL,
+        "--workload",
+        "small",
+        "colour=red",
+        "--workload",
+        "nosuch",
+        "--ops",
+        "pooled_sum,frobnicate",
+        "--peers",
+        "numpy,nopeer",
+        *FAST,
+        "--json",
+        str(js),
+        "--markdown",
+        str(md),
+        "--plot",
+        str(png),
+    )
+    assert rc == 1
+    assert "unknown workload parameter 'colour'" in err and "unknown workload 'nosuch'" in err
+    assert "unknown operation 'frobnicate'" in err and "unknown peer 'nopeer'" in err
+    rep = json.loads(js.read_text())
+    assert {(r["op"], r["subject"], r["status"]) for r in rep["results"]} == {
+        ("pooled_sum", "embedlookup", "ok"),
+        ("pooled_sum", "numpy", "ok"),
+    }
+    assert rep["command"].startswith("embedlookup bench --workload small")
+    assert any("frobnicate" in n for n in rep["notes"])
+    assert "| small:threads=1,batches=1 | pooled_sum | numpy |" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pooled_sum" in out and "machine:" in out and "command:" in out
+
+
+def test_unwritable_path_is_reported_before_running_and_others_are_written(capsys, tmp_path):
+    md = tmp_path / "r.md"
+    rc, _, err = run(
+        capsys,
+        "bench",
+        *SMALL,
+        "--ops",
+        "lookup",
+        "--peers",
+        "numpy",
+        *FAST,
+        "--json",
+        str(tmp_path / "missing-dir" / "r.json"),
+        "--markdown",
+        str(md),
+    )
+    assert rc == 1 and "--json: cannot write" in err and "does not exist" in err
+    assert md.exists() and "lookup" in md.read_text()
+
+
+def test_plot_without_matplotlib_says_so(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    png = tmp_path / "r.png"
+    rc, _, err = run(
+        capsys, "bench", *SMALL, "--ops", "lookup", "--peers", "numpy", *FAST, "--plot", str(png)
+    )
+    assert rc == 0  # a missing optional plotter is a skip, not a failure
+    assert "matplotlib is not available" in err and not png.exists()
+
+
+def _rep(ratios):
+    return {
+        "results": [
+            {"workload": "w", "op": op, "subject": s, "speedup_vs_embedlookup": v}
+            for (op, s), v in ratios.items()
+        ]
+        + [{"workload": "w", "op": "pooled_sum", "subject": "embedlookup", "speedup_vs_embedlookup": None}]
+    }
+
+
+def test_compare(capsys, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_rep({("pooled_sum", "torch"): 0.50, ("update", "torch"): 4.0})))
+    b.write_text(
+        json.dumps(_rep({("pooled_sum", "torch"): 0.55, ("update", "torch"): 4.1, ("lookup", "numpy"): 1.0}))
+    )
+    rc, out, _ = run(capsys, "compare", str(a), str(b))
+    assert rc == 0 and "2 ratios compared, 0 differ" in out and "10.0%" in out and "2.5%" in out
+    rc, out, _ = run(capsys, "compare", str(a), str(b), "--tolerance", "0.05")
+    assert rc == 1 and "1 differ by more than 5%" in out
+    rc, _, err = run(capsys, "compare", str(a), str(tmp_path / "none.json"))
+    assert rc == 2 and "cannot read" in err

@@ -1,0 +1,157 @@
+"""The runner: equivalence checks catch wrong peers, failures stay local, results add up."""
+
+import numpy as np
+import pytest
+from embedlookup import bench
+from embedlookup.bench import Case, Config, Skip, compare_outputs, implements, parse_workload, subject
+
+FAST = dict(repeats=2, op_time=0, warmup=0, min_time=0.0, limits=False, progress=False)
+
+
+def _small():
+    return parse_workload(["small", "threads=1", "batches=2"])
+
+
+def test_compare_outputs():
+    ref = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)
+    assert compare_outputs(ref, ref + 1e-7)[0]
+    ok, mad, msg = compare_outputs(ref, ref + 1e-3)
+    assert not ok and mad == pytest.approx(1e-3, rel=1e-3) and "differs" in msg
+    assert not compare_outputs(ref, ref[:4])[0]
+    bad = ref.copy()
+    bad[0, 0] = np.nan
+    assert "NaN" in compare_outputs(ref, bad)[2]
+
+
+def test_a_wrong_peer_is_reported_and_never_timed(registry):
+    subject("broken", "peer", "pooled sum off by a little")
+    subject("crashing", "peer", "raises when prepared")
+    subject("absent", "peer", "not installed", probe=lambda: (_ for _ in ()).throw(Skip("absent: not here")))
+
+    @implements("pooled_sum", "broken")
+    def _(data):
+        def run(b):
+            out = np.add.reduceat(data.dense[b.idx], b.offsets, axis=0)
+            out[3, 2] += 1e-3  # one value wrong
+            return out
+
+        return Case(run, run)
+
+    @implements("pooled_sum", "crashing")
+    def _(data):
+        raise RuntimeError("boom")
+
+    @implements("pooled_sum", "absent")
+    def _(data):  # pragma: no cover - never called: the probe skips it
+        raise AssertionError
+
+    cfg = Config(subjects=["embedlookup", "numpy", "broken", "crashing", "absent"], **FAST)
+    rep = bench.run([(_small(), ["pooled_sum"])], cfg)
+    by = {r["subject"]: r for r in rep["results"]}
+    assert by["broken"]["status"] == "mismatch" and "median_s" not in by["broken"]
+    assert by["broken"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-2)
+    assert by["crashing"]["status"] == "error" and "boom" in by["crashing"]["reason"]
+    assert "absent" not in by and any("absent: not here" in n for n in rep["notes"])
+    assert by["numpy"]["status"] == "ok" and by["numpy"]["max_abs_diff"] < 1e-5
+    assert by["embedlookup"]["status"] == "ok"
+
+
+def test_results_add_up():
+    w = _small()
+    rep = bench.run(
+        [(w, ["pooled_sum", "pooled_max", "update", "insert"])],
+        Config(subjects=["embedlookup", "torch", "numpy"], **FAST),
+        command="embedlookup bench x",
+    )
+    assert rep["schema"] == bench.SCHEMA and rep["command"] == "embedlookup bench x"
+    assert rep["machine"]["logical_cores"] >= 1 and rep["machine"]["cpu"]
+    assert rep["workloads"][0]["params"]["rows"] == w.rows
+    ok = [r for r in rep["results"] if r["status"] == "ok"]
+    assert {(r["op"], r["subject"]) for r in ok} >= {
+        ("pooled_sum", "embedlookup"),
+        ("pooled_sum", "torch"),
+        ("pooled_sum", "numpy"),
+        ("pooled_max", "torch"),
+        ("update", "torch"),
+        ("insert", "embedlookup"),
+    }
+    for r in ok:
+        assert len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["bytes_per_s"] == pytest.approx(r["bytes_per_call"] / r["median_s"])
+        if r["subject"] != "embedlookup":
+            el = next(x for x in ok if x["op"] == r["op"] and x["subject"] == "embedlookup")
+            want = np.median(np.asarray(r["times_s"]) / np.asarray(el["times_s"]))
+            assert r["speedup_vs_embedlookup"] == pytest.approx(want)
+    assert ok[0]["rows_per_call"] == w.batch * w.pooling
+    upd = next(r for r in ok if r["op"] == "update")
+    assert upd["rows_per_call"] < w.batch * w.pooling  # distinct rows, duplicates merged
+
+
+def test_training_peers_agree_with_embedlookup():
+    # one real step from identical rows: torch's Adagrad/SparseAdam and FBGEMM's row-wise Adagrad
+    rep = bench.run([(_small(), ["train_adagrad", "train_adam", "train_rowwise"])], Config(**FAST))
+    st = {(r["op"], r["subject"]): r["status"] for r in rep["results"]}
+    assert st[("train_adagrad", "torch")] == "ok" and st[("train_adam", "torch")] == "ok"
+    fb = next(r for r in rep["results"] if r["subject"] == "fbgemm")
+    assert fb["status"] == "ok" or (fb["status"] == "skipped" and "fbgemm" in fb["reason"])
+
+
+def test_limits_are_measured_and_used():
+    other = parse_workload(["small", "threads=1", "batches=2", "seed=1"])
+    rep = bench.run(
+        [(_small(), ["lookup"]), (other, ["lookup"])],
+        Config(
+            subjects=["embedlookup"],
+            repeats=1,
+            op_time=0,
+            warmup=0,
+            min_time=0,
+            limit_bytes=8 << 20,
+            progress=False,
+        ),
+    )
+    lim = rep["workloads"][0]["limits"]
+    assert lim["copy_bytes_per_s"] > 1e8 and lim["gather_bytes_per_s"] > 1e7
+    # same row size and threads: measured twice, both workloads keep the best
+    assert lim["measurements"] == 2 and rep["workloads"][1]["limits"] == lim
+    for r in rep["results"]:
+        assert r["pct_gather"] == pytest.approx(100 * r["bytes_per_s"] / lim["gather_bytes_per_s"])
+        assert r["pct_copy"] == pytest.approx(100 * r["bytes_per_s"] / lim["copy_bytes_per_s"])
+
+
+def test_rounds_grow_to_fill_op_time_up_to_max_repeats():
+    cfg = Config(
+        subjects=["embedlookup", "numpy"],
+        repeats=2,
+        max_repeats=6,
+        op_time=60.0,
+        warmup=0,
+        min_time=0.0,
+        limits=False,
+        progress=False,
+    )
+    rep = bench.run([(_small(), ["lookup"])], cfg)
+    assert [r["samples"] for r in rep["results"]] == [6, 6]
+    assert set(rep["workloads"][0]["op_wall_s"]) == {"lookup"}
+
+
+def test_busy_machine_note():
+    from embedlookup.bench.machine import busy_note
+
+    assert busy_note([1.0, 1.0, 1.0], 2) is None
+    assert "load average 6.0 on 2 cores" in busy_note([6.0, 5.0, 4.0], 2)
+    assert busy_note(None, 2) is None
+
+
+def test_runs_without_torch(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)
+    rep = bench.run(
+        [(_small(), ["pooled_sum"])], Config(subjects=["embedlookup", "torch", "fbgemm", "numpy"], **FAST)
+    )
+    assert any(n.startswith("torch: skipped - torch is not importable") for n in rep["notes"])
+    assert any(n.startswith("fbgemm: skipped") for n in rep["notes"])
+    assert [(r["subject"], r["status"]) for r in rep["results"]] == [("embedlookup", "ok"), ("numpy", "ok")]
+    assert "torch" not in rep["machine"]["versions"]

@@ -57,28 +57,25 @@ void KeyIndex::reserve(size_t n) {
 }
 
 void KeyIndex::insert(int64_t key, uint32_t row) {
-  if (static_cast<double>(used_ + 1) > kMaxLoad * (mask_ + 1) * IndexBucket::kSlots) {
+  const size_t slots = (mask_ + 1) * IndexBucket::kSlots;
+  if (static_cast<double>(used_ + 1) > kMaxLoad * slots) {
     // Mostly tombstones: rehash at the same size; else double.
-    const size_t slots = (mask_ + 1) * IndexBucket::kSlots;
     rehash(static_cast<double>(live_ + 1) > 0.5 * slots ? 2 * (mask_ + 1) : mask_ + 1);
+  } else if (used_ - live_ > slots / 4) {
+    // Insert/erase churn: tombstones lengthen every probe that misses; clear them.
+    rehash(mask_ + 1);
   }
+  // The caller guarantees the key is absent, so the first free slot (empty or
+  // tombstone) on its probe path is its place: no walk to the end of the run.
   size_t b = hash_key(key) & mask_;
-  IndexBucket* tomb_b = nullptr;
-  int tomb_s = -1;
   for (;;) {
     IndexBucket& bk = buckets_[b];
     for (int s = 0; s < IndexBucket::kSlots; ++s) {
-      if (bk.rows[s] == kTombstone) {
-        if (!tomb_b) { tomb_b = &bk; tomb_s = s; }
-      } else if (bk.rows[s] == kNoRow) {
-        if (tomb_b) {
-          tomb_b->keys[tomb_s] = key;
-          tomb_b->rows[tomb_s] = row;
-        } else {
-          bk.keys[s] = key;
-          bk.rows[s] = row;
-          ++used_;
-        }
+      const uint32_t r = bk.rows[s];
+      if (r == kTombstone || r == kNoRow) {
+        bk.keys[s] = key;
+        bk.rows[s] = row;
+        if (r == kNoRow) ++used_;
         ++live_;
         return;
       }

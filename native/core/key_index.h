@@ -55,7 +55,9 @@ class KeyIndex {
   __attribute__((always_inline)) void prefetch_bucket(size_t b) const { __builtin_prefetch(&buckets_[b], 0, 3); }
   __attribute__((always_inline)) void prefetch(int64_t key) const { __builtin_prefetch(&buckets_[hash_key(key) & mask_], 0, 3); }
 
-  // Key must be absent. Grows (rehashes) first when the load would pass the limit.
+  // Key must be absent (the caller has just found it missing under the
+  // table's exclusive lock). Grows (rehashes) first when the load would pass
+  // the limit, and clears tombstones when they pile up.
   void insert(int64_t key, uint32_t row);
   // Returns the erased row id or kNoRow.
   uint32_t erase(int64_t key);

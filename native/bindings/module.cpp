@@ -176,8 +176,6 @@ void bind_table(py::module_& m) {
       });
 
   m.def("isa", &cpu::isa_name, "Instruction set the CPU kernels dispatch to ('avx2' or 'generic').");
-  m.def("_tune", [](int64_t a, int64_t l, int64_t d, int64_t h, int64_t r) { cpu::g_tune_ahead = a; cpu::g_tune_lines = l; cpu::g_tune_dense = d; cpu::g_tune_hint = h; cpu::g_tune_reg = r; });
-  m.def("_tune2", [](int64_t t) { cpu::g_tune_twopass = t; });
   m.def("max_threads", [] { return omp_get_max_threads(); });
   m.def(
       "copy_bandwidth",

@@ -26,8 +26,6 @@ namespace cpu {
 EL_DECLARE_ISA(avx2)
 EL_DECLARE_ISA(generic)
 
-int64_t g_tune_ahead = kPrefetchAhead, g_tune_lines = 64, g_tune_dense = 0, g_tune_hint = 0, g_tune_reg = 1, g_tune_twopass = 0;
-
 bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;

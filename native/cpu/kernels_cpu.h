@@ -25,9 +25,10 @@ namespace cpu {
 
 // Distance (in key positions) at which rows are prefetched ahead of use.
 constexpr int64_t kPrefetchAhead = 16;
+// Extra distance at which index buckets are prefetched ahead of their probe.
+constexpr int64_t kProbeAhead = 48;
 // Key positions per unit of parallel work.
 constexpr int64_t kChunkKeys = 4096;
-extern int64_t g_tune_ahead, g_tune_lines, g_tune_dense, g_tune_hint, g_tune_reg, g_tune_twopass;
 
 bool has_avx2();
 const char* isa_name();

@@ -23,13 +23,7 @@ namespace {
 // Missing keys prefetch the zero row (branch-free).
 __attribute__((always_inline)) inline void prefetch_row(const RowView& v, uint32_t id, int64_t stride) {
   const char* p = reinterpret_cast<const char*>(id < kTombstone ? v.arena->row(id) : v.zero_row);
-  const int64_t lim = std::min<int64_t>(stride * 4, g_tune_lines * 64);
-  if (g_tune_hint == 1)
-    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 2);
-  else if (g_tune_hint == 2)
-    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 0);
-  else
-    for (int64_t b = 0; b < lim; b += 64) __builtin_prefetch(p + b, 0, 3);
+  for (int64_t b = 0; b < stride * 4; b += 64) __builtin_prefetch(p + b, 0, 3);
 }
 
 // Resolves keys to row ids a fixed distance ahead of their use: the index
@@ -43,16 +37,16 @@ struct Resolver {
   uint32_t* ids;
   int64_t end, stride, next_probe, next_resolve, missing = 0;
   // Home buckets hashed at prefetch time, reused by the probe A positions later.
-  static constexpr int64_t kRing = 128;
+  static constexpr int64_t kRing = 256;
   size_t home[kRing];
   __attribute__((always_inline)) void advance(int64_t p) {
-    const int64_t probe_to = std::min(end, p + 2 * g_tune_ahead + 1);
+    const int64_t probe_to = std::min(end, p + kPrefetchAhead + kProbeAhead + 1);
     for (; next_probe < probe_to; ++next_probe) {
       const size_t b = index.home(keys[next_probe]);
       home[next_probe & (kRing - 1)] = b;
       index.prefetch_bucket(b);
     }
-    const int64_t resolve_to = std::min(end, p + g_tune_ahead + 1);
+    const int64_t resolve_to = std::min(end, p + kPrefetchAhead + 1);
     for (; next_resolve < resolve_to; ++next_resolve) {
       const uint32_t id = index.find_from(home[next_resolve & (kRing - 1)], keys[next_resolve]);
       ids[next_resolve] = id;
@@ -72,15 +66,16 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
   constexpr int V = S / 8;
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
-  Resolver r{index, v, keys, ids, p_last, S, p_first, p_first, 0, {}};
+  // Two passes over the chunk: resolve every key (index buckets prefetched
+  // ahead, probes independent of each other), then pool with the rows
+  // prefetched ahead from the resolved ids. Measured faster here than one
+  // pipelined pass, where each row prefetch waits on its own index probe.
   int64_t pre_missing = 0;
-  if (g_tune_twopass) {
-    for (int64_t p = p_first; p < p_last; ++p) {
-      if (p + 16 < p_last) index.prefetch(keys[p + 16]);
-      const uint32_t id = index.find(keys[p]);
-      ids[p] = id;
-      pre_missing += id == kNoRow;
-    }
+  for (int64_t p = p_first; p < p_last; ++p) {
+    if (p + kPrefetchAhead < p_last) index.prefetch(keys[p + kPrefetchAhead]);
+    const uint32_t id = index.find(keys[p]);
+    ids[p] = id;
+    pre_missing += id == kNoRow;
   }
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b];
@@ -91,11 +86,7 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
       for (int k = 0; k < V; ++k) acc[k] = v8f{init, init, init, init, init, init, init, init};
       bool consistent = true;
       for (int64_t p = s; p < e; ++p) {
-        if (g_tune_twopass) {
-          if (p + g_tune_ahead < p_last) prefetch_row(v, ids[p + g_tune_ahead], S);
-        } else {
-          r.advance(p);
-        }
+        if (p + kPrefetchAhead < p_last) prefetch_row(v, ids[p + kPrefetchAhead], S);
         const uint32_t id = ids[p];
         const bool real = id < kTombstone;
         const v8f* row = reinterpret_cast<const v8f*>(real ? v.arena->row(id) : v.zero_row);
@@ -126,7 +117,7 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
       for (int64_t j = 0; j < dim; ++j) o[j] = a[j];
     }
   }
-  return r.missing + pre_missing;
+  return pre_missing;
 }
 
 template <int S, PoolMode M, bool W>
@@ -185,7 +176,7 @@ int64_t pool_range_mode(const RowView& v, const KeyIndex& index, const int64_t* 
                         const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
                         int64_t stride, PoolMode mode, const float* w, float* out) {
 #define EL_POOL(M, W)                                                                       \
-  ((S > 0 && S <= 64 && g_tune_reg) ? pool_range_reg<(S > 0 && S <= 64 ? S : 8), M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out) \
+  ((S > 0 && S <= 64) ? pool_range_reg<(S > 0 && S <= 64 ? S : 8), M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out) \
                        : pool_range<S, M, W>(v, index, keys, ids, off, n_off, n, b0, b1, dim, stride, w, out))
   if (mode == PoolMode::kMax) return EL_POOL(PoolMode::kMax, false);
   if (mode == PoolMode::kMean) return EL_POOL(PoolMode::kMean, false);

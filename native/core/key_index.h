@@ -53,6 +53,9 @@ class KeyIndex {
     }
   }
   __attribute__((always_inline)) void prefetch_bucket(size_t b) const { __builtin_prefetch(&buckets_[b], 0, 3); }
+  // For ISA-specific probes (native/cpu/kernels_cpu.inl).
+  const IndexBucket& bucket(size_t b) const { return buckets_[b]; }
+  size_t next_bucket(size_t b) const { return (b + 1) & mask_; }
   __attribute__((always_inline)) void prefetch(int64_t key) const { __builtin_prefetch(&buckets_[hash_key(key) & mask_], 0, 3); }
 
   // Key must be absent (the caller has just found it missing under the

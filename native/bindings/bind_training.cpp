@@ -87,9 +87,4 @@ void bind_training(py::module_& m) {
              t.import_state(k, n, s, o);
            })
       .def("set_step", &EmbeddingTable::set_step);
-  m.def("_tune_update", [](int64_t ahead, int64_t early, int64_t range) {
-    cpu::g_update_ahead = ahead;
-    cpu::g_update_early = early;
-    cpu::g_update_range = range;
-  });
 }

@@ -33,8 +33,6 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
 // pass, and id-range partitions (~25% faster than hashed partitions for
 // per-element Adagrad; applying each partition's rows in sorted id order
 // gained nothing).
-int64_t g_update_ahead = 12, g_update_early = 1, g_update_range = 1;
-
 namespace {
 int threads_for(int nthreads, int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, work / 4096 + 1)));

@@ -10,9 +10,11 @@
 namespace embedlookup {
 namespace cpu {
 
-// Prefetch tuning of fused_update: rows prefetched ahead in the apply pass, and
-// whether rows are also prefetched when first seen (benchmark hook _tune_update).
-extern int64_t g_update_ahead, g_update_early, g_update_range;
+// Tuning of fused_update, as measured on the 1 M x 64 training step: rows
+// prefetched ahead in the apply pass, rows also prefetched when first seen,
+// and partitions by contiguous id range (not by a hash of the id).
+constexpr int64_t kUpdateAheadRows = 12;
+constexpr bool kUpdatePrefetchEarly = true, kUpdateRangePartitions = true;
 
 // One optimizer step on every distinct row of ids[0..n). Occurrence i
 // contributes g.grad[(g.src ? g.src[i] : i) * g.grad_stride ..] * (g.scale ?

@@ -70,7 +70,7 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
       slot_row[h] = id;
       slot_group[h] = static_cast<uint32_t>(groups);
       s.rows[groups] = id;
-      if (g_update_early) {
+      if (kUpdatePrefetchEarly) {
         __builtin_prefetch(v.arena->row(id), 1, 2);
         if (state) __builtin_prefetch(state->row(id), 1, 2);
       }
@@ -92,7 +92,7 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
       for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 1, 3);
     }
   };
-  const int64_t kUpdateAhead = g_update_ahead;
+  const int64_t kUpdateAhead = kUpdateAheadRows;
   for (int64_t u = 0; u < std::min(groups, kUpdateAhead); ++u) prefetch_rw(s.rows[u]);
   for (int64_t u = 0; u < groups; ++u) {
     if (u + kUpdateAhead < groups) prefetch_rw(s.rows[u + kUpdateAhead]);
@@ -115,7 +115,7 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
   // the dynamic schedule.
   const uint32_t parts = static_cast<uint32_t>(std::min<int64_t>(int64_t(1) << 16, std::max<int64_t>(1, n / 512)));
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
-  const PartitionMap part_of{parts, g_update_range ? static_cast<uint64_t>(id_limit) : 0};
+  const PartitionMap part_of{parts, kUpdateRangePartitions ? static_cast<uint64_t>(id_limit) : 0};
   thread_local std::vector<int64_t> hist, pos;
   hist.assign(static_cast<size_t>(nt) * parts, 0);
   if (static_cast<int64_t>(pos.size()) < n) pos.resize(n);

@@ -158,6 +158,18 @@ void FrequencyTable::touch(const uint32_t* ids, int64_t n, const float* w, uint3
 void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids, const float* w, uint32_t now,
                                    CallStats& cs) {
   (void)w;
+  // storage (issue 4): keys evicted to a tier come back with their trained
+  // row and optimizer state (no admission test: they earned a row before).
+  if (tier_) {
+    std::vector<uint8_t> was_missing(n);
+    for (int64_t i = 0; i < n; ++i) was_missing[i] = ids[i] == kNoRow;
+    cs.promoted = promote_locked(keys, n, ids);
+    if (cs.promoted) {
+      ensure_meta();
+      for (int64_t i = 0; i < n; ++i)
+        if (was_missing[i] && ids[i] != kNoRow) meta_[ids[i]] = RowMeta{0.0f, now};
+    }
+  }
   // Distinct missing keys in first-occurrence order, with their counts.
   std::unordered_map<int64_t, uint32_t> slot_of;
   std::vector<int64_t> fresh;
@@ -222,6 +234,14 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
 
 void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
   if (victims.empty()) return;
+  // storage (issue 4): with a tier, evicted rows (row, optimizer state,
+  // version) are written back there instead of being handed out; a later
+  // lookup of the key promotes them again. write_back_locked frees the ids.
+  if (tier_) {
+    write_back_locked(victims.data(), static_cast<int64_t>(victims.size()));
+    for (uint32_t id : victims) meta_[id].score = -1.0f;
+    return;
+  }
   EvictedRows local;
   const int64_t sd = state_ ? state_->stride() : 0;
   std::unique_lock<std::mutex> buf_lk(evicted_mu_, std::defer_lock);
@@ -347,7 +367,7 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
   touch(ids, n, w, now, cs);
   evict_to_budget(now, cs);  // spares rows this call (or a later concurrent one) touched: last >= now
   // Rows admitted by this call read their initial values, not the default row.
-  if (cs.admitted) kernel(view, ids);
+  if (cs.admitted || cs.promoted) kernel(view, ids);
   add_totals(cs);
   return cs;
 }

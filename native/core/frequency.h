@@ -79,6 +79,7 @@ struct RowMeta {
 // What one lookup call did (the Python layer adds these to per-feature stats).
 struct CallStats {
   int64_t hits = 0, misses = 0, admitted = 0, rejected = 0, evicted = 0, hot_hits = 0;
+  int64_t promoted = 0;  // storage (issue 4): rows brought back from a tier
 };
 
 struct FrequencyStats {

@@ -94,6 +94,10 @@ class FrequencyTable(EmbeddingTable):
       ``feature`` and values must lie in [0, 2**48).
     - ``max_batch_keys``: if given, a budget below it is rejected here rather
       than at the first oversized batch.
+    - ``tier``: an ``embedlookup.storage.FileTier``: evicted rows (with their
+      optimizer state and version) are written to it instead of ``on_evict``,
+      and a training lookup of an evicted key brings its trained row back
+      (no admission test). Serving lookups (``find``) read memory only.
     """
 
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None,
@@ -103,7 +107,8 @@ class FrequencyTable(EmbeddingTable):
                  ttl_interval: int | None = None, admit_count: int = 1, admit_probability: float = 1.0,
                  admit_seed: int = 0, sketch_width: int = 1 << 20, sketch_depth: int = 4,
                  default_row: str = "zeros", hot_fraction: float = 0.1,
-                 on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None):
+                 on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None,
+                 tier=None):
         # The base class checks dim, initializer, optimizer and num_threads (its
         # small native table is replaced below).
         super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads)
@@ -163,6 +168,12 @@ class FrequencyTable(EmbeddingTable):
             self._dim, self.initializer._spec(), int(num_threads or 0), half_life, budget_rows or 0, POLICIES[policy],
             evict_fraction, ttl or 0, ttl_interval or 0, admit_count, admit_probability, admit_seed, sketch_width,
             sketch_depth, DEFAULT_ROWS[default_row], hot_fraction)
+        if tier is not None:
+            if on_evict is not None:
+                raise ValueError("on_evict and tier are exclusive: with a tier, evicted rows are written to it")
+            # storage (issue 4): evictions write rows back to the tier; lookups
+            # of evicted keys promote them (the budget, not memory_rows, rules).
+            self._attach_tier(tier, None, True)
 
     @staticmethod
     def bytes_per_row(dim: int, optimizer: Optimizer | None = None) -> int:

@@ -1,0 +1,37 @@
+"""A frequency-aware table over a file tier: evictions are written back, and evicted keys come back trained."""
+
+import numpy as np
+import pytest
+
+import embedlookup as el
+
+
+def test_evicted_rows_go_to_the_tier_and_return_trained(tmp_path):
+    tier = el.storage.FileTier(tmp_path / "rows.el", capacity=64)
+    t = el.FrequencyTable(4, initializer=el.init.zeros(), optimizer=el.optim.SGD(lr=1.0),
+                          budget_rows=4, policy="lru", evict_fraction=0.5, tier=tier)
+    first = np.array([1, 2, 3, 4], np.int64)
+    t.lookup(first)
+    grads = np.arange(16, dtype=np.float32).reshape(4, 4)
+    t.apply_gradients(first, grads)
+    trained = -grads  # zeros - lr * grad
+    np.testing.assert_array_equal(t.find(first)[0], trained)
+
+    t.lookup(np.array([5, 6, 7, 8], np.int64))  # over budget: the LRU rows 1..4 leave memory
+    rows, found = t.find(first)
+    assert not found.any()
+    held, in_tier = tier.get(first)
+    assert in_tier.all()
+    np.testing.assert_array_equal(held, trained)  # written back, not lost
+
+    back = t.lookup(np.array([2, 3], np.int64))   # promoted with their trained values
+    np.testing.assert_array_equal(back, trained[[1, 2]])
+    assert not tier.get(np.array([2, 3], np.int64))[1].any()  # moved, not copied
+    t.apply_gradients(np.array([2], np.int64), np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(t.find(np.array([2], np.int64))[0][0], trained[1] - 1)
+
+
+def test_tier_and_on_evict_are_exclusive(tmp_path):
+    tier = el.storage.FileTier(tmp_path / "rows.el", capacity=8)
+    with pytest.raises(ValueError, match="on_evict and tier are exclusive"):
+        el.FrequencyTable(4, budget_rows=4, policy="lfu", tier=tier, on_evict="drop")

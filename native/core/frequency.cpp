@@ -502,17 +502,9 @@ void FrequencyTable::assign(const int64_t* keys, int64_t n, const float* rows) {
 int64_t FrequencyTable::erase(const int64_t* keys, int64_t n) {
   std::unique_lock<std::shared_mutex> lk(mu_);
   ensure_meta();
-  int64_t erased = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t id = index_.erase(keys[i]);
-    if (id == kNoRow) continue;
-    free_rows_.push_back(id);
-    meta_[id].score = -1.0f;
-    tombstones_[keys[i]] = version_.load() + 1;  // storage (issue 4)
-    ++erased;
-  }
-  if (erased) ++version_;  // storage (issue 4)
-  if (erased) layout_epoch_.fetch_add(1);
+  std::vector<uint32_t> freed;
+  const int64_t erased = erase_locked(keys, n, &freed);  // index, tombstones, tier, version, epoch
+  for (uint32_t id : freed) meta_[id].score = -1.0f;
   return erased;
 }
 

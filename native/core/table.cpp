@@ -183,12 +183,17 @@ void EmbeddingTable::assign(const int64_t* keys, int64_t n, const float* rows) {
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
   std::unique_lock<std::shared_mutex> lk(mu_);
+  return erase_locked(keys, n, nullptr);
+}
+
+int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector<uint32_t>* freed) {
   int64_t erased = 0;
   const uint64_t v = version_.load() + 1;  // storage: the erase's version (taken only if something is erased)
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t id = index_.erase(keys[i]);
     if (id == kNoRow) continue;
     free_rows_.push_back(id);
+    if (freed) freed->push_back(id);
     tombstones_[keys[i]] = v;  // storage
     ++erased;
   }

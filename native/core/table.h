@@ -81,6 +81,9 @@ class EmbeddingTable {
   // Last occurrence of a duplicated key wins. Existing keys keep their optimizer state.
   void assign(const int64_t* keys, int64_t n, const float* rows);
   int64_t erase(const int64_t* keys, int64_t n);
+  // erase() with mu_ held exclusively; appends the freed row ids to `freed`
+  // (may be null). Also erases keys held by an attached tier.
+  int64_t erase_locked(const int64_t* keys, int64_t n, std::vector<uint32_t>* freed);
   // Sorted by key.
   void export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const;
   // Merges duplicate keys, then one optimizer step per distinct row. All keys

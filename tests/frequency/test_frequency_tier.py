@@ -35,3 +35,17 @@ def test_tier_and_on_evict_are_exclusive(tmp_path):
     tier = el.storage.FileTier(tmp_path / "rows.el", capacity=8)
     with pytest.raises(ValueError, match="on_evict and tier are exclusive"):
         el.FrequencyTable(4, budget_rows=4, policy="lfu", tier=tier, on_evict="drop")
+
+
+def test_erase_removes_keys_from_memory_and_from_the_tier(tmp_path):
+    tier = el.storage.FileTier(tmp_path / "rows.el", capacity=64)
+    t = el.FrequencyTable(4, initializer=el.init.constant(3.0), budget_rows=4, policy="lru",
+                          evict_fraction=0.5, tier=tier)
+    t.lookup(np.array([1, 2, 3, 4], np.int64))
+    t.lookup(np.array([5, 6, 7, 8], np.int64))  # 1..4 go to the tier
+    assert tier.get(np.array([1], np.int64))[1].all()
+    assert t.erase(np.array([1, 5], np.int64)) == 2  # one in the tier, one in memory
+    assert not tier.get(np.array([1], np.int64))[1].any()
+    assert not t.find(np.array([5], np.int64))[1].any()
+    # An erased key is new again: the initializer's row, not a resurrected one.
+    np.testing.assert_array_equal(t.lookup(np.array([1], np.int64)), np.full((1, 4), 3.0, np.float32))

@@ -272,7 +272,7 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   const int64_t step = step_.fetch_add(1) + 1;
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads(), next_row_);
+  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads());
   finish_update(lk, ids, n);
 }
 

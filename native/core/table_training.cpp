@@ -60,7 +60,7 @@ void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
   const int64_t step = step_.fetch_add(1) + 1;
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::fused_update(view, state_.get(), ids, n, g, dim, o, c, threads(), next_row_);
+  cpu::fused_update(view, state_.get(), ids, n, g, dim, o, c, threads());
   finish_update(lk, ids, n);
 }
 

@@ -17,22 +17,20 @@ namespace cpu {
 #define EL_DECLARE_UPDATE_ISA(NS)                                                                             \
   namespace NS {                                                                                              \
   void fused_update(const RowView&, RowArena*, const uint32_t*, int64_t, const GradSource&, int64_t,           \
-                    const OptimSpec&, const StepScalars&, int, uint32_t);                                       \
+                    const OptimSpec&, const StepScalars&, int);                                       \
   }
 EL_DECLARE_UPDATE_ISA(avx2)
 EL_DECLARE_UPDATE_ISA(generic)
 #undef EL_DECLARE_UPDATE_ISA
 
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nt, uint32_t id_limit) {
-  (has_avx2() ? avx2::fused_update : generic::fused_update)(v, state, ids, n, g, dim, o, c, nt, id_limit);
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nt) {
+  (has_avx2() ? avx2::fused_update : generic::fused_update)(v, state, ids, n, g, dim, o, c, nt);
 }
 
 // Tuning, measured on a 2-core EPYC with 1 M x 64 rows (interleaved A/B, 1
 // thread): early prefetch at group creation plus 12 rows ahead in the apply
-// pass, and id-range partitions (~25% faster than hashed partitions for
-// per-element Adagrad; applying each partition's rows in sorted id order
-// gained nothing).
+// pass (applying each partition's rows in sorted id order gained nothing).
 namespace {
 int threads_for(int nthreads, int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, work / 4096 + 1)));

@@ -11,26 +11,24 @@ namespace embedlookup {
 namespace cpu {
 
 // Tuning of fused_update, as measured on the 1 M x 64 training step: rows
-// prefetched ahead in the apply pass, rows also prefetched when first seen,
-// and partitions by contiguous id range (not by a hash of the id).
+// prefetched ahead in the apply pass, rows also prefetched when first seen.
 constexpr int64_t kUpdateAheadRows = 12;
-constexpr bool kUpdatePrefetchEarly = true, kUpdateRangePartitions = true;
+constexpr bool kUpdatePrefetchEarly = true;
 
 // One optimizer step on every distinct row of ids[0..n). Occurrence i
 // contributes g.grad[(g.src ? g.src[i] : i) * g.grad_stride ..] * (g.scale ?
 // g.scale[i] : 1). Duplicates are summed in ascending position order, so the
 // result does not depend on the thread count. All ids must be real rows.
 //
-// How: occurrences are radix-partitioned by row id range (or a hash of the id)
+// How: occurrences are radix-partitioned by seqlock stripe range
 // into partitions of ~512 (one parallel counting pass + a stable scatter); each
 // partition is then owned by one thread, which merges duplicates with a small
 // L1-resident hash map, accumulates their gradients, and updates the rows.
-// No locks between threads (a row lives in exactly one partition) and no
-// global sort.
-// id_limit: every id is below it (the arena's row count); lets partitions be
-// contiguous id ranges.
+// No locks between threads (a row and its stripe live in exactly one
+// partition) and no global sort. Holds v.seq->writers() throughout, so
+// concurrent calls on one table run one after another.
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads, uint32_t id_limit);
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads);
 
 // bag_of[p] = the bag holding position p (positions outside every bag: -1),
 // and, when scale != nullptr, scale[p] = per_sample_weights[p] (sum), or

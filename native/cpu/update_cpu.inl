@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <stdexcept>
 #include <vector>
 
 #include "../core/key_index.h"
@@ -16,19 +18,20 @@ namespace EL_ISA_NS {
 
 namespace {
 
-// Lemire's multiply-shift reduction of a multiplicative hash: maps a row id
-// to [0, parts) for any parts, spreading consecutive ids.
+// Partitions are ranges of seqlock stripes: each stripe (and so each row)
+// belongs to exactly one partition, which one thread updates, so the rows'
+// seqlock counters move without locked instructions (row_seqlock.h). A
+// stripe covers blocks of 16 neighbouring rows, so a partition's rows lie in
+// a few windows of the arena (friendlier to DRAM pages than hashed ids).
 inline uint32_t partition_of(uint32_t id, uint32_t parts) {
-  return static_cast<uint32_t>((static_cast<uint64_t>(id * 0x9E3779B1u) * parts) >> 32);
+  return static_cast<uint32_t>(static_cast<uint64_t>(RowSeqlock::stripe_of(id)) * parts / RowSeqlock::kStripes);
 }
-// Contiguous id ranges instead: a partition's rows then lie in one window of
-// the arena (~1 MB for 1 M rows x 64), friendlier to DRAM pages and caches.
-struct PartitionMap {
-  uint32_t parts;
-  uint64_t id_limit;  // ids are < id_limit; 0 = hash the ids
-  uint32_t operator()(uint32_t id) const {
-    return id_limit ? static_cast<uint32_t>(static_cast<uint64_t>(id) * parts / id_limit) : partition_of(id, parts);
-  }
+
+// One occurrence, as the scatter pass lays them out per partition: the merge
+// then streams records instead of chasing positions into ids / bag_of.
+struct Occurrence {
+  uint32_t id;   // row
+  uint32_t src;  // gradient row: g.src[i] (bag) or i (position)
 };
 
 // Reused per thread so steady-state training steps neither allocate nor fault.
@@ -38,9 +41,10 @@ struct PartitionScratch {
 };
 
 
-// Merges and applies the occurrences pos[0..m) (ascending, all of one
-// partition, so no other thread touches their rows).
-void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, const int64_t* pos, int64_t m,
+// Merges and applies the occurrences occ[0..m) (in ascending position
+// order, all of one partition, so no other thread touches their rows);
+// scale[k] is occurrence k's gradient scale (nullptr: 1).
+void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, const float* scale, int64_t m,
                       const GradSource& g, int64_t dim, int64_t stride, const OptimSpec& o, const StepScalars& c,
                       PartitionScratch& s) {
   int log_cap = 4;
@@ -58,14 +62,21 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
   uint32_t* __restrict slot_group = s.slot_group.data();
   std::fill(slot_row, slot_row + cap, kNoRow);
   int64_t groups = 0;
+  // Gradient rows are read at random from grad_out (L2/L3): fetch them a few
+  // records ahead.
+  constexpr int64_t kGradAhead = 8;
+  const int64_t grad_bytes = dim * static_cast<int64_t>(sizeof(float));
   for (int64_t k = 0; k < m; ++k) {
-    const int64_t i = pos[k];
-    const uint32_t id = ids[i];
+    if (k + kGradAhead < m) {
+      const char* f = reinterpret_cast<const char*>(g.grad + occ[k + kGradAhead].src * g.grad_stride);
+      for (int64_t b = 0; b < grad_bytes; b += 64) __builtin_prefetch(f + b, 0, 3);
+    }
+    const uint32_t id = occ[k].id;
     // A different multiplier from partition_of, so ids of one partition spread.
     size_t h = (id * 0x85EBCA6Bu) >> (32 - log_cap);
     while (slot_row[h] != kNoRow && slot_row[h] != id) h = (h + 1) & (cap - 1);
-    const float* __restrict src = g.grad + (g.src ? g.src[i] : i) * g.grad_stride;
-    const float sc = g.scale ? g.scale[i] : 1.0f;
+    const float* __restrict src = g.grad + static_cast<int64_t>(occ[k].src) * g.grad_stride;
+    const float sc = scale ? scale[k] : 1.0f;
     if (slot_row[h] == kNoRow) {
       slot_row[h] = id;
       slot_group[h] = static_cast<uint32_t>(groups);
@@ -98,29 +109,36 @@ void update_partition(const RowView& v, RowArena* state, const uint32_t* ids, co
     if (u + kUpdateAhead < groups) prefetch_rw(s.rows[u + kUpdateAhead]);
     const uint32_t id = s.rows[u];
     float* st = state ? state->row(id) : nullptr;
-    v.seq->write_lock(id);
+    v.seq->write_begin(id);
     apply_row(o, c, v.arena->row(id), st, s.grad.data() + u * stride, dim);
-    v.seq->write_unlock(id);
+    v.seq->write_end(id);
   }
 }
 
 }  // namespace
 
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads, uint32_t id_limit) {
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads) {
   if (n <= 0) return;
+  if (n > int64_t(UINT32_MAX)) throw std::length_error("fused_update: more than 2^32 - 1 occurrences in one batch");
   const int64_t stride = v.arena->stride();
   // ~512 occurrences per partition keeps its map (4 KiB) and gradient sums
   // (128 KiB at dim 64) in L1/L2; many more partitions than threads balance
   // the dynamic schedule.
-  const uint32_t parts = static_cast<uint32_t>(std::min<int64_t>(int64_t(1) << 16, std::max<int64_t>(1, n / 512)));
+  const uint32_t parts =
+      static_cast<uint32_t>(std::min<int64_t>(RowSeqlock::kStripes, std::max<int64_t>(1, n / 512)));
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
-  const PartitionMap part_of{parts, kUpdateRangePartitions ? static_cast<uint64_t>(id_limit) : 0};
-  thread_local std::vector<int64_t> hist, pos;
+  auto part_of = [parts](uint32_t id) { return partition_of(id, parts); };
+  std::lock_guard<std::mutex> writers(v.seq->writers());  // concurrent batch updates run one after another
+  thread_local std::vector<int64_t> hist;
+  thread_local std::vector<Occurrence> occ;
+  thread_local std::vector<float> occ_scale;
   hist.assign(static_cast<size_t>(nt) * parts, 0);
-  if (static_cast<int64_t>(pos.size()) < n) pos.resize(n);
+  if (static_cast<int64_t>(occ.size()) < n) occ.resize(n);
+  if (g.scale && static_cast<int64_t>(occ_scale.size()) < n) occ_scale.resize(n);
   int64_t* __restrict H = hist.data();
-  int64_t* __restrict P = pos.data();
+  Occurrence* __restrict P = occ.data();
+  float* __restrict PS = g.scale ? occ_scale.data() : nullptr;
   std::vector<int64_t> part_start(parts + 1);
 #pragma omp parallel num_threads(nt)
   {
@@ -144,13 +162,17 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
       }
       part_start[parts] = acc;
     }
-    for (int64_t i = i0; i < i1; ++i) P[h[part_of(ids[i])]++] = i;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t at = h[part_of(ids[i])]++;
+      P[at] = Occurrence{ids[i], static_cast<uint32_t>(g.src ? g.src[i] : i)};
+      if (PS) PS[at] = g.scale[i];
+    }
 #pragma omp barrier
     thread_local PartitionScratch scratch;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t p = 0; p < static_cast<int64_t>(parts); ++p)
-      update_partition(v, state, ids, P + part_start[p], part_start[p + 1] - part_start[p], g, dim, stride, o, c,
-                       scratch);
+      update_partition(v, state, P + part_start[p], PS ? PS + part_start[p] : nullptr,
+                       part_start[p + 1] - part_start[p], g, dim, stride, o, c, scratch);
   }
 }
 

@@ -97,3 +97,32 @@ def test_native_calls_release_the_gil():
     done.set()
     th.join()
     assert during > 1000
+
+
+def test_concurrent_gradient_calls_lose_no_update():
+    # Many keys and large batches, so each call splits its rows over several
+    # partitions and OpenMP threads while another call updates the same rows.
+    keys = np.arange(20_000, dtype=np.int64)
+    t = el.EmbeddingTable(8, initializer=el.init.zeros(), num_threads=2)
+    t.assign(keys, np.zeros((len(keys), 8), np.float32))
+    batches = [np.random.default_rng(s).choice(keys, size=16_384) for s in range(12)]
+
+    def writer(bs):
+        for k in bs:
+            t.apply_gradients(k, np.ones((len(k), 8), np.float32), el.optim.SGD(lr=1.0))
+
+    got = []
+    threads = [threading.Thread(target=writer, args=(batches[i::3],), daemon=True) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads), "gradient calls did not finish"
+    # A lost counter update would leave a stripe odd and the read spinning:
+    # read in a thread so that shows as a failure, not a hung test.
+    reader = threading.Thread(target=lambda: got.append(t.lookup(keys, insert=False)), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert got, "reading the rows back did not finish (a stripe counter was left odd)"
+    expected = -np.bincount(np.concatenate(batches), minlength=len(keys)).astype(np.float32)
+    np.testing.assert_array_equal(got[0], np.repeat(expected[:, None], 8, axis=1))

@@ -2,7 +2,8 @@
 
 Examples::
 
-    embedlookup bench                                 # the default suite (a few minutes)
+    embedlookup bench                                 # the default suite (a few minutes, 1 thread)
+    embedlookup bench --threads 0                     # the same on all cores
     embedlookup bench --suite issue2                  # the engine's hard bar vs torch.nn.EmbeddingBag
     embedlookup bench --workload zipf-1m alpha=1.2 --ops pooled_sum,update
     embedlookup bench --workload dist=zipf rows=1e5 dim=32 --json out.json --markdown out.md --plot out.png
@@ -141,6 +142,7 @@ def _list() -> str:
     out = ["workloads:"] + [f"  {n:16s} {w.describe()}" for n, w in WORKLOADS.items()]
     out += ["suites:"] + [
         f"  {n:16s} workloads {', '.join(s['workloads'])}; ops {', '.join(s['ops'] or ['all'])}"
+        + (f"; {s['threads']} thread(s)" if s.get("threads") else "")
         for n, s in SUITES.items()
     ]
     out += ["operations:"] + [f"  {n:16s} {o.doc} [{', '.join(o.impls)}]" for n, o in OPS.items()]
@@ -190,7 +192,10 @@ def bench(args, argv: list[str]) -> int:
         args.suite or ("default" if not args.workload else ""), {"workloads": [], "ops": None}
     )
     for name in suite["workloads"]:
-        plan_w.append(B.WORKLOADS[name])
+        w = B.WORKLOADS[name]
+        if suite.get("threads") is not None:
+            w = dataclasses.replace(w, threads=suite["threads"])
+        plan_w.append(w)
     for tokens in args.workload:
         try:
             plan_w.append(B.parse_workload(tokens))

@@ -128,3 +128,30 @@ def test_compare(capsys, tmp_path):
     assert rc == 1 and "1 differ by more than 5%" in out
     rc, _, err = run(capsys, "compare", str(a), str(tmp_path / "none.json"))
     assert rc == 2 and "cannot read" in err
+
+
+class _Planned(Exception):
+    pass
+
+
+def _plan(monkeypatch, *argv):
+    """The (workload, ops) plan `embedlookup bench` would run, without running it."""
+    import embedlookup.bench as B
+
+    def fake_run(plan, cfg, command="", notes=None):
+        raise _Planned(plan)
+
+    monkeypatch.setattr(B, "run", fake_run)
+    with pytest.raises(_Planned) as e:
+        cli.main(["bench", *argv])
+    return e.value.args[0]
+
+
+def test_default_suite_runs_one_thread_unless_told(monkeypatch):
+    plan = _plan(monkeypatch)
+    assert [w.name for w, _ in plan] == ["uniform-1m", "zipf-1m", "uniform-64k"]
+    assert all(w.threads == 1 for w, _ in plan)
+    assert all(w.threads == 0 for w, _ in _plan(monkeypatch, "--threads", "0"))
+    # a workload named on the command line keeps its own threads
+    (w, _), = _plan(monkeypatch, "--workload", "uniform-1m")
+    assert w.threads == 0

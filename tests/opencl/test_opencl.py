@@ -402,3 +402,23 @@ def test_auto_variant_follows_the_device_type(cpu_table):
     is_accel = bool(d.device.type & cl.device_type.ACCELERATOR)
     assert d.variant == ("single_work_item" if is_accel else "ndrange")
     np.testing.assert_array_equal(d.find(KEYS[:5])[0], cpu_table.find(KEYS[:5])[0])
+
+
+def test_compute_units_limits_the_device_and_keeps_results(cpu_table):
+    full = elcl.OpenCLTable(cpu_table, platform=PLATFORM)
+    rng = np.random.default_rng(5)
+    values, offsets = random_bags(rng, 40, 9)
+    if full.device.max_compute_units > 1:
+        try:
+            one = elcl.OpenCLTable(cpu_table, platform=PLATFORM, compute_units=1)
+        except elcl.OpenCLUnavailableError as e:
+            pytest.skip(f"device cannot be partitioned: {e}")
+        assert one.device.max_compute_units == 1
+        check(one, cpu_table, values, offsets, "sum")
+    # asking for more than the device has keeps the whole device
+    more = elcl.OpenCLTable(cpu_table, platform=PLATFORM, compute_units=full.device.max_compute_units + 3)
+    assert more.device.max_compute_units == full.device.max_compute_units
+    check(more, cpu_table, values, offsets, "mean")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="compute_units"):
+            elcl.OpenCLTable(cpu_table, platform=PLATFORM, compute_units=bad)

@@ -307,7 +307,8 @@ def _pooled(mode: str):
         OpenCLTable = _opencl()
         key = "opencl_table"
         if key not in data.cache:
-            data.cache[key] = OpenCLTable(data.table)
+            # as many compute units (threads on a CPU device) as the others get
+            data.cache[key] = OpenCLTable(data.table, compute_units=_nthreads(data.workload))
         ot = data.cache[key]
 
         def run(b):

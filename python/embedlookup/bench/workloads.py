@@ -139,9 +139,15 @@ WORKLOADS: dict[str, Workload] = {
     )
 }
 
-# Suites: lists of (workload name, ops or None for the suite's default ops).
+# Suites: workload names, ops (None: every op) and optionally threads (the
+# suite's workloads run with that many threads unless --threads says otherwise).
 SUITES: dict[str, dict] = {
+    # One thread per subject: ratios then compare per-core efficiency and
+    # repeat between runs on a shared machine, where two-thread subjects
+    # (barriers, a descheduled thread) move with other tenants' load.
+    # `--threads 0` runs it on all cores.
     "default": {
+        "threads": 1,
         "workloads": ["uniform-1m", "zipf-1m", "uniform-64k"],
         "ops": [
             "lookup",

@@ -118,6 +118,22 @@ def _select_device(platform, device):
     return plat, dev
 
 
+def _sub_device(device, compute_units):
+    """``device`` limited to ``compute_units`` compute units (itself when it
+    has no more than that)."""
+    cl = _cl()
+    if isinstance(compute_units, bool) or not isinstance(compute_units, int) or compute_units < 1:
+        raise ValueError(f"compute_units must be a positive int or None, got {compute_units!r}")
+    if compute_units >= device.max_compute_units:
+        return device
+    try:
+        return device.create_sub_devices([cl.device_partition_property.EQUALLY, compute_units])[0]
+    except cl.Error as e:
+        raise OpenCLUnavailableError(
+            f"compute_units={compute_units}: device {device.name!r} cannot be partitioned ({e})"
+        ) from None
+
+
 def _check_fits(device, buffers: dict) -> None:
     """Raises DeviceMemoryError when a buffer passes the device's largest
     allocation or all of them pass its global memory."""
@@ -197,12 +213,18 @@ class OpenCLTable:
     profile:
         Time kernels with OpenCL profiling events: after each lookup,
         ``last_kernel_seconds`` holds the device time of its kernels.
+    compute_units:
+        Use at most this many of the device's compute units (a sub-device
+        made by equal partitioning; on a CPU device, one compute unit is one
+        thread), e.g. to compare with other libraries at the same thread
+        count. ``None``: the whole device.
 
     Raises ``DeviceMemoryError`` when the rows and index do not fit the
     device's memory.
     """
 
-    def __init__(self, table, *, platform=None, device=None, variant: str = "auto", profile: bool = False):
+    def __init__(self, table, *, platform=None, device=None, variant: str = "auto", profile: bool = False,
+                 compute_units: int | None = None):
         from ..table import EmbeddingTable
 
         if not isinstance(table, EmbeddingTable):
@@ -211,6 +233,8 @@ class OpenCLTable:
             raise ValueError(f"variant must be one of {['auto', *VARIANTS]}, got {variant!r}")
         cl = _cl()
         self.platform, self.device = _select_device(platform, device)
+        if compute_units is not None:
+            self.device = _sub_device(self.device, compute_units)
         if variant == "auto":
             variant = "single_work_item" if self.device.type & cl.device_type.ACCELERATOR else "ndrange"
         self._dim = table.dim

@@ -6,6 +6,12 @@
 // Stripes (not one counter per row) keep the counters in a 16 KiB array that
 // stays in L1/L2; a false retry costs one re-read and is rare.
 //
+// A batch counter over the whole table lets readers skip the per-row
+// counters while no batch update runs: a reader of a bag records it, reads
+// the bag, and re-checks it; only when it was odd (an update is running) or
+// changed does the bag get re-read with per-row checks. Training and serving
+// rarely overlap, so most bags cost one counter load instead of two per row.
+//
 // Writers take the table-wide writers() mutex for a whole batch update and
 // split the batch so that each stripe belongs to one thread (see
 // stripe_of). A stripe then has one writer at a time and its counter moves
@@ -40,9 +46,23 @@ class RowSeqlock {
     return (begin & 1u) == 0 && stripe(row).load(std::memory_order_relaxed) == begin;
   }
 
-  // Writer side. Hold writers() and be the only thread writing rows of this
-  // row's stripe (the caller's partitioning guarantees it).
+  // Reader side, per bag: rows read between batch_begin() and a true
+  // batch_valid() need no per-row check.
+  uint32_t batch_begin() const { return batch_.load(std::memory_order_acquire); }
+  bool batch_valid(uint32_t begin) const {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return (begin & 1u) == 0 && batch_.load(std::memory_order_relaxed) == begin;
+  }
+
+  // Writer side. Hold writers(), bracket the batch with update_begin/end,
+  // and be the only thread writing rows of this row's stripe (the caller's
+  // partitioning guarantees it).
   std::mutex& writers() const { return writers_; }
+  void update_begin() const {
+    batch_.store(batch_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  void update_end() const { batch_.store(batch_.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
   void write_begin(uint32_t row) const {
     auto& s = stripe(row);
     s.store(s.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -56,6 +76,7 @@ class RowSeqlock {
  private:
   std::unique_ptr<std::atomic<uint32_t>[]> seq_;
   mutable std::mutex writers_;
+  alignas(64) mutable std::atomic<uint32_t> batch_{0};  // own line: readers poll it, writers bump it twice per batch
 };
 
 }  // namespace embedlookup

@@ -115,6 +115,9 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
     const int64_t s = off[b];
     const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
     v8f acc[V];
+    // Per-row checks only while a batch update runs (row_seqlock.h).
+    const uint32_t batch0 = v.seq->batch_begin();
+    bool check_rows = (batch0 & 1u) != 0;
     for (;;) {
       const float init = (M == PoolMode::kMax) ? -INFINITY : 0.0f;
       for (int k = 0; k < V; ++k) acc[k] = v8f{init, init, init, init, init, init, init, init};
@@ -128,7 +131,7 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
         const uint32_t id = ids[p];
         const bool real = id < kTombstone;
         const v8f* row = reinterpret_cast<const v8f*>(real ? arena.row(id) : v.zero_row);
-        const uint32_t seq0 = real ? v.seq->read_begin(id) : 0;
+        const uint32_t seq0 = (check_rows && real) ? v.seq->read_begin(id) : 0;
         if (M == PoolMode::kMax) {
           for (int k = 0; k < V; ++k) acc[k] = row[k] > acc[k] ? row[k] : acc[k];
         } else if (W) {
@@ -137,10 +140,14 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
         } else {
           for (int k = 0; k < V; ++k) acc[k] += row[k];
         }
-        if (real && !v.seq->read_valid(id, seq0)) {
+        if (check_rows && real && !v.seq->read_valid(id, seq0)) {
           consistent = false;
           break;
         }
+      }
+      if (consistent && !check_rows && !v.seq->batch_valid(batch0)) {
+        consistent = false;  // an update started meanwhile: re-read with per-row checks
+        check_rows = true;
       }
       if (consistent) break;
     }
@@ -171,6 +178,8 @@ int64_t pool_range(const RowView& v, const KeyIndex& index, const int64_t* keys,
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b];
     const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
+    const uint32_t batch0 = v.seq->batch_begin();
+    bool check_rows = (batch0 & 1u) != 0;
     for (;;) {
       const float init = (M == PoolMode::kMax) ? -INFINITY : 0.0f;
       for (int64_t j = 0; j < stride; ++j) acc[j] = init;
@@ -180,7 +189,7 @@ int64_t pool_range(const RowView& v, const KeyIndex& index, const int64_t* keys,
         const uint32_t id = ids[p];
         const bool real = id < kTombstone;
         const float* __restrict row = real ? v.arena->row(id) : v.zero_row;
-        const uint32_t seq0 = real ? v.seq->read_begin(id) : 0;
+        const uint32_t seq0 = (check_rows && real) ? v.seq->read_begin(id) : 0;
         if (M == PoolMode::kMax) {
           for (int64_t j = 0; j < stride; ++j) acc[j] = row[j] > acc[j] ? row[j] : acc[j];
         } else if (W) {
@@ -189,10 +198,14 @@ int64_t pool_range(const RowView& v, const KeyIndex& index, const int64_t* keys,
         } else {
           for (int64_t j = 0; j < stride; ++j) acc[j] += row[j];
         }
-        if (real && !v.seq->read_valid(id, seq0)) {
+        if (check_rows && real && !v.seq->read_valid(id, seq0)) {
           consistent = false;  // a writer touched this row mid-read: redo the bag
           break;
         }
+      }
+      if (consistent && !check_rows && !v.seq->batch_valid(batch0)) {
+        consistent = false;  // an update started meanwhile: re-read with per-row checks
+        check_rows = true;
       }
       if (consistent) break;
     }

@@ -130,6 +130,12 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
   auto part_of = [parts](uint32_t id) { return partition_of(id, parts); };
   std::lock_guard<std::mutex> writers(v.seq->writers());  // concurrent batch updates run one after another
+  // Readers check rows one by one while the batch counter is odd.
+  struct Bracket {
+    const RowSeqlock* s;
+    explicit Bracket(const RowSeqlock* q) : s(q) { s->update_begin(); }
+    ~Bracket() { s->update_end(); }
+  } bracket(v.seq);
   thread_local std::vector<int64_t> hist;
   thread_local std::vector<Occurrence> occ;
   thread_local std::vector<float> occ_scale;

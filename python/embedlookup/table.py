@@ -153,6 +153,35 @@ class EmbeddingTable(_StorageMethods):
         g = _checks.floats(grads, "grads", (k.shape[0], self._dim))
         self._t.apply_gradients(k, g, opt._spec())
 
+    def apply_pooled_gradients(self, values, offsets, grad_output, optimizer: Optimizer | None = None,
+                               mode: str = "sum", per_sample_weights=None,
+                               include_last_offset: bool = False) -> None:
+        """The backward of :meth:`pooled_lookup`, fused with the optimizer step.
+
+        ``grad_output`` (n_bags, dim) is the gradient of the pooled output;
+        every key occurrence in bag ``b`` receives ``grad_output[b]`` (times its
+        weight for "sum" with ``per_sample_weights``, divided by the bag's
+        length for "mean"), duplicates are summed, and one optimizer step is
+        applied to each distinct row, as :meth:`apply_gradients` would with
+        the expanded per-key gradients, without building them. ``mode="max"``
+        needs the forward's winners: use the torch module
+        (``embedlookup.torch.HashEmbeddingBag``) for it. Keys must be in the
+        table; on any error nothing is updated.
+        """
+        opt = _checks.optimizer(optimizer, self.optimizer)
+        m = _checks.mode_id(mode)
+        if mode == "max":
+            raise ValueError("mode='max' is not supported here: its gradient needs the forward's winning rows; "
+                             "use embedlookup.torch.HashEmbeddingBag for max pooling")
+        v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
+        w = None
+        if per_sample_weights is not None:
+            if mode != "sum":
+                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+            w = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+        g = _checks.floats(grad_output, "grad_output", (n_bags, self._dim))
+        self._t.apply_pooled_gradients(v, off, n_bags, m, w, None, g, opt._spec(), None, 0)
+
     # ------------------------------------------------------------------ memory
     def memory_usage(self) -> dict:
         """Bytes by part (index, rows, optimizer state, metadata) as allocated,

@@ -421,7 +421,7 @@ def _train_el(make_opt):
 
         def run(b):
             out = t.pooled_lookup(b.keys, b.offsets, mode="sum", out=buf)
-            t.apply_gradients(b.keys, np.repeat(b.grad, np.diff(b.offsets_full), axis=0), opt)
+            t.apply_pooled_gradients(b.keys, b.offsets, b.grad, opt)  # fused backward, no expanded gradients
             return out
 
         def output(b):

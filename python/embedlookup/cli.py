@@ -58,18 +58,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME]",
         help="subjects to run beside embedlookup (default: all available)",
     )
-    b.add_argument("--repeats", type=int, default=9, help="timed rounds per op, at least (default 9)")
+    # Defaults sized for the bar "two runs agree within 15%": slow ops get 25
+    # paired rounds (with 9, the median per-round ratio of a noisy peer moved
+    # by more than that between runs), fast ops up to 101, ~2 min in all.
+    b.add_argument("--repeats", type=int, default=25, help="timed rounds per op, at least (default 25)")
     b.add_argument(
         "--max-repeats",
         type=int,
-        default=41,
-        help="timed rounds per op, at most, while they fit in --op-time (default 41)",
+        default=101,
+        help="timed rounds per op, at most, while they fit in --op-time (default 101)",
     )
     b.add_argument(
         "--op-time",
         type=float,
-        default=1.0,
-        help="seconds of timed rounds per op beyond --repeats (default 1.0)",
+        default=2.5,
+        help="seconds of timed rounds per op beyond --repeats (default 2.5)",
     )
     b.add_argument(
         "--warmup",

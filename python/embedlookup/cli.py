@@ -75,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds of timed rounds per op beyond --repeats (default 2.5)",
     )
     b.add_argument(
+        "--passes",
+        type=int,
+        default=2,
+        help="passes over the plan in alternating order, sharing the rounds, so each ratio "
+        "averages the machine's state over the run (default 2)",
+    )
+    b.add_argument(
+        "--ratio-ci",
+        type=float,
+        default=0.05,
+        help="add rounds (up to twice as many) while a peer's median ratio has a 95%% confidence "
+        "interval wider than +- this fraction (default 0.05; 0: fixed rounds)",
+    )
+    b.add_argument(
         "--warmup",
         type=int,
         default=2,
@@ -169,6 +183,8 @@ def bench(args, argv: list[str]) -> int:
             ("min-time", args.min_time, ">= 0"),
             ("op-time", args.op_time, ">= 0"),
             ("max-repeats", args.max_repeats, ">= 1"),
+            ("passes", args.passes, ">= 1"),
+            ("ratio-ci", args.ratio_ci, ">= 0"),
             ("limit-mib", args.limit_mib, ">= 1"),
             ("threads", args.threads, ">= 0"),
         )
@@ -236,6 +252,8 @@ def bench(args, argv: list[str]) -> int:
         repeats=args.repeats,
         max_repeats=args.max_repeats,
         op_time=args.op_time,
+        passes=args.passes,
+        ratio_ci=args.ratio_ci,
         warmup=args.warmup,
         min_time=args.min_time,
         subjects=subjects,

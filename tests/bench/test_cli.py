@@ -26,6 +26,8 @@ def test_list(capsys):
 def test_bad_numbers_are_argument_errors(capsys):
     rc, _, err = run(capsys, "bench", "--repeats", "0", *SMALL)
     assert rc == 2 and "--repeats must be >= 1, got 0" in err
+    rc, _, err = run(capsys, "bench", "--passes", "0", *SMALL)
+    assert rc == 2 and "--passes must be >= 1, got 0" in err
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--repeats", "many"])
     assert e.value.code == 2

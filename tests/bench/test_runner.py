@@ -1,5 +1,7 @@
 """The runner: equivalence checks catch wrong peers, failures stay local, results add up."""
 
+import time
+
 import numpy as np
 import pytest
 from embedlookup import bench
@@ -155,3 +157,72 @@ def test_runs_without_torch(monkeypatch):
     assert any(n.startswith("fbgemm: skipped") for n in rep["notes"])
     assert [(r["subject"], r["status"]) for r in rep["results"]] == [("embedlookup", "ok"), ("numpy", "ok")]
     assert "torch" not in rep["machine"]["versions"]
+
+
+def test_passes_pool_rounds_in_alternating_order(registry):
+    # Records the order ops run in; rounds of both passes pool per subject.
+    seen = []
+    subject("recorder", "peer", "embedlookup's pooled sum, noting each op it runs")
+
+    for op in ("pooled_sum", "pooled_mean"):
+        @implements(op, "recorder")
+        def _(data, op=op):
+            t = data.table
+            mode = op.split("_")[1]
+
+            def run(b):
+                seen.append((data.workload.seed, op))
+                return t.pooled_lookup(b.keys, b.offsets, mode=mode)
+
+            return Case(run, run)
+
+    w1 = _small()
+    w2 = parse_workload(["small", "threads=1", "batches=2", "seed=3"])
+    cfg = Config(**dict(FAST, repeats=4), subjects=["embedlookup", "recorder"], passes=2)
+    rep = bench.run([(w1, ["pooled_sum", "pooled_mean"]), (w2, ["pooled_sum"])], cfg)
+    order = list(dict.fromkeys(seen))  # first call of each (workload, op) per pass shows the order
+    runs = [k for i, k in enumerate(seen) if i == 0 or seen[i - 1] != k]
+    # pass 1 in plan order, pass 2 reversed (its first op is pass 1's last: one run)
+    assert runs == [(0, "pooled_sum"), (0, "pooled_mean"), (3, "pooled_sum"), (0, "pooled_mean"), (0, "pooled_sum")]
+    assert order == [(0, "pooled_sum"), (0, "pooled_mean"), (3, "pooled_sum")]
+    assert [x["name"] for x in rep["workloads"]] == [w1.name, w2.name]
+    ok = [r for r in rep["results"] if r["status"] == "ok"]
+    assert len(ok) == 6
+    for r in ok:
+        assert r["samples"] == len(r["times_s"]) == 4  # 2 rounds in each pass
+        if r["subject"] == "recorder":
+            el = next(x for x in ok if x["workload"] == r["workload"] and x["op"] == r["op"]
+                      and x["subject"] == "embedlookup")
+            want = np.median(np.asarray(r["times_s"]) / np.asarray(el["times_s"]))
+            assert r["speedup_vs_embedlookup"] == pytest.approx(want)
+
+
+def test_uncertain_ratios_get_more_rounds(registry):
+    # A peer whose time alternates between 1x and 3x embedlookup's has a wide
+    # ratio interval: with ratio_ci the runner adds rounds (at most doubling).
+    subject("jittery", "peer", "pooled sum that sleeps every other call")
+    calls = [0]
+
+    @implements("pooled_sum", "jittery")
+    def _(data):
+        t = data.table
+
+        def run(b):
+            calls[0] += 1
+            out = t.pooled_lookup(b.keys, b.offsets)
+            if calls[0] % 2:
+                time.sleep(0.002)
+            return out
+
+        return Case(run, run)
+
+    base = dict(FAST, repeats=10, min_time=0.0)
+    fixed = bench.run([(_small(), ["pooled_sum"])], Config(**base, subjects=["embedlookup", "jittery"]))
+    adaptive = bench.run([(_small(), ["pooled_sum"])],
+                         Config(**dict(base, op_time=5.0, max_repeats=10), ratio_ci=0.01,
+                                subjects=["embedlookup", "jittery"]))
+    n = {r["subject"]: r["samples"] for r in fixed["results"]}
+    m = {r["subject"]: r["samples"] for r in adaptive["results"]}
+    assert n == {"embedlookup": 10, "jittery": 10}
+    assert m == {"embedlookup": 20, "jittery": 20}  # doubled, then stopped
+    assert bench.runner._widest_ratio_ci({"embedlookup": [1.0] * 8, "x": [2.0] * 8}) == 0.0

@@ -11,10 +11,14 @@ rounds pair up well even on a loaded machine; ratios against embedlookup are
 the median of the per-round ratios. The number of rounds is ``repeats`` at
 least, and more (up to ``max_repeats``) while the op's rounds fit in
 ``op_time`` seconds: fast ops get many rounds for free, slow ops the minimum.
+With ``passes`` > 1 the whole plan runs that many times, in alternating
+order, each pass taking its share of the rounds; each (workload, op,
+subject) then pools its rounds from every pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import sys
@@ -44,6 +48,14 @@ class Config:
     limit_bytes: int = 256 << 20  # table size for the gather limit (at least the workload's table)
     rtol: float = 1e-4  # equivalence tolerance (relative, and absolute x max|ref|)
     progress: bool = True
+    # Passes over the plan, alternating forward and reversed order (A B B A
+    # ...), each taking its share of the rounds: every ratio then averages the
+    # machine's state over the whole run, not over the few seconds its op
+    # happened to run in, so two runs agree better on a shared machine.
+    passes: int = 1
+    # Extra rounds (up to twice the planned ones) while a peer's median ratio
+    # has a 95% confidence interval wider than +-ratio_ci (0: never).
+    ratio_ci: float = 0.0
 
 
 def compare_outputs(ref, out, rtol: float = 1e-4) -> tuple[bool, float, str]:
@@ -127,6 +139,26 @@ def _stats(t: list[float]) -> dict:
     }
 
 
+def _widest_ratio_ci(times: dict) -> float:
+    """Largest relative half-width, over the peers, of a ~95% confidence
+    interval of the median per-round ratio against embedlookup (order
+    statistics: distribution-free); 0 when there is nothing to compare."""
+    el = times.get("embedlookup")
+    if not el:
+        return 0.0
+    worst = 0.0
+    for s, t in times.items():
+        n = min(len(t), len(el))
+        if s == "embedlookup" or n < 6:
+            continue
+        q = np.sort(np.asarray(t[:n]) / np.asarray(el[:n]))
+        k = max(0, int(math.floor(n / 2 - 0.98 * math.sqrt(n))))
+        med = float(np.median(q))
+        if med > 0:
+            worst = max(worst, (q[n - 1 - k] - q[k]) / (2 * med))
+    return worst
+
+
 def _time_call(case: Case, batches, k0: int, inner: int) -> float:
     nb = len(batches)
     t0 = time.perf_counter()
@@ -190,7 +222,16 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
     times = {s: [] for s in cases}
     order = list(cases)
     n_rounds = max(cfg.repeats, min(cfg.max_repeats, int(cfg.op_time / max(round_time, 1e-9))))
-    for rep in range(n_rounds):
+    # Then more rounds, up to twice the planned time, while a peer's ratio is
+    # still uncertain (a noisy peer, e.g. a CPU OpenCL driver's scheduling).
+    extra_until = time.perf_counter() + max(cfg.op_time, n_rounds * round_time)
+    rep = 0
+    while rep < n_rounds or (
+        cfg.ratio_ci > 0
+        and rep < 2 * n_rounds
+        and time.perf_counter() < extra_until
+        and _widest_ratio_ci(times) > cfg.ratio_ci
+    ):
         prog.show(f"{w.name} {op_name}: round {rep + 1}/{n_rounds}")
         rot = order[rep % len(order) :] + order[: rep % len(order)] if order else []
         for s in rot:
@@ -201,18 +242,50 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
             except Exception as e:  # noqa: BLE001
                 _fail(results, s, e, prog, w, op_name)
                 cases.pop(s)
-    el = times.get("embedlookup") if "embedlookup" in cases else None
+        rep += 1
     for r in results:
         s = r["subject"]
-        if r["status"] != "ok" or s not in cases:
+        if r["status"] == "ok" and s not in cases:
+            r.update(status="error", reason="no timed rounds")
+        if r["status"] == "ok":
+            r.update(inner=inner[s], times_s=times[s])
+    return _summarise(results)
+
+
+def _summarise(results: list[dict]) -> list[dict]:
+    """Median, spread and bytes/s of each subject's rounds, and the median
+    of the per-round ratios against embedlookup (rounds are paired: round i
+    of every subject ran back to back)."""
+    el = next((r["times_s"] for r in results if r["subject"] == "embedlookup" and r["status"] == "ok"), None)
+    for r in results:
+        if r["status"] != "ok":
             continue
-        t = times[s]
-        r.update(_stats(t), samples=len(t), inner=inner[s], times_s=t)
+        t = r["times_s"]
+        r.update(_stats(t), samples=len(t))
         r["bytes_per_s"] = r["bytes_per_call"] / r["median_s"]
-        if el is not None and s != "embedlookup":
+        if el is not None and r["subject"] != "embedlookup" and len(el) == len(t):
             # > 1: embedlookup is faster than this subject
             r["speedup_vs_embedlookup"] = float(np.median(np.asarray(t) / np.asarray(el)))
     return results
+
+
+def _merge_passes(first: list[dict], later: list[dict]) -> list[dict]:
+    """``first``'s results with ``later``'s rounds appended (same op, same
+    workload, a later pass); a subject that failed in any pass keeps that
+    pass's failure."""
+    by = {r["subject"]: r for r in later}
+    for r in first:
+        o = by.get(r["subject"])
+        if r["status"] != "ok" or o is None:
+            continue
+        if o["status"] != "ok":
+            r.clear()
+            r.update(o)
+            continue
+        r["times_s"] = list(r["times_s"]) + list(o["times_s"])
+        r["inner"] = max(r["inner"], o["inner"])
+    # rounds pair only while embedlookup and the subject both ran every pass
+    return _summarise(first)
 
 
 def _fail(results, s, e, prog, w, op_name):
@@ -254,65 +327,91 @@ def run(
             unavailable[s] = str(e)
             report["notes"].append(f"{s}: skipped - {e}")
             prog.note(f"{s}: skipped - {e}")
-    limits_cache, timed = {}, []
-    for w, ops in plan:
-        prog.show(f"{w.name}: generating {w.describe()}")
-        t0 = time.perf_counter()
-        try:
-            data = WorkloadData.generate(w)
-        except Exception as e:  # noqa: BLE001
-            report["notes"].append(f"workload {w.name}: could not be generated ({type(e).__name__}: {e})")
-            prog.note(f"  ! workload {w.name}: {type(e).__name__}: {e}")
-            prog.done += len(ops)
-            continue
-        entry = {
-            "name": w.name,
-            "params": w.params(),
-            "description": w.describe(),
-            "generate_s": time.perf_counter() - t0,
-            "distinct_keys_per_batch": [b.distinct for b in data.batches],
-        }
-        limits = None
-        if cfg.limits:
-            threads = w.threads or (report["machine"]["usable_cores"] or 1)
-            table_bytes = max(cfg.limit_bytes, w.rows * w.row_bytes)
-            # read at least a quarter of the limit table per pass, so the
-            # measurement is not dominated by starting threads
-            n_read = max(w.lookups, cfg.limit_bytes // 4 // w.row_bytes)
-            key = (w.row_bytes, table_bytes, threads, n_read)
-            prog.show(f"{w.name}: measuring machine limits")
-            new = _machine.measure_limits(w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes)
-            # Limits are ceilings: on a shared machine a measurement can only
-            # come out low, so every workload measures again and all keep the
-            # run's best (one dict, shared by the workloads of the same key).
-            limits = limits_cache.setdefault(key, dict(new, measurements=0))
-            limits["measurements"] += 1
-            for k in ("copy_bytes_per_s", "gather_bytes_per_s"):
-                limits[k] = max(limits[k], new[k])
-        entry["limits"] = limits
-        timed.append((limits, []))
-        report["workloads"].append(entry)
-        entry["op_wall_s"] = {}
-        for op in ops:
-            subs = [s for s in subjects if s not in unavailable]
-            t_op = time.perf_counter()
-            res = _run_op(data, op, subs, cfg, prog)
-            entry["op_wall_s"][op] = time.perf_counter() - t_op
-            # subjects that don't implement the op at all are not worth a row
-            res = [r for r in res if not (r["status"] == "skipped" and r["reason"].endswith(f"has no {op}"))]
-            report["results"].extend(res)
-            if limits:
-                timed[-1][1].extend(res)
-            prog.step(f"{w.name} {op}")
+    passes = max(1, int(cfg.passes))
+    pcfg = cfg
+    if passes > 1:  # each pass takes its share of the rounds
+        pcfg = dataclasses.replace(
+            cfg,
+            repeats=math.ceil(cfg.repeats / passes),
+            max_repeats=max(1, math.ceil(cfg.max_repeats / passes)),
+            op_time=cfg.op_time / passes,
+        )
+    prog.total = max(1, passes * total)
+    limits_cache, entries, op_results, failed = {}, {}, {}, set()
+    for p in range(passes):
+        # A B B A ...: a drift in the machine's state hits every op alike.
+        order = list(enumerate(plan)) if p % 2 == 0 else list(reversed(list(enumerate(plan))))
+        for wi, (w, ops) in order:
+            if wi in failed:
+                prog.done += len(ops)
+                continue
+            prog.show(f"{w.name}: generating {w.describe()}")
+            t0 = time.perf_counter()
+            try:
+                data = WorkloadData.generate(w)
+            except Exception as e:  # noqa: BLE001
+                report["notes"].append(f"workload {w.name}: could not be generated ({type(e).__name__}: {e})")
+                prog.note(f"  ! workload {w.name}: {type(e).__name__}: {e}")
+                prog.done += len(ops)
+                failed.add(wi)
+                continue
+            entry = entries.get(wi)
+            if entry is None:
+                entry = entries[wi] = {
+                    "name": w.name,
+                    "params": w.params(),
+                    "description": w.describe(),
+                    "generate_s": time.perf_counter() - t0,
+                    "distinct_keys_per_batch": [b.distinct for b in data.batches],
+                    "limits": None,
+                    "op_wall_s": {},
+                }
+            if cfg.limits:
+                threads = w.threads or (report["machine"]["usable_cores"] or 1)
+                table_bytes = max(cfg.limit_bytes, w.rows * w.row_bytes)
+                # read at least a quarter of the limit table per pass, so the
+                # measurement is not dominated by starting threads
+                n_read = max(w.lookups, cfg.limit_bytes // 4 // w.row_bytes)
+                key = (w.row_bytes, table_bytes, threads, n_read)
+                prog.show(f"{w.name}: measuring machine limits")
+                new = _machine.measure_limits(w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes)
+                # Limits are ceilings: on a shared machine a measurement can only
+                # come out low, so every workload (and pass) measures again and
+                # all keep the run's best (one dict, shared by the workloads of
+                # the same key).
+                limits = limits_cache.setdefault(key, dict(new, measurements=0))
+                limits["measurements"] += 1
+                for k in ("copy_bytes_per_s", "gather_bytes_per_s"):
+                    limits[k] = max(limits[k], new[k])
+                entry["limits"] = limits
+            for op in ops if p % 2 == 0 else list(reversed(ops)):
+                subs = [s for s in subjects if s not in unavailable]
+                t_op = time.perf_counter()
+                res = _run_op(data, op, subs, pcfg, prog)
+                entry["op_wall_s"][op] = entry["op_wall_s"].get(op, 0.0) + time.perf_counter() - t_op
+                # subjects that don't implement the op at all are not worth a row
+                res = [r for r in res if not (r["status"] == "skipped" and r["reason"].endswith(f"has no {op}"))]
+                if (wi, op) in op_results:
+                    _merge_passes(op_results[(wi, op)], res)
+                else:
+                    op_results[(wi, op)] = res
+                prog.step(f"{w.name} {op}" + (f" (pass {p + 1}/{passes})" if passes > 1 else ""))
+                gc.collect()
+            del data
             gc.collect()
-        del data
-        gc.collect()
     prog.close()
-    for limits, results in timed:
-        for r in results:
-            if "bytes_per_s" in r:
-                r["pct_gather"] = 100.0 * r["bytes_per_s"] / limits["gather_bytes_per_s"]
-                r["pct_copy"] = 100.0 * r["bytes_per_s"] / limits["copy_bytes_per_s"]
+    for wi, (w, ops) in enumerate(plan):
+        entry = entries.get(wi)
+        if entry is None:
+            continue
+        report["workloads"].append(entry)
+        for op in ops:
+            for r in op_results.get((wi, op), []):
+                report["results"].append(r)
+                lim = entry["limits"]
+                if lim and "bytes_per_s" in r:
+                    r["pct_gather"] = 100.0 * r["bytes_per_s"] / lim["gather_bytes_per_s"]
+                    r["pct_copy"] = 100.0 * r["bytes_per_s"] / lim["copy_bytes_per_s"]
     report["wall_s"] = time.perf_counter() - t_start
     report["load_average_end"] = _machine.load_average()
     m = report["machine"]

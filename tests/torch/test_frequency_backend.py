@@ -309,3 +309,37 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="budget_rows"):
         m(torch.arange(10), torch.tensor([0]))
     assert len(t) == 0
+
+
+def test_per_sample_weights_gradient_uses_the_rows_read():
+    # d out[b] / d w[p] = the row value p read: its row, or the default row.
+    t = freq_table(default_row="cold")
+    m = HashEmbeddingBag(D, mode="sum", optimizer=el.optim.SGD(lr=0.5), table=t)
+    rng = np.random.default_rng(11)
+    for x, off in batches(4, n=4):
+        w = torch.rand(len(x), requires_grad=True)
+        out = m(x, off, w)
+        rows, found = read_rows(t, x.numpy())
+        grad = rng.standard_normal(out.shape).astype(np.float32)
+        out.backward(torch.from_numpy(grad))
+        bag_of = np.repeat(np.arange(len(off)), np.diff(np.append(off.numpy(), len(x))))
+        want = (rows * grad[bag_of]).sum(1)
+        np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert t.default_row_values().any()  # the cold row took part (and learned)
+
+
+def test_compiled_module_over_frequency_table_matches_eager():
+    # The ops are the same custom ops: aot_eager keeps them in the graph and
+    # both tables make the same admissions, evictions and updates.
+    def make():
+        return HashEmbeddingBag(D, mode="sum", optimizer=el.optim.Adagrad(lr=LR), table=freq_table())
+    eager, comp = make(), make()
+    compiled = torch.compile(comp, backend="aot_eager")
+    for x, off in batches(6):
+        ye, yc = eager(x, off), compiled(x, off)
+        torch.testing.assert_close(yc, ye, rtol=1e-6, atol=1e-6)
+        ye.pow(2).sum().backward()
+        yc.pow(2).sum().backward()
+    for a, b in zip(eager.table.export(), comp.table.export()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert eager.table.stats()["evicted"] == comp.table.stats()["evicted"] > 0

@@ -447,6 +447,7 @@ def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
             emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed)
         else:
             raise ValueError(f"unknown model {name!r}")
+        torch.manual_seed(cfg.seed)  # every configuration starts from the same dense weights
         model = DLRM(emb, n_dense, n_features, cfg.dim)
         dense_params = [p for n_, p in model.named_parameters() if not n_.startswith("embeddings.")]
         opts = [torch.optim.Adam(dense_params, lr=cfg.lr_dense)]
@@ -545,6 +546,8 @@ def main(argv=None) -> dict:
     p.add_argument("--freq-policy", default="lfu", help="freq_table: eviction policy (lfu, lru)")
     p.add_argument("--half-life", type=float, default=100.0, help="freq_table: score half-life in batches")
     p.add_argument("--default-row", default="cold", help="freq_table: what IDs without a row read (cold, zeros)")
+    p.add_argument("--sketch-width", type=int, default=None,
+                   help="freq_table: count-min sketch width, a power of two (default: ~budget / 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drift", type=float, default=200.0, help="synthetic: new head IDs per batch")
     p.add_argument("--threads", type=int, default=None, help="torch and native threads (default: torch's)")
@@ -554,7 +557,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)  # the native kernels share torch's OpenMP runtime
     cfg = RunConfig(dim=a.dim, rows=a.rows, lr_embedding=a.lr_embedding, window=a.window,
                     models=tuple(a.models.split(",")), seed=a.seed, admit_count=a.admit_count,
-                    freq_policy=a.freq_policy, half_life=a.half_life, default_row=a.default_row)
+                    freq_policy=a.freq_policy, half_life=a.half_life, default_row=a.default_row,
+                    sketch_width=a.sketch_width)
     if a.criteo:
         batches = criteo_batches(a.criteo, a.batch_size, a.batches)
         nf, nd, title = CRITEO_SPARSE, CRITEO_DENSE, f"Criteo: {os.path.basename(a.criteo)}"

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "../core/frequency.h"
+#include "pooled_gradients.h"  // torch backend (issue 5)
 
 namespace py = pybind11;
 using namespace embedlookup;
@@ -207,27 +208,6 @@ void bind_frequency(py::module_& m) {
              }
              return py::make_tuple(call_stats(c), epoch);
            })
-      // Same signature as Table.apply_pooled_gradients (bind_training.cpp):
-      // this one routes row-less values to the default row.
-      .def("apply_pooled_gradients",
-           [](FrequencyTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
-              py::object argmax, py::array grad_out, const OptimSpec& o, py::object ids, uint64_t ids_epoch) {
-             const int64_t* v = static_cast<const int64_t*>(values.data());
-             const int64_t* off = static_cast<const int64_t*>(offsets.data());
-             const float* w = opt_ptr<float>(weights);
-             const int64_t* am = opt_ptr<int64_t>(argmax);
-             const uint32_t* hint = opt_ptr<uint32_t>(ids);
-             const float* g = static_cast<const float*>(grad_out.data());
-             const int64_t n = values.size(), n_off = offsets.size();
-             const int64_t gs = grad_out.ndim() == 2 ? grad_out.strides(0) / static_cast<int64_t>(sizeof(float))
-                                                     : t.dim();
-             py::gil_scoped_release nogil;
-             t.apply_pooled_gradients(v, n, off, n_off, n_bags, static_cast<PoolMode>(mode), w, am, g, gs, o, hint,
-                                      ids_epoch);
-           },
-           py::arg("values"), py::arg("offsets"), py::arg("n_bags"), py::arg("mode"), py::arg("weights"),
-           py::arg("argmax"), py::arg("grad_out"), py::arg("optimizer"), py::arg("ids") = py::none(),
-           py::arg("ids_epoch") = 0)
       .def("save_state",
            [](const FrequencyTable& t) {
              FrequencyTable::SavedState s = t.save_state();
@@ -274,5 +254,9 @@ void bind_frequency(py::module_& m) {
         d["num_threads"] = t.options().num_threads;
         return d;
       });
+  // Same signature as Table.apply_pooled_gradients: this one routes
+  // row-less values to the default row.
+  def_apply_pooled_gradients<FrequencyTable>(
+      py::reinterpret_borrow<py::class_<FrequencyTable, EmbeddingTable>>(m.attr("FrequencyTable")));
   // ---- end torch backend
 }

@@ -745,29 +745,9 @@ void FrequencyTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
                                             int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
                                             const int64_t* argmax, const float* grad_out, int64_t grad_stride,
                                             const OptimSpec& o, const uint32_t* ids, uint64_t ids_epoch) {
-  if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
-  if (mode == PoolMode::kMax && !argmax) throw std::invalid_argument("max mode needs the argmax from its forward");
-  const int64_t dim = opt_.dim;
-  const int64_t bad = cpu::first_non_finite(grad_out, n_bags, dim, grad_stride, threads());
-  if (bad >= 0)
-    throw std::invalid_argument("grad_output: bag " + std::to_string(bad) +
-                                " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
-  // Per-occurrence gradient sources, as EmbeddingTable::apply_pooled_gradients
-  // builds them; the routing to rows / the default row is apply_gradients'.
-  std::vector<float> per_occurrence, scale;
-  std::vector<int64_t> bag_of;
-  GradSource g{};
-  if (mode == PoolMode::kMax) {
-    per_occurrence.resize(static_cast<size_t>(n * dim));
-    cpu::max_pool_grad(argmax, grad_out, n_bags, dim, grad_stride, n, per_occurrence.data(), threads());
-    g = GradSource{per_occurrence.data(), n, dim, nullptr, nullptr};
-  } else {
-    bag_of.resize(static_cast<size_t>(n));
-    if (mode == PoolMode::kMean || weights) scale.resize(static_cast<size_t>(n));
-    cpu::bag_positions(offsets, n_offsets, n_bags, n, mode, weights, bag_of.data(), scale.empty() ? nullptr : scale.data(),
-                       threads());
-    g = GradSource{grad_out, n_bags, grad_stride, bag_of.data(), scale.empty() ? nullptr : scale.data()};
-  }
+  // The routing to rows / the default row is apply_gradients'.
+  const GradSource g =
+      pooled_grad_source(offsets, n_offsets, n_bags, n, mode, weights, argmax, grad_out, grad_stride, o);
   apply_gradients_hinted(values, n, g, o, ids, ids_epoch);
 }
 

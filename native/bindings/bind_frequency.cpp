@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "../core/frequency.h"
+#include "pooled_gradients.h"  // torch backend (issue 5)
 
 namespace py = pybind11;
 using namespace embedlookup;
@@ -183,5 +184,79 @@ void bind_frequency(py::module_& m) {
         py::array_t<float> r(t.dim());
         std::copy_n(t.default_row(), t.dim(), r.mutable_data());
         return r;
+      })
+      // ---- torch backend (issue 5): what embedlookup/torch/_ops.py calls.
+      // pooled lookups that return (call stats, layout epoch) and fill `ids`
+      // (uint32, n); `argmax` (int64, n_bags x dim) selects max pooling.
+      .def("pooled_lookup_ids",
+           [](FrequencyTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object pool_w,
+              py::array out, bool train, py::array ids, py::object argmax) {
+             const int64_t* v = static_cast<const int64_t*>(values.data());
+             const int64_t* off = static_cast<const int64_t*>(offsets.data());
+             const float* pw = opt_ptr<float>(pool_w);
+             float* o = static_cast<float*>(out.mutable_data());
+             uint32_t* id = static_cast<uint32_t*>(ids.mutable_data());
+             int64_t* am = argmax.is_none() ? nullptr : static_cast<int64_t*>(argmax.cast<py::array>().mutable_data());
+             const int64_t n = values.size(), n_off = offsets.size();
+             CallStats c;
+             uint64_t epoch = 0;
+             {
+               py::gil_scoped_release nogil;
+               c = am ? t.pooled_max_argmax(v, n, off, n_off, n_bags, o, am, train, id, &epoch)
+                      : t.pooled_lookup_ids(v, n, off, n_off, n_bags, static_cast<PoolMode>(mode), pw, o, train,
+                                            nullptr, id, &epoch);
+             }
+             return py::make_tuple(call_stats(c), epoch);
+           })
+      .def("save_state",
+           [](const FrequencyTable& t) {
+             FrequencyTable::SavedState s = t.save_state();
+             py::dict d;
+             d["clock"] = s.clock;
+             d["sketch"] = to_array(s.sketch, {static_cast<py::ssize_t>(s.sketch.size())});
+             d["cold_row"] = to_array(s.cold_row, {static_cast<py::ssize_t>(s.cold_row.size())});
+             d["cold_state"] = to_array(s.cold_state, {static_cast<py::ssize_t>(s.cold_state.size())});
+             return d;
+           })
+      .def("restore_state",
+           [](FrequencyTable& t, uint32_t clock, py::array_t<uint32_t, py::array::c_style | py::array::forcecast> sketch,
+              py::array_t<float, py::array::c_style | py::array::forcecast> cold_row,
+              py::array_t<float, py::array::c_style | py::array::forcecast> cold_state, py::array keys,
+              py::array scores, py::array last) {
+             FrequencyTable::SavedState s;
+             s.clock = clock;
+             s.sketch.assign(sketch.data(), sketch.data() + sketch.size());
+             s.cold_row.assign(cold_row.data(), cold_row.data() + cold_row.size());
+             s.cold_state.assign(cold_state.data(), cold_state.data() + cold_state.size());
+             const int64_t* k = static_cast<const int64_t*>(keys.data());
+             const float* sc = static_cast<const float*>(scores.data());
+             const uint32_t* l = static_cast<const uint32_t*>(last.data());
+             const int64_t n = keys.size();
+             py::gil_scoped_release nogil;
+             t.restore_state(s, k, n, sc, l);
+           })
+      .def_property_readonly("options", [](const FrequencyTable& t) {
+        const FrequencyOptions& f = t.frequency_options();
+        py::dict d;
+        d["half_life"] = f.half_life;
+        d["budget_rows"] = f.budget_rows;
+        d["policy"] = static_cast<int>(f.policy);
+        d["evict_fraction"] = f.evict_fraction;
+        d["ttl"] = f.ttl;
+        d["ttl_interval"] = f.ttl_interval;
+        d["admit_count"] = f.admit_count;
+        d["admit_probability"] = f.admit_probability;
+        d["admit_seed"] = f.admit_seed;
+        d["sketch_width"] = f.sketch_width;
+        d["sketch_depth"] = f.sketch_depth;
+        d["default_row"] = static_cast<int>(f.default_row);
+        d["hot_fraction"] = f.hot_fraction;
+        d["num_threads"] = t.options().num_threads;
+        return d;
       });
+  // Same signature as Table.apply_pooled_gradients: this one routes
+  // row-less values to the default row.
+  def_apply_pooled_gradients<FrequencyTable>(
+      py::reinterpret_borrow<py::class_<FrequencyTable, EmbeddingTable>>(m.attr("FrequencyTable")));
+  // ---- end torch backend
 }

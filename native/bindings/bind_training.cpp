@@ -7,6 +7,7 @@
 
 #include "../core/table.h"
 #include "../cpu/update_cpu.h"
+#include "pooled_gradients.h"
 
 namespace py = pybind11;
 using namespace embedlookup;
@@ -20,26 +21,8 @@ const T* opt_data(const py::object& o) {
 
 void bind_training(py::module_& m) {
   auto table = py::reinterpret_borrow<py::class_<EmbeddingTable>>(m.attr("Table"));
+  def_apply_pooled_gradients<EmbeddingTable>(table);
   table
-      .def("apply_pooled_gradients",
-           [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
-              py::object argmax, py::array grad_out, const OptimSpec& o, py::object ids, uint64_t ids_epoch) {
-             const int64_t* v = static_cast<const int64_t*>(values.data());
-             const int64_t* off = static_cast<const int64_t*>(offsets.data());
-             const float* w = opt_data<float>(weights);
-             const int64_t* am = opt_data<int64_t>(argmax);
-             const uint32_t* hint = opt_data<uint32_t>(ids);
-             const float* g = static_cast<const float*>(grad_out.data());
-             const int64_t n = values.size(), n_off = offsets.size();
-             const int64_t gs = grad_out.ndim() == 2 ? grad_out.strides(0) / static_cast<int64_t>(sizeof(float))
-                                                     : t.dim();
-             py::gil_scoped_release nogil;
-             t.apply_pooled_gradients(v, n, off, n_off, n_bags, static_cast<PoolMode>(mode), w, am, g, gs, o, hint,
-                                      ids_epoch);
-           },
-           py::arg("values"), py::arg("offsets"), py::arg("n_bags"), py::arg("mode"), py::arg("weights"),
-           py::arg("argmax"), py::arg("grad_out"), py::arg("optimizer"), py::arg("ids") = py::none(),
-           py::arg("ids_epoch") = 0)
       .def("pooled_lookup_ids",
            [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
               py::array out, bool insert, py::array ids) {

@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "../cpu/kernels_cpu.h"
+#include "../cpu/update_cpu.h"  // torch backend (issue 5)
 
 namespace embedlookup {
 
@@ -342,9 +343,10 @@ void FrequencyTable::evict_to_budget(uint32_t now, CallStats& cs) {
 }
 
 template <class Kernel>
-CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel) {
+CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel,
+                                     uint32_t* ids_out, uint64_t* epoch_out) {
   CallStats cs;
-  uint32_t* ids = freq_scratch_ids(n);
+  uint32_t* ids = ids_out ? ids_out : freq_scratch_ids(n);
   const uint32_t now = clock_.fetch_add(1) + 1;
   const RowView view{&rows_, &seq_, cold_row_.data()};
   // TTL expiry runs on every ttl_interval-th step, even when nothing is missing.
@@ -357,6 +359,7 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
       cs.hits = n;
       touch(ids, n, w, now, cs);
       add_totals(cs);
+      if (epoch_out) *epoch_out = layout_epoch_.load();
       return cs;
     }
   }
@@ -369,14 +372,15 @@ CallStats FrequencyTable::train_call(const int64_t* keys, int64_t n, const float
   // Rows admitted by this call read their initial values, not the default row.
   if (cs.admitted || cs.promoted) kernel(view, ids);
   add_totals(cs);
+  if (epoch_out) *epoch_out = layout_epoch_.load();  // after this call's own evictions
   return cs;
 }
 
 template <class Kernel>
-CallStats FrequencyTable::serve_call(int64_t n, Kernel&& kernel) {
+CallStats FrequencyTable::serve_call(int64_t n, Kernel&& kernel, uint32_t* ids_out, uint64_t* epoch_out) {
   // Read-only: no clock, no scores, no admission; only the counters.
   CallStats cs;
-  uint32_t* ids = freq_scratch_ids(n);
+  uint32_t* ids = ids_out ? ids_out : freq_scratch_ids(n);
   const RowView view{&rows_, &seq_, cold_row_.data()};
   std::shared_lock<std::shared_mutex> lk(mu_);
   cs.misses = kernel(view, ids);
@@ -384,6 +388,7 @@ CallStats FrequencyTable::serve_call(int64_t n, Kernel&& kernel) {
   const uint32_t hot = static_cast<uint32_t>(fo_.hot_fraction * static_cast<double>(index_.size()));
   for (int64_t i = 0; i < n; ++i) cs.hot_hits += ids[i] < hot;
   add_totals(cs);
+  if (epoch_out) *epoch_out = layout_epoch_.load();
   return cs;
 }
 
@@ -416,35 +421,61 @@ void FrequencyTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   if (bad >= 0)
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
+  apply_gradients_hinted(keys, n, g, o, nullptr, 0);
+}
+
+void FrequencyTable::apply_gradients_hinted(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o,
+                                            const uint32_t* hint, uint64_t hint_epoch) {
   std::vector<int64_t> pk, src, miss;
+  std::vector<uint32_t> pid, ids2;
   std::vector<float> scale;
-  // Keys without a row (never admitted, or evicted since their lookup) are
-  // split off; the rest go through the base table's fused update. An eviction
-  // between the split and the update surfaces as KeyMissingError before any
-  // change, and the split is simply redone.
+  // Keys without a row (never admitted, or evicted since their lookup; with a
+  // hint, also those that read the default row in the forward) are split off;
+  // the rest get one fused optimizer step, as in EmbeddingTable. The split's
+  // row ids go to lock_for_update as a hint with the epoch they were read at:
+  // a row freed or moved since (eviction, relayout, erase) bumps the epoch,
+  // the keys are resolved again, and a key gone meanwhile surfaces as
+  // KeyMissingError before any change, so the split is simply redone.
   for (int attempt = 0;; ++attempt) {
     uint32_t* ids = freq_scratch_ids(n);
-    {
+    uint64_t epoch;
+    if (hint && attempt == 0) {
+      std::copy(hint, hint + n, ids);
+      epoch = hint_epoch;
+    } else {
       std::shared_lock<std::shared_mutex> lk(mu_);
       resolve(keys, n, ids);
+      epoch = layout_epoch_.load();
+      if (hint)  // what the forward read decides where the gradient goes
+        for (int64_t i = 0; i < n; ++i)
+          if (hint[i] >= kTombstone) ids[i] = kNoRow;
     }
     pk.clear();
+    pid.clear();
     src.clear();
     scale.clear();
     miss.clear();
     for (int64_t i = 0; i < n; ++i) {
-      if (ids[i] == kNoRow) {
+      if (ids[i] >= kTombstone) {
         miss.push_back(i);
         continue;
       }
       pk.push_back(keys[i]);
+      pid.push_back(ids[i]);
       src.push_back(g.src ? g.src[i] : i);
       if (g.scale) scale.push_back(g.scale[i]);
     }
     if (pk.empty()) break;
+    const int64_t m = static_cast<int64_t>(pk.size());
     const GradSource g2{g.grad, g.n_grad_rows, g.grad_stride, src.data(), g.scale ? scale.data() : nullptr};
+    ids2.resize(pk.size());
     try {
-      EmbeddingTable::apply_gradients(pk.data(), static_cast<int64_t>(pk.size()), g2, o);
+      auto lk = lock_for_update(pk.data(), m, ids2.data(), o, pid.data(), epoch);
+      const int64_t step = step_.fetch_add(1) + 1;
+      const StepScalars c = step_scalars(o, step);
+      const RowView view{&rows_, &seq_, zero_row_.data()};
+      cpu::fused_update(view, state_.get(), ids2.data(), m, g2, opt_.dim, o, c, threads());
+      finish_update(lk, ids2.data(), m);
       break;
     } catch (const KeyMissingError&) {
       if (attempt >= 16) throw;
@@ -679,6 +710,85 @@ void FrequencyTable::inspect(const int64_t* keys, int64_t n, float* score, uint3
     score[i] = ok ? meta_[id].score : -1.0f;
     last[i] = ok ? meta_[id].last : 0;
   }
+}
+
+// ------------------------------------------- torch backend (issue 5)
+CallStats FrequencyTable::pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets,
+                                            int64_t n_offsets, int64_t n_bags, PoolMode mode,
+                                            const float* pool_weights, float* out, bool train,
+                                            const float* score_weights, uint32_t* ids_out, uint64_t* epoch_out) {
+  auto kernel = [&](const RowView& v, uint32_t* ids) {
+    return cpu::pool_bags(v, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, pool_weights, out,
+                          threads());
+  };
+  return train ? train_call(values, n, score_weights, kernel, ids_out, epoch_out)
+               : serve_call(n, kernel, ids_out, epoch_out);
+}
+
+CallStats FrequencyTable::pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets,
+                                            int64_t n_offsets, int64_t n_bags, float* out, int64_t* argmax,
+                                            bool train, uint32_t* ids_out, uint64_t* epoch_out) {
+  // Resolve, then pool: missing values read the default row (the view's
+  // stand-in row), as in pool_bags.
+  auto kernel = [&](const RowView& v, uint32_t* ids) {
+    resolve(values, n, ids);
+    int64_t missing = 0;
+    for (int64_t i = 0; i < n; ++i) missing += ids[i] >= kTombstone;
+    cpu::pool_max_argmax(v, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
+    return missing;
+  };
+  return train ? train_call(values, n, nullptr, kernel, ids_out, epoch_out)
+               : serve_call(n, kernel, ids_out, epoch_out);
+}
+
+void FrequencyTable::apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets,
+                                            int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
+                                            const int64_t* argmax, const float* grad_out, int64_t grad_stride,
+                                            const OptimSpec& o, const uint32_t* ids, uint64_t ids_epoch) {
+  // The routing to rows / the default row is apply_gradients'.
+  const GradSource g =
+      pooled_grad_source(offsets, n_offsets, n_bags, n, mode, weights, argmax, grad_out, grad_stride, o);
+  apply_gradients_hinted(values, n, g, o, ids, ids_epoch);
+}
+
+FrequencyTable::SavedState FrequencyTable::save_state() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  SavedState s;
+  s.clock = clock_.load();
+  if (fo_.admit_count > 1) s.sketch = sketch_.counts();
+  s.cold_row.assign(cold_row_.begin(), cold_row_.begin() + opt_.dim);
+  s.cold_state = cold_state_;
+  return s;
+}
+
+void FrequencyTable::restore_state(const SavedState& s, const int64_t* keys, int64_t n, const float* scores,
+                                   const uint32_t* last) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  const size_t want = fo_.admit_count > 1 ? sketch_.counts().size() : 0;
+  if (s.sketch.size() != want)
+    throw std::invalid_argument("sketch: " + std::to_string(s.sketch.size()) + " counters given, this table keeps " +
+                                std::to_string(want) + " (sketch_width x sketch_depth, none when admit_count == 1)");
+  if (static_cast<int64_t>(s.cold_row.size()) != opt_.dim)
+    throw std::invalid_argument("cold_row: expected " + std::to_string(opt_.dim) + " floats, got " +
+                                std::to_string(s.cold_row.size()));
+  if (!s.cold_state.empty() && s.cold_state.size() != static_cast<size_t>(opt_.dim) &&
+      s.cold_state.size() != 1 && s.cold_state.size() != static_cast<size_t>(2 * opt_.dim))
+    throw std::invalid_argument("cold_state: " + std::to_string(s.cold_state.size()) +
+                                " floats fit no optimizer state of this dim");
+  for (int64_t i = 0; i < n; ++i)
+    if (!(scores[i] >= 0.0f) || !std::isfinite(scores[i]))
+      throw std::invalid_argument("scores: must be finite and >= 0, got " + num(scores[i]) + " at position " +
+                                  std::to_string(i));
+  std::vector<uint32_t> ids(static_cast<size_t>(n));
+  resolve(keys, n, ids.data());
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] == kNoRow) throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " is not in the table");
+  ensure_meta();
+  for (int64_t i = 0; i < n; ++i) meta_[ids[i]] = RowMeta{scores[i], last[i]};
+  clock_.store(s.clock);
+  if (!s.sketch.empty()) sketch_.counts() = s.sketch;
+  std::copy(s.cold_row.begin(), s.cold_row.end(), cold_row_.begin());
+  cold_state_ = s.cold_state;
 }
 
 }  // namespace embedlookup

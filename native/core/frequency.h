@@ -63,6 +63,9 @@ class CountMinSketch {
   uint32_t add(int64_t key, uint32_t c);
   uint32_t estimate(int64_t key) const;
   size_t bytes() const { return counts_.size() * sizeof(uint32_t); }
+  // torch backend (issue 5): checkpoints carry the counters.
+  const std::vector<uint32_t>& counts() const { return counts_; }
+  std::vector<uint32_t>& counts() { return counts_; }
 
  private:
   size_t slot(int64_t key, int64_t row) const;
@@ -142,7 +145,46 @@ class FrequencyTable : public EmbeddingTable {
   void inspect(const int64_t* keys, int64_t n, float* score, uint32_t* last, uint32_t* row_id) const;
   const float* default_row() const { return cold_row_.data(); }
 
+  // ---- torch backend (issue 5): embedlookup.torch modules over this table ----
+  // pooled_lookup (train=true: a training access that scores, admits and
+  // evicts) that also writes the row id each value resolved to (ids_out, n;
+  // kNoRow: the value read the default row) and the layout epoch those ids
+  // belong to, both taken under the table lock.
+  CallStats pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                              int64_t n_bags, PoolMode mode, const float* pool_weights, float* out, bool train,
+                              const float* score_weights, uint32_t* ids_out, uint64_t* epoch_out);
+  // Max pooling with the winning position per (bag, column), as
+  // EmbeddingTable::pooled_max_argmax, with this table's training side effects.
+  CallStats pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                              int64_t n_bags, float* out, int64_t* argmax, bool train, uint32_t* ids_out,
+                              uint64_t* epoch_out);
+  // Fused backward of the two above (EmbeddingTable::apply_pooled_gradients'
+  // contract), routed like apply_gradients: values that read the default row
+  // in the forward (ids[p] == kNoRow), or whose row is gone by now, have their
+  // gradients dropped (kZeros) or summed into the cold row (kCold); the rest
+  // update their rows. ids/ids_epoch may be null/0 (keys are resolved then).
+  void apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                              int64_t n_bags, PoolMode mode, const float* weights, const int64_t* argmax,
+                              const float* grad_out, int64_t grad_stride, const OptimSpec& o,
+                              const uint32_t* ids = nullptr, uint64_t ids_epoch = 0);
+  // Checkpoint state beyond rows and optimizer state: the clock, the sketch
+  // counters, the cold row (dim floats) and its optimizer state.
+  struct SavedState {
+    uint32_t clock = 0;
+    std::vector<uint32_t> sketch;
+    std::vector<float> cold_row, cold_state;
+  };
+  SavedState save_state() const;
+  // Restores a SavedState and the (score, last) of existing keys; validates
+  // sizes and keys first (std::invalid_argument / KeyMissingError, no change).
+  void restore_state(const SavedState& s, const int64_t* keys, int64_t n, const float* scores, const uint32_t* last);
+  // ---- end torch backend ----
+
  private:
+  // torch backend (issue 5): apply_gradients with the forward's row ids;
+  // hint[i] == kNoRow routes position i to the default row.
+  void apply_gradients_hinted(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o,
+                              const uint32_t* hint, uint64_t hint_epoch);
   // All three: caller holds mu_ exclusively.
   void admit_missing(const int64_t* keys, int64_t n, uint32_t* ids, const float* w, uint32_t now, CallStats& cs);
   void evict_to_budget(uint32_t now, CallStats& cs);
@@ -155,10 +197,13 @@ class FrequencyTable : public EmbeddingTable {
   // (last > now): no decay then.
   double score_at(const RowMeta& m, uint32_t now) const { return m.last >= now ? m.score : m.score * decay(now - m.last); }
   void add_totals(const CallStats& cs);
+  // ids_out/epoch_out (may be null; torch backend, issue 5): the resolved row
+  // ids and the layout epoch, written under the lock.
   template <class Kernel>
-  CallStats train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel);
+  CallStats train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel, uint32_t* ids_out = nullptr,
+                       uint64_t* epoch_out = nullptr);
   template <class Kernel>
-  CallStats serve_call(int64_t n, Kernel&& kernel);
+  CallStats serve_call(int64_t n, Kernel&& kernel, uint32_t* ids_out = nullptr, uint64_t* epoch_out = nullptr);
 
   FrequencyOptions fo_;
   CountMinSketch sketch_;

@@ -169,6 +169,12 @@ class EmbeddingTable {
                                                       uint64_t hint_epoch = 0);
   // After a fused update: stamps the rows' version, enforces a tier budget.
   void finish_update(std::shared_lock<std::shared_mutex>& lk, const uint32_t* ids, int64_t n);
+  // Checks a pooled backward's arguments (optimizer, argmax for max mode,
+  // finite grad_out) and builds its per-occurrence gradient source in
+  // per-thread scratch, valid until this thread's next such call.
+  GradSource pooled_grad_source(const int64_t* offsets, int64_t n_offsets, int64_t n_bags, int64_t n, PoolMode mode,
+                                const float* weights, const int64_t* argmax, const float* grad_out,
+                                int64_t grad_stride, const OptimSpec& o) const;
   std::atomic<uint64_t> layout_epoch_{0};
   // ---- end of the torch-backend block
 

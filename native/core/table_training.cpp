@@ -31,10 +31,9 @@ T* sized(std::vector<T>& v, int64_t n) {
 }
 }  // namespace
 
-void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets,
-                                            int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
-                                            const int64_t* argmax, const float* grad_out, int64_t grad_stride,
-                                            const OptimSpec& o, const uint32_t* ids_hint, uint64_t ids_epoch) {
+GradSource EmbeddingTable::pooled_grad_source(const int64_t* offsets, int64_t n_offsets, int64_t n_bags, int64_t n,
+                                              PoolMode mode, const float* weights, const int64_t* argmax,
+                                              const float* grad_out, int64_t grad_stride, const OptimSpec& o) const {
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
   if (mode == PoolMode::kMax && !argmax) throw std::invalid_argument("max mode needs the argmax from its forward");
   const int64_t dim = opt_.dim;
@@ -43,24 +42,30 @@ void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
     throw std::invalid_argument("grad_output: bag " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
   TrainScratch& s = train_scratch();
-  uint32_t* ids = sized(s.ids, n);
-  auto lk = lock_for_update(values, n, ids, o, ids_hint, ids_epoch);
-  GradSource g{};
   if (mode == PoolMode::kMax) {
     float* per_occurrence = sized(s.grad, n * dim);
     cpu::max_pool_grad(argmax, grad_out, n_bags, dim, grad_stride, n, per_occurrence, threads());
-    g = GradSource{per_occurrence, n, dim, nullptr, nullptr};
-  } else {
-    int64_t* bag_of = sized(s.bag_of, n);
-    // Plain sum needs no per-occurrence scale.
-    float* scale = (mode == PoolMode::kMean || weights) ? sized(s.scale, n) : nullptr;
-    cpu::bag_positions(offsets, n_offsets, n_bags, n, mode, weights, bag_of, scale, threads());
-    g = GradSource{grad_out, n_bags, grad_stride, bag_of, scale};
+    return GradSource{per_occurrence, n, dim, nullptr, nullptr};
   }
+  int64_t* bag_of = sized(s.bag_of, n);
+  // Plain sum needs no per-occurrence scale.
+  float* scale = (mode == PoolMode::kMean || weights) ? sized(s.scale, n) : nullptr;
+  cpu::bag_positions(offsets, n_offsets, n_bags, n, mode, weights, bag_of, scale, threads());
+  return GradSource{grad_out, n_bags, grad_stride, bag_of, scale};
+}
+
+void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets,
+                                            int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
+                                            const int64_t* argmax, const float* grad_out, int64_t grad_stride,
+                                            const OptimSpec& o, const uint32_t* ids_hint, uint64_t ids_epoch) {
+  const GradSource g =
+      pooled_grad_source(offsets, n_offsets, n_bags, n, mode, weights, argmax, grad_out, grad_stride, o);
+  uint32_t* ids = sized(train_scratch().ids, n);
+  auto lk = lock_for_update(values, n, ids, o, ids_hint, ids_epoch);
   const int64_t step = step_.fetch_add(1) + 1;
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::fused_update(view, state_.get(), ids, n, g, dim, o, c, threads());
+  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads());
   finish_update(lk, ids, n);
 }
 

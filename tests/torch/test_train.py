@@ -94,3 +94,21 @@ def test_short_run_learns_and_reports():
         assert h["logloss"][-1] < h["logloss"][0], name  # it learns
         assert h["auc"][-1] > 0.6, name
     assert res["models"]["hash_table"]["rows"] <= res["models"]["hash_table"]["capacity"]
+    assert res["models"]["freq_table"]["rows"] <= res["models"]["freq_table"]["budget_rows"]
+
+
+def test_freq_table_keeps_its_budget_and_evicts():
+    emb = T.FreqTableEmbeddings(3, 4, budget_rows=50, lr=0.1, admit_count=2, sketch_width=1 << 10)
+    table = emb.coll.bag.table
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        sparse = torch.from_numpy(rng.integers(0, 60, (16, 3)))
+        out = emb(sparse)
+        assert out.shape == (3, 16, 4)
+        out.sum().backward()
+        assert len(table) <= 50
+    st = table.stats()
+    assert st["rejected"] > 0 and st["evicted"] > 0 and st["cold_updates"] > 0
+    # Memory as reported: rows x (row + Adagrad state + key + score) + index + sketch.
+    m = table.memory_usage()
+    assert emb.memory_bytes() == len(table) * (m["row_bytes_per_row"] + 16 + 16) + m["index_bytes"] + 4 * 4 * 1024

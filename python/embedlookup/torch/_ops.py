@@ -7,7 +7,9 @@ call the native code on borrowed CPU memory (``Tensor.numpy()`` shares the
 storage), their fake implementations give only output shapes, so a compiled
 model keeps them in its graph instead of breaking around them.
 
-The forward op inserts missing keys (hidden table state); the backward op
+The forward op inserts missing keys (hidden table state; on a
+FrequencyTable it is a training access: scores, admission, eviction); the
+backward op
 applies the fused optimizer step to the touched rows and returns the
 gradient of the module's empty anchor parameter, so neither can be
 dead-code-eliminated.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from ..frequency import FrequencyTable
 
 __all__ = ["register_table", "unregister_table", "table_of"]
 
@@ -83,7 +86,16 @@ def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
     out = torch.empty((n_bags, t.dim), dtype=torch.float32)
     ids = torch.empty((v.shape[0],), dtype=torch.int32)
     ids_np = _np(ids).view(np.uint32)
-    if mode == _checks.MODES["max"]:
+    if isinstance(t, FrequencyTable):
+        # A training access of the frequency-aware table (clock, scores,
+        # admission, eviction); values without a row read its default row
+        # and get id kNoRow, which the backward routes to that row.
+        is_max = mode == _checks.MODES["max"]
+        argmax = torch.empty((n_bags, t.dim) if is_max else (0,), dtype=torch.int64)
+        cs, epoch = t._t.pooled_lookup_ids(v, off, n_bags, mode, w, _np(out), insert, ids_np,
+                                           _np(argmax) if is_max else None)
+        t._account(None, cs)  # totals, and evicted rows to the table's on_evict
+    elif mode == _checks.MODES["max"]:
         argmax = torch.empty((n_bags, t.dim), dtype=torch.int64)
         epoch = t._t.pooled_max_argmax(v, off, n_bags, _np(out), _np(argmax), insert, ids_np)
     else:
@@ -124,6 +136,8 @@ def pooled_backward(grad: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
                                                                                                    v.shape[0]))))
         wg = (rows * g[bag_of]).sum(1)
     am = None if mode != _checks.MODES["max"] else _np(argmax)
+    # On a FrequencyTable this is its own binding: values that read the
+    # default row in the forward update the cold row or are dropped.
     t._t.apply_pooled_gradients(v, off, n_bags, mode, w, am, _np(g), entry.optimizer._spec(),
                                 _np(ids).view(np.uint32), int(epoch[0]))
     return torch.zeros((0,), dtype=torch.float32), wg

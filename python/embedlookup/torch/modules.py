@@ -39,8 +39,9 @@ from .. import _checks
 from .. import init as _init
 from .. import optim
 from ..optim import Optimizer
+from ..frequency import FrequencyTable
 from ..table import EmbeddingTable
-from . import _ops
+from . import _frequency, _ops
 
 __all__ = ["HashEmbeddingBag", "HashEmbedding", "HashEmbeddingBagCollection"]
 
@@ -76,13 +77,17 @@ class _TableModule(nn.Module):
     """Owns one native table, its optimizer and its registry handle; saves and
     loads them through ``state_dict`` (extra state)."""
 
-    def __init__(self, dim, optimizer, initializer, capacity, num_threads, insert_in_eval):
+    def __init__(self, dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table=None):
         super().__init__()
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam) or None, "
                             f"got {type(optimizer).__name__}")
-        self.table = EmbeddingTable(dim, initializer=initializer, capacity=capacity, optimizer=optimizer,
-                                    num_threads=num_threads)
+        if table is None:
+            self.table = EmbeddingTable(dim, initializer=initializer, capacity=capacity, optimizer=optimizer,
+                                        num_threads=num_threads)
+        else:  # a FrequencyTable backend (admission, eviction): see _frequency.py
+            optimizer = _frequency.check_table(table, dim, initializer, capacity, num_threads, optimizer)
+            self.table = table
         self.optimizer = optimizer
         self.insert_in_eval = bool(insert_in_eval)
         self._num_threads = num_threads
@@ -105,9 +110,11 @@ class _TableModule(nn.Module):
     # ---------------------------------------------------------- checkpoints
     def get_extra_state(self):
         keys, rows = self.table.export()
+        freq = _frequency.extra_state(self.table, keys) if isinstance(self.table, FrequencyTable) else None
         state = self.table._t.export_state(keys)
         opt = self.optimizer
         return {
+            "frequency": freq,
             "version": _STATE_VERSION,
             "dim": self.table.dim,
             "keys": torch.from_numpy(keys),
@@ -133,12 +140,24 @@ class _TableModule(nn.Module):
             raise ValueError("state_dict: the saved optimizer state belongs to another optimizer kind than "
                              f"this module's ({type(self.optimizer).__name__})")
         # Build the new table fully before swapping it in: a failure leaves the module as it was.
-        fresh = EmbeddingTable(self.table.dim, initializer=self.table.initializer, capacity=self.table.capacity,
-                               optimizer=self.optimizer, num_threads=self._num_threads)
+        freq = isinstance(self.table, FrequencyTable)
+        if freq:
+            fresh = _frequency.empty_like(self.table)
+            if fresh.budget_rows is not None and keys.shape[0] > fresh.budget_rows:
+                raise ValueError(f"state_dict: {keys.shape[0]} saved rows exceed this table's budget of "
+                                 f"{fresh.budget_rows} rows")
+        elif state.get("frequency") is not None:
+            raise ValueError("state_dict: the saved table is a FrequencyTable's; this module's is an EmbeddingTable "
+                             "(build the module with table=FrequencyTable(...))")
+        else:
+            fresh = EmbeddingTable(self.table.dim, initializer=self.table.initializer, capacity=self.table.capacity,
+                                   optimizer=self.optimizer, num_threads=self._num_threads)
         fresh.assign(keys, rows)
         if opt_state.size:
             fresh._t.import_state(keys, opt_state.reshape(keys.shape[0], -1), self.optimizer._spec())
         fresh._t.set_step(int(state["step"]))
+        if freq:
+            _frequency.restore(fresh, keys, state)
         self.table = fresh
         _ops.table_of(self._handle).table = fresh
 
@@ -158,6 +177,15 @@ class HashEmbeddingBag(_TableModule):
     include_last_offset: as nn.EmbeddingBag.
     num_threads: native threads per call (default: OpenMP's).
     insert_in_eval: insert unseen keys in eval mode too.
+    table: an ``embedlookup.FrequencyTable`` (built without ``features``) to
+        use instead of a new unbounded table: a training forward is then the
+        table's training lookup (scores, admission, eviction under its
+        budget; keys without a row read its default row) and the backward
+        updates only rows that exist, routing the rest to the default row
+        (dropped for ``"zeros"``, summed into the learned ``"cold"`` row).
+        ``initializer``, ``capacity`` and ``num_threads`` then belong to the
+        table (passing them raises); ``optimizer`` defaults to the table's.
+        See docs/torch.md ("Frequency-aware tables").
 
     ``forward(input, offsets=None, per_sample_weights=None)`` as
     nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of
@@ -167,9 +195,10 @@ class HashEmbeddingBag(_TableModule):
 
     def __init__(self, embedding_dim: int, mode: str = "mean", *, optimizer: Optimizer | None = None,
                  initializer: _init.Initializer | None = None, capacity: int | None = None,
-                 include_last_offset: bool = False, num_threads: int | None = None, insert_in_eval: bool = False):
+                 include_last_offset: bool = False, num_threads: int | None = None, insert_in_eval: bool = False,
+                 table: FrequencyTable | None = None):
         self._mode_id = _checks.mode_id(mode)
-        super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval)
+        super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table)
         self.mode = mode
         self.include_last_offset = bool(include_last_offset)
 
@@ -218,12 +247,13 @@ class HashEmbeddingBag(_TableModule):
 class HashEmbedding(_TableModule):
     """``torch.nn.Embedding`` over a hashed table: ``forward(input)`` maps an
     integer tensor of any shape to ``input.shape + (embedding_dim,)``.
-    Parameters as ``HashEmbeddingBag`` (no mode)."""
+    Parameters as ``HashEmbeddingBag`` (no mode), ``table=`` included."""
 
     def __init__(self, embedding_dim: int, *, optimizer: Optimizer | None = None,
                  initializer: _init.Initializer | None = None, capacity: int | None = None,
-                 num_threads: int | None = None, insert_in_eval: bool = False):
-        super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval)
+                 num_threads: int | None = None, insert_in_eval: bool = False,
+                 table: FrequencyTable | None = None):
+        super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table)
 
     def extra_repr(self) -> str:
         return f"{self.embedding_dim}, optimizer={self.optimizer}, rows={len(self.table)}"
@@ -255,11 +285,16 @@ class HashEmbeddingBagCollection(nn.Module):
     that do not fit in ``64 - bits`` bits are rejected. ``shared_table=False``
     gives each feature its own ``HashEmbeddingBag`` (full 64-bit keys;
     ``capacity`` then applies per table).
+
+    ``table=embedlookup.FrequencyTable(...)`` (with ``shared_table=True``)
+    backs the shared table with admission and eviction under one budget for
+    all features (see ``HashEmbeddingBag``).
     """
 
     def __init__(self, features, embedding_dim: int, mode: str = "sum", *, optimizer: Optimizer | None = None,
                  initializer: _init.Initializer | None = None, capacity: int | None = None,
-                 shared_table: bool = True, num_threads: int | None = None, insert_in_eval: bool = False):
+                 shared_table: bool = True, num_threads: int | None = None, insert_in_eval: bool = False,
+                 table: FrequencyTable | None = None):
         super().__init__()
         self.features = [str(f) for f in features]
         if not self.features or len(set(self.features)) != len(self.features):
@@ -269,8 +304,11 @@ class HashEmbeddingBagCollection(nn.Module):
         self.shared_table = bool(shared_table)
         kw = dict(mode=mode, optimizer=optimizer, initializer=initializer, capacity=capacity,
                   include_last_offset=True, num_threads=num_threads, insert_in_eval=insert_in_eval)
+        if table is not None and not self.shared_table:
+            raise ValueError("table: one FrequencyTable backs one shared table; pass shared_table=True (features "
+                             "are namespaced inside it)")
         if self.shared_table:
-            self.bag = HashEmbeddingBag(embedding_dim, **kw)
+            self.bag = HashEmbeddingBag(embedding_dim, table=table, **kw)
             self._bits = int(len(self.features) - 1).bit_length()
         else:
             self.bags = nn.ModuleDict({f: HashEmbeddingBag(embedding_dim, **kw) for f in self.features})

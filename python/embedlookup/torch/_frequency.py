@@ -1,0 +1,88 @@
+"""A FrequencyTable as the backend of the torch modules (``table=``): the
+argument checks, and the part of a checkpoint that only a FrequencyTable has
+(scores, clock, admission sketch, cold row)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..frequency import DEFAULT_ROWS, POLICIES, FrequencyTable
+
+_POLICY_NAMES = {v: k for k, v in POLICIES.items()}
+_DEFAULT_ROW_NAMES = {v: k for k, v in DEFAULT_ROWS.items()}
+
+
+def check_table(table, dim: int, initializer, capacity, num_threads, optimizer):
+    """Validates ``table=`` against the module's other arguments; returns the
+    optimizer the module applies (the module's, else the table's)."""
+    if not isinstance(table, FrequencyTable):
+        raise TypeError(f"table must be an embedlookup.FrequencyTable (or None: the module builds its own "
+                        f"EmbeddingTable), got {type(table).__name__}")
+    if int(dim) != table.dim:
+        raise ValueError(f"table: the FrequencyTable has dim {table.dim} but the module was given "
+                         f"embedding_dim={dim}; they must match")
+    given = [n for n, v in (("initializer", initializer), ("capacity", capacity), ("num_threads", num_threads))
+             if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: set these on the FrequencyTable, not on a module built with table= "
+                         f"(its budget_rows/budget_bytes replaces capacity)")
+    if table._namespaced:
+        raise ValueError("table: a FrequencyTable built with features=... takes a feature name per call, which "
+                         "the torch modules do not pass; build it without features (HashEmbeddingBagCollection "
+                         "namespaces its features itself)")
+    return optimizer if optimizer is not None else table.optimizer
+
+
+def empty_like(table: FrequencyTable) -> FrequencyTable:
+    """A new, empty FrequencyTable configured as ``table``."""
+    if table.tier is not None:
+        raise NotImplementedError("state_dict: a FrequencyTable over a storage tier cannot be loaded through "
+                                  "load_state_dict (the tier's rows are not in the state); checkpoint it with "
+                                  "embedlookup.storage instead")
+    o = table._t.options
+    policy = _POLICY_NAMES[o["policy"]]
+    return FrequencyTable(
+        table.dim, initializer=table.initializer, optimizer=table.optimizer,
+        num_threads=o["num_threads"] or None, half_life=o["half_life"], budget_rows=o["budget_rows"] or None,
+        policy=policy, evict_fraction=o["evict_fraction"], ttl=o["ttl"] if policy == "ttl" else None,
+        ttl_interval=o["ttl_interval"] or None, admit_count=o["admit_count"],
+        admit_probability=o["admit_probability"], admit_seed=o["admit_seed"], sketch_width=o["sketch_width"],
+        sketch_depth=o["sketch_depth"], default_row=_DEFAULT_ROW_NAMES[o["default_row"]],
+        hot_fraction=o["hot_fraction"], on_evict=table.on_evict)
+
+
+def extra_state(table: FrequencyTable, keys: np.ndarray) -> dict:
+    """What a FrequencyTable keeps beyond rows and optimizer state."""
+    if table.tier is not None:
+        raise NotImplementedError("state_dict: a FrequencyTable over a storage tier holds rows outside memory "
+                                  "that state_dict does not collect; checkpoint it with embedlookup.storage")
+    score, last, _ = table.inspect(keys)
+    s = table._t.save_state()
+    return {
+        "scores": torch.from_numpy(np.ascontiguousarray(score)),
+        "last_step": torch.from_numpy(last.astype(np.int64)),
+        "clock": int(s["clock"]),
+        "sketch": torch.from_numpy(s["sketch"].view(np.int32)),  # uint32 bits: torch has no uint32 math
+        "cold_row": torch.from_numpy(s["cold_row"]),
+        "cold_state": torch.from_numpy(s["cold_state"]),
+        "options": dict(table._t.options),
+    }
+
+
+def restore(fresh: FrequencyTable, keys: np.ndarray, state: dict) -> None:
+    """Loads a saved :func:`extra_state` into ``fresh``, which already holds
+    ``keys``' rows. Raises ValueError on a mismatch (``fresh`` is then
+    discarded by the caller)."""
+    f = state.get("frequency")
+    if f is None:
+        raise ValueError("state_dict: the saved table is not a FrequencyTable's, but this module's table is one")
+    scores = np.ascontiguousarray(f["scores"].numpy(), dtype=np.float32)
+    last = f["last_step"].numpy()
+    if scores.shape != keys.shape or last.shape != keys.shape:
+        raise ValueError("state_dict: scores / last_step do not have one entry per saved key")
+    if last.size and (last.min() < 0 or last.max() >= 2**32):
+        raise ValueError("state_dict: last_step values must lie in [0, 2**32)")
+    sketch = np.ascontiguousarray(f["sketch"].numpy()).view(np.uint32)
+    fresh._t.restore_state(int(f["clock"]), sketch, f["cold_row"].numpy(), f["cold_state"].numpy(), keys, scores,
+                           np.ascontiguousarray(last, dtype=np.uint32))

@@ -327,6 +327,16 @@ class FrequencyTable(EmbeddingTable):
         g = _checks.floats(grads, "grads", (k.shape[0], self._dim))
         self._t.apply_gradients(k, g, opt._spec())
 
+    def apply_pooled_gradients(self, values, offsets, grad_output, optimizer: Optimizer | None = None,
+                               mode: str = "sum", per_sample_weights=None, include_last_offset: bool = False, *,
+                               feature=None) -> None:
+        """The fused backward of :meth:`pooled_lookup` (see
+        EmbeddingTable.apply_pooled_gradients); occurrences of keys without a
+        row go to the default row as in :meth:`apply_gradients`."""
+        v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
+        self._apply_pooled(self.namespaced_keys(v, feature), off, n_bags, grad_output, optimizer, mode,
+                           per_sample_weights)
+
     def assign(self, keys, rows, *, feature=None) -> None:
         """Sets rows (always admits; the budget is enforced afterwards)."""
         k = self.namespaced_keys(keys, feature)

@@ -168,12 +168,16 @@ class EmbeddingTable(_StorageMethods):
         (``embedlookup.torch.HashEmbeddingBag``) for it. Keys must be in the
         table; on any error nothing is updated.
         """
+        v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
+        self._apply_pooled(v, off, n_bags, grad_output, optimizer, mode, per_sample_weights)
+
+    def _apply_pooled(self, v, off, n_bags, grad_output, optimizer, mode, per_sample_weights) -> None:
+        """apply_pooled_gradients on checked bags (v: the table's own keys)."""
         opt = _checks.optimizer(optimizer, self.optimizer)
         m = _checks.mode_id(mode)
         if mode == "max":
             raise ValueError("mode='max' is not supported here: its gradient needs the forward's winning rows; "
                              "use embedlookup.torch.HashEmbeddingBag for max pooling")
-        v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         w = None
         if per_sample_weights is not None:
             if mode != "sum":

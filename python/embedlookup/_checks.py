@@ -139,3 +139,13 @@ def mode_id(mode) -> int:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     return MODES[mode]
+
+
+def bag_weights(per_sample_weights, mode: str, n: int):
+    """``per_sample_weights`` checked as EmbeddingBag does: only with mode
+    "sum", one float32 per value; None stays None."""
+    if per_sample_weights is None:
+        return None
+    if mode != "sum":
+        raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+    return floats(per_sample_weights, "per_sample_weights", (n,))

@@ -296,11 +296,7 @@ class FrequencyTable(EmbeddingTable):
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         v = self.namespaced_keys(v, feature)
-        pw = None
-        if per_sample_weights is not None:
-            if mode != "sum":
-                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
-            pw = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+        pw = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
         sw = None if score_weights is None else self._score_weights(score_weights, v.shape[0])
         o = _checks.out_array(out, "out", (n_bags, self._dim))
         self._account(feature, self._t.pooled_lookup(v, off, n_bags, m, pw, o, bool(train), sw))

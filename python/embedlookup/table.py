@@ -115,11 +115,7 @@ class EmbeddingTable(_StorageMethods):
         """
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
-        w = None
-        if per_sample_weights is not None:
-            if mode != "sum":
-                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
-            w = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+        w = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
         o = _checks.out_array(out, "out", (n_bags, self._dim))
         self._t.pooled_lookup(v, off, n_bags, m, w, o, bool(insert))
         return o
@@ -178,11 +174,7 @@ class EmbeddingTable(_StorageMethods):
         if mode == "max":
             raise ValueError("mode='max' is not supported here: its gradient needs the forward's winning rows; "
                              "use embedlookup.torch.HashEmbeddingBag for max pooling")
-        w = None
-        if per_sample_weights is not None:
-            if mode != "sum":
-                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
-            w = _checks.floats(per_sample_weights, "per_sample_weights", (v.shape[0],))
+        w = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
         g = _checks.floats(grad_output, "grad_output", (n_bags, self._dim))
         self._t.apply_pooled_gradients(v, off, n_bags, m, w, None, g, opt._spec(), None, 0)
 

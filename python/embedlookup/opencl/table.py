@@ -385,12 +385,8 @@ class OpenCLTable:
         m = _checks.mode_id(mode)
         values, offsets = _host(values, "values"), _host(offsets, "offsets")
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
-        w = None
-        if per_sample_weights is not None:
-            if mode != "sum":
-                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
-            w = _host(per_sample_weights, "per_sample_weights")
-            w = _checks.floats(w, "per_sample_weights", (v.shape[0],))
+        w = None if per_sample_weights is None else _host(per_sample_weights, "per_sample_weights")
+        w = _checks.bag_weights(w, mode, v.shape[0])
         out = np.zeros((n_bags, self._dim), np.float32)
         if n_bags == 0:
             return out

@@ -226,3 +226,26 @@ def test_uncertain_ratios_get_more_rounds(registry):
     assert n == {"embedlookup": 10, "jittery": 10}
     assert m == {"embedlookup": 20, "jittery": 20}  # doubled, then stopped
     assert bench.runner._widest_ratio_ci({"embedlookup": [1.0] * 8, "x": [2.0] * 8}) == 0.0
+
+
+def test_steady_allocator_reuses_memory_and_is_noted():
+    import resource
+
+    from embedlookup.bench import machine
+
+    def faults_of_big_temporaries():
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            a = np.ones(12_000_000, np.float32)  # 48 MB: above glibc's default mmap threshold
+            del a
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+    line = machine.steady_allocator()
+    if line is None:
+        pytest.skip("not glibc")
+    faults_of_big_temporaries()  # the heap grows once
+    assert faults_of_big_temporaries() < 100  # then the same memory is reused
+    rep = bench.run([(_small(), ["pooled_sum"])], Config(**FAST, subjects=["embedlookup"]))
+    assert any(n.startswith("allocator: glibc mmap threshold") for n in rep["notes"])
+    rep = bench.run([(_small(), ["pooled_sum"])], Config(**FAST, subjects=["embedlookup"], steady_allocator=False))
+    assert not any(n.startswith("allocator:") for n in rep["notes"])

@@ -53,6 +53,8 @@ class Config:
     # machine's state over the whole run, not over the few seconds its op
     # happened to run in, so two runs agree better on a shared machine.
     passes: int = 1
+    # Large temporaries reuse heap memory (machine.steady_allocator).
+    steady_allocator: bool = True
     # Extra rounds (up to twice the planned ones) while a peer's median ratio
     # has a 95% confidence interval wider than +-ratio_ci (0: never).
     ratio_ci: float = 0.0
@@ -318,6 +320,10 @@ def run(
         "results": [],
         "notes": list(notes or []),
     }
+    if cfg.steady_allocator:
+        line = _machine.steady_allocator()
+        if line:
+            report["notes"].append(line)
     # Subjects that cannot run here at all: one line each, once.
     unavailable = {}
     for s in subjects:

@@ -58,10 +58,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME]",
         help="subjects to run beside embedlookup (default: all available)",
     )
-    # Defaults sized for the bar "two runs agree within 15%": slow ops get 25
+    # Defaults sized for the bar "two runs agree within 15%": slow ops get 36
     # paired rounds (with 9, the median per-round ratio of a noisy peer moved
-    # by more than that between runs), fast ops up to 101, ~2 min in all.
-    b.add_argument("--repeats", type=int, default=25, help="timed rounds per op, at least (default 25)")
+    # by more than that between runs), fast ops up to 101, in 6 passes.
+    b.add_argument("--repeats", type=int, default=36, help="timed rounds per op, at least (default 36)")
     b.add_argument(
         "--max-repeats",
         type=int,
@@ -77,9 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--passes",
         type=int,
-        default=2,
+        default=6,
         help="passes over the plan in alternating order, sharing the rounds, so each ratio "
-        "averages the machine's state over the run (default 2)",
+        "averages the machine's state (and each pass's fresh tables) over the run (default 6)",
     )
     b.add_argument(
         "--ratio-ci",

@@ -372,7 +372,9 @@ def run(
                     "limits": None,
                     "op_wall_s": {},
                 }
-            if cfg.limits:
+            # Limits at the first and the last pass (each takes seconds; the
+            # run keeps the best, and the last pass sees the other end of the run).
+            if cfg.limits and p in (0, passes - 1):
                 threads = w.threads or (report["machine"]["usable_cores"] or 1)
                 table_bytes = max(cfg.limit_bytes, w.rows * w.row_bytes)
                 # read at least a quarter of the limit table per pass, so the

@@ -12,8 +12,8 @@
 // changed does the bag get re-read with per-row checks. Training and serving
 // rarely overlap, so most bags cost one counter load instead of two per row.
 //
-// Writers take the table-wide writers() mutex for a whole batch update and
-// split the batch so that each stripe belongs to one thread (see
+// A batch update holds a BatchWrite (the table-wide writers' mutex, and the
+// batch counter odd) for its whole length and splits the batch so that each stripe belongs to one thread (see
 // stripe_of). A stripe then has one writer at a time and its counter moves
 // with plain stores: no locked instruction per row, which on x86 would drain
 // the store buffer and serialise the rows' memory traffic (measured: ~40% of
@@ -29,7 +29,7 @@ namespace embedlookup {
 class RowSeqlock {
  public:
   static constexpr uint32_t kStripes = 4096;
-  // Blocks of 16 consecutive rows share a stripe, so a writer that owns a
+  // Blocks of 256 consecutive rows share a stripe, so a writer that owns a
   // range of stripes owns runs of neighbouring rows (locality in the arena).
   static constexpr uint32_t kBlockShift = 8;
   static uint32_t stripe_of(uint32_t row) { return (row >> kBlockShift) & (kStripes - 1); }
@@ -54,15 +54,23 @@ class RowSeqlock {
     return (begin & 1u) == 0 && batch_.load(std::memory_order_relaxed) == begin;
   }
 
-  // Writer side. Hold writers(), bracket the batch with update_begin/end,
-  // and be the only thread writing rows of this row's stripe (the caller's
-  // partitioning guarantees it).
-  std::mutex& writers() const { return writers_; }
-  void update_begin() const {
-    batch_.store(batch_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-  }
-  void update_end() const { batch_.store(batch_.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
+  // Writer side. Hold a BatchWrite for the whole batch update and be the
+  // only thread writing rows of this row's stripe (the caller's partitioning
+  // guarantees it); concurrent batch updates then run one after another.
+  class BatchWrite {
+   public:
+    explicit BatchWrite(const RowSeqlock& s) : s_(s), lk_(s.writers_) {
+      s_.batch_.store(s_.batch_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_release);  // odd before any row's stores
+    }
+    ~BatchWrite() { s_.batch_.store(s_.batch_.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
+    BatchWrite(const BatchWrite&) = delete;
+    BatchWrite& operator=(const BatchWrite&) = delete;
+
+   private:
+    const RowSeqlock& s_;
+    std::lock_guard<std::mutex> lk_;
+  };
   void write_begin(uint32_t row) const {
     auto& s = stripe(row);
     s.store(s.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);

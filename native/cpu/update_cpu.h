@@ -25,7 +25,7 @@ constexpr bool kUpdatePrefetchEarly = true;
 // partition is then owned by one thread, which merges duplicates with a small
 // L1-resident hash map, accumulates their gradients, and updates the rows.
 // No locks between threads (a row and its stripe live in exactly one
-// partition) and no global sort. Holds v.seq->writers() throughout, so
+// partition) and no global sort. Holds a RowSeqlock::BatchWrite throughout, so
 // concurrent calls on one table run one after another.
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
                   int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads);

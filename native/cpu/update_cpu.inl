@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -21,7 +20,7 @@ namespace {
 // Partitions are ranges of seqlock stripes: each stripe (and so each row)
 // belongs to exactly one partition, which one thread updates, so the rows'
 // seqlock counters move without locked instructions (row_seqlock.h). A
-// stripe covers blocks of 16 neighbouring rows, so a partition's rows lie in
+// stripe covers blocks of 256 neighbouring rows, so a partition's rows lie in
 // a few windows of the arena (friendlier to DRAM pages than hashed ids).
 inline uint32_t partition_of(uint32_t id, uint32_t parts) {
   return static_cast<uint32_t>(static_cast<uint64_t>(RowSeqlock::stripe_of(id)) * parts / RowSeqlock::kStripes);
@@ -129,13 +128,7 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
       static_cast<uint32_t>(std::min<int64_t>(RowSeqlock::kStripes, std::max<int64_t>(1, n / 512)));
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
   auto part_of = [parts](uint32_t id) { return partition_of(id, parts); };
-  std::lock_guard<std::mutex> writers(v.seq->writers());  // concurrent batch updates run one after another
-  // Readers check rows one by one while the batch counter is odd.
-  struct Bracket {
-    const RowSeqlock* s;
-    explicit Bracket(const RowSeqlock* q) : s(q) { s->update_begin(); }
-    ~Bracket() { s->update_end(); }
-  } bracket(v.seq);
+  const RowSeqlock::BatchWrite batch(*v.seq);  // one batch update at a time; readers check rows meanwhile
   thread_local std::vector<int64_t> hist;
   thread_local std::vector<Occurrence> occ;
   thread_local std::vector<float> occ_scale;

@@ -1,7 +1,7 @@
 // KeyIndex: int64 key -> uint32 row id, open addressing over 64-byte buckets.
 //
 // One bucket is one cache line holding 5 keys and their 5 row ids, so a probe
-// usually costs a single line (and 1 M keys take ~16 MB, which stays in a
+// usually costs a single line (and 1 M keys take ~32 MB, which can stay in a
 // server's last-level cache while the rows stream from DRAM). Buckets fill in
 // slot order and probing moves linearly bucket to bucket, so a lookup stops at
 // the first empty slot. Erase leaves a tombstone; rehash clears them.

@@ -78,11 +78,15 @@ def test_results_add_up():
         ("insert", "embedlookup"),
     }
     for r in ok:
-        assert len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert len(r["times_s"]) >= 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
         assert r["bytes_per_s"] == pytest.approx(r["bytes_per_call"] / r["median_s"])
         if r["subject"] != "embedlookup":
             el = next(x for x in ok if x["op"] == r["op"] and x["subject"] == "embedlookup")
-            want = np.median(np.asarray(r["times_s"]) / np.asarray(el["times_s"]))
+            # each ratio pairs the subject's rounds with embedlookup's time in those rounds
+            assert len(r["el_times_s"]) == len(r["times_s"])
+            assert set(r["el_times_s"]) <= set(el["times_s"])
+            assert len(el["times_s"]) == r["every"] * len(r["times_s"]) or r["every"] > 1
+            want = np.median(np.asarray(r["times_s"]) / np.asarray(r["el_times_s"]))
             assert r["speedup_vs_embedlookup"] == pytest.approx(want)
     assert ok[0]["rows_per_call"] == w.batch * w.pooling
     upd = next(r for r in ok if r["op"] == "update")
@@ -98,27 +102,31 @@ def test_training_peers_agree_with_embedlookup():
     assert fb["status"] == "ok" or (fb["status"] == "skipped" and "fbgemm" in fb["reason"])
 
 
+LIMITS_ONLY = dict(subjects=["embedlookup"], repeats=1, op_time=0, warmup=0, min_time=0, limit_bytes=8 << 20,
+                   progress=False)
+
+
 def test_limits_are_measured_and_used():
     other = parse_workload(["small", "threads=1", "batches=2", "seed=1"])
     rep = bench.run(
         [(_small(), ["lookup"]), (other, ["lookup"])],
-        Config(
-            subjects=["embedlookup"],
-            repeats=1,
-            op_time=0,
-            warmup=0,
-            min_time=0,
-            limit_bytes=8 << 20,
-            progress=False,
-        ),
+        Config(**LIMITS_ONLY),
     )
     lim = rep["workloads"][0]["limits"]
     assert lim["copy_bytes_per_s"] > 1e8 and lim["gather_bytes_per_s"] > 1e7
-    # same row size and threads: measured twice, both workloads keep the best
-    assert lim["measurements"] == 2 and rep["workloads"][1]["limits"] == lim
+    # same row size and threads: measured once (one pass), shared by both workloads
+    assert lim["measurements"] == 1 and rep["workloads"][1]["limits"] is lim
     for r in rep["results"]:
         assert r["pct_gather"] == pytest.approx(100 * r["bytes_per_s"] / lim["gather_bytes_per_s"])
         assert r["pct_copy"] == pytest.approx(100 * r["bytes_per_s"] / lim["copy_bytes_per_s"])
+
+
+def test_limits_are_measured_in_the_first_and_last_pass_only():
+    rep = bench.run(
+        [(_small(), ["lookup"])],
+        Config(**LIMITS_ONLY, passes=3),
+    )
+    assert rep["workloads"][0]["limits"]["measurements"] == 2
 
 
 def test_rounds_grow_to_fill_op_time_up_to_max_repeats():
@@ -193,7 +201,7 @@ def test_passes_pool_rounds_in_alternating_order(registry):
         if r["subject"] == "recorder":
             el = next(x for x in ok if x["workload"] == r["workload"] and x["op"] == r["op"]
                       and x["subject"] == "embedlookup")
-            want = np.median(np.asarray(r["times_s"]) / np.asarray(el["times_s"]))
+            want = np.median(np.asarray(r["times_s"]) / np.asarray(r["el_times_s"]))
             assert r["speedup_vs_embedlookup"] == pytest.approx(want)
 
 
@@ -225,7 +233,39 @@ def test_uncertain_ratios_get_more_rounds(registry):
     m = {r["subject"]: r["samples"] for r in adaptive["results"]}
     assert n == {"embedlookup": 10, "jittery": 10}
     assert m == {"embedlookup": 20, "jittery": 20}  # doubled, then stopped
-    assert bench.runner._widest_ratio_ci({"embedlookup": [1.0] * 8, "x": [2.0] * 8}) == 0.0
+    assert bench.runner._widest_ratio_ci({"embedlookup": [1.0] * 8, "x": [2.0] * 8}, {"x": [1.0] * 8}) == 0.0
+
+
+def test_a_slow_subject_is_timed_every_kth_round_and_paired_with_those_rounds(registry):
+    subject("sleepy", "peer", "pooled sum after a 20 ms sleep")
+    every = bench.runner._sampling_every({"embedlookup": 1.0, "torch": 2.0, "numpy": 10.0, "slowest": 100.0})
+    # quick: within 4x of embedlookup; the others every floor(t / sum of quick) rounds, at most 4
+    assert every == {"embedlookup": 1, "torch": 1, "numpy": 3, "slowest": 4}
+    assert bench.runner._sampling_every({"torch": 5.0}) == {"torch": 1}
+
+    @implements("pooled_sum", "sleepy")
+    def _(data):
+        t = data.table
+
+        def run(b):
+            time.sleep(0.02)  # ~10x a small pooled lookup: timed every few rounds
+            return t.pooled_lookup(b.keys, b.offsets)
+
+        return Case(run, run)
+
+    rep = bench.run([(_small(), ["pooled_sum"])], Config(**dict(FAST, repeats=3), subjects=["embedlookup", "sleepy"]))
+    by = {r["subject"]: r for r in rep["results"]}
+    el, sl = by["embedlookup"], by["sleepy"]
+    assert sl["every"] > 1 and sl["samples"] >= 3
+    assert el["samples"] >= sl["every"] * 3  # the quick subject got the extra rounds
+    assert len(sl["el_times_s"]) == sl["samples"]
+    # each paired time is one of embedlookup's own rounds, in order
+    pos = [el["times_s"].index(t) for t in sl["el_times_s"]]
+    assert pos == sorted(pos)
+    assert sl["speedup_vs_embedlookup"] == pytest.approx(
+        np.median(np.asarray(sl["times_s"]) / np.asarray(sl["el_times_s"]))
+    )
+    assert sl["speedup_vs_embedlookup"] > 2  # 20 ms against a sub-ms lookup
 
 
 def test_steady_allocator_reuses_memory_and_is_noted():
@@ -249,3 +289,9 @@ def test_steady_allocator_reuses_memory_and_is_noted():
     assert any(n.startswith("allocator: glibc mmap threshold") for n in rep["notes"])
     rep = bench.run([(_small(), ["pooled_sum"])], Config(**FAST, subjects=["embedlookup"], steady_allocator=False))
     assert not any(n.startswith("allocator:") for n in rep["notes"])
+
+
+def test_every_result_says_how_many_passes_it_pooled():
+    rep = bench.run([(_small(), ["pooled_sum"])], Config(**dict(FAST, repeats=3, passes=3), subjects=["embedlookup", "torch"]))
+    for r in rep["results"]:
+        assert r["passes"] == 3 and r["samples"] == 3  # ceil(3 / 3) = 1 round in each pass

@@ -141,16 +141,15 @@ def _stats(t: list[float]) -> dict:
     }
 
 
-def _widest_ratio_ci(times: dict) -> float:
+def _widest_ratio_ci(times: dict, paired: dict) -> float:
     """Largest relative half-width, over the peers, of a ~95% confidence
     interval of the median per-round ratio against embedlookup (order
-    statistics: distribution-free); 0 when there is nothing to compare."""
-    el = times.get("embedlookup")
-    if not el:
-        return 0.0
+    statistics: distribution-free); 0 when there is nothing to compare.
+    ``paired[s]``: embedlookup's times of the rounds in which ``s`` ran."""
     worst = 0.0
     for s, t in times.items():
-        n = min(len(t), len(el))
+        el = paired.get(s)
+        n = min(len(t), len(el or ()))
         if s == "embedlookup" or n < 6:
             continue
         q = np.sort(np.asarray(t[:n]) / np.asarray(el[:n]))
@@ -159,6 +158,20 @@ def _widest_ratio_ci(times: dict) -> float:
         if med > 0:
             worst = max(worst, (q[n - 1 - k] - q[k]) / (2 * med))
     return worst
+
+
+def _sampling_every(sample_time: dict) -> dict:
+    """Per subject, every how many rounds it is timed. A subject whose sample
+    takes longer than all the quick ones together (a NumPy floor ~10x slower
+    than the rest) is timed every k-th round (k <= 4), so it does not set the
+    pace: the quick subjects get up to twice the rounds in the same time, and
+    more rounds is what steadies their ratios on a noisy machine. Its own
+    ratio pairs with embedlookup's time of the same rounds."""
+    el = sample_time.get("embedlookup")
+    if not el:
+        return {s: 1 for s in sample_time}
+    quick = sum(t for t in sample_time.values() if t <= 4 * el)
+    return {s: 1 if t <= 4 * el else int(max(1, min(4, t // quick))) for s, t in sample_time.items()}
 
 
 def _time_call(case: Case, batches, k0: int, inner: int) -> float:
@@ -172,7 +185,12 @@ def _time_call(case: Case, batches, k0: int, inner: int) -> float:
     return dt
 
 
-def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, prog: Progress) -> list[dict]:
+def _run_op(
+    data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, prog: Progress, check: bool = True
+) -> list[dict]:
+    """One op of one workload for every subject. ``check=False`` (passes
+    after the first, on identically generated data) skips the output check
+    and warms up with one call, the calibrating one."""
     w = data.workload
     op = OPS[op_name]
     b0 = data.batches[0]
@@ -188,9 +206,12 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
                 raise Skip(f"{s} has no {op_name}")
             prog.show(f"{w.name} {op_name} {s}: checking")
             SUBJECTS[s].probe()
-            if s != "embedlookup" and ref is None:
+            if check and s != "embedlookup" and ref is None:
                 raise Skip("embedlookup itself did not run, nothing to check against")
             case = op.impls[s](data)
+            if not check:
+                cases[s] = case
+                continue
             out = case.output(b0)
             if s == "embedlookup":
                 ref = out
@@ -208,22 +229,28 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
             r.update(status="error", reason=f"{type(e).__name__}: {e}")
             prog.note(f"  ! {w.name} {op_name} {s}: {type(e).__name__}: {e}")
     # warm up and calibrate
-    inner, round_time = {}, 0.0
+    inner, sample_time = {}, {}
     for s, case in cases.items():
         prog.show(f"{w.name} {op_name} {s}: warm-up")
         try:
             # the check already ran one call; the last warm-up call calibrates
             t1 = 0.0
-            for k in range(max(cfg.warmup, 1)):
+            for k in range(max(cfg.warmup if check else 1, 1)):
                 t1 = _time_call(case, data.batches, k, 1)
             inner[s] = int(min(case.max_inner, max(1, math.ceil(cfg.min_time / max(t1, 1e-9)))))
-            round_time += t1 * inner[s]
+            sample_time[s] = t1 * inner[s]
         except Exception as e:  # noqa: BLE001
             _fail(results, s, e, prog, w, op_name)
     cases = {s: c for s, c in cases.items() if s in inner}
+    every = _sampling_every(sample_time)
+    round_time = sum(sample_time[s] / every[s] for s in cases)
     times = {s: [] for s in cases}
+    paired = {s: [] for s in cases}  # embedlookup's time in each round s ran
     order = list(cases)
-    n_rounds = max(cfg.repeats, min(cfg.max_repeats, int(cfg.op_time / max(round_time, 1e-9))))
+    # Every subject gets `repeats` samples at least (a subject timed every
+    # k-th round: k x as many rounds).
+    kmax = max(every.values(), default=1)
+    n_rounds = max(cfg.repeats * kmax, min(cfg.max_repeats * kmax, int(cfg.op_time / max(round_time, 1e-9))))
     # Then more rounds, up to twice the planned time, while a peer's ratio is
     # still uncertain (a noisy peer, e.g. a CPU OpenCL driver's scheduling).
     extra_until = time.perf_counter() + max(cfg.op_time, n_rounds * round_time)
@@ -232,18 +259,27 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
         cfg.ratio_ci > 0
         and rep < 2 * n_rounds
         and time.perf_counter() < extra_until
-        and _widest_ratio_ci(times) > cfg.ratio_ci
+        and _widest_ratio_ci(times, paired) > cfg.ratio_ci
     ):
         prog.show(f"{w.name} {op_name}: round {rep + 1}/{n_rounds}")
         rot = order[rep % len(order) :] + order[: rep % len(order)] if order else []
+        ran = {}
+        for j, s in enumerate(order):  # the subjects due this round (staggered)
+            if s in cases and (rep + j) % every[s] == 0:
+                ran[s] = None
         for s in rot:
-            if s not in cases:
+            if s not in ran or s not in cases:
                 continue
             try:
-                times[s].append(_time_call(cases[s], data.batches, rep * inner[s], inner[s]))
+                ran[s] = _time_call(cases[s], data.batches, rep * inner[s], inner[s])
             except Exception as e:  # noqa: BLE001
                 _fail(results, s, e, prog, w, op_name)
                 cases.pop(s)
+        for s, t in ran.items():
+            if t is not None:
+                times[s].append(t)
+                if ran.get("embedlookup") is not None:
+                    paired[s].append(ran["embedlookup"])
         rep += 1
     for r in results:
         s = r["subject"]
@@ -251,23 +287,28 @@ def _run_op(data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, 
             r.update(status="error", reason="no timed rounds")
         if r["status"] == "ok":
             r.update(inner=inner[s], times_s=times[s])
+            if s != "embedlookup":
+                r["every"] = every[s]
+                r["el_times_s"] = paired[s]
     return _summarise(results)
 
 
 def _summarise(results: list[dict]) -> list[dict]:
     """Median, spread and bytes/s of each subject's rounds, and the median
-    of the per-round ratios against embedlookup (rounds are paired: round i
-    of every subject ran back to back)."""
-    el = next((r["times_s"] for r in results if r["subject"] == "embedlookup" and r["status"] == "ok"), None)
+    of the per-round ratios against embedlookup (rounds are paired: in each
+    round a subject ran, embedlookup ran back to back with it)."""
     for r in results:
         if r["status"] != "ok":
             continue
         t = r["times_s"]
         r.update(_stats(t), samples=len(t))
         r["bytes_per_s"] = r["bytes_per_call"] / r["median_s"]
-        if el is not None and r["subject"] != "embedlookup" and len(el) == len(t):
+        el = r.get("el_times_s")
+        if el is not None and r["subject"] != "embedlookup" and len(el) == len(t) and t:
             # > 1: embedlookup is faster than this subject
             r["speedup_vs_embedlookup"] = float(np.median(np.asarray(t) / np.asarray(el)))
+        else:
+            r.pop("speedup_vs_embedlookup", None)
     return results
 
 
@@ -285,8 +326,9 @@ def _merge_passes(first: list[dict], later: list[dict]) -> list[dict]:
             r.update(o)
             continue
         r["times_s"] = list(r["times_s"]) + list(o["times_s"])
+        if "el_times_s" in r:
+            r["el_times_s"] = list(r["el_times_s"]) + list(o.get("el_times_s", []))
         r["inner"] = max(r["inner"], o["inner"])
-    # rounds pair only while embedlookup and the subject both ran every pass
     return _summarise(first)
 
 
@@ -333,6 +375,27 @@ def run(
             unavailable[s] = str(e)
             report["notes"].append(f"{s}: skipped - {e}")
             prog.note(f"{s}: skipped - {e}")
+    # The subjects' imports (torch, FBGEMM, PyOpenCL) leave ~200 k objects
+    # that every gc.collect() would walk again (~0.15 s each, ~27 s of a
+    # default run): freeze them out of the collector for the run.
+    gc.collect()
+    gc.freeze()
+    try:
+        _run_plan(plan, cfg, report, subjects, unavailable, prog)
+    finally:
+        gc.unfreeze()
+    report["wall_s"] = time.perf_counter() - t_start
+    report["load_average_end"] = _machine.load_average()
+    m = report["machine"]
+    worst = max((x or [0])[0] for x in (m.get("load_average"), report["load_average_end"]))
+    busy = _machine.busy_note([worst], m.get("usable_cores"))
+    if busy:
+        report["notes"].append(busy)
+    return report
+
+
+def _run_plan(plan, cfg: Config, report: dict, subjects: list[str], unavailable: dict, prog: Progress) -> None:
+    total = sum(len(ops) for _, ops in plan)
     passes = max(1, int(cfg.passes))
     pcfg = cfg
     if passes > 1:  # each pass takes its share of the rounds
@@ -343,7 +406,8 @@ def run(
             op_time=cfg.op_time / passes,
         )
     prog.total = max(1, passes * total)
-    limits_cache, entries, op_results, failed = {}, {}, {}, set()
+    limits_cache, entries, op_results, failed, measured = {}, {}, {}, set(), set()
+    ran_passes = {}  # per (workload, op): passes it ran in
     for p in range(passes):
         # A B B A ...: a drift in the machine's state hits every op alike.
         order = list(enumerate(plan)) if p % 2 == 0 else list(reversed(list(enumerate(plan))))
@@ -381,24 +445,33 @@ def run(
                 # measurement is not dominated by starting threads
                 n_read = max(w.lookups, cfg.limit_bytes // 4 // w.row_bytes)
                 key = (w.row_bytes, table_bytes, threads, n_read)
-                prog.show(f"{w.name}: measuring machine limits")
-                new = _machine.measure_limits(w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes)
                 # Limits are ceilings: on a shared machine a measurement can only
-                # come out low, so every workload (and pass) measures again and
-                # all keep the run's best (one dict, shared by the workloads of
-                # the same key).
-                limits = limits_cache.setdefault(key, dict(new, measurements=0))
-                limits["measurements"] += 1
-                for k in ("copy_bytes_per_s", "gather_bytes_per_s"):
-                    limits[k] = max(limits[k], new[k])
+                # come out low, so each pass that measures keeps the run's best
+                # (one dict, shared by the workloads of the same key; each key
+                # is measured once per such pass: a measurement takes seconds,
+                # mostly faulting in its 512 MiB).
+                limits = limits_cache.setdefault(key, {"measurements": 0})
+                if (key, p) not in measured:
+                    prog.show(f"{w.name}: measuring machine limits")
+                    new = _machine.measure_limits(w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes)
+                    measured.add((key, p))
+                    limits["measurements"] += 1
+                    for k, v in new.items():
+                        limits[k] = max(limits.get(k, v), v) if k.endswith("_per_s") else v
                 entry["limits"] = limits
             for op in ops if p % 2 == 0 else list(reversed(ops)):
                 subs = [s for s in subjects if s not in unavailable]
+                if (wi, op) in op_results:  # later passes: only what ran cleanly in the first
+                    ok = {r["subject"] for r in op_results[(wi, op)] if r["status"] == "ok"}
+                    subs = [s for s in subs if s in ok]
                 t_op = time.perf_counter()
-                res = _run_op(data, op, subs, pcfg, prog)
+                # Outputs are checked in the first pass; later passes run the
+                # same code on identically generated data.
+                res = _run_op(data, op, subs, pcfg, prog, check=(wi, op) not in op_results)
                 entry["op_wall_s"][op] = entry["op_wall_s"].get(op, 0.0) + time.perf_counter() - t_op
                 # subjects that don't implement the op at all are not worth a row
                 res = [r for r in res if not (r["status"] == "skipped" and r["reason"].endswith(f"has no {op}"))]
+                ran_passes[(wi, op)] = ran_passes.get((wi, op), 0) + 1
                 if (wi, op) in op_results:
                     _merge_passes(op_results[(wi, op)], res)
                 else:
@@ -415,16 +488,9 @@ def run(
         report["workloads"].append(entry)
         for op in ops:
             for r in op_results.get((wi, op), []):
+                r["passes"] = ran_passes.get((wi, op), 0)
                 report["results"].append(r)
                 lim = entry["limits"]
                 if lim and "bytes_per_s" in r:
                     r["pct_gather"] = 100.0 * r["bytes_per_s"] / lim["gather_bytes_per_s"]
                     r["pct_copy"] = 100.0 * r["bytes_per_s"] / lim["copy_bytes_per_s"]
-    report["wall_s"] = time.perf_counter() - t_start
-    report["load_average_end"] = _machine.load_average()
-    m = report["machine"]
-    worst = max((x or [0])[0] for x in (m.get("load_average"), report["load_average_end"]))
-    busy = _machine.busy_note([worst], m.get("usable_cores"))
-    if busy:
-        report["notes"].append(busy)
-    return report

@@ -27,19 +27,20 @@ namespace {
 __attribute__((always_inline)) inline uint32_t probe(const KeyIndex& index, size_t b, int64_t key) {
 #ifdef __AVX2__
   const __m256i k4 = _mm256_set1_epi64x(key);
-  const __m128i bias = _mm_set1_epi32(static_cast<int>(0x80000000u));
   for (;;) {
     const IndexBucket& bk = index.bucket(b);
     const __m256i keys = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk.keys));
-    const __m128i rows = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bk.rows));
     unsigned eq = static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(keys, k4))));
     eq |= static_cast<unsigned>(bk.keys[4] == key) << 4;
-    // Live slots hold row ids below kTombstone (unsigned compare via a bias).
-    unsigned live = static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(
-        _mm_xor_si128(rows, bias), _mm_set1_epi32(static_cast<int>(kTombstone ^ 0x80000000u))))));
-    live |= static_cast<unsigned>(bk.rows[4] < kTombstone) << 4;
-    const unsigned hit = eq & live;
-    if (__builtin_expect(hit != 0, 1)) return bk.rows[__builtin_ctz(hit)];
+    // A matching slot is live unless its key was erased (a tombstone keeps the
+    // key, and a re-insert may sit further on): only the matches are checked,
+    // which keeps the hit path to one compare of the keys.
+    while (eq) {
+      const uint32_t r = bk.rows[__builtin_ctz(eq)];
+      if (__builtin_expect(r < kTombstone, 1)) return r;
+      eq &= eq - 1;
+    }
+    const __m128i rows = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bk.rows));
     unsigned empty = static_cast<unsigned>(
         _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(rows, _mm_set1_epi32(-1)))));
     empty |= static_cast<unsigned>(bk.rows[4] == kNoRow) << 4;

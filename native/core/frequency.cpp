@@ -470,12 +470,7 @@ void FrequencyTable::apply_gradients_hinted(const int64_t* keys, int64_t n, cons
     const GradSource g2{g.grad, g.n_grad_rows, g.grad_stride, src.data(), g.scale ? scale.data() : nullptr};
     ids2.resize(pk.size());
     try {
-      auto lk = lock_for_update(pk.data(), m, ids2.data(), o, pid.data(), epoch);
-      const int64_t step = step_.fetch_add(1) + 1;
-      const StepScalars c = step_scalars(o, step);
-      const RowView view{&rows_, &seq_, zero_row_.data()};
-      cpu::fused_update(view, state_.get(), ids2.data(), m, g2, opt_.dim, o, c, threads());
-      finish_update(lk, ids2.data(), m);
+      fused_step(pk.data(), m, ids2.data(), g2, o, pid.data(), epoch);
       break;
     } catch (const KeyMissingError&) {
       if (attempt >= 16) throw;

@@ -273,7 +273,12 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
   uint32_t* ids = scratch_ids(n);
-  auto lk = lock_for_update(keys, n, ids, o);
+  fused_step(keys, n, ids, g, o);
+}
+
+void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g,
+                                const OptimSpec& o, const uint32_t* hint, uint64_t hint_epoch) {
+  auto lk = lock_for_update(keys, n, ids, o, hint, hint_epoch);
   const int64_t step = step_.fetch_add(1) + 1;
   const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};

@@ -169,6 +169,10 @@ class EmbeddingTable {
                                                       uint64_t hint_epoch = 0);
   // After a fused update: stamps the rows' version, enforces a tier budget.
   void finish_update(std::shared_lock<std::shared_mutex>& lk, const uint32_t* ids, int64_t n);
+  // One optimizer step: lock_for_update, the fused update of every row with
+  // the next step's scalars, finish_update (ids: n of scratch, filled here).
+  void fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g, const OptimSpec& o,
+                  const uint32_t* hint = nullptr, uint64_t hint_epoch = 0);
   // Checks a pooled backward's arguments (optimizer, argmax for max mode,
   // finite grad_out) and builds its per-occurrence gradient source in
   // per-thread scratch, valid until this thread's next such call.

@@ -61,12 +61,7 @@ void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, co
   const GradSource g =
       pooled_grad_source(offsets, n_offsets, n_bags, n, mode, weights, argmax, grad_out, grad_stride, o);
   uint32_t* ids = sized(train_scratch().ids, n);
-  auto lk = lock_for_update(values, n, ids, o, ids_hint, ids_epoch);
-  const int64_t step = step_.fetch_add(1) + 1;
-  const StepScalars c = step_scalars(o, step);
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads());
-  finish_update(lk, ids, n);
+  fused_step(values, n, ids, g, o, ids_hint, ids_epoch);
 }
 
 uint64_t EmbeddingTable::pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets,

@@ -204,7 +204,7 @@ def _run_op(
         try:
             if s not in op.impls:
                 raise Skip(f"{s} has no {op_name}")
-            prog.show(f"{w.name} {op_name} {s}: checking")
+            prog.show(f"{w.name} {op_name} {s}: " + ("checking" if check else "preparing"))
             SUBJECTS[s].probe()
             if check and s != "embedlookup" and ref is None:
                 raise Skip("embedlookup itself did not run, nothing to check against")
@@ -233,7 +233,7 @@ def _run_op(
     for s, case in cases.items():
         prog.show(f"{w.name} {op_name} {s}: warm-up")
         try:
-            # the check already ran one call; the last warm-up call calibrates
+            # the check (first pass) already ran one call; the last warm-up call calibrates
             t1 = 0.0
             for k in range(max(cfg.warmup if check else 1, 1)):
                 t1 = _time_call(case, data.batches, k, 1)
@@ -245,7 +245,7 @@ def _run_op(
     every = _sampling_every(sample_time)
     round_time = sum(sample_time[s] / every[s] for s in cases)
     times = {s: [] for s in cases}
-    paired = {s: [] for s in cases}  # embedlookup's time in each round s ran
+    paired = {s: [] for s in cases if s != "embedlookup"}  # embedlookup's time in each round s ran
     order = list(cases)
     # Every subject gets `repeats` samples at least (a subject timed every
     # k-th round: k x as many rounds).
@@ -278,7 +278,7 @@ def _run_op(
         for s, t in ran.items():
             if t is not None:
                 times[s].append(t)
-                if ran.get("embedlookup") is not None:
+                if s in paired and ran.get("embedlookup") is not None:
                     paired[s].append(ran["embedlookup"])
         rep += 1
     for r in results:

@@ -125,11 +125,33 @@ def test_compare(capsys, tmp_path):
         json.dumps(_rep({("pooled_sum", "torch"): 0.55, ("update", "torch"): 4.1, ("lookup", "numpy"): 1.0}))
     )
     rc, out, _ = run(capsys, "compare", str(a), str(b))
-    assert rc == 0 and "2 ratios compared, 0 differ" in out and "10.0%" in out and "2.5%" in out
+    # 0.55 / 0.50 - 1 = 10.0%, 4.1 / 4.0 - 1 = 2.5%
+    assert rc == 0 and "2 ratios against peers compared, 0 differ" in out and "10.0%" in out and "2.5%" in out
     rc, out, _ = run(capsys, "compare", str(a), str(b), "--tolerance", "0.05")
     assert rc == 1 and "1 differ by more than 5%" in out
     rc, _, err = run(capsys, "compare", str(a), str(tmp_path / "none.json"))
     assert rc == 2 and "cannot read" in err
+
+
+def test_compare_counts_peers_not_backends(capsys, tmp_path):
+    # The bar is about ratios against peers: an OpenCL (backend) ratio that
+    # moved 50% is shown and flagged, but does not fail the comparison.
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_rep({("pooled_sum", "torch"): 0.50, ("pooled_sum", "opencl"): 2.0})))
+    b.write_text(json.dumps(_rep({("pooled_sum", "torch"): 0.52, ("pooled_sum", "opencl"): 3.0})))
+    rc, out, _ = run(capsys, "compare", str(a), str(b))
+    assert rc == 0
+    assert "1 ratios against peers compared, 0 differ by more than 15% (largest 4.0%)" in out
+    assert "1 ratios against embedlookup's other backends (not counted) compared, 1 differ" in out
+    assert "50.0%  > tolerance (backend, not counted)" in out
+    # a backend's kind recorded in the report wins over the name
+    rep_b = _rep({("pooled_sum", "torch"): 0.52, ("pooled_sum", "opencl"): 3.0})
+    for r in rep_b["results"]:
+        if r["subject"] == "torch":
+            r["kind"] = "backend"
+    b.write_text(json.dumps(rep_b))
+    _, out, _ = run(capsys, "compare", str(a), str(b))
+    assert "2 ratios against embedlookup's other backends (not counted) compared" in out
 
 
 class _Planned(Exception):

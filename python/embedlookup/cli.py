@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--limit-mib", type=int, default=256, help="table size for the gather limit (default 256 MiB)"
     )
+    b.add_argument(
+        "--tier-dir",
+        metavar="DIR",
+        help="folder for the storage ops' files (tier_read, tier_write, checkpoint; "
+        "default: the temp folder)",
+    )
     b.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     b.add_argument("--markdown", metavar="PATH", help="write the report as a Markdown table")
     b.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
@@ -261,6 +267,7 @@ def bench(args, argv: list[str]) -> int:
         limits=not args.no_limits,
         limit_bytes=args.limit_mib << 20,
         progress=not args.quiet,
+        tier_dir=args.tier_dir,
     )
     command = "embedlookup " + " ".join(shlex.quote(a) for a in argv)
     report = B.run([(w, ops) for w in plan_w], cfg, command=command, notes=notes)

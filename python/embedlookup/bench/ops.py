@@ -4,9 +4,9 @@ An :class:`Operation` names what is measured (``pooled_sum``, ``update``,
 ...) and how many bytes one call moves; an implementation of it for one
 *subject* (``embedlookup``, a peer such as ``torch``, a backend such as
 ``opencl``) is a factory ``f(data) -> Case`` registered with
-:func:`implements`. Later operations (evict, relayout, tier read/write,
-checkpoint) and backends (OpenCL, CUDA) plug in the same way, from any
-module imported before the run::
+:func:`implements`. The storage and eviction operations (:mod:`.ops_storage`)
+and backends (OpenCL, CUDA) plug in the same way, from any module imported
+before the run::
 
     @operation("evict", "evict 10% coldest rows", rows=lambda w, b: ...)
     ...
@@ -55,6 +55,7 @@ class Operation:
     doc: str
     rows: Callable[[Workload, Batch], int]  # rows moved per call (x row bytes = effective bytes)
     impls: dict = field(default_factory=dict)  # subject -> factory(data) -> Case
+    rounds: int | None = None  # at most this many rounds (a heavy op, e.g. a whole-table checkpoint)
 
 
 @dataclass
@@ -69,8 +70,10 @@ OPS: dict[str, Operation] = {}
 SUBJECTS: dict[str, Subject] = {}
 
 
-def operation(name: str, doc: str, rows: Callable[[Workload, Batch], int]) -> Operation:
-    op = OPS.setdefault(name, Operation(name, doc, rows))
+def operation(
+    name: str, doc: str, rows: Callable[[Workload, Batch], int], rounds: int | None = None
+) -> Operation:
+    op = OPS.setdefault(name, Operation(name, doc, rows, rounds=rounds))
     return op
 
 

@@ -253,13 +253,17 @@ def format_comparison(rows: list[dict], tolerance: float) -> str:
         )
     for label, part in (
         ("against peers", [r for r in rows if r.get("counts", True)]),
-        ("against embedlookup's other backends (not counted)", [r for r in rows if not r.get("counts", True)]),
+        (
+            "against embedlookup's other backends (not counted)",
+            [r for r in rows if not r.get("counts", True)],
+        ),
     ):
         if not part:
             continue
         bad = sum(r["rel_diff"] > tolerance for r in part)
         worst = max(r["rel_diff"] for r in part)
         out.append(
-            f"{len(part)} ratios {label} compared, {bad} differ by more than {tolerance:.0%} (largest {worst:.1%})"
+            f"{len(part)} ratios {label} compared, {bad} differ by more than {tolerance:.0%} "
+            f"(largest {worst:.1%})"
         )
     return "\n".join(out)

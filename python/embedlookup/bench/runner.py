@@ -58,6 +58,9 @@ class Config:
     # Extra rounds (up to twice the planned ones) while a peer's median ratio
     # has a 95% confidence interval wider than +-ratio_ci (0: never).
     ratio_ci: float = 0.0
+    # Where storage operations (tier_read, tier_write, checkpoint) write their
+    # scratch files; None: the system's temporary folder.
+    tier_dir: str | None = None
 
 
 def compare_outputs(ref, out, rtol: float = 1e-4) -> tuple[bool, float, str]:
@@ -250,7 +253,11 @@ def _run_op(
     # Every subject gets `repeats` samples at least (a subject timed every
     # k-th round: k x as many rounds).
     kmax = max(every.values(), default=1)
-    n_rounds = max(cfg.repeats * kmax, min(cfg.max_repeats * kmax, int(cfg.op_time / max(round_time, 1e-9))))
+    repeats, max_repeats = cfg.repeats, cfg.max_repeats
+    if op.rounds:  # a heavy op (a whole-table checkpoint) caps its rounds, over all passes
+        cap = max(1, math.ceil(op.rounds / max(1, cfg.passes)))
+        repeats, max_repeats = min(repeats, cap), min(max_repeats, cap)
+    n_rounds = max(repeats * kmax, min(max_repeats * kmax, int(cfg.op_time / max(round_time, 1e-9))))
     # Then more rounds, up to twice the planned time, while a peer's ratio is
     # still uncertain (a noisy peer, e.g. a CPU OpenCL driver's scheduling).
     extra_until = time.perf_counter() + max(cfg.op_time, n_rounds * round_time)
@@ -419,6 +426,7 @@ def _run_plan(plan, cfg: Config, report: dict, subjects: list[str], unavailable:
             t0 = time.perf_counter()
             try:
                 data = WorkloadData.generate(w)
+                data.tier_dir = cfg.tier_dir
             except Exception as e:  # noqa: BLE001
                 report["notes"].append(f"workload {w.name}: could not be generated ({type(e).__name__}: {e})")
                 prog.note(f"  ! workload {w.name}: {type(e).__name__}: {e}")

@@ -161,6 +161,12 @@ SUITES: dict[str, dict] = {
         ],
     },
     "issue2": {"workloads": ["issue2"], "ops": ["pooled_sum"]},
+    # The file tier, checkpoints and eviction (files under --tier-dir).
+    "storage": {
+        "threads": 1,
+        "workloads": ["uniform-1m"],
+        "ops": ["tier_read", "tier_write", "checkpoint", "evict"],
+    },
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
 }
 
@@ -281,6 +287,7 @@ class WorkloadData:
     table: object  # the embedlookup.EmbeddingTable holding `keys`
     batches: list[Batch] = field(default_factory=list)
     cache: dict = field(default_factory=dict)  # peer objects shared by read-only ops
+    tier_dir: str | None = None  # where storage ops write scratch files (None: the temp folder)
 
     def initializer(self):
         from .. import init

@@ -179,3 +179,48 @@ def test_default_suite_runs_one_thread_unless_told(monkeypatch):
     # a workload named on the command line keeps its own threads
     (w, _), = _plan(monkeypatch, "--workload", "uniform-1m")
     assert w.threads == 0
+
+
+def test_cuda_subject_glue_with_a_cpu_stand_in(monkeypatch):
+    # No GPU here: a stand-in CudaTable (the CPU engine behind torch CPU
+    # tensors) checks the subject's own code - device inputs made once, out=,
+    # the wait per call, results copied back - against the CPU engine.
+    torch = pytest.importorskip("torch")
+    import embedlookup.cuda as elc
+    from embedlookup import bench
+    from embedlookup.bench import Config, parse_workload
+
+    syncs = []
+
+    class StandIn:
+        device = torch.device("cpu")
+
+        def __init__(self, table):
+            self.table = table
+
+        @classmethod
+        def from_table(cls, table):
+            return cls(table)
+
+        def lookup(self, keys, out=None):
+            assert isinstance(keys, torch.Tensor) and isinstance(out, torch.Tensor)
+            out.copy_(torch.from_numpy(self.table.lookup(keys.numpy())))
+            return out
+
+        def pooled_lookup(self, keys, offsets, mode, out=None, check=True):
+            assert isinstance(offsets, torch.Tensor) and check is False
+            out.copy_(torch.from_numpy(self.table.pooled_lookup(keys.numpy(), offsets.numpy(), mode=mode)))
+            return out
+
+    monkeypatch.setattr(elc, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(elc, "_torch", lambda: torch)
+    monkeypatch.setattr(elc, "CudaTable", StandIn)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    ops = ["lookup", "pooled_sum", "pooled_mean", "pooled_max"]
+    cfg = Config(subjects=["embedlookup", "cuda"], repeats=2, op_time=0, warmup=0, min_time=0.0,
+                 limits=False, progress=False)
+    rep = bench.run([(parse_workload(["small", "threads=1", "batches=2"]), ops)], cfg)
+    got = {(r["op"], r["subject"]): r for r in rep["results"]}
+    for op in ops:
+        assert got[(op, "cuda")]["status"] == "ok" and got[(op, "cuda")]["max_abs_diff"] == 0.0
+    assert len(syncs) >= 4 * 3  # one wait per call (check + timed calls)

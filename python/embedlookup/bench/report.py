@@ -204,7 +204,7 @@ def write_plot(report: dict, path: str) -> str | None:
 # libraries a user would otherwise pick (and the NumPy floor); embedlookup's own
 # other backends (OpenCL) are shown beside it, not counted in it. Reports from
 # before subjects carried a kind fall back to this table.
-_KIND_OF = {"torch": "peer", "fbgemm": "peer", "numpy": "floor", "opencl": "backend"}
+_KIND_OF = {"torch": "peer", "fbgemm": "peer", "numpy": "floor", "opencl": "backend", "cuda": "backend"}
 
 
 def compare_reports(a: dict, b: dict) -> list[dict]:

@@ -119,8 +119,8 @@ void FileTier::create(int64_t capacity) {
   if (::fsync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fsync failed");
   dir_.assign(slots_, Entry{});
   unflushed_.assign(slots_, 0);
-  free_.reserve(slots_);
-  for (int64_t s = slots_ - 1; s >= 0; --s) free_.push_back(static_cast<uint32_t>(s));  // ascending pops
+  free_bits_.assign((static_cast<size_t>(slots_) + 63) / 64, 0);
+  for (int64_t s = 0; s < slots_; ++s) mark_free(static_cast<uint32_t>(s));
   map_file();
 }
 
@@ -188,6 +188,9 @@ void FileTier::set_clean(bool clean) {
 }
 
 void FileTier::recover_directory(bool was_clean) {
+  free_bits_.assign((static_cast<size_t>(slots_) + 63) / 64, 0);
+  free_count_ = 0;
+  free_lo_word_ = 0;
   dir_.assign(slots_, Entry{});
   pread_all(fd_, dir_.data(), static_cast<size_t>(slots_) * sizeof(Entry), dir_offset_, path_);
   unflushed_.assign(slots_, 0);
@@ -209,7 +212,7 @@ void FileTier::recover_directory(bool was_clean) {
     if (!valid) {
       static const Entry zero{};
       if (std::memcmp(&e, &zero, sizeof(Entry)) != 0) losers.push_back(static_cast<uint32_t>(s));
-      else free_.push_back(static_cast<uint32_t>(s));
+      else mark_free(static_cast<uint32_t>(s));
       continue;
     }
     seq_ = std::max(seq_, e.seq);
@@ -224,10 +227,9 @@ void FileTier::recover_directory(bool was_clean) {
       losers.push_back(static_cast<uint32_t>(s));
     }
   }
-  for (uint32_t s : losers) free_slot_locked(s);
+  release_slots_locked(losers);
   if (static_cast<int64_t>(index_.size()) > capacity_)
     throw TierFormatError("tier file '" + path_ + "' is corrupt (more rows than its capacity)");
-  std::sort(free_.begin(), free_.end(), std::greater<uint32_t>());  // pop ascending: contiguous writes
 }
 
 void FileTier::check_open() const {
@@ -284,12 +286,84 @@ void FileTier::write_entry(uint32_t slot, const Entry& e) {
   pwrite_all(fd_, &e, sizeof(Entry), dir_offset_ + static_cast<size_t>(slot) * sizeof(Entry), path_);
 }
 
+void FileTier::mark_free(uint32_t slot) {
+  free_bits_[slot >> 6] |= uint64_t(1) << (slot & 63);
+  ++free_count_;
+  free_lo_word_ = std::min<size_t>(free_lo_word_, slot >> 6);
+}
+
+void FileTier::take_free_locked(size_t m, std::vector<uint32_t>& out) {
+  out.clear();
+  size_t w = free_lo_word_;
+  for (; out.size() < m && w < free_bits_.size(); ++w) {
+    uint64_t& bits = free_bits_[w];
+    while (bits && out.size() < m) {
+      out.push_back(static_cast<uint32_t>(w * 64 + __builtin_ctzll(bits)));
+      bits &= bits - 1;
+    }
+    if (bits) break;  // m taken, this word still has free slots
+  }
+  free_lo_word_ = w;
+  free_count_ -= static_cast<int64_t>(out.size());
+}
+
 void FileTier::free_slot_locked(uint32_t slot) {
   const Entry zero{};
   write_entry(slot, zero);
   dir_[slot] = zero;
   unflushed_[slot] = 0;
-  free_.push_back(slot);
+  mark_free(slot);
+}
+
+void FileTier::write_entries_locked(const std::vector<uint32_t>& slots) {
+  constexpr uint32_t kMaxGap = 128;  // entries (4 KiB): rewriting them costs less than a syscall
+  for (size_t j = 0; j < slots.size();) {
+    size_t k = j + 1;
+    while (k < slots.size() && slots[k] - slots[k - 1] <= kMaxGap) ++k;
+    const uint32_t a = slots[j], b = slots[k - 1];
+    pwrite_all(fd_, &dir_[a], (static_cast<size_t>(b - a) + 1) * sizeof(Entry),
+               dir_offset_ + static_cast<size_t>(a) * sizeof(Entry), path_);
+    j = k;
+  }
+}
+
+void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8_t* buf,
+                                 std::vector<uint8_t>& run) {
+  // Slots a few apart go out in one pwrite, the slots between rewritten with
+  // the bytes they already hold (read back through the mapping): cheaper than
+  // a syscall each, and a crash mid-write leaves those bytes as they were.
+  const size_t sb = static_cast<size_t>(slot_bytes_), m = slots.size();
+  const uint32_t max_gap = static_cast<uint32_t>(std::max<size_t>(1, 4096 / sb));
+  for (size_t j = 0; j < m;) {
+    size_t k = j + 1;
+    while (k < m && slots[k] - slots[k - 1] <= max_gap) ++k;
+    const uint32_t a = slots[j], b = slots[k - 1];
+    const size_t len = (static_cast<size_t>(b - a) + 1) * sb;
+    if (static_cast<size_t>(b - a) + 1 == k - j) {  // consecutive: straight from buf
+      pwrite_all(fd_, buf + j * sb, len, data_off(a), path_);
+    } else {
+      run.resize(len);
+      for (size_t q = j; q < k; ++q) {
+        if (q > j)  // the slots between keep their bytes
+          std::memcpy(run.data() + (static_cast<size_t>(slots[q - 1] - a) + 1) * sb,
+                      map_ + data_off(slots[q - 1] + 1), static_cast<size_t>(slots[q] - slots[q - 1] - 1) * sb);
+        std::memcpy(run.data() + static_cast<size_t>(slots[q] - a) * sb, buf + q * sb, sb);
+      }
+      pwrite_all(fd_, run.data(), len, data_off(a), path_);
+    }
+    j = k;
+  }
+}
+
+void FileTier::release_slots_locked(std::vector<uint32_t>& slots) {
+  if (slots.empty()) return;
+  std::sort(slots.begin(), slots.end());
+  for (uint32_t s : slots) {
+    dir_[s] = Entry{};
+    unflushed_[s] = 0;
+  }
+  write_entries_locked(slots);
+  for (uint32_t s : slots) mark_free(s);
 }
 
 void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const float* state, const uint64_t* versions) {
@@ -312,21 +386,21 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
                         "; nothing was written");
   index_.reserve(index_.size() + fresh);
   const size_t payload = static_cast<size_t>(dim_ + state_floats_) * 4;
-  std::vector<uint8_t> buf;
+  const size_t sb = static_cast<size_t>(slot_bytes_);
+  std::vector<uint8_t> buf, run;
   std::vector<Entry> ents;
-  std::vector<uint32_t> slots;
+  std::vector<uint32_t> slots, dead;
   for (size_t c0 = 0; c0 < order.size();) {
-    if (free_.empty()) flush_locked();  // reclaims the slots of superseded flushed values
-    const size_t m = std::min<size_t>({order.size() - c0, free_.size(), static_cast<size_t>(kChunk)});
+    if (free_count_ == 0) flush_locked();  // reclaims the slots of superseded flushed values
+    const size_t m = std::min<size_t>({order.size() - c0, static_cast<size_t>(free_count_),
+                                       static_cast<size_t>(kChunk)});
     if (m == 0) throw std::logic_error("FileTier: no free slot after flush");
-    buf.assign(m * slot_bytes_, 0);
+    take_free_locked(m, slots);  // ascending
+    buf.assign(m * sb, 0);
     ents.assign(m, Entry{});
-    slots.resize(m);
     for (size_t j = 0; j < m; ++j) {
       const int64_t i = order[c0 + j];
-      slots[j] = free_.back();
-      free_.pop_back();
-      uint8_t* d = buf.data() + j * slot_bytes_;
+      uint8_t* d = buf.data() + j * sb;
       std::memcpy(d, rows + i * dim_, sizeof(float) * dim_);
       if (state && state_floats_) std::memcpy(d + dim_ * 4, state + i * state_floats_, sizeof(float) * state_floats_);
       Entry& e = ents[j];
@@ -337,34 +411,40 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
       e.data_crc = crc32c(d, payload);
       e.entry_crc = entry_crc(&e);
     }
-    // 1) all data, 2) all entries (runs of consecutive slots in one pwrite):
-    //    an entry only ever points at data that is already written.
-    for (int pass = 0; pass < 2; ++pass) {
-      for (size_t j = 0; j < m;) {
-        size_t k = j + 1;
-        while (k < m && slots[k] == slots[k - 1] + 1) ++k;
-        if (pass == 0)
-          pwrite_all(fd_, buf.data() + j * slot_bytes_, (k - j) * slot_bytes_, data_off(slots[j]), path_);
-        else
-          pwrite_all(fd_, &ents[j], (k - j) * sizeof(Entry), dir_offset_ + slots[j] * sizeof(Entry), path_);
-        j = k;
+    // 1) all data, 2) all entries: an entry only ever points at data that is
+    //    already written.
+    try {
+      write_data_locked(slots, buf.data(), run);
+      for (size_t j = 0; j < m; ++j) dir_[slots[j]] = ents[j];
+      write_entries_locked(slots);
+    } catch (...) {
+      // A failed write: this chunk's slots go back, their entries zeroed again
+      // (best effort: the device already failed once), so no key moves to them.
+      const Entry zero{};
+      for (uint32_t sl : slots) dir_[sl] = zero;
+      try {
+        write_entries_locked(slots);
+      } catch (...) {
       }
+      for (uint32_t sl : slots) mark_free(sl);
+      throw;
     }
     // 3) retire the previous copies.
+    dead.clear();
     for (size_t j = 0; j < m; ++j) {
-      const uint32_t s = slots[j];
+      const uint32_t sl = slots[j];
       const int64_t key = ents[j].key;
-      dir_[s] = ents[j];
-      unflushed_[s] = 1;
+      unflushed_[sl] = 1;
       const uint32_t old = index_.find(key);
       if (old == kNoRow) {
-        index_.insert(key, s);
+        index_.insert(key, sl);
         continue;
       }
-      index_.set_row(key, s);
-      if (unflushed_[old]) free_slot_locked(old);  // never acknowledged: may go now
-      else durable_old_[key] = old;                // kept until the new value is flushed
+      index_.set_row(key, sl);
+      if (unflushed_[old]) dead.push_back(old);  // never acknowledged: may go now
+      else durable_old_[key] = old;              // kept until the new value is flushed
     }
+    release_slots_locked(dead);
     st_.writes += static_cast<int64_t>(m);
     st_.bytes_written += static_cast<int64_t>(m * payload);
     c0 += m;
@@ -393,7 +473,10 @@ int64_t FileTier::erase(const int64_t* keys, int64_t n) {
 
 void FileTier::flush_locked() {
   if (::fdatasync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
-  for (const auto& kv : durable_old_) free_slot_locked(kv.second);
+  std::vector<uint32_t> old;
+  old.reserve(durable_old_.size());
+  for (const auto& kv : durable_old_) old.push_back(kv.second);
+  release_slots_locked(old);
   durable_old_.clear();
   std::fill(unflushed_.begin(), unflushed_.end(), 0);
   ++st_.flushes;

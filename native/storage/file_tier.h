@@ -87,6 +87,17 @@ class FileTier : public StorageTier {
   void set_clean(bool clean);
   void write_entry(uint32_t slot, const Entry& e);
   void free_slot_locked(uint32_t slot);  // zeroes its entry, returns it to the free list
+  // The same for many slots: entries zeroed with coalesced writes (sorts `slots`).
+  void release_slots_locked(std::vector<uint32_t>& slots);
+  // Writes the directory entries of ascending `slots` from dir_, runs with
+  // small gaps coalesced into one pwrite (a gap entry is rewritten with the
+  // bytes it already has).
+  void write_entries_locked(const std::vector<uint32_t>& slots);
+  // Writes buf's rows (one slot each, in `slots` order, ascending) to their
+  // slots, runs with small gaps coalesced into one pwrite.
+  void write_data_locked(const std::vector<uint32_t>& slots, const uint8_t* buf, std::vector<uint8_t>& run);
+  void mark_free(uint32_t slot);
+  void take_free_locked(size_t m, std::vector<uint32_t>& out);  // the m lowest free slots, ascending
   void flush_locked();
   void check_open() const;
   size_t data_off(uint32_t slot) const { return data_offset_ + static_cast<size_t>(slot) * slot_bytes_; }
@@ -104,7 +115,11 @@ class FileTier : public StorageTier {
   std::vector<Entry> dir_;             // in-memory mirror of the directory
   std::vector<uint8_t> unflushed_;     // slot written since the last flush
   std::unordered_map<int64_t, uint32_t> durable_old_;  // key -> slot of its last flushed value
-  std::vector<uint32_t> free_;
+  // Free slots as a bitmap: allocation takes the lowest, so a batch's slots
+  // lie close together and go out in few writes.
+  std::vector<uint64_t> free_bits_;
+  int64_t free_count_ = 0;
+  size_t free_lo_word_ = 0;  // no free slot below this word
   uint64_t seq_ = 0;
   uint64_t max_version_ = 0;
   mutable TierStats st_;

@@ -28,6 +28,16 @@ void* huge_alloc(size_t bytes) {
   return reinterpret_cast<void*>(aligned);
 }
 
+void* batch_alloc(size_t bytes) {
+  void* p = mmap(nullptr, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return p;
+}
+
+void batch_free(void* p, size_t bytes) {
+  if (p) munmap(p, bytes ? bytes : 1);
+}
+
 void huge_free(void* p, size_t bytes) {
   if (p) munmap(p, round_up(bytes ? bytes : 1));
 }

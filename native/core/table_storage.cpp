@@ -58,17 +58,17 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
   b.has_versions = with_versions;
   const int64_t dim = opt_.dim, sf = b.state_floats;
 
-  // (key, memory row id or kNoRow + tier position)
+  // (key, memory row id or kNoRow + tier position): 16 bytes, sorted below
   struct Src {
     int64_t key;
     uint32_t id;
-    int64_t tpos;
+    uint32_t tpos;
   };
   std::vector<Src> src;
   src.reserve(full ? index_.size() : 0);
   // A sequential scan of the index (not a probe per row id): live rows only.
   index_.for_each([&](int64_t k, uint32_t id) {
-    if (stamped(id) > since) src.push_back({k, id, -1});
+    if (stamped(id) > since) src.push_back({k, id, 0});
   });
   std::vector<int64_t> tk;
   std::vector<float> tr, ts;
@@ -84,7 +84,7 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
     std::vector<uint8_t> f(m);
     tier_->get(tk.data(), m, tr.data(), tsf ? ts.data() : nullptr, tv.data(), f.data());
     for (int64_t j = 0; j < m; ++j)
-      if (f[j]) src.push_back({tk[j], kNoRow, j});
+      if (f[j]) src.push_back({tk[j], kNoRow, static_cast<uint32_t>(j)});  // tier rows < 2^32
   }
   std::sort(src.begin(), src.end(), [](const Src& a, const Src& c) { return a.key < c.key; });
   const int64_t n = static_cast<int64_t>(src.size());

@@ -14,8 +14,14 @@
   fsync'd too. Outputs are checked by loading each file back.
 * ``evict``: a :class:`~embedlookup.FrequencyTable` at its row budget (LFU)
   admits the batch's worth of new keys per call and evicts as many rows, whose
-  keys, rows and scores are exported to the caller (``take_evicted``). No
-  peer has this operation.
+  keys, rows and scores are exported to the caller (``take_evicted``).
+* ``relayout``: a full :meth:`~embedlookup.FrequencyTable.relayout` (rows
+  packed in score order, hottest first) of a table trained on the workload's
+  batches, after one more training batch (untimed) has moved the scores, as
+  a background relayout in training would find it. Rows counted: the hot
+  region (10% of the rows), the part a relayout arranges.
+
+No peer has ``evict`` or ``relayout``.
 
 Scratch files live in a temporary folder under the tier directory and are
 removed when the operation's cases are dropped (and at exit). A directory that
@@ -58,6 +64,13 @@ operation(
     "evict",
     "a FrequencyTable at its row budget (LFU) admits `batch` new keys and evicts as many rows, exported",
     lambda w, b: w.batch,
+)
+operation(
+    "relayout",
+    "a full relayout of a FrequencyTable (rows packed in score order) after one more training batch; "
+    "rows = the hot region (10% of rows)",
+    lambda w, b: max(1, w.rows // 10),
+    rounds=5,
 )
 
 
@@ -302,3 +315,43 @@ def _(data):
 
     run.table = ft  # for tests
     return Case(run, output)
+
+
+@implements("relayout", "embedlookup")
+def _(data):
+    from ..frequency import FrequencyTable
+
+    w = data.workload
+    ft = FrequencyTable(
+        w.dim, initializer=data.initializer(), hot_fraction=0.1, num_threads=w.threads or None
+    )
+    step = 1 << 18
+    for lo in range(0, w.rows, step):
+        ft.assign(data.keys[lo : lo + step], data.dense[lo : lo + step])
+    for b in data.batches:  # scores from the workload's own traffic
+        ft.lookup(b.keys, train=True)
+    ft.relayout()
+    state = {"next": 0}
+
+    def after():  # one more training batch moves the scores: the next relayout has work
+        b = data.batches[state["next"] % len(data.batches)]
+        state["next"] += 1
+        ft.lookup(b.keys, train=True)
+
+    def run(b):
+        ft.relayout()
+
+    def output(b):
+        after()
+        moved = ft.stats()["relayout_moves"]
+        run(b)
+        if ft.stats()["relayout_moves"] == moved:
+            raise AssertionError("relayout: a relayout after a training batch moved no row")
+        # relayout moves rows, never changes them: the rows found equal the workload's
+        rows, found = ft.find(b.keys)
+        if not found.all() or not np.array_equal(rows, data.dense[b.idx]):
+            raise AssertionError("relayout: rows changed or went missing")
+        return rows
+
+    run.table = ft  # for tests
+    return Case(run, output, after=after, max_inner=1)

@@ -161,11 +161,11 @@ SUITES: dict[str, dict] = {
         ],
     },
     "issue2": {"workloads": ["issue2"], "ops": ["pooled_sum"]},
-    # The file tier, checkpoints and eviction (files under --tier-dir).
+    # The file tier, checkpoints (files under --tier-dir), eviction and relayout.
     "storage": {
         "threads": 1,
         "workloads": ["uniform-1m"],
-        "ops": ["tier_read", "tier_write", "checkpoint", "evict"],
+        "ops": ["tier_read", "tier_write", "checkpoint", "evict", "relayout"],
     },
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
 }

@@ -282,10 +282,6 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
   return got;
 }
 
-void FileTier::write_entry(uint32_t slot, const Entry& e) {
-  pwrite_all(fd_, &e, sizeof(Entry), dir_offset_ + static_cast<size_t>(slot) * sizeof(Entry), path_);
-}
-
 void FileTier::mark_free(uint32_t slot) {
   free_bits_[slot >> 6] |= uint64_t(1) << (slot & 63);
   ++free_count_;
@@ -305,14 +301,6 @@ void FileTier::take_free_locked(size_t m, std::vector<uint32_t>& out) {
   }
   free_lo_word_ = w;
   free_count_ -= static_cast<int64_t>(out.size());
-}
-
-void FileTier::free_slot_locked(uint32_t slot) {
-  const Entry zero{};
-  write_entry(slot, zero);
-  dir_[slot] = zero;
-  unflushed_[slot] = 0;
-  mark_free(slot);
 }
 
 void FileTier::write_entries_locked(const std::vector<uint32_t>& slots) {
@@ -476,19 +464,22 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
 int64_t FileTier::erase(const int64_t* keys, int64_t n) {
   std::unique_lock<std::shared_mutex> lk(mu_);
   check_open();
-  int64_t erased = 0;
+  std::vector<uint32_t> older, current;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t s = index_.find(keys[i]);
     if (s == kNoRow) continue;
     auto it = durable_old_.find(keys[i]);
-    if (it != durable_old_.end()) {  // the older copy first, so a crash never resurrects it alone
-      free_slot_locked(it->second);
+    if (it != durable_old_.end()) {
+      older.push_back(it->second);
       durable_old_.erase(it);
     }
-    free_slot_locked(s);
+    current.push_back(s);
     index_.erase(keys[i]);
-    ++erased;
   }
+  // The older copies first, so a crash never resurrects one alone.
+  release_slots_locked(older);
+  release_slots_locked(current);
+  const int64_t erased = static_cast<int64_t>(current.size());
   st_.erases += erased;
   return erased;
 }

@@ -85,9 +85,8 @@ class FileTier : public StorageTier {
   void recover_directory(bool was_clean);
   void map_file();
   void set_clean(bool clean);
-  void write_entry(uint32_t slot, const Entry& e);
-  void free_slot_locked(uint32_t slot);  // zeroes its entry, returns it to the free list
-  // The same for many slots: entries zeroed with coalesced writes (sorts `slots`).
+  // Zeroes the slots' entries (coalesced writes) and returns them to the free
+  // list; sorts `slots`.
   void release_slots_locked(std::vector<uint32_t>& slots);
   // Writes the directory entries of ascending `slots` from dir_, runs with
   // small gaps coalesced into one pwrite (a gap entry is rewritten with the

@@ -113,12 +113,11 @@ def _new_rows(data: WorkloadData):
     return c
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fill(data: WorkloadData, put) -> None:
+    """``put(keys, rows)`` with the workload's rows, 256 K at a time (bounded temporaries)."""
+    step = 1 << 18
+    for lo in range(0, data.workload.rows, step):
+        put(data.keys[lo : lo + step], data.dense[lo : lo + step])
 
 
 # --------------------------------------------------------------- file tier
@@ -132,9 +131,7 @@ def _filled_tier(data: WorkloadData, scratch: _Scratch):
     # writes, as in a tier sized with room to spare; a full tier would sync on
     # every write.
     tier = FileTier(scratch.path("tier.bin"), 2 * w.rows, dim=w.dim)
-    step = 1 << 18
-    for lo in range(0, w.rows, step):
-        tier.set(data.keys[lo : lo + step], data.dense[lo : lo + step])
+    _fill(data, tier.set)
     tier.flush()
     return tier
 
@@ -285,9 +282,7 @@ def _(data):
         evict_fraction=min(0.5, w.batch / w.rows),
         num_threads=w.threads or None,
     )
-    step = 1 << 18
-    for lo in range(0, w.rows, step):
-        ft.assign(data.keys[lo : lo + step], data.dense[lo : lo + step])
+    _fill(data, ft.assign)
     chunks = 256
     pool = mix_keys(chunks * w.batch, w.seed + 0xE71C7)
     pool = pool[~np.isin(pool, data.keys)]
@@ -325,9 +320,7 @@ def _(data):
     ft = FrequencyTable(
         w.dim, initializer=data.initializer(), hot_fraction=0.1, num_threads=w.threads or None
     )
-    step = 1 << 18
-    for lo in range(0, w.rows, step):
-        ft.assign(data.keys[lo : lo + step], data.dense[lo : lo + step])
+    _fill(data, ft.assign)
     for b in data.batches:  # scores from the workload's own traffic
         ft.lookup(b.keys, train=True)
     ft.relayout()

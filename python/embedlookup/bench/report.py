@@ -6,6 +6,7 @@ import json
 import os
 
 from .machine import summary
+from .ops import SUBJECTS
 
 __all__ = [
     "check_writable",
@@ -202,9 +203,14 @@ def write_plot(report: dict, path: str) -> str | None:
 
 # The agreement bar (docs/benchmarks.md) is about ratios against peers, the
 # libraries a user would otherwise pick (and the NumPy floor); embedlookup's own
-# other backends (OpenCL) are shown beside it, not counted in it. Reports from
-# before subjects carried a kind fall back to this table.
-_KIND_OF = {"torch": "peer", "fbgemm": "peer", "numpy": "floor", "opencl": "backend", "cuda": "backend"}
+# other backends (OpenCL, CUDA) are shown beside it, not counted in it. Each
+# result carries its subject's kind; a report without one falls back to the
+# registered subject's.
+def _kind(subject: str, *recorded) -> str:
+    for k in recorded:
+        if k:
+            return k
+    return SUBJECTS[subject].kind if subject in SUBJECTS else "peer"
 
 
 def compare_reports(a: dict, b: dict) -> list[dict]:
@@ -225,7 +231,7 @@ def compare_reports(a: dict, b: dict) -> list[dict]:
     for k in ra:
         if k not in rb:
             continue
-        kind = ra[k][1] or rb[k][1] or _KIND_OF.get(k[2], "peer")
+        kind = _kind(k[2], ra[k][1], rb[k][1])
         rows.append(
             {
                 "workload": k[0],

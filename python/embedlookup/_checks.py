@@ -57,9 +57,34 @@ def floats(x, name: str, shape: tuple) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+CACHE_LINE = 64
+
+
+def aligned_empty(shape, dtype=np.float32, align: int = CACHE_LINE) -> np.ndarray:
+    """``np.empty`` whose data starts on an ``align``-byte boundary.
+
+    NumPy only guarantees 16 bytes, so a 256-byte row of a fresh array starts
+    at a random offset in its cache line and straddles five lines instead of
+    four: 25% more memory traffic for every random row read or written, and
+    a different amount from one allocation to the next."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(a: np.ndarray, align: int = CACHE_LINE) -> np.ndarray:
+    """A C-contiguous copy of ``a`` starting on an ``align``-byte boundary."""
+    out = aligned_empty(a.shape, a.dtype, align)
+    out[...] = a
+    return out
+
+
 def out_array(out, name: str, shape: tuple) -> np.ndarray:
     if out is None:
-        return np.empty(shape, dtype=np.float32)
+        return aligned_empty(shape, np.float32)
     if not isinstance(out, np.ndarray):
         out = to_numpy(out, name)
     if out.dtype != np.float32 or out.shape != tuple(shape):

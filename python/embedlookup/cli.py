@@ -85,8 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         "--ratio-ci",
         type=float,
         default=0.05,
-        help="add rounds (up to twice as many) while a peer's median ratio has a 95%% confidence "
-        "interval wider than +- this fraction (default 0.05; 0: fixed rounds)",
+        help="add rounds while the run is heading for a peer's median ratio whose 95%% confidence "
+        "interval is wider than +- this fraction (default 0.05; 0: fixed rounds)",
+    )
+    b.add_argument(
+        "--ratio-ci-factor",
+        type=float,
+        default=3.0,
+        help="... up to this many times an op's planned rounds and time in each pass (default 3)",
     )
     b.add_argument(
         "--warmup",
@@ -192,6 +198,7 @@ def bench(args, argv: list[str]) -> int:
             ("max-repeats", args.max_repeats, ">= 1"),
             ("passes", args.passes, ">= 1"),
             ("ratio-ci", args.ratio_ci, ">= 0"),
+            ("ratio-ci-factor", args.ratio_ci_factor, ">= 1"),
             ("limit-mib", args.limit_mib, ">= 1"),
             ("threads", args.threads, ">= 0"),
         )
@@ -261,6 +268,7 @@ def bench(args, argv: list[str]) -> int:
         op_time=args.op_time,
         passes=args.passes,
         ratio_ci=args.ratio_ci,
+        ratio_ci_factor=args.ratio_ci_factor,
         warmup=args.warmup,
         min_time=args.min_time,
         subjects=subjects,

@@ -295,3 +295,106 @@ def test_every_result_says_how_many_passes_it_pooled():
     rep = bench.run([(_small(), ["pooled_sum"])], Config(**dict(FAST, repeats=3, passes=3), subjects=["embedlookup", "torch"]))
     for r in rep["results"]:
         assert r["passes"] == 3 and r["samples"] == 3  # ceil(3 / 3) = 1 round in each pass
+
+
+def test_projected_ratio_interval_counts_earlier_and_later_passes():
+    from embedlookup.bench.runner import _projected_ratio_ci, _widest_ratio_ci
+
+    rng = np.random.default_rng(5)
+    el = list(1.0 + 0.01 * rng.random(12))
+    peer = [e * r for e, r in zip(el, rng.choice([1.0, 1.5], 12))]  # ratio 1 or 1.5: a wide interval
+    times, paired = {"embedlookup": el, "p": peer}, {"p": el}
+    alone = _widest_ratio_ci(times, paired)
+    assert alone > 0.1
+    # nothing before, no pass after: the interval of this pass's rounds
+    assert _projected_ratio_ci(times, paired, {}, 0) == pytest.approx(alone)
+    # 3 more passes of 12 samples each: heading for 48 samples -> sqrt(12 / 48)
+    assert _projected_ratio_ci(times, paired, {}, 3) == pytest.approx(alone / 2)
+    # earlier passes that pinned the ratio at 1.2 narrow it, whatever this pass saw
+    prior = {"p": ([1.2] * 200, [1.0] * 200)}
+    assert _projected_ratio_ci(times, paired, prior, 0) < 0.02
+    # embedlookup itself and a subject without paired times are not intervals
+    assert _projected_ratio_ci({"embedlookup": el, "q": peer}, {}, {}, 0) == 0.0
+
+
+def test_a_stable_ratio_stops_at_the_planned_rounds_a_noisy_one_gets_more(registry):
+    subject("steady", "peer", "embedlookup's own pooled sum")
+    subject("noisy", "peer", "embedlookup's pooled sum, once or 3 times per call in alternate samples")
+    samples = [0]
+
+    @implements("pooled_sum", "steady")
+    def _(data):
+        def run(b):
+            return data.table.pooled_lookup(b.keys, b.offsets)
+
+        return Case(run, run)
+
+    @implements("pooled_sum", "noisy")
+    def _(data):
+        def run(b):
+            for _ in range(1 + 2 * (samples[0] % 2)):  # <= 3x: timed in every round
+                out = data.table.pooled_lookup(b.keys, b.offsets)
+            return out
+
+        def after():  # called once after each sample
+            samples[0] += 1
+
+        return Case(run, run, after=after)
+
+    w = parse_workload(["small", "threads=1", "batches=2", "batch=1024"])
+    # Samples of >= 3 ms, and a generous target (+-25%) that a same-code ratio
+    # meets even on a busy machine (12 rounds a pass: the interval drops the 2
+    # extreme ones on each side); ratios of 1 and 3 in alternate rounds never do.
+    cfg = dict(FAST, repeats=24, min_time=0.003, passes=2, op_time=10.0, max_repeats=24, ratio_ci=0.25,
+               ratio_ci_factor=3.0)
+    runs = {}
+    for s in ("steady", "noisy"):
+        rep = bench.run([(w, ["pooled_sum"])], Config(**cfg, subjects=["embedlookup", s]))
+        runs[s] = {r["subject"]: r["samples"] for r in rep["results"]}
+    assert runs["steady"] == {"embedlookup": 24, "steady": 24}  # the 12 planned rounds in each of 2 passes
+    n = runs["noisy"]["noisy"]
+    assert runs["noisy"]["embedlookup"] == n
+    # The first pass stops once the run is heading for the target (its interval
+    # shrunk by sqrt(1/2), one pass to come), at 12 rounds at least; the last
+    # pass, with nothing to come, keeps going up to 3x its 12 planned rounds.
+    assert 12 + 36 <= n <= 72
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_numpy_floor_pools_equal_and_unequal_bags_like_embedlookup(mode):
+    from embedlookup.bench.ops import OPS
+    from embedlookup.bench.workloads import Batch, WorkloadData
+
+    data = WorkloadData.generate(_small())
+    w, b0 = data.workload, data.batches[0]
+    floor = OPS[f"pooled_{mode}"].impls["numpy"](data)
+    # equal bags (the reduction over the middle axis), then bags of 1 to 15 keys (reduceat)
+    lengths = 1 + np.arange(w.batch) % 15
+    lengths[-1] += w.lookups - lengths.sum()
+    assert lengths.min() >= 1
+    full = np.concatenate([[0], np.cumsum(lengths)])
+    ragged = Batch(b0.keys, b0.idx, full[:-1], full, b0.grad, b0.distinct)
+    for b in (b0, ragged):
+        want = data.table.pooled_lookup(b.keys, b.offsets, mode=mode)
+        np.testing.assert_allclose(floor.run(b), want, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_is_asked_for_huge_pages_unless_it_cannot_be(monkeypatch):
+    import sys
+
+    from embedlookup.bench import machine
+
+    monkeypatch.setattr(machine, "_thp_mode", lambda: "madvise")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert "transparent huge pages" in machine.torch_huge_pages()
+    import os
+
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the user's choice is kept
+    assert "THP_MEM_ALLOC_ENABLE=0 kept" in machine.torch_huge_pages()
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    monkeypatch.setitem(sys.modules, "torch", object())  # too late: torch already allocated
+    assert "4 KiB pages" in machine.torch_huge_pages() and "THP_MEM_ALLOC_ENABLE" not in os.environ
+    monkeypatch.setattr(machine, "_thp_mode", lambda: "never")
+    assert machine.torch_huge_pages() is None

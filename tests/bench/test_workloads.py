@@ -100,3 +100,10 @@ def test_parse_names_and_overrides():
 def test_parse_errors_name_the_problem(tokens, match):
     with pytest.raises(WorkloadError, match=match):
         parse_workload(tokens)
+
+
+def test_dense_rows_start_on_a_cache_line():
+    # a 64-byte row at a random 16-byte offset would straddle two cache lines
+    for seed in range(3):
+        d = WorkloadData.generate(_small(threads=1, seed=seed))
+        assert d.dense.ctypes.data % 64 == 0

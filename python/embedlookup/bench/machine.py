@@ -149,6 +149,45 @@ def measure_limits(
     }
 
 
+def torch_huge_pages() -> str | None:
+    """Asks torch's CPU allocator for transparent huge pages on its large
+    tensors (``THP_MEM_ALLOC_ENABLE=1``, read once, when torch first
+    allocates), as NumPy and embedlookup ask for theirs. Without it FBGEMM's
+    weights and torch's optimizer state were the only tables on 4 KiB pages,
+    which cost them TLB misses that moved with the host's state (FBGEMM's
+    Zipf ratio by up to 25% between runs). A value the user set is kept.
+    Returns a line for the report."""
+    import os
+    import sys
+
+    mode = _thp_mode()
+    if mode == "never":
+        return None
+    if "torch" in sys.modules and "THP_MEM_ALLOC_ENABLE" not in os.environ:
+        return (
+            "memory: torch was imported before the run, so its tensors stay on 4 KiB pages "
+            "(set THP_MEM_ALLOC_ENABLE=1 before importing torch for like-for-like pages)"
+        )
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    value = os.environ["THP_MEM_ALLOC_ENABLE"]
+    if value != "1":
+        return f"memory: THP_MEM_ALLOC_ENABLE={value} kept: torch's tensors on 4 KiB pages"
+    return (
+        f"memory: every subject's large arrays on transparent huge pages "
+        f"(THP {mode}; torch: THP_MEM_ALLOC_ENABLE=1)"
+    )
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return "unknown"
+    i, j = text.find("["), text.find("]")
+    return text[i + 1 : j] if 0 <= i < j else "unknown"
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 

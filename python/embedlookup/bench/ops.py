@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._checks import aligned_copy, aligned_empty
 from .workloads import Batch, Workload, WorkloadData
 
 __all__ = ["OPS", "SUBJECTS", "Case", "Operation", "Skip", "Subject", "implements", "operation", "subject"]
@@ -157,7 +158,7 @@ subject(
     "FBGEMM CPU table-batched embedding (fbgemm_gpu SplitTableBatchedEmbeddingBagsCodegen)",
     lambda: (_fbgemm(), None)[1],
 )
-subject("numpy", "floor", "NumPy take + reduceat on a dense matrix", None)
+subject("numpy", "floor", "NumPy take + reduce (equal-size bags) or reduceat on a dense matrix", None)
 
 
 # -------------------------------------------------------------- operations
@@ -261,7 +262,7 @@ def _unique_rows(b: Batch) -> np.ndarray:
 @implements("lookup", "embedlookup")
 def _(data):
     t, w = data.table, data.workload
-    buf = np.empty((w.lookups, w.dim), np.float32)
+    buf = aligned_empty((w.lookups, w.dim))
 
     def run(b):
         return t.lookup(b.keys, out=buf)
@@ -284,7 +285,7 @@ def _(data):
 
 @implements("lookup", "numpy")
 def _(data):
-    buf = np.empty((data.workload.lookups, data.workload.dim), np.float32)
+    buf = aligned_empty((data.workload.lookups, data.workload.dim))
 
     def run(b):
         return np.take(data.dense, b.idx, axis=0, out=buf)
@@ -298,7 +299,7 @@ def _pooled(mode: str):
     @implements(op, "embedlookup")
     def _el(data):
         t, w = data.table, data.workload
-        buf = np.empty((w.batch, w.dim), np.float32)
+        buf = aligned_empty((w.batch, w.dim))
 
         def run(b):
             return t.pooled_lookup(b.keys, b.offsets, mode=mode, out=buf)
@@ -357,14 +358,20 @@ def _pooled(mode: str):
     @implements(op, "numpy")
     def _np(data):
         w = data.workload
-        rows = np.empty((w.lookups, w.dim), np.float32)
+        rows, pooled = aligned_empty((w.lookups, w.dim)), aligned_empty((w.batch, w.dim))
         red = {"sum": np.add, "mean": np.add, "max": np.maximum}[mode]
 
         def run(b):
             np.take(data.dense, b.idx, axis=0, out=rows)
-            out = red.reduceat(rows, b.offsets, axis=0)
+            lengths = np.diff(b.offsets_full)
+            if (lengths == w.pooling).all():
+                # Bags of one size, as NumPy users pool them: a reduction over
+                # the middle axis, ~10x faster than reduceat (which loops per bag).
+                out = red.reduce(rows.reshape(w.batch, w.pooling, w.dim), axis=1, out=pooled)
+            else:
+                out = red.reduceat(rows, b.offsets, axis=0)
             if mode == "mean":
-                out /= np.diff(b.offsets_full)[:, None].astype(np.float32)
+                out /= lengths[:, None].astype(np.float32)
             return out
 
         return Case(run, lambda b: run(b).copy())
@@ -397,7 +404,7 @@ def _(data):
     torch = _torch()
     torch.set_num_threads(_nthreads(data.workload))
     w = data.workload
-    param = torch.nn.Parameter(torch.from_numpy(data.dense.copy()))
+    param = torch.nn.Parameter(torch.from_numpy(aligned_copy(data.dense)))
     opt = torch.optim.Adagrad([param], lr=LR, eps=EPS_ADAGRAD)
     tb = _tbatches(data)
     tg = {id(b): torch.from_numpy(_expanded_grad(data, b)) for b in data.batches}
@@ -420,7 +427,7 @@ def _train_el(make_opt):
         t = data.fresh_table()
         opt = make_opt()
         w = data.workload
-        buf = np.empty((w.batch, w.dim), np.float32)
+        buf = aligned_empty((w.batch, w.dim))
 
         def run(b):
             out = t.pooled_lookup(b.keys, b.offsets, mode="sum", out=buf)
@@ -441,7 +448,7 @@ def _train_torch(make_opt):
         torch = _torch()
         torch.set_num_threads(_nthreads(data.workload))
         bag = torch.nn.EmbeddingBag.from_pretrained(
-            torch.from_numpy(data.dense.copy()), freeze=False, mode="sum", sparse=True
+            torch.from_numpy(aligned_copy(data.dense)), freeze=False, mode="sum", sparse=True
         )
         opt = make_opt(torch, bag.parameters())
         tb = _tbatches(data)
@@ -505,19 +512,24 @@ def _(data):
 
 
 # ------------------------------------------------------------------ insert
-@implements("insert", "embedlookup")
-def _(data):
+def fresh_keys(data: WorkloadData, n: int, salt: int) -> np.ndarray:
+    """Up to ``n`` keys the workload's table does not hold: a different seed's
+    key space (disjoint with overwhelming probability; any overlap, found with
+    the table's own index, is dropped)."""
     from .workloads import mix_keys
 
+    pool = mix_keys(n, data.workload.seed + salt)
+    return pool[~data.table.find(pool)[1]]
+
+
+@implements("insert", "embedlookup")
+def _(data):
     t, w = data.table, data.workload
     chunks = 64
-    # Fresh keys: a different seed's key space (disjoint with overwhelming
-    # probability; any overlap is erased from the pool below).
-    pool = mix_keys(chunks * w.batch, w.seed + 0x5EED)
-    pool = pool[~np.isin(pool, data.keys)]
+    pool = fresh_keys(data, chunks * w.batch, 0x5EED)
     per = pool.shape[0] // chunks
     state = {"next": 0, "used": []}
-    buf = np.empty((per, w.dim), np.float32)
+    buf = aligned_empty((per, w.dim))
 
     def run(b):
         k = pool[state["next"] * per : (state["next"] + 1) * per]

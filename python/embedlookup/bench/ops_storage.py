@@ -38,8 +38,9 @@ import weakref
 
 import numpy as np
 
-from .ops import Case, Skip, _torch, implements, operation
-from .workloads import WorkloadData, mix_keys
+from .._checks import aligned_empty
+from .ops import Case, Skip, _torch, fresh_keys, implements, operation
+from .workloads import WorkloadData
 
 # Checkpoints move the whole table per call (~0.5 s for 256 MiB here): a few
 # rounds give a steady median without dominating the run.
@@ -284,11 +285,10 @@ def _(data):
     )
     _fill(data, ft.assign)
     chunks = 256
-    pool = mix_keys(chunks * w.batch, w.seed + 0xE71C7)
-    pool = pool[~np.isin(pool, data.keys)]
+    pool = fresh_keys(data, chunks * w.batch, 0xE71C7)
     per = pool.shape[0] // chunks
     state = {"next": 0}
-    buf = np.empty((per, w.dim), np.float32)
+    buf = aligned_empty((per, w.dim))
 
     def run(b):
         k = pool[state["next"] * per : (state["next"] + 1) * per]

@@ -53,11 +53,14 @@ class Config:
     # machine's state over the whole run, not over the few seconds its op
     # happened to run in, so two runs agree better on a shared machine.
     passes: int = 1
-    # Large temporaries reuse heap memory (machine.steady_allocator).
+    # Large temporaries reuse heap memory (machine.steady_allocator), and
+    # torch's large tensors go on huge pages as everyone else's (torch_huge_pages).
     steady_allocator: bool = True
-    # Extra rounds (up to twice the planned ones) while a peer's median ratio
-    # has a 95% confidence interval wider than +-ratio_ci (0: never).
+    # Extra rounds while the run is heading for a peer's median ratio whose
+    # 95% confidence interval is wider than +-ratio_ci (0: never), up to
+    # ratio_ci_factor times the planned rounds (and time) of the pass.
     ratio_ci: float = 0.0
+    ratio_ci_factor: float = 2.0
     # Where storage operations (tier_read, tier_write, checkpoint) write their
     # scratch files; None: the system's temporary folder.
     tier_dir: str | None = None
@@ -163,6 +166,25 @@ def _widest_ratio_ci(times: dict, paired: dict) -> float:
     return worst
 
 
+def _projected_ratio_ci(times: dict, paired: dict, prior: dict, passes_left: int) -> float:
+    """The widest ratio interval the run is heading for: each peer's interval
+    over this pass's rounds and the earlier passes' (``prior[s]``: its times
+    and embedlookup's paired times), narrowed by sqrt(n / (n + m)), where m
+    is the samples the ``passes_left`` later passes add if each takes as many
+    as this one has. A stable ratio then stops at the planned rounds; a noisy
+    one gets more in every pass, so its extra rounds still spread over the run."""
+    worst = 0.0
+    for s, t in times.items():
+        if s == "embedlookup" or s not in paired:
+            continue
+        pt, pe = prior.get(s, ((), ()))
+        tt, ee = list(pt) + list(t), list(pe) + list(paired[s])
+        n, m = min(len(tt), len(ee)), len(t) * max(0, passes_left)
+        if n:
+            worst = max(worst, _widest_ratio_ci({s: tt}, {s: ee}) * math.sqrt(n / (n + m)))
+    return worst
+
+
 def _sampling_every(sample_time: dict) -> dict:
     """Per subject, every how many rounds it is timed. A subject whose sample
     takes longer than all the quick ones together (a NumPy floor ~10x slower
@@ -189,11 +211,20 @@ def _time_call(case: Case, batches, k0: int, inner: int) -> float:
 
 
 def _run_op(
-    data: WorkloadData, op_name: str, subjects: list[str], cfg: Config, prog: Progress, check: bool = True
+    data: WorkloadData,
+    op_name: str,
+    subjects: list[str],
+    cfg: Config,
+    prog: Progress,
+    check: bool = True,
+    prior: dict | None = None,
+    passes_left: int = 0,
 ) -> list[dict]:
     """One op of one workload for every subject. ``check=False`` (passes
     after the first, on identically generated data) skips the output check
-    and warms up with one call, the calibrating one."""
+    and warms up with one call, the calibrating one. ``prior``: the earlier
+    passes' samples of each peer (times, embedlookup's paired times), and
+    ``passes_left`` the passes still to come, for the ratio-interval rule."""
     w = data.workload
     op = OPS[op_name]
     b0 = data.batches[0]
@@ -258,15 +289,16 @@ def _run_op(
         cap = max(1, math.ceil(op.rounds / max(1, cfg.passes)))
         repeats, max_repeats = min(repeats, cap), min(max_repeats, cap)
     n_rounds = max(repeats * kmax, min(max_repeats * kmax, int(cfg.op_time / max(round_time, 1e-9))))
-    # Then more rounds, up to twice the planned time, while a peer's ratio is
-    # still uncertain (a noisy peer, e.g. a CPU OpenCL driver's scheduling).
-    extra_until = time.perf_counter() + max(cfg.op_time, n_rounds * round_time)
+    # Then more rounds, up to ratio_ci_factor x the planned rounds and time,
+    # while the run is heading for an uncertain ratio (a noisy peer).
+    factor = max(1.0, cfg.ratio_ci_factor)
+    extra_until = time.perf_counter() + factor * max(cfg.op_time, n_rounds * round_time)
     rep = 0
     while rep < n_rounds or (
         cfg.ratio_ci > 0
-        and rep < 2 * n_rounds
+        and rep < factor * n_rounds
         and time.perf_counter() < extra_until
-        and _widest_ratio_ci(times, paired) > cfg.ratio_ci
+        and _projected_ratio_ci(times, paired, prior or {}, passes_left) > cfg.ratio_ci
     ):
         prog.show(f"{w.name} {op_name}: round {rep + 1}/{n_rounds}")
         rot = order[rep % len(order) :] + order[: rep % len(order)] if order else []
@@ -370,9 +402,9 @@ def run(
         "notes": list(notes or []),
     }
     if cfg.steady_allocator:
-        line = _machine.steady_allocator()
-        if line:
-            report["notes"].append(line)
+        for line in (_machine.steady_allocator(), _machine.torch_huge_pages()):
+            if line:
+                report["notes"].append(line)
     # Subjects that cannot run here at all: one line each, once.
     unavailable = {}
     for s in subjects:
@@ -475,7 +507,15 @@ def _run_plan(plan, cfg: Config, report: dict, subjects: list[str], unavailable:
                 t_op = time.perf_counter()
                 # Outputs are checked in the first pass; later passes run the
                 # same code on identically generated data.
-                res = _run_op(data, op, subs, pcfg, prog, check=(wi, op) not in op_results)
+                prior = {
+                    r["subject"]: (r["times_s"], r["el_times_s"])
+                    for r in op_results.get((wi, op), [])
+                    if r["status"] == "ok" and "el_times_s" in r
+                }
+                res = _run_op(
+                    data, op, subs, pcfg, prog, check=(wi, op) not in op_results, prior=prior,
+                    passes_left=passes - 1 - p,
+                )
                 entry["op_wall_s"][op] = entry["op_wall_s"].get(op, 0.0) + time.perf_counter() - t_op
                 # subjects that don't implement the op at all are not worth a row
                 res = [r for r in res if not (r["status"] == "skipped" and r["reason"].endswith(f"has no {op}"))]

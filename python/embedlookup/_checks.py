@@ -82,6 +82,38 @@ def aligned_copy(a: np.ndarray, align: int = CACHE_LINE) -> np.ndarray:
     return out
 
 
+HUGE_PAGE = 2 << 20
+
+
+def huge_empty(shape, dtype=np.float32) -> np.ndarray:
+    """Like :func:`aligned_empty`, for large long-lived arrays: a fresh
+    anonymous mapping, 2 MiB aligned and advised for transparent huge pages
+    (as the table's own arena is). Memory reused from the heap keeps the
+    pages it was first touched with, 4 KiB or 2 MiB, so an array placed there
+    gets a mix that differs from one allocation to the next. Arrays under
+    2 MiB come from :func:`aligned_empty`."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < HUGE_PAGE:
+        return aligned_empty(shape, dtype)
+    import mmap
+
+    m = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = np.frombuffer(m, dtype=np.uint8)  # keeps the mapping alive; unmapped with the array
+    start = -raw.ctypes.data % HUGE_PAGE
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE, start, nbytes - nbytes % HUGE_PAGE or HUGE_PAGE)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def huge_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` in :func:`huge_empty` memory."""
+    out = huge_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def out_array(out, name: str, shape: tuple) -> np.ndarray:
     if out is None:
         return aligned_empty(shape, np.float32)

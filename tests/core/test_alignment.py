@@ -51,3 +51,20 @@ def test_table_outputs_are_aligned():
         pooled = t.pooled_lookup(keys, np.array([0, 40], np.int64))
         assert pooled.ctypes.data % CACHE_LINE == 0
         np.testing.assert_allclose(pooled, np.stack([ref[:40].sum(0), ref[40:].sum(0)]), rtol=1e-5, atol=1e-6)
+
+
+def test_huge_empty_is_a_fresh_aligned_mapping():
+    from embedlookup._checks import HUGE_PAGE, huge_copy, huge_empty
+
+    small = huge_empty((10, 64))  # under 2 MiB: the aligned heap array
+    assert small.ctypes.data % CACHE_LINE == 0 and small.shape == (10, 64)
+    arrays = [huge_empty((131072, 64)) for _ in range(3)]
+    for a in arrays:
+        assert a.ctypes.data % HUGE_PAGE == 0 and a.dtype == np.float32 and a.flags.c_contiguous
+        a[...] = 2.5
+    assert len({a.ctypes.data for a in arrays}) == 3  # distinct memory
+    assert all((a == 2.5).all() for a in arrays)
+    src = np.arange(3 * HUGE_PAGE // 8, dtype=np.int64).reshape(3, -1)
+    c = huge_copy(src)
+    assert c.ctypes.data % HUGE_PAGE == 0
+    np.testing.assert_array_equal(c, src)

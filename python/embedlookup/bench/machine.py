@@ -191,8 +191,8 @@ def _thp_mode() -> str:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
-def steady_allocator(threshold: int = 1 << 30) -> str | None:
-    """Keeps large allocations on glibc's heap instead of fresh mmaps.
+def steady_allocator(threshold: int = 64 << 20) -> str | None:
+    """Keeps per-call temporaries on glibc's heap instead of fresh mmaps.
 
     Peers such as torch's sparse optimizers and NumPy allocate temporaries of
     ~33 MB per call; above glibc's mmap threshold (at most 32 MiB by default)
@@ -200,7 +200,10 @@ def steady_allocator(threshold: int = 1 << 30) -> str | None:
     the host's memory load and moved those peers' ratios by 20-30% between
     runs. Raising the threshold (and the trim threshold) makes every subject
     reuse its memory from the second call on, as a long-running training
-    process does. Returns a line for the report, or None where this is not
+    process does. Only to 64 MiB: tables and optimizer state (256 MB) still
+    get fresh mappings, and so huge pages where their owner asks for them;
+    placed in reused heap memory they got whatever pages it was first
+    touched with. Returns a line for the report, or None where this is not
     glibc."""
     try:
         import ctypes

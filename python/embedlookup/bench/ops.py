@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .._checks import aligned_copy, aligned_empty
+from .._checks import huge_copy, huge_empty
 from .workloads import Batch, Workload, WorkloadData
 
 __all__ = ["OPS", "SUBJECTS", "Case", "Operation", "Skip", "Subject", "implements", "operation", "subject"]
@@ -262,7 +262,7 @@ def _unique_rows(b: Batch) -> np.ndarray:
 @implements("lookup", "embedlookup")
 def _(data):
     t, w = data.table, data.workload
-    buf = aligned_empty((w.lookups, w.dim))
+    buf = huge_empty((w.lookups, w.dim))
 
     def run(b):
         return t.lookup(b.keys, out=buf)
@@ -275,7 +275,7 @@ def _(data):
     torch = _torch()
     torch.set_num_threads(_nthreads(data.workload))
     weight, tb = torch.from_numpy(data.dense), _tbatches(data)
-    buf = torch.empty((data.workload.lookups, data.workload.dim))
+    buf = torch.from_numpy(huge_empty((data.workload.lookups, data.workload.dim)))
 
     def run(b):
         return torch.index_select(weight, 0, tb[id(b)][0], out=buf)
@@ -285,7 +285,7 @@ def _(data):
 
 @implements("lookup", "numpy")
 def _(data):
-    buf = aligned_empty((data.workload.lookups, data.workload.dim))
+    buf = huge_empty((data.workload.lookups, data.workload.dim))
 
     def run(b):
         return np.take(data.dense, b.idx, axis=0, out=buf)
@@ -299,7 +299,7 @@ def _pooled(mode: str):
     @implements(op, "embedlookup")
     def _el(data):
         t, w = data.table, data.workload
-        buf = aligned_empty((w.batch, w.dim))
+        buf = huge_empty((w.batch, w.dim))
 
         def run(b):
             return t.pooled_lookup(b.keys, b.offsets, mode=mode, out=buf)
@@ -358,7 +358,7 @@ def _pooled(mode: str):
     @implements(op, "numpy")
     def _np(data):
         w = data.workload
-        rows, pooled = aligned_empty((w.lookups, w.dim)), aligned_empty((w.batch, w.dim))
+        rows, pooled = huge_empty((w.lookups, w.dim)), huge_empty((w.batch, w.dim))
         red = {"sum": np.add, "mean": np.add, "max": np.maximum}[mode]
 
         def run(b):
@@ -404,7 +404,7 @@ def _(data):
     torch = _torch()
     torch.set_num_threads(_nthreads(data.workload))
     w = data.workload
-    param = torch.nn.Parameter(torch.from_numpy(aligned_copy(data.dense)))
+    param = torch.nn.Parameter(torch.from_numpy(huge_copy(data.dense)))
     opt = torch.optim.Adagrad([param], lr=LR, eps=EPS_ADAGRAD)
     tb = _tbatches(data)
     tg = {id(b): torch.from_numpy(_expanded_grad(data, b)) for b in data.batches}
@@ -427,7 +427,7 @@ def _train_el(make_opt):
         t = data.fresh_table()
         opt = make_opt()
         w = data.workload
-        buf = aligned_empty((w.batch, w.dim))
+        buf = huge_empty((w.batch, w.dim))
 
         def run(b):
             out = t.pooled_lookup(b.keys, b.offsets, mode="sum", out=buf)
@@ -448,7 +448,7 @@ def _train_torch(make_opt):
         torch = _torch()
         torch.set_num_threads(_nthreads(data.workload))
         bag = torch.nn.EmbeddingBag.from_pretrained(
-            torch.from_numpy(aligned_copy(data.dense)), freeze=False, mode="sum", sparse=True
+            torch.from_numpy(huge_copy(data.dense)), freeze=False, mode="sum", sparse=True
         )
         opt = make_opt(torch, bag.parameters())
         tb = _tbatches(data)
@@ -529,7 +529,7 @@ def _(data):
     pool = fresh_keys(data, chunks * w.batch, 0x5EED)
     per = pool.shape[0] // chunks
     state = {"next": 0, "used": []}
-    buf = aligned_empty((per, w.dim))
+    buf = huge_empty((per, w.dim))
 
     def run(b):
         k = pool[state["next"] * per : (state["next"] + 1) * per]

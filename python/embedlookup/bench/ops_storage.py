@@ -38,7 +38,7 @@ import weakref
 
 import numpy as np
 
-from .._checks import aligned_empty
+from .._checks import huge_empty
 from .ops import Case, Skip, _torch, fresh_keys, implements, operation
 from .workloads import WorkloadData
 
@@ -288,7 +288,7 @@ def _(data):
     pool = fresh_keys(data, chunks * w.batch, 0xE71C7)
     per = pool.shape[0] // chunks
     state = {"next": 0}
-    buf = aligned_empty((per, w.dim))
+    buf = huge_empty((per, w.dim))
 
     def run(b):
         k = pool[state["next"] * per : (state["next"] + 1) * per]

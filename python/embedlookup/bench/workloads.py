@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._checks import aligned_empty
+from .._checks import huge_empty
 
 __all__ = [
     "SUITES",
@@ -321,7 +321,7 @@ class WorkloadData:
             batches.append(Batch(keys[idx], idx, offsets, offsets_full, grad, int(np.unique(idx).size)))
         from ..table import EmbeddingTable
 
-        data = cls(w, keys, aligned_empty((w.rows, w.dim)), None, batches)
+        data = cls(w, keys, huge_empty((w.rows, w.dim)), None, batches)
         data.table = EmbeddingTable(w.dim, initializer=data.initializer(), num_threads=w.threads or None)
         # Inserting in row order puts key i in arena slot i: the same memory
         # order as the dense peers' matrix, so neither side gets a locality edge.

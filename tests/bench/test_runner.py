@@ -398,3 +398,23 @@ def test_torch_is_asked_for_huge_pages_unless_it_cannot_be(monkeypatch):
     assert "4 KiB pages" in machine.torch_huge_pages() and "THP_MEM_ALLOC_ENABLE" not in os.environ
     monkeypatch.setattr(machine, "_thp_mode", lambda: "never")
     assert machine.torch_huge_pages() is None
+
+
+def test_a_run_asks_for_torch_huge_pages_before_anything_imports_torch():
+    # In a fresh interpreter (torch not imported yet), as `embedlookup bench` runs:
+    # describing the machine imports torch, so the request must come first.
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = (
+        "import os, embedlookup.bench as B\n"
+        "os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n"
+        "B.machine._thp_mode = lambda: 'madvise'\n"
+        "w = B.parse_workload(['small', 'threads=1', 'batches=1'])\n"
+        "rep = B.run([(w, ['lookup'])], B.Config(repeats=1, op_time=0, warmup=0, limits=False,"
+        " progress=False, subjects=['embedlookup', 'torch']))\n"
+        "print([n for n in rep['notes'] if n.startswith('memory:')], os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "every subject's large arrays on transparent huge pages" in out and out.strip().endswith("1")

@@ -391,6 +391,9 @@ def run(
     subjects = cfg.subjects or list(SUBJECTS)
     total = sum(len(ops) for _, ops in plan)
     prog = Progress(total, cfg.progress)
+    # Memory first: torch reads THP_MEM_ALLOC_ENABLE once, when it first
+    # allocates, and describing the machine imports it (for its version).
+    memory = [_machine.steady_allocator(), _machine.torch_huge_pages()] if cfg.steady_allocator else []
     report = {
         "schema": SCHEMA,
         "command": command,
@@ -399,12 +402,8 @@ def run(
         "config": {k: v for k, v in cfg.__dict__.items() if k != "progress"},
         "workloads": [],
         "results": [],
-        "notes": list(notes or []),
+        "notes": list(notes or []) + [line for line in memory if line],
     }
-    if cfg.steady_allocator:
-        for line in (_machine.steady_allocator(), _machine.torch_huge_pages()):
-            if line:
-                report["notes"].append(line)
     # Subjects that cannot run here at all: one line each, once.
     unavailable = {}
     for s in subjects:

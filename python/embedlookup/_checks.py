@@ -104,7 +104,12 @@ def huge_empty(shape, dtype=np.float32) -> np.ndarray:
     start = -raw.ctypes.data % HUGE_PAGE
     if hasattr(mmap, "MADV_HUGEPAGE"):
         m.madvise(mmap.MADV_HUGEPAGE, start, nbytes - nbytes % HUGE_PAGE or HUGE_PAGE)
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+    body = raw[start : start + nbytes]
+    # Fault the pages in now (after the advice, so they come as huge pages), not
+    # in the first call that writes the array: that call is the benchmark's
+    # calibration, and paying ~10 ms of faults there made fast subjects look slow.
+    body.fill(0)
+    return body.view(dtype).reshape(shape)
 
 
 def huge_copy(a: np.ndarray) -> np.ndarray:

@@ -59,10 +59,16 @@ def test_huge_empty_is_a_fresh_aligned_mapping():
     small = huge_empty((10, 64))  # under 2 MiB: the aligned heap array
     assert small.ctypes.data % CACHE_LINE == 0 and small.shape == (10, 64)
     arrays = [huge_empty((131072, 64)) for _ in range(3)]
+    assert len({a.ctypes.data for a in arrays}) == 3  # distinct memory
+    assert all((a == 0).all() for a in arrays)
+    import resource
+
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for a in arrays:
         assert a.ctypes.data % HUGE_PAGE == 0 and a.dtype == np.float32 and a.flags.c_contiguous
         a[...] = 2.5
-    assert len({a.ctypes.data for a in arrays}) == 3  # distinct memory
+    # its pages were faulted in when it was made (16 faults with huge pages, 8192 without)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 8
     assert all((a == 2.5).all() for a in arrays)
     src = np.arange(3 * HUGE_PAGE // 8, dtype=np.int64).reshape(3, -1)
     c = huge_copy(src)

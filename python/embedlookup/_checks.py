@@ -60,6 +60,13 @@ def floats(x, name: str, shape: tuple) -> np.ndarray:
 CACHE_LINE = 64
 
 
+def _layout(shape, dtype) -> tuple[np.dtype, tuple, int]:
+    """(dtype, shape as a tuple, bytes) of an array to allocate."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    return dtype, shape, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 def aligned_empty(shape, dtype=np.float32, align: int = CACHE_LINE) -> np.ndarray:
     """``np.empty`` whose data starts on an ``align``-byte boundary.
 
@@ -67,19 +74,10 @@ def aligned_empty(shape, dtype=np.float32, align: int = CACHE_LINE) -> np.ndarra
     at a random offset in its cache line and straddles five lines instead of
     four: 25% more memory traffic for every random row read or written, and
     a different amount from one allocation to the next."""
-    dtype = np.dtype(dtype)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    dtype, shape, nbytes = _layout(shape, dtype)
     raw = np.empty(nbytes + align, dtype=np.uint8)
     start = -raw.ctypes.data % align
     return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def aligned_copy(a: np.ndarray, align: int = CACHE_LINE) -> np.ndarray:
-    """A C-contiguous copy of ``a`` starting on an ``align``-byte boundary."""
-    out = aligned_empty(a.shape, a.dtype, align)
-    out[...] = a
-    return out
 
 
 HUGE_PAGE = 2 << 20
@@ -92,9 +90,7 @@ def huge_empty(shape, dtype=np.float32) -> np.ndarray:
     pages it was first touched with, 4 KiB or 2 MiB, so an array placed there
     gets a mix that differs from one allocation to the next. Arrays under
     2 MiB come from :func:`aligned_empty`."""
-    dtype = np.dtype(dtype)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    dtype, shape, nbytes = _layout(shape, dtype)
     if nbytes < HUGE_PAGE:
         return aligned_empty(shape, dtype)
     import mmap
@@ -113,7 +109,7 @@ def huge_empty(shape, dtype=np.float32) -> np.ndarray:
 
 
 def huge_copy(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``a`` in :func:`huge_empty` memory."""
+    """A C-contiguous, aligned copy of ``a`` in :func:`huge_empty` memory."""
     out = huge_empty(a.shape, a.dtype)
     out[...] = a
     return out

@@ -227,7 +227,7 @@ def test_uncertain_ratios_get_more_rounds(registry):
     base = dict(FAST, repeats=10, min_time=0.0)
     fixed = bench.run([(_small(), ["pooled_sum"])], Config(**base, subjects=["embedlookup", "jittery"]))
     adaptive = bench.run([(_small(), ["pooled_sum"])],
-                         Config(**dict(base, op_time=5.0, max_repeats=10), ratio_ci=0.01,
+                         Config(**dict(base, op_time=5.0, max_repeats=10), ratio_ci=0.01, ratio_ci_factor=2.0,
                                 subjects=["embedlookup", "jittery"]))
     n = {r["subject"]: r["samples"] for r in fixed["results"]}
     m = {r["subject"]: r["samples"] for r in adaptive["results"]}
@@ -414,7 +414,9 @@ def test_a_run_asks_for_torch_huge_pages_before_anything_imports_torch():
         "w = B.parse_workload(['small', 'threads=1', 'batches=1'])\n"
         "rep = B.run([(w, ['lookup'])], B.Config(repeats=1, op_time=0, warmup=0, limits=False,"
         " progress=False, subjects=['embedlookup', 'torch']))\n"
-        "print([n for n in rep['notes'] if n.startswith('memory:')], os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+        "print([n for n in rep['notes'] if n.startswith('memory:')],"
+        " os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = run.stdout
     assert "every subject's large arrays on transparent huge pages" in out and out.strip().endswith("1")

@@ -60,7 +60,7 @@ class Config:
     # 95% confidence interval is wider than +-ratio_ci (0: never), up to
     # ratio_ci_factor times the planned rounds (and time) of the pass.
     ratio_ci: float = 0.0
-    ratio_ci_factor: float = 2.0
+    ratio_ci_factor: float = 3.0
     # Where storage operations (tier_read, tier_write, checkpoint) write their
     # scratch files; None: the system's temporary folder.
     tier_dir: str | None = None
@@ -187,8 +187,8 @@ def _projected_ratio_ci(times: dict, paired: dict, prior: dict, passes_left: int
 
 def _sampling_every(sample_time: dict) -> dict:
     """Per subject, every how many rounds it is timed. A subject whose sample
-    takes longer than all the quick ones together (a NumPy floor ~10x slower
-    than the rest) is timed every k-th round (k <= 4), so it does not set the
+    takes longer than all the quick ones together (torch's max pooling, ~7x
+    embedlookup's) is timed every k-th round (k <= 4), so it does not set the
     pace: the quick subjects get up to twice the rounds in the same time, and
     more rounds is what steadies their ratios on a noisy machine. Its own
     ratio pairs with embedlookup's time of the same rounds."""

@@ -29,6 +29,8 @@ def test_bad_numbers_are_argument_errors(capsys):
     assert rc == 2 and "--repeats must be >= 1, got 0" in err
     rc, _, err = run(capsys, "bench", "--passes", "0", *SMALL)
     assert rc == 2 and "--passes must be >= 1, got 0" in err
+    rc, _, err = run(capsys, "bench", "--ratio-ci-factor", "0.5", *SMALL)
+    assert rc == 2 and "--ratio-ci-factor must be >= 1, got 0.5" in err
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--repeats", "many"])
     assert e.value.code == 2

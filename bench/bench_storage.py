@@ -150,8 +150,8 @@ def slot_read(folder: str, slots: int, slot_bytes: int, reads: int) -> dict:
     try:
         res = {"pread_ns": [], "mmap_ns": []}
         for _ in range(3):  # interleaved
-            res["pread_ns"].append(el._core._slot_read_ns(path, slot_bytes, reads, False))
-            res["mmap_ns"].append(el._core._slot_read_ns(path, slot_bytes, reads, True))
+            res["pread_ns"].append(el._probes.slot_read_ns(path, slot_bytes, reads, False))
+            res["mmap_ns"].append(el._probes.slot_read_ns(path, slot_bytes, reads, True))
     finally:
         os.remove(path)
     return {"slots": slots, "slot_bytes": slot_bytes, "pread_ns_per_slot": statistics.median(res["pread_ns"]),

@@ -15,6 +15,8 @@
 #pragma once
 #include <cstdint>
 
+#include "embedlookup/row_id.h"
+
 namespace el_hls {
 
 // Widest row the kernel accepts (floats): sizes the on-chip accumulator and
@@ -23,8 +25,9 @@ constexpr int kMaxDim = 256;
 // The hash probe reads at most this many slots; the host builds the index
 // with every key fewer than kMaxProbe slots from its home slot.
 constexpr int kMaxProbe = 128;
-// Index slot with this row id is empty.
-constexpr int32_t kNoRow = -1;
+// Index slot with this row id is empty: the engine's sentinel
+// (embedlookup/row_id.h) as a signed 32-bit row id, i.e. -1.
+constexpr int32_t kNoRow = static_cast<int32_t>(EL_NO_ROW);
 
 enum Mode : int32_t { kSum = 0, kMean = 1, kMax = 2 };
 

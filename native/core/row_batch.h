@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "huge_alloc.h"  // batch_alloc
+#include "../structures/huge_alloc.h"  // batch_alloc
 
 #include "embedlookup/initializer.h"
 #include "embedlookup/optimizer.h"
@@ -41,6 +41,8 @@ struct RowBatchMeta {
   int64_t state_floats = 0;    // per row; = state_floats(state_kind, dim)
   int64_t step = 0;
   bool has_versions = false;   // per-row versions carried (else rows take to_version)
+  uint64_t n_rows = 0;         // rows carried (a decoded header states it before any payload is read)
+  uint64_t n_dead = 0;         // tombstones carried
 };
 
 // Borrowed payload: a decoded file mapping or caller's buffer, no copy.

@@ -7,11 +7,12 @@
 #include <cstring>
 #include <mutex>
 #include <numeric>
-#include <random>  // storage (issue 4): lineage ids
+#include <random>  // lineage ids
 #include <string>
 
 #include "../cpu/kernels_cpu.h"
 #include "../cpu/update_cpu.h"
+#include "read_path.h"
 
 namespace embedlookup {
 
@@ -25,12 +26,26 @@ uint32_t* scratch_ids(int64_t n) {
 }
 }  // namespace
 
+void TableOptions::validate() const {
+  if (dim <= 0 || dim > kMaxDim)
+    throw std::invalid_argument("dim must be in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(dim));
+  if (capacity < 0) throw std::invalid_argument("capacity must be >= 0 (0 = unbounded), got " + std::to_string(capacity));
+  if (num_threads < 0 || num_threads > kMaxThreads)
+    throw std::invalid_argument("num_threads must be in [0, " + std::to_string(kMaxThreads) +
+                                "] (0 = OpenMP's default), got " + std::to_string(num_threads));
+}
+
+namespace {
+const TableOptions& validated(const TableOptions& o) {
+  o.validate();
+  return o;
+}
+}  // namespace
+
 EmbeddingTable::EmbeddingTable(const TableOptions& o)
-    : opt_(o), index_(0), rows_(padded_stride(o.dim)), zero_row_(padded_stride(o.dim), 0.0f) {
-  if (o.dim <= 0) throw std::invalid_argument("dim must be > 0");
-  if (o.capacity < 0) throw std::invalid_argument("capacity must be >= 0");
-  // storage (issue 4): a random id for this table's history, so a delta is
-  // never applied to an unrelated table.
+    : opt_(validated(o)), index_(0), rows_(padded_stride(o.dim)), zero_row_(padded_stride(o.dim), 0.0f) {
+  // A random id for this table's history, so a delta is never applied to an
+  // unrelated table.
   std::random_device rd;
   lineage_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ 1;
 }
@@ -39,7 +54,7 @@ int EmbeddingTable::threads() const { return opt_.num_threads > 0 ? opt_.num_thr
 
 size_t EmbeddingTable::size() const {
   std::shared_lock<std::shared_mutex> lk(mu_);
-  return index_.size() + (tier_ ? static_cast<size_t>(tier_->size()) : 0);  // storage: + tier rows
+  return index_.size() + (tier_ ? static_cast<size_t>(tier_->size()) : 0);
 }
 
 void EmbeddingTable::resolve(const int64_t* keys, int64_t n, uint32_t* ids) const {
@@ -65,12 +80,12 @@ uint32_t EmbeddingTable::allocate_row(int64_t key) {
     rows_.ensure(next_row_);
     if (state_) state_->ensure(next_row_);
     if (row_keys_.size() < next_row_) row_keys_.resize(std::max<size_t>(next_row_, row_keys_.size() * 2));
-    if (row_version_.size() < next_row_) row_version_.resize(row_keys_.size());  // storage: versions
+    if (row_version_.size() < next_row_) row_version_.resize(row_keys_.size());
   }
   row_keys_[id] = key;
-  // storage (issue 4): a re-inserted key's tombstone is superseded by its row.
+  // A re-inserted key's tombstone is superseded by its row.
   if (!tombstones_.empty()) tombstones_.erase(key);
-  if (tier_ && memory_rows_ > 0) arrival_.push_back(key);
+  if (tier_ && tier_opt_.memory_rows > 0) arrival_.push_back(key);
   index_.insert(key, id);
   return id;
 }
@@ -113,7 +128,7 @@ void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* id
   }
   const int64_t nc = static_cast<int64_t>(created.size());
   const int64_t dim = opt_.dim;
-  const uint64_t v = ++version_;  // storage: new rows carry the version of their insert
+  const uint64_t v = ++version_;  // new rows carry the version of their insert
   for (uint32_t id : created) stamp(id, v);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
   for (int64_t k = 0; k < nc; ++k) {
@@ -127,63 +142,53 @@ void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* id
   }
 }
 
+// ---- the read path's hooks (read_path.h): plain insertion
+bool EmbeddingTable::serves_in_place(const ReadCall&) const { return !tier_opt_.promote; }
+bool EmbeddingTable::miss_needs_exclusive(const ReadCall& c, int64_t missing) const { return missing > 0 && c.insert; }
+void EmbeddingTable::read_done_shared(ReadCall&, const uint32_t*, int64_t) {}
+bool EmbeddingTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
+  if (!c.insert) return false;
+  const size_t before = index_.size();
+  insert_missing(c.keys, c.n, ids, true);
+  return index_.size() != before;
+}
+void EmbeddingTable::rows_promoted_locked(const uint32_t*, int64_t) {}
+
 void EmbeddingTable::lookup(const int64_t* keys, int64_t n, float* out, bool insert, uint8_t* found) {
-  uint32_t* ids = scratch_ids(n);
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  {
-    std::shared_lock<std::shared_mutex> lk(mu_);
-    int64_t missing = cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, found, threads());
-    if (tier_) {  // storage: count hits; serve tier rows in place
-      memory_hits_.fetch_add(n - missing, std::memory_order_relaxed);
-      if (missing && !promote_) missing = serve_gather(keys, n, ids, out, found);
-    }
-    if (missing == 0 || (!insert && !(tier_ && promote_))) return;
-  }
-  // Some keys are new: insert them under the exclusive lock, then read again.
-  std::unique_lock<std::shared_mutex> lk(mu_);
-  resolve(keys, n, ids);
-  if (tier_) promote_locked(keys, n, ids);  // storage: read-through
-  if (insert) insert_missing(keys, n, ids, true);
-  cpu::gather_rows(view, index_, keys, ids, n, opt_.dim, out, found, threads());
-  if (tier_) enforce_budget_locked();  // storage
+  ReadCall c{keys, n, insert, 0, nullptr, {}};
+  read_path(
+      c, scratch_ids(n), zero_row_.data(),
+      [&](const RowView& v, uint32_t* ids) {
+        return cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+      },
+      [&](uint32_t* ids) { return serve_gather(keys, n, ids, out, found); });
 }
 
-void EmbeddingTable::pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                                   int64_t n_bags, PoolMode mode, const float* weights, float* out, bool insert) {
-  uint32_t* ids = scratch_ids(n);
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  {
-    std::shared_lock<std::shared_mutex> lk(mu_);
-    int64_t missing = cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode,
-                                     weights, out, threads());
-    if (tier_) {  // storage: count hits; serve tier rows in place
-      memory_hits_.fetch_add(n - missing, std::memory_order_relaxed);
-      if (missing && !promote_) missing = serve_pool(values, n, ids, offsets, n_offsets, n_bags, mode, weights, out);
-    }
-    if (missing == 0 || (!insert && !(tier_ && promote_))) return;
-  }
-  std::unique_lock<std::shared_mutex> lk(mu_);
-  resolve(values, n, ids);
-  if (tier_) promote_locked(values, n, ids);  // storage: read-through
-  if (insert) insert_missing(values, n, ids, true);
-  cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out, threads());
-  if (tier_) enforce_budget_locked();  // storage
+void EmbeddingTable::pooled_lookup(const Bags& b, float* out, bool insert) {
+  ReadCall c{b.values, b.n, insert, 0, nullptr, {}};
+  read_path(
+      c, scratch_ids(b.n), zero_row_.data(),
+      [&](const RowView& v, uint32_t* ids) {
+        return cpu::pool_bags(v, index_, b.values, ids, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
+                              b.weights, out, threads());
+      },
+      [&](uint32_t* ids) { return serve_pool(b, ids, out, zero_row_.data()); });
 }
 
 void EmbeddingTable::assign(const int64_t* keys, int64_t n, const float* rows) {
   std::unique_lock<std::shared_mutex> lk(mu_);
   uint32_t* ids = scratch_ids(n);
   resolve(keys, n, ids);
-  if (tier_) promote_locked(keys, n, ids);  // storage: keeps tier rows' optimizer state
+  if (tier_) promote_locked(keys, n, ids);  // keeps tier rows' optimizer state
   insert_missing(keys, n, ids, false);
   // Sequential so that the last occurrence of a duplicated key wins.
   const int64_t dim = opt_.dim;
-  const uint64_t v = ++version_;  // storage
+  const uint64_t v = ++version_;
   for (int64_t i = 0; i < n; ++i) {
     std::memcpy(rows_.row(ids[i]), rows + i * dim, sizeof(float) * dim);
-    stamp(ids[i], v);  // storage
+    stamp(ids[i], v);
   }
-  if (tier_) enforce_budget_locked();  // storage
+  if (tier_) enforce_budget_locked();
 }
 
 int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
@@ -193,16 +198,16 @@ int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
 
 int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector<uint32_t>* freed) {
   int64_t erased = 0;
-  const uint64_t v = version_.load() + 1;  // storage: the erase's version (taken only if something is erased)
+  const uint64_t v = version_.load() + 1;  // the erase's version (taken only if something is erased)
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t id = index_.erase(keys[i]);
     if (id == kNoRow) continue;
     free_rows_.push_back(id);
     if (freed) freed->push_back(id);
-    tombstones_[keys[i]] = v;  // storage
+    tombstones_[keys[i]] = v;
     ++erased;
   }
-  // storage (issue 4): keys held by the tier are erased there too.
+  // Keys held by the tier are erased there too.
   if (tier_) {
     std::vector<uint8_t> in_tier(n);
     std::vector<float> scratch(static_cast<size_t>(n) * (opt_.dim + tier_->state_floats()));
@@ -221,7 +226,7 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   std::vector<std::pair<int64_t, uint32_t>> kv;
   kv.reserve(index_.size());
   index_.for_each([&](int64_t k, uint32_t r) { kv.emplace_back(k, r); });
-  // storage (issue 4): rows in the tier are part of the table.
+  // Rows in the tier are part of the table.
   std::vector<int64_t> tier_keys;
   if (tier_) tier_->scan(0, tier_keys);
   for (int64_t k : tier_keys) kv.emplace_back(k, kNoRow);
@@ -238,7 +243,7 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   std::vector<uint32_t> scratch(n);
   const int64_t missing =
       cpu::gather_rows(view, index_, keys.data(), scratch.data(), n, opt_.dim, rows.data(), nullptr, threads());
-  if (missing) {  // storage: the tier's rows
+  if (missing) {  // the tier's rows
     std::vector<int64_t> tk;
     std::vector<int64_t> pos;
     for (int64_t i = 0; i < n; ++i)
@@ -278,58 +283,66 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
 
 void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g,
                                 const OptimSpec& o, const uint32_t* hint, uint64_t hint_epoch) {
-  auto lk = lock_for_update(keys, n, ids, o, hint, hint_epoch);
-  const int64_t step = step_.fetch_add(1) + 1;
-  const StepScalars c = step_scalars(o, step);
   const RowView view{&rows_, &seq_, zero_row_.data()};
-  cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, c, threads());
-  finish_update(lk, ids, n);
-}
-
-// storage (issue 4): updated rows carry the step's version; a tier's memory
-// budget is enforced after the update (exclusively, briefly).
-void EmbeddingTable::finish_update(std::shared_lock<std::shared_mutex>& lk, const uint32_t* ids, int64_t n) {
-  const uint64_t v = ++version_;
-  for (int64_t i = 0; i < n; ++i) stamp(ids[i], v);
-  if (tier_ && memory_rows_ > 0 && static_cast<int64_t>(index_.size()) > memory_rows_) {
-    lk.unlock();
-    std::unique_lock<std::shared_mutex> ex(mu_);
-    enforce_budget_locked();
-  }
-}
-
-std::shared_lock<std::shared_mutex> EmbeddingTable::lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
-                                                                    const OptimSpec& o, const uint32_t* hint,
-                                                                    uint64_t hint_epoch) {
-  if (tier_) {  // storage: bring tier rows into memory before the (shared-lock) update
-    std::unique_lock<std::shared_mutex> ex(mu_);
-    resolve(keys, n, ids);
-    promote_locked(keys, n, ids);
-  }
-  std::shared_lock<std::shared_mutex> lk(mu_);
-  for (;;) {
-    // Ids resolved by an earlier call (the forward) are still right while no
-    // row was freed or moved since: skip the second pass over the index.
+  auto check_kind = [&] {
+    const OptimKind have = state_kind_.load();
+    if (have != OptimKind::kNone && have != o.kind)
+      throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") +
+                                  optim_name(have) + ", cannot apply " + optim_name(o.kind));
+  };
+  auto missing_key = [&](int64_t i) {
+    return KeyMissingError("keys: key " + std::to_string(keys[i]) + " (position " + std::to_string(i) +
+                           ") is not in the table; look keys up (which inserts them) before applying gradients");
+  };
+  auto update = [&] {
+    const int64_t step = step_.fetch_add(1) + 1;
+    cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, step_scalars(o, step), threads());
+    finish_update(ids, n);
+  };
+  // Fast path, shared lock: every key has a row in memory and the optimizer
+  // state is bound. Ids resolved by the forward are still right while no row
+  // was freed or moved since: skip the second pass over the index.
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
     if (hint && hint_epoch == layout_epoch_.load())
       std::copy(hint, hint + n, ids);
     else
       resolve(keys, n, ids);
-    for (int64_t i = 0; i < n; ++i)
-      if (ids[i] == kNoRow)
-        throw KeyMissingError("keys: key " + std::to_string(keys[i]) + " (position " + std::to_string(i) +
-                              ") is not in the table; look keys up (which inserts them) before applying gradients");
-    const OptimKind have = state_kind_.load();
-    if (have == o.kind) return lk;
-    if (have != OptimKind::kNone)
-      throw std::invalid_argument(std::string("optimizer: this table's optimizer state belongs to ") +
-                                  optim_name(have) + ", cannot apply " + optim_name(o.kind));
-    lk.unlock();
-    {
+    bool ready = true;
+    for (int64_t i = 0; i < n && ready; ++i)
+      if (ids[i] == kNoRow) {
+        if (!tier_) throw missing_key(i);
+        ready = false;  // maybe in the tier
+      }
+    if (ready) check_kind();
+    ready = ready && state_kind_.load() == o.kind;
+    if (ready) {
+      update();
+      if (!tier_ || tier_opt_.memory_rows <= 0 || static_cast<int64_t>(index_.size()) <= tier_opt_.memory_rows) return;
+      lk.unlock();
       std::unique_lock<std::shared_mutex> ex(mu_);
-      if (state_kind_.load() == OptimKind::kNone) bind_state(o);
+      enforce_budget_locked();
+      return;
     }
-    lk.lock();  // re-resolve: keys may have changed while unlocked
   }
+  // Slow path, exclusive lock held from the promotion to the update: a row
+  // read through from the tier cannot be demoted again by a concurrent call
+  // before its gradient lands.
+  std::unique_lock<std::shared_mutex> ex(mu_);
+  resolve(keys, n, ids);
+  if (tier_) promote_locked(keys, n, ids);
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] == kNoRow) throw missing_key(i);
+  check_kind();
+  if (state_kind_.load() == OptimKind::kNone) bind_state(o);
+  update();
+  if (tier_) enforce_budget_locked();
+}
+
+// Updated rows carry the step's version.
+void EmbeddingTable::finish_update(const uint32_t* ids, int64_t n) {
+  const uint64_t v = ++version_;
+  for (int64_t i = 0; i < n; ++i) stamp(ids[i], v);
 }
 
 MemoryStats EmbeddingTable::memory() const {
@@ -339,7 +352,7 @@ MemoryStats EmbeddingTable::memory() const {
   m.row_bytes = rows_.bytes();
   m.state_bytes = state_ ? state_->bytes() : 0;
   m.metadata_bytes = row_keys_.capacity() * sizeof(int64_t) + free_rows_.capacity() * sizeof(uint32_t);
-  // storage (issue 4): row versions (8 B/row) and tombstones (~32 B per erased key in the map)
+  // row versions (8 B/row) and tombstones (~32 B per erased key in the map)
   m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + tombstones_.size() * 32;
   m.rows = index_.size();
   return m;

@@ -1,69 +1,56 @@
 // EmbeddingTable: the global shared table. int64 key -> row of `dim` floats
-// (+ optimizer state), collision-free. See docs/design.md for the concurrency
-// contract:
+// (+ optimizer state), collision-free. docs/architecture.md places it among the
+// parts; docs/engine.md states the concurrency contract:
 //  * reads (lookup/find/pooled/export) and gradient updates run under a shared
 //    lock and may overlap; each row a reader returns is wholly from before or
 //    wholly from after any concurrent update (per-row seqlock stripes);
-//  * structural changes (insert of missing keys, assign, erase, growth) take
-//    the lock exclusively, briefly;
+//  * structural changes (insert of missing keys, promotion from the tier,
+//    assign, erase, growth) take the lock exclusively, briefly;
 //  * every operation validates first and mutates after, so a failed call
 //    leaves the table exactly as it was.
+//
+// Every lookup entry point goes through one read path (read_path.h): probe and
+// pool under the shared lock; on a miss, take the lock exclusively, read rows
+// through from the tier, create rows for the rest (insertion here, admission in
+// FrequencyTable: the fill_missing_locked hook), pool again, then hold the
+// memory budget.
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <shared_mutex>
-#include <stdexcept>
+#include <unordered_map>
 #include <vector>
 
-#include "embedlookup/initializer.h"
+#include "../structures/key_index.h"
+#include "../structures/row_arena.h"
+#include "../structures/row_seqlock.h"
+#include "embedlookup/errors.h"
 #include "embedlookup/optimizer.h"
-#include "embedlookup/pooling.h"
-#include "key_index.h"
-#include "row_arena.h"
-// -- storage (issue 4) --
-#include <deque>
-#include <unordered_map>
+#include "embedlookup/options.h"
+#include "embedlookup/row_id.h"
 #include "row_batch.h"
-#include "../storage/tier.h"
-// -- end storage --
-#include "row_seqlock.h"
+#include "tier.h"
 
 namespace embedlookup {
-
-struct TableOptions {
-  int64_t dim = 0;        // floats per row (> 0)
-  InitSpec init;          // initializer for rows created by lookups
-  int64_t capacity = 0;   // max rows; 0 = grow without bound
-  int num_threads = 0;    // OpenMP threads per call; 0 = OpenMP's default
-};
-
-class TableFullError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-class KeyMissingError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 struct MemoryStats {
   size_t index_bytes, row_bytes, state_bytes, metadata_bytes, rows;
 };
 
-// Where a row occurrence's gradient comes from: grad + src[i] * grad_stride,
-// times scale[i]. src/scale may be null (identity / 1).
-struct GradSource {
-  const float* grad;
-  int64_t n_grad_rows;
-  int64_t grad_stride;
-  const int64_t* src;
-  const float* scale;
+// What one read call did (FrequencyTable adds these to per-feature stats).
+struct ReadStats {
+  int64_t hits = 0, misses = 0, admitted = 0, rejected = 0, evicted = 0, hot_hits = 0;
+  int64_t promoted = 0;  // rows read through from the tier into memory
 };
+
+struct RowView;
 
 class EmbeddingTable {
  public:
   explicit EmbeddingTable(const TableOptions& o);
+  virtual ~EmbeddingTable() = default;
 
   int64_t dim() const { return opt_.dim; }
   int64_t stride() const { return rows_.stride(); }
@@ -72,30 +59,56 @@ class EmbeddingTable {
   OptimKind state_kind() const { return state_kind_.load(); }
   const TableOptions& options() const { return opt_; }
 
+  // ---- reads
   // out: n x dim. insert=false writes zeros for missing keys; found (n bytes)
   // may be null.
   void lookup(const int64_t* keys, int64_t n, float* out, bool insert, uint8_t* found);
-  // Bags: bag b = [offsets[b], b+1 < n_offsets ? offsets[b+1] : n). out: n_bags x dim.
-  void pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                     int64_t n_bags, PoolMode mode, const float* weights, float* out, bool insert);
+  // out: b.n_bags x dim.
+  void pooled_lookup(const Bags& b, float* out, bool insert);
+  // pooled_lookup that also returns the resolved row ids (ids_out, b.n) and
+  // the layout epoch they belong to (for apply_pooled_gradients).
+  uint64_t pooled_lookup_ids(const Bags& b, float* out, bool insert, uint32_t* ids_out);
+  // Max pooling that also returns the winning position per (bag, column)
+  // (b.mode is ignored), and the row ids / epoch as pooled_lookup_ids.
+  uint64_t pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids_out);
+  // Sorted by key, memory and tier rows together.
+  void export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const;
+  MemoryStats memory() const;
+
+  // ---- writes
   // Last occurrence of a duplicated key wins. Existing keys keep their optimizer state.
   void assign(const int64_t* keys, int64_t n, const float* rows);
   int64_t erase(const int64_t* keys, int64_t n);
   // erase() with mu_ held exclusively; appends the freed row ids to `freed`
   // (may be null). Also erases keys held by an attached tier.
   int64_t erase_locked(const int64_t* keys, int64_t n, std::vector<uint32_t>* freed);
-  // Sorted by key.
-  void export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const;
-  // Merges duplicate keys, then one optimizer step per distinct row. All keys
-  // must exist (KeyMissingError otherwise, before any change).
-  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
-  MemoryStats memory() const;
 
-  // --- frequency (issue 3): FrequencyTable (frequency.h) derives from this
-  // table and drives its index, arena and free list directly for admission,
-  // eviction and relayout. ---
-  friend class FrequencyTable;
-  // ---- storage (issue 4): versions, deltas, checkpoints, lower tier ----
+  // ---- training
+  // Merges duplicate keys, then one optimizer step per distinct row. All keys
+  // must exist (KeyMissingError otherwise, before any change); rows in the
+  // tier are promoted first.
+  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
+  // Backward of pooled_lookup fused with one optimizer step: occurrence p of
+  // bag b gets grad_out[b] (row stride grad_stride) times b.weights[p] (sum)
+  // or 1/len(b) (mean); max mode routes each column to the position in argmax
+  // (from pooled_max_argmax). Keys must exist; nothing changes on error.
+  // ids/ids_epoch: what a forward returned (may be null); used instead of
+  // resolving the keys again when no row was freed or moved since.
+  void apply_pooled_gradients(const Bags& b, const int64_t* argmax, const float* grad_out, int64_t grad_stride,
+                              const OptimSpec& o, const uint32_t* ids = nullptr, uint64_t ids_epoch = 0);
+  // Bumped whenever a row id may stop meaning the same key (erase, demotion,
+  // relayout, eviction).
+  uint64_t layout_epoch() const { return layout_epoch_.load(); }
+  // Optimizer state per row (0 when no state is bound yet).
+  int64_t state_stride() const;
+  // Optimizer-state rows of `keys` (n x state_stride()); all keys must exist.
+  void export_state(const int64_t* keys, int64_t n, float* out) const;
+  // Writes optimizer-state rows for existing keys, binding state of o.kind
+  // first when none is bound (rows not listed start at o's initial value).
+  void import_state(const int64_t* keys, int64_t n, const float* state, const OptimSpec& o);
+  void set_step(int64_t step) { step_.store(step); }
+
+  // ---- versions, deltas, checkpoints (table_versions.cpp)
   // Every change (insert, assign, gradient step, erase, applied delta) takes a
   // new table version; each row records the version of its last change and
   // each erased key leaves a tombstone (key, version). Only writers touch
@@ -111,11 +124,11 @@ class EmbeddingTable {
   // capacity), then applies it under the exclusive lock: a concurrent reader
   // sees all of it or none. A full batch loads into an empty table only.
   void apply_batch(const RowBatchView& b);
-  // Lower tier: rows missing from memory are read through from `tier`
-  // (promote: moved into memory; else served in place while no new key needs
-  // inserting); memory_rows > 0 caps the rows kept in memory (excess rows are
-  // demoted oldest-first until an eviction policy calls write_back_locked).
-  void attach_tier(std::shared_ptr<StorageTier> tier, int64_t memory_rows, bool promote);
+
+  // ---- the lower tier (table_tier.cpp)
+  // Rows missing from memory are read through from `tier`; TierOptions says
+  // whether they move into memory and how many rows memory keeps.
+  void attach_tier(std::shared_ptr<StorageTier> tier, const TierOptions& o);
   const std::shared_ptr<StorageTier>& tier() const { return tier_; }
   // Moves these keys' rows (those in memory) to the tier; returns how many.
   int64_t demote(const int64_t* keys, int64_t n);
@@ -126,63 +139,38 @@ class EmbeddingTable {
     int64_t memory_hits, tier_hits, promotions, demotions, memory_rows;
   };
   TierCounters tier_counters() const;
-  // ---- end storage ----
-  // ---- Training entry points for the torch backend (issue 5); defined in
-  // table_training.cpp.
-  // Backward of pooled_lookup fused with one optimizer step: occurrence p of
-  // bag b gets grad_out[b] (row stride grad_stride) times per_sample_weights[p]
-  // (sum) or 1/len(b) (mean); max mode routes each column to the position in
-  // argmax (from pooled_max_argmax). Keys must exist; nothing changes on error.
-  // ids/ids_epoch: the row ids and layout_epoch() a forward returned (may be
-  // null); used instead of resolving the keys again when no row was freed or
-  // moved since.
-  void apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                              int64_t n_bags, PoolMode mode, const float* weights, const int64_t* argmax,
-                              const float* grad_out, int64_t grad_stride, const OptimSpec& o,
-                              const uint32_t* ids = nullptr, uint64_t ids_epoch = 0);
-  // pooled_lookup that also returns the resolved row ids (ids_out, n) and the
-  // layout epoch they belong to.
-  uint64_t pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                             int64_t n_bags, PoolMode mode, const float* weights, float* out, bool insert,
-                             uint32_t* ids_out);
-  // Max pooling that also returns the winning position per (bag, column),
-  // and the row ids / epoch as pooled_lookup_ids.
-  uint64_t pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                             int64_t n_bags, float* out, int64_t* argmax, bool insert, uint32_t* ids_out);
-  // Bumped whenever a row id may stop meaning the same key (erase; relayout
-  // and eviction must bump it too).
-  uint64_t layout_epoch() const { return layout_epoch_.load(); }
-  // Optimizer state per row (0 when no state is bound yet).
-  int64_t state_stride() const;
-  // Optimizer-state rows of `keys` (n x state_stride()); all keys must exist.
-  void export_state(const int64_t* keys, int64_t n, float* out) const;
-  // Writes optimizer-state rows for existing keys, binding state of o.kind
-  // first when none is bound (rows not listed start at o's initial value).
-  void import_state(const int64_t* keys, int64_t n, const float* state, const OptimSpec& o);
-  void set_step(int64_t step) { step_.store(step); }
 
- private:
-  // Resolves keys (all must exist) and binds optimizer state of o.kind on
-  // first use; returns holding the shared lock.
-  std::shared_lock<std::shared_mutex> lock_for_update(const int64_t* keys, int64_t n, uint32_t* ids,
-                                                      const OptimSpec& o, const uint32_t* hint = nullptr,
-                                                      uint64_t hint_epoch = 0);
-  // After a fused update: stamps the rows' version, enforces a tier budget.
-  void finish_update(std::shared_lock<std::shared_mutex>& lk, const uint32_t* ids, int64_t n);
-  // One optimizer step: lock_for_update, the fused update of every row with
-  // the next step's scalars, finish_update (ids: n of scratch, filled here).
-  void fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g, const OptimSpec& o,
-                  const uint32_t* hint = nullptr, uint64_t hint_epoch = 0);
-  // Checks a pooled backward's arguments (optimizer, argmax for max mode,
-  // finite grad_out) and builds its per-occurrence gradient source in
-  // per-thread scratch, valid until this thread's next such call.
-  GradSource pooled_grad_source(const int64_t* offsets, int64_t n_offsets, int64_t n_bags, int64_t n, PoolMode mode,
-                                const float* weights, const int64_t* argmax, const float* grad_out,
-                                int64_t grad_stride, const OptimSpec& o) const;
-  std::atomic<uint64_t> layout_epoch_{0};
-  // ---- end of the torch-backend block
+ protected:
+  // ---- the read path (read_path.h), shared by every lookup entry point
+  struct ReadCall {
+    const int64_t* keys;
+    int64_t n;
+    bool insert;          // give rows to missing keys (insertion here, admission in FrequencyTable)
+    uint32_t now;         // FrequencyTable's clock step of a training call; 0 otherwise
+    const float* score_weights;  // FrequencyTable: score weight per key occurrence (may be null)
+    ReadStats stats;
+  };
+  // kernel(view, ids) resolves and reads/pools every key, returning how many
+  // have no row in memory. serve(ids) (may be a null function pointer-like
+  // nullptr_t) fills those from the tier in place when the table does not
+  // promote, returning how many are still missing. Returns the layout epoch
+  // of the ids left in `ids`.
+  template <class Kernel, class Serve>
+  uint64_t read_path(ReadCall& c, uint32_t* ids, const float* default_row, Kernel&& kernel, Serve&& serve);
+  // Hooks of the read path. All run with mu_ held as named.
+  // Does this call read tier rows in place (no promotion into memory)?
+  virtual bool serves_in_place(const ReadCall& c) const;
+  // Shared lock, after a pass: must the call take the exclusive lock?
+  virtual bool miss_needs_exclusive(const ReadCall& c, int64_t missing) const;
+  // Shared lock, the call is done without the exclusive lock.
+  virtual void read_done_shared(ReadCall& c, const uint32_t* ids, int64_t missing);
+  // Exclusive lock, tier rows already promoted: gives rows to the keys still
+  // missing (ids[i] == kNoRow). Returns whether the kernel must run again.
+  virtual bool fill_missing_locked(ReadCall& c, uint32_t* ids);
+  // Exclusive lock: rows just promoted from the tier (FrequencyTable scores them).
+  virtual void rows_promoted_locked(const uint32_t* ids, int64_t n);
 
- private:
+  // ---- helpers for FrequencyTable and the read path
   int threads() const;
   void resolve(const int64_t* keys, int64_t n, uint32_t* ids) const;
   // Caller holds the lock exclusively. Inserts keys whose ids[i] == kNoRow.
@@ -190,6 +178,30 @@ class EmbeddingTable {
   uint32_t allocate_row(int64_t key);
   void bind_state(const OptimSpec& o);  // caller holds exclusive lock
   void init_state_row(uint32_t id);
+  // One optimizer step on the rows of keys (promoting tier rows first):
+  // resolve (or take hint while hint_epoch is current), bind optimizer state
+  // on first use, the fused update with the next step's scalars, new versions,
+  // the memory budget. ids: n of scratch, filled here.
+  void fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g, const OptimSpec& o,
+                  const uint32_t* hint = nullptr, uint64_t hint_epoch = 0);
+  // Checks a pooled backward's arguments (optimizer, argmax for max mode,
+  // finite grad_out) and builds its per-occurrence gradient source in
+  // per-thread scratch, valid until this thread's next such call.
+  GradSource pooled_grad_source(const Bags& b, const int64_t* argmax, const float* grad_out, int64_t grad_stride,
+                                const OptimSpec& o) const;
+  void stamp(uint32_t id, uint64_t v) { __atomic_store_n(&row_version_[id], v, __ATOMIC_RELAXED); }
+  uint64_t stamped(uint32_t id) const { return __atomic_load_n(&row_version_[id], __ATOMIC_RELAXED); }
+  // For ids[i] == kNoRow whose key the tier holds: copies the row into memory
+  // (caller holds mu_ exclusively). Returns rows promoted.
+  int64_t promote_locked(const int64_t* keys, int64_t n, uint32_t* ids);
+  // Demotes the oldest rows while memory holds more than memory_rows.
+  void enforce_budget_locked();
+  // Shared-lock read-through without promotion: fills the rows of missing
+  // positions from the tier (the kernel read default_row for them). Return
+  // how many positions are still missing.
+  int64_t serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out, uint8_t* found);
+  int64_t serve_pool(const Bags& b, const uint32_t* ids, float* out, const float* default_row);
+  int64_t fetch_missing(const int64_t* keys, int64_t n, const uint32_t* ids, int64_t& got) const;
 
   TableOptions opt_;
   mutable std::shared_mutex mu_;
@@ -204,31 +216,19 @@ class EmbeddingTable {
   RowSeqlock seq_;
   std::vector<float> zero_row_;
   std::atomic<int64_t> step_{0};
-
-  // ---- storage (issue 4) ----
-  void stamp(uint32_t id, uint64_t v) { __atomic_store_n(&row_version_[id], v, __ATOMIC_RELAXED); }
-  uint64_t stamped(uint32_t id) const { return __atomic_load_n(&row_version_[id], __ATOMIC_RELAXED); }
-  // For ids[i] == kNoRow whose key the tier holds: moves the row into memory
-  // (caller holds mu_ exclusively). Returns rows promoted.
-  int64_t promote_locked(const int64_t* keys, int64_t n, uint32_t* ids);
-  void enforce_budget_locked();
-  int64_t fetch_missing(const int64_t* keys, int64_t n, const uint32_t* ids, int64_t& got) const;
-  // Shared-lock read-through: fills the rows of missing positions from the
-  // tier. Returns how many positions are still missing.
-  int64_t serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out, uint8_t* found);
-  int64_t serve_pool(const int64_t* values, int64_t n, const uint32_t* ids, const int64_t* offsets,
-                     int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights, float* out);
-  void read_row_locked(uint32_t id, float* row, float* state) const;
+  std::atomic<uint64_t> layout_epoch_{0};
   std::atomic<uint64_t> version_{0};
   uint64_t lineage_ = 0;
   std::vector<uint64_t> row_version_;  // row id -> version of its last change (8 bytes/row)
   std::unordered_map<int64_t, uint64_t> tombstones_;  // erased key -> version of the erase
   std::shared_ptr<StorageTier> tier_;
-  int64_t memory_rows_ = 0;
-  bool promote_ = true;
+  TierOptions tier_opt_;
+
+ private:
+  void read_row_locked(uint32_t id, float* row, float* state) const;
+  void finish_update(const uint32_t* ids, int64_t n);  // new versions of updated rows
   std::deque<int64_t> arrival_;  // keys in order of entering memory: demotion order without a policy
   mutable std::atomic<int64_t> memory_hits_{0}, tier_hits_{0}, promotions_{0}, demotions_{0};
-  // ---- end storage ----
 };
 
 }  // namespace embedlookup

@@ -8,6 +8,7 @@
 
 #include "../cpu/kernels_cpu.h"
 #include "../cpu/update_cpu.h"
+#include "read_path.h"
 #include "table.h"
 
 namespace embedlookup {
@@ -31,9 +32,10 @@ T* sized(std::vector<T>& v, int64_t n) {
 }
 }  // namespace
 
-GradSource EmbeddingTable::pooled_grad_source(const int64_t* offsets, int64_t n_offsets, int64_t n_bags, int64_t n,
-                                              PoolMode mode, const float* weights, const int64_t* argmax,
-                                              const float* grad_out, int64_t grad_stride, const OptimSpec& o) const {
+GradSource EmbeddingTable::pooled_grad_source(const Bags& b, const int64_t* argmax, const float* grad_out,
+                                              int64_t grad_stride, const OptimSpec& o) const {
+  const int64_t n = b.n, n_bags = b.n_bags;
+  const PoolMode mode = b.mode;
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
   if (mode == PoolMode::kMax && !argmax) throw std::invalid_argument("max mode needs the argmax from its forward");
   const int64_t dim = opt_.dim;
@@ -49,58 +51,42 @@ GradSource EmbeddingTable::pooled_grad_source(const int64_t* offsets, int64_t n_
   }
   int64_t* bag_of = sized(s.bag_of, n);
   // Plain sum needs no per-occurrence scale.
-  float* scale = (mode == PoolMode::kMean || weights) ? sized(s.scale, n) : nullptr;
-  cpu::bag_positions(offsets, n_offsets, n_bags, n, mode, weights, bag_of, scale, threads());
+  float* scale = (mode == PoolMode::kMean || b.weights) ? sized(s.scale, n) : nullptr;
+  cpu::bag_positions(b.offsets, b.n_offsets, n_bags, n, mode, b.weights, bag_of, scale, threads());
   return GradSource{grad_out, n_bags, grad_stride, bag_of, scale};
 }
 
-void EmbeddingTable::apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets,
-                                            int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
-                                            const int64_t* argmax, const float* grad_out, int64_t grad_stride,
-                                            const OptimSpec& o, const uint32_t* ids_hint, uint64_t ids_epoch) {
-  const GradSource g =
-      pooled_grad_source(offsets, n_offsets, n_bags, n, mode, weights, argmax, grad_out, grad_stride, o);
-  uint32_t* ids = sized(train_scratch().ids, n);
-  fused_step(values, n, ids, g, o, ids_hint, ids_epoch);
+void EmbeddingTable::apply_pooled_gradients(const Bags& b, const int64_t* argmax, const float* grad_out,
+                                            int64_t grad_stride, const OptimSpec& o, const uint32_t* ids_hint,
+                                            uint64_t ids_epoch) {
+  const GradSource g = pooled_grad_source(b, argmax, grad_out, grad_stride, o);
+  uint32_t* ids = sized(train_scratch().ids, b.n);
+  fused_step(b.values, b.n, ids, g, o, ids_hint, ids_epoch);
 }
 
-uint64_t EmbeddingTable::pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets,
-                                           int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
-                                           float* out, bool insert, uint32_t* ids) {
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  {
-    std::shared_lock<std::shared_mutex> lk(mu_);
-    if (cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out,
-                       threads()) == 0 ||
-        !insert)
-      return layout_epoch_.load();
-  }
-  std::unique_lock<std::shared_mutex> lk(mu_);
-  resolve(values, n, ids);
-  insert_missing(values, n, ids, true);
-  cpu::pool_bags(view, index_, values, ids, n, offsets, n_offsets, n_bags, opt_.dim, mode, weights, out, threads());
-  return layout_epoch_.load();
+uint64_t EmbeddingTable::pooled_lookup_ids(const Bags& b, float* out, bool insert, uint32_t* ids) {
+  ReadCall c{b.values, b.n, insert, 0, nullptr, {}};
+  return read_path(
+      c, ids, zero_row_.data(),
+      [&](const RowView& v, uint32_t* id) {
+        return cpu::pool_bags(v, index_, b.values, id, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
+                              b.weights, out, threads());
+      },
+      nullptr);
 }
 
-uint64_t EmbeddingTable::pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets,
-                                           int64_t n_offsets, int64_t n_bags, float* out, int64_t* argmax,
-                                           bool insert, uint32_t* ids) {
-  const RowView view{&rows_, &seq_, zero_row_.data()};
-  {
-    std::shared_lock<std::shared_mutex> lk(mu_);
-    resolve(values, n, ids);
-    bool missing = false;
-    for (int64_t i = 0; i < n && !missing; ++i) missing = ids[i] == kNoRow;
-    if (!missing || !insert) {
-      cpu::pool_max_argmax(view, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
-      return layout_epoch_.load();
-    }
-  }
-  std::unique_lock<std::shared_mutex> lk(mu_);
-  resolve(values, n, ids);
-  insert_missing(values, n, ids, true);
-  cpu::pool_max_argmax(view, ids, n, offsets, n_offsets, n_bags, opt_.dim, out, argmax, threads());
-  return layout_epoch_.load();
+uint64_t EmbeddingTable::pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids) {
+  ReadCall c{b.values, b.n, insert, 0, nullptr, {}};
+  return read_path(
+      c, ids, zero_row_.data(),
+      [&](const RowView& v, uint32_t* id) {
+        resolve(b.values, b.n, id);
+        int64_t missing = 0;
+        for (int64_t i = 0; i < b.n; ++i) missing += id[i] == kNoRow;
+        cpu::pool_max_argmax(v, id, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, out, argmax, threads());
+        return missing;
+      },
+      nullptr);
 }
 
 int64_t EmbeddingTable::state_stride() const {

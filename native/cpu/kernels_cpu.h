@@ -4,14 +4,14 @@
 #pragma once
 #include <cstdint>
 
-#include "../core/row_arena.h"
-#include "../core/row_seqlock.h"
+#include "../structures/row_arena.h"
+#include "../structures/row_seqlock.h"
 #include "embedlookup/optimizer.h"
+#include "embedlookup/options.h"  // GradSource
 #include "embedlookup/pooling.h"
 
 namespace embedlookup {
 
-struct GradSource;
 class KeyIndex;
 
 // What a kernel needs to read a row consistently.
@@ -45,11 +45,6 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
 // Index of the first row of a (rows x dim, row stride `stride`) matrix holding
 // NaN or inf, or -1.
 int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
-
-// Machine limits for the benchmark suite: bytes/s of a streaming copy and of
-// a random gather of `row_bytes` rows from a table of `table_bytes`.
-double copy_bandwidth(int64_t bytes, int repeats, int nthreads);
-double gather_bandwidth(int64_t table_bytes, int64_t row_bytes, int64_t n_rows_read, int repeats, int nthreads);
 
 }  // namespace cpu
 }  // namespace embedlookup

@@ -11,8 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../core/key_index.h"
-#include "../core/table.h"
+#include "../structures/key_index.h"
 #include "kernels_cpu.h"
 
 namespace embedlookup {

@@ -7,8 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../core/key_index.h"
-#include "../core/table.h"
+#include "../structures/key_index.h"
 #include "update_cpu.h"
 
 namespace embedlookup {

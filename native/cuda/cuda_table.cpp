@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "../core/table.h"  // TableFullError, KeyMissingError: the CPU engine's exceptions
+#include "embedlookup/errors.h"
 #include "device_index.cuh"
 
 namespace embedlookup {

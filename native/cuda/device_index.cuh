@@ -10,14 +10,15 @@
 #include <cstdint>
 
 #include "embedlookup/hash.h"
+#include "embedlookup/row_id.h"
 
 namespace embedlookup {
 namespace cuda {
 
 constexpr int64_t kEmptyKey = INT64_MIN;
-constexpr uint32_t kNoRow = 0xFFFFFFFFu;    // absent, or claimed but id not yet written
-constexpr uint32_t kClaimed = 0xFFFFFFFEu;  // the extra slot: claimed, id not yet written
-constexpr uint32_t kMaxRows = 0xFFFFFFFDu;
+using embedlookup::kNoRow;                   // absent, or claimed but id not yet written
+constexpr uint32_t kClaimed = kTombstone;   // the extra slot: claimed, id not yet written
+constexpr uint32_t kMaxRows = kMaxRowId;
 
 struct alignas(16) Slot {
   int64_t key;

@@ -29,8 +29,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "../core/key_index.h"
-#include "tier.h"
+#include "../structures/key_index.h"
+#include "../core/tier.h"
 
 namespace embedlookup {
 

@@ -26,7 +26,7 @@ import numpy as np
 from . import _checks, _core
 from . import init as _init
 from .optim import Optimizer
-from .table import EmbeddingTable
+from .table import EmbeddingTable, _table_options
 
 __all__ = ["FrequencyTable", "POLICIES", "FEATURE_SHIFT", "MAX_FEATURES"]
 
@@ -164,10 +164,21 @@ class FrequencyTable(EmbeddingTable):
         if self._namespaced and not self._auto_features:
             for name in features:
                 self._register(name)
-        self._t = _core.FrequencyTable(
-            self._dim, self.initializer._spec(), int(num_threads or 0), half_life, budget_rows or 0, POLICIES[policy],
-            evict_fraction, ttl or 0, ttl_interval or 0, admit_count, admit_probability, admit_seed, sketch_width,
-            sketch_depth, DEFAULT_ROWS[default_row], hot_fraction)
+        fo = _core.FrequencyOptions()
+        fo.half_life = half_life
+        fo.budget_rows = budget_rows or 0
+        fo.policy = POLICIES[policy]
+        fo.evict_fraction = evict_fraction
+        fo.ttl = ttl or 0
+        fo.ttl_interval = ttl_interval or 0
+        fo.admit_count = admit_count
+        fo.admit_probability = admit_probability
+        fo.admit_seed = admit_seed
+        fo.sketch_width = sketch_width
+        fo.sketch_depth = sketch_depth
+        fo.default_row = DEFAULT_ROWS[default_row]
+        fo.hot_fraction = hot_fraction
+        self._t = _core.FrequencyTable(_table_options(self._dim, self.initializer, 0, num_threads), fo)
         if tier is not None:
             if on_evict is not None:
                 raise ValueError("on_evict and tier are exclusive: with a tier, evicted rows are written to it")

@@ -12,6 +12,16 @@ from .storage import _StorageMethods  # storage (issue 4)
 __all__ = ["EmbeddingTable"]
 
 
+def _table_options(dim, initializer, capacity, num_threads):
+    """The native TableOptions (native/include/embedlookup/options.h), by name."""
+    o = _core.TableOptions()
+    o.dim = dim
+    o.init = initializer._spec()
+    o.capacity = capacity or 0
+    o.num_threads = int(num_threads or 0)
+    return o
+
+
 class EmbeddingTable(_StorageMethods):
     """A growing hash table of embedding rows keyed by int64 IDs.
 
@@ -62,7 +72,7 @@ class EmbeddingTable(_StorageMethods):
         self.initializer = initializer
         self.capacity = None if capacity is None else int(capacity)
         self.optimizer = optimizer
-        self._t = _core.Table(self._dim, initializer._spec(), self.capacity or 0, int(num_threads or 0))
+        self._t = _core.Table(_table_options(self._dim, initializer, self.capacity, num_threads))
         self.tier = None  # storage (issue 4)
         if tier is not None:
             self._attach_tier(tier, memory_rows, promote)

@@ -18,8 +18,11 @@ def test_evicted_rows_go_to_the_tier_and_return_trained(tmp_path):
     np.testing.assert_array_equal(t.find(first)[0], trained)
 
     t.lookup(np.array([5, 6, 7, 8], np.int64))  # over budget: the LRU rows 1..4 leave memory
-    rows, found = t.find(first)
-    assert not found.any()
+    assert (t.inspect(first)[2] == 2**32 - 1).all()  # no row id in memory
+    rows, found = t.find(first)  # a serving lookup reads the tier in place, without promoting
+    assert found.all()
+    np.testing.assert_array_equal(rows, trained)
+    assert (t.inspect(first)[2] == 2**32 - 1).all()
     held, in_tier = tier.get(first)
     assert in_tier.all()
     np.testing.assert_array_equal(held, trained)  # written back, not lost

@@ -135,11 +135,11 @@ def measure_limits(
     """Bytes/s of a streaming copy (STREAM convention: read + write counted)
     and of a random prefetched gather of ``row_bytes`` rows from a
     ``table_bytes`` table, measured now in native code."""
-    from .. import _core
+    from .. import _probes
 
     return {
-        "copy_bytes_per_s": _core.copy_bandwidth(int(copy_bytes), repeats, threads),
-        "gather_bytes_per_s": _core.gather_bandwidth(
+        "copy_bytes_per_s": _probes.copy_bandwidth(int(copy_bytes), repeats, threads),
+        "gather_bytes_per_s": _probes.gather_bandwidth(
             int(table_bytes), int(row_bytes), int(lookups), repeats, threads
         ),
         "table_bytes": int(table_bytes),

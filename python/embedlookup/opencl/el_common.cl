@@ -13,7 +13,11 @@
 #ifndef EL_COMMON_CL
 #define EL_COMMON_CL
 
-#define EL_NO_ROW (-1)
+// EL_NO_ROW (an empty slot / a missing key) comes from the host as a build
+// option: the value of native/include/embedlookup/row_id.h, as a signed int.
+#ifndef EL_NO_ROW
+#error "build with -DEL_NO_ROW=<the engine's no-row sentinel as int>"
+#endif
 #define EL_MODE_SUM 0
 #define EL_MODE_MEAN 1
 #define EL_MODE_MAX 2

@@ -7,7 +7,11 @@ import threading
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, _core
+
+# The engine's "no row" sentinel (native/include/embedlookup/row_id.h) as the
+# OpenCL kernels' signed 32-bit row ids see it (-1); passed as -DEL_NO_ROW.
+_NO_ROW = int(np.array(_core.NO_ROW, np.uint32).view(np.int32))
 
 __all__ = ["VARIANTS", "DeviceMemoryError", "OpenCLTable", "OpenCLUnavailableError", "available_devices"]
 
@@ -164,7 +168,7 @@ def build_index(keys: np.ndarray, hashes: np.ndarray, capacity: int):
     """
     mask = np.uint64(capacity - 1)
     slot_keys = np.zeros(capacity, np.int64)
-    slot_rows = np.full(capacity, -1, np.int32)
+    slot_rows = np.full(capacity, _NO_ROW, np.int32)
     pending = np.arange(keys.shape[0], dtype=np.int64)
     pos = (hashes & mask).astype(np.int64)
     rounds = 0
@@ -172,7 +176,7 @@ def build_index(keys: np.ndarray, hashes: np.ndarray, capacity: int):
         if rounds >= _MAX_PROBE:
             return None
         p = pos[pending]
-        free = slot_rows[p] == -1
+        free = slot_rows[p] == _NO_ROW
         taken, first = np.unique(p[free], return_index=True)
         winners = pending[free][first]
         slot_rows[taken] = winners.astype(np.int32)
@@ -258,7 +262,7 @@ class OpenCLTable:
         props = cl.command_queue_properties.PROFILING_ENABLE if self._profile else 0
         self._queue = cl.CommandQueue(self._ctx, properties=props)
         max_dim = (self._dim + 7) // 8 * 8
-        opts = [f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}"]
+        opts = [f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}", f"-DEL_NO_ROW=({_NO_ROW})"]
         prg = cl.Program(self._ctx, _source(variant)).build(options=opts)
         names = ["el_hash_keys"] + (
             ["el_pooled_swi", "el_find_swi"]

@@ -29,49 +29,10 @@
 #include <mutex>
 #include <vector>
 
-#include "table.h"
+#include "../core/table.h"
+#include "count_min_sketch.h"
 
 namespace embedlookup {
-
-enum class EvictionPolicy : int32_t { kNone = 0, kLFU = 1, kLRU = 2, kTTL = 3 };
-enum class DefaultRowKind : int32_t { kZeros = 0, kCold = 1 };
-
-struct FrequencyOptions {
-  double half_life = 1000.0;         // steps after which a score halves (> 0)
-  int64_t budget_rows = 0;           // max live rows; 0 = unbounded (policy must be kNone)
-  EvictionPolicy policy = EvictionPolicy::kNone;
-  double evict_fraction = 0.05;      // evict down to budget * (1 - this), in [0, 1)
-  int64_t ttl = 0;                   // kTTL: evict rows unseen for more than ttl steps (> 0)
-  int64_t ttl_interval = 0;          // kTTL: check every this many steps (0 = max(1, ttl / 4))
-  int64_t admit_count = 1;           // sightings before a key gets a row (>= 1; 1 = always)
-  double admit_probability = 1.0;    // in (0, 1]; 1 = no coin
-  uint64_t admit_seed = 0;           // seeds the admission coin
-  int64_t sketch_width = 1 << 20;    // count-min columns per row (power of two)
-  int64_t sketch_depth = 4;          // count-min rows
-  DefaultRowKind default_row = DefaultRowKind::kZeros;
-  double hot_fraction = 0.1;         // hot region = row ids [0, hot_fraction * rows)
-  // Throws std::invalid_argument naming the bad field.
-  void validate() const;
-};
-
-// Count-min sketch with conservative update: estimates never fall below the
-// true count; memory is depth * width * 4 bytes whatever the key count.
-class CountMinSketch {
- public:
-  CountMinSketch(int64_t width, int64_t depth);
-  // Adds `c` sightings of key and returns its new estimate.
-  uint32_t add(int64_t key, uint32_t c);
-  uint32_t estimate(int64_t key) const;
-  size_t bytes() const { return counts_.size() * sizeof(uint32_t); }
-  // torch backend (issue 5): checkpoints carry the counters.
-  const std::vector<uint32_t>& counts() const { return counts_; }
-  std::vector<uint32_t>& counts() { return counts_; }
-
- private:
-  size_t slot(int64_t key, int64_t row) const;
-  int64_t width_, depth_;
-  std::vector<uint32_t> counts_;
-};
 
 // Score metadata of one row. score < 0 marks a free row id.
 struct RowMeta {
@@ -80,10 +41,7 @@ struct RowMeta {
 };
 
 // What one lookup call did (the Python layer adds these to per-feature stats).
-struct CallStats {
-  int64_t hits = 0, misses = 0, admitted = 0, rejected = 0, evicted = 0, hot_hits = 0;
-  int64_t promoted = 0;  // storage (issue 4): rows brought back from a tier
-};
+using CallStats = ReadStats;
 
 struct FrequencyStats {
   CallStats totals;
@@ -117,9 +75,7 @@ class FrequencyTable : public EmbeddingTable {
   // read-only serving lookup (missing keys read the default row). weights
   // (score weight per key occurrence, >= 0) may be null (= 1 each).
   CallStats lookup(const int64_t* keys, int64_t n, float* out, bool train, uint8_t* found, const float* weights);
-  CallStats pooled_lookup(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                          int64_t n_bags, PoolMode mode, const float* pool_weights, float* out, bool train,
-                          const float* score_weights);
+  CallStats pooled_lookup(const Bags& b, float* out, bool train, const float* score_weights);
   // Gradients of keys without a row are dropped (default_row kZeros) or summed
   // into the shared cold row and applied to it with the same optimizer.
   void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
@@ -145,28 +101,24 @@ class FrequencyTable : public EmbeddingTable {
   void inspect(const int64_t* keys, int64_t n, float* score, uint32_t* last, uint32_t* row_id) const;
   const float* default_row() const { return cold_row_.data(); }
 
-  // ---- torch backend (issue 5): embedlookup.torch modules over this table ----
+  // ---- the torch backend's entry points (embedlookup.torch modules)
   // pooled_lookup (train=true: a training access that scores, admits and
   // evicts) that also writes the row id each value resolved to (ids_out, n;
   // kNoRow: the value read the default row) and the layout epoch those ids
   // belong to, both taken under the table lock.
-  CallStats pooled_lookup_ids(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                              int64_t n_bags, PoolMode mode, const float* pool_weights, float* out, bool train,
-                              const float* score_weights, uint32_t* ids_out, uint64_t* epoch_out);
+  CallStats pooled_lookup_ids(const Bags& b, float* out, bool train, const float* score_weights, uint32_t* ids_out,
+                              uint64_t* epoch_out);
   // Max pooling with the winning position per (bag, column), as
   // EmbeddingTable::pooled_max_argmax, with this table's training side effects.
-  CallStats pooled_max_argmax(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                              int64_t n_bags, float* out, int64_t* argmax, bool train, uint32_t* ids_out,
+  CallStats pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool train, uint32_t* ids_out,
                               uint64_t* epoch_out);
   // Fused backward of the two above (EmbeddingTable::apply_pooled_gradients'
   // contract), routed like apply_gradients: values that read the default row
   // in the forward (ids[p] == kNoRow), or whose row is gone by now, have their
   // gradients dropped (kZeros) or summed into the cold row (kCold); the rest
   // update their rows. ids/ids_epoch may be null/0 (keys are resolved then).
-  void apply_pooled_gradients(const int64_t* values, int64_t n, const int64_t* offsets, int64_t n_offsets,
-                              int64_t n_bags, PoolMode mode, const float* weights, const int64_t* argmax,
-                              const float* grad_out, int64_t grad_stride, const OptimSpec& o,
-                              const uint32_t* ids = nullptr, uint64_t ids_epoch = 0);
+  void apply_pooled_gradients(const Bags& b, const int64_t* argmax, const float* grad_out, int64_t grad_stride,
+                              const OptimSpec& o, const uint32_t* ids = nullptr, uint64_t ids_epoch = 0);
   // Checkpoint state beyond rows and optimizer state: the clock, the sketch
   // counters, the cold row (dim floats) and its optimizer state.
   struct SavedState {
@@ -178,10 +130,22 @@ class FrequencyTable : public EmbeddingTable {
   // Restores a SavedState and the (score, last) of existing keys; validates
   // sizes and keys first (std::invalid_argument / KeyMissingError, no change).
   void restore_state(const SavedState& s, const int64_t* keys, int64_t n, const float* scores, const uint32_t* last);
-  // ---- end torch backend ----
+
+ protected:
+  // The read path's hooks (read_path.h): admission, scoring and eviction.
+  bool serves_in_place(const ReadCall& c) const override;
+  bool miss_needs_exclusive(const ReadCall& c, int64_t missing) const override;
+  void read_done_shared(ReadCall& c, const uint32_t* ids, int64_t missing) override;
+  bool fill_missing_locked(ReadCall& c, uint32_t* ids) override;
+  void rows_promoted_locked(const uint32_t* ids, int64_t n) override;
 
  private:
-  // torch backend (issue 5): apply_gradients with the forward's row ids;
+  // Runs one lookup through the read path: a training call (train=true)
+  // advances the clock; the kernel reads the default row for missing keys.
+  template <class Kernel, class Serve>
+  CallStats frequency_read(const int64_t* keys, int64_t n, bool train, const float* score_weights, uint32_t* ids,
+                           uint64_t* epoch_out, Kernel&& kernel, Serve&& serve);
+  // apply_gradients with the forward's row ids;
   // hint[i] == kNoRow routes position i to the default row.
   void apply_gradients_hinted(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o,
                               const uint32_t* hint, uint64_t hint_epoch);
@@ -197,13 +161,6 @@ class FrequencyTable : public EmbeddingTable {
   // (last > now): no decay then.
   double score_at(const RowMeta& m, uint32_t now) const { return m.last >= now ? m.score : m.score * decay(now - m.last); }
   void add_totals(const CallStats& cs);
-  // ids_out/epoch_out (may be null; torch backend, issue 5): the resolved row
-  // ids and the layout epoch, written under the lock.
-  template <class Kernel>
-  CallStats train_call(const int64_t* keys, int64_t n, const float* w, Kernel&& kernel, uint32_t* ids_out = nullptr,
-                       uint64_t* epoch_out = nullptr);
-  template <class Kernel>
-  CallStats serve_call(int64_t n, Kernel&& kernel, uint32_t* ids_out = nullptr, uint64_t* epoch_out = nullptr);
 
   FrequencyOptions fo_;
   CountMinSketch sketch_;

@@ -1,6 +1,7 @@
 // StorageTier: where rows live below the table's memory tier.
 //
-// One interface for every lower tier: the file tier (NVM/SSD, file_tier.h)
+// One interface for every lower tier, owned by the table that consumes it
+// (FBGEMM's layering): the file tier (NVM/SSD, native/storage/file_tier.h)
 // implements it now, the parameter-server client later. Rows travel with their
 // optimizer state and metadata (the version of their last change), by key, in
 // batches. A table with a tier reads keys it lacks through from it (promotion)
@@ -15,15 +16,11 @@
 //    state + i * state_floats (state may be null: zeros are stored / nothing read).
 #pragma once
 #include <cstdint>
-#include <stdexcept>
 #include <vector>
 
-namespace embedlookup {
+#include "embedlookup/errors.h"  // TierFullError
 
-class TierFullError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace embedlookup {
 
 struct TierStats {
   int64_t reads = 0;          // rows read (found)

@@ -13,12 +13,9 @@
 #include <vector>
 
 #include "embedlookup/hash.h"
+#include "embedlookup/row_id.h"  // kNoRow: empty slot / key not found; kTombstone: erased slot
 
 namespace embedlookup {
-
-constexpr uint32_t kNoRow = 0xFFFFFFFFu;     // empty slot / key not found
-constexpr uint32_t kTombstone = 0xFFFFFFFEu; // erased slot
-constexpr uint32_t kMaxRowId = 0xFFFFFFFDu;
 
 struct alignas(64) IndexBucket {
   static constexpr int kSlots = 5;

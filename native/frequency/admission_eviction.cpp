@@ -1,0 +1,209 @@
+// FrequencyTable's admission (count-min sketch + coin) of keys without a row,
+// and its batched eviction under the row budget (LFU / LRU / TTL), to the tier
+// when there is one, else to a sink or the export buffer.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "frequency_table.h"
+#include "frequency_util.h"
+
+namespace embedlookup {
+
+using frequency_detail::admission_coin;
+using frequency_detail::now_ns;
+
+void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids, const float* w, uint32_t now,
+                                   CallStats& cs) {
+  (void)w;
+  // Keys with rows in the tier were promoted by the read path already (no
+  // admission test: they earned a row before).
+  // Distinct missing keys in first-occurrence order, with their counts.
+  std::unordered_map<int64_t, uint32_t> slot_of;
+  std::vector<int64_t> fresh;
+  std::vector<uint32_t> count;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] != kNoRow) continue;
+    ++cs.misses;
+    auto it = slot_of.emplace(keys[i], static_cast<uint32_t>(fresh.size()));
+    if (it.second) {
+      fresh.push_back(keys[i]);
+      count.push_back(0);
+    }
+    ++count[it.first->second];
+  }
+  cs.hits = n - cs.misses;
+  // The batch must fit the budget (its rows are protected from eviction).
+  if (fo_.budget_rows > 0 && n > fo_.budget_rows) {
+    std::unordered_set<uint32_t> present;
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] != kNoRow) present.insert(ids[i]);
+    const size_t distinct = present.size() + fresh.size();
+    if (distinct > static_cast<size_t>(fo_.budget_rows))
+      throw std::invalid_argument("keys: this batch holds " + std::to_string(distinct) +
+                                  " distinct keys but budget_rows is " + std::to_string(fo_.budget_rows) +
+                                  "; raise the budget or split the batch (nothing was changed)");
+  }
+  if (index_.size() + fresh.size() > static_cast<size_t>(kMaxRowId))
+    throw TableFullError("table would exceed 2^32 - 3 rows");
+  // Admission decisions (the sketch counts sightings of keys without a row).
+  std::vector<uint32_t> id_of(fresh.size(), kNoRow);
+  std::vector<uint32_t> created;
+  index_.reserve(index_.size() + fresh.size());
+  for (size_t u = 0; u < fresh.size(); ++u) {
+    bool admit = true;
+    if (fo_.admit_count > 1) admit = sketch_.add(fresh[u], count[u]) >= static_cast<uint64_t>(fo_.admit_count);
+    if (admit && fo_.admit_probability < 1.0) admit = admission_coin(fo_.admit_seed, fresh[u], now) < fo_.admit_probability;
+    if (!admit) {
+      ++cs.rejected;
+      continue;
+    }
+    id_of[u] = allocate_row(fresh[u]);
+    created.push_back(id_of[u]);
+  }
+  cs.admitted = static_cast<int64_t>(created.size());
+  if (created.empty()) return;
+  const uint64_t ver = ++version_;  // admitted rows carry their insert's version
+  for (uint32_t id : created) stamp(id, ver);
+  ensure_meta();
+  const int64_t nc = static_cast<int64_t>(created.size()), dim = opt_.dim;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
+  for (int64_t k = 0; k < nc; ++k) {
+    const uint32_t id = created[k];
+    float* r = rows_.row(id);
+    init_row(opt_.init, row_keys_[id], r, dim);
+    for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+    init_state_row(id);
+    meta_[id] = RowMeta{0.0f, now};
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (ids[i] == kNoRow) ids[i] = id_of[slot_of[keys[i]]];
+}
+
+void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
+  if (victims.empty()) return;
+  // With a tier, evicted rows (row, optimizer state, version) are written
+  // back there instead of being handed out; a later
+  // lookup of the key promotes them again. write_back_locked frees the ids.
+  if (tier_) {
+    write_back_locked(victims.data(), static_cast<int64_t>(victims.size()));
+    for (uint32_t id : victims) meta_[id].score = -1.0f;
+    return;
+  }
+  EvictedRows local;
+  const int64_t sd = state_ ? state_->stride() : 0;
+  std::unique_lock<std::mutex> buf_lk(evicted_mu_, std::defer_lock);
+  EvictedRows* out = &local;
+  if (!sink_) {
+    buf_lk.lock();
+    out = &evicted_buf_;
+    // The optimizer state appeared after older rows were evicted: theirs was
+    // still the initial value.
+    if (!out->keys.empty() && out->state_dim < sd) {
+      std::vector<float> st(out->keys.size() * sd, state_init_);
+      for (size_t i = 0; i < out->keys.size(); ++i)
+        std::copy_n(out->state.begin() + i * out->state_dim, out->state_dim, st.begin() + i * sd);
+      out->state.swap(st);
+    }
+  }
+  out->dim = opt_.dim;
+  out->state_dim = std::max(out->state_dim, sd);
+  const int64_t osd = out->state_dim;
+  for (uint32_t id : victims) {
+    const int64_t key = row_keys_[id];
+    out->keys.push_back(key);
+    const float* r = rows_.row(id);
+    out->rows.insert(out->rows.end(), r, r + opt_.dim);
+    const size_t s0 = out->state.size();
+    out->state.resize(s0 + osd, state_init_);
+    if (sd) std::copy_n(state_->row(id), sd, out->state.begin() + s0);
+    out->scores.push_back(static_cast<float>(score_at(meta_[id], now)));
+    out->last.push_back(meta_[id].last);
+    index_.erase(key);
+    free_rows_.push_back(id);
+    meta_[id].score = -1.0f;
+    tombstones_[key] = version_.load() + 1;  // storage (issue 4): deltas carry evictions
+  }
+  ++version_;  // storage (issue 4)
+  // Freed ids may be reused: row ids cached by a forward (torch backward) are stale.
+  if (!victims.empty()) layout_epoch_.fetch_add(1);
+  if (sink_) sink_(local);
+}
+
+void FrequencyTable::evict_to_budget(uint32_t now, CallStats& cs) {
+  if (fo_.policy == EvictionPolicy::kNone) return;
+  const int64_t t0 = now_ns(), evicted0 = cs.evicted;
+  struct Timer {  // records the pause when this call evicted anything
+    const int64_t t0, before;
+    const CallStats& cs;
+    int64_t& max_ns;
+    ~Timer() {
+      if (cs.evicted > before) max_ns = std::max(max_ns, now_ns() - t0);
+    }
+  } timer{t0, evicted0, cs, evict_pause_max_ns_};
+  const uint32_t nr = next_row_;
+  std::vector<uint32_t> victims;
+  if (fo_.policy == EvictionPolicy::kTTL && now % static_cast<uint64_t>(fo_.ttl_interval) == 0) {
+    for (uint32_t id = 0; id < nr; ++id) {
+      const RowMeta& m = meta_[id];
+      if (m.score >= 0.0f && m.last < now && static_cast<int64_t>(now - m.last) > fo_.ttl) victims.push_back(id);
+    }
+    // Oldest first, as LRU would order them.
+    std::sort(victims.begin(), victims.end(), [&](uint32_t a, uint32_t b) {
+      return meta_[a].last != meta_[b].last ? meta_[a].last < meta_[b].last : row_keys_[a] < row_keys_[b];
+    });
+    cs.evicted += static_cast<int64_t>(victims.size());
+    evict_rows(victims, now);
+    victims.clear();
+  }
+  const int64_t budget = fo_.budget_rows;
+  const int64_t live = static_cast<int64_t>(index_.size());
+  if (budget == 0 || live <= budget) return;
+  const int64_t target = budget - static_cast<int64_t>(std::floor(static_cast<double>(budget) * fo_.evict_fraction));
+  int64_t need = live - target;
+  // Candidates: live rows not touched by this call.
+  struct Cand {
+    double s;
+    uint32_t last, id;
+  };
+  std::vector<Cand> cand;
+  cand.reserve(static_cast<size_t>(live));
+  const bool lfu = fo_.policy == EvictionPolicy::kLFU;
+  for (uint32_t id = 0; id < nr; ++id) {
+    const RowMeta& m = meta_[id];
+    if (m.score < 0.0f || m.last >= now) continue;  // touched by this call (or a later concurrent one)
+    cand.push_back(Cand{lfu ? score_at(m, now) : 0.0, m.last, id});
+  }
+  // Priority: LFU (score, last, key); LRU and TTL (last, key). Lowest goes first.
+  auto before = [&](const Cand& a, const Cand& b) {
+    if (a.s != b.s) return a.s < b.s;
+    if (a.last != b.last) return a.last < b.last;
+    return row_keys_[a.id] < row_keys_[b.id];
+  };
+  need = std::min<int64_t>(need, static_cast<int64_t>(cand.size()));
+  if (need < static_cast<int64_t>(cand.size())) std::nth_element(cand.begin(), cand.begin() + need, cand.end(), before);
+  std::sort(cand.begin(), cand.begin() + need, before);
+  victims.reserve(static_cast<size_t>(need));
+  for (int64_t i = 0; i < need; ++i) victims.push_back(cand[i].id);
+  cs.evicted += need;
+  evict_rows(victims, now);
+}
+
+EvictedRows FrequencyTable::take_evicted() {
+  std::lock_guard<std::mutex> g(evicted_mu_);
+  EvictedRows r;
+  std::swap(r, evicted_buf_);
+  return r;
+}
+
+void FrequencyTable::set_eviction_sink(std::function<void(const EvictedRows&)> sink) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  sink_ = std::move(sink);
+}
+
+}  // namespace embedlookup

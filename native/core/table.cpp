@@ -54,7 +54,7 @@ int EmbeddingTable::threads() const { return opt_.num_threads > 0 ? opt_.num_thr
 
 size_t EmbeddingTable::size() const {
   std::shared_lock<std::shared_mutex> lk(mu_);
-  return index_.size() + (tier_ ? static_cast<size_t>(tier_->size()) : 0);
+  return index_.size() + (tier_ ? static_cast<size_t>(tier_->size() - rows_in_both_) : 0);
 }
 
 void EmbeddingTable::resolve(const int64_t* keys, int64_t n, uint32_t* ids) const {
@@ -81,8 +81,10 @@ uint32_t EmbeddingTable::allocate_row(int64_t key) {
     if (state_) state_->ensure(next_row_);
     if (row_keys_.size() < next_row_) row_keys_.resize(std::max<size_t>(next_row_, row_keys_.size() * 2));
     if (row_version_.size() < next_row_) row_version_.resize(row_keys_.size());
+    if (row_in_tier_.size() < next_row_) row_in_tier_.resize(row_keys_.size());
   }
   row_keys_[id] = key;
+  row_in_tier_[id] = 0;
   // A re-inserted key's tombstone is superseded by its row.
   if (!tombstones_.empty()) tombstones_.erase(key);
   if (tier_ && tier_opt_.memory_rows > 0) arrival_.push_back(key);
@@ -199,12 +201,18 @@ int64_t EmbeddingTable::erase(const int64_t* keys, int64_t n) {
 int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector<uint32_t>* freed) {
   int64_t erased = 0;
   const uint64_t v = version_.load() + 1;  // the erase's version (taken only if something is erased)
+  int64_t erased_in_both = 0;  // keys erased from memory and from the tier: counted once
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t id = index_.erase(keys[i]);
     if (id == kNoRow) continue;
     free_rows_.push_back(id);
     if (freed) freed->push_back(id);
     tombstones_[keys[i]] = v;
+    if (row_in_tier_[id]) {
+      row_in_tier_[id] = 0;
+      --rows_in_both_;
+      ++erased_in_both;
+    }
     ++erased;
   }
   // Keys held by the tier are erased there too.
@@ -214,7 +222,7 @@ int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector
     tier_->get(keys, n, scratch.data(), nullptr, nullptr, in_tier.data());
     for (int64_t i = 0; i < n; ++i)
       if (in_tier[i]) tombstones_[keys[i]] = v;
-    erased += tier_->erase(keys, n);
+    erased += tier_->erase(keys, n) - erased_in_both;
   }
   if (erased) version_.store(v);
   if (erased) layout_epoch_.fetch_add(1);  // row ids cached by callers may now be stale
@@ -229,7 +237,8 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   // Rows in the tier are part of the table.
   std::vector<int64_t> tier_keys;
   if (tier_) tier_->scan(0, tier_keys);
-  for (int64_t k : tier_keys) kv.emplace_back(k, kNoRow);
+  for (int64_t k : tier_keys)
+    if (index_.find(k) == kNoRow) kv.emplace_back(k, kNoRow);  // else memory holds the current row
   std::sort(kv.begin(), kv.end());
   const int64_t n = static_cast<int64_t>(kv.size());
   keys.resize(n);
@@ -353,7 +362,7 @@ MemoryStats EmbeddingTable::memory() const {
   m.state_bytes = state_ ? state_->bytes() : 0;
   m.metadata_bytes = row_keys_.capacity() * sizeof(int64_t) + free_rows_.capacity() * sizeof(uint32_t);
   // row versions (8 B/row) and tombstones (~32 B per erased key in the map)
-  m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + tombstones_.size() * 32;
+  m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + row_in_tier_.capacity() + tombstones_.size() * 32;
   m.rows = index_.size();
   return m;
 }

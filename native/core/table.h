@@ -220,6 +220,12 @@ class EmbeddingTable {
   std::atomic<uint64_t> version_{0};
   uint64_t lineage_ = 0;
   std::vector<uint64_t> row_version_;  // row id -> version of its last change (8 bytes/row)
+  // row id -> 1 while the tier also holds a copy of the row's key (written at
+  // or before the row's version). A promotion copies a row into memory and
+  // leaves the tier's copy in place, so a read never makes a durable row less
+  // durable; the memory copy always wins, and a write-back overwrites the copy.
+  std::vector<uint8_t> row_in_tier_;
+  int64_t rows_in_both_ = 0;  // rows with row_in_tier_ set: keys counted once by size()
   std::unordered_map<int64_t, uint64_t> tombstones_;  // erased key -> version of the erase
   std::shared_ptr<StorageTier> tier_;
   TierOptions tier_opt_;

@@ -60,6 +60,10 @@ int64_t EmbeddingTable::write_back_locked(const uint32_t* ids, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     index_.erase(keys[i]);
     free_rows_.push_back(ids[i]);
+    if (row_in_tier_[ids[i]]) {  // its tier copy was just overwritten: the key is in the tier only
+      row_in_tier_[ids[i]] = 0;
+      --rows_in_both_;
+    }
   }
   if (n) layout_epoch_.fetch_add(1);  // freed ids: cached row ids are stale
   demotions_.fetch_add(n);
@@ -118,9 +122,8 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
     throw TableFullError("table is full: promoting " + std::to_string(got) + " rows from the tier would pass capacity " +
                          std::to_string(opt_.capacity));
   index_.reserve(index_.size() + got);
-  std::vector<int64_t> moved;
   std::vector<uint32_t> promoted_ids;
-  moved.reserve(got);
+  promoted_ids.reserve(got);
   for (int64_t j = 0; j < m; ++j) {
     if (!found[j]) continue;
     const uint32_t id = allocate_row(want[j]);
@@ -129,12 +132,12 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
       if (tsf == sf) std::memcpy(state_->row(id), st.data() + j * sf, sizeof(float) * sf);
       else init_state_row(id);
     }
-    stamp(id, ver[j]);  // a move is not a change: the version stays
-    moved.push_back(want[j]);
+    stamp(id, ver[j]);  // a copy is not a change: the version stays
+    row_in_tier_[id] = 1;  // the tier keeps its (durable) copy
+    ++rows_in_both_;
     promoted_ids.push_back(id);
   }
   rows_promoted_locked(promoted_ids.data(), static_cast<int64_t>(promoted_ids.size()));
-  tier_->erase(moved.data(), static_cast<int64_t>(moved.size()));
   int64_t positions = 0;
   for (int64_t i = 0; i < n; ++i)
     if (ids[i] == kNoRow) {

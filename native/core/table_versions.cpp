@@ -77,8 +77,8 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
     tv.resize(m);
     std::vector<uint8_t> f(m);
     tier_->get(tk.data(), m, tr.data(), tsf ? ts.data() : nullptr, tv.data(), f.data());
-    for (int64_t j = 0; j < m; ++j)
-      if (f[j]) src.push_back({tk[j], kNoRow, static_cast<uint32_t>(j)});  // tier rows < 2^32
+    for (int64_t j = 0; j < m; ++j)  // tier rows < 2^32; a key in memory is read there (the current row)
+      if (f[j] && index_.find(tk[j]) == kNoRow) src.push_back({tk[j], kNoRow, static_cast<uint32_t>(j)});
   }
   std::sort(src.begin(), src.end(), [](const Src& a, const Src& c) { return a.key < c.key; });
   const int64_t n = static_cast<int64_t>(src.size());
@@ -176,6 +176,17 @@ void EmbeddingTable::apply_batch(const RowBatchView& b) {
     o.kind = b.state_kind;
     o.initial_accumulator_value = b.state_init;
     bind_state(o);
+  }
+  if (tier_) {  // the tier's copies of keys the batch erases or overwrites go below
+    auto drop_copy = [&](int64_t k) {
+      const uint32_t id = index_.find(k);
+      if (id != kNoRow && row_in_tier_[id]) {
+        row_in_tier_[id] = 0;
+        --rows_in_both_;
+      }
+    };
+    for (int64_t k : b.dead_keys) drop_copy(k);
+    for (int64_t k : b.keys) drop_copy(k);
   }
   for (size_t i = 0; i < b.dead_keys.size(); ++i) {
     const int64_t k = b.dead_keys[i];

@@ -92,7 +92,8 @@ int64_t FrequencyTable::relayout_step(int64_t max_moves) {
       }
       std::swap(meta_[t], meta_[c]);
       std::swap(row_keys_[t], row_keys_[c]);
-      std::swap(row_version_[t], row_version_[c]);  // storage (issue 4): versions move with rows
+      std::swap(row_version_[t], row_version_[c]);  // versions and tier-copy marks move with rows
+      std::swap(row_in_tier_[t], row_in_tier_[c]);
       index_.set_row(key, t);
       index_.set_row(other, c);
     } else {
@@ -102,7 +103,8 @@ int64_t FrequencyTable::relayout_step(int64_t max_moves) {
       meta_[t] = meta_[c];
       meta_[c].score = -1.0f;
       row_keys_[t] = key;
-      row_version_[t] = row_version_[c];  // storage (issue 4)
+      row_version_[t] = row_version_[c];
+      row_in_tier_[t] = row_in_tier_[c];
       index_.set_row(key, t);
       const size_t p = free_pos.at(t);
       free_rows_[p] = c;

@@ -29,9 +29,16 @@ def test_evicted_rows_go_to_the_tier_and_return_trained(tmp_path):
 
     back = t.lookup(np.array([2, 3], np.int64))   # promoted with their trained values
     np.testing.assert_array_equal(back, trained[[1, 2]])
-    assert not tier.get(np.array([2, 3], np.int64))[1].any()  # moved, not copied
+    # Copied, not moved: the tier keeps its durable copy until the row is written back.
+    held, in_tier = tier.get(np.array([2, 3], np.int64))
+    assert in_tier.all()
+    np.testing.assert_array_equal(held, trained[[1, 2]])
+    assert len(t) == 8  # keys counted once, whether in memory, the tier or both
     t.apply_gradients(np.array([2], np.int64), np.ones((1, 4), np.float32))
     np.testing.assert_array_equal(t.find(np.array([2], np.int64))[0][0], trained[1] - 1)
+    keys, rows = t.export()  # the memory copy wins over the tier's older one
+    np.testing.assert_array_equal(keys, np.arange(1, 9))
+    np.testing.assert_array_equal(rows[1], trained[1] - 1)
 
 
 def test_tier_and_on_evict_are_exclusive(tmp_path):

@@ -45,6 +45,34 @@ def keys_1d(x, name: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def finite(a: np.ndarray, name: str) -> np.ndarray:
+    """``a`` (float32, already converted) unchanged if every element is
+    finite; else ValueError naming ``name`` and the first bad position. One
+    vectorised pass: a NaN or inf weight would otherwise reach the rows (a
+    0 * inf or inf - inf in the kernel gives NaN)."""
+    if a.size and not np.isfinite(a).all():
+        i = int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
+        raise ValueError(f"{name} must be finite (after conversion to float32), got {a.reshape(-1)[i]} "
+                         f"at flat position {i}")
+    return a
+
+
+def no_overlap(out: np.ndarray, name: str, **inputs) -> None:
+    """Raises ValueError when ``out`` overlaps the memory of one of ``inputs``
+    (name=array; None entries skipped): the kernel would read keys / weights
+    it has already overwritten with rows.
+
+    ``np.may_share_memory`` compares the arrays' address ranges only: O(1)
+    whatever the sizes. ``np.shares_memory`` solves the exact problem, which
+    can take time exponential in the number of dimensions for strided views.
+    The bound check is exact here: ``out`` and every input reaching this
+    point are C-contiguous, so each occupies exactly its address range."""
+    for arg, a in inputs.items():
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{name} must not overlap the memory of {arg}: the result would overwrite "
+                             f"{arg} while it is read; pass a separate array")
+
+
 def floats(x, name: str, shape: tuple) -> np.ndarray:
     """float32, C-contiguous, of exactly `shape`. Other float dtypes are converted."""
     a = to_numpy(x, name)
@@ -55,6 +83,58 @@ def floats(x, name: str, shape: tuple) -> np.ndarray:
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
     return np.ascontiguousarray(a)
+
+
+#: Versions are non-negative int64: [0, 2**63). The native side stores them
+#: as uint64, but the table's counter starts at 0 and grows by one per change,
+#: so 2**63 is never reached, and keeping the top bit clear keeps every
+#: version exact in an int64 array (NumPy, torch) and away from the uint64
+#: wrap-around (-1 would become 2**64 - 1, "newer than everything").
+VERSION_LIMIT = 1 << 63
+
+
+def version(x, name: str) -> int:
+    """An integer version in [0, 2**63); bool, float (1.7), None, str rejected."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an int in [0, 2**63), got {type(x).__name__} {x!r}")
+    if not 0 <= int(x) < VERSION_LIMIT:
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {int(x)}")
+    return int(x)
+
+
+def versions(x, name: str, n: int) -> np.ndarray:
+    """(n,) integer versions in [0, 2**63) as a C-contiguous uint64 array."""
+    a = to_numpy(x, name)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        if not (a.size == 0 and a.dtype == np.float64):  # np.asarray([]) is float64
+            raise TypeError(f"{name} must hold integers in [0, 2**63), got dtype {a.dtype}")
+        a = a.astype(np.int64)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    if a.size:
+        lo, hi = a.min(), a.max()
+        if (np.issubdtype(a.dtype, np.signedinteger) and lo < 0) or int(hi) >= VERSION_LIMIT:
+            bad = lo if np.issubdtype(a.dtype, np.signedinteger) and lo < 0 else hi
+            raise ValueError(f"{name} must lie in [0, 2**63), got {int(bad)}")
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def path(p, name: str) -> str:
+    """``os.fspath(p)``, refusing what the native side would misread: a
+    non-path type, and a NUL byte (C strings end there: "a\\0b" would open "a")."""
+    import os
+
+    try:
+        s = os.fspath(p)
+    except TypeError:
+        raise TypeError(f"{name} must be a str, bytes or os.PathLike path, got {type(p).__name__}") from None
+    if isinstance(s, bytes):
+        if b"\0" in s:
+            raise ValueError(f"{name} must not contain a NUL byte, got {s!r}")
+        s = os.fsdecode(s)
+    if "\0" in s:
+        raise ValueError(f"{name} must not contain a NUL byte, got {s!r}")
+    return s
 
 
 CACHE_LINE = 64
@@ -115,7 +195,10 @@ def huge_copy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def out_array(out, name: str, shape: tuple) -> np.ndarray:
+def out_array(out, name: str, shape: tuple, **inputs) -> np.ndarray:
+    """A fresh result array, or ``out`` checked: float32, ``shape``,
+    C-contiguous, writeable and not overlapping any of ``inputs`` (the
+    call's already-converted input arrays, by argument name)."""
     if out is None:
         return aligned_empty(shape, np.float32)
     if not isinstance(out, np.ndarray):
@@ -124,6 +207,7 @@ def out_array(out, name: str, shape: tuple) -> np.ndarray:
         raise ValueError(f"{name} must be a float32 array of shape {tuple(shape)}, got {out.dtype} {out.shape}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"{name} must be C-contiguous and writeable")
+    no_overlap(out, name, **inputs)
     return out
 
 
@@ -135,7 +219,9 @@ def bags(values, offsets, include_last_offset: bool):
             raise ValueError("include_last_offset needs offsets; 2-D values take none")
         n_bags, length = v.shape
         flat = keys_1d(v.reshape(-1), "values")
-        return flat, np.arange(0, n_bags * length, max(length, 1), dtype=np.int64)[:n_bags], n_bags
+        # B bags of `length` keys each; with length 0, B empty bags (all
+        # offsets 0), as torch.nn.EmbeddingBag reads a (B, 0) input.
+        return flat, np.arange(n_bags, dtype=np.int64) * np.int64(length), n_bags
     if v.ndim != 1:
         raise ValueError(f"values must be 1-D with offsets (or 2-D without), got shape {v.shape}")
     if offsets is None:
@@ -206,4 +292,4 @@ def bag_weights(per_sample_weights, mode: str, n: int):
         return None
     if mode != "sum":
         raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
-    return floats(per_sample_weights, "per_sample_weights", (n,))
+    return finite(floats(per_sample_weights, "per_sample_weights", (n,)), "per_sample_weights")

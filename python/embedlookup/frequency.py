@@ -232,10 +232,11 @@ class FrequencyTable(EmbeddingTable):
             return self._register(feature)
         return self._feature_ids[feature]
 
-    def namespaced_keys(self, values, feature) -> np.ndarray:
+    def namespaced_keys(self, values, feature, name: str = "values") -> np.ndarray:
         """The table keys of ``values`` of ``feature``: ``id << 48 | value``.
-        Values must lie in [0, 2**48) (so no two features share a key)."""
-        v = _checks.keys_1d(values, "values")
+        Values must lie in [0, 2**48) (so no two features share a key).
+        ``name``: the caller's argument name, for error messages."""
+        v = _checks.keys_1d(values, name)
         if feature is None:
             if self._namespaced:
                 raise ValueError("feature: this table is namespaced; name the feature of these keys")
@@ -243,7 +244,7 @@ class FrequencyTable(EmbeddingTable):
         fid = self.feature_id(feature)
         if v.size and (int(v.min()) < 0 or int(v.max()) >= _VALUE_LIMIT):
             bad = v[(v < 0) | (v >= _VALUE_LIMIT)][0]
-            raise ValueError(f"values of feature {feature!r} must lie in [0, 2**48) to be namespaced, got {bad}")
+            raise ValueError(f"{name} of feature {feature!r} must lie in [0, 2**48) to be namespaced, got {bad}")
         return v | np.int64(fid << FEATURE_SHIFT)
 
     def _account(self, feature, cs) -> None:
@@ -282,16 +283,16 @@ class FrequencyTable(EmbeddingTable):
         evicts. Keys without a row read the default row. ``insert`` is
         accepted as EmbeddingTable's name for ``train``."""
         train = train if insert is None else insert
-        k = self.namespaced_keys(keys, feature)
-        w = None if weights is None else self._score_weights(weights, k.shape[0])
-        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        k = self.namespaced_keys(keys, feature, "keys")
+        w = None if weights is None else self._score_weights(weights, k.shape[0], "weights")
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim), keys=k, weights=w)
         self._account(feature, self._t.lookup(k, o, bool(train), None, w))
         return o
 
     def find(self, keys, *, feature=None, out=None) -> tuple[np.ndarray, np.ndarray]:
         """Read-only serving lookup: (rows, found); changes no score, admits nothing."""
-        k = self.namespaced_keys(keys, feature)
-        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        k = self.namespaced_keys(keys, feature, "keys")
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim), keys=k)
         found = np.empty(k.shape[0], dtype=np.bool_)
         self._account(feature, self._t.lookup(k, o, False, found, None))
         return o, found
@@ -306,18 +307,19 @@ class FrequencyTable(EmbeddingTable):
         train = train if insert is None else insert
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
-        v = self.namespaced_keys(v, feature)
+        v = self.namespaced_keys(v, feature)  # values' own memory when not namespaced
         pw = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
         sw = None if score_weights is None else self._score_weights(score_weights, v.shape[0])
-        o = _checks.out_array(out, "out", (n_bags, self._dim))
+        o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=pw,
+                              score_weights=sw)
         self._account(feature, self._t.pooled_lookup(v, off, n_bags, m, pw, o, bool(train), sw))
         return o
 
     @staticmethod
-    def _score_weights(w, n) -> np.ndarray:
-        a = _checks.floats(w, "score_weights", (n,))
+    def _score_weights(w, n, name: str = "score_weights") -> np.ndarray:
+        a = _checks.floats(w, name, (n,))
         if a.size and not (np.all(np.isfinite(a)) and a.min() >= 0):
-            raise ValueError("score_weights must be finite and >= 0")
+            raise ValueError(f"{name} must be finite and >= 0")
         return a
 
     # -------------------------------------------------------------- mutations
@@ -330,7 +332,7 @@ class FrequencyTable(EmbeddingTable):
             raise ValueError("optimizer: none given and the table has no default optimizer")
         if not isinstance(opt, Optimizer):
             raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(opt).__name__}")
-        k = self.namespaced_keys(keys, feature)
+        k = self.namespaced_keys(keys, feature, "keys")
         g = _checks.floats(grads, "grads", (k.shape[0], self._dim))
         self._t.apply_gradients(k, g, opt._spec())
 
@@ -346,13 +348,13 @@ class FrequencyTable(EmbeddingTable):
 
     def assign(self, keys, rows, *, feature=None) -> None:
         """Sets rows (always admits; the budget is enforced afterwards)."""
-        k = self.namespaced_keys(keys, feature)
+        k = self.namespaced_keys(keys, feature, "keys")
         r = _checks.floats(rows, "rows", (k.shape[0], self._dim))
         self._t.assign(k, r)
         self._drain()
 
     def erase(self, keys, *, feature=None) -> int:
-        return self._t.erase(self.namespaced_keys(keys, feature))
+        return self._t.erase(self.namespaced_keys(keys, feature, "keys"))
 
     # --------------------------------------------------------------- layout
     def relayout_step(self, max_moves: int = 65536) -> int:
@@ -369,7 +371,7 @@ class FrequencyTable(EmbeddingTable):
     def inspect(self, keys, *, feature=None):
         """(score, last_step, row_id) per key: the stored score (as of
         last_step; -1 when absent) and the row id (2**32 - 1 when absent)."""
-        return self._t.inspect(self.namespaced_keys(keys, feature))
+        return self._t.inspect(self.namespaced_keys(keys, feature, "keys"))
 
     def default_row_values(self) -> np.ndarray:
         """The row that keys without a row read (zeros, or the learned cold row)."""

@@ -13,8 +13,6 @@ Formats and guarantees: docs/storage.md, docs/format.md.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from . import _checks, _core
@@ -68,7 +66,7 @@ class FileTier:
     """
 
     def __init__(self, path, capacity: int | None = None, *, dim: int | None = None, state_floats: int = 0):
-        self.path = os.fspath(path)
+        self.path = _checks.path(path, "path")
         self._capacity = _positive_int(capacity, "capacity", allow_none=True)
         if isinstance(state_floats, bool) or not isinstance(state_floats, (int, np.integer)) or state_floats < 0:
             raise ValueError(f"state_floats must be an int >= 0, got {state_floats!r}")
@@ -126,18 +124,15 @@ class FileTier:
         return self._n().get(_checks.keys_1d(keys, "keys"))
 
     def set(self, keys, rows, state=None, versions=None) -> None:
-        """Inserts or overwrites rows (last of duplicated keys wins)."""
+        """Inserts or overwrites rows (last of duplicated keys wins).
+        ``versions``: integers in [0, 2**63), one per key."""
         t = self._n()
         k = _checks.keys_1d(keys, "keys")
         r = _checks.floats(rows, "rows", (k.shape[0], t.dim))
         s = None
         if state is not None:
             s = _checks.floats(state, "state", (k.shape[0], t.state_floats))
-        v = None
-        if versions is not None:
-            v = np.ascontiguousarray(versions, dtype=np.uint64)
-            if v.shape != (k.shape[0],):
-                raise ValueError(f"versions must have shape ({k.shape[0]},), got {v.shape}")
+        v = None if versions is None else _checks.versions(versions, "versions", k.shape[0])
         t.set(k, r, s, v)
 
     def erase(self, keys) -> int:
@@ -145,8 +140,8 @@ class FileTier:
         return self._n().erase(_checks.keys_1d(keys, "keys"))
 
     def keys(self, since_version: int = 0) -> np.ndarray:
-        """Sorted keys whose row version is > since_version."""
-        return self._n().keys(int(since_version))
+        """Sorted keys whose row version is > since_version (an int in [0, 2**63))."""
+        return self._n().keys(_checks.version(since_version, "since_version"))
 
     def flush(self) -> None:
         """Makes every write so far durable (fdatasync)."""
@@ -184,7 +179,25 @@ def delta_info(delta) -> dict:
 
 def file_info(path) -> dict:
     """Header of a checkpoint or delta file written by save() / save_delta()."""
-    return dict(_core.snapshot_file_info(os.fspath(path)))
+    return dict(_core.snapshot_file_info(_checks.path(path, "path")))
+
+
+def _check_header(info: dict, what: str) -> None:
+    """Header fields the native reader accepts but that would corrupt a table,
+    refused before the table is touched: rows (or tombstones) stamped with a
+    version not after the delta's start (``to_version <= from_version``; a
+    delta or checkpoint with rows at to_version 0 would leave rows that no
+    later export_delta(0) sees), and initializer parameters giving non-finite
+    rows (NaN or inf in the header)."""
+    changes = int(info.get("rows", 0)) + int(info.get("tombstones", 0))
+    if changes and int(info["to_version"]) <= int(info["from_version"]):
+        raise SnapshotFormatError(f"{what}: holds {changes} changed rows/tombstones but to_version="
+                                  f"{info['to_version']} is not after from_version={info['from_version']}")
+    if "init_kind" in info:
+        try:
+            _init.check(_init.Initializer(info["init_kind"], info["init_a"], info["init_b"], info["init_seed"]))
+        except (TypeError, ValueError) as e:
+            raise SnapshotFormatError(f"{what}: invalid header: {e}") from None
 
 
 class _StorageMethods:
@@ -211,9 +224,7 @@ class _StorageMethods:
         tombstones of keys erased after it, encoded (docs/format.md) as a 1-D
         uint8 array; ``delta_info(d)["to_version"]`` is where the next delta
         starts. Lookups continue while it is taken."""
-        since = int(since_version)
-        if since < 0:
-            raise ValueError(f"since_version must be >= 0, got {since_version!r}")
+        since = _checks.version(since_version, "since_version")
         return self._t.export_delta(since, False, bool(with_versions))
 
     def apply_delta(self, delta) -> None:
@@ -222,7 +233,9 @@ class _StorageMethods:
         truncated delta (``SnapshotFormatError``), another dim, another table's
         delta, or one out of order (``ValueError``), or too many rows
         (``TableFullError``)."""
-        self._t.apply_delta(_delta_buffer(delta))
+        buf = _delta_buffer(delta)
+        _check_header(delta_info(buf), "delta")
+        self._t.apply_delta(buf)
 
     # ---------------------------------------------------------- checkpoints
     def save(self, path) -> int:
@@ -230,12 +243,14 @@ class _StorageMethods:
         configuration) to ``path`` atomically (temp file + rename). Lookups
         continue meanwhile. Returns the version saved: pass it to
         save_delta() for the next incremental checkpoint."""
-        return self._t.save(os.fspath(path), 0, True)
+        return self._t.save(_checks.path(path, "path"), 0, True)
 
     def save_delta(self, path, since_version: int) -> int:
         """Writes the changes after ``since_version`` (an incremental
-        checkpoint); returns the version it reaches."""
-        return self._t.save(os.fspath(path), int(since_version), False)
+        checkpoint); returns the version it reaches. ``since_version``: an
+        int in [0, 2**63)."""
+        p = _checks.path(path, "path")
+        return self._t.save(p, _checks.version(since_version, "since_version"), False)
 
     @classmethod
     def load(cls, path, deltas=(), *, optimizer=None, num_threads=None, tier=None, memory_rows=None,
@@ -243,10 +258,15 @@ class _StorageMethods:
         """A table from a checkpoint written by save(), then the incremental
         checkpoints ``deltas`` (paths from save_delta, oldest first) replayed.
         Raises ``SnapshotFormatError`` for truncated, corrupt or foreign files."""
+        path = _checks.path(path, "path")
+        deltas = [_checks.path(d, f"deltas[{i}]") for i, d in enumerate(deltas)]
         info = file_info(path)
         if info["kind"] != "checkpoint":
-            raise ValueError(f"path: '{os.fspath(path)}' is a delta, not a full checkpoint; "
+            raise ValueError(f"path: '{path}' is a delta, not a full checkpoint; "
                              "load the checkpoint and pass deltas=[...]")
+        _check_header(info, f"path '{path}'")
+        for i, d in enumerate(deltas):
+            _check_header(file_info(d), f"deltas[{i}] '{d}'")
         initializer = _init.Initializer(info["init_kind"], info["init_a"], info["init_b"], info["init_seed"])
         table = cls(info["dim"], initializer=initializer, capacity=info["capacity"] or None, optimizer=optimizer,
                     num_threads=num_threads)
@@ -254,9 +274,9 @@ class _StorageMethods:
             if optimizer is None and info["state_floats"]:
                 tier._open(info["dim"], info["state_floats"])
             table._attach_tier(tier, memory_rows, promote)
-        table._t.apply_file(os.fspath(path))
+        table._t.apply_file(path)
         for d in deltas:
-            table._t.apply_file(os.fspath(d))
+            table._t.apply_file(d)
         return table
 
     # ----------------------------------------------------------------- tier

@@ -100,7 +100,7 @@ class EmbeddingTable(_StorageMethods):
         """Rows of ``keys`` as an (n, dim) float32 array. Missing keys are
         inserted with the initializer (``insert=False``: left out, zeros returned)."""
         k = _checks.keys_1d(keys, "keys")
-        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim), keys=k)
         self._t.lookup(k, o, bool(insert), None)
         return o
 
@@ -108,7 +108,7 @@ class EmbeddingTable(_StorageMethods):
         """Serving-side lookup that never inserts: (rows, found) where missing
         keys get zero rows and ``found[i]`` is False."""
         k = _checks.keys_1d(keys, "keys")
-        o = _checks.out_array(out, "out", (k.shape[0], self._dim))
+        o = _checks.out_array(out, "out", (k.shape[0], self._dim), keys=k)
         found = np.empty(k.shape[0], dtype=np.bool_)
         self._t.lookup(k, o, False, found)
         return o, found
@@ -118,15 +118,17 @@ class EmbeddingTable(_StorageMethods):
         """Pooled rows per bag, with ``torch.nn.EmbeddingBag``'s semantics.
 
         ``values`` (int64 keys) with ``offsets`` (start of each bag), or a 2-D
-        ``values`` of equal-length bags. ``mode``: "sum", "mean" or "max";
-        empty bags give zeros; ``per_sample_weights`` only with "sum".
+        ``values`` of equal-length bags (a (B, 0) array is B empty bags).
+        ``mode``: "sum", "mean" or "max"; empty bags give zeros;
+        ``per_sample_weights`` (finite) only with "sum". ``out`` must not
+        overlap the memory of ``values``, ``offsets`` or the weights.
         Missing keys are inserted (``insert=False``: they count as zero rows).
         Returns (n_bags, dim) float32.
         """
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         w = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
-        o = _checks.out_array(out, "out", (n_bags, self._dim))
+        o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=w)
         self._t.pooled_lookup(v, off, n_bags, m, w, o, bool(insert))
         return o
 

@@ -88,8 +88,9 @@ def test_rowwise_adagrad_hand_computed():
     t = el.EmbeddingTable(2, initializer=el.init.zeros())
     t.assign(np.array([1]), np.array([[1.0, 1.0]], np.float32))
     # Duplicated key: merged gradient (3, 4); state = mean(g^2) = 12.5; step = lr * g / sqrt(12.5).
+    # eps: the smallest allowed (eps=0 is refused); sqrt(12.5) + eps == sqrt(12.5) in float32.
     t.apply_gradients(np.array([1, 1]), np.array([[1.0, 4.0], [2.0, 0.0]], np.float32),
-                      el.optim.Adagrad(lr=0.5, rowwise=True, eps=0.0))
+                      el.optim.Adagrad(lr=0.5, rowwise=True, eps=float(np.finfo(np.float32).tiny)))
     np.testing.assert_allclose(t.lookup(np.array([1]))[0], [1 - 0.5 * 3 / np.sqrt(12.5), 1 - 0.5 * 4 / np.sqrt(12.5)],
                                rtol=1e-6)
 

@@ -185,13 +185,18 @@ def test_apply_delta_is_atomic_for_a_concurrent_reader():
     np.testing.assert_array_equal(dst.find(keys)[0], np.full((n, DIM), 40.0, np.float32))
 
 
+# The smallest eps accepted (the smallest normal float32; eps=0 is refused: 0/0
+# on a zero gradient): sqrt(k) + eps == sqrt(k) in float32, so still exact.
+EPS_MIN = float(np.finfo(np.float32).tiny)
+
+
 def test_export_during_gradient_steps_gives_whole_rows_with_their_state():
     # Every step adds g = 1 to all rows with Adagrad from zero rows: after k steps
     # the accumulator is k and the row is -lr * sum_{i<=k} 1/sqrt(i). A delta taken
     # while steps run must pair each row with its own accumulator.
     n, lr = 2000, 0.1
     keys = np.arange(n)
-    t = el.EmbeddingTable(DIM, initializer=el.init.zeros(), optimizer=el.optim.Adagrad(lr=lr, eps=0.0))
+    t = el.EmbeddingTable(DIM, initializer=el.init.zeros(), optimizer=el.optim.Adagrad(lr=lr, eps=EPS_MIN))
     t.lookup(keys)
     g = np.ones((n, DIM), np.float32)
     t.apply_gradients(keys, g)  # binds the optimizer state before the race

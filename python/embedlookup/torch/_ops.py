@@ -82,7 +82,8 @@ def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
     entry = table_of(handle)
     t = entry.table
     v, off, n_bags = _checks.bags(_np(values), _np(offsets), include_last_offset)
-    w = None if weights is None else _checks.floats(_np(weights), "per_sample_weights", (v.shape[0],))
+    w = None if weights is None else _checks.finite(
+        _checks.floats(_np(weights), "per_sample_weights", (v.shape[0],)), "per_sample_weights")
     out = torch.empty((n_bags, t.dim), dtype=torch.float32)
     ids = torch.empty((v.shape[0],), dtype=torch.int32)
     ids_np = _np(ids).view(np.uint32)
@@ -173,6 +174,9 @@ def namespace_keys(values: torch.Tensor, feature_offsets: torch.Tensor, bits: in
     injective as long as every key fits in 64 - bits bits (two's complement),
     which is checked, so features sharing a table never collide."""
     v, fo = _np(values), _np(feature_offsets)
+    if fo.size and (fo[-1] != v.shape[0] or (fo.size > 1 and np.any(fo[1:] < fo[:-1]))):
+        raise ValueError(f"lengths/offsets: the {len(fo) - 1} features' bags must be non-decreasing and end at "
+                         f"len(values)={v.shape[0]}, got feature starts {fo.tolist()[:8]}")
     if bits == 0:
         return values.clone()
     low = 64 - bits

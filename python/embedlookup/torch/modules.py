@@ -65,6 +65,15 @@ def _state_kind(opt: Optimizer) -> int:
     return optim._ADAM if isinstance(opt, optim.Adam) else optim._SGD
 
 
+def _finite(w: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` unless every element of ``w`` (as float32)
+    is finite: one vectorised pass, before any native call."""
+    if w.numel() and not bool(torch.isfinite(w).all()):
+        i = int(torch.nonzero(~torch.isfinite(w.reshape(-1)))[0, 0])
+        raise ValueError(f"{name} must be finite (after conversion to float32), got "
+                         f"{w.reshape(-1)[i].item()} at flat position {i}")
+
+
 def _int_tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(x).__name__}")
@@ -217,7 +226,8 @@ class HashEmbeddingBag(_TableModule):
             if ilo:
                 raise ValueError("include_last_offset needs 1-D input with offsets")
             bags, length = x.shape
-            offsets = torch.arange(0, bags * length, max(length, 1), dtype=torch.int64)[:bags]
+            # B bags of `length` keys; (B, 0) is B empty bags (B rows of zeros, as EmbeddingBag).
+            offsets = torch.arange(bags, dtype=torch.int64) * length
             x = x.reshape(-1)
         elif x.dim() == 1:
             if offsets is None:
@@ -238,6 +248,8 @@ class HashEmbeddingBag(_TableModule):
             if per_sample_weights.shape != input.shape:
                 raise ValueError(f"per_sample_weights must have input's shape {tuple(input.shape)}, "
                                  f"got {tuple(per_sample_weights.shape)}")
+            # Finiteness is checked in the op (embedlookup::pooled_lookup), where
+            # a data-dependent check costs no graph break under torch.compile.
             w = per_sample_weights.reshape(-1).to(torch.float32).contiguous()
         x = x.to(torch.int64).contiguous()
         offsets = offsets.to(torch.int64).contiguous()
@@ -352,6 +364,12 @@ class HashEmbeddingBagCollection(nn.Module):
             if lengths.dim() != 1 or lengths.shape[0] % F:
                 raise ValueError(f"lengths must be 1-D with a multiple of {F} (features) entries, "
                                  f"got shape {tuple(lengths.shape)}")
+            if not torch.compiler.is_compiling():  # data-dependent: eager only (the ops check again)
+                if lengths.numel() and int(lengths.min()) < 0:
+                    raise ValueError(f"lengths must be >= 0, got {int(lengths.min())}")
+                total = int(lengths.sum())
+                if total != values.shape[0]:
+                    raise ValueError(f"lengths must sum to len(values)={values.shape[0]}, got sum {total}")
             offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
         else:
             if lengths is not None:
@@ -363,6 +381,21 @@ class HashEmbeddingBagCollection(nn.Module):
                                  f"{tuple(offsets.shape)}")
         offsets = offsets.to(torch.int64).contiguous()
         values = values.to(torch.int64).contiguous()
+        if weights is not None:
+            if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
+                raise TypeError("weights must be a floating-point torch.Tensor")
+            _check_device(weights, "weights", values)
+            if weights.shape != values.shape:
+                raise ValueError(f"weights must have values' shape {tuple(values.shape)}, got {tuple(weights.shape)}")
+        if not torch.compiler.is_compiling():
+            # Data-dependent checks, eager only (a compiled graph would break
+            # here; there the ops make the same checks, naming offsets and
+            # per_sample_weights): the bags (first offset 0, non-decreasing,
+            # last == len(values)) before the shared table's namespacing reads
+            # them, and finite weights. One vectorised pass each.
+            _checks.bags(values.numpy(), offsets.numpy(), True)
+            if weights is not None:
+                _finite(weights.to(torch.float32), "weights")
         B = (offsets.shape[0] - 1) // F
         if self.shared_table:
             keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),

@@ -129,11 +129,6 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
   if (n < 0 || nd < 0 || b.from_version > b.to_version || b.step < 0 || b.capacity < 0 ||
       static_cast<int32_t>(b.init.kind) < 0 || static_cast<int32_t>(b.init.kind) > 3)
     fail("corrupt: inconsistent header fields");
-  // Every change takes a version >= 1: a batch that carries rows or tombstones
-  // ends at one.
-  if ((n > 0 || nd > 0) && b.to_version == 0) fail("corrupt: rows or tombstones carried but to_version is 0");
-  if (!std::isfinite(b.init.a) || !std::isfinite(b.init.b) || !std::isfinite(b.state_init))
-    fail("corrupt: non-finite initializer or optimizer-state parameter");
   b.n_rows = static_cast<uint64_t>(n);
   b.n_dead = static_cast<uint64_t>(nd);
   const uint64_t un = static_cast<uint64_t>(n), und = static_cast<uint64_t>(nd);

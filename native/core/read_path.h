@@ -46,8 +46,11 @@ uint64_t EmbeddingTable::read_path(ReadCall& c, uint32_t* ids, const float* defa
   if (tier_) c.stats.promoted += promote_locked(c.keys, c.n, ids);
   const bool changed = fill_missing_locked(c, ids);
   if (changed || c.stats.promoted) kernel(view, ids);
+  // The epoch of the ids the kernel used: a demotion by the budget below bumps
+  // it, so a backward handed these ids resolves its keys again.
+  const uint64_t epoch = layout_epoch_.load();
   if (tier_) enforce_budget_locked();
-  return layout_epoch_.load();
+  return epoch;
 }
 
 }  // namespace embedlookup

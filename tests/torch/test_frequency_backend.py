@@ -293,8 +293,10 @@ def test_state_dict_mismatches_leave_the_module_unchanged():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="dim 8 .*embedding_dim=4"):
         HashEmbeddingBag(4, table=freq_table())
-    with pytest.raises(TypeError, match="FrequencyTable"):
-        HashEmbeddingBag(D, table=el.EmbeddingTable(D))
+    with pytest.raises(TypeError, match="EmbeddingTable or FrequencyTable"):
+        HashEmbeddingBag(D, table={"not": "a table"})
+    with pytest.raises(ValueError, match="num_threads"):  # an EmbeddingTable (accepted) owns its own settings
+        HashEmbeddingBag(D, table=el.EmbeddingTable(D), num_threads=1)
     with pytest.raises(ValueError, match="capacity"):
         HashEmbeddingBag(D, table=freq_table(), capacity=10)
     with pytest.raises(ValueError, match="initializer"):

@@ -8,25 +8,30 @@ import numpy as np
 import torch
 
 from ..frequency import DEFAULT_ROWS, POLICIES, FrequencyTable
+from ..table import EmbeddingTable
 
 _POLICY_NAMES = {v: k for k, v in POLICIES.items()}
 _DEFAULT_ROW_NAMES = {v: k for k, v in DEFAULT_ROWS.items()}
 
 
 def check_table(table, dim: int, initializer, capacity, num_threads, optimizer):
-    """Validates ``table=`` against the module's other arguments; returns the
+    """Validates ``table=`` (an EmbeddingTable, maybe over a storage tier, or a
+    FrequencyTable) against the module's other arguments; returns the
     optimizer the module applies (the module's, else the table's)."""
-    if not isinstance(table, FrequencyTable):
-        raise TypeError(f"table must be an embedlookup.FrequencyTable (or None: the module builds its own "
-                        f"EmbeddingTable), got {type(table).__name__}")
+    if not isinstance(table, EmbeddingTable):
+        raise TypeError(f"table must be an embedlookup.EmbeddingTable or FrequencyTable (or None: the module "
+                        f"builds its own EmbeddingTable), got {type(table).__name__}")
+    kind = type(table).__name__
     if int(dim) != table.dim:
-        raise ValueError(f"table: the FrequencyTable has dim {table.dim} but the module was given "
+        raise ValueError(f"table: the {kind} has dim {table.dim} but the module was given "
                          f"embedding_dim={dim}; they must match")
     given = [n for n, v in (("initializer", initializer), ("capacity", capacity), ("num_threads", num_threads))
              if v is not None]
     if given:
-        raise ValueError(f"{', '.join(given)}: set these on the FrequencyTable, not on a module built with table= "
-                         f"(its budget_rows/budget_bytes replaces capacity)")
+        raise ValueError(f"{', '.join(given)}: set these on the {kind}, not on a module built with table= "
+                         f"(a FrequencyTable's budget_rows/budget_bytes replaces capacity)")
+    if not isinstance(table, FrequencyTable):
+        return optimizer if optimizer is not None else table.optimizer
     if table._namespaced:
         raise ValueError("table: a FrequencyTable built with features=... takes a feature name per call, which "
                          "the torch modules do not pass; build it without features (HashEmbeddingBagCollection "

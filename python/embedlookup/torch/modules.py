@@ -94,7 +94,7 @@ class _TableModule(nn.Module):
         if table is None:
             self.table = EmbeddingTable(dim, initializer=initializer, capacity=capacity, optimizer=optimizer,
                                         num_threads=num_threads)
-        else:  # a FrequencyTable backend (admission, eviction): see _frequency.py
+        else:  # the caller's table: an EmbeddingTable (maybe over a tier) or a FrequencyTable (_frequency.py)
             optimizer = _frequency.check_table(table, dim, initializer, capacity, num_threads, optimizer)
             self.table = table
         self.optimizer = optimizer
@@ -158,6 +158,10 @@ class _TableModule(nn.Module):
         elif state.get("frequency") is not None:
             raise ValueError("state_dict: the saved table is a FrequencyTable's; this module's is an EmbeddingTable "
                              "(build the module with table=FrequencyTable(...))")
+        elif self.table.tier is not None:
+            raise NotImplementedError("state_dict: an EmbeddingTable over a storage tier holds rows outside memory "
+                                      "that load_state_dict cannot place; checkpoint it with table.save(path) and "
+                                      "EmbeddingTable.load(path, tier=...) instead")
         else:
             fresh = EmbeddingTable(self.table.dim, initializer=self.table.initializer, capacity=self.table.capacity,
                                    optimizer=self.optimizer, num_threads=self._num_threads)
@@ -186,15 +190,18 @@ class HashEmbeddingBag(_TableModule):
     include_last_offset: as nn.EmbeddingBag.
     num_threads: native threads per call (default: OpenMP's).
     insert_in_eval: insert unseen keys in eval mode too.
-    table: an ``embedlookup.FrequencyTable`` (built without ``features``) to
-        use instead of a new unbounded table: a training forward is then the
-        table's training lookup (scores, admission, eviction under its
-        budget; keys without a row read its default row) and the backward
-        updates only rows that exist, routing the rest to the default row
-        (dropped for ``"zeros"``, summed into the learned ``"cold"`` row).
-        ``initializer``, ``capacity`` and ``num_threads`` then belong to the
-        table (passing them raises); ``optimizer`` defaults to the table's.
-        See docs/torch.md ("Frequency-aware tables").
+    table: a table to use instead of a new unbounded one. An
+        ``embedlookup.EmbeddingTable`` may sit over a storage tier with a
+        memory budget (``tier=``, ``memory_rows=``): lookups read trained rows
+        through from the tier and the budget holds. An
+        ``embedlookup.FrequencyTable`` (built without ``features``) makes a
+        training forward the table's training lookup (scores, admission,
+        eviction under its budget; keys without a row read its default row)
+        and the backward updates only rows that exist, routing the rest to
+        the default row (dropped for ``"zeros"``, summed into the learned
+        ``"cold"`` row). ``initializer``, ``capacity`` and ``num_threads``
+        then belong to the table (passing them raises); ``optimizer``
+        defaults to the table's. See docs/torch.md ("Tables of your own").
 
     ``forward(input, offsets=None, per_sample_weights=None)`` as
     nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of
@@ -205,7 +212,7 @@ class HashEmbeddingBag(_TableModule):
     def __init__(self, embedding_dim: int, mode: str = "mean", *, optimizer: Optimizer | None = None,
                  initializer: _init.Initializer | None = None, capacity: int | None = None,
                  include_last_offset: bool = False, num_threads: int | None = None, insert_in_eval: bool = False,
-                 table: FrequencyTable | None = None):
+                 table: EmbeddingTable | None = None):
         self._mode_id = _checks.mode_id(mode)
         super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table)
         self.mode = mode
@@ -264,7 +271,7 @@ class HashEmbedding(_TableModule):
     def __init__(self, embedding_dim: int, *, optimizer: Optimizer | None = None,
                  initializer: _init.Initializer | None = None, capacity: int | None = None,
                  num_threads: int | None = None, insert_in_eval: bool = False,
-                 table: FrequencyTable | None = None):
+                 table: EmbeddingTable | None = None):
         super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table)
 
     def extra_repr(self) -> str:
@@ -306,7 +313,7 @@ class HashEmbeddingBagCollection(nn.Module):
     def __init__(self, features, embedding_dim: int, mode: str = "sum", *, optimizer: Optimizer | None = None,
                  initializer: _init.Initializer | None = None, capacity: int | None = None,
                  shared_table: bool = True, num_threads: int | None = None, insert_in_eval: bool = False,
-                 table: FrequencyTable | None = None):
+                 table: EmbeddingTable | None = None):
         super().__init__()
         self.features = [str(f) for f in features]
         if not self.features or len(set(self.features)) != len(self.features):

@@ -127,9 +127,9 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
     index_.erase(key);
     free_rows_.push_back(id);
     meta_[id].score = -1.0f;
-    tombstones_[key] = version_.load() + 1;  // storage (issue 4): deltas carry evictions
+    tombstones_[key] = version_.load() + 1;  // deltas carry evictions
   }
-  ++version_;  // storage (issue 4)
+  ++version_;
   // Freed ids may be reused: row ids cached by a forward (torch backward) are stale.
   if (!victims.empty()) layout_epoch_.fetch_add(1);
   if (sink_) sink_(local);

@@ -11,7 +11,7 @@ namespace embedlookup {
 namespace {
 // Load limit (live + tombstones, of slots). At 0.8 about a quarter of the
 // keys of a full index sat outside their home bucket, and each such probe costs
-// a mispredicted branch and a second dependent line: the issue-2 pooled lookup
+// a mispredicted branch and a second dependent line: the 1 M-row pooled lookup
 // (1 M keys) ran ~20% faster with the index at 0.4 load than at 0.8 (same
 // run, alternated). 0.6 keeps the load between 0.3 and 0.6 (power-of-two
 // bucket counts) for 21-43 bytes of index per key instead of 16-32.

@@ -11,11 +11,11 @@ torch is optional: ``embedlookup.torch`` is imported only when asked for.
 """
 
 from . import init, optim
-from . import storage  # storage (issue 4)
+from . import storage
 from ._core import KeyMissingError, TableFullError
 from .table import EmbeddingTable
-from .frequency import FrequencyTable  # frequency (issue 3)
+from .frequency import FrequencyTable
 
 __all__ = ["EmbeddingTable", "FrequencyTable", "KeyMissingError", "TableFullError", "init", "optim", "__version__"]
-__all__ += ["storage"]  # storage (issue 4)
+__all__ += ["storage"]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from . import _checks, _core
+from ._namespace import feature_keys
 from . import init as _init
 from .optim import Optimizer
 from .table import EmbeddingTable, _table_options
@@ -32,10 +33,9 @@ __all__ = ["FrequencyTable", "POLICIES", "FEATURE_SHIFT", "MAX_FEATURES"]
 
 POLICIES = {"none": 0, "lfu": 1, "lru": 2, "ttl": 3}
 DEFAULT_ROWS = {"zeros": 0, "cold": 1}
-#: Namespaced keys are ``feature_id << FEATURE_SHIFT | value``; values must lie in [0, 2**48).
+#: Namespaced keys are ``feature_id << FEATURE_SHIFT | (value & (2**48 - 1))`` (embedlookup/_namespace.py); values must lie in [-2**47, 2**47).
 FEATURE_SHIFT = 48
 MAX_FEATURES = 1 << 15  # feature ids in [0, 2**15): namespaced keys stay non-negative
-_VALUE_LIMIT = 1 << FEATURE_SHIFT
 _COUNTERS = ("hits", "misses", "admitted", "rejected", "evicted", "hot_hits")
 
 
@@ -91,7 +91,7 @@ class FrequencyTable(EmbeddingTable):
       last_step`` (and ``feature`` when namespaced) after each call that evicted.
     - ``features``: ``None`` (raw int64 keys), or a list of feature names /
       ``True`` (names registered on first use): every call then names its
-      ``feature`` and values must lie in [0, 2**48).
+      ``feature`` and values must lie in [-2**47, 2**47).
     - ``max_batch_keys``: if given, a budget below it is rejected here rather
       than at the first oversized batch.
     - ``tier``: an ``embedlookup.storage.FileTier``: evicted rows (with their
@@ -182,7 +182,7 @@ class FrequencyTable(EmbeddingTable):
         if tier is not None:
             if on_evict is not None:
                 raise ValueError("on_evict and tier are exclusive: with a tier, evicted rows are written to it")
-            # storage (issue 4): evictions write rows back to the tier; lookups
+            # Evictions write rows back to the tier; lookups
             # of evicted keys promote them (the budget, not memory_rows, rules).
             self._attach_tier(tier, None, True)
 
@@ -233,8 +233,9 @@ class FrequencyTable(EmbeddingTable):
         return self._feature_ids[feature]
 
     def namespaced_keys(self, values, feature, name: str = "values") -> np.ndarray:
-        """The table keys of ``values`` of ``feature``: ``id << 48 | value``.
-        Values must lie in [0, 2**48) (so no two features share a key).
+        """The table keys of ``values`` of ``feature``: ``id << 48 | (value &
+        (2**48 - 1))``, the rule of embedlookup/_namespace.py. Values must lie
+        in [-2**47, 2**47).
         ``name``: the caller's argument name, for error messages."""
         v = _checks.keys_1d(values, name)
         if feature is None:
@@ -242,10 +243,7 @@ class FrequencyTable(EmbeddingTable):
                 raise ValueError("feature: this table is namespaced; name the feature of these keys")
             return v
         fid = self.feature_id(feature)
-        if v.size and (int(v.min()) < 0 or int(v.max()) >= _VALUE_LIMIT):
-            bad = v[(v < 0) | (v >= _VALUE_LIMIT)][0]
-            raise ValueError(f"{name} of feature {feature!r} must lie in [0, 2**48) to be namespaced, got {bad}")
-        return v | np.int64(fid << FEATURE_SHIFT)
+        return feature_keys(v, fid, 64 - FEATURE_SHIFT, f"{name} of feature {feature!r}")
 
     def _account(self, feature, cs) -> None:
         if feature is not None:

@@ -7,7 +7,7 @@ import numpy as np
 from . import _checks, _core
 from . import init as _init
 from .optim import Optimizer
-from .storage import _StorageMethods  # storage (issue 4)
+from .storage import _StorageMethods
 
 __all__ = ["EmbeddingTable"]
 
@@ -73,7 +73,7 @@ class EmbeddingTable(_StorageMethods):
         self.capacity = None if capacity is None else int(capacity)
         self.optimizer = optimizer
         self._t = _core.Table(_table_options(self._dim, initializer, self.capacity, num_threads))
-        self.tier = None  # storage (issue 4)
+        self.tier = None
         if tier is not None:
             self._attach_tier(tier, memory_rows, promote)
         elif memory_rows is not None:

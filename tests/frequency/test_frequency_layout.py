@@ -76,20 +76,21 @@ def test_hot_region_counts_lookups_of_low_row_ids():
 
 def test_features_never_collide_and_keep_their_own_stats():
     t = el.FrequencyTable(4, features=["user", "item"], initializer=el.init.uniform(-1, 1, seed=9))
-    v = np.array([0, 5, (1 << 48) - 1], np.int64)
+    v = np.array([0, 5, (1 << 47) - 1, -(1 << 47)], np.int64)
     a = t.lookup(v, feature="user")
     b = t.lookup(v, feature="item")
-    assert len(t) == 6
+    assert len(t) == 8
     assert not np.array_equal(a, b)  # same values, different rows
     np.testing.assert_array_equal(t.find(v, feature="user")[0], a)
     keys = t.export()[0]
     assert sorted(set((keys >> 48).tolist())) == [0, 1]
     st = t.stats()["features"]
-    assert st["user"]["misses"] == 3 and st["user"]["hits"] == 3 and st["item"]["misses"] == 3
-    with pytest.raises(ValueError, match=r"\[0, 2\*\*48\)"):
-        t.lookup(np.array([1 << 48], np.int64), feature="user")
-    with pytest.raises(ValueError, match="-1"):
-        t.lookup(np.array([-1], np.int64), feature="user")
+    assert st["user"]["misses"] == 4 and st["user"]["hits"] == 4 and st["item"]["misses"] == 4
+    # One namespacing rule for FrequencyTable and the torch collection (_namespace.py).
+    with pytest.raises(ValueError, match=r"\[-2\*\*47, 2\*\*47\)"):
+        t.lookup(np.array([1 << 47], np.int64), feature="user")
+    with pytest.raises(ValueError, match=str(-(1 << 47) - 1)):
+        t.lookup(np.array([-(1 << 47) - 1], np.int64), feature="user")
     with pytest.raises(ValueError, match="not one of"):
         t.lookup(v, feature="ads")
     with pytest.raises(ValueError, match="name the feature"):

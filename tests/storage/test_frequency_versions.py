@@ -1,4 +1,4 @@
-"""The frequency-aware table (issue 3) keeps versions: admissions, assigns,
+"""The frequency-aware table keeps versions: admissions, assigns,
 erases, evictions and relayout all reach a replica through deltas."""
 
 import numpy as np

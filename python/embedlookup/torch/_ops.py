@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from .._namespace import feature_keys
 from ..frequency import FrequencyTable
 
 __all__ = ["register_table", "unregister_table", "table_of"]
@@ -170,25 +171,20 @@ pooled_lookup.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("embedlookup::namespace_keys", mutates_args=())
 def namespace_keys(values: torch.Tensor, feature_offsets: torch.Tensor, bits: int) -> torch.Tensor:
-    """Key of position p in feature f -> (f << (64 - bits)) | (key & low bits):
-    injective as long as every key fits in 64 - bits bits (two's complement),
-    which is checked, so features sharing a table never collide."""
+    """Key of position p in feature f -> f << (64 - bits) | key, the rule of
+    embedlookup/_namespace.py (keys in [0, 2**(64 - bits)), checked), so
+    features sharing a table never collide."""
     v, fo = _np(values), _np(feature_offsets)
     if fo.size and (fo[-1] != v.shape[0] or (fo.size > 1 and np.any(fo[1:] < fo[:-1]))):
         raise ValueError(f"lengths/offsets: the {len(fo) - 1} features' bags must be non-decreasing and end at "
                          f"len(values)={v.shape[0]}, got feature starts {fo.tolist()[:8]}")
     if bits == 0:
         return values.clone()
-    low = 64 - bits
-    hi = v >> np.int64(low - 1)  # 0 or -1 when the key fits in `low` bits
-    if hi.size and (hi.min() < -1 or hi.max() > 0):
-        bad = int(v[(hi < -1) | (hi > 0)][0])
-        raise ValueError(f"values: key {bad} does not fit in {low} bits; a shared table with "
-                         f"{len(fo) - 1} features reserves the top {bits} bits of each key for the feature "
-                         f"(use shared_table=False for full 64-bit keys)")
     feat = np.repeat(np.arange(len(fo) - 1, dtype=np.int64), np.diff(fo))
-    mask = np.int64((1 << low) - 1) if low < 64 else np.int64(-1)
-    out = (feat << np.int64(low)) | (v & mask)
+    try:
+        out = feature_keys(v, feat, bits, "values")
+    except ValueError as e:
+        raise ValueError(f"{e} (use shared_table=False for full 64-bit keys)") from None
     return torch.from_numpy(out)
 
 

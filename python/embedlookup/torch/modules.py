@@ -301,7 +301,8 @@ class HashEmbeddingBagCollection(nn.Module):
     native call per batch; rows of all features compete for one capacity, as
     in Kraken's global table). Features never collide: a key is stored as
     ``(feature << (64 - bits)) | key`` with ``bits = ceil(log2(F))``, and keys
-    that do not fit in ``64 - bits`` bits are rejected. ``shared_table=False``
+    that do not fit in ``64 - bits`` bits (two's complement) are rejected (the rule FrequencyTable's
+    features follow too: embedlookup/_namespace.py). ``shared_table=False``
     gives each feature its own ``HashEmbeddingBag`` (full 64-bit keys;
     ``capacity`` then applies per table).
 

@@ -14,6 +14,62 @@ import numpy as np
 MODES = {"sum": 0, "mean": 1, "max": 2}
 
 
+# ---- checks shared by every backend (NumPy arrays here, CUDA tensors in cuda.py)
+def table_args(dim, initializer, capacity, optimizer, integer_types=(int, np.integer)):
+    """A table constructor's common arguments, checked: returns (dim,
+    initializer, capacity) with the default initializer filled in."""
+    from . import init as _init
+    from .optim import Optimizer
+
+    if isinstance(dim, bool) or not isinstance(dim, integer_types) or dim <= 0:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    if initializer is None:
+        initializer = _init.uniform()
+    if not isinstance(initializer, _init.Initializer):
+        raise TypeError(f"initializer must come from embedlookup.init, got {type(initializer).__name__}")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, integer_types)
+                                 or capacity <= 0):
+        raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(optimizer).__name__}")
+    return int(dim), initializer, None if capacity is None else int(capacity)
+
+
+def integer_dtype(is_integer: bool, dtype, name: str) -> None:
+    if not is_integer:
+        raise TypeError(f"{name} must hold integers (int64 preferred), got dtype {dtype}")
+
+
+def float_dtype(is_float: bool, dtype, name: str) -> None:
+    if not is_float:
+        raise TypeError(f"{name} must hold floating-point values (float32 preferred), got dtype {dtype}")
+
+
+def bag_layout(shape: tuple, has_offsets: bool, include_last_offset: bool):
+    """EmbeddingBag's two input forms: a 2-D ``values`` without offsets
+    (returns (n_bags, bag length)) or 1-D ``values`` with offsets (returns
+    None); anything else raises."""
+    if len(shape) == 2 and not has_offsets:
+        if include_last_offset:
+            raise ValueError("include_last_offset needs offsets; 2-D values take none")
+        return int(shape[0]), int(shape[1])
+    if len(shape) != 1:
+        raise ValueError(f"values must be 1-D with offsets (or 2-D without), got shape {tuple(shape)}")
+    if not has_offsets:
+        raise ValueError("offsets are required when values is 1-D")
+    return None
+
+
+def shape_is(shape: tuple, want: tuple, name: str) -> None:
+    if tuple(shape) != tuple(want):
+        raise ValueError(f"{name} must have shape {tuple(want)}, got {tuple(shape)}")
+
+
+def weights_mode(mode: str) -> None:
+    if mode != "sum":
+        raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+
+
 def to_numpy(x, name: str) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
@@ -39,8 +95,8 @@ def keys_1d(x, name: str) -> np.ndarray:
     elif a.dtype != np.int64:
         if a.size == 0 and a.dtype == np.float64:  # np.asarray([]) is float64
             a = a.astype(np.int64)
-        elif not np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-            raise TypeError(f"{name} must hold integers (int64 preferred), got dtype {a.dtype}")
+        else:
+            integer_dtype(np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_, a.dtype, name)
         a = a.astype(np.int64)
     return np.ascontiguousarray(a)
 
@@ -77,11 +133,9 @@ def floats(x, name: str, shape: tuple) -> np.ndarray:
     """float32, C-contiguous, of exactly `shape`. Other float dtypes are converted."""
     a = to_numpy(x, name)
     if a.dtype != np.float32:
-        if not np.issubdtype(a.dtype, np.floating):
-            raise TypeError(f"{name} must hold floating-point values (float32 preferred), got dtype {a.dtype}")
+        float_dtype(np.issubdtype(a.dtype, np.floating), a.dtype, name)
         a = a.astype(np.float32)
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    shape_is(a.shape, shape, name)
     return np.ascontiguousarray(a)
 
 
@@ -214,18 +268,13 @@ def out_array(out, name: str, shape: tuple, **inputs) -> np.ndarray:
 def bags(values, offsets, include_last_offset: bool):
     """Normalises EmbeddingBag-style input. Returns (values, offsets, n_bags)."""
     v = to_numpy(values, "values")
-    if v.ndim == 2 and offsets is None:
-        if include_last_offset:
-            raise ValueError("include_last_offset needs offsets; 2-D values take none")
-        n_bags, length = v.shape
+    layout = bag_layout(v.shape, offsets is not None, include_last_offset)
+    if layout is not None:
+        n_bags, length = layout
         flat = keys_1d(v.reshape(-1), "values")
         # B bags of `length` keys each; with length 0, B empty bags (all
         # offsets 0), as torch.nn.EmbeddingBag reads a (B, 0) input.
         return flat, np.arange(n_bags, dtype=np.int64) * np.int64(length), n_bags
-    if v.ndim != 1:
-        raise ValueError(f"values must be 1-D with offsets (or 2-D without), got shape {v.shape}")
-    if offsets is None:
-        raise ValueError("offsets are required when values is 1-D")
     v = keys_1d(v, "values")
     off = keys_1d(offsets, "offsets")
     n = v.shape[0]
@@ -290,6 +339,5 @@ def bag_weights(per_sample_weights, mode: str, n: int):
     "sum", one float32 per value; None stays None."""
     if per_sample_weights is None:
         return None
-    if mode != "sum":
-        raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+    weights_mode(mode)
     return finite(floats(per_sample_weights, "per_sample_weights", (n,)), "per_sample_weights")

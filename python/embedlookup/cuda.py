@@ -34,8 +34,6 @@ from .optim import Optimizer
 __all__ = ["CudaTable", "CudaUnavailableError", "DeviceMemoryError", "is_built", "is_available",
            "unavailable_reason"]
 
-_MODES = {"sum": 0, "mean": 1, "max": 2}
-
 
 class CudaUnavailableError(RuntimeError):
     """CUDA tables cannot be used here: no CUDA build, no torch with CUDA, or no GPU."""
@@ -120,19 +118,10 @@ class CudaTable:
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
                  optimizer: Optimizer | None = None, device=None, expected_rows: int | None = None):
         torch = _torch()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if initializer is None:
-            initializer = _init.uniform()
-        if not isinstance(initializer, _init.Initializer):
-            raise TypeError(f"initializer must come from embedlookup.init, got {type(initializer).__name__}")
-        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0):
-            raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
+        dim, initializer, capacity = _checks.table_args(dim, initializer, capacity, optimizer, integer_types=int)
         if expected_rows is not None and (isinstance(expected_rows, bool) or not isinstance(expected_rows, int)
                                           or expected_rows < 0):
             raise ValueError(f"expected_rows must be a non-negative int or None, got {expected_rows!r}")
-        if optimizer is not None and not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(optimizer).__name__}")
         dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
         if isinstance(device, int):
             dev = torch.device("cuda", device)
@@ -207,8 +196,8 @@ class CudaTable:
         if t.dim() != 1:
             raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
         if t.dtype != torch.int64:
-            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise TypeError(f"{name} must hold integers (int64 preferred), got dtype {t.dtype}")
+            _checks.integer_dtype(not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool),
+                                  t.dtype, name)
             t = t.to(torch.int64)  # a copy: narrower integer keys are widened
         return t.contiguous()
 
@@ -216,11 +205,9 @@ class CudaTable:
         torch = self._torch
         t = self._tensor(x, name)
         if t.dtype != torch.float32:
-            if not t.dtype.is_floating_point:
-                raise TypeError(f"{name} must hold floating-point values (float32 preferred), got dtype {t.dtype}")
+            _checks.float_dtype(t.dtype.is_floating_point, t.dtype, name)
             t = t.to(torch.float32)
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        _checks.shape_is(t.shape, shape, name)
         return t.contiguous()
 
     def _out(self, out, shape: tuple):
@@ -266,21 +253,15 @@ class CudaTable:
         Returns an (n_bags, dim) float32 CUDA tensor.
         """
         torch = self._torch
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+        mode_id = _checks.mode_id(mode)
         v = self._tensor(values, "values")
-        if v.dim() == 2 and offsets is None:
-            if include_last_offset:
-                raise ValueError("include_last_offset needs offsets; 2-D values take none")
-            n_bags, length = v.shape
+        layout = _checks.bag_layout(tuple(v.shape), offsets is not None, include_last_offset)
+        if layout is not None:
+            n_bags, length = layout
             v = self._keys(v.reshape(-1), "values")
             off = torch.arange(0, n_bags, dtype=torch.int64, device=self._device) * length
             check = False  # well-formed by construction
         else:
-            if v.dim() != 1:
-                raise ValueError(f"values must be 1-D with offsets (or 2-D without), got shape {tuple(v.shape)}")
-            if offsets is None:
-                raise ValueError("offsets are required when values is 1-D")
             v = self._keys(v, "values")
             off = self._keys(offsets, "offsets")
             n_bags = _checks.bag_count(off.shape[0], include_last_offset)
@@ -289,13 +270,12 @@ class CudaTable:
         n = v.shape[0]
         w = 0
         if per_sample_weights is not None:
-            if mode != "sum":
-                raise ValueError(f"per_sample_weights are only supported with mode='sum', got mode={mode!r}")
+            _checks.weights_mode(mode)
             wt = self._floats(per_sample_weights, "per_sample_weights", (n,))
             w = wt.data_ptr()
         o = self._out(out, (n_bags, self._dim))
         code, index = _rethrow_oom(self._t.pooled_lookup, v.data_ptr(), n, off.data_ptr(), off.shape[0], n_bags,
-                                   bool(include_last_offset), _MODES[mode], w, o.data_ptr(), bool(insert),
+                                   bool(include_last_offset), mode_id, w, o.data_ptr(), bool(insert),
                                    bool(check), self._stream())
         if code:
             raise ValueError(self._offsets_message(code, index, off, n))

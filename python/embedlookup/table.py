@@ -55,22 +55,12 @@ class EmbeddingTable(_StorageMethods):
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
                  optimizer: Optimizer | None = None, num_threads: int | None = None,
                  tier=None, memory_rows: int | None = None, promote: bool = True):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if initializer is None:
-            initializer = _init.uniform()
-        if not isinstance(initializer, _init.Initializer):
-            raise TypeError(f"initializer must come from embedlookup.init, got {type(initializer).__name__}")
-        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
-                                     or capacity <= 0):
-            raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
+        dim, initializer, capacity = _checks.table_args(dim, initializer, capacity, optimizer)
         if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads <= 0):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-        if optimizer is not None and not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be an embedlookup.optim optimizer, got {type(optimizer).__name__}")
-        self._dim = int(dim)
+        self._dim = dim
         self.initializer = initializer
-        self.capacity = None if capacity is None else int(capacity)
+        self.capacity = capacity
         self.optimizer = optimizer
         self._t = _core.Table(_table_options(self._dim, initializer, self.capacity, num_threads))
         self.tier = None

@@ -87,7 +87,22 @@ def snapshot(table) -> dict:
     s["version"] = table.version
     s["step"] = table.step
     s["state_kind"] = table._t.state_kind
-    s["state"] = np.array(table._t.export_state(np.ascontiguousarray(keys, np.int64)), copy=True)
+    tier = getattr(table, "tier", None)
+    if tier is not None and tier._native is not None:
+        # Logical optimizer state per key, wherever the row lives (memory or tier);
+        # where it lives is compared separately ("tier_keys").
+        tk = tier.keys(0)
+        mem_keys = np.setdiff1d(keys, tk).astype(np.int64)
+        sf = tier.state_floats
+        merged = {}
+        if sf:
+            for k, r in zip(mem_keys, table._t.export_state(mem_keys)):
+                merged[int(k)] = np.array(r[:sf], copy=True)
+            for k, r in zip(tk, tier.get_full(tk)[1]):
+                merged[int(k)] = np.array(r, copy=True)
+        s["state"] = merged
+    else:
+        s["state"] = np.array(table._t.export_state(np.ascontiguousarray(keys, np.int64)), copy=True)
     # The versioned delta from 0 holds every row with its version, every
     # tombstone, the lineage, step, and configuration: bit-identical or not.
     s["delta"] = bytes(table.export_delta(0, with_versions=True))
@@ -97,7 +112,6 @@ def snapshot(table) -> dict:
         s["inspect"] = tuple(np.array(a, copy=True) for a in table._t.inspect(np.ascontiguousarray(keys, np.int64)))
         s["default_row"] = np.array(table.default_row_values(), copy=True)
         s["features"] = dict(table._feature_ids)
-    tier = getattr(table, "tier", None)
     if tier is not None and tier._native is not None:
         tk = tier.keys(0)
         s["tier_keys"] = np.array(tk, copy=True)

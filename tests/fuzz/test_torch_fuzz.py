@@ -204,7 +204,6 @@ COLL_INVALID = {
     "both": lambda d, c: c(values=T([1, 2]), lengths=T([1, 1]), offsets=T([0, 1, 2])),
     "values_2d": lambda d, c: c(values=torch.ones((2, 2), dtype=torch.int64), lengths=T([2, 2])),
     "values_too_wide": lambda d, c: c(values=T([2**63 - 1, 1]), lengths=T([1, 1])),
-    "values_negative": lambda d, c: c(values=T([-1, 1]), lengths=T([1, 1])),
 }
 
 

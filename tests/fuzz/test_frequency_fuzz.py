@@ -58,7 +58,8 @@ def test_valid_sequences_match_the_model(data, budget, policy):
     ropt = ref.RefOptimizer("sgd", lr=0.1)
     spared = False  # rows assigned since the last admission: spared by eviction until the clock moves on
     for _ in range(draw(st.integers(1, 10))):
-        op = draw(st.sampled_from(["lookup", "pooled", "assign", "grads", "erase", "find"]))
+        op = draw(st.sampled_from(["lookup", "pooled", "assign", "grads", "erase", "find", "relayout",
+                                   "inspect"]))
         Tally.add(AREA, "tried")
         n_before = len(t)
         if op == "lookup":
@@ -105,6 +106,21 @@ def test_valid_sequences_match_the_model(data, budget, policy):
             t.apply_gradients(k, g)
             if k.size:
                 ropt.apply(m.rows, k, g)
+        elif op == "relayout":
+            if draw(st.booleans()):
+                left = t.relayout_step(draw(st.integers(1, 4)))
+                assert left >= 0
+            else:
+                t.relayout(draw(st.integers(1, 8)))
+        elif op == "inspect":
+            k = draw(keys_st)
+            score, last, row_id = t.inspect(k)
+            held = set(t.export()[0].tolist())
+            for i, x in enumerate(k):
+                if int(x) in held:
+                    assert score[i] >= 0 and row_id[i] != 2**32 - 1, f"held key {x}: {score[i]}, {row_id[i]}"
+                else:
+                    assert row_id[i] == 2**32 - 1, f"absent key {x} has a row id"
         elif op == "erase":
             k = draw(keys_st)
             held = set(t.export()[0].tolist())
@@ -129,6 +145,49 @@ def test_valid_sequences_match_the_model(data, budget, policy):
         if keys.size:
             close(rows, np.stack([m.rows[int(x)] for x in keys]), f"rows after {op}")
         Tally.add(AREA, "valid_ok")
+
+
+@fuzz(20)
+@given(data=st.data(), budget=st.sampled_from([2, 4]), policy=st.sampled_from(["lfu", "lru"]))
+def test_frequency_table_over_a_tier_never_loses_a_row(data, budget, policy):
+    """With a tier, evicted rows go to the tier and come back trained: export() and lookups must equal a
+    model that never forgets (docs/storage.md, "With the frequency-aware table")."""
+    import os
+    import tempfile
+
+    draw = data.draw
+    tier = el.storage.FileTier(os.path.join(tempfile.mkdtemp(prefix="el-fuzz-"), "f.tier"), 256)
+    t = el.FrequencyTable(DIM, initializer=el.init.uniform(-0.5, 0.5, seed=9), optimizer=el.optim.SGD(lr=0.1),
+                          budget_rows=budget, policy=policy, evict_fraction=0.0, tier=tier)
+    m = Model(DIM, ("uniform", -0.5, 0.5, 9))
+    ropt = ref.RefOptimizer("sgd", lr=0.1)
+    area = "FrequencyTable over FileTier"
+    for _ in range(draw(st.integers(1, 10))):
+        op = draw(st.sampled_from(["lookup", "grads", "assign", "relayout"]))
+        Tally.add(area, "tried")
+        k = np.unique(draw(keys_st))[:budget]  # a batch fits the budget
+        if op == "lookup":
+            close(t.lookup(k), m.get(k), "training lookup over a tier")
+        elif op == "assign":
+            r = finite_rows(len(k), DIM, draw)
+            t.assign(k, r)
+            for kk, rr in zip(k, r):
+                m.rows[int(kk)] = rr
+        elif op == "grads":
+            t.lookup(k)
+            m.get(k)
+            g = finite_rows(len(k), DIM, draw, -1, 1)
+            t.apply_gradients(k, g)
+            if k.size:
+                ropt.apply(m.rows, k, g)
+        else:
+            t.relayout()
+        keys, rows = t.export()
+        assert keys.tolist() == sorted(m.rows), f"after {op}: keys {keys.tolist()} != model {sorted(m.rows)}"
+        if keys.size:
+            close(rows, np.stack([m.rows[int(x)] for x in keys]), f"rows after {op}")
+        Tally.add(area, "valid_ok")
+    tier.close()
 
 
 def freq_table(features=None):

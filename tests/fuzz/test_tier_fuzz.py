@@ -160,6 +160,22 @@ def test_invalid_tier_call_is_rejected_and_changes_nothing(case, data):
     del disk_before
 
 
+@pytest.mark.parametrize("call", ["get", "get_full", "set", "erase", "keys", "flush"])
+def test_a_closed_tier_raises(call):
+    """Every row access on a closed tier raises (RuntimeError), never touches the unmapped file
+    (len() and stats() of a closed tier report the last counts: harmless, not checked)."""
+    Tally.add(AREA, "tried")
+    t = tier_with_rows()
+    t.close()
+    t.close()  # twice: harmless
+    calls = {"get": lambda: t.get(np.array([1])), "get_full": lambda: t.get_full(np.array([1])),
+             "set": lambda: t.set(np.array([1]), np.ones((1, DIM), np.float32)),
+             "erase": lambda: t.erase(np.array([1])), "keys": lambda: t.keys(0), "flush": t.flush}
+    with pytest.raises((RuntimeError, ValueError)):
+        calls[call]()
+    Tally.add(AREA, "rejected")
+
+
 def test_rejected_create_leaves_no_file():
     """A FileTier() that raises must not leave a half-made file that later opens fail on."""
     for kw in (dict(dim=4, capacity=2**40), dict(dim=4, capacity=2**33)):

@@ -292,6 +292,8 @@ def check(kind, family, base_buf, want, cases, d, slot_regions=None, extra=None)
         job = {"path": path, "kind": "tier" if kind.startswith("tier") else kind, "dim": DIM,
                "state_floats": SF}
         job.update(extra or {})
+        if kind.startswith("tier"):
+            job["probe"] = [int(k) for k in want]
         jobs.append(job)
         before.append(sha(path))
     results = run_jobs(jobs, d)
@@ -330,8 +332,13 @@ def check(kind, family, base_buf, want, cases, d, slot_regions=None, extra=None)
                             f"{sorted(bad)[:3]})")
         else:
             Tally.add(AREA, "valid_ok")
-    assert not problems, f"{len(problems)} of {len(cases)} damaged {kind} files ({family}) misbehaved:\n" + \
-        "\n".join(problems[:25])
+    if problems:
+        by = {}
+        for line in problems:
+            by.setdefault(line.split()[0], []).append(line)
+        summary = ", ".join(f"{len(v)} {k}" for k, v in sorted(by.items()))
+        raise AssertionError(f"{len(problems)} of {len(cases)} damaged {kind} files ({family}) misbehaved "
+                             f"({summary}):\n" + "\n".join(line for v in by.values() for line in v[:8]))
 
 
 FAMILIES = ["truncate", "bitflip", "zero_page", "crafted"]

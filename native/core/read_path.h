@@ -44,8 +44,10 @@ uint64_t EmbeddingTable::read_path(ReadCall& c, uint32_t* ids, const float* defa
   std::unique_lock<std::shared_mutex> lk(mu_);
   resolve(c.keys, c.n, ids);
   if (tier_) c.stats.promoted += promote_locked(c.keys, c.n, ids);
-  const bool changed = fill_missing_locked(c, ids);
-  if (changed || c.stats.promoted) kernel(view, ids);
+  fill_missing_locked(c, ids);
+  // Always again: besides this call's promotions and insertions, another call
+  // may have given rows to these keys between the two locks.
+  kernel(view, ids);
   // The epoch of the ids the kernel used: a demotion by the budget below bumps
   // it, so a backward handed these ids resolves its keys again.
   const uint64_t epoch = layout_epoch_.load();

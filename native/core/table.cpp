@@ -148,11 +148,8 @@ void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* id
 bool EmbeddingTable::serves_in_place(const ReadCall&) const { return !tier_opt_.promote; }
 bool EmbeddingTable::miss_needs_exclusive(const ReadCall& c, int64_t missing) const { return missing > 0 && c.insert; }
 void EmbeddingTable::read_done_shared(ReadCall&, const uint32_t*, int64_t) {}
-bool EmbeddingTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
-  if (!c.insert) return false;
-  const size_t before = index_.size();
-  insert_missing(c.keys, c.n, ids, true);
-  return index_.size() != before;
+void EmbeddingTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
+  if (c.insert) insert_missing(c.keys, c.n, ids, true);
 }
 void EmbeddingTable::rows_promoted_locked(const uint32_t*, int64_t) {}
 
@@ -286,6 +283,7 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   if (bad >= 0)
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
+  check_update_bound(g, n, o);
   uint32_t* ids = scratch_ids(n);
   fused_step(keys, n, ids, g, o);
 }
@@ -339,10 +337,12 @@ void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, c
   // before its gradient lands.
   std::unique_lock<std::shared_mutex> ex(mu_);
   resolve(keys, n, ids);
-  if (tier_) promote_locked(keys, n, ids);
-  for (int64_t i = 0; i < n; ++i)
-    if (ids[i] == kNoRow) throw missing_key(i);
+  // Every check before the promotion: a refused update moves no row.
+  if (!tier_)
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] == kNoRow) throw missing_key(i);
   check_kind();
+  if (tier_) promote_locked(keys, n, ids, /*require_all=*/true);
   if (state_kind_.load() == OptimKind::kNone) bind_state(o);
   update();
   if (tier_) enforce_budget_locked();

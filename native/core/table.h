@@ -165,8 +165,8 @@ class EmbeddingTable {
   // Shared lock, the call is done without the exclusive lock.
   virtual void read_done_shared(ReadCall& c, const uint32_t* ids, int64_t missing);
   // Exclusive lock, tier rows already promoted: gives rows to the keys still
-  // missing (ids[i] == kNoRow). Returns whether the kernel must run again.
-  virtual bool fill_missing_locked(ReadCall& c, uint32_t* ids);
+  // missing (ids[i] == kNoRow).
+  virtual void fill_missing_locked(ReadCall& c, uint32_t* ids);
   // Exclusive lock: rows just promoted from the tier (FrequencyTable scores them).
   virtual void rows_promoted_locked(const uint32_t* ids, int64_t n);
 
@@ -184,6 +184,11 @@ class EmbeddingTable {
   // the memory budget. ids: n of scratch, filled here.
   void fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g, const OptimSpec& o,
                   const uint32_t* hint = nullptr, uint64_t hint_epoch = 0);
+  // Refuses (std::invalid_argument, before any change) an update whose step
+  // could overflow float32 from finite inputs: the merged gradient is bounded
+  // by max|grad| x sum|scale|, and the step by the optimizer's bound on it
+  // (docs/engine.md, "Optimizers"); both must stay below kMaxStep.
+  void check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o) const;
   // Checks a pooled backward's arguments (optimizer, argmax for max mode,
   // finite grad_out) and builds its per-occurrence gradient source in
   // per-thread scratch, valid until this thread's next such call.
@@ -193,7 +198,9 @@ class EmbeddingTable {
   uint64_t stamped(uint32_t id) const { return __atomic_load_n(&row_version_[id], __ATOMIC_RELAXED); }
   // For ids[i] == kNoRow whose key the tier holds: copies the row into memory
   // (caller holds mu_ exclusively). Returns rows promoted.
-  int64_t promote_locked(const int64_t* keys, int64_t n, uint32_t* ids);
+  // require_all: every missing key must be in the tier, else KeyMissingError
+  // before anything is promoted (an update's all-or-nothing check).
+  int64_t promote_locked(const int64_t* keys, int64_t n, uint32_t* ids, bool require_all = false);
   // Demotes the oldest rows while memory holds more than memory_rows.
   void enforce_budget_locked();
   // Shared-lock read-through without promotion: fills the rows of missing

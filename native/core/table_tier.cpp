@@ -105,7 +105,7 @@ void EmbeddingTable::enforce_budget_locked() {
   }
 }
 
-int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t* ids) {
+int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t* ids, bool require_all) {
   std::vector<int64_t> want;
   std::unordered_set<int64_t> seen;
   for (int64_t i = 0; i < n; ++i)
@@ -117,6 +117,13 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
   std::vector<uint64_t> ver(m);
   std::vector<uint8_t> found(m);
   const int64_t got = tier_->get(want.data(), m, r.data(), tsf ? st.data() : nullptr, ver.data(), found.data());
+  if (require_all && got < m)
+    for (int64_t j = 0; j < m; ++j)
+      if (!found[j]) {
+        const int64_t pos = std::find(keys, keys + n, want[j]) - keys;
+        throw KeyMissingError("keys: key " + std::to_string(want[j]) + " (position " + std::to_string(pos) +
+                              ") is not in the table; look keys up (which inserts them) before applying gradients");
+      }
   if (got == 0) return 0;
   if (opt_.capacity > 0 && index_.size() + got > static_cast<size_t>(opt_.capacity))
     throw TableFullError("table is full: promoting " + std::to_string(got) + " rows from the tier would pass capacity " +

@@ -2,6 +2,7 @@
 // backward of pooled_lookup, max pooling with argmax, and optimizer-state
 // export/import for checkpoints. Same contract as table.cpp: validate first,
 // mutate after, so a failed call leaves the table as it was.
+#include <cmath>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -32,6 +33,46 @@ T* sized(std::vector<T>& v, int64_t n) {
 }
 }  // namespace
 
+void EmbeddingTable::check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o) const {
+  // Below 1e30 a step can neither overflow itself nor push a finite row past
+  // FLT_MAX: FLT_MAX + 1e30 rounds back to FLT_MAX (its ulp is ~2e31).
+  constexpr double kMaxStep = 1e30;
+  if (n == 0) return;
+  const double G = cpu::max_abs(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
+  const double T = g.scale ? cpu::sum_abs(g.scale, n, threads()) : static_cast<double>(n);
+  const double merged = G * T;  // bound on any row's summed gradient
+  auto refuse = [&](const std::string& what, double bound) {
+    throw std::invalid_argument("gradients: " + what + " could reach " + std::to_string(bound) +
+                                ", which could overflow float32 (the limit is 1e30); nothing was updated");
+  };
+  if (merged > kMaxStep) refuse("a row's summed gradient (max |grad| x sum of |weights|)", merged);
+  const double lr = o.lr, wd = o.weight_decay;
+  double step = 0.0;  // bound on one element's step
+  switch (o.kind) {
+    case OptimKind::kSGD:
+      step = lr * merged;
+      // w - lr * (g + wd * w) = w * (1 - lr * wd) - lr * g: |1 - lr * wd| <= 1 keeps w's part bounded.
+      if (lr * wd > 2.0) refuse("lr x weight_decay (the decay's factor on a row)", lr * wd);
+      break;
+    case OptimKind::kAdagrad:  // |g| / sqrt(accumulator + g^2) <= 1
+      step = lr;
+      break;
+    case OptimKind::kRowWiseAdagrad:  // |g_j| / sqrt(mean(g^2)) <= sqrt(dim)
+      step = lr * std::sqrt(static_cast<double>(opt_.dim));
+      break;
+    case OptimKind::kAdam: {  // |m_hat| / sqrt(v_hat) <= 1 / (sqrt(1 - b2) (1 - b1 / sqrt(b2))), capped
+      const double r = std::min(static_cast<double>(o.beta1) / std::sqrt(std::max(1e-30, double(o.beta2))), 0.999);
+      step = lr / (std::sqrt(1.0 - o.beta2) * (1.0 - r));
+      break;
+    }
+    default:
+      break;
+  }
+  // With decoupled-from-the-bound L2 decay, g + wd * w stays finite while wd <= 1.
+  if (o.kind != OptimKind::kSGD && wd > 1.0) refuse("weight_decay (above 1, g + weight_decay x row)", wd);
+  if (step > kMaxStep) refuse("one step (lr x the optimizer's bound on the gradient's scale)", step);
+}
+
 GradSource EmbeddingTable::pooled_grad_source(const Bags& b, const int64_t* argmax, const float* grad_out,
                                               int64_t grad_stride, const OptimSpec& o) const {
   const int64_t n = b.n, n_bags = b.n_bags;
@@ -47,13 +88,17 @@ GradSource EmbeddingTable::pooled_grad_source(const Bags& b, const int64_t* argm
   if (mode == PoolMode::kMax) {
     float* per_occurrence = sized(s.grad, n * dim);
     cpu::max_pool_grad(argmax, grad_out, n_bags, dim, grad_stride, n, per_occurrence, threads());
-    return GradSource{per_occurrence, n, dim, nullptr, nullptr};
+    const GradSource g{per_occurrence, n, dim, nullptr, nullptr};
+    check_update_bound(g, n, o);
+    return g;
   }
   int64_t* bag_of = sized(s.bag_of, n);
   // Plain sum needs no per-occurrence scale.
   float* scale = (mode == PoolMode::kMean || b.weights) ? sized(s.scale, n) : nullptr;
   cpu::bag_positions(b.offsets, b.n_offsets, n_bags, n, mode, b.weights, bag_of, scale, threads());
-  return GradSource{grad_out, n_bags, grad_stride, bag_of, scale};
+  const GradSource g{grad_out, n_bags, grad_stride, bag_of, scale};
+  check_update_bound(g, n, o);
+  return g;
 }
 
 void EmbeddingTable::apply_pooled_gradients(const Bags& b, const int64_t* argmax, const float* grad_out,

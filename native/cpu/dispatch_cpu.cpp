@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -51,6 +52,21 @@ int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stri
     if (!ok && i < first) first = i;
   }
   return first == rows ? -1 : first;
+}
+
+float max_abs(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
+  float m = 0.0f;
+#pragma omp parallel for num_threads(nt) reduction(max : m) schedule(static) if (rows * dim > 65536)
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < dim; ++j) m = std::max(m, std::fabs(a[i * stride + j]));
+  return m;
+}
+
+double sum_abs(const float* x, int64_t n, int nt) {
+  double s = 0.0;
+#pragma omp parallel for num_threads(nt) reduction(+ : s) schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) s += std::fabs(x[i]);
+  return s;
 }
 
 }  // namespace cpu

@@ -45,6 +45,10 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
 // Index of the first row of a (rows x dim, row stride `stride`) matrix holding
 // NaN or inf, or -1.
 int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
+// Largest |element| of such a matrix (0 when empty); its elements are finite.
+float max_abs(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
+// Sum of |x[i]| over n floats (double precision).
+double sum_abs(const float* x, int64_t n, int nthreads);
 
 }  // namespace cpu
 }  // namespace embedlookup

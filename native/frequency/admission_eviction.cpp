@@ -38,17 +38,7 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
     ++count[it.first->second];
   }
   cs.hits = n - cs.misses;
-  // The batch must fit the budget (its rows are protected from eviction).
-  if (fo_.budget_rows > 0 && n > fo_.budget_rows) {
-    std::unordered_set<uint32_t> present;
-    for (int64_t i = 0; i < n; ++i)
-      if (ids[i] != kNoRow) present.insert(ids[i]);
-    const size_t distinct = present.size() + fresh.size();
-    if (distinct > static_cast<size_t>(fo_.budget_rows))
-      throw std::invalid_argument("keys: this batch holds " + std::to_string(distinct) +
-                                  " distinct keys but budget_rows is " + std::to_string(fo_.budget_rows) +
-                                  "; raise the budget or split the batch (nothing was changed)");
-  }
+  // The batch fits the budget: frequency_read checked its distinct keys before the clock moved.
   if (index_.size() + fresh.size() > static_cast<size_t>(kMaxRowId))
     throw TableFullError("table would exceed 2^32 - 3 rows");
   // Admission decisions (the sketch counts sightings of keys without a row).

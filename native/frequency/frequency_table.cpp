@@ -142,7 +142,7 @@ void FrequencyTable::read_done_shared(ReadCall& c, const uint32_t* ids, int64_t 
   add_totals(cs);
 }
 
-bool FrequencyTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
+void FrequencyTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
   CallStats& cs = c.stats;
   if (c.now == 0) {  // a serving call whose kernel needed promoted rows (row ids)
     for (int64_t i = 0; i < c.n; ++i) cs.misses += ids[i] == kNoRow;
@@ -151,14 +151,13 @@ bool FrequencyTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
     for (int64_t i = 0; i < c.n; ++i) cs.hot_hits += ids[i] < hot;
     if (cs.promoted) evict_to_budget(clock_.load(), cs);  // the budget holds; this call's rows are spared
     add_totals(cs);
-    return false;
+    return;
   }
   ensure_meta();
   admit_missing(c.keys, c.n, ids, c.score_weights, c.now, cs);
   touch(ids, c.n, c.score_weights, c.now, cs);
   evict_to_budget(c.now, cs);  // spares rows this call (or a later concurrent one) touched: last >= now
   add_totals(cs);
-  return cs.admitted > 0;  // rows admitted by this call read their initial values, not the default row
 }
 
 void FrequencyTable::rows_promoted_locked(const uint32_t* ids, int64_t n) {
@@ -171,6 +170,17 @@ void FrequencyTable::rows_promoted_locked(const uint32_t* ids, int64_t n) {
 template <class Kernel, class Serve>
 CallStats FrequencyTable::frequency_read(const int64_t* keys, int64_t n, bool train, const float* score_weights,
                                          uint32_t* ids, uint64_t* epoch_out, Kernel&& kernel, Serve&& serve) {
+  // A training batch must fit the budget (its rows are protected from
+  // eviction); refused before the clock moves, so a refused call changes nothing.
+  if (train && fo_.budget_rows > 0 && n > fo_.budget_rows) {
+    std::vector<int64_t> d(keys, keys + n);
+    std::sort(d.begin(), d.end());
+    const int64_t distinct = std::unique(d.begin(), d.end()) - d.begin();
+    if (distinct > fo_.budget_rows)
+      throw std::invalid_argument("keys: this batch holds " + std::to_string(distinct) +
+                                  " distinct keys but budget_rows is " + std::to_string(fo_.budget_rows) +
+                                  "; raise the budget or split the batch (nothing was changed)");
+  }
   const uint32_t now = train ? clock_.fetch_add(1) + 1 : 0;
   ReadCall c{keys, n, train, now, score_weights, {}};
   const uint64_t epoch = read_path(c, ids ? ids : frequency_detail::scratch_ids(n), cold_row_.data(), kernel, serve);
@@ -227,6 +237,7 @@ void FrequencyTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   if (bad >= 0)
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
+  check_update_bound(g, n, o);
   apply_gradients_hinted(keys, n, g, o, nullptr, 0);
 }
 
@@ -314,6 +325,7 @@ void FrequencyTable::assign(const int64_t* keys, int64_t n, const float* rows) {
   }
   uint32_t* ids = frequency_detail::scratch_ids(n);
   resolve(keys, n, ids);
+  if (tier_) promote_locked(keys, n, ids);  // a key in the tier keeps one row (and its optimizer state)
   std::vector<uint8_t> was_missing(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) was_missing[i] = ids[i] == kNoRow;
   insert_missing(keys, n, ids, false);

@@ -136,7 +136,7 @@ class FrequencyTable : public EmbeddingTable {
   bool serves_in_place(const ReadCall& c) const override;
   bool miss_needs_exclusive(const ReadCall& c, int64_t missing) const override;
   void read_done_shared(ReadCall& c, const uint32_t* ids, int64_t missing) override;
-  bool fill_missing_locked(ReadCall& c, uint32_t* ids) override;
+  void fill_missing_locked(ReadCall& c, uint32_t* ids) override;
   void rows_promoted_locked(const uint32_t* ids, int64_t n) override;
 
  private:

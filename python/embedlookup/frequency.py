@@ -347,7 +347,7 @@ class FrequencyTable(EmbeddingTable):
     def assign(self, keys, rows, *, feature=None) -> None:
         """Sets rows (always admits; the budget is enforced afterwards)."""
         k = self.namespaced_keys(keys, feature, "keys")
-        r = _checks.floats(rows, "rows", (k.shape[0], self._dim))
+        r = _checks.finite(_checks.floats(rows, "rows", (k.shape[0], self._dim)), "rows")
         self._t.assign(k, r)
         self._drain()
 

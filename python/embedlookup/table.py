@@ -127,7 +127,7 @@ class EmbeddingTable(_StorageMethods):
         """Sets the rows of ``keys`` (inserting missing ones; the last of
         duplicated keys wins). Existing keys keep their optimizer state."""
         k = _checks.keys_1d(keys, "keys")
-        r = _checks.floats(rows, "rows", (k.shape[0], self._dim))
+        r = _checks.finite(_checks.floats(rows, "rows", (k.shape[0], self._dim)), "rows")
         self._t.assign(k, r)
 
     def erase(self, keys) -> int:

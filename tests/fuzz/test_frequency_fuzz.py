@@ -238,7 +238,7 @@ INVALID = {
 
 INVALID_NS = {
     "ns_value_out_of_range": lambda d, t: t.lookup(np.array([d.draw(st.sampled_from(
-        [-1, 2**48, 2**63 - 1, -(2**63)]))], np.int64), feature="a"),
+        [-(2**47) - 1, 2**47, 2**48, 2**63 - 1, -(2**63)]))], np.int64), feature="a"),
     "ns_unknown_feature": lambda d, t: t.lookup(np.array([1]), feature=d.draw(st.sampled_from(["zz", 3, None]))),
     "ns_grads_nonfinite": lambda d, t: t.apply_gradients(np.array([1]), np.full((1, DIM), np.nan, np.float32),
                                                          feature="a"),

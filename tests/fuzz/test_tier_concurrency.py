@@ -4,8 +4,8 @@ Every key's row is assigned once, before the threads start, and never
 changes value: whatever the threads do (promoting lookups, pooled lookups,
 finds, demotes, exports, re-assigning the same values, zero-learning-rate
 gradient steps), every read must return exactly that row, every key
-must stay in exactly one tier, and the table must end holding every key
-with its row.
+must be counted once (a promoted row keeps its tier copy), and the table must
+end holding every key with its row.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ assert not errors, errors[:3]
 kk, rows = t.export()
 assert kk.tolist() == keys.tolist(), f"{{kk.size}} keys at the end"
 assert (rows == want).all(), "rows changed"
+# A promotion copies (the tier keeps the durable copy): keys in both count once.
+assert len(t) == N, len(t)
 st = t.tier_stats()
-assert st["memory_rows"] + st["tier_rows"] == N, st
+assert st["memory_rows"] <= N and st["tier_rows"] <= N, st
+assert st["memory_rows"] + st["tier_rows"] >= N, st
 print("OK")
 """
 

@@ -276,7 +276,10 @@ def test_table_over_a_tier_matches_the_model(data, memory_rows, promote, opt):
         if keys.size:
             close(rows, np.stack([m.rows[int(x)] for x in keys]), f"rows after {op}")
         st_ = t.tier_stats()
-        assert st_["memory_rows"] + st_["tier_rows"] == len(m.rows), f"a key is in both tiers or neither: {st_}"
+        # A promotion copies (the tier keeps the durable copy): every key is in
+        # memory, the tier or both, and counted once by len() (checked above).
+        assert st_["memory_rows"] <= len(m.rows) and st_["tier_rows"] <= len(m.rows), st_
+        assert st_["memory_rows"] + st_["tier_rows"] >= len(m.rows), f"a key is in neither tier: {st_}"
         Tally.add(area, "valid_ok")
     tier.close()
 

@@ -135,7 +135,8 @@ def kill_loop(tmp_path, mode, runs, seed):
         out, err = child.communicate()
         assert child.returncode == -signal.SIGKILL, err
         lines = out.splitlines()
-        if run % 5 == 0 and lines and lines[0].startswith("R "):
+        opened = run % 5 != 0 or bool(lines and lines[0].startswith("R "))
+        if run % 5 == 0 and opened:
             dirty_starts += lines[0].split()[1] == "1"
         acks = [int(x.split()[1]) for x in lines if x.startswith("A ")]
         kills_mid_write += bool(acks)
@@ -150,7 +151,8 @@ def kill_loop(tmp_path, mode, runs, seed):
             check_path = path + ".check"
             shutil.copyfile(path, check_path)
             tier = el.storage.FileTier(check_path, dim=DIM)
-        assert tier.recovered, "a killed writer's file reopened as cleanly closed"
+        # A child killed before it opened the file left it as the last check closed it.
+        assert tier.recovered or not opened, "a killed writer's file reopened as cleanly closed"
         assert len(tier) <= CAPACITY
         failures += [f"run {run}: {p}" for p in ledger.check(tier)]
         tier.close()

@@ -4,7 +4,7 @@ Examples::
 
     embedlookup bench                                 # the default suite (a few minutes, 1 thread)
     embedlookup bench --threads 0                     # the same on all cores
-    embedlookup bench --suite issue2                  # the engine's hard bar vs torch.nn.EmbeddingBag
+    embedlookup bench --suite embeddingbag-bar        # the engine's bar: pooled sum vs torch.nn.EmbeddingBag
     embedlookup bench --workload zipf-1m alpha=1.2 --ops pooled_sum,update --out my_run
     embedlookup bench --workload dist=zipf rows=1e5 dim=32 --json out.json --markdown out.md --plot out.png
     embedlookup bench --list                          # workloads, suites, operations, subjects

@@ -20,9 +20,10 @@ def run(capsys, *argv):
 def test_list(capsys):
     rc, out, _ = run(capsys, "bench", "--list")
     assert rc == 0
-    for word in ("issue2", "zipf-1m", "default", "pooled_sum", "train_rowwise", "fbgemm", "numpy",
+    for word in ("embeddingbag-bar", "zipf-1m", "default", "pooled_sum", "train_rowwise", "fbgemm", "numpy",
                  "storage", "tier_write", "checkpoint", "evict", "relayout", "cuda"):
         assert word in out
+    assert "issue" not in out  # suites and workloads say what they are, not where they came from
 
 
 def test_bad_numbers_are_argument_errors(capsys):

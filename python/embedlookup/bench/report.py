@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 from .machine import summary
 from .ops import SUBJECTS
@@ -71,8 +72,7 @@ def _legend(report: dict) -> list[str]:
     """What the columns mean; the '% gather' / '% copy' lines only where the
     limits were measured, the line on values above 100% only where one is."""
     out = [
-        "GB/s: effective bandwidth = rows the op moves (see `embedlookup bench --list`) x row bytes "
-        "/ median time."
+        "GB/s: effective bandwidth = rows the op moves (per op: --list) x row bytes / median time."
     ]
     pct = [
         r.get(k) for r in report["results"] if r.get("status") == "ok" for k in ("pct_gather", "pct_copy")
@@ -107,7 +107,8 @@ def format_table(report: dict) -> str:
     ).rstrip()
     out = _header(report) + ["", line(_COLS), line(["-" * n for n in width])]
     out += [line(r) for r in rows]
-    out += ["", *_legend(report), f"wall time {report.get('wall_s', 0):.1f} s"]
+    legend = [textwrap.fill(x, 100, subsequent_indent="  ") for x in _legend(report)]
+    out += ["", *legend, f"wall time {report.get('wall_s', 0):.1f} s"]
     out += [f"note: {n}" for n in report.get("notes", [])]
     return "\n".join(out)
 

@@ -24,5 +24,6 @@ def _in_tmp_dir(tmp_path, monkeypatch):
 
     path = os.environ.get("PYTHONPATH")
     if path:
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(os.path.abspath(p) for p in path.split(os.pathsep) if p))
+        absolute = [os.path.abspath(p) for p in path.split(os.pathsep) if p]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(absolute))
     monkeypatch.chdir(tmp_path)

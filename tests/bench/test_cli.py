@@ -123,7 +123,8 @@ def test_default_run_saves_a_results_folder_and_says_where(capsys, tmp_path):
     runs = list((tmp_path / "bench_results").iterdir())
     assert len(runs) == 1 and len(runs[0].name) == len("20261207-010418")
     folder = runs[0]
-    paths = [str(Path("bench_results") / folder.name / n) for n in ("results.json", "results.md", "results.png")]
+    names = ("results.json", "results.md", "results.png")
+    paths = [str(Path("bench_results") / folder.name / n) for n in names]
     assert out.rstrip().splitlines()[-1] == "saved: " + ", ".join(paths)
     rep = json.loads((folder / "results.json").read_text())
     assert {(r["op"], r["subject"], r["status"]) for r in rep["results"]} == {

@@ -8,7 +8,9 @@ the repository root::
     EMBEDLOOKUP_BENCH_WORKLOADS="small,zipf-1m alpha=1.2" pytest tests/bench/micro --benchmark-only
 
 ``EMBEDLOOKUP_BENCH_FULL=1`` switches every microbenchmark here to its real
-size; ``EMBEDLOOKUP_BENCH_WORKLOADS`` names test_kernels.py's workloads. Workloads are ``embedlookup bench`` workload specs separated by commas (a
+size; ``EMBEDLOOKUP_BENCH_WORKLOADS`` names test_kernels.py's workloads.
+
+Workloads are ``embedlookup bench`` workload specs separated by commas (a
 spec's own parameters by spaces). Each case is checked against embedlookup's
 output on the same rows before it is timed, exactly as in ``embedlookup bench``.
 """

@@ -10,7 +10,9 @@ import os
 
 import pytest
 
-pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed (pip install 'embedlookup[test]')")
+pytest.importorskip(
+    "pytest_benchmark", reason="pytest-benchmark is not installed (pip install 'embedlookup[test]')"
+)
 # Real sizes, or tiny ones (the default: the test run); see conftest.py.
 FULL = os.environ.get("EMBEDLOOKUP_BENCH_FULL", "") not in ("", "0")
 from embedlookup.bench import OPS, SUBJECTS, SUITES, Skip, compare_outputs  # noqa: E402
@@ -20,7 +22,8 @@ from embedlookup.bench import OPS, SUBJECTS, SUITES, Skip, compare_outputs  # no
 SPECS = [
     s.strip()
     for s in os.environ.get(
-        "EMBEDLOOKUP_BENCH_WORKLOADS", "uniform-1m,zipf-1m" if FULL else "small threads=1,small-zipf threads=1"
+        "EMBEDLOOKUP_BENCH_WORKLOADS",
+        "uniform-1m,zipf-1m" if FULL else "small threads=1,small-zipf threads=1",
     ).split(",")
     if s.strip()
 ]

@@ -17,7 +17,9 @@ import embedlookup as el
 import numpy as np
 import pytest
 
-pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed (pip install 'embedlookup[test]')")
+pytest.importorskip(
+    "pytest_benchmark", reason="pytest-benchmark is not installed (pip install 'embedlookup[test]')"
+)
 # Real sizes, or tiny ones (the default: the test run); see conftest.py.
 FULL = os.environ.get("EMBEDLOOKUP_BENCH_FULL", "") not in ("", "0")
 pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'embedlookup[opencl]')")

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""OpenCL pooled-lookup benchmark (thin wrapper; the code is embedlookup.opencl.bench).
+"""OpenCL pooled-lookup benchmark.
 
-PYTHONPATH=python python3 bench/bench_opencl.py --platform portable --rows 100000 --dim 64 --alpha 1.05
+A thin wrapper: the code is embedlookup.bench.opencl_table, also runnable as
+`python3 -m embedlookup.bench.opencl_table`.
+
+    PYTHONPATH=python python3 bench/bench_opencl.py --help
 """
 
-from embedlookup.opencl.bench import main
+from embedlookup.bench.opencl_table import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,8 +4,8 @@ Examples::
 
     embedlookup bench                                 # the default suite (a few minutes, 1 thread)
     embedlookup bench --threads 0                     # the same on all cores
-    embedlookup bench --suite issue2                  # the engine's hard bar vs torch.nn.EmbeddingBag
-    embedlookup bench --workload zipf-1m alpha=1.2 --ops pooled_sum,update
+    embedlookup bench --suite embeddingbag-bar        # the engine's bar: pooled sum vs torch.nn.EmbeddingBag
+    embedlookup bench --workload zipf-1m alpha=1.2 --ops pooled_sum,update --out my_run
     embedlookup bench --workload dist=zipf rows=1e5 dim=32 --json out.json --markdown out.md --plot out.png
     embedlookup bench --list                          # workloads, suites, operations, subjects
 """
@@ -18,6 +18,11 @@ import shlex
 import sys
 
 __all__ = ["main"]
+
+# Where `embedlookup bench` saves its reports by default, relative to the
+# working directory: one folder per run, named by its UTC start time.
+DEFAULT_RESULTS = "bench_results"
+_FILES = {"json": "results.json", "markdown": "results.md", "plot": "results.png"}
 
 
 def _csv(text: str) -> list[str]:
@@ -33,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Time embedlookup's operations on named or parameterised workloads, "
         "next to torch, FBGEMM and NumPy on the same rows, and the machine's measured "
         "copy and gather bandwidth.",
+        epilog="Results: the table is printed, and the full report is saved to "
+        f"{DEFAULT_RESULTS}/<UTC time>/ (results.json, results.md and results.png when matplotlib "
+        "is installed) unless --out DIR names the folder, --json/--markdown/--plot name single "
+        "files instead, or --no-save. The last lines printed name the files written.",
     )
     b.add_argument("--suite", help="named suite (default: 'default' unless --workload is given); see --list")
     b.add_argument(
@@ -121,9 +130,16 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the storage ops' files (tier_read, tier_write, checkpoint; "
         "default: the temp folder)",
     )
-    b.add_argument("--json", metavar="PATH", help="write the full report as JSON")
-    b.add_argument("--markdown", metavar="PATH", help="write the report as a Markdown table")
-    b.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
+    b.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for results.json, results.md and results.png, created if missing "
+        f"(default: {DEFAULT_RESULTS}/<UTC time>/ unless --json, --markdown or --plot is given)",
+    )
+    b.add_argument("--no-save", action="store_true", help="save nothing: only print the table")
+    b.add_argument("--json", metavar="PATH", help="write the full report as JSON to PATH")
+    b.add_argument("--markdown", metavar="PATH", help="write the report as a Markdown table to PATH")
+    b.add_argument("--plot", metavar="PATH", help="write a PNG plot to PATH (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.add_argument("--list", action="store_true", help="list workloads, suites, operations and subjects")
     c = sub.add_parser(
@@ -182,7 +198,6 @@ def _list() -> str:
 
 def bench(args, argv: list[str]) -> int:
     from . import bench as B
-    from .bench.report import check_writable
 
     err = sys.stderr
     if args.list:
@@ -253,15 +268,7 @@ def bench(args, argv: list[str]) -> int:
         print("embedlookup bench: error: nothing to run (no valid workload or operation)", file=err)
         return 2
     # outputs: check now, so a bad path is known before minutes of timing
-    outputs = {}
-    for kind in ("json", "markdown", "plot"):
-        path = getattr(args, kind)
-        if path:
-            why = check_writable(path)
-            if why:
-                problem(f"--{kind}: cannot write {path}: {why}; the run goes on without it")
-            else:
-                outputs[kind] = path
+    outputs, err_kind = _outputs(args, problem)
     cfg = B.Config(
         repeats=args.repeats,
         max_repeats=args.max_repeats,
@@ -281,17 +288,70 @@ def bench(args, argv: list[str]) -> int:
     report = B.run([(w, ops) for w in plan_w], cfg, command=command, notes=notes)
     print(B.format_table(report))
     writers = {"json": B.write_json, "markdown": B.write_markdown, "plot": B.write_plot}
+    written = []
     for kind, path in outputs.items():
         try:
-            why = writers[kind](report, path)
+            why = writers[kind.split("-")[0]](report, path)
         except OSError as e:
             why = f"cannot write {path}: {e}"
             problems += 1
         if why:
-            print(f"embedlookup bench: --{kind}: {why}", file=err)
+            print(f"embedlookup bench: {err_kind[kind]}: {why}", file=err)
         else:
-            print(f"wrote {path}", file=err)
+            written.append(path)
+    if written:
+        print("saved: " + ", ".join(written))
+    else:
+        print(
+            "not saved; keep a run's report with --out DIR (results.json, results.md, results.png) "
+            "or --json/--markdown/--plot PATH"
+        )
     return 1 if problems else 0
+
+
+def _outputs(args, problem) -> tuple[dict, dict]:
+    """The files this run writes, {kind: path}, checked before the run (a
+    path that cannot be written is a problem, and the run goes on without
+    it), and how to name each kind in a message. --out DIR (created here)
+    or, when no output option is given, a fresh folder under
+    DEFAULT_RESULTS gets all three files; --json/--markdown/--plot add
+    single files; --no-save writes nothing."""
+    import os
+    import time
+
+    from .bench.report import check_writable
+
+    outputs, label = {}, {}
+    if args.no_save:
+        return outputs, label
+    folder = args.out
+    if folder is None and not (args.json or args.markdown or args.plot):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        folder = os.path.join(DEFAULT_RESULTS, stamp)
+        n = 1
+        while os.path.exists(folder):  # two runs in the same second
+            n += 1
+            folder = os.path.join(DEFAULT_RESULTS, f"{stamp}-{n}")
+    if folder is not None:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            problem(f"--out: cannot create {folder}: {e}; the run goes on without it")
+        else:
+            for kind, name in _FILES.items():
+                outputs[kind], label[kind] = os.path.join(folder, name), kind
+    for kind in _FILES:
+        path = getattr(args, kind)
+        if path:
+            why = check_writable(path)
+            if why:
+                problem(f"--{kind}: cannot write {path}: {why}; the run goes on without it")
+                continue
+            if kind in outputs:  # both --out and a single path: the single path too
+                outputs[f"{kind}-file"], label[f"{kind}-file"] = path, f"--{kind}"
+            else:
+                outputs[kind], label[kind] = path, f"--{kind}"
+    return outputs, label
 
 
 def main(argv: list[str] | None = None) -> int:

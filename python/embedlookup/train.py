@@ -27,13 +27,18 @@ on the same batches so that they can be compared at equal embedding memory:
 Streams: ``SyntheticClickStream`` (seeded, documented below) or
 ``criteo_batches`` for files in the Criteo display-advertising TSV layout.
 
-Run::
+Run (installed: the ``embedlookup-train`` console script; from a checkout:
+``PYTHONPATH=python python3 -m embedlookup.train`` with the same options)::
 
-    PYTHONPATH=python python3 -m embedlookup.train --batches 500 --rows 200000 --window 25 --out results
-    PYTHONPATH=python python3 -m embedlookup.train --criteo day_0.tsv --rows 200000 --out criteo_results
+    embedlookup-train --quick                       # a complete small run, well under a minute
+    embedlookup-train --batches 500 --rows 200000 --window 25 --out results
+    embedlookup-train --criteo day_0.tsv --rows 200000 --out criteo_results
 
 It writes ``metrics.json`` (per-window logloss / AUC, memory, configuration)
-and ``training.png`` into ``--out``.
+and ``training.png`` (when matplotlib is installed) into ``--out`` (default
+``train_results/``), prints one summary line per model and the paths it
+wrote, and exits 0; it exits 2 on bad arguments and 1 when the input cannot
+be read or the output cannot be written.
 
 Result of the first command (seed 0, with --threads 1; docs/torch.md has seed 1): mean
 logloss / AUC over the run -- hashing 0.4525 / 0.7754, hash_table 0.4478 /
@@ -48,6 +53,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Optional
@@ -62,7 +68,7 @@ from .frequency import FrequencyTable
 from .torch import HashEmbeddingBagCollection
 
 __all__ = ["Batch", "SyntheticClickStream", "criteo_batches", "DLRM", "TablePolicy", "AdmitUntilFull",
-           "FreqTableEmbeddings", "run", "main"]
+           "FreqTableEmbeddings", "run", "train", "summary", "build_parser", "main"]
 
 _M64 = (1 << 64) - 1
 
@@ -199,7 +205,7 @@ def criteo_batches(path: str, batch_size: int = 2048, max_batches: Optional[int]
 class TablePolicy:
     """Decides, before each forward, which IDs a bounded hashed table sees.
     ``prepare(sparse)`` returns the (B, F) IDs to look up. Subclass to plug in
-    admission / eviction (issue 3's policies, once they exist)."""
+    admission / eviction (``FreqTableEmbeddings`` shows the engine's own)."""
 
     def bind(self, collection: HashEmbeddingBagCollection) -> None:
         self.collection = collection
@@ -511,11 +517,15 @@ def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> di
     return {"config": asdict(cfg), "samples": seen, "models": hist}
 
 
-def plot(result: dict, path: str, title: str = "") -> None:
-    import matplotlib
+def plot(result: dict, path: str, title: str = "") -> Optional[str]:
+    """Writes the PNG; returns None, or why no plot was written (matplotlib missing)."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        return f"matplotlib is not available ({e}); no plot written"
 
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     w = result["config"]["window"]
@@ -536,36 +546,104 @@ def plot(result: dict, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return None
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m embedlookup.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--criteo", help="Criteo-layout TSV file (default: the synthetic stream)")
-    p.add_argument("--batches", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--rows", type=int, default=100_000, help="hashing-trick rows (sets the memory budget)")
-    p.add_argument("--window", type=int, default=20)
-    p.add_argument("--lr-embedding", type=float, default=0.05)
-    p.add_argument("--models", default="hashing,hash_table,freq_table,hash_table_unbounded")
-    p.add_argument("--admit-count", type=int, default=2, help="freq_table: sightings before an ID gets a row")
-    p.add_argument("--freq-policy", default="lfu", help="freq_table: eviction policy (lfu, lru)")
-    p.add_argument("--half-life", type=float, default=100.0, help="freq_table: score half-life in batches")
-    p.add_argument("--default-row", default="cold", help="freq_table: what IDs without a row read (cold, zeros)")
+MODELS = ("hashing", "hash_table", "freq_table", "hash_table_unbounded")
+
+# Options whose default --quick changes: (full run, --quick).
+_SIZES = {
+    "batches": (400, 40),
+    "batch_size": (2048, 512),
+    "rows": (100_000, 20_000),
+    "window": (20, 10),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``embedlookup-train`` argument parser (every option has help text)."""
+    p = argparse.ArgumentParser(
+        prog="embedlookup-train",
+        description=__doc__.split("\n\n")[0],
+        epilog="Writes metrics.json and training.png into --out (default train_results/), "
+        "prints a summary per model and the paths written. Exit status: 0 on success, "
+        "1 if the input cannot be read or the output cannot be written, 2 on bad arguments.",
+    )
+
+    def sized(name):
+        full, quick = _SIZES[name]
+        return f"(default {full}; with --quick {quick})"
+
+    p.add_argument("--quick", action="store_true",
+                   help="a complete but small run (fewer, smaller batches, a smaller table, one "
+                   "thread: ~15 s on 2 busy cores); options given explicitly still win")
+    p.add_argument("--criteo", metavar="TSV", help="Criteo-layout TSV file (default: the synthetic stream)")
+    p.add_argument("--batches", type=int, default=None,
+                   help=f"batches to train on, one pass {sized('batches')}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"samples per batch {sized('batch_size')}")
+    p.add_argument("--dim", type=int, default=16, help="embedding dimension (default 16)")
+    p.add_argument("--rows", type=int, default=None,
+                   help=f"hashing-trick rows; sets every bounded model's memory budget {sized('rows')}")
+    p.add_argument("--window", type=int, default=None,
+                   help=f"batches per reported logloss / AUC window {sized('window')}")
+    p.add_argument("--lr-embedding", type=float, default=0.05, help="embedding learning rate (default 0.05)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated models to train side by side (default: all of {','.join(MODELS)})")
+    p.add_argument("--admit-count", type=int, default=2,
+                   help="freq_table: sightings before an ID gets a row (default 2)")
+    p.add_argument("--freq-policy", default="lfu",
+                   help="freq_table: eviction policy, lfu or lru (default lfu)")
+    p.add_argument("--half-life", type=float, default=100.0,
+                   help="freq_table: score half-life in batches (default 100)")
+    p.add_argument("--default-row", default="cold",
+                   help="freq_table: what IDs without a row read, cold or zeros (default cold)")
     p.add_argument("--sketch-width", type=int, default=None,
                    help="freq_table: count-min sketch width, a power of two (default: ~budget / 512)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--drift", type=float, default=200.0, help="synthetic: new head IDs per batch")
-    p.add_argument("--threads", type=int, default=None, help="torch and native threads (default: torch's)")
-    p.add_argument("--out", default="train_results")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic stream and the models (default 0)")
+    p.add_argument("--drift", type=float, default=200.0,
+                   help="synthetic stream: new head IDs per batch on the drifting features (default 200)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and native threads (default: torch's; with --quick 1)")
+    p.add_argument("--out", metavar="DIR", default="train_results",
+                   help="folder for metrics.json and training.png, created if missing "
+                   "(default train_results)")
+    return p
+
+
+def train(argv=None, log=print) -> dict:
+    """Parses ``argv`` as the command line does, trains, writes the files and
+    returns the metrics dict, with ``"paths"``: the files written (the plot
+    only where matplotlib is installed). Raises ``OSError`` / ``ValueError``
+    when the input cannot be read or the output written, ``SystemExit`` on
+    bad arguments."""
+    p = build_parser()
     a = p.parse_args(argv)
+    for name, (full, quick) in _SIZES.items():
+        if getattr(a, name) is None:
+            setattr(a, name, quick if a.quick else full)
+    for name in ("batches", "batch_size", "rows", "window", "dim"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        p.error(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
+                f"known: {', '.join(MODELS)}")
+    if a.quick and a.threads is None:
+        # Small batches gain nothing from threads, and on a loaded machine
+        # their barrier waits made a 2-thread quick run 8x slower (52 s vs 6 s).
+        a.threads = 1
     if a.threads:
         torch.set_num_threads(a.threads)  # the native kernels share torch's OpenMP runtime
     cfg = RunConfig(dim=a.dim, rows=a.rows, lr_embedding=a.lr_embedding, window=a.window,
-                    models=tuple(a.models.split(",")), seed=a.seed, admit_count=a.admit_count,
-                    freq_policy=a.freq_policy, half_life=a.half_life, default_row=a.default_row,
-                    sketch_width=a.sketch_width)
+                    models=models, seed=a.seed,
+                    admit_count=a.admit_count, freq_policy=a.freq_policy, half_life=a.half_life,
+                    default_row=a.default_row, sketch_width=a.sketch_width)
+    cfg.extra["quick"] = a.quick
     if a.criteo:
+        if not os.path.isfile(a.criteo):
+            raise FileNotFoundError(f"--criteo: no such file: {a.criteo}")
         batches = criteo_batches(a.criteo, a.batch_size, a.batches)
         nf, nd, title = CRITEO_SPARSE, CRITEO_DENSE, f"Criteo: {os.path.basename(a.criteo)}"
     else:
@@ -574,17 +652,49 @@ def main(argv=None) -> dict:
         nf, nd = stream.n_features, stream.n_dense
         cfg.extra["stream"] = {k: v for k, v in asdict(stream).items()}
         title = f"synthetic stream (seed {a.seed}, drift {a.drift}/batch)"
-    result = run(batches, cfg, nf, nd)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "metrics.json"), "w") as fh:
+    os.makedirs(a.out, exist_ok=True)  # before training: a bad --out fails in a second, not after minutes
+    t0 = time.perf_counter()
+    result = run(batches, cfg, nf, nd, log=log)
+    result["wall_s"] = time.perf_counter() - t0
+    metrics = os.path.join(a.out, "metrics.json")
+    png = os.path.join(a.out, "training.png")
+    result["paths"] = [metrics]
+    why = plot(result, png, title)
+    if why:
+        result["plot_skipped"] = why
+    else:
+        result["paths"].append(png)
+    with open(metrics, "w") as fh:
         json.dump(result, fh, indent=1, default=float)
-    plot(result, os.path.join(a.out, "training.png"), title)
-    for name, h in result["models"].items():
-        print(f"{name:22s} mean logloss {h['mean_logloss']:.4f}  mean AUC {h['mean_auc']:.4f}  "
-              f"memory {h['memory_bytes'][-1] / 2**20 if h['memory_bytes'] else 0:.1f} MiB  "
-              f"train {h['seconds']:.1f} s")
     return result
 
 
+def summary(result: dict) -> str:
+    """The lines ``embedlookup-train`` prints at the end: one per model, then the files."""
+    out = [f"trained {len(result['models'])} models on {result['samples']} samples "
+           f"in {result.get('wall_s', 0.0):.1f} s"]
+    for name, h in result["models"].items():
+        mb = h["memory_bytes"][-1] / 2**20 if h["memory_bytes"] else 0.0
+        out.append(f"  {name:22s} mean logloss {h['mean_logloss']:.4f}  mean AUC {h['mean_auc']:.4f}  "
+                   f"memory {mb:.1f} MiB  train {h['seconds']:.1f} s")
+    if result.get("plot_skipped"):
+        out.append(f"note: {result['plot_skipped']}")
+    out += [f"wrote {p}" for p in result.get("paths", [])]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    """The ``embedlookup-train`` console script: trains, prints the summary and
+    the paths written, returns the exit status (0 on success). From Python,
+    :func:`train` returns the metrics dict instead."""
+    try:
+        result = train(argv)
+    except (OSError, ValueError) as e:
+        print(f"embedlookup-train: error: {e}", file=sys.stderr)
+        return 1
+    print(summary(result))
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from embedlookup import cli
@@ -19,9 +20,10 @@ def run(capsys, *argv):
 def test_list(capsys):
     rc, out, _ = run(capsys, "bench", "--list")
     assert rc == 0
-    for word in ("issue2", "zipf-1m", "default", "pooled_sum", "train_rowwise", "fbgemm", "numpy",
+    for word in ("embeddingbag-bar", "zipf-1m", "default", "pooled_sum", "train_rowwise", "fbgemm", "numpy",
                  "storage", "tier_write", "checkpoint", "evict", "relayout", "cuda"):
         assert word in out
+    assert "issue" not in out  # suites and workloads say what they are, not where they came from
 
 
 def test_bad_numbers_are_argument_errors(capsys):
@@ -109,6 +111,90 @@ def test_plot_without_matplotlib_says_so(capsys, tmp_path, monkeypatch):
     )
     assert rc == 0  # a missing optional plotter is a skip, not a failure
     assert "matplotlib is not available" in err and not png.exists()
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_run_saves_a_results_folder_and_says_where(capsys, tmp_path):
+    # (the bench tests run in tmp_path: conftest.py)
+    rc, out, _ = run(capsys, "bench", *SMALL, "--ops", "lookup", "--peers", "numpy", *FAST)
+    assert rc == 0
+    runs = list((tmp_path / "bench_results").iterdir())
+    assert len(runs) == 1 and len(runs[0].name) == len("20261207-010418")
+    folder = runs[0]
+    names = ("results.json", "results.md", "results.png")
+    paths = [str(Path("bench_results") / folder.name / n) for n in names]
+    assert out.rstrip().splitlines()[-1] == "saved: " + ", ".join(paths)
+    rep = json.loads((folder / "results.json").read_text())
+    assert {(r["op"], r["subject"], r["status"]) for r in rep["results"]} == {
+        ("lookup", "embedlookup", "ok"),
+        ("lookup", "numpy", "ok"),
+    }
+    # 64 bags x 8 keys of 16 floats per call
+    assert all(r["bytes_per_call"] == 64 * 8 * 16 * 4 for r in rep["results"])
+    assert "| small:threads=1,batches=1 | lookup | numpy |" in (folder / "results.md").read_text()
+    assert (folder / "results.png").read_bytes()[:8] == PNG
+    # a second run in the same second gets its own folder
+    rc, out, _ = run(capsys, "bench", *SMALL, "--ops", "lookup", "--peers", "numpy", *FAST)
+    assert rc == 0 and len(list((tmp_path / "bench_results").iterdir())) == 2
+
+
+def test_out_folder_single_files_and_no_save(capsys, tmp_path):
+    argv = ["bench", *SMALL, "--ops", "lookup", "--peers", "numpy", *FAST]
+    rc, out, _ = run(capsys, *argv, "--out", "mine/run1", "--json", "one.json")
+    assert rc == 0
+    names = sorted(p.name for p in (tmp_path / "mine" / "run1").iterdir())
+    assert names == ["results.json", "results.md", "results.png"]
+    assert json.loads((tmp_path / "one.json").read_text()) == json.loads(
+        (tmp_path / "mine" / "run1" / "results.json").read_text()
+    )
+    assert out.rstrip().splitlines()[-1].endswith(", one.json")
+    # single files only: no folder
+    rc, out, _ = run(capsys, *argv, "--markdown", "r.md")
+    assert rc == 0 and out.rstrip().splitlines()[-1] == "saved: r.md"
+    # nothing saved: the last line says how to keep a report
+    rc, out, _ = run(capsys, *argv, "--no-save")
+    assert rc == 0 and "not saved; keep a run's report with --out DIR" in out.rstrip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "one.json", "r.md"]
+
+
+def test_help_says_where_results_go(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "saved to bench_results/<UTC time>/ (results.json, results.md and results.png" in out
+    assert "--no-save" in out and "--out DIR" in out
+
+
+def test_percent_columns_are_shares_of_the_measured_limits_and_the_footer_explains_them(capsys):
+    from embedlookup.bench import format_table, to_markdown
+
+    rc, out, _ = run(
+        capsys, "bench", *SMALL, "--ops", "pooled_sum", "--peers", "numpy",
+        *[a for a in FAST if a != "--no-limits"], "--limit-mib", "8", "--json", "r.json",
+    )
+    assert rc == 0
+    rep = json.loads(Path("r.json").read_text())
+    lim = rep["workloads"][0]["limits"]
+    for r in rep["results"]:
+        assert r["pct_gather"] == pytest.approx(100 * r["bytes_per_s"] / lim["gather_bytes_per_s"])
+        assert r["pct_copy"] == pytest.approx(100 * r["bytes_per_s"] / lim["copy_bytes_per_s"])
+    assert "% gather, % copy: that GB/s as a share of the machine limits above" in out
+    above = any(r[k] > 100 for r in rep["results"] for k in ("pct_gather", "pct_copy"))
+    assert ("Above 100%: the op got its rows faster than uniformly random reads" in out) == above
+    # the same report with a value above 100 and without: the line comes with it
+    for v, expect in ((250.0, True), (40.0, False)):
+        for r in rep["results"]:
+            r["pct_gather"], r["pct_copy"] = v, v / 2
+        text = format_table(rep)
+        assert f"{v:.0f}%" in text
+        assert ("Above 100%" in text) == expect
+        assert ("Above 100%" in to_markdown(rep)) == expect
+    # no limits measured: no percentages, and no line about them
+    for r in rep["results"]:
+        r.pop("pct_gather"), r.pop("pct_copy")
+    assert "% gather, % copy:" not in format_table(rep)
 
 
 def _rep(ratios):

@@ -79,7 +79,7 @@ def test_parse_names_and_overrides():
     assert w.name.startswith("zipf-1m:")
     w = parse_workload("dist=zipf,rows=2000,name=mine")
     assert (w.name, w.dist, w.rows, w.dim) == ("mine", "zipf", 2000, 64)
-    assert parse_workload("issue2") == WORKLOADS["issue2"]
+    assert parse_workload("uniform-1m") == WORKLOADS["uniform-1m"]
 
 
 @pytest.mark.parametrize(

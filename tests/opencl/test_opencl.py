@@ -353,7 +353,7 @@ def test_profile_records_kernel_time(cpu_table):
 
 def test_bench_smoke():
     """The benchmark checks its own results against the CPU engine before timing."""
-    from embedlookup.opencl import bench
+    from embedlookup.bench import opencl_table as bench
 
     r = bench.bench_pooled(platform=PLATFORM, rows=500, dim=8, batch=16, pooling=4, alpha=1.2, repeats=1)
     assert r["rows_read_bytes"] == 16 * 4 * 8 * 4 and r["keys"] == "zipf(1.2)"

@@ -112,3 +112,133 @@ def test_freq_table_keeps_its_budget_and_evicts():
     # Memory as reported: rows x (row + Adagrad state + key + score) + index + sketch.
     m = table.memory_usage()
     assert emb.memory_bytes() == len(table) * (m["row_bytes_per_row"] + 16 + 16) + m["index_bytes"] + 4 * 4 * 1024
+
+
+# ------------------------------------------------------ the console script
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _entry_point(name):
+    """``module:function`` of console script ``name`` as pyproject.toml declares it."""
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    m = re.search(rf'^{re.escape(name)}\s*=\s*"([\w.]+):(\w+)"', section, re.M)
+    assert m, f"{name} is not in pyproject.toml's [project.scripts]"
+    return m.group(1), m.group(2)
+
+
+def _console(name, *args, cwd):
+    """Runs console script ``name`` as an installed one runs: the script pip
+    generated when the package is installed beside this Python, else the same
+    wrapper (``sys.exit(function())``) around pyproject.toml's entry point."""
+    script = Path(sys.executable).parent / name
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "python")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    if script.exists():
+        cmd = [str(script), *args]
+    else:
+        mod, fn = _entry_point(name)
+        cmd = [sys.executable, "-c", f"import sys; from {mod} import {fn}; sys.exit({fn}())", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_console_script_quick_run_exits_0_prints_summary_and_writes_files(tmp_path):
+    assert _entry_point("embedlookup-train") == ("embedlookup.train", "main")
+    p = _console("embedlookup-train", "--quick", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and "'models'" not in p.stderr  # no result dict as an exit message
+    out = p.stdout.splitlines()
+    # --quick: 40 batches of 512, windows of 10 -> 4 window lines, then the summary
+    assert sum(line.startswith("batch ") for line in out) == 4
+    assert f"trained 4 models on {40 * 512} samples" in p.stdout
+    for name in T.MODELS:
+        line = rf"^  {name}\s+mean logloss 0\.\d{{4}}  mean AUC 0\.\d{{4}}  memory [\d.]+ MiB"
+        assert re.search(line, p.stdout, re.M), name
+    # the default folder, relative to the working directory, and the paths printed
+    metrics, png = tmp_path / "train_results" / "metrics.json", tmp_path / "train_results" / "training.png"
+    assert out[-2:] == [f"wrote {os.path.join('train_results', 'metrics.json')}",
+                        f"wrote {os.path.join('train_results', 'training.png')}"]
+    res = json.loads(metrics.read_text())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res["samples"] == 40 * 512 and res["config"]["extra"]["quick"] is True
+    assert res["config"]["rows"] == 20_000 and res["config"]["window"] == 10
+    assert res["wall_s"] < 60  # --quick: a complete run in under a minute
+    for name in T.MODELS:
+        h = res["models"][name]
+        assert len(h["logloss"]) == len(h["auc"]) == 4
+        assert 0 < h["mean_logloss"] < 0.7 and 0.5 < h["mean_auc"] <= 1.0, name
+    # the bounded models share one budget: the unbounded one uses more memory
+    memory = {name: h["memory_bytes"][-1] for name, h in res["models"].items()}
+    assert memory["hash_table_unbounded"] > memory["hash_table"]
+
+
+def test_train_returns_the_dict_and_explicit_options_win_over_quick(tmp_path):
+    # In a fresh interpreter: a second run of hashed tables in a process that
+    # already trained a bounded one (test_short_run_learns_and_reports) hit a
+    # native heap corruption (abort at exit / segfault), reported to the lead.
+    code = (
+        "import json, sys; from embedlookup import train as T; lines = []; "
+        "res = T.train(sys.argv[1:], log=lines.append); "
+        "print(json.dumps({'lines': len(lines), 'models': list(res['models']), 'samples': res['samples'], "
+        "'paths': res['paths'], 'summary': T.summary(res)}))"
+    )
+    out = str(tmp_path / "o")
+    p = subprocess.run(
+        [sys.executable, "-c", code, "--quick", "--batches", "4", "--window", "2",
+         "--models", "hashing,freq_table", "--out", out],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", "")),
+    )
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.splitlines()[-1])
+    assert res["models"] == ["hashing", "freq_table"]
+    assert res["samples"] == 4 * 512 and res["lines"] == 2
+    assert res["paths"][0] == os.path.join(out, "metrics.json")
+    assert all(Path(x).exists() for x in res["paths"])
+    assert json.loads(Path(res["paths"][0]).read_text())["samples"] == 4 * 512
+    text = res["summary"].splitlines()
+    assert text[0].startswith(f"trained 2 models on {4 * 512} samples")
+    assert text[-len(res["paths"]):] == [f"wrote {x}" for x in res["paths"]]
+
+
+def test_plot_missing_matplotlib_is_a_note_not_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rc = T.main(["--batches", "2", "--batch-size", "64", "--rows", "500", "--window", "1",
+                 "--models", "hashing", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "note: matplotlib is not available" in out
+    assert (tmp_path / "metrics.json").exists() and not (tmp_path / "training.png").exists()
+
+
+def test_errors_give_exit_status_and_one_line(tmp_path, capsys):
+    rc = T.main(["--criteo", str(tmp_path / "none.tsv"), "--out", str(tmp_path / "o")])
+    assert rc == 1 and "embedlookup-train: error: --criteo: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.main(["--models", "hashing,nosuch"])
+    assert e.value.code == 2 and "unknown model(s) nosuch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.main(["--batches", "0"])
+    assert e.value.code == 2 and "--batches must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_usage_names_the_console_script_and_every_option_has_help(capsys):
+    parser = T.build_parser()
+    assert parser.prog == "embedlookup-train"
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 18
+    for a in options:
+        assert a.help and a.help.strip() and a.help != "==SUPPRESS==", a.option_strings
+    assert {"--quick", "--out", "--batches", "--models"} <= {s for a in options for s in a.option_strings}
+    with pytest.raises(SystemExit) as e:
+        T.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert out.startswith("usage: embedlookup-train ") and "python -m" not in out
+    assert "--quick" in out and "train_results" in out

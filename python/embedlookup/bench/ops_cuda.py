@@ -10,7 +10,7 @@ there is no CUDA build, no torch with CUDA, or no GPU, the subject is skipped
 with the reason (:func:`embedlookup.cuda.unavailable_reason`).
 
 GPU-only comparisons (against ``torch.nn.EmbeddingBag`` on the same GPU, and
-the device's copy bandwidth) are in :mod:`embedlookup.cuda_bench`.
+the device's copy bandwidth) are in :mod:`embedlookup.bench.cuda_table`.
 """
 
 from __future__ import annotations

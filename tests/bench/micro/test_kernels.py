@@ -9,12 +9,22 @@ number).
 import os
 
 import pytest
-from embedlookup.bench import OPS, SUBJECTS, SUITES, Skip, compare_outputs
 
-# Workload specs, comma-separated (a spec's own parameters by spaces).
+pytest.importorskip(
+    "pytest_benchmark", reason="pytest-benchmark is not installed (pip install 'embedlookup[test]')"
+)
+# Real sizes, or tiny ones (the default: the test run); see conftest.py.
+FULL = os.environ.get("EMBEDLOOKUP_BENCH_FULL", "") not in ("", "0")
+from embedlookup.bench import OPS, SUBJECTS, SUITES, Skip, compare_outputs  # noqa: E402
+
+# Workload specs, comma-separated (a spec's own parameters by spaces); tiny
+# ones unless EMBEDLOOKUP_BENCH_FULL=1 (conftest.py).
 SPECS = [
     s.strip()
-    for s in os.environ.get("EMBEDLOOKUP_BENCH_WORKLOADS", "uniform-1m,zipf-1m").split(",")
+    for s in os.environ.get(
+        "EMBEDLOOKUP_BENCH_WORKLOADS",
+        "uniform-1m,zipf-1m" if FULL else "small threads=1,small-zipf threads=1",
+    ).split(",")
     if s.strip()
 ]
 
@@ -42,4 +52,5 @@ def test_kernel(benchmark, workload_data, spec, op, who):
     rows = OPS[op].rows(w, b)
     benchmark.extra_info.update(rows=rows, bytes=rows * w.row_bytes, workload=w.describe())
     benchmark.pedantic(case.run, args=(b,), setup=case.after, rounds=7, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["GB/s"] = round(rows * w.row_bytes / benchmark.stats.stats.median / 1e9, 3)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["GB/s"] = round(rows * w.row_bytes / benchmark.stats.stats.median / 1e9, 3)

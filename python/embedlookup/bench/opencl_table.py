@@ -9,7 +9,8 @@ Reports, for one workload, the median over repeats of:
   the CPU engine's ``pooled_lookup`` on the same keys (``insert=False``), with
   all its threads and with one.
 
-    python -m embedlookup.opencl.bench --platform portable --rows 100000 --dim 64
+    python -m embedlookup.bench.opencl_table --platform portable --rows 100000 --dim 64
+    PYTHONPATH=python python3 bench/bench_opencl.py ...          # the same, from a checkout
 
 Repeats are interleaved (engine, variant, engine, ...) so that load from other
 processes hits all of them alike.
@@ -23,7 +24,7 @@ import time
 
 import numpy as np
 
-from .table import OpenCLTable, _cl
+from ..opencl.table import OpenCLTable, _cl
 
 __all__ = ["bench_pooled", "device_copy_bandwidth", "main", "make_workload"]
 

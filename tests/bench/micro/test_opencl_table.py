@@ -1,6 +1,9 @@
 """pytest-benchmark entries for the OpenCL pooled lookup (PoCL by default).
 
-    PYTHONPATH=python python3 -m pytest bench/test_opencl_bench.py --benchmark-columns=median,ops
+    EMBEDLOOKUP_BENCH_FULL=1 PYTHONPATH=python python3 -m pytest tests/bench/micro/test_opencl_table.py \
+        --benchmark-columns=median,ops
+
+(without EMBEDLOOKUP_BENCH_FULL=1, as in the test run, a tiny table and batch).
 
 Each entry reports effective bytes/s (rows read x row bytes / median time) in
 its extra_info. The platform: $EMBEDLOOKUP_OPENCL_PLATFORM, else PoCL, else the first.
@@ -14,15 +17,21 @@ import embedlookup as el
 import numpy as np
 import pytest
 
+pytest.importorskip(
+    "pytest_benchmark", reason="pytest-benchmark is not installed (pip install 'embedlookup[test]')"
+)
+# Real sizes, or tiny ones (the default: the test run); see conftest.py.
+FULL = os.environ.get("EMBEDLOOKUP_BENCH_FULL", "") not in ("", "0")
 pytest.importorskip("pyopencl", reason="pyopencl is not installed (pip install 'embedlookup[opencl]')")
-from embedlookup.opencl import OpenCLTable, available_devices, bench  # noqa: E402
+from embedlookup.bench import opencl_table as bench  # noqa: E402
+from embedlookup.opencl import OpenCLTable, available_devices  # noqa: E402
 
 DEVICES = available_devices()
 if not DEVICES:
     pytest.skip("no OpenCL platform with a device is installed", allow_module_level=True)
 PLATFORM = os.environ.get("EMBEDLOOKUP_OPENCL_PLATFORM") or next(
     (p for p, _ in DEVICES if "portable" in p.lower()), DEVICES[0][0])
-ROWS, DIM, BATCH, POOLING = 100_000, 64, 512, 32
+ROWS, DIM, BATCH, POOLING = (100_000, 64, 512, 32) if FULL else (5_000, 16, 64, 8)
 
 
 @pytest.fixture(scope="module", params=[None, 1.05], ids=["uniform", "zipf1.05"])

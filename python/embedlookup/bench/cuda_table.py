@@ -2,7 +2,7 @@
 GPU's measured device-to-device copy bandwidth and torch.nn.EmbeddingBag on
 the same GPU, same rows, same keys, in one run.
 
-    python -c "import torch; from embedlookup.cuda_bench import main; main()" [--rows 10000000] [--dim 64] [--pooling 32] [--batches 4096,16384,65536]
+    python -c "import torch; from embedlookup.bench.cuda_table import main; main()" [--rows 10000000] [--dim 64] [--pooling 32] [--batches 4096,16384,65536]
 
 Effective bytes = keys looked up x dim x 4 (the row bytes a pooled lookup must
 read); copy bandwidth counts bytes read + written (STREAM convention). Each
@@ -40,7 +40,7 @@ def copy_bandwidth(torch, nbytes: int = 1 << 30, repeats: int = 15) -> float:
 def _stage(msg: str) -> None:
     import sys
 
-    print(f"[cuda_bench] {msg}", file=sys.stderr, flush=True)
+    print(f"[cuda_table] {msg}", file=sys.stderr, flush=True)
 
 
 def run(rows: int = 10_000_000, dim: int = 64, pooling: int = 32, batches=(4096, 16384, 65536),

@@ -271,7 +271,7 @@ void FileTier::open_existing(int64_t capacity) {
   if (version != kFormatVersion)
     throw TierFormatError("tier file '" + path_ + "' has format version " + std::to_string(version) +
                           ", this build reads " + std::to_string(kFormatVersion) +
-                          (version < kFormatVersion
+                          (version == 1
                                ? " (version 1 files have no directory checksum: re-create the tier, moving its rows "
                                  "with the build that wrote it, e.g. through a checkpoint)"
                                : ""));

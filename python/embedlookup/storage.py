@@ -165,7 +165,8 @@ class FileTier:
         self._n().flush()
 
     def close(self) -> None:
-        """Flushes and marks the file cleanly closed (the next open skips slot verification)."""
+        """Flushes, marks the file cleanly closed (with the directory's checksum)
+        and releases its lock. Idempotent."""
         if self._native is not None:
             self._native.close()
 

@@ -54,10 +54,14 @@ void bind_storage(py::module_& m) {
   py::register_exception<TierFullError>(m, "TierFullError", PyExc_RuntimeError);
   py::register_exception<SnapshotFormatError>(m, "SnapshotFormatError", PyExc_ValueError);
   py::register_exception<TierFormatError>(m, "TierFormatError", PyExc_ValueError);
+  py::register_exception<TierLockedError>(m, "TierLockedError", PyExc_RuntimeError);
 
   py::class_<StorageTier, std::shared_ptr<StorageTier>>(m, "StorageTier");
-  py::class_<FileTier, StorageTier, std::shared_ptr<FileTier>>(m, "FileTier")
-      .def(py::init([](const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity) {
+  py::class_<FileTier, StorageTier, std::shared_ptr<FileTier>> file_tier(m, "FileTier");
+  file_tier.attr("MAX_DIM") = FileTier::kMaxDim;
+  file_tier.attr("MAX_STATE_FLOATS") = FileTier::kMaxStateFloats;
+  file_tier.attr("MAX_CAPACITY") = FileTier::max_capacity();
+  file_tier.def(py::init([](const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity) {
              py::gil_scoped_release nogil;
              return std::make_shared<FileTier>(path, dim, state_floats, capacity);
            }),

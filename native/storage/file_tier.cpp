@@ -1,6 +1,7 @@
 #include "file_tier.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,14 +19,53 @@ namespace embedlookup {
 
 namespace {
 constexpr char kMagic[8] = {'E', 'L', 'T', 'I', 'E', 'R', '\r', '\n'};
-constexpr uint32_t kFormatVersion = 1, kBom = 0x01020304u, kDtypeF32 = 1;
-constexpr size_t kHeaderBytes = 4096, kHeaderCrc = 124, kCleanAt = 512;
-constexpr uint32_t kClean = 0x4E41454Cu;  // "CLEAN" marker; anything else = dirty
+constexpr uint32_t kFormatVersion = 2, kBom = 0x01020304u, kDtypeF32 = 1;
+constexpr size_t kHeaderBytes = 4096, kHeaderCrc = 124;
+// The clean record, written by close() after the last flush: the mark, the
+// CRC-32C of the whole directory, the live rows, and the record's own CRC.
+// Only the mark is rewritten (to 0) while the file is open.
+constexpr size_t kCleanAt = 512, kCleanDirCrc = 516, kCleanRows = 520, kCleanCrc = 528, kCleanBytes = 20;
+constexpr uint32_t kClean = 0x4E41454Cu;  // "CLEAN" marker; 0 = dirty (open, or killed); anything else = damage
 constexpr int64_t kChunk = 4096;           // rows per write batch
 
 using fmt::put;
 using fmt::load_as;
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// slots for `capacity` rows: spare slots for out-of-place writes (a flush reclaims them)
+constexpr int64_t slots_for(int64_t capacity) { return capacity + (capacity / 16 > 64 ? capacity / 16 : 64); }
+constexpr int64_t compute_max_capacity() {
+  int64_t lo = 1, hi = static_cast<int64_t>(kMaxRowId);  // slots_for(lo) fits, slots_for(hi) does not
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (slots_for(mid) < static_cast<int64_t>(kMaxRowId) ? lo : hi) = mid;
+  }
+  return lo;
+}
+constexpr int64_t kMaxCapacity = compute_max_capacity();
+
+// The one layout a (dim, state_floats, capacity) gives; every product and sum
+// overflow-checked (with the ranges above none can overflow, but a header is
+// checked against this, not trusted).
+struct Layout {
+  int64_t slots = 0, slot_bytes = 0;
+  uint64_t dir_offset = 0, data_offset = 0, total = 0;
+};
+bool layout_for(int64_t dim, int64_t sf, int64_t capacity, Layout& L) {
+  if (dim < 1 || dim > FileTier::kMaxDim || sf < 0 || sf > FileTier::kMaxStateFloats || capacity < 1 ||
+      capacity > kMaxCapacity)
+    return false;
+  L.slots = slots_for(capacity);
+  L.slot_bytes = static_cast<int64_t>(align_up(static_cast<size_t>(dim + sf) * 4, 64));
+  uint64_t dir_bytes, data_bytes;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(L.slots), uint64_t{32}, &dir_bytes)) return false;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(L.slots), static_cast<uint64_t>(L.slot_bytes), &data_bytes))
+    return false;
+  L.dir_offset = kHeaderBytes;
+  L.data_offset = align_up(L.dir_offset + dir_bytes, 4096);
+  if (__builtin_add_overflow(L.data_offset, data_bytes, &L.total)) return false;
+  return L.total <= static_cast<uint64_t>(INT64_MAX);  // an off_t
+}
 
 void pwrite_all(int fd, const void* p, size_t n, size_t off, const std::string& path) {
   const char* c = static_cast<const char*>(p);
@@ -51,30 +91,76 @@ void pread_all(int fd, void* p, size_t n, size_t off, const std::string& path) {
   }
 }
 uint32_t entry_crc(const void* e) { return crc32c(e, 28); }
+bool all_zero(const void* p, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i)
+    if (b[i]) return false;
+  return true;
+}
+bool fsync_parent(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return false;
+  const bool ok = ::fsync(d) == 0;
+  ::close(d);
+  return ok;
+}
 }  // namespace
+
+int64_t FileTier::max_capacity() { return kMaxCapacity; }
 
 FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity)
     : path_(path), dim_(dim), state_floats_(state_floats), index_(0) {
-  if (dim <= 0) throw std::invalid_argument("dim must be > 0");
-  if (state_floats < 0) throw std::invalid_argument("state_floats must be >= 0");
-  if (capacity < 0) throw std::invalid_argument("capacity must be >= 0");
-  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  try {
-    if (fd_ < 0) {
+  if (path.find('\0') != std::string::npos) throw std::invalid_argument("path: must not contain a NUL byte");
+  if (dim <= 0 || dim > kMaxDim)
+    throw std::invalid_argument("dim must be in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(dim));
+  if (state_floats < 0 || state_floats > kMaxStateFloats)
+    throw std::invalid_argument("state_floats must be in [0, " + std::to_string(kMaxStateFloats) + "], got " +
+                                std::to_string(state_floats));
+  if (capacity < 0 || capacity > kMaxCapacity)
+    throw std::invalid_argument("capacity must be in [1, " + std::to_string(kMaxCapacity) +
+                                "] rows (0 when reopening: the file's), got " + std::to_string(capacity));
+  for (int attempt = 0;; ++attempt) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    try {
+      if (fd_ >= 0) {
+        open_existing(capacity);
+        return;
+      }
       if (errno != ENOENT) throw std::runtime_error("tier '" + path + "': cannot open: " + std::strerror(errno));
       if (capacity <= 0)
         throw std::invalid_argument("capacity: tier file '" + path + "' does not exist; give a capacity to create it");
-      create(capacity);
-    } else {
-      open_existing(capacity);
+      if (create(capacity)) return;
+      if (attempt > 0)
+        throw std::runtime_error("tier '" + path + "': created and removed by others while opening it");
+    } catch (...) {
+      release_fd();
+      throw;
     }
-  } catch (...) {
-    if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
-    if (fd_ >= 0) ::close(fd_);
-    map_ = nullptr;
-    fd_ = -1;
-    throw;
   }
+}
+
+void FileTier::release_fd() {
+  if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
+  map_ = nullptr;
+  if (fd_ >= 0) {
+    ::flock(fd_, LOCK_UN);  // explicit: a forked child may share the open file description
+    ::close(fd_);
+  }
+  fd_ = -1;
+}
+
+void FileTier::lock_file(int fd, const std::string& name) {
+  int rc;
+  do rc = ::flock(fd, LOCK_EX | LOCK_NB);
+  while (rc != 0 && errno == EINTR);
+  if (rc == 0) return;
+  if (errno == EWOULDBLOCK)
+    throw TierLockedError("tier file '" + name +
+                          "' is already open (by another FileTier in this or another process); a tier file has "
+                          "one user at a time: close the other one first");
+  throw std::runtime_error("tier '" + name + "': cannot lock: " + std::strerror(errno));
 }
 
 FileTier::~FileTier() {
@@ -85,49 +171,95 @@ FileTier::~FileTier() {
   }
 }
 
-void FileTier::create(int64_t capacity) {
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw std::runtime_error("tier '" + path_ + "': cannot create: " + std::strerror(errno));
+bool FileTier::create(int64_t capacity) {
+  Layout L;
+  if (!layout_for(dim_, state_floats_, capacity, L))
+    throw std::invalid_argument("capacity: " + std::to_string(capacity) + " rows of " +
+                                std::to_string(dim_ + state_floats_) + " floats do not fit a tier file");
   capacity_ = capacity;
-  // Out-of-place writes need spare slots; a flush reclaims them.
-  slots_ = capacity + std::max<int64_t>(64, capacity / 16);
-  if (slots_ >= static_cast<int64_t>(kMaxRowId)) throw std::invalid_argument("capacity: at most 2^32 - 3 - slack rows");
-  slot_bytes_ = static_cast<int64_t>(align_up(static_cast<size_t>(dim_ + state_floats_) * 4, 64));
-  dir_offset_ = kHeaderBytes;
-  data_offset_ = align_up(dir_offset_ + static_cast<size_t>(slots_) * sizeof(Entry), 4096);
-  const size_t total = data_offset_ + static_cast<size_t>(slots_) * slot_bytes_;
-  const int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(total));
-  if (rc != 0) {
-    ::unlink(path_.c_str());
-    throw std::runtime_error("tier '" + path_ + "': cannot allocate " + std::to_string(total) +
-                             " bytes: " + std::strerror(rc));
-  }
-  uint8_t h[kHeaderBytes] = {};
-  std::memcpy(h, kMagic, 8);
-  put<uint32_t>(h, 8, kFormatVersion);
-  put<uint32_t>(h, 12, kBom);
-  put<uint32_t>(h, 16, kDtypeF32);
-  put<int64_t>(h, 24, dim_);
-  put<int64_t>(h, 32, state_floats_);
-  put<int64_t>(h, 40, capacity_);
-  put<int64_t>(h, 48, slots_);
-  put<int64_t>(h, 56, slot_bytes_);
-  put<uint64_t>(h, 64, dir_offset_);
-  put<uint64_t>(h, 72, data_offset_);
-  put<uint32_t>(h, kHeaderCrc, crc32c(h, kHeaderCrc));
-  pwrite_all(fd_, h, kHeaderBytes, 0, path_);  // clean flag 0: dirty while open
-  if (::fsync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fsync failed");
+  slots_ = L.slots;
+  slot_bytes_ = L.slot_bytes;
+  dir_offset_ = L.dir_offset;
+  data_offset_ = L.data_offset;
+  // Memory first: a failure here leaves no file behind.
   dir_.assign(slots_, Entry{});
   unflushed_.assign(slots_, 0);
   free_bits_.assign((static_cast<size_t>(slots_) + 63) / 64, 0);
+  free_count_ = 0;
+  free_lo_word_ = 0;
   for (int64_t s = 0; s < slots_; ++s) mark_free(static_cast<uint32_t>(s));
-  map_file();
+  // Built under a temporary name and linked into place when complete, so a
+  // failed (or killed) create never leaves a half-made file at path_. The
+  // temporary is locked: a concurrent create of the same path fails cleanly,
+  // and a leftover of a killed create is reused.
+  const std::string tmp = path_ + ".creating";
+  fd_ = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error("tier '" + path_ + "': cannot create '" + tmp + "': " + std::strerror(errno));
+  try {
+    lock_file(fd_, path_);
+  } catch (const TierLockedError&) {
+    throw TierLockedError("tier file '" + path_ + "' is being created by another FileTier (in this or another process)");
+  }
+  bool published = false;
+  try {
+    if (::ftruncate(fd_, 0) != 0) throw std::runtime_error("tier '" + path_ + "': cannot truncate '" + tmp + "'");
+    const int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(L.total));
+    if (rc != 0)
+      throw std::runtime_error("tier '" + path_ + "': cannot allocate " + std::to_string(L.total) +
+                               " bytes: " + std::strerror(rc));
+    uint8_t h[kHeaderBytes] = {};
+    std::memcpy(h, kMagic, 8);
+    put<uint32_t>(h, 8, kFormatVersion);
+    put<uint32_t>(h, 12, kBom);
+    put<uint32_t>(h, 16, kDtypeF32);
+    put<int64_t>(h, 24, dim_);
+    put<int64_t>(h, 32, state_floats_);
+    put<int64_t>(h, 40, capacity_);
+    put<int64_t>(h, 48, slots_);
+    put<int64_t>(h, 56, slot_bytes_);
+    put<uint64_t>(h, 64, dir_offset_);
+    put<uint64_t>(h, 72, data_offset_);
+    put<uint32_t>(h, kHeaderCrc, crc32c(h, kHeaderCrc));
+    pwrite_all(fd_, h, kHeaderBytes, 0, path_);  // clean mark 0: dirty while open
+    if (::fsync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fsync failed: " + std::strerror(errno));
+    map_file();
+    // link() never replaces: a file created at path_ meanwhile is opened instead.
+    if (::link(tmp.c_str(), path_.c_str()) == 0) {
+      published = true;
+    } else if (errno == EEXIST) {
+      ::unlink(tmp.c_str());
+      release_fd();
+      return false;
+    } else if (errno == EPERM || errno == EOPNOTSUPP || errno == ENOSYS || errno == EMLINK) {
+      // no hard links on this file system: rename, after checking (racy, best effort)
+      if (::access(path_.c_str(), F_OK) == 0) {
+        ::unlink(tmp.c_str());
+        release_fd();
+        return false;
+      }
+      if (::rename(tmp.c_str(), path_.c_str()) != 0)
+        throw std::runtime_error("tier '" + path_ + "': cannot rename '" + tmp + "': " + std::strerror(errno));
+      published = true;
+    } else {
+      throw std::runtime_error("tier '" + path_ + "': cannot link '" + tmp + "': " + std::strerror(errno));
+    }
+    ::unlink(tmp.c_str());
+    if (!fsync_parent(path_))
+      throw std::runtime_error("tier '" + path_ + "': cannot fsync its folder: " + std::strerror(errno));
+  } catch (...) {
+    ::unlink(published ? path_.c_str() : tmp.c_str());
+    throw;
+  }
+  return true;
 }
 
 void FileTier::open_existing(int64_t capacity) {
+  // Nothing below writes to the file until every check has passed: a failed
+  // open leaves the file byte-identical (its clean mark included).
+  lock_file(fd_, path_);
   struct stat st;
   if (::fstat(fd_, &st) != 0) throw std::runtime_error("tier '" + path_ + "': cannot stat");
-  const size_t size = static_cast<size_t>(st.st_size);
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < kHeaderBytes)
     throw TierFormatError("tier file '" + path_ + "' is truncated or not a tier file (" + std::to_string(size) +
                           " bytes)");
@@ -135,9 +267,14 @@ void FileTier::open_existing(int64_t capacity) {
   pread_all(fd_, h, kHeaderBytes, 0, path_);
   if (std::memcmp(h, kMagic, 8) != 0) throw TierFormatError("'" + path_ + "' is not an embedlookup tier file (bad magic)");
   if (load_as<uint32_t>(h, 12) != kBom) throw TierFormatError("tier file '" + path_ + "' was written with the other byte order");
-  if (load_as<uint32_t>(h, 8) != kFormatVersion)
-    throw TierFormatError("tier file '" + path_ + "' has format version " + std::to_string(load_as<uint32_t>(h, 8)) +
-                          ", this build reads 1");
+  const uint32_t version = load_as<uint32_t>(h, 8);
+  if (version != kFormatVersion)
+    throw TierFormatError("tier file '" + path_ + "' has format version " + std::to_string(version) +
+                          ", this build reads " + std::to_string(kFormatVersion) +
+                          (version == 1
+                               ? " (version 1 files have no directory checksum: re-create the tier, moving its rows "
+                                 "with the build that wrote it, e.g. through a checkpoint)"
+                               : ""));
   if (load_as<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc))
     throw TierFormatError("tier file '" + path_ + "' is corrupt (header checksum mismatch)");
   if (load_as<uint32_t>(h, 16) != kDtypeF32)
@@ -150,27 +287,46 @@ void FileTier::open_existing(int64_t capacity) {
   if (fsf != state_floats_)
     throw TierFormatError("tier file '" + path_ + "' stores " + std::to_string(fsf) +
                           " optimizer-state floats per row, expected " + std::to_string(state_floats_));
-  capacity_ = load_as<int64_t>(h, 40);
-  if (capacity != 0 && capacity != capacity_)
+  const int64_t fcap = load_as<int64_t>(h, 40);
+  Layout L;
+  if (!layout_for(dim_, state_floats_, fcap, L))
+    throw TierFormatError("tier file '" + path_ + "' is corrupt (capacity " + std::to_string(fcap) + " out of range)");
+  if (capacity != 0 && capacity != fcap)
     throw std::invalid_argument("capacity: tier file '" + path_ + "' was created with capacity " +
-                                std::to_string(capacity_) + ", not " + std::to_string(capacity));
-  slots_ = load_as<int64_t>(h, 48);
-  slot_bytes_ = load_as<int64_t>(h, 56);
-  dir_offset_ = load_as<uint64_t>(h, 64);
-  data_offset_ = load_as<uint64_t>(h, 72);
-  if (capacity_ <= 0 || slots_ < capacity_ || slots_ >= static_cast<int64_t>(kMaxRowId) ||
-      slot_bytes_ < (dim_ + state_floats_) * 4 || dir_offset_ != kHeaderBytes ||
-      data_offset_ < dir_offset_ + static_cast<size_t>(slots_) * sizeof(Entry))
-    throw TierFormatError("tier file '" + path_ + "' is corrupt (inconsistent header)");
-  const size_t total = data_offset_ + static_cast<size_t>(slots_) * slot_bytes_;
-  if (size < total)
-    throw TierFormatError("tier file '" + path_ + "' is truncated: " + std::to_string(size) + " bytes, expected " +
-                          std::to_string(total));
-  const bool clean = load_as<uint32_t>(h, kCleanAt) == kClean;
-  recovered_ = !clean;
+                                std::to_string(fcap) + ", not " + std::to_string(capacity));
+  // The layout is a function of (dim, state_floats, capacity): every stored
+  // size and offset must be exactly that one (nothing is taken from the file).
+  auto expect = [&](const char* name, uint64_t got, uint64_t want) {
+    if (got != want)
+      throw TierFormatError("tier file '" + path_ + "' is corrupt (inconsistent header: " + name + " " +
+                            std::to_string(got) + ", the layout needs " + std::to_string(want) + ")");
+  };
+  expect("slots", load_as<uint64_t>(h, 48), static_cast<uint64_t>(L.slots));
+  expect("slot_bytes", load_as<uint64_t>(h, 56), static_cast<uint64_t>(L.slot_bytes));
+  expect("directory offset", load_as<uint64_t>(h, 64), L.dir_offset);
+  expect("data offset", load_as<uint64_t>(h, 72), L.data_offset);
+  if (size != L.total)
+    throw TierFormatError("tier file '" + path_ + "' is " + (size < L.total ? "truncated" : "corrupt") + ": " +
+                          std::to_string(size) + " bytes, expected " + std::to_string(L.total));
+  const uint32_t mark = load_as<uint32_t>(h, kCleanAt);
+  if (mark != kClean && mark != 0)
+    throw TierFormatError("tier file '" + path_ + "' is corrupt (clean mark damaged)");
+  const bool clean = mark == kClean;
+  if (clean && load_as<uint32_t>(h, kCleanCrc) != crc32c(h + kCleanAt, kCleanCrc - kCleanAt))
+    throw TierFormatError("tier file '" + path_ + "' is corrupt (clean record checksum mismatch)");
+  capacity_ = fcap;
+  slots_ = L.slots;
+  slot_bytes_ = L.slot_bytes;
+  dir_offset_ = L.dir_offset;
+  data_offset_ = L.data_offset;
   map_file();
+  std::vector<uint32_t> losers =
+      load_directory(clean, load_as<uint32_t>(h, kCleanDirCrc), load_as<int64_t>(h, kCleanRows));
+  // Verified: from here on the file is written (dirty while open, then the
+  // dropped entries of a recovery zeroed).
+  recovered_ = !clean;
   set_clean(false);
-  recover_directory(clean);
+  release_slots_locked(losers);
 }
 
 void FileTier::map_file() {
@@ -181,55 +337,89 @@ void FileTier::map_file() {
   map_ = static_cast<const uint8_t*>(p);
 }
 
-void FileTier::set_clean(bool clean) {
-  const uint32_t v = clean ? kClean : 0u;
-  pwrite_all(fd_, &v, 4, kCleanAt, path_);
-  if (::fdatasync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fdatasync failed");
+void FileTier::pwrite_checked(const void* p, size_t n, size_t off) {
+  try {
+    pwrite_all(fd_, p, n, off, path_);
+  } catch (...) {
+    io_failed_ = true;  // the directory mirror may differ from the disk: never mark this file clean
+    throw;
+  }
 }
 
-void FileTier::recover_directory(bool was_clean) {
+void FileTier::set_clean(bool clean) {
+  uint8_t r[kCleanBytes] = {};
+  size_t n = 4;  // dirty: only the mark (the rest of a stale record is ignored without it)
+  if (clean) {
+    put<uint32_t>(r, 0, kClean);
+    put<uint32_t>(r, kCleanDirCrc - kCleanAt, crc32c(dir_.data(), static_cast<size_t>(slots_) * sizeof(Entry)));
+    put<int64_t>(r, kCleanRows - kCleanAt, static_cast<int64_t>(index_.size()));
+    put<uint32_t>(r, kCleanCrc - kCleanAt, crc32c(r, kCleanCrc - kCleanAt));
+    n = kCleanBytes;
+  }
+  pwrite_checked(r, n, kCleanAt);
+  if (::fdatasync(fd_) != 0) {
+    io_failed_ = true;
+    throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
+  }
+}
+
+std::vector<uint32_t> FileTier::load_directory(bool was_clean, uint32_t dir_crc, int64_t rows) {
   free_bits_.assign((static_cast<size_t>(slots_) + 63) / 64, 0);
   free_count_ = 0;
   free_lo_word_ = 0;
   dir_.assign(slots_, Entry{});
   pread_all(fd_, dir_.data(), static_cast<size_t>(slots_) * sizeof(Entry), dir_offset_, path_);
+  auto damage = [&](const std::string& what) {
+    return TierFormatError("tier file '" + path_ + "' is corrupt: " + what + " (it was closed cleanly, so this is "
+                           "damage, not a torn write)");
+  };
+  // A cleanly closed file: the directory as a whole must match its checksum
+  // (this catches zeroed entries, which look free) and the row count.
+  if (was_clean && crc32c(dir_.data(), static_cast<size_t>(slots_) * sizeof(Entry)) != dir_crc)
+    throw damage("the directory fails its checksum");
   unflushed_.assign(slots_, 0);
   index_.reserve(static_cast<size_t>(capacity_));
   const size_t payload = static_cast<size_t>(dim_ + state_floats_) * 4;
   std::vector<uint32_t> losers;
   for (int64_t s = 0; s < slots_; ++s) {
     Entry& e = dir_[s];
-    bool valid = e.seq != 0 && e.entry_crc == entry_crc(&e);
+    const bool zero = all_zero(&e, sizeof(Entry));
+    bool valid = !zero && e.seq != 0 && e.entry_crc == entry_crc(&e);
+    if (!zero && !valid && was_clean)
+      throw damage("directory entry " + std::to_string(s) + " fails its checksum");
     // Every open checks every live slot's data (CRC-32C at memory speed): after
     // a crash a torn slot is dropped (the key keeps its previous copy); in a
     // cleanly closed file a bad slot is damage, reported, never served.
     if (valid && crc32c(map_ + data_off(static_cast<uint32_t>(s)), payload) != e.data_crc) {
-      if (was_clean)
-        throw TierFormatError("tier file '" + path_ + "' is corrupt: slot " + std::to_string(s) + " (key " +
-                              std::to_string(e.key) + ") fails its checksum");
+      if (was_clean) throw damage("slot " + std::to_string(s) + " (key " + std::to_string(e.key) + ") fails its checksum");
       valid = false;
     }
     if (!valid) {
-      static const Entry zero{};
-      if (std::memcmp(&e, &zero, sizeof(Entry)) != 0) losers.push_back(static_cast<uint32_t>(s));
-      else mark_free(static_cast<uint32_t>(s));
+      if (zero) mark_free(static_cast<uint32_t>(s));
+      else losers.push_back(static_cast<uint32_t>(s));
       continue;
     }
     seq_ = std::max(seq_, e.seq);
     max_version_ = std::max(max_version_, e.version);
     const uint32_t other = index_.find(e.key);
     if (other == kNoRow) {
+      if (static_cast<int64_t>(index_.size()) >= capacity_)
+        throw TierFormatError("tier file '" + path_ + "' is corrupt (more rows than its capacity " +
+                              std::to_string(capacity_) + ")");
       index_.insert(e.key, static_cast<uint32_t>(s));
-    } else if (dir_[other].seq < e.seq) {  // a newer copy of the key: the older one was superseded
+      continue;
+    }
+    if (was_clean) throw damage("key " + std::to_string(e.key) + " is in two slots");
+    if (dir_[other].seq < e.seq) {  // a newer copy of the key: the older one was superseded
       index_.set_row(e.key, static_cast<uint32_t>(s));
       losers.push_back(other);
     } else {
       losers.push_back(static_cast<uint32_t>(s));
     }
   }
-  release_slots_locked(losers);
-  if (static_cast<int64_t>(index_.size()) > capacity_)
-    throw TierFormatError("tier file '" + path_ + "' is corrupt (more rows than its capacity)");
+  if (was_clean && static_cast<int64_t>(index_.size()) != rows)
+    throw damage("it holds " + std::to_string(index_.size()) + " rows, its clean record says " + std::to_string(rows));
+  return losers;
 }
 
 void FileTier::check_open() const {
@@ -309,8 +499,8 @@ void FileTier::write_entries_locked(const std::vector<uint32_t>& slots) {
     size_t k = j + 1;
     while (k < slots.size() && slots[k] - slots[k - 1] <= kMaxGap) ++k;
     const uint32_t a = slots[j], b = slots[k - 1];
-    pwrite_all(fd_, &dir_[a], (static_cast<size_t>(b - a) + 1) * sizeof(Entry),
-               dir_offset_ + static_cast<size_t>(a) * sizeof(Entry), path_);
+    pwrite_checked(&dir_[a], (static_cast<size_t>(b - a) + 1) * sizeof(Entry),
+               dir_offset_ + static_cast<size_t>(a) * sizeof(Entry));
     j = k;
   }
 }
@@ -328,7 +518,7 @@ void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8
     const uint32_t a = slots[j], b = slots[k - 1];
     const size_t len = (static_cast<size_t>(b - a) + 1) * sb;
     if (static_cast<size_t>(b - a) + 1 == k - j) {  // consecutive: straight from buf
-      pwrite_all(fd_, buf + j * sb, len, data_off(a), path_);
+      pwrite_checked(buf + j * sb, len, data_off(a));
     } else {
       run.resize(len);
       for (size_t q = j; q < k; ++q) {
@@ -337,7 +527,7 @@ void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8
                       map_ + data_off(slots[q - 1] + 1), static_cast<size_t>(slots[q] - slots[q - 1] - 1) * sb);
         std::memcpy(run.data() + static_cast<size_t>(slots[q] - a) * sb, buf + q * sb, sb);
       }
-      pwrite_all(fd_, run.data(), len, data_off(a), path_);
+      pwrite_checked(run.data(), len, data_off(a));
     }
     j = k;
   }
@@ -485,7 +675,10 @@ int64_t FileTier::erase(const int64_t* keys, int64_t n) {
 }
 
 void FileTier::flush_locked() {
-  if (::fdatasync(fd_) != 0) throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
+  if (::fdatasync(fd_) != 0) {
+    io_failed_ = true;
+    throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
+  }
   std::vector<uint32_t> old;
   old.reserve(durable_old_.size());
   for (const auto& kv : durable_old_) old.push_back(kv.second);
@@ -505,11 +698,11 @@ void FileTier::close() {
   std::unique_lock<std::shared_mutex> lk(mu_);
   if (fd_ < 0) return;
   flush_locked();
-  set_clean(true);
-  ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
-  map_ = nullptr;
-  ::close(fd_);
-  fd_ = -1;
+  // The clean record (mark, directory CRC, rows) only when the directory
+  // mirror is known to equal the disk; else the next open re-verifies entry
+  // by entry, as after a crash.
+  if (!io_failed_) set_clean(true);
+  release_fd();
 }
 
 void FileTier::scan(uint64_t since, std::vector<int64_t>& keys) const {

@@ -21,6 +21,14 @@
 // bench/bench_storage.py measures it); writes use pwrite so that a full or
 // failing disk is an error code (an exception), never SIGBUS. The file is
 // allocated in full at creation (posix_fallocate), so ENOSPC shows up there.
+//
+// One user at a time: the open file is locked (flock LOCK_EX | LOCK_NB); a
+// second open, in this or another process, raises TierLockedError. An open
+// verifies everything (header layout with overflow-checked sizes, the clean
+// record and the directory checksum of a cleanly closed file, every entry and
+// every live slot) before it writes a byte, so a failed open leaves the file
+// as it was. A create builds the file under `path + ".creating"` and links it
+// into place only when it is complete: a failed create leaves no file.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -40,11 +48,23 @@ class TierFormatError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The tier file is already open (locked) by another FileTier, in this process
+// or another one.
+class TierLockedError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 class FileTier : public StorageTier {
  public:
   // Opens `path`, creating it when absent. capacity (rows) is required to
   // create; when reopening, 0 adopts the file's and any other value must match.
   // dim / state_floats must match an existing file's.
+  // Ranges (std::invalid_argument naming the argument otherwise):
+  // dim 1..kMaxDim, state_floats 0..kMaxStateFloats, capacity 0..kMaxCapacity.
+  static constexpr int64_t kMaxDim = int64_t{1} << 20;          // TableOptions::kMaxDim
+  static constexpr int64_t kMaxStateFloats = 2 * kMaxDim;       // Adam: 2 * dim
+  static int64_t max_capacity();  // the most rows whose slots (capacity + slack) fit a 32-bit slot id
   FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity);
   ~FileTier() override;
   FileTier(const FileTier&) = delete;
@@ -80,11 +100,17 @@ class FileTier : public StorageTier {
   };
   static_assert(sizeof(Entry) == 32, "directory entry is 32 bytes");
 
-  void create(int64_t capacity);
+  // Builds the file under path_ + ".creating" and links it to path_; false when
+  // path_ appeared meanwhile (nothing left behind: the caller opens it).
+  bool create(int64_t capacity);
   void open_existing(int64_t capacity);
-  void recover_directory(bool was_clean);
+  // Reads and checks the directory (no writes); returns the slots to free.
+  std::vector<uint32_t> load_directory(bool was_clean, uint32_t dir_crc, int64_t rows);
+  void lock_file(int fd, const std::string& name);
+  void release_fd();  // unmaps, unlocks, closes (no writes)
   void map_file();
   void set_clean(bool clean);
+  void pwrite_checked(const void* p, size_t n, size_t off);
   // Zeroes the slots' entries (coalesced writes) and returns them to the free
   // list; sorts `slots`.
   void release_slots_locked(std::vector<uint32_t>& slots);
@@ -108,6 +134,7 @@ class FileTier : public StorageTier {
   int64_t dim_, state_floats_, capacity_ = 0, slots_ = 0, slot_bytes_ = 0;
   size_t dir_offset_ = 0, data_offset_ = 0;
   bool recovered_ = false;
+  bool io_failed_ = false;  // a write or sync failed: close() leaves the file dirty (re-verified at open)
 
   mutable std::shared_mutex mu_;
   KeyIndex index_;                     // key -> slot of its newest value

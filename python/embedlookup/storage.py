@@ -18,11 +18,13 @@ import numpy as np
 from . import _checks, _core
 from . import init as _init
 
-__all__ = ["FileTier", "TierFullError", "SnapshotFormatError", "TierFormatError", "delta_info", "file_info"]
+__all__ = ["FileTier", "TierFullError", "SnapshotFormatError", "TierFormatError", "TierLockedError", "delta_info",
+           "file_info"]
 
 TierFullError = _core.TierFullError
 SnapshotFormatError = _core.SnapshotFormatError
 TierFormatError = _core.TierFormatError
+TierLockedError = _core.TierLockedError  # a RuntimeError: the tier file is open in another FileTier
 
 _STATE_FLOATS = {0: lambda d: 0, 1: lambda d: 0, 2: lambda d: d, 3: lambda d: 1, 4: lambda d: 2 * d}
 
@@ -58,6 +60,13 @@ class FileTier:
     slot size; a table given an unopened tier opens it with its own dim and its
     optimizer's state size.
 
+    Ranges: ``capacity`` 1 .. ``FileTier.MAX_CAPACITY`` (about 4.04e9),
+    ``dim`` 1 .. 2**20, ``state_floats`` 0 .. 2**21 (``ValueError`` naming the
+    argument otherwise). One user at a time: the file is locked while open; a
+    second ``FileTier`` on it (this process or another) raises
+    ``TierLockedError`` (a ``RuntimeError``) until the first is closed. A
+    failed open leaves the file unchanged; a failed create leaves no file.
+
     Guarantees: a process killed at any instant leaves a file that reopens,
     every row holding a whole value written at or after its last
     :meth:`flush` (never a torn mix); writes acknowledged by ``flush()``
@@ -68,11 +77,19 @@ class FileTier:
     def __init__(self, path, capacity: int | None = None, *, dim: int | None = None, state_floats: int = 0):
         self.path = _checks.path(path, "path")
         self._capacity = _positive_int(capacity, "capacity", allow_none=True)
+        if self._capacity is not None and self._capacity > _core.FileTier.MAX_CAPACITY:
+            raise ValueError(f"capacity must be at most {_core.FileTier.MAX_CAPACITY} rows "
+                             f"(slot ids are 32-bit), got {capacity!r}")
         if isinstance(state_floats, bool) or not isinstance(state_floats, (int, np.integer)) or state_floats < 0:
             raise ValueError(f"state_floats must be an int >= 0, got {state_floats!r}")
+        if state_floats > _core.FileTier.MAX_STATE_FLOATS:
+            raise ValueError(f"state_floats must be at most {_core.FileTier.MAX_STATE_FLOATS}, got {state_floats!r}")
         self._native = None
         if dim is not None:
-            self._open(_positive_int(dim, "dim"), int(state_floats))
+            dim = _positive_int(dim, "dim")
+            if dim > _core.FileTier.MAX_DIM:
+                raise ValueError(f"dim must be at most {_core.FileTier.MAX_DIM}, got {dim!r}")
+            self._open(dim, int(state_floats))
 
     def _open(self, dim: int, state_floats: int):
         if self._native is None:
@@ -148,7 +165,8 @@ class FileTier:
         self._n().flush()
 
     def close(self) -> None:
-        """Flushes and marks the file cleanly closed (the next open skips slot verification)."""
+        """Flushes, marks the file cleanly closed (with the directory's checksum)
+        and releases its lock. Idempotent."""
         if self._native is not None:
             self._native.close()
 

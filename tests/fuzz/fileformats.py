@@ -25,7 +25,11 @@ def crc32c(data: bytes) -> int:
 
 
 # ------------------------------------------------------------------ tier
+TIER_VERSION = 2  # version 2 added the clean record's directory CRC, row count and record CRC
 TIER_HEADER, TIER_HEADER_CRC, TIER_CLEAN_AT, ENTRY = 4096, 124, 512, 32
+TIER_CLEAN_MARK = 0x4E41454C
+# the clean record (valid only while the mark is TIER_CLEAN_MARK; mark 0 = dirty)
+TIER_CLEAN_FIELDS = {"mark": (512, "<I"), "dir_crc": (516, "<I"), "rows": (520, "<q"), "record_crc": (528, "<I")}
 TIER_FIELDS = {  # name: (offset, struct code)
     "version": (8, "<I"), "bom": (12, "<I"), "dtype": (16, "<I"), "dim": (24, "<q"), "state_floats": (32, "<q"),
     "capacity": (40, "<q"), "slots": (48, "<q"), "slot_bytes": (56, "<q"), "dir_offset": (64, "<Q"),
@@ -44,6 +48,28 @@ def tier_craft(buf: bytes, **fields) -> bytes:
         o, c = TIER_FIELDS[k]
         struct.pack_into(c, b, o, v)
     struct.pack_into("<I", b, TIER_HEADER_CRC, crc32c(bytes(b[:TIER_HEADER_CRC])))
+    return bytes(b)
+
+
+def tier_clean_record(buf: bytes) -> dict:
+    return {k: struct.unpack_from(c, buf, o)[0] for k, (o, c) in TIER_CLEAN_FIELDS.items()}
+
+
+def tier_directory(buf: bytes) -> bytes:
+    h = tier_header(buf)
+    return bytes(buf[h["dir_offset"]: h["dir_offset"] + ENTRY * h["slots"]])
+
+
+def tier_craft_clean(buf: bytes, resign_dir: bool = False, **fields) -> bytes:
+    """``buf`` with clean-record fields replaced (``resign_dir``: the directory
+    CRC recomputed from the directory in ``buf``) and the record CRC valid."""
+    b = bytearray(buf)
+    if resign_dir:
+        struct.pack_into("<I", b, 516, crc32c(tier_directory(bytes(b))))
+    for k, v in fields.items():
+        o, c = TIER_CLEAN_FIELDS[k]
+        struct.pack_into(c, b, o, v)
+    struct.pack_into("<I", b, 528, crc32c(bytes(b[512:528])))
     return bytes(b)
 
 

@@ -193,14 +193,38 @@ def tier_damage(buf, family):
         "capacity=slots+1": dict(capacity=slots + 1),
         "capacity=-5": dict(capacity=-5),
         "dir_offset=0": dict(dir_offset=0),
-        "format version 2": dict(version=2),
+        f"format version {ff.TIER_VERSION + 1} (newer)": dict(version=ff.TIER_VERSION + 1),
+        f"format version {ff.TIER_VERSION - 1} (older)": dict(version=ff.TIER_VERSION - 1),
         "format version 0": dict(version=0),
         "dtype=2": dict(dtype=2),
         "byte-order mark swapped": dict(bom=0x04030201),
         "dim=0 (opened with dim 8)": dict(dim=0),
         "state_floats=-2": dict(state_floats=-2),
     }
-    return [(k, ff.tier_craft(buf, **v), None) for k, v in cases.items()]
+    out = [(k, ff.tier_craft(buf, **v), None) for k, v in cases.items()]
+    # the clean record (format 2), its own CRC valid; for the dirty original the
+    # mark is set too, so the damaged record is read
+    clean = {"mark": ff.TIER_CLEAN_MARK}
+    e = h["dir_offset"] + ff.ENTRY * live[0]
+    one_zeroed = buf[:e] + bytes(ff.ENTRY) + buf[e + ff.ENTRY:]
+    out += [
+        ("clean record: rows + 1", ff.tier_craft_clean(buf, True, rows=len(live) + 1, **clean), None),
+        ("clean record: rows - 1", ff.tier_craft_clean(buf, True, rows=len(live) - 1, **clean), None),
+        ("clean record: directory CRC ^ 1", ff.tier_craft_clean(buf, True, dir_crc=ff.crc32c(ff.tier_directory(buf)) ^ 1,
+                                                               rows=len(live), **clean), None),
+        ("clean record: mark 1", ff.tier_craft_clean(buf, mark=1), None),
+        ("clean record: record CRC ^ 1 (mark clean)", _bad_record_crc(buf, len(live)), None),
+        # a live entry zeroed (it looks free) with the directory CRC re-signed: the row count catches it
+        ("entry zeroed, directory CRC re-signed", ff.tier_craft_clean(one_zeroed, True, rows=len(live), **clean),
+         None),
+    ]
+    return out
+
+
+def _bad_record_crc(buf, rows):
+    b = bytearray(ff.tier_craft_clean(buf, True, rows=rows, mark=ff.TIER_CLEAN_MARK))
+    struct.pack_into("<I", b, 528, struct.unpack_from("<I", b, 528)[0] ^ 1)
+    return bytes(b)
 
 
 def snap_damage(buf, family):
@@ -352,6 +376,11 @@ def test_damaged_tier_file(kind, family, tmp_path):
     assert ff.crc32c(buf[:ff.TIER_HEADER_CRC]) == struct.unpack_from("<I", buf, ff.TIER_HEADER_CRC)[0], \
         "fileformats.crc32c disagrees with the native writer"
     assert ff.tier_craft(buf) == buf, "re-signing an unmodified header changed it"
+    if kind == "tier_clean":  # the clean record as fileformats knows it (format 2)
+        rec = ff.tier_clean_record(buf)
+        assert rec["mark"] == ff.TIER_CLEAN_MARK and rec["rows"] == len(ff.tier_slots(buf)) and \
+            rec["dir_crc"] == ff.crc32c(ff.tier_directory(buf)), rec
+        assert ff.tier_craft_clean(buf) == buf, "re-signing an unmodified clean record changed it"
     slot_key = {s: k for s, (k, _, _) in ff.tier_slots(buf).items()}
 
     def keys_touched(region):

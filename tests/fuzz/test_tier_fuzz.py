@@ -208,6 +208,47 @@ def test_second_open_from_another_process_is_refused(tmp_path):
     assert ok, f"a second process opened a tier that is open for writing: {p.stdout.strip()}"
 
 
+def test_lock_is_released_by_close_and_by_a_killed_holder(tmp_path):
+    """The lock of a second-open refusal goes with its holder: close() in this process,
+    death (kill -9) of another; a leftover of a killed create does not block a create."""
+    import signal
+    import subprocess
+    import sys
+
+    from fuzzlib import PKG
+    Tally.add(AREA, "tried")
+    path = str(tmp_path / "t.tier")
+    t = tier_with_rows(path)
+    with pytest.raises(el.storage.TierLockedError, match="already open"):
+        el.storage.FileTier(path, dim=DIM, state_floats=SF)
+    t.close()
+    el.storage.FileTier(path, dim=DIM, state_floats=SF).close()  # released by close()
+    holder = (f"import time, embedlookup as el; t = el.storage.FileTier({path!r}, dim={DIM}, state_floats={SF}); "
+              "print('open', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", holder],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=PKG))
+    assert child.stdout.readline().strip() == "open"
+    with open(path, "rb") as f:
+        before = f.read()
+    with pytest.raises(el.storage.TierLockedError):
+        el.storage.FileTier(path, dim=DIM, state_floats=SF)
+    with open(path, "rb") as f:
+        assert f.read() == before, "a refused open changed the file"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    t2 = el.storage.FileTier(path, dim=DIM, state_floats=SF)  # released by the holder's death
+    assert t2.recovered and sorted(t2.keys(0).tolist()) == [1, 2]
+    t2.close()
+    # a create killed before it linked the file into place leaves only path.creating
+    fresh = str(tmp_path / "u.tier")
+    with open(fresh + ".creating", "wb") as f:
+        f.write(b"half-made")
+    t3 = el.storage.FileTier(fresh, 4, dim=DIM)
+    assert len(t3) == 0 and not os.path.exists(fresh + ".creating")
+    t3.close()
+    Tally.add(AREA, "valid_ok")
+
+
 # ------------------------------------------------------ a table over a tier
 @fuzz(25)
 @given(data=st.data(), memory_rows=st.sampled_from([None, 1, 3]), promote=st.booleans(),

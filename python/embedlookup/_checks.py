@@ -334,10 +334,14 @@ def mode_id(mode) -> int:
     return MODES[mode]
 
 
-def bag_weights(per_sample_weights, mode: str, n: int):
+def bag_weights(per_sample_weights, mode: str, n: int, values_shape=None):
     """``per_sample_weights`` checked as EmbeddingBag does: only with mode
-    "sum", one float32 per value; None stays None."""
+    "sum", one float32 per value, shaped like ``values`` (1-D, or the 2-D
+    shape of equal-length bags); None stays None."""
     if per_sample_weights is None:
         return None
     weights_mode(mode)
-    return finite(floats(per_sample_weights, "per_sample_weights", (n,)), "per_sample_weights")
+    w = to_numpy(per_sample_weights, "per_sample_weights")
+    if values_shape is not None and len(values_shape) == 2 and w.shape == tuple(values_shape):
+        w = w.reshape(-1)  # 2-D bags: one weight per value, in the same layout
+    return finite(floats(w, "per_sample_weights", (n,)), "per_sample_weights")

@@ -306,7 +306,7 @@ class FrequencyTable(EmbeddingTable):
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         v = self.namespaced_keys(v, feature)  # values' own memory when not namespaced
-        pw = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
+        pw = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
         sw = None if score_weights is None else self._score_weights(score_weights, v.shape[0])
         o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=pw,
                               score_weights=sw)
@@ -342,7 +342,7 @@ class FrequencyTable(EmbeddingTable):
         row go to the default row as in :meth:`apply_gradients`."""
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         self._apply_pooled(self.namespaced_keys(v, feature), off, n_bags, grad_output, optimizer, mode,
-                           per_sample_weights)
+                           per_sample_weights, getattr(values, "shape", None))
 
     def assign(self, keys, rows, *, feature=None) -> None:
         """Sets rows (always admits; the budget is enforced afterwards)."""

@@ -117,7 +117,7 @@ class EmbeddingTable(_StorageMethods):
         """
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
-        w = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
+        w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
         o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=w)
         self._t.pooled_lookup(v, off, n_bags, m, w, o, bool(insert))
         return o
@@ -167,16 +167,18 @@ class EmbeddingTable(_StorageMethods):
         table; on any error nothing is updated.
         """
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
-        self._apply_pooled(v, off, n_bags, grad_output, optimizer, mode, per_sample_weights)
+        self._apply_pooled(v, off, n_bags, grad_output, optimizer, mode, per_sample_weights,
+                           getattr(values, "shape", None))
 
-    def _apply_pooled(self, v, off, n_bags, grad_output, optimizer, mode, per_sample_weights) -> None:
+    def _apply_pooled(self, v, off, n_bags, grad_output, optimizer, mode, per_sample_weights,
+                      values_shape=None) -> None:
         """apply_pooled_gradients on checked bags (v: the table's own keys)."""
         opt = _checks.optimizer(optimizer, self.optimizer)
         m = _checks.mode_id(mode)
         if mode == "max":
             raise ValueError("mode='max' is not supported here: its gradient needs the forward's winning rows; "
                              "use embedlookup.torch.HashEmbeddingBag for max pooling")
-        w = _checks.bag_weights(per_sample_weights, mode, v.shape[0])
+        w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], values_shape)
         g = _checks.floats(grad_output, "grad_output", (n_bags, self._dim))
         self._t.apply_pooled_gradients(v, off, n_bags, m, w, None, g, opt._spec(), None, 0)
 

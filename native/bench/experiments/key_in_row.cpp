@@ -1,5 +1,5 @@
 // A standalone experiment behind docs/engine.md ("Speed"): the pooled gather
-// of the issue-2 workload (1 M x 64, 4096 bags x 32, uniform) with
+// of the pooled-lookup bar's workload (1 M x 64, 4096 bags x 32, uniform) with
 //   dense   - row ids given (no index), the floor;
 //   current - the engine's layout: 64-byte buckets of 5 full keys + ids (16 MB);
 //   key-in-row - the key in a header line beside the row (320-byte slots) and a

@@ -52,10 +52,10 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
     s.slot_row.resize(cap);
     s.slot_group.resize(cap);
   }
-  if (static_cast<int64_t>(s.rows.size()) < m) {
-    s.rows.resize(m);
-    s.grad.resize(static_cast<size_t>(m) * stride);
-  }
+  // Sized separately: the scratch is per thread and shared by tables of
+  // different strides, so enough rows does not mean enough gradient floats.
+  if (static_cast<int64_t>(s.rows.size()) < m) s.rows.resize(m);
+  if (s.grad.size() < static_cast<size_t>(m) * stride) s.grad.resize(static_cast<size_t>(m) * stride);
   uint32_t* __restrict slot_row = s.slot_row.data();
   uint32_t* __restrict slot_group = s.slot_group.data();
   std::fill(slot_row, slot_row + cap, kNoRow);

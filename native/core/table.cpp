@@ -279,11 +279,12 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
   // Validate everything before the first change: finite gradients, known keys,
   // matching optimizer state.
-  const int64_t bad = cpu::first_non_finite(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
+  const cpu::GradScan scan = cpu::scan_grads(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
+  const int64_t bad = scan.first_non_finite;
   if (bad >= 0)
     throw std::invalid_argument("grads: row " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
-  check_update_bound(g, n, o);
+  check_update_bound(g, n, o, scan.max_abs);
   uint32_t* ids = scratch_ids(n);
   fused_step(keys, n, ids, g, o);
 }

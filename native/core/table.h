@@ -188,7 +188,8 @@ class EmbeddingTable {
   // could overflow float32 from finite inputs: the merged gradient is bounded
   // by max|grad| x sum|scale|, and the step by the optimizer's bound on it
   // (docs/engine.md, "Optimizers"); both must stay below kMaxStep.
-  void check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o) const;
+  // grad_max: the largest |element| of the gradient rows g reads.
+  void check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o, double grad_max) const;
   // Checks a pooled backward's arguments (optimizer, argmax for max mode,
   // finite grad_out) and builds its per-occurrence gradient source in
   // per-thread scratch, valid until this thread's next such call.

@@ -33,12 +33,11 @@ T* sized(std::vector<T>& v, int64_t n) {
 }
 }  // namespace
 
-void EmbeddingTable::check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o) const {
+void EmbeddingTable::check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o, double G) const {
   // Below 1e30 a step can neither overflow itself nor push a finite row past
   // FLT_MAX: FLT_MAX + 1e30 rounds back to FLT_MAX (its ulp is ~2e31).
   constexpr double kMaxStep = 1e30;
   if (n == 0) return;
-  const double G = cpu::max_abs(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
   const double T = g.scale ? cpu::sum_abs(g.scale, n, threads()) : static_cast<double>(n);
   const double merged = G * T;  // bound on any row's summed gradient
   auto refuse = [&](const std::string& what, double bound) {
@@ -80,7 +79,8 @@ GradSource EmbeddingTable::pooled_grad_source(const Bags& b, const int64_t* argm
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
   if (mode == PoolMode::kMax && !argmax) throw std::invalid_argument("max mode needs the argmax from its forward");
   const int64_t dim = opt_.dim;
-  const int64_t bad = cpu::first_non_finite(grad_out, n_bags, dim, grad_stride, threads());
+  const cpu::GradScan scan = cpu::scan_grads(grad_out, n_bags, dim, grad_stride, threads());
+  const int64_t bad = scan.first_non_finite;
   if (bad >= 0)
     throw std::invalid_argument("grad_output: bag " + std::to_string(bad) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
@@ -89,7 +89,7 @@ GradSource EmbeddingTable::pooled_grad_source(const Bags& b, const int64_t* argm
     float* per_occurrence = sized(s.grad, n * dim);
     cpu::max_pool_grad(argmax, grad_out, n_bags, dim, grad_stride, n, per_occurrence, threads());
     const GradSource g{per_occurrence, n, dim, nullptr, nullptr};
-    check_update_bound(g, n, o);
+    check_update_bound(g, n, o, scan.max_abs);  // max pooling routes each grad_out element to one position
     return g;
   }
   int64_t* bag_of = sized(s.bag_of, n);
@@ -97,7 +97,7 @@ GradSource EmbeddingTable::pooled_grad_source(const Bags& b, const int64_t* argm
   float* scale = (mode == PoolMode::kMean || b.weights) ? sized(s.scale, n) : nullptr;
   cpu::bag_positions(b.offsets, b.n_offsets, n_bags, n, mode, b.weights, bag_of, scale, threads());
   const GradSource g{grad_out, n_bags, grad_stride, bag_of, scale};
-  check_update_bound(g, n, o);
+  check_update_bound(g, n, o, scan.max_abs);
   return g;
 }
 

@@ -40,26 +40,26 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
                     int64_t dim, float* out, uint8_t* found, int nt) {
   return (has_avx2() ? avx2::gather_rows : generic::gather_rows)(v, index, keys, ids, n, dim, out, found, nt);
 }
-int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
+GradScan scan_grads(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
   int64_t first = rows;
-#pragma omp parallel for num_threads(nt) reduction(min : first) schedule(static) if (rows * dim > 65536)
-  for (int64_t i = 0; i < rows; ++i) {
-    bool ok = true;
-    // x - x is 0 for finite x and NaN for inf/NaN; one branch per row.
-    float acc = 0.0f;
-    for (int64_t j = 0; j < dim; ++j) acc += a[i * stride + j] - a[i * stride + j];
-    ok = acc == 0.0f;
-    if (!ok && i < first) first = i;
-  }
-  return first == rows ? -1 : first;
-}
-
-float max_abs(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
   float m = 0.0f;
-#pragma omp parallel for num_threads(nt) reduction(max : m) schedule(static) if (rows * dim > 65536)
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < dim; ++j) m = std::max(m, std::fabs(a[i * stride + j]));
-  return m;
+#pragma omp parallel for num_threads(nt) reduction(min : first) reduction(max : m) schedule(static) if (rows * dim > 65536)
+  for (int64_t i = 0; i < rows; ++i) {
+    // x - x is 0 for finite x and NaN for inf/NaN; one branch per row. The
+    // magnitude rides along in the same pass (the update's overflow bound).
+    float acc = 0.0f, mi = 0.0f;
+    for (int64_t j = 0; j < dim; ++j) {
+      const float x = a[i * stride + j];
+      acc += x - x;
+      mi = std::max(mi, std::fabs(x));
+    }
+    if (acc != 0.0f) {
+      if (i < first) first = i;
+    } else {
+      m = std::max(m, mi);
+    }
+  }
+  return {first == rows ? -1 : first, m};
 }
 
 double sum_abs(const float* x, int64_t n, int nt) {

@@ -42,11 +42,14 @@ int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, 
 int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
                     int64_t dim, float* out, uint8_t* found, int nthreads);
 
-// Index of the first row of a (rows x dim, row stride `stride`) matrix holding
-// NaN or inf, or -1.
-int64_t first_non_finite(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
-// Largest |element| of such a matrix (0 when empty); its elements are finite.
-float max_abs(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
+// One pass over a gradient matrix (rows x dim, row stride `stride`): the
+// first row holding NaN or inf (-1 when none) and the largest |element| of
+// the rows before it (0 when empty).
+struct GradScan {
+  int64_t first_non_finite;
+  float max_abs;
+};
+GradScan scan_grads(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
 // Sum of |x[i]| over n floats (double precision).
 double sum_abs(const float* x, int64_t n, int nthreads);
 

@@ -27,8 +27,10 @@ CHILD = textwrap.dedent("""
 
 
 def test_wider_table_after_narrow_one_keeps_the_heap_intact():
-    root = Path(__file__).resolve().parents[2]
+    import embedlookup
+
+    pkg_parent = Path(embedlookup.__file__).resolve().parents[1]  # the build under test, installed or in place
     env = dict(os.environ, MALLOC_CHECK_="3", MALLOC_PERTURB_="165", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(root / "python"), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(pkg_parent), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), (r.returncode, r.stdout[-500:], r.stderr[-2000:])

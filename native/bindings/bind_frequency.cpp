@@ -70,29 +70,6 @@ void bind_frequency(py::module_& m) {
              }
              return call_stats(c);
            })
-      .def("apply_gradients",
-           [](FrequencyTable& t, py::array keys, py::array grads, const OptimSpec& o) {
-             const int64_t* k = cptr<int64_t>(keys);
-             GradSource g{cptr<float>(grads), n_rows(grads), t.dim(), nullptr, nullptr};
-             const int64_t n = keys.size();
-             py::gil_scoped_release nogil;
-             t.apply_gradients(k, n, g, o);
-           })
-      .def("assign",
-           [](FrequencyTable& t, py::array keys, py::array rows) {
-             const int64_t* k = cptr<int64_t>(keys);
-             const float* r = cptr<float>(rows);
-             const int64_t n = keys.size();
-             py::gil_scoped_release nogil;
-             t.assign(k, n, r);
-           })
-      .def("erase",
-           [](FrequencyTable& t, py::array keys) {
-             const int64_t* k = cptr<int64_t>(keys);
-             const int64_t n = keys.size();
-             py::gil_scoped_release nogil;
-             return t.erase(k, n);
-           })
       .def("relayout_step",
            [](FrequencyTable& t, int64_t max_moves) {
              py::gil_scoped_release nogil;

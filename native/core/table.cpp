@@ -275,16 +275,19 @@ void EmbeddingTable::bind_state(const OptimSpec& o) {
   for (uint32_t id = 0; id < next_row_; ++id) init_state_row(id);
 }
 
-void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) {
+void EmbeddingTable::check_gradients(const int64_t*, int64_t n, const GradSource& g, const OptimSpec& o) const {
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
-  // Validate everything before the first change: finite gradients, known keys,
-  // matching optimizer state.
   const cpu::GradScan scan = cpu::scan_grads(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
-  const int64_t bad = scan.first_non_finite;
-  if (bad >= 0)
-    throw std::invalid_argument("grads: row " + std::to_string(bad) +
+  if (scan.first_non_finite >= 0)
+    throw std::invalid_argument("grads: row " + std::to_string(scan.first_non_finite) +
                                 " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
   check_update_bound(g, n, o, scan.max_abs);
+}
+
+void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) {
+  // Validate everything before the first change: finite gradients, their
+  // bound, then (in fused_step) known keys and matching optimizer state.
+  check_gradients(keys, n, g, o);
   uint32_t* ids = scratch_ids(n);
   fused_step(keys, n, ids, g, o);
 }

@@ -77,8 +77,10 @@ class EmbeddingTable {
 
   // ---- writes
   // Last occurrence of a duplicated key wins. Existing keys keep their optimizer state.
-  void assign(const int64_t* keys, int64_t n, const float* rows);
-  int64_t erase(const int64_t* keys, int64_t n);
+  // (Virtual, like erase and apply_gradients: FrequencyTable keeps its scores
+  // and budget, and one binding serves both classes.)
+  virtual void assign(const int64_t* keys, int64_t n, const float* rows);
+  virtual int64_t erase(const int64_t* keys, int64_t n);
   // erase() with mu_ held exclusively; appends the freed row ids to `freed`
   // (may be null). Also erases keys held by an attached tier.
   int64_t erase_locked(const int64_t* keys, int64_t n, std::vector<uint32_t>* freed);
@@ -87,7 +89,7 @@ class EmbeddingTable {
   // Merges duplicate keys, then one optimizer step per distinct row. All keys
   // must exist (KeyMissingError otherwise, before any change); rows in the
   // tier are promoted first.
-  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
+  virtual void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
   // Backward of pooled_lookup fused with one optimizer step: occurrence p of
   // bag b gets grad_out[b] (row stride grad_stride) times b.weights[p] (sum)
   // or 1/len(b) (mean); max mode routes each column to the position in argmax
@@ -188,6 +190,8 @@ class EmbeddingTable {
   // could overflow float32 from finite inputs: the merged gradient is bounded
   // by max|grad| x sum|scale|, and the step by the optimizer's bound on it
   // (docs/engine.md, "Optimizers"); both must stay below kMaxStep.
+  // apply_gradients' checks: an optimizer, finite gradients, the overflow bound.
+  void check_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) const;
   // grad_max: the largest |element| of the gradient rows g reads.
   void check_update_bound(const GradSource& g, int64_t n, const OptimSpec& o, double grad_max) const;
   // Checks a pooled backward's arguments (optimizer, argmax for max mode,

@@ -232,13 +232,7 @@ CallStats FrequencyTable::pooled_max_argmax(const Bags& b, float* out, int64_t* 
 }
 
 void FrequencyTable::apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) {
-  if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
-  const cpu::GradScan scan = cpu::scan_grads(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
-  const int64_t bad = scan.first_non_finite;
-  if (bad >= 0)
-    throw std::invalid_argument("grads: row " + std::to_string(bad) +
-                                " holds NaN or inf; non-finite gradients are rejected and nothing was updated");
-  check_update_bound(g, n, o, scan.max_abs);
+  check_gradients(keys, n, g, o);
   apply_gradients_hinted(keys, n, g, o, nullptr, 0);
 }
 

@@ -78,10 +78,10 @@ class FrequencyTable : public EmbeddingTable {
   CallStats pooled_lookup(const Bags& b, float* out, bool train, const float* score_weights);
   // Gradients of keys without a row are dropped (default_row kZeros) or summed
   // into the shared cold row and applied to it with the same optimizer.
-  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o);
+  void apply_gradients(const int64_t* keys, int64_t n, const GradSource& g, const OptimSpec& o) override;
   // Explicit writes always admit; the budget is enforced afterwards.
-  void assign(const int64_t* keys, int64_t n, const float* rows);
-  int64_t erase(const int64_t* keys, int64_t n);
+  void assign(const int64_t* keys, int64_t n, const float* rows) override;
+  int64_t erase(const int64_t* keys, int64_t n) override;
 
   // Relayout: moves at most max_moves rows (one exclusive-lock pause), starting
   // a new plan when none is active. Returns the planned positions left (0 =

@@ -11,6 +11,8 @@ import pytest
 
 import embedlookup as el
 from reference import RefOptimizer, init_uniform
+from table_state import assert_same_state as assert_unchanged
+from table_state import table_state as snapshot
 
 DIM = 4
 MODES = ["sum", "mean", "max"]
@@ -21,20 +23,6 @@ def make_table(opt=None):
     t.lookup(np.array([1, 2, 3], np.int64))
     t.apply_gradients(np.array([1, 2]), np.full((2, DIM), 0.25, np.float32), opt or el.optim.Adagrad(lr=0.1))
     return t
-
-
-def snapshot(t):
-    k, r = t.export()
-    return k.copy(), r.copy(), t._t.export_state(k).copy(), len(t), t.step, t.version
-
-
-def assert_unchanged(t, snap):
-    k, r, s, n, step, version = snap
-    k2, r2 = t.export()
-    np.testing.assert_array_equal(k2, k)
-    np.testing.assert_array_equal(r2, r)
-    np.testing.assert_array_equal(t._t.export_state(k2), s)
-    assert (len(t), t.step, t.version) == (n, step, version)
 
 
 def raises_unchanged(t, call, exc, match):

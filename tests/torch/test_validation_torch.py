@@ -11,22 +11,9 @@ import torch
 import embedlookup as el
 from embedlookup.torch import HashEmbeddingBag, HashEmbeddingBagCollection
 from reference import RefOptimizer
+from table_state import assert_same_state, table_state
 
 DIM = 4
-
-
-def table_state(t):
-    k, r = t.export()
-    return k.copy(), r.copy(), t._t.export_state(k).copy(), len(t), t.step, t.version
-
-
-def assert_same_state(t, snap):
-    k, r, s, n, step, version = snap
-    k2, r2 = t.export()
-    np.testing.assert_array_equal(k2, k)
-    np.testing.assert_array_equal(r2, r)
-    np.testing.assert_array_equal(t._t.export_state(k2), s)
-    assert (len(t), t.step, t.version) == (n, step, version)
 
 
 def trained_bag(mode="sum", opt=None, **kw):

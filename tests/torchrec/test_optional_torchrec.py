@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import embedlookup
+
+pytest.importorskip("torch")  # the check imports embedlookup.torch too
 
 
 def test_import_without_torchrec():

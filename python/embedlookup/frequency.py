@@ -97,7 +97,8 @@ class FrequencyTable(EmbeddingTable):
     - ``tier``: an ``embedlookup.storage.FileTier``: evicted rows (with their
       optimizer state and version) are written to it instead of ``on_evict``,
       and a training lookup of an evicted key brings its trained row back
-      (no admission test). Serving lookups (``find``) read memory only.
+      (no admission test). Serving lookups (``find``) read tier rows in
+      place, without promoting them or changing any score.
     """
 
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None,

@@ -43,7 +43,8 @@ class EmbeddingTable(_StorageMethods):
         (storage) An ``embedlookup.storage.FileTier`` below memory: missing
         keys are read through from it, rows over the ``memory_rows`` budget
         are written back to it (oldest first, until an eviction policy does
-        it). ``promote=True`` moves tier rows into memory when read;
+        it). ``promote=True`` copies tier rows into memory when read (the
+        tier keeps its durable copy until the row is written back);
         ``promote=False`` serves them in place. See docs/storage.md.
 
     Concurrency: every method releases the GIL. Lookups and gradient updates

@@ -21,8 +21,13 @@ namespace {
 // seqlock counters move without locked instructions (row_seqlock.h). A
 // stripe covers blocks of 256 neighbouring rows, so a partition's rows lie in
 // a few windows of the arena (friendlier to DRAM pages than hashed ids).
-inline uint32_t partition_of(uint32_t id, uint32_t parts) {
-  return static_cast<uint32_t>(static_cast<uint64_t>(RowSeqlock::stripe_of(id)) * parts / RowSeqlock::kStripes);
+// `stripes`: how many stripes the arena's rows span (all of them from 2^20
+// rows on). Dividing that span, not all 4096 stripes, keeps a small table's
+// rows spread over every partition (a 64 K-row table used 16 of 256 before,
+// each with 16x the occurrences its map and sums were sized for).
+inline uint32_t partition_of(uint32_t id, uint32_t parts, uint32_t stripes) {
+  const uint32_t s = std::min(RowSeqlock::stripe_of(id), stripes - 1);
+  return static_cast<uint32_t>(static_cast<uint64_t>(s) * parts / stripes);
 }
 
 // One occurrence, as the scatter pass lays them out per partition: the merge
@@ -126,7 +131,10 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
   const uint32_t parts =
       static_cast<uint32_t>(std::min<int64_t>(RowSeqlock::kStripes, std::max<int64_t>(1, n / 512)));
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 2048 + 1)));
-  auto part_of = [parts](uint32_t id) { return partition_of(id, parts); };
+  const uint32_t stripes = static_cast<uint32_t>(std::min<size_t>(
+      RowSeqlock::kStripes,
+      std::max<size_t>(1, (v.arena->capacity_rows() + (1u << RowSeqlock::kBlockShift) - 1) >> RowSeqlock::kBlockShift)));
+  auto part_of = [parts, stripes](uint32_t id) { return partition_of(id, parts, stripes); };
   const RowSeqlock::BatchWrite batch(*v.seq);  // one batch update at a time; readers check rows meanwhile
   thread_local std::vector<int64_t> hist;
   thread_local std::vector<Occurrence> occ;

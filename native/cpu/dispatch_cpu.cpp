@@ -41,25 +41,26 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
   return (has_avx2() ? avx2::gather_rows : generic::gather_rows)(v, index, keys, ids, n, dim, out, found, nt);
 }
 GradScan scan_grads(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
+  // On the bit patterns: |x| is the pattern without its sign bit, patterns of
+  // non-negative floats order like integers, and x is NaN or inf exactly when
+  // that pattern is >= 0x7F800000. So one integer max per row answers both
+  // questions, and an integer reduction vectorizes where a float one may not.
   int64_t first = rows;
-  float m = 0.0f;
+  uint32_t m = 0;
 #pragma omp parallel for num_threads(nt) reduction(min : first) reduction(max : m) schedule(static) if (rows * dim > 65536)
   for (int64_t i = 0; i < rows; ++i) {
-    // x - x is 0 for finite x and NaN for inf/NaN; one branch per row. The
-    // magnitude rides along in the same pass (the update's overflow bound).
-    float acc = 0.0f, mi = 0.0f;
-    for (int64_t j = 0; j < dim; ++j) {
-      const float x = a[i * stride + j];
-      acc += x - x;
-      mi = std::max(mi, std::fabs(x));
-    }
-    if (acc != 0.0f) {
+    const uint32_t* r = reinterpret_cast<const uint32_t*>(a + i * stride);
+    uint32_t mi = 0;
+    for (int64_t j = 0; j < dim; ++j) mi = std::max(mi, r[j] & 0x7FFFFFFFu);
+    if (mi >= 0x7F800000u) {
       if (i < first) first = i;
     } else {
       m = std::max(m, mi);
     }
   }
-  return {first == rows ? -1 : first, m};
+  float mf;
+  std::memcpy(&mf, &m, sizeof mf);
+  return {first == rows ? -1 : first, mf};
 }
 
 double sum_abs(const float* x, int64_t n, int nt) {

@@ -199,8 +199,6 @@ def test_passes_pool_rounds_in_alternating_order(registry):
     for r in ok:
         assert r["samples"] == len(r["times_s"]) == 4  # 2 rounds in each pass
         if r["subject"] == "recorder":
-            el = next(x for x in ok if x["workload"] == r["workload"] and x["op"] == r["op"]
-                      and x["subject"] == "embedlookup")
             want = np.median(np.asarray(r["times_s"]) / np.asarray(r["el_times_s"]))
             assert r["speedup_vs_embedlookup"] == pytest.approx(want)
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import embedlookup as el
 import reference as ref
-from fuzzlib import Tally, crashed, expect_rejection, fuzz, run_isolated, snapshot
+from fuzzlib import Tally, crashed, expect_rejection, fuzz, run_isolated
 
 AREA = "EmbeddingTable"
 KEY_POOL = [0, 1, -1, 7, 42, 2**31, -(2**31), 2**62 + 3, 2**63 - 1, -(2**63), 123456789012345]

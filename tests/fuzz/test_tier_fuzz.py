@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import embedlookup as el
 import reference as ref
 from fuzzlib import Tally, expect_rejection, fuzz, run_isolated, snapshot, tier_snapshot
-from test_table_fuzz import KEY_POOL, Model, close, finite_rows, keys_st
+from test_table_fuzz import Model, close, finite_rows, keys_st
 
 AREA = "FileTier"
 DIM, SF = 3, 2

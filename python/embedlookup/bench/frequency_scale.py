@@ -151,7 +151,6 @@ def zipf_part(alpha: float, n: int, warmup: int, evals: int, repeats: int, threa
     r["index_bytes_per_row"] = s["index_bytes"] / s["rows"]
     r["metadata_bytes_per_row"] = s["metadata_bytes"] / s["rows"]
     r["row_bytes_per_row"] = s["row_bytes_per_row"]
-    del t, emb, weight
     return r
 
 

@@ -121,7 +121,6 @@ def main(argv=None):
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     peers = {k: v for k, v in med.items() if k.startswith("peer_")}
     fastest = min(peers, key=peers.get) if peers else None
-    bytes_moved = n * a.dim * 4 * 2  # rows read in forward + gradients merged (lower bound; see docs)
     print(f"# rows={a.rows} dim={a.dim} batch={a.batch} pooling={a.pooling} zipf={a.zipf} "
           f"threads={torch.get_num_threads()} isa={el._core.isa()} repeats={a.repeats}")
     for k, v in sorted(med.items(), key=lambda kv: kv[1]):

@@ -13,7 +13,6 @@ order) and layout (``(B, sum of dims)``).
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional
 
 import torch

@@ -106,3 +106,93 @@ class RefOptimizer:
                 denom = np.sqrt(v) / np.sqrt(1 - b2**t) + hp["eps"]
                 w = w - hp["lr"] / (1 - b1**t) * m / denom
             table[k] = w.astype(np.float32)
+
+
+# ----------------------------------------------------------- compressed rows
+# The row layouts of docs (storage types), restated row by row with NumPy's own
+# float16 and plain integer arithmetic. Each returns / takes one uint8 row of
+# row_bytes(kind, dim) bytes per table row.
+ROW_KINDS = ("fp32", "fp16", "bf16", "int8", "int4")
+
+
+def _pad4(n: int) -> int:
+    return (n + 3) // 4 * 4
+
+
+def row_bytes(kind: str, dim: int) -> int:
+    if kind == "fp32":
+        return 4 * dim
+    if kind in ("fp16", "bf16"):
+        return _pad4(2 * dim)
+    if kind == "int8":
+        return _pad4(dim) + 8
+    if kind == "int4":
+        assert dim % 2 == 0
+        return _pad4(dim // 2) + 8
+    raise ValueError(kind)
+
+
+def _bf16_rne(x: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 bits, round to nearest even (finite inputs)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    lsb = (u >> np.uint64(16)) & np.uint64(1)
+    return ((u + np.uint64(0x7FFF) + lsb) >> np.uint64(16)).astype(np.uint16)
+
+
+def quantize_rows(x: np.ndarray, kind: str) -> np.ndarray:
+    """fp32 rows (n, dim) -> raw rows (n, row_bytes) of ``kind``."""
+    x = np.asarray(x, np.float32)
+    n, dim = x.shape
+    out = np.zeros((n, row_bytes(kind, dim)), np.uint8)
+    for r in range(n):
+        row = x[r]
+        if kind == "fp32":
+            out[r] = np.frombuffer(row.tobytes(), np.uint8)
+        elif kind == "fp16":
+            out[r, : 2 * dim] = np.frombuffer(row.astype(np.float16).tobytes(), np.uint8)
+        elif kind == "bf16":
+            out[r, : 2 * dim] = np.frombuffer(_bf16_rne(row).tobytes(), np.uint8)
+        else:
+            levels = 255 if kind == "int8" else 15
+            lo, hi = np.float32(row.min()), np.float32(row.max())
+            scale = np.float32((hi - lo) / np.float32(levels)) if hi > lo else np.float32(0)
+            if scale > 0:
+                codes = np.clip(np.rint((row - lo) / scale), 0, levels).astype(np.uint8)
+            else:
+                codes = np.zeros(dim, np.uint8)
+            if kind == "int8":
+                out[r, :dim] = codes
+                tail = _pad4(dim)
+            else:
+                out[r, : dim // 2] = codes[0::2] | (codes[1::2] << 4)
+                tail = _pad4(dim // 2)
+            out[r, tail : tail + 8] = np.frombuffer(np.array([scale, lo], np.float32).tobytes(), np.uint8)
+    return out
+
+
+def dequantize_rows(raw: np.ndarray, kind: str, dim: int) -> np.ndarray:
+    """Raw rows (n, row_bytes) of ``kind`` -> fp32 rows (n, dim)."""
+    raw = np.asarray(raw, np.uint8)
+    n = raw.shape[0]
+    out = np.zeros((n, dim), np.float32)
+    for r in range(n):
+        b = raw[r].tobytes()
+        if kind == "fp32":
+            out[r] = np.frombuffer(b[: 4 * dim], np.float32)
+        elif kind == "fp16":
+            out[r] = np.frombuffer(b[: 2 * dim], np.float16).astype(np.float32)
+        elif kind == "bf16":
+            bits = np.frombuffer(b[: 2 * dim], np.uint16).astype(np.uint32) << np.uint32(16)
+            out[r] = bits.view(np.float32)
+        else:
+            if kind == "int8":
+                codes = np.frombuffer(b[:dim], np.uint8)
+                tail = _pad4(dim)
+            else:
+                packed = np.frombuffer(b[: dim // 2], np.uint8)
+                codes = np.empty(dim, np.uint8)
+                codes[0::2], codes[1::2] = packed & 0x0F, packed >> 4
+                tail = _pad4(dim // 2)
+            scale, bias = np.frombuffer(b[tail : tail + 8], np.float32)
+            out[r] = codes.astype(np.float32) * scale + bias
+    return out

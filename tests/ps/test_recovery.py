@@ -101,6 +101,7 @@ def test_ray_kill9_during_training(make_server, tmp_path):
     assert st["pushes_applied"] == client.pushes * server.num_shards
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_retried_push_is_applied_once(make_server, tmp_path):
     """The same (client, seq) sent twice is applied once; a later seq before
     an earlier one waits (GAP) instead of being applied out of order."""
@@ -144,6 +145,7 @@ def test_torn_log_tail_is_cut(make_server, tmp_path):
     assert after[3] == before[3]
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_resumed_client_continues_its_sequence(make_server, tmp_path):
     """A client id used again (a restarted trainer) continues after its last
     acknowledged push instead of having its pushes dropped as duplicates."""

@@ -135,10 +135,13 @@ def test_torn_log_tail_is_cut(make_server, tmp_path):
     client.pull(keys)
     client.push(keys, np.ones((3, 4), np.float32))
     before = server.shard_state(0)
-    log = tmp_path / "shard-0" / "log-0.bin"
+    (log,) = (tmp_path / "shard-0").glob("log-*.bin")
+    size = log.stat().st_size
+    assert size > 0
     with open(log, "ab") as f:
         f.write(b"PSL1\x00\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00partial")
     server.kill_shard(0)
+    assert log.stat().st_size == size  # the torn record was cut off
     after = server.shard_state(0)
     for a, b in zip(before[:3], after[:3]):
         np.testing.assert_array_equal(a, b)

@@ -112,25 +112,22 @@ def run(rows=1_000_000, dim=64, batch=4096, pooling=32, shards=2, backends=("loc
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--pooling", type=int, default=32)
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--calls", type=int, default=200, help="calls per per-call overhead median")
+    for name, default in (("rows", 1_000_000), ("dim", 64), ("batch", 4096), ("pooling", 32), ("shards", 2),
+                          ("repeats", 9), ("calls", 200)):  # W1 by default; calls: per-call overhead samples
+        p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--backends", default="local,ray")
     p.add_argument("--durable", default=None, help="also the local backend with a fsynced push log in DIR")
     p.add_argument("--json", default=None, help="write the figures to this file")
     a = p.parse_args(argv)
     res = run(a.rows, a.dim, a.batch, a.pooling, a.shards, tuple(b for b in a.backends.split(",") if b), a.repeats,
               a.calls, a.durable)
-    print(f"{'subject':<14}{'step ms':>9}{'vs in-process':>15}{'pull call ms':>14}{'push call ms':>14}"
-          f"{'MB sent/step':>14}{'MB recv/step':>14}")
+    cols = ("step ms", "vs in-process", "pull call ms", "push call ms", "MB sent/step", "MB recv/step")
+    print(f"{'subject':<14}" + "".join(f"{c:>15}" for c in cols))
     for name, r in res["subjects"].items():
-        print(f"{name:<14}{r['step_ms_median']:>9.1f}{r['throughput_vs_in_process']:>14.0%}"
-              f"{r['pull_call_ms']:>14.3f}{r['push_call_ms']:>14.3f}"
-              f"{r.get('bytes_sent_per_step', 0) / 1e6:>14.2f}{r.get('bytes_received_per_step', 0) / 1e6:>14.2f}")
+        cells = (f"{r['step_ms_median']:.1f}", f"{r['throughput_vs_in_process']:.0%}", f"{r['pull_call_ms']:.3f}",
+                 f"{r['push_call_ms']:.3f}", f"{r.get('bytes_sent_per_step', 0) / 1e6:.2f}",
+                 f"{r.get('bytes_received_per_step', 0) / 1e6:.2f}")
+        print(f"{name:<14}" + "".join(f"{c:>15}" for c in cells))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -13,7 +13,7 @@ import pytest
 
 import embedlookup as el
 
-from conftest import assert_matches_table
+from ps_helpers import assert_matches_table
 
 KILLS = 20
 

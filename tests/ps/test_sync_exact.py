@@ -9,7 +9,7 @@ import pytest
 
 import embedlookup as el
 
-from conftest import assert_matches_table
+from ps_helpers import assert_matches_table
 
 
 def _batch(rng, n_bags, max_len, key_space):

@@ -227,13 +227,15 @@ class Client:
             self._before_pull()
             masks, parts = self._split(k)
             self.bytes_sent += k.nbytes
-            rows = self._call_all("pull", [(p,) for p in parts])
-            self.bytes_received += sum(r.nbytes for r in rows)
+            # Only the shards that hold some of the keys are asked.
+            hs = {i: self._b.submit(i, "pull", p) for i, p in enumerate(parts) if p.shape[0] or len(parts) == 1}
+            rows = {i: self._resolve(i, h, "pull", (parts[i],)) for i, h in hs.items()}
+            self.bytes_received += sum(r.nbytes for r in rows.values())
             if masks is None:
                 return np.array(rows[0], copy=True) if not rows[0].flags.writeable else rows[0]
             out = np.empty((k.shape[0], self._dim), np.float32)
-            for m, r in zip(masks, rows):
-                out[m] = r
+            for i, r in rows.items():
+                out[masks[i]] = r
             return out
 
     def pooled_pull(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,

@@ -166,3 +166,20 @@ def test_resumed_client_continues_its_sequence(make_server, tmp_path):
     b = server.client(client_id="trainer-0")
     b.push(keys, np.ones((8, 4), np.float32))
     assert server.stats()["pushes_applied"] == 4 * 2
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_restart_without_durability_refuses_calls(make_server):
+    """No durable_dir: a restarted shard has lost its rows and says so
+    rather than serve an empty table."""
+    from embedlookup import ps
+
+    server = make_server(4, 2)
+    client = server.client()
+    keys = np.arange(20, dtype=np.int64)
+    client.pull(keys)
+    server.kill_shard(1)
+    with pytest.raises(ps.ShardLostError, match="durable_dir"):
+        client.pull(keys)
+    with pytest.raises(ps.ShardLostError, match="durable_dir"):
+        client.push(keys, np.ones((20, 4), np.float32))

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <unordered_set>
@@ -69,10 +70,15 @@ bool layout_for(int64_t dim, int64_t sf, int64_t capacity, Layout& L) {
 
 void pwrite_all(int fd, const void* p, size_t n, size_t off, const std::string& path) {
   const char* c = static_cast<const char*>(p);
+  if (const int e = io_faults::take(io_faults::kWrite))
+    throw TierIOError("tier '" + path + "': write failed: " + std::strerror(e), e);
   while (n) {
     const ssize_t w = ::pwrite(fd, c, n, static_cast<off_t>(off));
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0) throw std::runtime_error("tier '" + path + "': write failed: " + std::strerror(errno));
+    if (w < 0) {
+      const int e = errno;
+      throw TierIOError("tier '" + path + "': write failed: " + std::strerror(e), e);
+    }
     c += w;
     off += static_cast<size_t>(w);
     n -= static_cast<size_t>(w);
@@ -142,6 +148,9 @@ FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, i
 }
 
 void FileTier::release_fd() {
+  reader_.reset();
+  if (io_buf_) std::free(io_buf_);
+  io_buf_ = nullptr;
   if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
   map_ = nullptr;
   if (fd_ >= 0) {
@@ -357,9 +366,15 @@ void FileTier::set_clean(bool clean) {
     n = kCleanBytes;
   }
   pwrite_checked(r, n, kCleanAt);
-  if (::fdatasync(fd_) != 0) {
+  sync_checked();
+}
+
+void FileTier::sync_checked() {
+  int e = io_faults::take(io_faults::kSync);
+  if (!e && ::fdatasync(fd_) != 0) e = errno;
+  if (e) {
     io_failed_ = true;
-    throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
+    throw TierIOError("tier '" + path_ + "': fdatasync failed: " + std::strerror(e), e);
   }
 }
 
@@ -446,6 +461,18 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
     slots[i] = index_.find(keys[i]);
   }
   const size_t row_bytes = sizeof(float) * dim_;
+  if (reader_) {
+    int64_t got = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      found[i] = slots[i] != kNoRow;
+      got += found[i];
+      if (found[i] && versions) versions[i] = dir_[slots[i]].version;
+    }
+    read_slots_parallel(slots.data(), n, rows, state);  // throws TierIOError: nothing counted
+    reads_.fetch_add(got, std::memory_order_relaxed);
+    bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
+    return got;
+  }
   auto prefetch_slot = [&](uint32_t s) {
     if (s == kNoRow) return;
     const uint8_t* p = map_ + data_off(s);
@@ -469,6 +496,112 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
   }
   reads_.fetch_add(got, std::memory_order_relaxed);
   bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
+  return got;
+}
+
+void FileTier::set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  std::lock_guard<std::mutex> io(io_mu_);
+  check_open();
+  if (mode == IoMode::kMmap) {
+    reader_.reset();
+    std::free(io_buf_);
+    io_buf_ = nullptr;
+    io_buffer_bytes_ = 0;
+    io_mode_ = mode;
+    return;
+  }
+  if (threads < 1 || threads > 1024) throw std::invalid_argument("threads must be in [1, 1024], got " + std::to_string(threads));
+  if (align < 512 || align > (1 << 20) || (align & (align - 1)))
+    throw std::invalid_argument("align must be a power of two in [512, 1048576], got " + std::to_string(align));
+  // The buffer must hold one slot's enclosing blocks.
+  const int64_t need = static_cast<int64_t>(align_up(static_cast<size_t>(slot_bytes_), static_cast<size_t>(align))) + align;
+  if (buffer_bytes < need)
+    throw std::invalid_argument("buffer_bytes must be at least " + std::to_string(need) + " (one slot's blocks), got " +
+                                std::to_string(buffer_bytes));
+  const size_t bytes = align_up(static_cast<size_t>(buffer_bytes), static_cast<size_t>(align));
+  auto reader = std::make_unique<ParallelReader>(path_, mode == IoMode::kDirect, threads, static_cast<size_t>(align));
+  void* buf = std::aligned_alloc(static_cast<size_t>(align), bytes);
+  if (!buf) throw std::bad_alloc();
+  std::free(io_buf_);
+  io_buf_ = static_cast<uint8_t*>(buf);
+  io_buffer_bytes_ = static_cast<int64_t>(bytes);
+  reader_ = std::move(reader);
+  io_mode_ = mode;
+}
+
+void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state) {
+  // Each slot's payload lies in whole `align` blocks [first, last]; blocks are
+  // read once per call (sorted, deduplicated), runs of adjacent blocks
+  // coalesced into one request of up to kMaxRun bytes, in rounds that fit the
+  // buffer. The extra bytes (block minus row) are counted in device_bytes.
+  std::lock_guard<std::mutex> io(io_mu_);
+  const uint64_t A = reader_->align();
+  const uint64_t payload = static_cast<uint64_t>(dim_ + (state ? state_floats_ : 0)) * 4;
+  constexpr uint64_t kMaxRun = 128 * 1024;
+  struct Item {
+    uint64_t first_block;  // byte offset of the first block
+    int64_t i;
+  };
+  std::vector<Item> items;
+  items.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    if (slots[i] != kNoRow) items.push_back({data_off(slots[i]) / A * A, i});
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.first_block < b.first_block; });
+  const uint64_t cap = static_cast<uint64_t>(io_buffer_bytes_);
+  std::vector<ReadRequest> reqs;
+  std::vector<uint64_t> item_pos;  // byte position of each item's slot in the buffer
+  size_t j = 0;
+  while (j < items.size()) {
+    reqs.clear();
+    item_pos.clear();
+    uint64_t used = 0, end = 0;  // end: file offset one past the blocks already requested this round
+    size_t k = j;
+    for (; k < items.size(); ++k) {
+      const uint64_t off = data_off(slots[items[k].i]);
+      const uint64_t b0 = items[k].first_block, b1 = align_up(off + payload, A);
+      const uint64_t from = std::max(b0, end);  // blocks shared with the previous slot are read once
+      const uint64_t add = b1 > from ? b1 - from : 0;
+      if (add && used + add > cap) break;
+      if (add) {
+        ReadRequest* last = reqs.empty() ? nullptr : &reqs.back();
+        if (last && last->off + last->len == from && last->len + add <= kMaxRun)
+          last->len += static_cast<uint32_t>(add);
+        else
+          reqs.push_back({from, static_cast<uint32_t>(add), io_buf_ + used});
+        used += add;
+        end = b1;
+      }
+      // where `off` landed: the last request covering it
+      const ReadRequest* r = &reqs.back();
+      for (size_t q = reqs.size(); q-- > 0;)
+        if (reqs[q].off <= off) {
+          r = &reqs[q];
+          break;
+        }
+      item_pos.push_back(static_cast<uint64_t>(r->dst - io_buf_) + (off - r->off));
+    }
+    reader_->read(reqs.data(), static_cast<int64_t>(reqs.size()));
+    dev_reads_.fetch_add(static_cast<int64_t>(reqs.size()), std::memory_order_relaxed);
+    dev_bytes_.fetch_add(static_cast<int64_t>(used), std::memory_order_relaxed);
+    for (size_t q = j; q < k; ++q) {
+      const int64_t i = items[q].i;
+      const float* src = reinterpret_cast<const float*>(io_buf_ + item_pos[q - j]);
+      std::memcpy(rows + i * dim_, src, sizeof(float) * dim_);
+      if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
+    }
+    j = k;
+  }
+}
+
+int64_t FileTier::contains(const int64_t* keys, int64_t n, uint8_t* found) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  int64_t got = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    found[i] = index_.find(keys[i]) != kNoRow;
+    got += found[i];
+  }
   return got;
 }
 
@@ -675,10 +808,7 @@ int64_t FileTier::erase(const int64_t* keys, int64_t n) {
 }
 
 void FileTier::flush_locked() {
-  if (::fdatasync(fd_) != 0) {
-    io_failed_ = true;
-    throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
-  }
+  sync_checked();
   std::vector<uint32_t> old;
   old.reserve(durable_old_.size());
   for (const auto& kv : durable_old_) old.push_back(kv.second);

@@ -365,9 +365,9 @@ class _StorageMethods:
         ``handle.wait()``; without a wait the lookup reads those rows itself.
         ``feature``: FrequencyTable's per-feature namespace, as in its lookups.
         Needs a tier (``ValueError`` otherwise)."""
+        k = self._prefetch_keys(keys, feature)
         if getattr(self, "tier", None) is None:
             raise ValueError("prefetch: this table has no tier (tier=embedlookup.storage.FileTier(...))")
-        k = self._prefetch_keys(keys, feature)
         return Prefetch(self, self._t.prefetch(k))
 
     def wait_prefetches(self) -> None:

@@ -93,7 +93,7 @@ void IoPool::run(int64_t n, const std::function<void(int64_t)>& fn) {
 ParallelReader::ParallelReader(const std::string& path, bool direct, int threads, size_t align)
     : path_(path), direct_(direct), align_(align), pool_(threads < 1 ? 1 : threads) {
   if (align == 0 || (align & (align - 1))) throw std::invalid_argument("align: must be a power of two");
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (direct ? O_DIRECT : 0));
   if (fd_ < 0) {
     const int e = errno;
     if (direct && e == EINVAL)
@@ -106,19 +106,32 @@ ParallelReader::~ParallelReader() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void ParallelReader::read(const ReadRequest* r, int64_t n) {
+void ParallelReader::read(const ReadRequest* r, int64_t n) { io(r, n, false); }
+void ParallelReader::write(const ReadRequest* r, int64_t n) { io(r, n, true); }
+
+void ParallelReader::io(const ReadRequest* r, int64_t n, bool write) {
   std::atomic<int> first_err{0};
   std::atomic<int64_t> first_at{-1};
   const std::function<void(int64_t)> one = [&](int64_t i) {
     const ReadRequest& q = r[i];
     size_t done = 0;
-    int err = io_faults::take(io_faults::kRead);
+    int err = io_faults::take(write ? io_faults::kWrite : io_faults::kRead);
     while (!err && done < q.len) {
-      const ssize_t got = ::pread(fd_, q.dst + done, q.len - done, static_cast<off_t>(q.off + done));
+      const ssize_t got = write ? ::pwrite(fd_, q.dst + done, q.len - done, static_cast<off_t>(q.off + done))
+                                : ::pread(fd_, q.dst + done, q.len - done, static_cast<off_t>(q.off + done));
       if (got < 0 && errno == EINTR) continue;
-      if (got < 0) err = errno;
-      else if (got == 0) err = EIO;  // past the end: the file shrank under us
-      else done += static_cast<size_t>(got);
+      if (got < 0) {
+        err = errno;
+      } else if (got == 0) {
+        if (write) {
+          err = EIO;
+        } else {  // the file's end inside the last block: the rest reads as zeros
+          std::memset(q.dst + done, 0, q.len - done);
+          done = q.len;
+        }
+      } else {
+        done += static_cast<size_t>(got);
+      }
     }
     if (err) {
       int zero = 0;
@@ -128,7 +141,7 @@ void ParallelReader::read(const ReadRequest* r, int64_t n) {
   pool_.run(n, one);
   if (const int e = first_err.load()) {
     const ReadRequest& q = r[first_at.load()];
-    throw TierIOError("tier '" + path_ + "': read failed: " + std::strerror(e) + " (" + std::to_string(q.len) +
+    throw TierIOError("tier '" + path_ + "': " + (write ? "write" : "read") + " failed: " + std::strerror(e) + " (" + std::to_string(q.len) +
                           " bytes at offset " + std::to_string(q.off) + ")",
                       e);
   }

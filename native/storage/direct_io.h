@@ -77,7 +77,7 @@ struct ReadRequest {
   uint8_t* dst;  // aligned to align
 };
 
-// Positioned reads of one file, many in flight.
+// Positioned reads (and whole-block writes) of one file, many in flight.
 class ParallelReader {
  public:
   // direct: open with O_DIRECT (std::invalid_argument when the file system
@@ -90,11 +90,14 @@ class ParallelReader {
   // failure after all have finished (the buffers of failed requests are
   // undefined).
   void read(const ReadRequest* r, int64_t n);
+  // The same for writes (dst is the source); TierIOError on the first failure.
+  void write(const ReadRequest* r, int64_t n);
   bool direct() const { return direct_; }
   int queue_depth() const { return pool_.threads(); }
   size_t align() const { return align_; }
 
  private:
+  void io(const ReadRequest* r, int64_t n, bool write);
   std::string path_;
   int fd_ = -1;
   bool direct_;

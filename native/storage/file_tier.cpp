@@ -613,6 +613,29 @@ void FileTier::mark_free(uint32_t slot) {
 
 void FileTier::take_free_locked(size_t m, std::vector<uint32_t>& out) {
   out.clear();
+  if (reader_) {
+    // Whole-block writes: slots of wholly free 64-slot words first (64 slots
+    // are whole aligned blocks: 64 x a multiple of 64 bytes), so a write-back
+    // fills blocks without reading them first; then the lowest free slots.
+    for (size_t w = free_lo_word_; out.size() + 64 <= m && w < free_bits_.size(); ++w)
+      if (free_bits_[w] == ~uint64_t{0} && (w + 1) * 64 <= static_cast<size_t>(slots_)) {
+        for (uint32_t b = 0; b < 64; ++b) out.push_back(static_cast<uint32_t>(w * 64 + b));
+        free_bits_[w] = 0;
+      }
+    free_count_ -= static_cast<int64_t>(out.size());
+    if (out.size() == m) return;
+    std::vector<uint32_t> rest;
+    const size_t had = out.size();
+    take_lowest_free_locked(m - had, rest);
+    out.insert(out.end(), rest.begin(), rest.end());
+    std::sort(out.begin(), out.end());
+    return;
+  }
+  take_lowest_free_locked(m, out);
+}
+
+void FileTier::take_lowest_free_locked(size_t m, std::vector<uint32_t>& out) {
+  out.clear();
   size_t w = free_lo_word_;
   for (; out.size() < m && w < free_bits_.size(); ++w) {
     uint64_t& bits = free_bits_[w];
@@ -627,13 +650,17 @@ void FileTier::take_free_locked(size_t m, std::vector<uint32_t>& out) {
 }
 
 void FileTier::write_entries_locked(const std::vector<uint32_t>& slots) {
-  constexpr uint32_t kMaxGap = 128;  // entries (4 KiB): rewriting them costs less than a syscall
+  // Whole 4 KiB blocks of the directory (128 entries, from the mirror, which
+  // equals the disk): a write never covers part of a block, so the kernel
+  // never reads a block that is not cached before changing it (a synchronous
+  // device read per entry once the file is larger than the page cache).
+  constexpr uint32_t kBlock = 128;  // entries per 4 KiB
   for (size_t j = 0; j < slots.size();) {
     size_t k = j + 1;
-    while (k < slots.size() && slots[k] - slots[k - 1] <= kMaxGap) ++k;
-    const uint32_t a = slots[j], b = slots[k - 1];
-    pwrite_checked(&dir_[a], (static_cast<size_t>(b - a) + 1) * sizeof(Entry),
-               dir_offset_ + static_cast<size_t>(a) * sizeof(Entry));
+    while (k < slots.size() && slots[k] / kBlock - slots[k - 1] / kBlock <= 1) ++k;
+    const size_t a = static_cast<size_t>(slots[j] / kBlock) * kBlock;
+    const size_t b = std::min(static_cast<size_t>(slots[k - 1] / kBlock + 1) * kBlock, static_cast<size_t>(slots_));
+    pwrite_checked(&dir_[a], (b - a) * sizeof(Entry), dir_offset_ + a * sizeof(Entry));
     j = k;
   }
 }
@@ -644,6 +671,7 @@ void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8
   // the bytes they already hold (read back through the mapping): cheaper than
   // a syscall each, and a crash mid-write leaves those bytes as they were.
   const size_t sb = static_cast<size_t>(slot_bytes_), m = slots.size();
+  if (reader_) return write_blocks_locked(slots, buf);
   const uint32_t max_gap = static_cast<uint32_t>(std::max<size_t>(1, 4096 / sb));
   for (size_t j = 0; j < m;) {
     size_t k = j + 1;
@@ -663,6 +691,93 @@ void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8
       pwrite_checked(run.data(), len, data_off(a));
     }
     j = k;
+  }
+}
+
+void FileTier::write_blocks_locked(const std::vector<uint32_t>& slots, const uint8_t* buf) {
+  // kPread / kDirect: whole aligned blocks only. Blocks the new slots cover in
+  // full are not read; the others are read first (in parallel, O_DIRECT in
+  // kDirect) and the slots patched in, so the bytes between keep what they
+  // hold (a crash mid-write leaves them as they were). Then every block run is
+  // written in parallel (O_DIRECT in kDirect: no page-cache copy, and the
+  // kernel never reads a block synchronously to change part of it).
+  std::lock_guard<std::mutex> io(io_mu_);
+  const uint64_t A = reader_->align(), sb = static_cast<uint64_t>(slot_bytes_);
+  constexpr uint64_t kMaxRun = 128 * 1024;
+  struct Run {
+    uint64_t off, len;
+  };
+  std::vector<Run> runs;  // ascending, disjoint block runs covering every slot
+  for (uint32_t s : slots) {
+    const uint64_t o = data_off(s), b0 = o / A * A, b1 = align_up(o + sb, A);
+    const uint64_t end = runs.empty() ? 0 : runs.back().off + runs.back().len;
+    // A block shared with the previous slot must join its run; an adjacent one may.
+    if (!runs.empty() && (b0 < end || (b0 == end && runs.back().len < kMaxRun))) {
+      runs.back().len = std::max(end, b1) - runs.back().off;
+    } else {
+      runs.push_back({b0, b1 - b0});
+    }
+  }
+  uint64_t total = 0;
+  for (const Run& r : runs) total += r.len;
+  std::unique_ptr<uint8_t, decltype(&std::free)> mem(static_cast<uint8_t*>(std::aligned_alloc(A, total)), &std::free);
+  if (!mem) throw std::bad_alloc();
+  uint8_t* base = mem.get();
+  std::vector<uint64_t> run_pos(runs.size());
+  {
+    uint64_t p = 0;
+    for (size_t r = 0; r < runs.size(); ++r) {
+      run_pos[r] = p;
+      p += runs[r].len;
+    }
+  }
+  std::vector<uint64_t> cover(total / A, 0);  // bytes of each block the new slots cover
+  size_t r = 0;
+  std::vector<uint64_t> pos(slots.size());
+  for (size_t j = 0; j < slots.size(); ++j) {
+    const uint64_t o = data_off(slots[j]);
+    while (o >= runs[r].off + runs[r].len) ++r;
+    pos[j] = run_pos[r] + (o - runs[r].off);
+    for (uint64_t x = pos[j]; x < pos[j] + sb;) {
+      const uint64_t blk = x / A, end = std::min((blk + 1) * A, pos[j] + sb);
+      cover[blk] += end - x;
+      x = end;
+    }
+  }
+  std::vector<ReadRequest> reqs;
+  for (size_t q = 0; q < runs.size(); ++q)
+    for (uint64_t x = 0; x < runs[q].len; x += A) {
+      const uint64_t blk = (run_pos[q] + x) / A;
+      if (cover[blk] >= A) continue;
+      if (!reqs.empty() && reqs.back().off + reqs.back().len == runs[q].off + x && reqs.back().len + A <= kMaxRun &&
+          reqs.back().dst + reqs.back().len == base + run_pos[q] + x)
+        reqs.back().len += static_cast<uint32_t>(A);
+      else
+        reqs.push_back({runs[q].off + x, static_cast<uint32_t>(A), base + run_pos[q] + x});
+    }
+  try {
+    reader_->read(reqs.data(), static_cast<int64_t>(reqs.size()));
+    dev_reads_.fetch_add(static_cast<int64_t>(reqs.size()), std::memory_order_relaxed);
+    for (const auto& q : reqs) dev_bytes_.fetch_add(q.len, std::memory_order_relaxed);
+    for (size_t j = 0; j < slots.size(); ++j) std::memcpy(base + pos[j], buf + j * sb, sb);
+    reqs.clear();
+    for (size_t q = 0; q < runs.size(); ++q)
+      reqs.push_back({runs[q].off, static_cast<uint32_t>(runs[q].len), base + run_pos[q]});
+    // The file need not end on a block boundary: the last block is cut at the
+    // end (never grow the file) and, not being whole, goes out buffered.
+    const ReadRequest* tail = nullptr;
+    ReadRequest cut{};
+    if (!reqs.empty() && reqs.back().off + reqs.back().len > map_bytes_) {
+      cut = reqs.back();
+      cut.len = static_cast<uint32_t>(map_bytes_ - cut.off);
+      reqs.pop_back();
+      tail = &cut;
+    }
+    reader_->write(reqs.data(), static_cast<int64_t>(reqs.size()));
+    if (tail) pwrite_all(fd_, tail->dst, tail->len, tail->off, path_);
+  } catch (...) {
+    io_failed_ = true;
+    throw;
   }
 }
 

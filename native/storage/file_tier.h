@@ -146,8 +146,12 @@ class FileTier : public StorageTier {
   // Writes buf's rows (one slot each, in `slots` order, ascending) to their
   // slots, runs with small gaps coalesced into one pwrite.
   void write_data_locked(const std::vector<uint32_t>& slots, const uint8_t* buf, std::vector<uint8_t>& run);
+  // write_data_locked for kPread / kDirect: whole aligned blocks through reader_.
+  void write_blocks_locked(const std::vector<uint32_t>& slots, const uint8_t* buf);
   void mark_free(uint32_t slot);
-  void take_free_locked(size_t m, std::vector<uint32_t>& out);  // the m lowest free slots, ascending
+  // m free slots, ascending: the lowest (kMmap), or wholly free blocks first (kPread / kDirect)
+  void take_free_locked(size_t m, std::vector<uint32_t>& out);
+  void take_lowest_free_locked(size_t m, std::vector<uint32_t>& out);
   void flush_locked();
   void sync_checked();  // fdatasync; TierIOError (and io_failed_) on failure
   void check_open() const;

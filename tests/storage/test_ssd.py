@@ -268,3 +268,29 @@ def test_write_back_failure_loses_no_row(tmp_path, io, op, code):
     t.lookup(np.arange(2000, 2010, dtype=np.int64))  # the budget works again
     tier.flush()
     tier.close()
+
+
+@pytest.mark.parametrize("dim", [64, 37])
+def test_block_writes_to_every_slot_keep_the_file_exact(tmp_path, io, dim):
+    # Overwrites until the last slots (at the file's end, inside a partial
+    # block) are used, through whole-block writes; the file keeps its size and
+    # reopens (every slot's checksum verified) with the last values.
+    rng = np.random.default_rng(dim)
+    n = 500
+    path = tmp_path / "w.tier"
+    t = storage.FileTier(path, n, dim=dim, io=io, io_threads=3)
+    size = path.stat().st_size
+    keys = np.arange(n, dtype=np.int64) * 3
+    for _ in range(4):  # 4 x 500 writes through 564 slots: every slot is used
+        rows = rng.standard_normal((n, dim)).astype(np.float32)
+        t.set(keys, rows)
+    got, found = t.get(keys)
+    assert found.all()
+    np.testing.assert_array_equal(got, rows)
+    t.close()
+    assert path.stat().st_size == size
+    t = storage.FileTier(path, dim=dim)
+    got, found = t.get(keys)
+    assert found.all()
+    np.testing.assert_array_equal(got, rows)
+    t.close()

@@ -294,3 +294,31 @@ def test_block_writes_to_every_slot_keep_the_file_exact(tmp_path, io, dim):
     assert found.all()
     np.testing.assert_array_equal(got, rows)
     t.close()
+
+
+def test_torch_collection_prefetch_one_batch_ahead(tmp_path, io):
+    torch = pytest.importorskip("torch")
+    from embedlookup.torch import HashEmbeddingBagCollection
+
+    tier = storage.FileTier(tmp_path / "m.tier", 4096, io=io)
+    init = el.init.uniform(-1, 1, seed=9)
+    table = el.EmbeddingTable(8, initializer=init, tier=tier, memory_rows=30)
+    with_tier = HashEmbeddingBagCollection(["a", "b"], 8, mode="sum", table=table)
+    plain = HashEmbeddingBagCollection(["a", "b"], 8, mode="sum", initializer=init)  # all in DRAM: the reference
+    rng = np.random.default_rng(1)
+    batches = [torch.from_numpy(rng.integers(0, 300, 2 * 16 * 3)) for _ in range(6)]
+    lengths = torch.full((2 * 16,), 3, dtype=torch.int64)
+    for v in batches:  # every key once, so most live in the tier
+        with_tier(values=v, lengths=lengths)
+    h = with_tier.prefetch(values=batches[0], lengths=lengths)
+    for i, v in enumerate(batches):
+        h.wait()
+        if i + 1 < len(batches):
+            h = with_tier.prefetch(values=batches[i + 1], lengths=lengths)
+        got = with_tier(values=v, lengths=lengths)
+        want = plain(values=v, lengths=lengths)
+        for f in ("a", "b"):
+            torch.testing.assert_close(got[f], want[f], rtol=0, atol=0)
+    assert table.tier_stats()["prefetch_used_rows"] > 0
+    assert plain.prefetch(values=batches[0], lengths=lengths) is None  # no tier: nothing to do
+    tier.close()

@@ -323,14 +323,56 @@ def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000,
         res["miss_service"] = m = miss_service(folder, rows, dim, miss_batch, miss_calls, dev)
         if "device" in res:
             lim = res["device"][f"rand4k_qd{QUEUE_DEPTH}_iops"]
-            m["direct"]["vs_device_random_reads"] = m["direct"]["block_reads_per_s"] / lim
+            # rows served per second, and read requests per second, against the
+            # device's random 4 KiB reads at the same queue depth
+            m["direct"]["rows_vs_device_random_reads"] = m["direct"]["rows_per_s"] / lim
+            m["direct"]["requests_vs_device_random_reads"] = m["direct"]["block_reads_per_s"] / lim
         log(f"  miss service: {json.dumps(m)}")
     if "training" in only:
         res["training"] = training(folder, rows, dim, alpha, memory_frac, batch, pooling, steps, compute_ms, dev,
                                    log=log)
-        if compute_ms > 0:
-            pass
     return res
+
+
+def suite_section(tier_dir: str | None = None, log=print) -> dict:
+    """The ``--suite storage`` part: device limit, miss service and training
+    (Zipf 1.05, 10% of 1 M x 64 rows in DRAM, batch 4096 x 32) twice: with no
+    other work per step (I/O-bound) and with 800 ms of dense work per step (the
+    device keeps up), in a scratch folder under ``tier_dir`` (removed)."""
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="embedlookup-bench-ssd-", dir=tier_dir or tempfile.gettempdir())
+    try:
+        log("storage: the tier under real I/O (device limit, cold reads, training with prefetch) ...")
+        res = run(folder, ("device", "miss", "training"), steps=6, log=log)
+        dev = block_device(folder)
+        res["training_compute_800ms"] = training(folder, 1_000_000, 64, 1.05, 0.10, 4096, 32, 5, 800.0, dev, log=log)
+        return res
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def format_section(res: dict) -> str:
+    d, m = res.get("device", {}), res.get("miss_service", {})
+    lines = ["", f"tier under real I/O (device {res.get('block_device')}, queue depth {res.get('queue_depth')}):"]
+    if d:
+        lines.append(f"  device: random 4 KiB {d['rand4k_qd1_iops']:.0f}/s at QD1, {d[f'rand4k_qd{QUEUE_DEPTH}_iops']:.0f}/s "
+                     f"at QD{QUEUE_DEPTH}; sequential {d['seq1m_qd1_MBps']:.0f} MB/s")
+    if m:
+        x = m["direct"]
+        lines.append(f"  missing rows (O_DIRECT): {x['rows_per_s']:.0f} rows/s = "
+                     f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads "
+                     f"({x['source']}: device read {x['device_bytes_read']} B, tier served {x['tier_bytes_served']} B); "
+                     f"mmap after dropping the cache: {m['mmap']['rows_per_s']:.0f} rows/s")
+    for key in ("training", "training_compute_800ms"):
+        t = res.get(key)
+        if t:
+            lines.append(f"  training ({key}): DRAM {t['dram']['samples_per_s']:.0f}, tier {t['tier']['samples_per_s']:.0f}, "
+                         f"tier+prefetch {t['tier_prefetch']['samples_per_s']:.0f} samples/s; prefetch/DRAM "
+                         f"{t['prefetch_vs_dram']:.2f}, prefetch/no-prefetch {t['prefetch_vs_no_prefetch']:.2f}, "
+                         f"step {t['tier_prefetch']['step_ms_median']:.0f} ms vs compute {t['dram']['step_ms_median']:.0f} ms "
+                         f"({t['tier_prefetch']['source']})")
+    return "\n".join(lines)
 
 
 def main(argv=None):

@@ -152,12 +152,7 @@ def main(argv=None):
         tier.close()
         os.remove(path)
         log(f"removed {path}")
-    text = json.dumps(res, indent=1)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
-    print(text)
-    return res
+    return ssd.emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,25 @@ int64_t EmbeddingTable::serve_pool(const Bags& bags, const uint32_t* ids, float*
 // it. The memory copy wins over both while a key has one: staged rows are
 // only consulted for keys with no row in memory.
 
+namespace {
+// Drops the oldest prefetch's rows still staged (those no later prefetch
+// replaced); returns how many.
+template <class Order, class Staged>
+int64_t drop_oldest_batch(Order& order, Staged& staged) {
+  auto b = order.front();
+  order.pop_front();
+  int64_t dropped = 0;
+  for (size_t j = 0; j < b->keys.size(); ++j) {
+    auto it = staged.find(b->keys[j]);
+    if (it != staged.end() && it->second.batch == b) {
+      staged.erase(it);
+      ++dropped;
+    }
+  }
+  return dropped;
+}
+}  // namespace
+
 EmbeddingTable::~EmbeddingTable() {
   std::unordered_map<uint64_t, std::future<void>> pending;
   {
@@ -329,17 +348,8 @@ void EmbeddingTable::set_max_staged_rows(int64_t rows) {
   if (rows < 0) throw std::invalid_argument("max_staged_rows must be >= 0, got " + std::to_string(rows));
   std::lock_guard<std::mutex> sl(stage_mu_);
   max_staged_rows_ = rows;
-  while (static_cast<int64_t>(staged_.size()) > rows && !stage_order_.empty()) {
-    auto b = stage_order_.front();
-    stage_order_.pop_front();
-    for (size_t j = 0; j < b->keys.size(); ++j) {
-      auto it = staged_.find(b->keys[j]);
-      if (it != staged_.end() && it->second.batch == b) {
-        staged_.erase(it);
-        ++pf_dropped_;
-      }
-    }
-  }
+  while (static_cast<int64_t>(staged_.size()) > rows && !stage_order_.empty())
+    pf_dropped_ += drop_oldest_batch(stage_order_, staged_);
 }
 
 void EmbeddingTable::drop_staged_locked(int64_t key) const {
@@ -381,17 +391,8 @@ void EmbeddingTable::run_prefetch(const std::vector<int64_t>& keys) {
     want.erase(std::remove_if(want.begin(), want.end(), [&](int64_t k) { return staged_.count(k) != 0; }),
                want.end());
     // Room: the oldest prefetches' unused rows go first.
-    while (static_cast<int64_t>(staged_.size() + want.size()) > max_staged_rows_ && !stage_order_.empty()) {
-      auto b = stage_order_.front();
-      stage_order_.pop_front();
-      for (size_t j = 0; j < b->keys.size(); ++j) {
-        auto it = staged_.find(b->keys[j]);
-        if (it != staged_.end() && it->second.batch == b) {
-          staged_.erase(it);
-          ++pf_dropped_;
-        }
-      }
-    }
+    while (static_cast<int64_t>(staged_.size() + want.size()) > max_staged_rows_ && !stage_order_.empty())
+      pf_dropped_ += drop_oldest_batch(stage_order_, staged_);
     const int64_t room = std::max<int64_t>(0, max_staged_rows_ - static_cast<int64_t>(staged_.size()));
     if (static_cast<int64_t>(want.size()) > room) want.resize(static_cast<size_t>(room));
   }

@@ -394,9 +394,14 @@ def main(argv=None):
               a.compute_ms)
     if a.dir is None:
         os.rmdir(folder)
+    return emit(res, a.out)
+
+
+def emit(res: dict, out: str | None) -> dict:
+    """Prints the result as JSON and writes it to ``out`` (when given)."""
     text = json.dumps(res, indent=1)
-    if a.out:
-        with open(a.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text)
     print(text)
     return res

@@ -322,3 +322,24 @@ def test_torch_collection_prefetch_one_batch_ahead(tmp_path, io):
     assert table.tier_stats()["prefetch_used_rows"] > 0
     assert plain.prefetch(values=batches[0], lengths=lengths) is None  # no tier: nothing to do
     tier.close()
+
+
+def test_direct_reads_are_counted_by_the_block_device(tmp_path):
+    from embedlookup.bench import ssd
+
+    dev = ssd.block_device(str(tmp_path))
+    if dev is None or _io_mode(tmp_path) != "direct":
+        pytest.skip("no block device under the temp folder (tmpfs?)")
+    t = storage.FileTier(tmp_path / "c.tier", 2000, dim=64)
+    keys = np.arange(2000, dtype=np.int64)
+    t.set(keys, np.ones((2000, 64), np.float32))
+    t.flush()
+    t.set_io("direct", threads=4)
+    with ssd.DeviceCounter(dev) as c:
+        t.get(keys)
+    served = t.stats()["bytes_read"]
+    # O_DIRECT: every block read reaches the device (other processes' reads only add)
+    assert c.bytes >= t.io_info()["device_bytes"] >= served
+    assert ssd.label(c.bytes, served) == "device"
+    assert ssd.label(0, served) == "cached" and ssd.label(None, served).startswith("unknown")
+    t.close()

@@ -44,6 +44,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--pooling", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warm", type=int, default=2, help="untimed training steps per key distribution first "
+                    "(enough to fill the budget: then every step writes rows back)")
     ap.add_argument("--out", default=None, help="write the JSON result here")
     a = ap.parse_args(argv)
     row_bytes = 4 * a.dim
@@ -52,7 +54,7 @@ def main(argv=None):
     path = os.path.join(a.dir, "bench_ssd_large.tier")
     dev = ssd.block_device(a.dir)
     res = {"rows": rows, "dim": a.dim, "row_data_GB": rows * row_bytes / 1e9, "budget_rows": budget,
-           "budget_GB": a.budget_gb, "batch": a.batch, "pooling": a.pooling, "steps": a.steps,
+           "budget_GB": a.budget_gb, "batch": a.batch, "pooling": a.pooling, "steps": a.steps, "warm": a.warm,
            "block_device": dev}
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     res["machine_memory_GB"] = mem / 1e9
@@ -97,9 +99,11 @@ def main(argv=None):
                 return (ssd.zipf_keys(rng, rows, a.alpha, n, perm, cdf) if dist == "zipf"
                         else rng.integers(0, rows, n).astype(np.int64))
 
-            for v in (draw() for _ in range(2)):  # warm: the policy fills memory
+            for w in range(a.warm):  # warm: the policy fills memory
+                v = draw()
                 table.pooled_lookup(v, offsets)
                 table.apply_pooled_gradients(v, offsets, grad, opt)
+                log(f"{dist} warm step {w + 1}/{a.warm}: {table.tier_stats()['memory_rows']} rows in memory")
             for prefetch in (False, True):
                 batches = [draw() for _ in range(a.steps)]
                 tier.flush()

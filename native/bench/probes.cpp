@@ -10,6 +10,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <thread>
 #include <chrono>
 #include <cstring>
 #include <random>
@@ -103,6 +106,49 @@ double gather_bandwidth(int64_t table_bytes, int64_t row_bytes, int64_t n_read, 
 }  // namespace probes
 }  // namespace embedlookup
 
+// The device's own read limit: O_DIRECT reads of `block` bytes from the file
+// at `path` (which must be large, and not cached: O_DIRECT bypasses the cache
+// anyway), by `queue_depth` threads each with one blocking pread in flight,
+// at random aligned offsets or sequentially (each thread its own stretch of
+// the file), until `reads` reads or `max_seconds`. Returns {reads, seconds}.
+std::pair<int64_t, double> device_reads(const std::string& path, int64_t block, int queue_depth, int64_t reads,
+                                        bool sequential, double max_seconds) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (fd < 0) throw std::runtime_error("cannot open " + path + " with O_DIRECT: " + std::strerror(errno));
+  struct stat st;
+  ::fstat(fd, &st);
+  const int64_t blocks = st.st_size / block;
+  if (blocks < 1) {
+    ::close(fd);
+    throw std::runtime_error(path + " is smaller than one block");
+  }
+  std::atomic<int64_t> left{reads}, done{0};
+  std::atomic<bool> failed{false};
+  const auto t0 = std::chrono::steady_clock::now();
+  auto worker = [&](int tid) {
+    void* buf = std::aligned_alloc(4096, static_cast<size_t>(block));
+    std::mt19937_64 rng(0x5EED + tid);
+    int64_t pos = blocks / queue_depth * tid;
+    while (left.fetch_sub(1) > 0) {
+      const int64_t b = sequential ? (pos++ % blocks) : static_cast<int64_t>(rng() % blocks);
+      if (::pread(fd, buf, static_cast<size_t>(block), static_cast<off_t>(b * block)) != block) {
+        failed = true;
+        break;
+      }
+      done.fetch_add(1, std::memory_order_relaxed);
+      if ((done.load(std::memory_order_relaxed) & 63) == 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > max_seconds) break;
+    }
+    std::free(buf);
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < queue_depth; ++t) ts.emplace_back(worker, t);
+  for (auto& t : ts) t.join();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ::close(fd);
+  if (failed) throw std::runtime_error("device probe: a read of " + path + " failed");
+  return {done.load(), s};
+}
+
 PYBIND11_MODULE(_probes, m) {
   using namespace embedlookup::probes;
   m.doc() = "machine limits for embedlookup's benchmark suite (use embedlookup.bench, not this module)";
@@ -124,6 +170,13 @@ PYBIND11_MODULE(_probes, m) {
       py::arg("nthreads") = 0);
   // ns per random slot read of an existing file through a shared read-only
   // mapping (mmap=True) or pread.
+  m.def("device_reads",
+        [](const std::string& path, int64_t block, int queue_depth, int64_t reads, bool sequential, double max_seconds) {
+          py::gil_scoped_release nogil;
+          return device_reads(path, block, queue_depth, reads, sequential, max_seconds);
+        },
+        py::arg("path"), py::arg("block"), py::arg("queue_depth"), py::arg("reads"), py::arg("sequential"),
+        py::arg("max_seconds"));
   m.def("slot_read_ns", [](const std::string& path, int64_t slot_bytes, int64_t reads, bool use_mmap) {
     py::gil_scoped_release nogil;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -8,11 +8,13 @@
 #include <algorithm>
 
 #include "../core/table.h"
+#include "../storage/direct_io.h"
 #include "../storage/file_tier.h"
 #include "../storage/snapshot.h"
 #include "convert.h"
 
 namespace py = pybind11;
+using namespace pybind11::literals;
 using namespace embedlookup;
 using namespace embedlookup::bind;
 
@@ -55,6 +57,35 @@ void bind_storage(py::module_& m) {
   py::register_exception<SnapshotFormatError>(m, "SnapshotFormatError", PyExc_ValueError);
   py::register_exception<TierFormatError>(m, "TierFormatError", PyExc_ValueError);
   py::register_exception<TierLockedError>(m, "TierLockedError", PyExc_RuntimeError);
+  // An I/O error of the tier file: an OSError (with errno) that is also a
+  // RuntimeError (what write failures raised before it existed).
+  {
+    py::object builtins = py::module_::import("builtins");
+    py::object err = builtins.attr("type")("TierIOError",
+                                           py::make_tuple(builtins.attr("OSError"), builtins.attr("RuntimeError")),
+                                           py::dict("__module__"_a = "embedlookup._core"));
+    m.attr("TierIOError") = err;
+    static py::handle tier_io_error = err.release();
+    py::register_exception_translator([](std::exception_ptr p) {
+      try {
+        if (p) std::rethrow_exception(p);
+      } catch (const TierIOError& e) {
+        py::object ex = py::reinterpret_borrow<py::object>(tier_io_error)(e.code(), e.what());
+        PyErr_SetObject(tier_io_error.ptr(), ex.ptr());
+      }
+    });
+  }
+  m.def("_inject_io_fault",
+        [](const std::string& op, int64_t nth, int err) {
+          io_faults::Op o;
+          if (op == "read") o = io_faults::kRead;
+          else if (op == "write") o = io_faults::kWrite;
+          else if (op == "sync") o = io_faults::kSync;
+          else throw std::invalid_argument("op must be 'read', 'write' or 'sync', got '" + op + "'");
+          io_faults::inject(o, nth, err);
+        },
+        py::arg("op"), py::arg("nth"), py::arg("errno"),
+        "Test hook: the nth next read/write/sync of any tier file fails with errno (nth=0 disarms).");
 
   py::class_<StorageTier, std::shared_ptr<StorageTier>>(m, "StorageTier");
   py::class_<FileTier, StorageTier, std::shared_ptr<FileTier>> file_tier(m, "FileTier");
@@ -73,6 +104,22 @@ void bind_storage(py::module_& m) {
       .def_property_readonly("recovered", &FileTier::recovered)
       .def_property_readonly("slot_bytes", &FileTier::slot_bytes)
       .def("__len__", &FileTier::size)
+      .def("set_io",
+           [](FileTier& t, int mode, int threads, int64_t buffer_bytes, int64_t align) {
+             py::gil_scoped_release nogil;
+             t.set_io(static_cast<FileTier::IoMode>(mode), threads, buffer_bytes, align);
+           })
+      .def("io_info", [](const FileTier& t) {
+        py::dict d;
+        const char* names[] = {"mmap", "pread", "direct"};
+        d["io"] = names[static_cast<int>(t.io_mode())];
+        d["queue_depth"] = t.io_threads();
+        d["align"] = t.io_align();
+        d["io_buffer_bytes"] = t.io_buffer_bytes();
+        d["device_reads"] = t.device_reads();
+        d["device_bytes"] = t.device_bytes();
+        return d;
+      })
       .def("get",
            [](FileTier& t, py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys) {
              const int64_t n = keys.size(), d = t.dim(), sf = t.state_floats();
@@ -197,6 +244,34 @@ void bind_storage(py::module_& m) {
              py::gil_scoped_release nogil;
              return t.demote(k, n);
            })
+      .def("prefetch",
+           [](EmbeddingTable& t, py::array keys) {
+             const int64_t* k = cptr<int64_t>(keys);
+             const int64_t n = keys.size();
+             py::gil_scoped_release nogil;
+             return t.prefetch(k, n);
+           })
+      .def("wait_prefetch",
+           [](EmbeddingTable& t, uint64_t ticket) {
+             py::gil_scoped_release nogil;
+             t.wait_prefetch(ticket);
+           })
+      .def("wait_all_prefetches",
+           [](EmbeddingTable& t) {
+             py::gil_scoped_release nogil;
+             t.wait_all_prefetches();
+           })
+      .def("set_max_staged_rows", &EmbeddingTable::set_max_staged_rows)
+      .def("prefetch_counters", [](const EmbeddingTable& t) {
+        const auto c = t.prefetch_counters();
+        return stats_dict<int64_t>({{"staged_rows", c.staged_rows},
+                                    {"staged_bytes", c.staged_bytes},
+                                    {"max_staged_rows", c.max_staged_rows},
+                                    {"prefetched_rows", c.prefetched},
+                                    {"prefetch_used_rows", c.used},
+                                    {"prefetch_dropped_rows", c.dropped},
+                                    {"prefetches_in_flight", c.in_flight}});
+      })
       .def("tier_counters", [](const EmbeddingTable& t) {
         const auto c = t.tier_counters();
         return stats_dict<int64_t>({{"memory_hits", c.memory_hits},

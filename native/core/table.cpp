@@ -215,11 +215,11 @@ int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector
   // Keys held by the tier are erased there too.
   if (tier_) {
     std::vector<uint8_t> in_tier(n);
-    std::vector<float> scratch(static_cast<size_t>(n) * (opt_.dim + tier_->state_floats()));
-    tier_->get(keys, n, scratch.data(), nullptr, nullptr, in_tier.data());
+    tier_->contains(keys, n, in_tier.data());  // the index only: no row is read
     for (int64_t i = 0; i < n; ++i)
       if (in_tier[i]) tombstones_[keys[i]] = v;
     erased += tier_->erase(keys, n) - erased_in_both;
+    unstage(keys, n);  // a prefetched copy of an erased key must not come back
   }
   if (erased) version_.store(v);
   if (erased) layout_epoch_.fetch_add(1);  // row ids cached by callers may now be stale

@@ -18,9 +18,12 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "../structures/key_index.h"
@@ -50,7 +53,7 @@ struct RowView;
 class EmbeddingTable {
  public:
   explicit EmbeddingTable(const TableOptions& o);
-  virtual ~EmbeddingTable() = default;
+  virtual ~EmbeddingTable();  // waits for prefetches in flight
 
   int64_t dim() const { return opt_.dim; }
   int64_t stride() const { return rows_.stride(); }
@@ -142,6 +145,29 @@ class EmbeddingTable {
   };
   TierCounters tier_counters() const;
 
+  // ---- prefetch (table_tier.cpp): the tier rows of a future batch, read
+  // while the current one computes (docs/storage.md, "Prefetch").
+  // Starts reading, on a background thread, the tier rows of those `keys` that
+  // have no row in memory now into a staging area; the read path and updates
+  // take staged rows instead of reading the tier (promotion consumes them,
+  // serving in place copies them). Staged rows are never stale: a write-back,
+  // erase or applied delta of a key drops its staged copy, including one a
+  // prefetch in flight is about to stage. At most max_staged_rows rows are
+  // staged (the oldest prefetch's leftovers go first; keys past the bound are
+  // left to the lookup). Returns a ticket for wait_prefetch. A prefetch never
+  // changes the table: its failure only means the lookup reads those rows
+  // itself (and meets the error then).
+  uint64_t prefetch(const int64_t* keys, int64_t n);
+  // Waits for the prefetch `ticket` (returns at once for one already waited
+  // for) and rethrows its error, if any.
+  void wait_prefetch(uint64_t ticket);
+  void wait_all_prefetches();
+  void set_max_staged_rows(int64_t rows);
+  struct PrefetchCounters {
+    int64_t staged_rows, staged_bytes, max_staged_rows, prefetched, used, dropped, in_flight;
+  };
+  PrefetchCounters prefetch_counters() const;
+
  protected:
   // ---- the read path (read_path.h), shared by every lookup entry point
   struct ReadCall {
@@ -214,6 +240,13 @@ class EmbeddingTable {
   int64_t serve_gather(const int64_t* keys, int64_t n, const uint32_t* ids, float* out, uint8_t* found);
   int64_t serve_pool(const Bags& b, const uint32_t* ids, float* out, const float* default_row);
   int64_t fetch_missing(const int64_t* keys, int64_t n, const uint32_t* ids, int64_t& got) const;
+  // tier_->get through the staging area: staged rows first (consumed when
+  // `consume`), the tier for the rest. Same contract as StorageTier::get.
+  int64_t tier_get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions, uint8_t* found,
+                   bool consume) const;
+  // Drops staged copies of keys whose tier copy changes (and marks them for
+  // prefetches in flight). Call after the tier write.
+  void unstage(const int64_t* keys, int64_t n) const;
 
   TableOptions opt_;
   mutable std::shared_mutex mu_;
@@ -246,6 +279,29 @@ class EmbeddingTable {
   void read_row_locked(uint32_t id, float* row, float* state) const;
   void finish_update(const uint32_t* ids, int64_t n);  // new versions of updated rows
   std::deque<int64_t> arrival_;  // keys in order of entering memory: demotion order without a policy
+  // ---- prefetch staging (guarded by stage_mu_; never held while taking mu_)
+  struct StagedBatch {
+    std::vector<int64_t> keys;
+    std::vector<float> rows, state;
+    std::vector<uint64_t> versions;
+    int64_t live = 0;  // entries of staged_ still pointing here
+  };
+  struct StageRef {
+    std::shared_ptr<StagedBatch> batch;
+    uint32_t i;
+  };
+  void run_prefetch(const std::vector<int64_t>& keys);
+  void drop_staged_locked(int64_t key) const;  // stage_mu_ held
+  mutable std::mutex stage_mu_;
+  mutable std::unordered_map<int64_t, StageRef> staged_;
+  mutable std::deque<std::shared_ptr<StagedBatch>> stage_order_;  // oldest first
+  mutable std::unordered_set<int64_t> stage_dirty_;  // keys changed while a prefetch was in flight
+  mutable int stage_in_flight_ = 0;
+  int64_t max_staged_rows_ = int64_t{1} << 20;
+  mutable int64_t pf_prefetched_ = 0, pf_used_ = 0, pf_dropped_ = 0;
+  std::mutex pf_mu_;  // the futures
+  std::unordered_map<uint64_t, std::future<void>> prefetches_;
+  uint64_t next_ticket_ = 0;
   mutable std::atomic<int64_t> memory_hits_{0}, tier_hits_{0}, promotions_{0}, demotions_{0};
 };
 

@@ -3,6 +3,7 @@
 // memory budget.
 #include <algorithm>
 #include <cmath>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -57,6 +58,7 @@ int64_t EmbeddingTable::write_back_locked(const uint32_t* ids, int64_t n) {
     ver[i] = stamped(ids[i]);
   }
   tier_->set(keys.data(), n, rows.data(), tsf ? st.data() : nullptr, ver.data());  // throws before any change
+  unstage(keys.data(), n);  // the tier copy changed: a staged one is stale
   for (int64_t i = 0; i < n; ++i) {
     index_.erase(keys[i]);
     free_rows_.push_back(ids[i]);
@@ -116,7 +118,7 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
   std::vector<float> r(static_cast<size_t>(m) * dim), st(static_cast<size_t>(m) * tsf);
   std::vector<uint64_t> ver(m);
   std::vector<uint8_t> found(m);
-  const int64_t got = tier_->get(want.data(), m, r.data(), tsf ? st.data() : nullptr, ver.data(), found.data());
+  const int64_t got = tier_get(want.data(), m, r.data(), tsf ? st.data() : nullptr, ver.data(), found.data(), true);
   if (require_all && got < m)
     for (int64_t j = 0; j < m; ++j)
       if (!found[j]) {
@@ -184,7 +186,7 @@ int64_t EmbeddingTable::fetch_missing(const int64_t* keys, int64_t n, const uint
   const int64_t m = static_cast<int64_t>(s.pos.size());
   float* r = scratch(s.rows, static_cast<size_t>(m) * opt_.dim);
   uint8_t* f = scratch(s.found, m);
-  got = tier_->get(s.keys.data(), m, r, nullptr, nullptr, f);
+  got = tier_get(s.keys.data(), m, r, nullptr, nullptr, f, false);
   tier_hits_.fetch_add(got, std::memory_order_relaxed);
   return m;
 }
@@ -256,6 +258,219 @@ int64_t EmbeddingTable::serve_pool(const Bags& bags, const uint32_t* ids, float*
     }
   }
   return m - got;
+}
+
+// ---------------------------------------------------------------- prefetch
+// Staged rows are a cache of tier copies, keyed by key. Invariant: a staged
+// row equals the tier's current copy of its key. It holds because every tier
+// write or erase made through the table (write_back_locked, erase_locked,
+// apply_batch) calls unstage() after it, which drops the key's staged row and,
+// while a prefetch is in flight, remembers the key as dirty so that the
+// prefetch (which read the tier before or during that write) does not stage
+// it. The memory copy wins over both while a key has one: staged rows are
+// only consulted for keys with no row in memory.
+
+namespace {
+// Drops the oldest prefetch's rows still staged (those no later prefetch
+// replaced); returns how many.
+template <class Order, class Staged>
+int64_t drop_oldest_batch(Order& order, Staged& staged) {
+  auto b = order.front();
+  order.pop_front();
+  int64_t dropped = 0;
+  for (size_t j = 0; j < b->keys.size(); ++j) {
+    auto it = staged.find(b->keys[j]);
+    if (it != staged.end() && it->second.batch == b) {
+      staged.erase(it);
+      ++dropped;
+    }
+  }
+  return dropped;
+}
+}  // namespace
+
+EmbeddingTable::~EmbeddingTable() {
+  std::unordered_map<uint64_t, std::future<void>> pending;
+  {
+    std::lock_guard<std::mutex> lk(pf_mu_);
+    pending.swap(prefetches_);
+  }
+  for (auto& kv : pending)
+    if (kv.second.valid()) kv.second.wait();  // their errors have no one to go to
+}
+
+uint64_t EmbeddingTable::prefetch(const int64_t* keys, int64_t n) {
+  if (!tier_) throw std::invalid_argument("prefetch: this table has no tier");
+  std::vector<int64_t> k(keys, keys + n);
+  std::lock_guard<std::mutex> lk(pf_mu_);
+  // Fire-and-forget prefetches: drop the finished ones nobody waits for.
+  for (auto it = prefetches_.begin(); it != prefetches_.end();)
+    if (it->second.wait_for(std::chrono::seconds(0)) == std::future_status::ready) it = prefetches_.erase(it);
+    else ++it;
+  {
+    std::lock_guard<std::mutex> sl(stage_mu_);
+    ++stage_in_flight_;  // before the thread starts: a write from now on marks its keys dirty
+  }
+  try {
+    const uint64_t t = ++next_ticket_;
+    prefetches_[t] = std::async(std::launch::async, [this, k = std::move(k)] { run_prefetch(k); });
+    return t;
+  } catch (...) {
+    std::lock_guard<std::mutex> sl(stage_mu_);
+    if (--stage_in_flight_ == 0) stage_dirty_.clear();
+    throw;
+  }
+}
+
+void EmbeddingTable::wait_prefetch(uint64_t ticket) {
+  std::future<void> f;
+  {
+    std::lock_guard<std::mutex> lk(pf_mu_);
+    auto it = prefetches_.find(ticket);
+    if (it == prefetches_.end()) return;
+    f = std::move(it->second);
+    prefetches_.erase(it);
+  }
+  f.get();  // rethrows the prefetch's error
+}
+
+void EmbeddingTable::wait_all_prefetches() {
+  std::vector<uint64_t> tickets;
+  {
+    std::lock_guard<std::mutex> lk(pf_mu_);
+    for (const auto& kv : prefetches_) tickets.push_back(kv.first);
+  }
+  std::sort(tickets.begin(), tickets.end());
+  for (uint64_t t : tickets) wait_prefetch(t);
+}
+
+void EmbeddingTable::set_max_staged_rows(int64_t rows) {
+  if (rows < 0) throw std::invalid_argument("max_staged_rows must be >= 0, got " + std::to_string(rows));
+  std::lock_guard<std::mutex> sl(stage_mu_);
+  max_staged_rows_ = rows;
+  while (static_cast<int64_t>(staged_.size()) > rows && !stage_order_.empty())
+    pf_dropped_ += drop_oldest_batch(stage_order_, staged_);
+}
+
+void EmbeddingTable::drop_staged_locked(int64_t key) const {
+  auto it = staged_.find(key);
+  if (it == staged_.end()) return;
+  --it->second.batch->live;
+  staged_.erase(it);
+}
+
+void EmbeddingTable::unstage(const int64_t* keys, int64_t n) const {
+  std::lock_guard<std::mutex> sl(stage_mu_);
+  if (staged_.empty() && stage_in_flight_ == 0) return;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!staged_.empty()) drop_staged_locked(keys[i]);
+    if (stage_in_flight_) stage_dirty_.insert(keys[i]);
+  }
+}
+
+void EmbeddingTable::run_prefetch(const std::vector<int64_t>& keys) {
+  struct InFlight {  // the prefetch is over, however it ends
+    const EmbeddingTable* t;
+    ~InFlight() {
+      std::lock_guard<std::mutex> sl(t->stage_mu_);
+      if (--t->stage_in_flight_ == 0) t->stage_dirty_.clear();
+    }
+  } in_flight{this};
+  const int64_t n = static_cast<int64_t>(keys.size());
+  std::vector<int64_t> want;
+  {
+    std::vector<uint32_t> ids(static_cast<size_t>(n));
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    resolve(keys.data(), n, ids.data());
+    std::unordered_set<int64_t> seen;
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] == kNoRow && seen.insert(keys[i]).second) want.push_back(keys[i]);
+  }
+  {
+    std::lock_guard<std::mutex> sl(stage_mu_);
+    want.erase(std::remove_if(want.begin(), want.end(), [&](int64_t k) { return staged_.count(k) != 0; }),
+               want.end());
+    // Room: the oldest prefetches' unused rows go first.
+    while (static_cast<int64_t>(staged_.size() + want.size()) > max_staged_rows_ && !stage_order_.empty())
+      pf_dropped_ += drop_oldest_batch(stage_order_, staged_);
+    const int64_t room = std::max<int64_t>(0, max_staged_rows_ - static_cast<int64_t>(staged_.size()));
+    if (static_cast<int64_t>(want.size()) > room) want.resize(static_cast<size_t>(room));
+  }
+  if (want.empty()) return;
+  const int64_t m = static_cast<int64_t>(want.size()), dim = opt_.dim, tsf = tier_->state_floats();
+  auto b = std::make_shared<StagedBatch>();
+  b->rows.resize(static_cast<size_t>(m) * dim);
+  b->state.resize(static_cast<size_t>(m) * tsf);
+  b->versions.resize(m);
+  std::vector<uint8_t> found(m);
+  tier_->get(want.data(), m, b->rows.data(), tsf ? b->state.data() : nullptr, b->versions.data(), found.data());
+  b->keys = std::move(want);
+  std::lock_guard<std::mutex> sl(stage_mu_);
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t k = b->keys[j];
+    if (!found[j] || stage_dirty_.count(k) || staged_.count(k)) continue;
+    staged_.emplace(k, StageRef{b, static_cast<uint32_t>(j)});
+    ++b->live;
+  }
+  pf_prefetched_ += b->live;
+  if (b->live) stage_order_.push_back(std::move(b));
+  while (!stage_order_.empty() && stage_order_.front()->live == 0) stage_order_.pop_front();
+}
+
+int64_t EmbeddingTable::tier_get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                                 uint8_t* found, bool consume) const {
+  std::vector<int64_t> rest_keys;
+  std::vector<int64_t> rest_pos;
+  int64_t got = 0;
+  const int64_t dim = opt_.dim, tsf = tier_->state_floats();
+  {
+    std::lock_guard<std::mutex> sl(stage_mu_);
+    if (staged_.empty()) return tier_->get(keys, n, rows, state, versions, found);
+    for (int64_t i = 0; i < n; ++i) {
+      auto it = staged_.find(keys[i]);
+      if (it == staged_.end()) {
+        rest_keys.push_back(keys[i]);
+        rest_pos.push_back(i);
+        continue;
+      }
+      const StagedBatch& b = *it->second.batch;
+      const size_t j = it->second.i;
+      std::memcpy(rows + i * dim, b.rows.data() + j * dim, sizeof(float) * dim);
+      if (state && tsf) std::memcpy(state + i * tsf, b.state.data() + j * tsf, sizeof(float) * tsf);
+      if (versions) versions[i] = b.versions[j];
+      found[i] = 1;
+      ++got;
+      if (consume) {
+        drop_staged_locked(keys[i]);
+        ++pf_used_;
+      }
+    }
+    while (!stage_order_.empty() && stage_order_.front()->live == 0) stage_order_.pop_front();
+  }
+  if (rest_keys.empty()) return got;
+  const int64_t m = static_cast<int64_t>(rest_keys.size());
+  std::vector<float> r(static_cast<size_t>(m) * dim), st(static_cast<size_t>(m) * tsf);
+  std::vector<uint64_t> v(m);
+  std::vector<uint8_t> f(m);
+  got += tier_->get(rest_keys.data(), m, r.data(), state && tsf ? st.data() : nullptr, v.data(), f.data());
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = rest_pos[j];
+    found[i] = f[j];
+    if (!f[j]) continue;
+    std::memcpy(rows + i * dim, r.data() + j * dim, sizeof(float) * dim);
+    if (state && tsf) std::memcpy(state + i * tsf, st.data() + j * tsf, sizeof(float) * tsf);
+    if (versions) versions[i] = v[j];
+  }
+  return got;
+}
+
+EmbeddingTable::PrefetchCounters EmbeddingTable::prefetch_counters() const {
+  std::lock_guard<std::mutex> sl(stage_mu_);
+  const int64_t n = static_cast<int64_t>(staged_.size());
+  // bytes held: every batch still referenced (a batch is freed when its last row goes)
+  int64_t bytes = 0;
+  for (const auto& b : stage_order_) bytes += static_cast<int64_t>((b->rows.size() + b->state.size()) * 4);
+  return {n, bytes, max_staged_rows_, pf_prefetched_, pf_used_, pf_dropped_, stage_in_flight_};
 }
 
 EmbeddingTable::TierCounters EmbeddingTable::tier_counters() const {

@@ -199,6 +199,8 @@ void EmbeddingTable::apply_batch(const RowBatchView& b) {
     if (!b.dead_keys.empty()) tier_->erase(b.dead_keys.data(), static_cast<int64_t>(b.dead_keys.size()));
     // Rows the batch overwrites leave the tier: memory holds the new value.
     tier_->erase(b.keys.data(), n64);
+    unstage(b.dead_keys.data(), static_cast<int64_t>(b.dead_keys.size()));
+    unstage(b.keys.data(), n64);
   }
   index_.reserve(index_.size() + incoming);
   const int64_t dim = opt_.dim, sf = state_ ? state_->stride() : 0;

@@ -45,6 +45,9 @@ class StorageTier {
   // Inserts or overwrites; the last of duplicated keys wins.
   virtual void set(const int64_t* keys, int64_t n, const float* rows, const float* state,
                    const uint64_t* versions) = 0;
+  // found[i] = 1 for keys held, else 0, from the tier's index alone (no row
+  // is read: no I/O). Returns the number held.
+  virtual int64_t contains(const int64_t* keys, int64_t n, uint8_t* found) const = 0;
   // Returns how many of `keys` were held.
   virtual int64_t erase(const int64_t* keys, int64_t n) = 0;
   // Makes every write so far durable.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <unordered_set>
@@ -69,10 +70,15 @@ bool layout_for(int64_t dim, int64_t sf, int64_t capacity, Layout& L) {
 
 void pwrite_all(int fd, const void* p, size_t n, size_t off, const std::string& path) {
   const char* c = static_cast<const char*>(p);
+  if (const int e = io_faults::take(io_faults::kWrite))
+    throw TierIOError("tier '" + path + "': write failed: " + std::strerror(e), e);
   while (n) {
     const ssize_t w = ::pwrite(fd, c, n, static_cast<off_t>(off));
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0) throw std::runtime_error("tier '" + path + "': write failed: " + std::strerror(errno));
+    if (w < 0) {
+      const int e = errno;
+      throw TierIOError("tier '" + path + "': write failed: " + std::strerror(e), e);
+    }
     c += w;
     off += static_cast<size_t>(w);
     n -= static_cast<size_t>(w);
@@ -142,6 +148,9 @@ FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, i
 }
 
 void FileTier::release_fd() {
+  reader_.reset();
+  if (io_buf_) std::free(io_buf_);
+  io_buf_ = nullptr;
   if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
   map_ = nullptr;
   if (fd_ >= 0) {
@@ -357,9 +366,15 @@ void FileTier::set_clean(bool clean) {
     n = kCleanBytes;
   }
   pwrite_checked(r, n, kCleanAt);
-  if (::fdatasync(fd_) != 0) {
+  sync_checked();
+}
+
+void FileTier::sync_checked() {
+  int e = io_faults::take(io_faults::kSync);
+  if (!e && ::fdatasync(fd_) != 0) e = errno;
+  if (e) {
     io_failed_ = true;
-    throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
+    throw TierIOError("tier '" + path_ + "': fdatasync failed: " + std::strerror(e), e);
   }
 }
 
@@ -446,6 +461,18 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
     slots[i] = index_.find(keys[i]);
   }
   const size_t row_bytes = sizeof(float) * dim_;
+  if (reader_) {
+    int64_t got = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      found[i] = slots[i] != kNoRow;
+      got += found[i];
+      if (found[i] && versions) versions[i] = dir_[slots[i]].version;
+    }
+    read_slots_parallel(slots.data(), n, rows, state);  // throws TierIOError: nothing counted
+    reads_.fetch_add(got, std::memory_order_relaxed);
+    bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
+    return got;
+  }
   auto prefetch_slot = [&](uint32_t s) {
     if (s == kNoRow) return;
     const uint8_t* p = map_ + data_off(s);
@@ -472,6 +499,112 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
   return got;
 }
 
+void FileTier::set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  std::lock_guard<std::mutex> io(io_mu_);
+  check_open();
+  if (mode == IoMode::kMmap) {
+    reader_.reset();
+    std::free(io_buf_);
+    io_buf_ = nullptr;
+    io_buffer_bytes_ = 0;
+    io_mode_ = mode;
+    return;
+  }
+  if (threads < 1 || threads > 1024) throw std::invalid_argument("threads must be in [1, 1024], got " + std::to_string(threads));
+  if (align < 512 || align > (1 << 20) || (align & (align - 1)))
+    throw std::invalid_argument("align must be a power of two in [512, 1048576], got " + std::to_string(align));
+  // The buffer must hold one slot's enclosing blocks.
+  const int64_t need = static_cast<int64_t>(align_up(static_cast<size_t>(slot_bytes_), static_cast<size_t>(align))) + align;
+  if (buffer_bytes < need)
+    throw std::invalid_argument("buffer_bytes must be at least " + std::to_string(need) + " (one slot's blocks), got " +
+                                std::to_string(buffer_bytes));
+  const size_t bytes = align_up(static_cast<size_t>(buffer_bytes), static_cast<size_t>(align));
+  auto reader = std::make_unique<ParallelReader>(path_, mode == IoMode::kDirect, threads, static_cast<size_t>(align));
+  void* buf = std::aligned_alloc(static_cast<size_t>(align), bytes);
+  if (!buf) throw std::bad_alloc();
+  std::free(io_buf_);
+  io_buf_ = static_cast<uint8_t*>(buf);
+  io_buffer_bytes_ = static_cast<int64_t>(bytes);
+  reader_ = std::move(reader);
+  io_mode_ = mode;
+}
+
+void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state) {
+  // Each slot's payload lies in whole `align` blocks [first, last]; blocks are
+  // read once per call (sorted, deduplicated), runs of adjacent blocks
+  // coalesced into one request of up to kMaxRun bytes, in rounds that fit the
+  // buffer. The extra bytes (block minus row) are counted in device_bytes.
+  std::lock_guard<std::mutex> io(io_mu_);
+  const uint64_t A = reader_->align();
+  const uint64_t payload = static_cast<uint64_t>(dim_ + (state ? state_floats_ : 0)) * 4;
+  constexpr uint64_t kMaxRun = 128 * 1024;
+  struct Item {
+    uint64_t first_block;  // byte offset of the first block
+    int64_t i;
+  };
+  std::vector<Item> items;
+  items.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    if (slots[i] != kNoRow) items.push_back({data_off(slots[i]) / A * A, i});
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.first_block < b.first_block; });
+  const uint64_t cap = static_cast<uint64_t>(io_buffer_bytes_);
+  std::vector<ReadRequest> reqs;
+  std::vector<uint64_t> item_pos;  // byte position of each item's slot in the buffer
+  size_t j = 0;
+  while (j < items.size()) {
+    reqs.clear();
+    item_pos.clear();
+    uint64_t used = 0, end = 0;  // end: file offset one past the blocks already requested this round
+    size_t k = j;
+    for (; k < items.size(); ++k) {
+      const uint64_t off = data_off(slots[items[k].i]);
+      const uint64_t b0 = items[k].first_block, b1 = align_up(off + payload, A);
+      const uint64_t from = std::max(b0, end);  // blocks shared with the previous slot are read once
+      const uint64_t add = b1 > from ? b1 - from : 0;
+      if (add && used + add > cap) break;
+      if (add) {
+        ReadRequest* last = reqs.empty() ? nullptr : &reqs.back();
+        if (last && last->off + last->len == from && last->len + add <= kMaxRun)
+          last->len += static_cast<uint32_t>(add);
+        else
+          reqs.push_back({from, static_cast<uint32_t>(add), io_buf_ + used});
+        used += add;
+        end = b1;
+      }
+      // where `off` landed: the last request covering it
+      const ReadRequest* r = &reqs.back();
+      for (size_t q = reqs.size(); q-- > 0;)
+        if (reqs[q].off <= off) {
+          r = &reqs[q];
+          break;
+        }
+      item_pos.push_back(static_cast<uint64_t>(r->dst - io_buf_) + (off - r->off));
+    }
+    reader_->read(reqs.data(), static_cast<int64_t>(reqs.size()));
+    dev_reads_.fetch_add(static_cast<int64_t>(reqs.size()), std::memory_order_relaxed);
+    dev_bytes_.fetch_add(static_cast<int64_t>(used), std::memory_order_relaxed);
+    for (size_t q = j; q < k; ++q) {
+      const int64_t i = items[q].i;
+      const float* src = reinterpret_cast<const float*>(io_buf_ + item_pos[q - j]);
+      std::memcpy(rows + i * dim_, src, sizeof(float) * dim_);
+      if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
+    }
+    j = k;
+  }
+}
+
+int64_t FileTier::contains(const int64_t* keys, int64_t n, uint8_t* found) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  check_open();
+  int64_t got = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    found[i] = index_.find(keys[i]) != kNoRow;
+    got += found[i];
+  }
+  return got;
+}
+
 void FileTier::mark_free(uint32_t slot) {
   free_bits_[slot >> 6] |= uint64_t(1) << (slot & 63);
   ++free_count_;
@@ -479,6 +612,29 @@ void FileTier::mark_free(uint32_t slot) {
 }
 
 void FileTier::take_free_locked(size_t m, std::vector<uint32_t>& out) {
+  out.clear();
+  if (reader_) {
+    // Whole-block writes: slots of wholly free 64-slot words first (64 slots
+    // are whole aligned blocks: 64 x a multiple of 64 bytes), so a write-back
+    // fills blocks without reading them first; then the lowest free slots.
+    for (size_t w = free_lo_word_; out.size() + 64 <= m && w < free_bits_.size(); ++w)
+      if (free_bits_[w] == ~uint64_t{0} && (w + 1) * 64 <= static_cast<size_t>(slots_)) {
+        for (uint32_t b = 0; b < 64; ++b) out.push_back(static_cast<uint32_t>(w * 64 + b));
+        free_bits_[w] = 0;
+      }
+    free_count_ -= static_cast<int64_t>(out.size());
+    if (out.size() == m) return;
+    std::vector<uint32_t> rest;
+    const size_t had = out.size();
+    take_lowest_free_locked(m - had, rest);
+    out.insert(out.end(), rest.begin(), rest.end());
+    std::sort(out.begin(), out.end());
+    return;
+  }
+  take_lowest_free_locked(m, out);
+}
+
+void FileTier::take_lowest_free_locked(size_t m, std::vector<uint32_t>& out) {
   out.clear();
   size_t w = free_lo_word_;
   for (; out.size() < m && w < free_bits_.size(); ++w) {
@@ -494,13 +650,17 @@ void FileTier::take_free_locked(size_t m, std::vector<uint32_t>& out) {
 }
 
 void FileTier::write_entries_locked(const std::vector<uint32_t>& slots) {
-  constexpr uint32_t kMaxGap = 128;  // entries (4 KiB): rewriting them costs less than a syscall
+  // Whole 4 KiB blocks of the directory (128 entries, from the mirror, which
+  // equals the disk): a write never covers part of a block, so the kernel
+  // never reads a block that is not cached before changing it (a synchronous
+  // device read per entry once the file is larger than the page cache).
+  constexpr uint32_t kBlock = 128;  // entries per 4 KiB
   for (size_t j = 0; j < slots.size();) {
     size_t k = j + 1;
-    while (k < slots.size() && slots[k] - slots[k - 1] <= kMaxGap) ++k;
-    const uint32_t a = slots[j], b = slots[k - 1];
-    pwrite_checked(&dir_[a], (static_cast<size_t>(b - a) + 1) * sizeof(Entry),
-               dir_offset_ + static_cast<size_t>(a) * sizeof(Entry));
+    while (k < slots.size() && slots[k] / kBlock - slots[k - 1] / kBlock <= 1) ++k;
+    const size_t a = static_cast<size_t>(slots[j] / kBlock) * kBlock;
+    const size_t b = std::min(static_cast<size_t>(slots[k - 1] / kBlock + 1) * kBlock, static_cast<size_t>(slots_));
+    pwrite_checked(&dir_[a], (b - a) * sizeof(Entry), dir_offset_ + a * sizeof(Entry));
     j = k;
   }
 }
@@ -511,6 +671,7 @@ void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8
   // the bytes they already hold (read back through the mapping): cheaper than
   // a syscall each, and a crash mid-write leaves those bytes as they were.
   const size_t sb = static_cast<size_t>(slot_bytes_), m = slots.size();
+  if (reader_) return write_blocks_locked(slots, buf);
   const uint32_t max_gap = static_cast<uint32_t>(std::max<size_t>(1, 4096 / sb));
   for (size_t j = 0; j < m;) {
     size_t k = j + 1;
@@ -530,6 +691,93 @@ void FileTier::write_data_locked(const std::vector<uint32_t>& slots, const uint8
       pwrite_checked(run.data(), len, data_off(a));
     }
     j = k;
+  }
+}
+
+void FileTier::write_blocks_locked(const std::vector<uint32_t>& slots, const uint8_t* buf) {
+  // kPread / kDirect: whole aligned blocks only. Blocks the new slots cover in
+  // full are not read; the others are read first (in parallel, O_DIRECT in
+  // kDirect) and the slots patched in, so the bytes between keep what they
+  // hold (a crash mid-write leaves them as they were). Then every block run is
+  // written in parallel (O_DIRECT in kDirect: no page-cache copy, and the
+  // kernel never reads a block synchronously to change part of it).
+  std::lock_guard<std::mutex> io(io_mu_);
+  const uint64_t A = reader_->align(), sb = static_cast<uint64_t>(slot_bytes_);
+  constexpr uint64_t kMaxRun = 128 * 1024;
+  struct Run {
+    uint64_t off, len;
+  };
+  std::vector<Run> runs;  // ascending, disjoint block runs covering every slot
+  for (uint32_t s : slots) {
+    const uint64_t o = data_off(s), b0 = o / A * A, b1 = align_up(o + sb, A);
+    const uint64_t end = runs.empty() ? 0 : runs.back().off + runs.back().len;
+    // A block shared with the previous slot must join its run; an adjacent one may.
+    if (!runs.empty() && (b0 < end || (b0 == end && runs.back().len < kMaxRun))) {
+      runs.back().len = std::max(end, b1) - runs.back().off;
+    } else {
+      runs.push_back({b0, b1 - b0});
+    }
+  }
+  uint64_t total = 0;
+  for (const Run& r : runs) total += r.len;
+  std::unique_ptr<uint8_t, decltype(&std::free)> mem(static_cast<uint8_t*>(std::aligned_alloc(A, total)), &std::free);
+  if (!mem) throw std::bad_alloc();
+  uint8_t* base = mem.get();
+  std::vector<uint64_t> run_pos(runs.size());
+  {
+    uint64_t p = 0;
+    for (size_t r = 0; r < runs.size(); ++r) {
+      run_pos[r] = p;
+      p += runs[r].len;
+    }
+  }
+  std::vector<uint64_t> cover(total / A, 0);  // bytes of each block the new slots cover
+  size_t r = 0;
+  std::vector<uint64_t> pos(slots.size());
+  for (size_t j = 0; j < slots.size(); ++j) {
+    const uint64_t o = data_off(slots[j]);
+    while (o >= runs[r].off + runs[r].len) ++r;
+    pos[j] = run_pos[r] + (o - runs[r].off);
+    for (uint64_t x = pos[j]; x < pos[j] + sb;) {
+      const uint64_t blk = x / A, end = std::min((blk + 1) * A, pos[j] + sb);
+      cover[blk] += end - x;
+      x = end;
+    }
+  }
+  std::vector<ReadRequest> reqs;
+  for (size_t q = 0; q < runs.size(); ++q)
+    for (uint64_t x = 0; x < runs[q].len; x += A) {
+      const uint64_t blk = (run_pos[q] + x) / A;
+      if (cover[blk] >= A) continue;
+      if (!reqs.empty() && reqs.back().off + reqs.back().len == runs[q].off + x && reqs.back().len + A <= kMaxRun &&
+          reqs.back().dst + reqs.back().len == base + run_pos[q] + x)
+        reqs.back().len += static_cast<uint32_t>(A);
+      else
+        reqs.push_back({runs[q].off + x, static_cast<uint32_t>(A), base + run_pos[q] + x});
+    }
+  try {
+    reader_->read(reqs.data(), static_cast<int64_t>(reqs.size()));
+    dev_reads_.fetch_add(static_cast<int64_t>(reqs.size()), std::memory_order_relaxed);
+    for (const auto& q : reqs) dev_bytes_.fetch_add(q.len, std::memory_order_relaxed);
+    for (size_t j = 0; j < slots.size(); ++j) std::memcpy(base + pos[j], buf + j * sb, sb);
+    reqs.clear();
+    for (size_t q = 0; q < runs.size(); ++q)
+      reqs.push_back({runs[q].off, static_cast<uint32_t>(runs[q].len), base + run_pos[q]});
+    // The file need not end on a block boundary: the last block is cut at the
+    // end (never grow the file) and, not being whole, goes out buffered.
+    const ReadRequest* tail = nullptr;
+    ReadRequest cut{};
+    if (!reqs.empty() && reqs.back().off + reqs.back().len > map_bytes_) {
+      cut = reqs.back();
+      cut.len = static_cast<uint32_t>(map_bytes_ - cut.off);
+      reqs.pop_back();
+      tail = &cut;
+    }
+    reader_->write(reqs.data(), static_cast<int64_t>(reqs.size()));
+    if (tail) pwrite_all(fd_, tail->dst, tail->len, tail->off, path_);
+  } catch (...) {
+    io_failed_ = true;
+    throw;
   }
 }
 
@@ -675,10 +923,7 @@ int64_t FileTier::erase(const int64_t* keys, int64_t n) {
 }
 
 void FileTier::flush_locked() {
-  if (::fdatasync(fd_) != 0) {
-    io_failed_ = true;
-    throw std::runtime_error("tier '" + path_ + "': fdatasync failed: " + std::strerror(errno));
-  }
+  sync_checked();
   std::vector<uint32_t> old;
   old.reserve(durable_old_.size());
   for (const auto& kv : durable_old_) old.push_back(kv.second);

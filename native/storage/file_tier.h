@@ -32,6 +32,8 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -39,6 +41,7 @@
 
 #include "../structures/key_index.h"
 #include "../core/tier.h"
+#include "direct_io.h"
 
 namespace embedlookup {
 
@@ -78,11 +81,33 @@ class FileTier : public StorageTier {
               uint8_t* found) override;
   void set(const int64_t* keys, int64_t n, const float* rows, const float* state,
            const uint64_t* versions) override;
+  int64_t contains(const int64_t* keys, int64_t n, uint8_t* found) const override;
   int64_t erase(const int64_t* keys, int64_t n) override;
   void flush() override;
   void scan(uint64_t since, std::vector<int64_t>& keys) const override;
   TierStats stats() const override;
   uint64_t max_version() const override;
+
+  // How get() reads slots (docs/storage.md, "Reading from the device"):
+  //  kMmap    copies from the shared mapping (the page cache; the default);
+  //  kPread   positioned reads of the slots' enclosing `align`-byte blocks by a
+  //           pool of `threads` threads (queue depth = threads), buffered;
+  //  kDirect  the same through an O_DIRECT descriptor: every read reaches the
+  //           device, the page cache is bypassed (std::invalid_argument where
+  //           the file system refuses O_DIRECT).
+  // buffer_bytes bounds the aligned I/O buffer (a batch needing more is read
+  // in rounds). Writes are unchanged (pwrite); the kernel writes dirty cached
+  // pages back before an O_DIRECT read of them, so reads see every write.
+  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2 };
+  void set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align);
+  IoMode io_mode() const { return io_mode_; }
+  int io_threads() const { return reader_ ? reader_->queue_depth() : 0; }
+  int64_t io_align() const { return reader_ ? static_cast<int64_t>(reader_->align()) : 0; }
+  int64_t io_buffer_bytes() const { return io_buffer_bytes_; }  // the I/O buffer's bound (0 for kMmap)
+  // Block reads issued by kPread / kDirect and their bytes (slots' enclosing
+  // aligned blocks: more than the row bytes served).
+  int64_t device_reads() const { return dev_reads_.load(); }
+  int64_t device_bytes() const { return dev_bytes_.load(); }
 
   // Flushes, marks the file cleanly closed and releases it (idempotent).
   void close();
@@ -121,10 +146,17 @@ class FileTier : public StorageTier {
   // Writes buf's rows (one slot each, in `slots` order, ascending) to their
   // slots, runs with small gaps coalesced into one pwrite.
   void write_data_locked(const std::vector<uint32_t>& slots, const uint8_t* buf, std::vector<uint8_t>& run);
+  // write_data_locked for kPread / kDirect: whole aligned blocks through reader_.
+  void write_blocks_locked(const std::vector<uint32_t>& slots, const uint8_t* buf);
   void mark_free(uint32_t slot);
-  void take_free_locked(size_t m, std::vector<uint32_t>& out);  // the m lowest free slots, ascending
+  // m free slots, ascending: the lowest (kMmap), or wholly free blocks first (kPread / kDirect)
+  void take_free_locked(size_t m, std::vector<uint32_t>& out);
+  void take_lowest_free_locked(size_t m, std::vector<uint32_t>& out);
   void flush_locked();
+  void sync_checked();  // fdatasync; TierIOError (and io_failed_) on failure
   void check_open() const;
+  // get() through reader_: slots resolved by the caller (kNoRow = absent).
+  void read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state);
   size_t data_off(uint32_t slot) const { return data_offset_ + static_cast<size_t>(slot) * slot_bytes_; }
 
   std::string path_;
@@ -150,6 +182,14 @@ class FileTier : public StorageTier {
   uint64_t max_version_ = 0;
   mutable TierStats st_;
   mutable std::atomic<int64_t> reads_{0}, bytes_read_{0};
+  // kPread / kDirect: the reader, its aligned buffer (guarded by io_mu_: one
+  // parallel read at a time), and the device counters.
+  IoMode io_mode_ = IoMode::kMmap;
+  std::unique_ptr<ParallelReader> reader_;
+  std::mutex io_mu_;
+  uint8_t* io_buf_ = nullptr;
+  int64_t io_buffer_bytes_ = 0;
+  std::atomic<int64_t> dev_reads_{0}, dev_bytes_{0};
 };
 
 }  // namespace embedlookup

@@ -287,6 +287,11 @@ def bench(args, argv: list[str]) -> int:
     command = "embedlookup " + " ".join(shlex.quote(a) for a in argv)
     report = B.run([(w, ops) for w in plan_w], cfg, command=command, notes=notes)
     print(B.format_table(report))
+    if args.suite == "storage":  # the tier under real I/O (cold device), next to the device's own limit
+        from .bench import ssd
+
+        report["ssd"] = ssd.suite_section(args.tier_dir, log=(lambda m: None) if args.quiet else print)
+        print(ssd.format_section(report["ssd"]))
     writers = {"json": B.write_json, "markdown": B.write_markdown, "plot": B.write_plot}
     written = []
     for kind, path in outputs.items():

@@ -233,6 +233,9 @@ class FrequencyTable(EmbeddingTable):
             return self._register(feature)
         return self._feature_ids[feature]
 
+    def _prefetch_keys(self, keys, feature):
+        return self.namespaced_keys(keys, feature, "keys")
+
     def namespaced_keys(self, values, feature, name: str = "values") -> np.ndarray:
         """The table keys of ``values`` of ``feature``: ``id << 48 | (value &
         (2**48 - 1))``, the rule of embedlookup/_namespace.py. Values must lie

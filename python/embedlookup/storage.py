@@ -18,13 +18,25 @@ import numpy as np
 from . import _checks, _core
 from . import init as _init
 
-__all__ = ["FileTier", "TierFullError", "SnapshotFormatError", "TierFormatError", "TierLockedError", "delta_info",
-           "file_info"]
+__all__ = ["FileTier", "Prefetch", "TierFullError", "TierIOError", "SnapshotFormatError", "TierFormatError",
+           "TierLockedError", "delta_info", "file_info"]
 
 TierFullError = _core.TierFullError
 SnapshotFormatError = _core.SnapshotFormatError
 TierFormatError = _core.TierFormatError
 TierLockedError = _core.TierLockedError  # a RuntimeError: the tier file is open in another FileTier
+# A read, write or sync of the tier file failed (device error, full disk): an
+# OSError carrying the errno, and a RuntimeError (as write failures were).
+TierIOError = _core.TierIOError
+
+_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2}
+
+
+def _inject_io_fault(op: str, nth: int, errno: int) -> None:
+    """Test hook (private): the ``nth`` next ``op`` ("read": a block read of
+    io="pread"/"direct", "write": a pwrite, "sync": an fdatasync) of any tier
+    file fails with ``errno``; ``nth=0`` disarms it."""
+    _core._inject_io_fault(op, int(nth), int(errno))
 
 _STATE_FLOATS = {0: lambda d: 0, 1: lambda d: 0, 2: lambda d: d, 3: lambda d: 1, 4: lambda d: 2 * d}
 
@@ -74,7 +86,8 @@ class FileTier:
     writes nothing.
     """
 
-    def __init__(self, path, capacity: int | None = None, *, dim: int | None = None, state_floats: int = 0):
+    def __init__(self, path, capacity: int | None = None, *, dim: int | None = None, state_floats: int = 0,
+                 io: str = "mmap", io_threads: int = 32, io_buffer_bytes: int = 16 << 20, io_align: int = 4096):
         self.path = _checks.path(path, "path")
         self._capacity = _positive_int(capacity, "capacity", allow_none=True)
         if self._capacity is not None and self._capacity > _core.FileTier.MAX_CAPACITY:
@@ -85,15 +98,53 @@ class FileTier:
         if state_floats > _core.FileTier.MAX_STATE_FLOATS:
             raise ValueError(f"state_floats must be at most {_core.FileTier.MAX_STATE_FLOATS}, got {state_floats!r}")
         self._native = None
+        self._io = self._io_args(io, io_threads, io_buffer_bytes, io_align)
         if dim is not None:
             dim = _positive_int(dim, "dim")
             if dim > _core.FileTier.MAX_DIM:
                 raise ValueError(f"dim must be at most {_core.FileTier.MAX_DIM}, got {dim!r}")
             self._open(dim, int(state_floats))
 
+    @staticmethod
+    def _io_args(io, threads, buffer_bytes, align):
+        if io not in _IO_MODES:
+            raise ValueError(f"io must be one of {sorted(_IO_MODES)}, got {io!r}")
+        for name, v, lo in (("io_threads", threads, 1), ("io_buffer_bytes", buffer_bytes, 1), ("io_align", align, 512)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if int(align) & (int(align) - 1):
+            raise ValueError(f"io_align must be a power of two, got {align!r}")
+        return (io, int(threads), int(buffer_bytes), int(align))
+
+    def set_io(self, io: str, *, threads: int = 32, buffer_bytes: int = 16 << 20, align: int = 4096) -> None:
+        """How reads reach the file (docs/storage.md, "Reading from the device"):
+        ``"mmap"`` copies from the page cache through a mapping (default);
+        ``"pread"`` / ``"direct"`` read each slot's enclosing ``align``-byte
+        blocks with ``threads`` positioned reads in flight, ``"direct"``
+        through O_DIRECT (the page cache bypassed: every read reaches the
+        device; ``ValueError`` where the file system refuses it).
+        ``buffer_bytes`` bounds the I/O buffer (a batch is read in rounds)."""
+        args = self._io_args(io, threads, buffer_bytes, align)
+        if self._native is not None:
+            self._native.set_io(_IO_MODES[args[0]], *args[1:])
+        self._io = args
+
+    def io_info(self) -> dict:
+        """The read mode, queue depth, alignment, I/O buffer bytes, and the
+        block reads issued (``device_reads``) and their bytes (``device_bytes``:
+        the enclosing blocks, more than the rows served)."""
+        return dict(self._n().io_info())
+
     def _open(self, dim: int, state_floats: int):
         if self._native is None:
-            self._native = _core.FileTier(self.path, dim, state_floats, self._capacity or 0)
+            native = _core.FileTier(self.path, dim, state_floats, self._capacity or 0)
+            if self._io[0] != "mmap":
+                try:
+                    native.set_io(_IO_MODES[self._io[0]], *self._io[1:])
+                except BaseException:
+                    native.close()
+                    raise
+            self._native = native
         elif self._native.dim != dim or self._native.state_floats != state_floats:
             raise ValueError(f"tier: '{self.path}' is open with dim={self._native.dim}, "
                              f"state_floats={self._native.state_floats}; needed dim={dim}, state_floats={state_floats}")
@@ -298,6 +349,40 @@ class _StorageMethods:
         return table
 
     # ----------------------------------------------------------------- tier
+    def _prefetch_keys(self, keys, feature):
+        if feature is not None:
+            raise ValueError("feature: only a FrequencyTable namespaces keys by feature")
+        return _checks.keys_1d(keys, "keys")
+
+    def prefetch(self, keys, *, feature=None) -> "Prefetch":
+        """Starts reading the tier rows of ``keys`` (a future batch's keys, in
+        any order, duplicates allowed) that have no row in memory, on a
+        background thread, and returns at once with a :class:`Prefetch`
+        handle. The next lookups and updates take those rows from the staging
+        area instead of the tier. A prefetch never changes the table and never
+        serves a stale row: a key written back, erased or replaced by a delta
+        after it started is read again. Its I/O error is raised by
+        ``handle.wait()``; without a wait the lookup reads those rows itself.
+        ``feature``: FrequencyTable's per-feature namespace, as in its lookups.
+        Needs a tier (``ValueError`` otherwise)."""
+        k = self._prefetch_keys(keys, feature)
+        if getattr(self, "tier", None) is None:
+            raise ValueError("prefetch: this table has no tier (tier=embedlookup.storage.FileTier(...))")
+        return Prefetch(self, self._t.prefetch(k))
+
+    def wait_prefetches(self) -> None:
+        """Waits for every prefetch in flight (raises the first error)."""
+        self._t.wait_all_prefetches()
+
+    def set_prefetch_limit(self, rows: int) -> None:
+        """At most ``rows`` prefetched rows are staged (default 2**20); the
+        oldest prefetch's unused rows make room first, keys past the limit are
+        left to the lookup. Staged rows are memory outside ``memory_rows``:
+        ``tier_stats()["memory"]`` reports them."""
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
+            raise ValueError(f"rows must be an int >= 0, got {rows!r}")
+        self._t.set_max_staged_rows(int(rows))
+
     def demote(self, keys) -> int:
         """Moves the rows of ``keys`` (those in memory) to the tier; returns how many."""
         return self._t.demote(_checks.keys_1d(keys, "keys"))
@@ -312,4 +397,28 @@ class _StorageMethods:
         if tier is not None:
             c["tier_rows"] = len(tier)
             c.update({f"tier_{k}": v for k, v in tier.stats().items()})
+            io = tier.io_info()
+            c["tier_io"] = io["io"]
+            c["tier_queue_depth"] = io["queue_depth"]
+            c["tier_device_reads"] = io["device_reads"]
+            c["tier_device_bytes"] = io["device_bytes"]
+            c.update(dict(self._t.prefetch_counters()))
+            # The table's whole memory: DRAM rows (with index, state, metadata),
+            # staged prefetched rows, and the tier's I/O buffer.
+            table_bytes = int(self.memory_usage()["total_bytes"])
+            c["memory"] = {"table_bytes": table_bytes, "staged_bytes": c["staged_bytes"],
+                           "io_buffer_bytes": io["io_buffer_bytes"],
+                           "total_bytes": table_bytes + c["staged_bytes"] + io["io_buffer_bytes"]}
         return c
+
+
+class Prefetch:
+    """A prefetch in flight (from ``table.prefetch(keys)``): ``wait()`` blocks
+    until its rows are staged and raises its I/O error (a ``TierIOError``), if
+    any; waiting again returns at once."""
+
+    def __init__(self, table, ticket: int):
+        self._table, self._ticket = table, ticket
+
+    def wait(self) -> None:
+        self._table._t.wait_prefetch(self._ticket)

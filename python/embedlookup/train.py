@@ -306,6 +306,13 @@ class HashTableEmbeddings(nn.Module):
         out = self.coll(values=sparse.T.contiguous().reshape(-1), lengths=torch.ones(F * B, dtype=torch.int64))
         return torch.stack(list(out.values()))
 
+    def prefetch(self, sparse: torch.Tensor):
+        """Starts reading the tier rows of a future batch's (B, F) IDs (when
+        the table has a tier; else nothing): the training loop calls it one
+        batch ahead."""
+        B, F = sparse.shape
+        return self.coll.prefetch(values=sparse.T.contiguous().reshape(-1), lengths=torch.ones(F * B, dtype=torch.int64))
+
     def memory_bytes(self) -> int:
         """Bytes in use: live rows with their Adagrad state and key, plus the
         index as allocated. (The arena allocates 8 MiB chunks, so allocated
@@ -477,10 +484,22 @@ def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> di
     hist = {name: {"logloss": [], "auc": [], "memory_bytes": [], "seconds": 0.0} for name in models}
     buf = {name: ([], []) for name in models}
     seen = 0
-    for t, batch in enumerate(batches):
+    # One batch ahead: before training on batch t, tables over a file tier
+    # start reading batch t+1's rows (prefetch), so the device works while
+    # this step computes (docs/storage.md, "Prefetch"). Without a tier it
+    # does nothing.
+    it = iter(batches)
+    nxt = next(it, None)
+    t = -1
+    while nxt is not None:
+        batch, nxt = nxt, next(it, None)
+        t += 1
         seen += batch.label.shape[0]
         for name, (model, opts) in models.items():
             t0 = time.perf_counter()
+            ahead = getattr(model.embeddings, "prefetch", None)
+            if nxt is not None and ahead is not None:
+                ahead(nxt.sparse)
             model.train()
             logits = model(batch.dense, batch.sparse)
             buf[name][0].append(batch.label.numpy())

@@ -111,6 +111,19 @@ class _TableModule(nn.Module):
     def _insert(self) -> bool:
         return self.training or self.insert_in_eval
 
+    def prefetch(self, input):
+        """Starts reading, in the background, the tier rows of the keys a later
+        ``forward`` will get (``input``: its int keys, any shape), so that the
+        device reads overlap the current step: call it for batch t+1 before
+        training on batch t (docs/storage.md, "Prefetch"). Returns the table's
+        :class:`~embedlookup.storage.Prefetch` handle, or None when the table
+        has no tier (nothing to fetch)."""
+        if getattr(self.table, "tier", None) is None:
+            return None
+        x = _int_tensor(input, "input")
+        _check_device(x, "input")
+        return self.table.prefetch(x.reshape(-1).to(torch.int64).numpy())
+
     def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool) -> torch.Tensor:
         out = torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
                                                      mode_id, include_last_offset, self._insert())[0]
@@ -333,6 +346,36 @@ class HashEmbeddingBagCollection(nn.Module):
         else:
             self.bags = nn.ModuleDict({f: HashEmbeddingBag(embedding_dim, **kw) for f in self.features})
         self.embedding_dim = int(embedding_dim)
+
+    def prefetch(self, features=None, *, values: Optional[torch.Tensor] = None,
+                 lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None):
+        """Starts reading the tier rows of a future batch (the arguments of a
+        later ``forward``) one batch ahead; returns the Prefetch handle (a list
+        of them without a shared table), or None when no table has a tier."""
+        if features is not None:
+            values, offsets = features.values(), features.offsets()
+        if values is None:
+            raise ValueError("values are required")
+        values = _int_tensor(values, "values").reshape(-1).to(torch.int64).contiguous()
+        F = len(self.features)
+        if offsets is None:
+            if lengths is None:
+                raise ValueError("lengths or offsets are required")
+            lengths = _int_tensor(lengths, "lengths")
+            offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+        offsets = _int_tensor(offsets, "offsets").to(torch.int64).contiguous()
+        if offsets.dim() != 1 or offsets.shape[0] < 1 or (offsets.shape[0] - 1) % F:
+            raise ValueError(f"offsets must be 1-D with F*B + 1 entries (F = {F}), got shape {tuple(offsets.shape)}")
+        B = (offsets.shape[0] - 1) // F
+        if self.shared_table:
+            if getattr(self.bag.table, "tier", None) is None:
+                return None
+            keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
+                                                        self._bits)
+            return self.bag.prefetch(keys)
+        handles = [self.bags[f].prefetch(values[offsets[i * B]:offsets[(i + 1) * B]])
+                   for i, f in enumerate(self.features)]
+        return None if all(h is None for h in handles) else handles
 
     def memory_usage(self) -> dict:
         """Native memory of the table(s), summed (see EmbeddingTable.memory_usage)."""

@@ -1,0 +1,108 @@
+// Reads that reach the device on purpose: many positioned reads in flight at
+// once, from a pool of threads each issuing a blocking pread (queue depth =
+// the pool's threads), optionally through an O_DIRECT descriptor so the page
+// cache is bypassed (buffers, offsets and lengths aligned to `align`).
+//
+// Why threads and not io_uring: liburing is not packaged where this builds and
+// runs, and at the queue depths a tier batch reaches (32) the pool matched the
+// device's own random-read rate (docs/storage.md, "Reading from the device").
+//
+// The I/O-fault hook (io_faults) lets tests make the Nth read, write or sync
+// fail with a chosen errno at this layer; it is compiled in, off unless a test
+// arms it (embedlookup._core._inject_io_fault), and costs one relaxed atomic
+// load per system call.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace embedlookup {
+
+// A read, write or sync of a tier file failed (the device, a full disk):
+// carries the errno. The bindings raise it as embedlookup.storage.TierIOError
+// (an OSError).
+class TierIOError : public std::runtime_error {
+ public:
+  TierIOError(const std::string& what, int code) : std::runtime_error(what), code_(code) {}
+  int code() const { return code_; }
+
+ private:
+  int code_;
+};
+
+namespace io_faults {
+enum Op { kRead = 0, kWrite = 1, kSync = 2 };
+// Arms the hook: the nth (1-based) next call of kind `op` fails with errno
+// `err` (and only that one). nth = 0 disarms it.
+void inject(Op op, int64_t nth, int err);
+// Called before each system call of kind `op`: the errno to fail with, or 0.
+int take(Op op);
+}  // namespace io_faults
+
+// A fixed pool of threads running index-parallel jobs; the caller takes part.
+class IoPool {
+ public:
+  explicit IoPool(int threads);  // threads >= 1 (threads - 1 workers + the caller)
+  ~IoPool();
+  IoPool(const IoPool&) = delete;
+  IoPool& operator=(const IoPool&) = delete;
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+  // fn(i) for every i in [0, n), spread over the threads; returns when all are
+  // done. fn must not throw. One run at a time (callers are serialised).
+  void run(int64_t n, const std::function<void(int64_t)>& fn);
+
+ private:
+  void work();
+  std::vector<std::thread> workers_;
+  std::mutex run_mu_, mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0;
+  uint64_t gen_ = 0;
+  int active_ = 0;
+  bool stop_ = false;
+  std::atomic<int64_t> next_{0};
+};
+
+// One aligned read request.
+struct ReadRequest {
+  uint64_t off;  // multiple of align
+  uint32_t len;  // multiple of align
+  uint8_t* dst;  // aligned to align
+};
+
+// Positioned reads (and whole-block writes) of one file, many in flight.
+class ParallelReader {
+ public:
+  // direct: open with O_DIRECT (std::invalid_argument when the file system
+  // refuses it, e.g. tmpfs). threads: the queue depth.
+  ParallelReader(const std::string& path, bool direct, int threads, size_t align);
+  ~ParallelReader();
+  ParallelReader(const ParallelReader&) = delete;
+  ParallelReader& operator=(const ParallelReader&) = delete;
+  // Issues every request (in parallel); throws TierIOError naming the first
+  // failure after all have finished (the buffers of failed requests are
+  // undefined).
+  void read(const ReadRequest* r, int64_t n);
+  // The same for writes (dst is the source); TierIOError on the first failure.
+  void write(const ReadRequest* r, int64_t n);
+  bool direct() const { return direct_; }
+  int queue_depth() const { return pool_.threads(); }
+  size_t align() const { return align_; }
+
+ private:
+  void io(const ReadRequest* r, int64_t n, bool write);
+  std::string path_;
+  int fd_ = -1;
+  bool direct_;
+  size_t align_;
+  IoPool pool_;
+};
+
+}  // namespace embedlookup

@@ -1,0 +1,411 @@
+"""The file tier under real I/O: where rows came from, against the device's own limit.
+
+Three measurements, one run, all with the tier file's pages dropped from the
+page cache first (``posix_fadvise(DONTNEED)``, no root needed) and the bytes the
+block device read during each timed run counted from ``/sys/block/<dev>/stat``:
+
+1. ``device``: the device's limit, with O_DIRECT reads of a scratch file
+   (``embedlookup._probes.device_reads``): random 4 KiB reads at queue depth 1
+   and at the tier's queue depth (32), and sequential 1 MiB reads.
+2. ``miss_service``: batches of distinct missing keys read from a
+   :class:`~embedlookup.storage.FileTier` (``io="direct"`` at queue depth 32,
+   and the default ``io="mmap"`` after dropping the cache), as rows/s and block
+   reads/s against (1).
+3. ``training``: a ``FrequencyTable`` holding ``memory_frac`` of the rows in
+   DRAM (its LFU policy decides which; evicted rows are written back to the
+   tier in batches) over a tier read with O_DIRECT, trained on Zipf batches
+   (pooled sum, fused SGD backward) with and without ``prefetch`` one batch
+   ahead, against the same rows all in DRAM (an ``EmbeddingTable``). Optional
+   dense compute per step (``compute_ms``) stands for the model's other layers;
+   "compute time" is the step on the all-in-DRAM table.
+
+A run is labelled ``cached`` when the device read fewer bytes than the tier
+served: the rows came from memory, not from the device. The device counter is
+the whole device's (other processes' reads add to it), so a run labelled
+``device`` may overstate its own reads; one labelled ``cached`` cannot be
+wrong in that direction.
+
+    python -m embedlookup.bench.ssd [--rows 1000000] [--dir .] [--only device,miss,training]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+import embedlookup as el
+
+QUEUE_DEPTH = 32
+
+
+# ----------------------------------------------------------- the device
+def block_device(path: str) -> str | None:
+    """The /sys/block name of the device holding ``path`` (a partition's parent), or None."""
+    st = os.stat(path)
+    sysdev = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    if not os.path.exists(sysdev):
+        return None
+    real = os.path.realpath(sysdev)
+    if os.path.exists(os.path.join(real, "partition")):
+        real = os.path.dirname(real)
+    name = os.path.basename(real)
+    return name if os.path.exists(f"/sys/block/{name}/stat") else None
+
+
+def device_read_bytes(dev: str | None) -> int | None:
+    """Bytes the device has read since boot (sectors read x 512), or None."""
+    if dev is None:
+        return None
+    with open(f"/sys/block/{dev}/stat") as f:
+        return int(f.read().split()[2]) * 512
+
+
+def drop_cache(path: str) -> None:
+    """Drops the file's clean pages from the page cache (dirty ones are written first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+class DeviceCounter:
+    """Bytes read by the device during a ``with`` block, next to what the tier served."""
+
+    def __init__(self, dev):
+        self.dev, self.bytes = dev, None
+
+    def __enter__(self):
+        self._b0 = device_read_bytes(self.dev)
+        return self
+
+    def __exit__(self, *exc):
+        b1 = device_read_bytes(self.dev)
+        self.bytes = None if b1 is None else b1 - self._b0
+
+
+def label(device_bytes, served_bytes) -> str:
+    if device_bytes is None:
+        return "unknown (no block-device counter)"
+    return "cached" if device_bytes < served_bytes else "device"
+
+
+def device_limits(folder: str, file_mb: int = 2048, seconds: float = 2.0) -> dict:
+    """Random 4 KiB reads at queue depth 1 and QUEUE_DEPTH, sequential 1 MiB
+    reads, all O_DIRECT, on a scratch file of ``file_mb`` MiB (removed)."""
+    from .. import _probes
+
+    path = os.path.join(folder, "device_probe.bin")
+    block = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8).tobytes()
+    try:
+        with open(path, "wb") as f:
+            for _ in range(file_mb // 8):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        drop_cache(path)
+        out = {"file_mb": file_mb}
+        for name, blk, qd, seq in (("rand4k_qd1", 4096, 1, False), (f"rand4k_qd{QUEUE_DEPTH}", 4096, QUEUE_DEPTH, False),
+                                   ("seq1m_qd1", 1 << 20, 1, True)):
+            n, s = _probes.device_reads(path, blk, qd, 10**8, seq, seconds)
+            out[name + "_iops"] = n / s
+            out[name + "_MBps"] = n * blk / s / 1e6
+        return out
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+# ----------------------------------------------------------- the tier
+def zipf_keys(rng, n_rows: int, alpha: float, n: int, perm: np.ndarray, cdf=None) -> np.ndarray:
+    """n keys, Zipf(alpha) over ranks 1..n_rows (inverse CDF), ranks scattered by perm."""
+    if cdf is None:
+        cdf = np.cumsum(np.arange(1, n_rows + 1, dtype=np.float64) ** -alpha)
+        cdf /= cdf[-1]
+    ranks = np.searchsorted(cdf, rng.random(n))
+    return perm[np.minimum(ranks, n_rows - 1)]
+
+
+def fill_tier(tier, rows: int, dim: int, seed: int = 1, chunk: int = 1 << 18, progress=None) -> None:
+    """Keys 0..rows-1 with the rows of el.init.uniform(seed) (what a table with that initializer would give)."""
+    ref = el.EmbeddingTable(dim, initializer=el.init.uniform(seed=seed))
+    for lo in range(0, rows, chunk):
+        k = np.arange(lo, min(rows, lo + chunk), dtype=np.int64)
+        tier.set(k, ref.lookup(k, insert=False), versions=np.ones(k.shape[0], np.uint64))
+        ref.erase(k)
+        if progress:
+            progress(min(rows, lo + chunk), rows)
+    tier.flush()
+
+
+def miss_service(folder: str, rows: int, dim: int, batch: int, calls: int, dev) -> dict:
+    """Distinct uniformly random keys per call read from a cold tier: io=direct
+    (queue depth 32) and io=mmap (page faults, one at a time)."""
+    path = os.path.join(folder, "ssd_miss.tier")
+    if os.path.exists(path):
+        os.remove(path)
+    tier = el.storage.FileTier(path, rows, dim=dim)
+    try:
+        fill_tier(tier, rows, dim)
+        rng = np.random.default_rng(11)
+        batches = [rng.choice(rows, batch, replace=False).astype(np.int64) for _ in range(calls)]
+        res = {"rows": rows, "dim": dim, "batch": batch, "calls": calls, "slot_bytes": tier._n().slot_bytes}
+        for mode in ("direct", "mmap"):
+            tier.set_io(mode, threads=QUEUE_DEPTH)
+            drop_cache(path)
+            io0 = tier.io_info()
+            served0 = tier.stats()["bytes_read"]
+            t0 = time.perf_counter()
+            with DeviceCounter(dev) as c:
+                for b in batches:
+                    _, found = tier.get(b)
+            s = time.perf_counter() - t0
+            assert found.all()
+            io1 = tier.io_info()
+            served = tier.stats()["bytes_read"] - served0
+            r = {"seconds": s, "rows_per_s": calls * batch / s, "tier_bytes_served": served,
+                 "device_bytes_read": c.bytes, "source": label(c.bytes, served)}
+            if mode != "mmap":
+                r["queue_depth"] = io1["queue_depth"]
+                r["block_reads"] = io1["device_reads"] - io0["device_reads"]
+                r["block_reads_per_s"] = r["block_reads"] / s
+                r["block_bytes_read"] = io1["device_bytes"] - io0["device_bytes"]
+            res[mode] = r
+        return res
+    finally:
+        tier.close()
+        os.remove(path)
+
+
+def _dense_compute(ms: float):
+    """A step of dense work (matrix products, GIL released) taking ~ms milliseconds here."""
+    if ms <= 0:
+        return lambda: None
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    per = (time.perf_counter() - t0) / 20
+    reps = max(1, int(ms / 1000 / per))
+
+    def run():
+        for _ in range(reps):
+            a @ a
+    return run
+
+
+def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float, batch: int, pooling: int,
+             steps: int, compute_ms: float, dev, uniform: bool = False, log=print) -> dict:
+    """Training throughput: all rows in DRAM vs memory_frac in DRAM over an
+    O_DIRECT tier, with and without prefetch one batch ahead."""
+    rng = np.random.default_rng(7)
+    perm = rng.permutation(rows).astype(np.int64)
+    cdf = None
+    if not uniform:
+        cdf = np.cumsum(np.arange(1, rows + 1, dtype=np.float64) ** -alpha)
+        cdf /= cdf[-1]
+
+    def draw(n):
+        return rng.integers(0, rows, n).astype(np.int64) if uniform else zipf_keys(rng, rows, alpha, n, perm, cdf)
+
+    warm = [draw(batch * pooling) for _ in range(4)]
+    batches = [draw(batch * pooling) for _ in range(steps)]
+    offsets = np.arange(0, batch * pooling, pooling, dtype=np.int64)
+    grad = np.full((batch, dim), 1e-3, np.float32)
+    opt = el.optim.SGD(lr=0.01)
+    compute = _dense_compute(compute_ms)
+    init = el.init.uniform(seed=1)
+    budget = int(rows * memory_frac)
+    res = {"rows": rows, "dim": dim, "alpha": None if uniform else alpha, "keys": "uniform" if uniform else "zipf",
+           "memory_rows": budget, "batch": batch, "pooling": pooling, "steps": steps, "compute_ms": compute_ms}
+
+    def step(t, v):
+        t.pooled_lookup(v, offsets)
+        compute()
+        t.apply_pooled_gradients(v, offsets, grad, opt)
+
+    # All in DRAM: every row present before timing (no insertion in the timed steps).
+    dram = el.EmbeddingTable(dim, initializer=init, optimizer=opt)
+    for lo in range(0, rows, 1 << 18):
+        dram.lookup(np.arange(lo, min(rows, lo + (1 << 18)), dtype=np.int64))
+    for v in warm:
+        step(dram, v)
+    t0 = time.perf_counter()
+    per = []
+    for v in batches:
+        s0 = time.perf_counter()
+        step(dram, v)
+        per.append(time.perf_counter() - s0)
+    res["dram"] = {"samples_per_s": steps * batch / (time.perf_counter() - t0),
+                   "step_ms_median": 1e3 * statistics.median(per)}
+    log(f"  training: all in DRAM {res['dram']['samples_per_s']:.0f} samples/s")
+    del dram
+
+    path = os.path.join(folder, "ssd_train.tier")
+    for prefetch in (False, True):
+        if os.path.exists(path):
+            os.remove(path)
+        # Twice the rows: write-backs find wholly free blocks (no read before a write)
+        tier = el.storage.FileTier(path, 2 * rows, io="direct", io_threads=QUEUE_DEPTH)
+        t = el.FrequencyTable(dim, initializer=init, optimizer=opt, budget_rows=budget, policy="lfu",
+                              admit_count=1, evict_fraction=0.05, tier=tier)
+        try:
+            fill_tier(tier, rows, dim)  # every row starts in the tier (as the table's own rows)
+            for v in warm:  # the policy learns what is hot; memory fills to its budget
+                step(t, v)
+            tier.flush()
+            drop_cache(path)
+            s0 = t.tier_stats()
+            per, waits = [], []
+            handle = t.prefetch(batches[0]) if prefetch else None
+            t0 = time.perf_counter()
+            with DeviceCounter(dev) as c:
+                for i, v in enumerate(batches):
+                    a = time.perf_counter()
+                    if prefetch:
+                        handle.wait()
+                        w = time.perf_counter() - a
+                        if i + 1 < steps:
+                            handle = t.prefetch(batches[i + 1])  # one batch ahead
+                    else:
+                        w = 0.0
+                    step(t, v)
+                    per.append(time.perf_counter() - a)
+                    waits.append(w)
+            wall = time.perf_counter() - t0
+            s1 = t.tier_stats()
+            served = s1["tier_bytes_read"] - s0["tier_bytes_read"]
+            name = "tier_prefetch" if prefetch else "tier"
+            res[name] = {
+                "samples_per_s": steps * batch / wall,
+                "step_ms_median": 1e3 * statistics.median(per),
+                "prefetch_wait_ms_median": 1e3 * statistics.median(waits),
+                "tier_rows_read": s1["tier_reads"] - s0["tier_reads"],
+                "tier_bytes_served": served,
+                "block_reads": s1["tier_device_reads"] - s0["tier_device_reads"],
+                "device_bytes_read": c.bytes,
+                "source": label(c.bytes, served),
+                "rows_written_back": s1["tier_writes"] - s0["tier_writes"],
+                "memory_hit_ratio": (s1["memory_hits"] - s0["memory_hits"])
+                / max(1, (s1["memory_hits"] - s0["memory_hits"]) + (s1["tier_hits"] - s0["tier_hits"])),
+                "prefetch_used_rows": s1["prefetch_used_rows"] - s0["prefetch_used_rows"],
+                "memory": s1["memory"],
+            }
+            log(f"  training: {name} {res[name]['samples_per_s']:.0f} samples/s ({res[name]['source']})")
+        finally:
+            t.wait_prefetches() if prefetch else None
+            tier.close()
+            del t
+            os.remove(path)
+    d = res["dram"]["samples_per_s"]
+    res["prefetch_vs_dram"] = res["tier_prefetch"]["samples_per_s"] / d
+    res["prefetch_vs_no_prefetch"] = res["tier_prefetch"]["samples_per_s"] / res["tier"]["samples_per_s"]
+    res["step_wall_over_compute"] = res["tier_prefetch"]["step_ms_median"] / res["dram"]["step_ms_median"]
+    return res
+
+
+def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000, dim: int = 64,
+        alpha: float = 1.05, memory_frac: float = 0.10, batch: int = 4096, pooling: int = 32, steps: int = 8,
+        compute_ms: float = 0.0, miss_batch: int = 16384, miss_calls: int = 4, log=print) -> dict:
+    dev = block_device(folder)
+    res = {"folder": os.path.abspath(folder), "block_device": dev, "queue_depth": QUEUE_DEPTH}
+    if "device" in only:
+        res["device"] = device_limits(folder)
+        log(f"  device: {json.dumps(res['device'])}")
+    if "miss" in only:
+        res["miss_service"] = m = miss_service(folder, rows, dim, miss_batch, miss_calls, dev)
+        if "device" in res:
+            lim = res["device"][f"rand4k_qd{QUEUE_DEPTH}_iops"]
+            # rows served per second, and read requests per second, against the
+            # device's random 4 KiB reads at the same queue depth
+            m["direct"]["rows_vs_device_random_reads"] = m["direct"]["rows_per_s"] / lim
+            m["direct"]["requests_vs_device_random_reads"] = m["direct"]["block_reads_per_s"] / lim
+        log(f"  miss service: {json.dumps(m)}")
+    if "training" in only:
+        res["training"] = training(folder, rows, dim, alpha, memory_frac, batch, pooling, steps, compute_ms, dev,
+                                   log=log)
+    return res
+
+
+def suite_section(tier_dir: str | None = None, log=print) -> dict:
+    """The ``--suite storage`` part: device limit, miss service and training
+    (Zipf 1.05, 10% of 1 M x 64 rows in DRAM, batch 4096 x 32) twice: with no
+    other work per step (I/O-bound) and with 800 ms of dense work per step (the
+    device keeps up), in a scratch folder under ``tier_dir`` (removed)."""
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="embedlookup-bench-ssd-", dir=tier_dir or tempfile.gettempdir())
+    try:
+        log("storage: the tier under real I/O (device limit, cold reads, training with prefetch) ...")
+        res = run(folder, ("device", "miss", "training"), steps=6, log=log)
+        dev = block_device(folder)
+        res["training_compute_800ms"] = training(folder, 1_000_000, 64, 1.05, 0.10, 4096, 32, 5, 800.0, dev, log=log)
+        return res
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def format_section(res: dict) -> str:
+    d, m = res.get("device", {}), res.get("miss_service", {})
+    lines = ["", f"tier under real I/O (device {res.get('block_device')}, queue depth {res.get('queue_depth')}):"]
+    if d:
+        lines.append(f"  device: random 4 KiB {d['rand4k_qd1_iops']:.0f}/s at QD1, {d[f'rand4k_qd{QUEUE_DEPTH}_iops']:.0f}/s "
+                     f"at QD{QUEUE_DEPTH}; sequential {d['seq1m_qd1_MBps']:.0f} MB/s")
+    if m:
+        x = m["direct"]
+        lines.append(f"  missing rows (O_DIRECT): {x['rows_per_s']:.0f} rows/s = "
+                     f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads "
+                     f"({x['source']}: device read {x['device_bytes_read']} B, tier served {x['tier_bytes_served']} B); "
+                     f"mmap after dropping the cache: {m['mmap']['rows_per_s']:.0f} rows/s")
+    for key in ("training", "training_compute_800ms"):
+        t = res.get(key)
+        if t:
+            lines.append(f"  training ({key}): DRAM {t['dram']['samples_per_s']:.0f}, tier {t['tier']['samples_per_s']:.0f}, "
+                         f"tier+prefetch {t['tier_prefetch']['samples_per_s']:.0f} samples/s; prefetch/DRAM "
+                         f"{t['prefetch_vs_dram']:.2f}, prefetch/no-prefetch {t['prefetch_vs_no_prefetch']:.2f}, "
+                         f"step {t['tier_prefetch']['step_ms_median']:.0f} ms vs compute {t['dram']['step_ms_median']:.0f} ms "
+                         f"({t['tier_prefetch']['source']})")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=None, help="folder on the device to measure (default: a temp folder under .)")
+    ap.add_argument("--only", default="device,miss,training", help="comma-separated: device, miss, training")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--alpha", type=float, default=1.05)
+    ap.add_argument("--memory-frac", type=float, default=0.10)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--pooling", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--compute-ms", type=float, default=0.0, help="dense work per training step (ms)")
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    a = ap.parse_args(argv)
+    folder = a.dir or tempfile.mkdtemp(prefix="elssd-", dir=".")
+    res = run(folder, tuple(a.only.split(",")), a.rows, a.dim, a.alpha, a.memory_frac, a.batch, a.pooling, a.steps,
+              a.compute_ms)
+    if a.dir is None:
+        os.rmdir(folder)
+    return emit(res, a.out)
+
+
+def emit(res: dict, out: str | None) -> dict:
+    """Prints the result as JSON and writes it to ``out`` (when given)."""
+    text = json.dumps(res, indent=1)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    print(text)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -41,7 +41,7 @@ from .. import optim
 from ..optim import Optimizer
 from ..frequency import FrequencyTable
 from ..table import EmbeddingTable
-from . import _frequency, _ops
+from . import _frequency, _ops, _ps
 
 __all__ = ["HashEmbeddingBag", "HashEmbedding", "HashEmbeddingBagCollection"]
 
@@ -91,9 +91,14 @@ class _TableModule(nn.Module):
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam) or None, "
                             f"got {type(optimizer).__name__}")
+        self._ps = table is not None and _ps.is_client(table)
         if table is None:
             self.table = EmbeddingTable(dim, initializer=initializer, capacity=capacity, optimizer=optimizer,
                                         num_threads=num_threads)
+        elif self._ps:  # a parameter-server client: rows and optimizer live on its shards (_ps.py)
+            optimizer = _ps.check_client(table, dim, initializer, capacity, num_threads, optimizer,
+                                         getattr(self, "_mode_id", None))
+            self.table = table
         else:  # the caller's table: an EmbeddingTable (maybe over a tier) or a FrequencyTable (_frequency.py)
             optimizer = _frequency.check_table(table, dim, initializer, capacity, num_threads, optimizer)
             self.table = table
@@ -118,6 +123,8 @@ class _TableModule(nn.Module):
 
     # ---------------------------------------------------------- checkpoints
     def get_extra_state(self):
+        if self._ps:  # the rows live on the server: checkpoint them with server.save(dir)
+            return {"version": _STATE_VERSION, "parameter_server": True, "dim": self.table.dim}
         keys, rows = self.table.export()
         freq = _frequency.extra_state(self.table, keys) if isinstance(self.table, FrequencyTable) else None
         state = self.table._t.export_state(keys)
@@ -141,6 +148,12 @@ class _TableModule(nn.Module):
             raise ValueError("state_dict: not an embedlookup table state (or an unknown version)")
         if state["dim"] != self.table.dim:
             raise ValueError(f"state_dict: saved table has dim {state['dim']}, this module has {self.table.dim}")
+        if self._ps or state.get("parameter_server"):
+            if self._ps and state.get("parameter_server"):
+                return  # nothing of the table is in the state: its rows stay on the server
+            raise ValueError("state_dict: a module over a parameter-server client keeps no rows in its state "
+                             "(save the server with server.save(dir)); it cannot be loaded into, or from, a "
+                             "module over an in-process table")
         keys = _checks.keys_1d(state["keys"].numpy(), "keys")
         rows = _checks.floats(state["rows"].numpy(), "rows", (keys.shape[0], self.table.dim))
         opt_state = np.ascontiguousarray(state["optimizer_state"].numpy(), dtype=np.float32)
@@ -219,6 +232,8 @@ class HashEmbeddingBag(_TableModule):
         self.include_last_offset = bool(include_last_offset)
 
     def extra_repr(self) -> str:
+        if self._ps:
+            return f"{self.embedding_dim}, mode={self.mode!r}, optimizer={self.optimizer}, table={self.table!r}"
         return (f"{self.embedding_dim}, mode={self.mode!r}, optimizer={self.optimizer}, rows={len(self.table)}, "
                 f"capacity={self.table.capacity}")
 
@@ -275,6 +290,8 @@ class HashEmbedding(_TableModule):
         super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table)
 
     def extra_repr(self) -> str:
+        if self._ps:
+            return f"{self.embedding_dim}, optimizer={self.optimizer}, table={self.table!r}"
         return f"{self.embedding_dim}, optimizer={self.optimizer}, rows={len(self.table)}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

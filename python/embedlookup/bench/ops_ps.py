@@ -14,24 +14,26 @@ deterministic per key, and every key is pulled once before timing):
 
 * ``ps-local``: ``backend="local"``, the shards in this process;
 * ``ps-ray``: ``backend="ray"``, one Ray actor per shard on a local Ray
-  cluster (started by the first case, stopped at exit); skipped where ray is
-  not importable.
+  cluster (the running one, else the server starts one); skipped where ray
+  is not importable.
 
 Beside the times, the report gets per subject (results entries and a note):
 ``overhead_ms_per_call``, its median time minus embedlookup's (the cost of
 going through the server), and ``moved_bytes_per_call``, the bytes one step
-moves between the client and the shards. That is counted from the arrays
-each shard receives and returns: its keys (8 B each) and bag offsets (8 B
-per bag) twice (pull and push), its partial bags (batch x dim x 4 B) on the
-pull and the output gradient (batch x dim x 4 B) on the push. Framing,
-pickling and request ids are not counted.
+moves between the client and the shards as the client counts them
+(``bytes_sent`` + ``bytes_received`` over one step: the batch's keys,
+offsets and output gradient sent, each shard's partial bags received; an
+array sent to every shard counts once, as the Ray backend puts it in the
+object store once). Framing, pickling and request ids are not counted.
+
+Threads: the in-process table runs on the workload's threads (0: all
+cores); each shard gets that many divided by the shards (at least one), so
+both sides use the same cores.
 """
 
 from __future__ import annotations
 
-import atexit
-import statistics
-
+import os
 import numpy as np
 
 from .ops import EPS_ADAGRAD, LR, Case, Skip, _train_el, _el_opt, _unique_rows, implements, operation, subject
@@ -41,21 +43,6 @@ SHARDS = 2
 
 # (workload name, subject) -> bytes one step moves between client and shards
 _MOVED: dict = {}
-
-
-def moved_bytes(data: WorkloadData, num_shards: int) -> int:
-    """Bytes one ``ps_step`` moves between the client and the shards,
-    averaged over the workload's batches: every shard that holds keys of the
-    batch gets its keys and the offsets of every bag on the pull and again on
-    the push, returns every bag's partial sum and gets every bag's gradient."""
-    from ..sharding import shard_of
-
-    w = data.workload
-    per = []
-    for b in data.batches:
-        contacted = np.unique(shard_of(b.keys, num_shards)).size
-        per.append(2 * 8 * b.keys.shape[0] + 2 * contacted * w.batch * (8 + 4 * w.dim))
-    return int(statistics.mean(per))
 
 
 def _annotate(report: dict) -> None:
@@ -112,31 +99,19 @@ subject("ps-ray", "backend",
 
 implements("ps_step", "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD)))
 
-_ray_started = []
-
-
 def _ps_case(backend: str, subject_name: str):
     def factory(data: WorkloadData) -> Case:
         from .. import optim, ps
 
         w = data.workload
-        if backend == "ray":
-            import ray
-
-            if not ray.is_initialized() and not _ray_started:
-                # one local cluster for the whole run, stopped at exit
-                ray.init(num_cpus=max(2, SHARDS), include_dashboard=False, log_to_driver=False)
-                _ray_started.append(True)
-                atexit.register(ray.shutdown)
+        threads = max(1, (w.threads or os.cpu_count() or 1) // SHARDS)
         server = ps.ParameterServer(w.dim, SHARDS, table="embedding",
-                                    table_options={"initializer": data.initializer(),
-                                                   "num_threads": w.threads or None},
+                                    table_options={"initializer": data.initializer(), "num_threads": threads},
                                     optimizer=optim.Adagrad(lr=LR, eps=EPS_ADAGRAD), backend=backend)
         client = server.client(mode="sync")
         step = 1 << 17
         for lo in range(0, w.rows, step):  # every row on its shard before timing, as in the table
             client.pull(data.keys[lo:lo + step])
-        _MOVED[(w.name, subject_name)] = moved_bytes(data, SHARDS)
 
         def run(b):
             out = client.pooled_pull(b.keys, b.offsets, "sum")
@@ -144,7 +119,9 @@ def _ps_case(backend: str, subject_name: str):
             return out
 
         def output(b):
+            before = client.bytes_sent + client.bytes_received
             fwd = np.asarray(run(b)).copy()
+            _MOVED[(w.name, subject_name)] = client.bytes_sent + client.bytes_received - before
             return np.concatenate([fwd, client.pull(data.keys[_unique_rows(b)])])
 
         run.server = server  # lives as long as the case

@@ -25,13 +25,14 @@ def is_client(obj) -> bool:
 
 
 def server_optimizer(client):
-    """The optimizer the client's shards apply, or None where the client does not say."""
+    """The optimizer the client's shards apply, where the client says (None: it does not)."""
     return getattr(client, "optimizer", None)
 
 
 def check_client(client, dim: int, initializer, capacity, num_threads, optimizer, mode_id: int | None):
     """Validates ``table=client`` against the module's other arguments;
-    returns the optimizer the module reports (the server's)."""
+    returns the optimizer the module reports: the server's where the client
+    tells it, else None (the server's optimizer still applies every push)."""
     if int(dim) != int(client.dim):
         raise ValueError(f"table: the parameter-server client has dim {client.dim} but the module was given "
                          f"embedding_dim={dim}; they must match")
@@ -45,9 +46,10 @@ def check_client(client, dim: int, initializer, capacity, num_threads, optimizer
                          "needs each bag's winning row, which the shards' partial bags do not keep; use "
                          "'sum' or 'mean'")
     theirs = server_optimizer(client)
-    if optimizer is not None and optimizer != theirs:
-        raise ValueError(f"optimizer: the optimizer of a parameter server lives on its shards "
-                         f"({theirs!r}); the module's ({optimizer!r}) must equal it or be None")
+    if optimizer is not None and (theirs is None or optimizer != theirs):
+        known = f"({theirs!r})" if theirs is not None else "(ParameterServer(optimizer=...))"
+        raise ValueError(f"optimizer: a parameter server applies the optimizer of its shards {known}; pass "
+                         f"optimizer=None (or that same optimizer) with a client as table=, got {optimizer!r}")
     return theirs
 
 

@@ -107,7 +107,8 @@ class _TableModule(nn.Module):
         self._num_threads = num_threads
         self._handle = _ops.register_table(self.table, optimizer)
         weakref.finalize(self, _ops.unregister_table, self._handle)
-        self._grad_anchor = nn.Parameter(torch.zeros(0), requires_grad=optimizer is not None)
+        # Over a parameter server the shards always hold an optimizer: the backward always pushes.
+        self._grad_anchor = nn.Parameter(torch.zeros(0), requires_grad=optimizer is not None or self._ps)
 
     @property
     def embedding_dim(self) -> int:

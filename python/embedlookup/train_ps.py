@@ -168,6 +168,22 @@ class _RayTrainers:
                 self.ray.kill(t)
 
 
+def _importable_by_ray_workers() -> None:
+    """Before a local Ray cluster starts: its worker processes (shards and
+    trainers) import embedlookup from where this process did, with
+    PYTHONPATH made absolute (a relative ``PYTHONPATH=python`` would resolve
+    from the workers' own folder)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in paths))
+
+
 def run_ps(batches, cfg, n_features: int, n_dense: int, *, backend: str = "local", trainers: int = 2,
            shards: int = 2, modes=("sync", "bounded:2", "async"), address: Optional[str] = None,
            threads: Optional[int] = None, log=print) -> dict:
@@ -181,6 +197,8 @@ def run_ps(batches, cfg, n_features: int, n_dense: int, *, backend: str = "local
     if trainers < 1 or shards < 1:
         raise ValueError(f"trainers and shards must be >= 1, got trainers={trainers}, shards={shards}")
     batches = list(batches)
+    if backend == "ray" and address is None:
+        _importable_by_ray_workers()
     hist = {}
     seen = sum(b.label.shape[0] for b in batches)
     for mode in modes:
@@ -259,21 +277,27 @@ def plot_ps(result: dict, path: str, title: str = "") -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError as e:
         return f"matplotlib is not available ({e}); no plot written"
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
     w = result["config"]["window"]
+    sync = result["models"].get("ps:sync")
     for name, h in result["models"].items():
         x = np.arange(1, len(h["auc"]) + 1) * w
         label = f"{name} (mean AUC {h['mean_auc']:.4f})"
         ax[0].plot(x, h["auc"], label=label)
         ax[1].plot(x, h["logloss"], label=name)
+        if sync is not None and len(sync["auc"]) == len(h["auc"]):
+            ax[2].plot(x, np.asarray(h["auc"]) - np.asarray(sync["auc"]), label=name)
     ax[0].set(xlabel="batch", ylabel="AUC (progressive, per window)")
     ax[1].set(xlabel="batch", ylabel="logloss (progressive, per window)")
+    ax[2].set(xlabel="batch", ylabel="AUC minus the sync run's (per window)")
+    ax[2].axhspan(-0.002, 0.002, color="0.9", zorder=0, label="+-0.002")
     for a in ax:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     p = result["ps"]
-    fig.suptitle(title or f"training through the parameter server: backend {p['backend']}, "
-                 f"{p['trainers']} trainers, {p['shards']} shards")
+    how = (f"through the parameter server: backend {p['backend']}, {p['trainers']} trainers, "
+           f"{p['shards']} shards")
+    fig.suptitle(f"{title}, {how}" if title else how)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -83,7 +83,7 @@ def test_parse_modes():
 def test_ray_trainers(tmp_path, ray_cluster):
     """Two trainer actors (processes) against two shard actors."""
     res, _ = _run(tmp_path, "--batches", "4", "--ps", "ray", "--trainers", "2", "--shards", "2",
-                  "--mode", "sync,async")
+                  "--mode", "bounded:1")
     for h in res["models"].values():
         assert len(h["auc"]) == 1 and 0.0 < h["auc"][0] < 1.0
         assert h["server_stats"]["pushes_applied"] == 2 * 4 and h["server_stats"]["backend"] == "ray"

@@ -215,7 +215,12 @@ class HashEmbeddingBag(_TableModule):
         the default row (dropped for ``"zeros"``, summed into the learned
         ``"cold"`` row). ``initializer``, ``capacity`` and ``num_threads``
         then belong to the table (passing them raises); ``optimizer``
-        defaults to the table's. See docs/torch.md ("Tables of your own").
+        defaults to the table's. A parameter-server client
+        (``embedlookup.ps.ParameterServer.client()``) keeps the rows on the
+        server's shards: forward = ``client.pooled_pull``, backward =
+        ``client.push_pooled`` with the server's optimizer (``optimizer``
+        must be None or that optimizer; no "max" mode). See docs/torch.md
+        ("Tables of your own") and docs/ps-training.md.
 
     ``forward(input, offsets=None, per_sample_weights=None)`` as
     nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of

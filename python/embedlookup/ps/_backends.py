@@ -35,7 +35,9 @@ class LocalBackend:
         self.cores = [ShardCore(**a) for a in shard_args]
         self._pools = [cf.ThreadPoolExecutor(1, thread_name_prefix=f"ps-shard{i}") for i in range(len(shard_args))]
         self._lose_reply = [0] * len(shard_args)
+        self.lost_replies = []  # the outcome of each push whose reply crash() lost
         self._lock = threading.Lock()
+        self.closed = False
 
     @property
     def num_shards(self):
@@ -51,11 +53,14 @@ class LocalBackend:
             if lose:
                 self._lose_reply[i] -= 1
         if lose:  # the push was applied (and logged); the reply is lost in a crash
+            self.lost_replies.append(out[0])
             self._restart(i)
             raise ShardDown(f"shard {i} crashed before replying")
         return out
 
     def submit(self, i, method, *args):
+        if self.closed:
+            raise RuntimeError("the parameter server is shut down")
         return self._pools[i].submit(self._run, i, method, args)
 
     def result(self, handle, timeout_s):
@@ -82,6 +87,7 @@ class LocalBackend:
         self._pools[i].submit(self._restart, i).result()
 
     def shutdown(self):
+        self.closed = True
         for p in self._pools:
             p.shutdown(wait=True)
         for c in self.cores:
@@ -128,6 +134,25 @@ def transient_ray_errors():
         "OwnerDiedError", "WorkerCrashedError")) if e is not None)
 
 
+def _probe(address, timeout_s: float) -> None:
+    """A TCP connection to a ``host:port`` address first: ray.init retries an
+    unreachable address for minutes; this fails within the timeout instead."""
+    import socket
+
+    if not isinstance(address, str) or address in ("auto", "local"):
+        return
+    a = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = a.rpartition(":")
+    try:
+        port = int(port)
+    except ValueError:
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", port), timeout=min(timeout_s, 10.0)).close()
+    except OSError as e:
+        raise ConnectionError(f"address: no Ray cluster answers at {address!r} ({e})") from None
+
+
 class RayBackend:
     kind = "ray"
 
@@ -137,6 +162,7 @@ class RayBackend:
         self._ray = ray
         self.name = name
         if not ray.is_initialized():
+            _probe(address, timeout_s)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          ignore_reinit_error=True)
@@ -183,9 +209,6 @@ class RayBackend:
             return self._ray.get(handle, timeout=timeout_s)
         except self._transient as e:
             raise Transient(f"{type(e).__name__}: {e}") from None
-
-    def pid(self, i, timeout_s=30.0):
-        return self._ray.get(self.actors[i].call.remote("pid"), timeout=timeout_s)
 
     def crash(self, i: int, lose_next_reply: bool = False) -> None:
         """ray.kill with no_restart=False: the actor process dies and Ray restarts it."""

@@ -18,6 +18,12 @@ from ._shard import APPLIED, DUPLICATE, FROZEN, GAP, REJECTED
 ASYNC_MAX_IN_FLIGHT = 64
 
 
+def retry_delay(attempt: int) -> float:
+    """Seconds before the retry after failed attempt ``attempt`` (0-based):
+    0.1 * 2**attempt, at most 2 s (a Ray shard restart takes ~1-5 s)."""
+    return min(0.1 * 2 ** attempt, 2.0)
+
+
 class PSError(RuntimeError):
     """Base of the parameter server's errors."""
 
@@ -77,6 +83,7 @@ class Client:
         self._lock = threading.RLock()
         self._closed = False
         self.pushes = 0
+        self.duplicates = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self._seq = next_seq
@@ -106,7 +113,7 @@ class Client:
 
     # ------------------------------------------------------- calls + retries
     def _retry_wait(self, attempt):
-        time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        time.sleep(retry_delay(attempt))
 
     def _unavailable(self, i, what, attempts, err):
         return ShardUnavailableError(
@@ -147,6 +154,8 @@ class Client:
                     raise self._unavailable(i, method, attempt, e) from None
                 self._retry_wait(attempt - 1)
             else:
+                if status == DUPLICATE:
+                    self.duplicates += 1  # a retry of a push the shard had already applied
                 if status in (APPLIED, DUPLICATE):
                     return None
                 if status == REJECTED:

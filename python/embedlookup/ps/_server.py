@@ -59,7 +59,7 @@ class ParameterServer:
     def __init__(self, dim: int, num_shards: int, *, table: str = "embedding", table_options: dict | None = None,
                  optimizer: Optimizer | None = None, backend: str = "local", address=None,
                  durable_dir=None, snapshot_every: int | None = 1000, timeout_s: float = 30.0,
-                 max_retries: int = 5, max_restarts: int = -1, fsync: bool = True, name: str | None = None,
+                 max_retries: int = 10, max_restarts: int = -1, fsync: bool = True, name: str | None = None,
                  _init=None):
         dim = _pos_int(dim, "dim")
         num_shards = _pos_int(num_shards, "num_shards")
@@ -262,7 +262,9 @@ class ParameterServer:
         if how == "sigkill":
             if self.backend_name != "ray":
                 raise ValueError("how='sigkill' needs backend='ray' (local shards live in this process)")
-            os.kill(self._b.pid(i, self.timeout_s), signal.SIGKILL)
+            c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                       server_name=self.name)
+            os.kill(c._resolve(i, self._b.submit(i, "pid"), "pid", ()), signal.SIGKILL)
             return
         if how != "restart":
             raise ValueError(f"how must be 'restart' or 'sigkill', got {how!r}")

@@ -33,6 +33,7 @@ Run (installed: the ``embedlookup-train`` console script; from a checkout:
     embedlookup-train --quick                       # a complete small run, well under a minute
     embedlookup-train --batches 500 --rows 200000 --window 25 --out results
     embedlookup-train --criteo day_0.tsv --rows 200000 --out criteo_results
+    embedlookup-train --ps local --trainers 2 --shards 2 --mode sync,bounded:2,async   # train_ps.py
 
 It writes ``metrics.json`` (per-window logloss / AUC, memory, configuration)
 and ``training.png`` (when matplotlib is installed) into ``--out`` (default
@@ -565,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="embedlookup-train",
         description=__doc__.split("\n\n")[0],
-        epilog="Writes metrics.json and training.png into --out (default train_results/), "
+        epilog="Writes metrics.json and training.png (ps_training.png with --ps) into --out (default "
+        "train_results/), "
         "prints a summary per model and the paths written. Exit status: 0 on success, "
         "1 if the input cannot be read or the output cannot be written, 2 on bad arguments.",
     )
@@ -587,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=None,
                    help=f"batches per reported logloss / AUC window {sized('window')}")
     p.add_argument("--lr-embedding", type=float, default=0.05, help="embedding learning rate (default 0.05)")
-    p.add_argument("--models", default=",".join(MODELS),
+    p.add_argument("--models", default=None,
                    help=f"comma-separated models to train side by side (default: all of {','.join(MODELS)})")
     p.add_argument("--admit-count", type=int, default=2,
                    help="freq_table: sightings before an ID gets a row (default 2)")
@@ -608,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ps", choices=("local", "ray"), default=None,
                    help="train through an embedlookup.ps.ParameterServer with this backend instead of the "
                    "in-process models: one run per --mode, --trainers trainers (local: threads; ray: actor "
-                   "processes) against --shards shards; --models is then not used (docs/ps.md)")
+                   "processes) against --shards shards (docs/ps-training.md)")
     p.add_argument("--trainers", type=int, default=2, help="--ps: trainers training at once (default 2)")
     p.add_argument("--shards", type=int, default=2, help="--ps: parameter-server shards (default 2)")
     p.add_argument("--mode", default="sync,bounded:2,async",
@@ -636,7 +638,9 @@ def train(argv=None, log=print) -> dict:
     for name in ("batches", "batch_size", "rows", "window", "dim"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if a.ps and a.models is not None:
+        p.error("--models: with --ps the models are the --mode runs; give one of the two")
+    models = tuple(m.strip() for m in (a.models or ",".join(MODELS)).split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         p.error(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "

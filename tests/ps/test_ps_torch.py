@@ -128,6 +128,8 @@ def test_embedding_and_collection_over_client_equal_in_process():
                 sum((b[f] * (i + 1)).sum() for i, f in enumerate(feats)).backward()
             keys, rows = coll_ref.bag.table.export()
             np.testing.assert_allclose(c2.pull(keys), rows, rtol=1e-6, atol=1e-7)
+            with pytest.raises(TypeError, match="rows live on a parameter server"):
+                coll_ps.memory_usage()
         finally:
             server2.shutdown()
     finally:

@@ -68,6 +68,7 @@ def test_quick_ps_run_writes_metrics_and_the_plot(tmp_path):
     (["--mode", "eventual"], "'eventual' is not sync, async or bounded:S"),
     (["--mode", "sync,sync"], "given twice"),
     (["--mode", ","], "at least one"),
+    (["--models", "hashing"], "--models: with --ps the models are the --mode runs"),
 ])
 def test_bad_ps_arguments_exit_2_before_training(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:

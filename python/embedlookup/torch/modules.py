@@ -360,6 +360,8 @@ class HashEmbeddingBagCollection(nn.Module):
     def memory_usage(self) -> dict:
         """Native memory of the table(s), summed (see EmbeddingTable.memory_usage)."""
         mods = [self.bag] if self.shared_table else list(self.bags.values())
+        if any(m._ps for m in mods):
+            raise TypeError("memory_usage: the rows live on a parameter server; see its stats()")
         total: dict = {}
         for m in mods:
             for k, v in m.table.memory_usage().items():

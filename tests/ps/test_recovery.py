@@ -101,6 +101,7 @@ def test_ray_kill9_during_training(make_server, tmp_path):
     assert st["pushes_applied"] == client.pushes * server.num_shards
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_retried_push_is_applied_once(make_server, tmp_path):
     """The same (client, seq) sent twice is applied once; a later seq before
     an earlier one waits (GAP) instead of being applied out of order."""
@@ -134,16 +135,20 @@ def test_torn_log_tail_is_cut(make_server, tmp_path):
     client.pull(keys)
     client.push(keys, np.ones((3, 4), np.float32))
     before = server.shard_state(0)
-    log = tmp_path / "shard-0" / "log-0.bin"
+    (log,) = (tmp_path / "shard-0").glob("log-*.bin")
+    size = log.stat().st_size
+    assert size > 0
     with open(log, "ab") as f:
         f.write(b"PSL1\x00\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00partial")
     server.kill_shard(0)
+    assert log.stat().st_size == size  # the torn record was cut off
     after = server.shard_state(0)
     for a, b in zip(before[:3], after[:3]):
         np.testing.assert_array_equal(a, b)
     assert after[3] == before[3]
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_resumed_client_continues_its_sequence(make_server, tmp_path):
     """A client id used again (a restarted trainer) continues after its last
     acknowledged push instead of having its pushes dropped as duplicates."""

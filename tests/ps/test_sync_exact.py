@@ -23,8 +23,14 @@ OPTIMIZERS = [el.optim.Adam(lr=0.05, weight_decay=0.01), el.optim.Adagrad(lr=0.1
               el.optim.SGD(lr=0.2), el.optim.Adagrad(lr=0.1, rowwise=True)]
 
 
-@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: type(o).__name__ + ("-rw" if getattr(o, "rowwise", 0) else ""))
-@pytest.mark.parametrize("num_shards", [1, 3])
+# Every optimizer and shard count on the local backend; Ray runs one of them
+# (each Ray server costs a few seconds of actor start-up).
+CASES = [("local", o, n) for o in OPTIMIZERS for n in (1, 3)] + [("ray", OPTIMIZERS[0], 3)]
+
+
+@pytest.mark.parametrize("backend,opt,num_shards", CASES, indirect=["backend"],
+                         ids=[f"{b}-{type(o).__name__}{'-rw' if getattr(o, 'rowwise', 0) else ''}-{n}"
+                              for b, o, n in CASES])
 def test_sync_equals_one_table(make_server, opt, num_shards):
     dim = 12
     init = el.init.normal(std=0.1, seed=5)
@@ -73,6 +79,7 @@ def test_sync_equals_one_table(make_server, opt, num_shards):
     assert st["pushes_applied"] == 12 * num_shards and st["duplicates_dropped"] == 0
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_two_sync_clients_interleaved(make_server):
     """Pushes of two sync clients, interleaved: the server equals the table
     that applied them in the same order."""
@@ -92,6 +99,7 @@ def test_two_sync_clients_interleaved(make_server):
     assert_matches_table(server, ref)
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_empty_bags_and_no_keys_on_a_shard(make_server):
     server = make_server(4, 4)
     client = server.client()

@@ -17,18 +17,18 @@ def _small():
     return parse_workload(["small", "threads=2", "batches=2"])
 
 
-def _by_subject(rep):
-    return {r["subject"]: r for r in rep["results"] if r["op"] == "ps_step"}
+def _by_subject(rep, op="ps_step"):
+    return {r["subject"]: r for r in rep["results"] if r["op"] == op}
 
 
 def test_suite_is_registered():
-    assert SUITES["ps"] == {"workloads": ["uniform-1m"], "ops": ["ps_step"]}
+    assert SUITES["ps"] == {"workloads": ["uniform-1m"], "ops": ["ps_step", "ps_call"]}
     assert bench.WORKLOADS["uniform-1m"].rows == 1_000_000 and bench.WORKLOADS["uniform-1m"].dim == 64
 
 
 def test_local_step_matches_the_table_and_reports_overhead_and_bytes():
     w = _small()
-    rep = bench.run([(w, ["ps_step"])], Config(subjects=["embedlookup", "ps-local"], **FAST))
+    rep = bench.run([(w, ["ps_step", "ps_call"])], Config(subjects=["embedlookup", "ps-local"], **FAST))
     r = _by_subject(rep)
     assert r["embedlookup"]["status"] == "ok"
     loc = r["ps-local"]
@@ -42,6 +42,10 @@ def test_local_step_matches_the_table_and_reports_overhead_and_bytes():
     received = 2 * 64 * 16 * 4
     assert loc["moved_bytes_per_call"] == sent + received
     assert any(n.startswith(f"{w.name} ps_step ps-local: ") and "MiB moved" in n for n in rep["notes"])
+    # ps_call: one bag of one key: 8 + 8 B for the pull, 8 + 8 + 16 x 4 B for the push; one partial per shard back
+    one = _by_subject(rep, "ps_call")["ps-local"]
+    assert one["status"] == "ok", one["reason"]
+    assert one["moved_bytes_per_call"] == (8 + 8) + (8 + 8 + 16 * 4) + 2 * 16 * 4
 
 
 def test_ray_subject_skips_cleanly_without_ray(monkeypatch):

@@ -8,6 +8,9 @@ Adagrad applied on the shards), with a ``sync`` client, so every call is
 complete when it returns. embedlookup's reference is the same step on one
 in-process table: ``pooled_lookup`` + ``apply_pooled_gradients``.
 
+``ps_call`` is the same on one bag of one key: the fixed cost of a pull and
+a push round trip (latency, not bandwidth).
+
 Subjects (kind "backend"), each a server of ``SHARDS`` shards holding the
 workload's rows (the shards' initializer is the workload's, which is
 deterministic per key, and every key is pulled once before timing):
@@ -17,7 +20,7 @@ deterministic per key, and every key is pulled once before timing):
   cluster (the running one, else the server starts one); skipped where ray
   is not importable.
 
-Beside the times, the report gets per subject (results entries and a note):
+Beside the times, the report gets per subject and op (results entries and a note):
 ``overhead_ms_per_call``, its median time minus embedlookup's (the cost of
 going through the server), and ``moved_bytes_per_call``, the bytes one step
 moves between the client and the shards as the client counts them
@@ -41,38 +44,45 @@ from .workloads import WorkloadData
 
 SHARDS = 2
 
-# (workload name, subject) -> bytes one step moves between client and shards
+# (workload name, op, subject) -> bytes one call moves between client and shards
 _MOVED: dict = {}
 
 
 def _annotate(report: dict) -> None:
-    """Adds ``overhead_ms_per_call`` and ``moved_bytes_per_call`` to the PS
-    subjects' results of ``ps_step``, and one note per subject."""
-    el = {r["workload"]: r for r in report["results"]
-          if r["op"] == "ps_step" and r["subject"] == "embedlookup" and r["status"] == "ok"}
+    """Adds ``overhead_ms_per_call`` (and for ``ps_step`` ``moved_bytes_per_call``)
+    to the PS subjects' results, and one note per subject and op."""
+    ok = [r for r in report["results"] if r["op"] in _OPS and r["status"] == "ok"]
+    el = {(r["workload"], r["op"]): r for r in ok if r["subject"] == "embedlookup"}
     for r in report["results"]:
-        if r["op"] != "ps_step" or r["subject"] == "embedlookup":
+        if r["op"] not in _OPS or r["subject"] == "embedlookup":
             continue
-        moved = _MOVED.get((r["workload"], r["subject"]))
+        moved = _MOVED.get((r["workload"], r["op"], r["subject"]))
         if moved is not None:
             r["moved_bytes_per_call"] = moved
-        ref = el.get(r["workload"])
+        ref = el.get((r["workload"], r["op"]))
         if r["status"] != "ok" or ref is None:
             continue
         r["overhead_ms_per_call"] = (r["median_s"] - ref["median_s"]) * 1e3
         share = 1.0 / r["speedup_vs_embedlookup"] if r.get("speedup_vs_embedlookup") else float("nan")
         report["notes"].append(
-            f"{r['workload']} ps_step {r['subject']}: {share:.0%} of the in-process fused step's speed, "
-            f"overhead {r['overhead_ms_per_call']:.2f} ms/call, "
-            f"{(moved or 0) / 2**20:.2f} MiB moved between client and {SHARDS} shards per step")
+            f"{r['workload']} {r['op']} {r['subject']}: {share:.0%} of the in-process table's speed, "
+            f"overhead {r['overhead_ms_per_call']:.3f} ms/call, "
+            f"{(moved or 0) / 2**20:.3f} MiB moved between client and {SHARDS} shards per call")
 
 
+_OPS = ("ps_step", "ps_call")
 operation(
     "ps_step",
     "a training step through the parameter server (2 shards, sync client): pooled_pull (sum) + push_pooled "
     "(Adagrad on the shards); embedlookup: pooled_lookup + apply_pooled_gradients on one table; "
     "rows = keys read + distinct rows updated",
     lambda w, b: b.keys.shape[0] + b.distinct,
+).annotate = _annotate
+operation(
+    "ps_call",
+    "ps_step on one bag of one key (the batch's first): the fixed cost of a pull and a push round trip; "
+    "rows = 2",
+    lambda w, b: 2,
 ).annotate = _annotate
 
 
@@ -99,7 +109,32 @@ subject("ps-ray", "backend",
 
 implements("ps_step", "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD)))
 
-def _ps_case(backend: str, subject_name: str):
+
+def _one_key(b):
+    """(keys, offsets, grad) of ps_call: one bag holding the batch's first key."""
+    return b.keys[:1], b.offsets[:1], b.grad[:1]
+
+
+@implements("ps_call", "embedlookup")
+def _(data):
+    from .. import optim
+
+    t = data.fresh_table()
+    opt = optim.Adagrad(lr=LR, eps=EPS_ADAGRAD)
+
+    def run(b):
+        k, off, g = _one_key(b)
+        out = t.pooled_lookup(k, off, mode="sum")
+        t.apply_pooled_gradients(k, off, g, opt)
+        return out
+
+    def output(b):
+        return np.concatenate([run(b), t.lookup(_one_key(b)[0])])
+
+    return Case(run, output)
+
+
+def _ps_case(op: str, backend: str, subject_name: str):
     def factory(data: WorkloadData) -> Case:
         from .. import optim, ps
 
@@ -113,16 +148,21 @@ def _ps_case(backend: str, subject_name: str):
         for lo in range(0, w.rows, step):  # every row on its shard before timing, as in the table
             client.pull(data.keys[lo:lo + step])
 
+        def parts(b):
+            return _one_key(b) if op == "ps_call" else (b.keys, b.offsets, b.grad)
+
         def run(b):
-            out = client.pooled_pull(b.keys, b.offsets, "sum")
-            client.push_pooled(b.keys, b.offsets, b.grad, "sum")
+            k, off, g = parts(b)
+            out = client.pooled_pull(k, off, "sum")
+            client.push_pooled(k, off, g, "sum")
             return out
 
         def output(b):
             before = client.bytes_sent + client.bytes_received
             fwd = np.asarray(run(b)).copy()
-            _MOVED[(w.name, subject_name)] = client.bytes_sent + client.bytes_received - before
-            return np.concatenate([fwd, client.pull(data.keys[_unique_rows(b)])])
+            _MOVED[(w.name, op, subject_name)] = client.bytes_sent + client.bytes_received - before
+            k = parts(b)[0] if op == "ps_call" else data.keys[_unique_rows(b)]
+            return np.concatenate([fwd, client.pull(k)])
 
         run.server = server  # lives as long as the case
         return Case(run, output)
@@ -130,5 +170,6 @@ def _ps_case(backend: str, subject_name: str):
     return factory
 
 
-implements("ps_step", "ps-local")(_ps_case("local", "ps-local"))
-implements("ps_step", "ps-ray")(_ps_case("ray", "ps-ray"))
+for _op in _OPS:
+    implements(_op, "ps-local")(_ps_case(_op, "local", "ps-local"))
+    implements(_op, "ps-ray")(_ps_case(_op, "ray", "ps-ray"))

@@ -172,7 +172,7 @@ SUITES: dict[str, dict] = {
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
     # Training through the parameter server (2 shards; local and Ray) against
     # the in-process table's fused step.
-    "ps": {"workloads": ["uniform-1m"], "ops": ["ps_step"]},
+    "ps": {"workloads": ["uniform-1m"], "ops": ["ps_step", "ps_call"]},
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Workload)}

@@ -518,16 +518,23 @@ def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> di
     return {"config": asdict(cfg), "samples": seen, "models": hist}
 
 
-def plot(result: dict, path: str, title: str = "") -> Optional[str]:
-    """Writes the PNG; returns None, or why no plot was written (matplotlib missing)."""
+def _pyplot():
+    """(matplotlib.pyplot on the Agg backend, None), or (None, why there is no plot)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        return f"matplotlib is not available ({e}); no plot written"
+        return None, f"matplotlib is not available ({e}); no plot written"
+    return plt, None
 
+
+def plot(result: dict, path: str, title: str = "") -> Optional[str]:
+    """Writes the PNG; returns None, or why no plot was written (matplotlib missing)."""
+    plt, why = _pyplot()
+    if why:
+        return why
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     w = result["config"]["window"]
     for name, h in result["models"].items():

@@ -270,13 +270,11 @@ def _jsonable(x):
 def plot_ps(result: dict, path: str, title: str = "") -> Optional[str]:
     """AUC and logloss over the stream, one line per mode; returns None, or
     why no plot was written (matplotlib missing)."""
-    try:
-        import matplotlib
+    from .train import _pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        return f"matplotlib is not available ({e}); no plot written"
+    plt, why = _pyplot()
+    if why:
+        return why
     fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
     w = result["config"]["window"]
     sync = result["models"].get("ps:sync")

@@ -41,7 +41,7 @@ def test_local_step_matches_the_table_and_reports_overhead_and_bytes():
     sent = 2 * (512 * 8 + 64 * 8) + 64 * 16 * 4
     received = 2 * 64 * 16 * 4
     assert loc["moved_bytes_per_call"] == sent + received
-    assert any(n.startswith(f"{w.name} ps_step ps-local: ") and "MiB moved" in n for n in rep["notes"])
+    assert sum(n.startswith(f"{w.name} ps_step ps-local: ") and "MiB moved" in n for n in rep["notes"]) == 1
     # ps_call: one bag of one key: 8 + 8 B for the pull, 8 + 8 + 16 x 4 B for the push; one partial per shard back
     one = _by_subject(rep, "ps_call")["ps-local"]
     assert one["status"] == "ok", one["reason"]

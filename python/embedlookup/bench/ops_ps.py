@@ -36,6 +36,7 @@ both sides use the same cores.
 
 from __future__ import annotations
 
+import functools
 import os
 import numpy as np
 
@@ -48,13 +49,13 @@ SHARDS = 2
 _MOVED: dict = {}
 
 
-def _annotate(report: dict) -> None:
-    """Adds ``overhead_ms_per_call`` (and for ``ps_step`` ``moved_bytes_per_call``)
-    to the PS subjects' results, and one note per subject and op."""
-    ok = [r for r in report["results"] if r["op"] in _OPS and r["status"] == "ok"]
+def _annotate(op: str, report: dict) -> None:
+    """Adds ``overhead_ms_per_call`` and ``moved_bytes_per_call`` to the PS
+    subjects' results of ``op``, and one note per subject and workload."""
+    ok = [r for r in report["results"] if r["op"] == op and r["status"] == "ok"]
     el = {(r["workload"], r["op"]): r for r in ok if r["subject"] == "embedlookup"}
     for r in report["results"]:
-        if r["op"] not in _OPS or r["subject"] == "embedlookup":
+        if r["op"] != op or r["subject"] == "embedlookup":
             continue
         moved = _MOVED.get((r["workload"], r["op"], r["subject"]))
         if moved is not None:
@@ -77,13 +78,13 @@ operation(
     "(Adagrad on the shards); embedlookup: pooled_lookup + apply_pooled_gradients on one table; "
     "rows = keys read + distinct rows updated",
     lambda w, b: b.keys.shape[0] + b.distinct,
-).annotate = _annotate
+).annotate = functools.partial(_annotate, "ps_step")
 operation(
     "ps_call",
     "ps_step on one bag of one key (the batch's first): the fixed cost of a pull and a push round trip; "
     "rows = 2",
     lambda w, b: 2,
-).annotate = _annotate
+).annotate = functools.partial(_annotate, "ps_call")
 
 
 def _probe_ps():

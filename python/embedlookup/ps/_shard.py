@@ -182,6 +182,11 @@ class ShardCore:
             self.last[client] = seq
             self.applied += kind != "skip"
         self.log = PushLog(self._log_path(self.gen), fsync=self._fsync)
+        # Files of other generations: left by a crash in the middle of a snapshot.
+        keep = {os.path.basename(self._ckpt_path(self.gen)), os.path.basename(self._log_path(self.gen))}
+        for name in os.listdir(self.dir):
+            if name.startswith(("snapshot-", "log-")) and name not in keep:
+                os.remove(os.path.join(self.dir, name))
 
     def _ckpt_path(self, gen):
         return os.path.join(self.dir, f"snapshot-{gen}.ckpt")

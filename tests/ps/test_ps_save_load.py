@@ -9,7 +9,7 @@ import embedlookup as el
 from embedlookup import ps
 from embedlookup.sharding import shard_of
 
-from conftest import assert_matches_table, whole_state
+from ps_helpers import assert_matches_table, whole_state
 
 
 def _train(client, ref, rng, steps, dim):

@@ -33,6 +33,7 @@ Run (installed: the ``embedlookup-train`` console script; from a checkout:
     embedlookup-train --quick                       # a complete small run, well under a minute
     embedlookup-train --batches 500 --rows 200000 --window 25 --out results
     embedlookup-train --criteo day_0.tsv --rows 200000 --out criteo_results
+    embedlookup-train --ps local --trainers 2 --shards 2 --mode sync,bounded:2,async   # train_ps.py
 
 It writes ``metrics.json`` (per-window logloss / AUC, memory, configuration)
 and ``training.png`` (when matplotlib is installed) into ``--out`` (default
@@ -536,16 +537,23 @@ def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> di
     return {"config": asdict(cfg), "samples": seen, "models": hist}
 
 
-def plot(result: dict, path: str, title: str = "") -> Optional[str]:
-    """Writes the PNG; returns None, or why no plot was written (matplotlib missing)."""
+def _pyplot():
+    """(matplotlib.pyplot on the Agg backend, None), or (None, why there is no plot)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        return f"matplotlib is not available ({e}); no plot written"
+        return None, f"matplotlib is not available ({e}); no plot written"
+    return plt, None
 
+
+def plot(result: dict, path: str, title: str = "") -> Optional[str]:
+    """Writes the PNG; returns None, or why no plot was written (matplotlib missing)."""
+    plt, why = _pyplot()
+    if why:
+        return why
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     w = result["config"]["window"]
     for name, h in result["models"].items():
@@ -584,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="embedlookup-train",
         description=__doc__.split("\n\n")[0],
-        epilog="Writes metrics.json and training.png into --out (default train_results/), "
+        epilog="Writes metrics.json and training.png (ps_training.png with --ps) into --out (default "
+        "train_results/), "
         "prints a summary per model and the paths written. Exit status: 0 on success, "
         "1 if the input cannot be read or the output cannot be written, 2 on bad arguments.",
     )
@@ -606,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=None,
                    help=f"batches per reported logloss / AUC window {sized('window')}")
     p.add_argument("--lr-embedding", type=float, default=0.05, help="embedding learning rate (default 0.05)")
-    p.add_argument("--models", default=",".join(MODELS),
+    p.add_argument("--models", default=None,
                    help=f"comma-separated models to train side by side (default: all of {','.join(MODELS)})")
     p.add_argument("--admit-count", type=int, default=2,
                    help="freq_table: sightings before an ID gets a row (default 2)")
@@ -624,6 +633,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic stream: new head IDs per batch on the drifting features (default 200)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and native threads (default: torch's; with --quick 1)")
+    p.add_argument("--ps", choices=("local", "ray"), default=None,
+                   help="train through an embedlookup.ps.ParameterServer with this backend instead of the "
+                   "in-process models: one run per --mode, --trainers trainers (local: threads; ray: actor "
+                   "processes) against --shards shards (docs/ps-training.md)")
+    p.add_argument("--trainers", type=int, default=2, help="--ps: trainers training at once (default 2)")
+    p.add_argument("--shards", type=int, default=2, help="--ps: parameter-server shards (default 2)")
+    p.add_argument("--mode", default="sync,bounded:2,async",
+                   help="--ps: comma-separated consistency modes, each trained on a fresh server: sync, "
+                   "bounded:S (S >= 1 steps of staleness), async (default sync,bounded:2,async)")
+    p.add_argument("--ps-address", default=None,
+                   help="--ps ray: the Ray cluster to use (default: start a local one)")
     p.add_argument("--out", metavar="DIR", default="train_results",
                    help="folder for metrics.json and training.png, created if missing "
                    "(default train_results)")
@@ -644,11 +664,22 @@ def train(argv=None, log=print) -> dict:
     for name in ("batches", "batch_size", "rows", "window", "dim"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    models = tuple(m.strip() for m in a.models.split(",") if m.strip())
+    if a.ps and a.models is not None:
+        p.error("--models: with --ps the models are the --mode runs; give one of the two")
+    models = tuple(m.strip() for m in (a.models or ",".join(MODELS)).split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
         p.error(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
                 f"known: {', '.join(MODELS)}")
+    modes = None
+    if a.ps:
+        for name in ("trainers", "shards"):
+            if getattr(a, name) < 1:
+                p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+        try:
+            modes = _ps_modes(a.mode)
+        except ValueError as e:
+            p.error(str(e))
     if a.quick and a.threads is None:
         # Small batches gain nothing from threads, and on a loaded machine
         # their barrier waits made a 2-thread quick run 8x slower (52 s vs 6 s).
@@ -673,12 +704,19 @@ def train(argv=None, log=print) -> dict:
         title = f"synthetic stream (seed {a.seed}, drift {a.drift}/batch)"
     os.makedirs(a.out, exist_ok=True)  # before training: a bad --out fails in a second, not after minutes
     t0 = time.perf_counter()
-    result = run(batches, cfg, nf, nd, log=log)
+    if a.ps:
+        from .train_ps import plot_ps, run_ps
+
+        result = run_ps(batches, cfg, nf, nd, backend=a.ps, trainers=a.trainers, shards=a.shards, modes=modes,
+                        address=a.ps_address, threads=a.threads, log=log)
+        draw, png = plot_ps, os.path.join(a.out, "ps_training.png")
+    else:
+        result = run(batches, cfg, nf, nd, log=log)
+        draw, png = plot, os.path.join(a.out, "training.png")
     result["wall_s"] = time.perf_counter() - t0
     metrics = os.path.join(a.out, "metrics.json")
-    png = os.path.join(a.out, "training.png")
     result["paths"] = [metrics]
-    why = plot(result, png, title)
+    why = draw(result, png, title)
     if why:
         result["plot_skipped"] = why
     else:
@@ -688,11 +726,26 @@ def train(argv=None, log=print) -> dict:
     return result
 
 
+def _ps_modes(text: str) -> list:
+    from .train_ps import parse_modes
+
+    return parse_modes(text)
+
+
 def summary(result: dict) -> str:
     """The lines ``embedlookup-train`` prints at the end: one per model, then the files."""
-    out = [f"trained {len(result['models'])} models on {result['samples']} samples "
+    via = ""
+    if "ps" in result:
+        q = result["ps"]
+        via = f" through the parameter server ({q['backend']}, {q['trainers']} trainers, {q['shards']} shards)"
+    out = [f"trained {len(result['models'])} models on {result['samples']} samples{via} "
            f"in {result.get('wall_s', 0.0):.1f} s"]
     for name, h in result["models"].items():
+        if "auc_gap_vs_sync" in h or "ps" in result:  # through the parameter server: no local memory
+            gap = f"  AUC gap vs sync {h['auc_gap_vs_sync']:+.4f}" if "auc_gap_vs_sync" in h else ""
+            out.append(f"  {name:22s} mean logloss {h['mean_logloss']:.4f}  mean AUC {h['mean_auc']:.4f}  "
+                       f"train {h['seconds']:.1f} s{gap}")
+            continue
         mb = h["memory_bytes"][-1] / 2**20 if h["memory_bytes"] else 0.0
         out.append(f"  {name:22s} mean logloss {h['mean_logloss']:.4f}  mean AUC {h['mean_auc']:.4f}  "
                    f"memory {mb:.1f} MiB  train {h['seconds']:.1f} s")

@@ -57,6 +57,8 @@ class Operation:
     rows: Callable[[Workload, Batch], int]  # rows moved per call (x row bytes = effective bytes)
     impls: dict = field(default_factory=dict)  # subject -> factory(data) -> Case
     rounds: int | None = None  # at most this many rounds (a heavy op, e.g. a whole-table checkpoint)
+    # Called with the finished report: adds the op's own figures to its results and notes.
+    annotate: Callable[[dict], None] | None = None
 
 
 @dataclass

@@ -422,6 +422,9 @@ def run(
         _run_plan(plan, cfg, report, subjects, unavailable, prog)
     finally:
         gc.unfreeze()
+    for op in {r["op"] for r in report["results"]}:
+        if OPS[op].annotate is not None:
+            OPS[op].annotate(report)
     report["wall_s"] = time.perf_counter() - t_start
     report["load_average_end"] = _machine.load_average()
     m = report["machine"]

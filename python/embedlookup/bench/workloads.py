@@ -170,6 +170,9 @@ SUITES: dict[str, dict] = {
         "ops": ["tier_read", "tier_write", "checkpoint", "evict", "relayout"],
     },
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
+    # Training through the parameter server (2 shards; local and Ray) against
+    # the in-process table's fused step.
+    "ps": {"workloads": ["uniform-1m"], "ops": ["ps_step", "ps_call"]},
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Workload)}

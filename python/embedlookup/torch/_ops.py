@@ -27,6 +27,7 @@ import torch
 from .. import _checks
 from .._namespace import feature_keys
 from ..frequency import FrequencyTable
+from . import _ps
 
 __all__ = ["register_table", "unregister_table", "table_of"]
 
@@ -36,12 +37,14 @@ _ids = itertools.count(1)
 
 
 class _Entry:
-    """What the ops need of a module's table: the table and its optimizer."""
+    """What the ops need of a module's table: the table (or a parameter-server
+    client), its optimizer."""
 
-    __slots__ = ("table", "optimizer")
+    __slots__ = ("table", "optimizer", "ps")
 
     def __init__(self, table, optimizer):
         self.table, self.optimizer = table, optimizer
+        self.ps = _ps.is_client(table)
 
 
 def register_table(table, optimizer) -> int:
@@ -82,6 +85,8 @@ def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
     (1,): the backward reuses the ids unless rows were freed meanwhile."""
     entry = table_of(handle)
     t = entry.table
+    if entry.ps:  # a parameter-server client: the shards pool, the client sums their partial bags
+        return _ps.pooled_lookup(t, values, offsets, weights, mode, include_last_offset)
     v, off, n_bags = _checks.bags(_np(values), _np(offsets), include_last_offset)
     w = None if weights is None else _checks.finite(
         _checks.floats(_np(weights), "per_sample_weights", (v.shape[0],)), "per_sample_weights")
@@ -126,6 +131,10 @@ def pooled_backward(grad: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
     gradient: (n,) when asked for, else empty)."""
     entry = table_of(handle)
     t = entry.table
+    if entry.ps:  # pushed to the shards, whose optimizer applies it
+        wg = _ps.pooled_backward(t, grad, values, offsets, weights, mode, _n_bags(offsets, include_last_offset),
+                                 weights_grad)
+        return torch.zeros((0,), dtype=torch.float32), wg
     v, off, n_bags = _np(values), _np(offsets), _n_bags(offsets, include_last_offset)
     g = grad.contiguous()
     w = None if weights is None else _np(weights)

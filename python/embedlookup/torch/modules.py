@@ -41,7 +41,7 @@ from .. import optim
 from ..optim import Optimizer
 from ..frequency import FrequencyTable
 from ..table import EmbeddingTable
-from . import _frequency, _ops
+from . import _frequency, _ops, _ps
 
 __all__ = ["HashEmbeddingBag", "HashEmbedding", "HashEmbeddingBagCollection"]
 
@@ -91,9 +91,14 @@ class _TableModule(nn.Module):
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an embedlookup.optim optimizer (SGD, Adagrad, Adam) or None, "
                             f"got {type(optimizer).__name__}")
+        self._ps = table is not None and _ps.is_client(table)
         if table is None:
             self.table = EmbeddingTable(dim, initializer=initializer, capacity=capacity, optimizer=optimizer,
                                         num_threads=num_threads)
+        elif self._ps:  # a parameter-server client: rows and optimizer live on its shards (_ps.py)
+            optimizer = _ps.check_client(table, dim, initializer, capacity, num_threads, optimizer,
+                                         getattr(self, "_mode_id", None))
+            self.table = table
         else:  # the caller's table: an EmbeddingTable (maybe over a tier) or a FrequencyTable (_frequency.py)
             optimizer = _frequency.check_table(table, dim, initializer, capacity, num_threads, optimizer)
             self.table = table
@@ -102,7 +107,8 @@ class _TableModule(nn.Module):
         self._num_threads = num_threads
         self._handle = _ops.register_table(self.table, optimizer)
         weakref.finalize(self, _ops.unregister_table, self._handle)
-        self._grad_anchor = nn.Parameter(torch.zeros(0), requires_grad=optimizer is not None)
+        # Over a parameter server the shards always hold an optimizer: the backward always pushes.
+        self._grad_anchor = nn.Parameter(torch.zeros(0), requires_grad=optimizer is not None or self._ps)
 
     @property
     def embedding_dim(self) -> int:
@@ -131,6 +137,8 @@ class _TableModule(nn.Module):
 
     # ---------------------------------------------------------- checkpoints
     def get_extra_state(self):
+        if self._ps:  # the rows live on the server: checkpoint them with server.save(dir)
+            return {"version": _STATE_VERSION, "parameter_server": True, "dim": self.table.dim}
         keys, rows = self.table.export()
         freq = _frequency.extra_state(self.table, keys) if isinstance(self.table, FrequencyTable) else None
         state = self.table._t.export_state(keys)
@@ -154,6 +162,12 @@ class _TableModule(nn.Module):
             raise ValueError("state_dict: not an embedlookup table state (or an unknown version)")
         if state["dim"] != self.table.dim:
             raise ValueError(f"state_dict: saved table has dim {state['dim']}, this module has {self.table.dim}")
+        if self._ps or state.get("parameter_server"):
+            if self._ps and state.get("parameter_server"):
+                return  # nothing of the table is in the state: its rows stay on the server
+            raise ValueError("state_dict: a module over a parameter-server client keeps no rows in its state "
+                             "(save the server with server.save(dir)); it cannot be loaded into, or from, a "
+                             "module over an in-process table")
         keys = _checks.keys_1d(state["keys"].numpy(), "keys")
         rows = _checks.floats(state["rows"].numpy(), "rows", (keys.shape[0], self.table.dim))
         opt_state = np.ascontiguousarray(state["optimizer_state"].numpy(), dtype=np.float32)
@@ -214,7 +228,12 @@ class HashEmbeddingBag(_TableModule):
         the default row (dropped for ``"zeros"``, summed into the learned
         ``"cold"`` row). ``initializer``, ``capacity`` and ``num_threads``
         then belong to the table (passing them raises); ``optimizer``
-        defaults to the table's. See docs/torch.md ("Tables of your own").
+        defaults to the table's. A parameter-server client
+        (``embedlookup.ps.ParameterServer.client()``) keeps the rows on the
+        server's shards: forward = ``client.pooled_pull``, backward =
+        ``client.push_pooled`` with the server's optimizer (``optimizer``
+        must be None or that optimizer; no "max" mode). See docs/torch.md
+        ("Tables of your own") and docs/ps-training.md.
 
     ``forward(input, offsets=None, per_sample_weights=None)`` as
     nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of
@@ -232,6 +251,8 @@ class HashEmbeddingBag(_TableModule):
         self.include_last_offset = bool(include_last_offset)
 
     def extra_repr(self) -> str:
+        if self._ps:
+            return f"{self.embedding_dim}, mode={self.mode!r}, optimizer={self.optimizer}, table={self.table!r}"
         return (f"{self.embedding_dim}, mode={self.mode!r}, optimizer={self.optimizer}, rows={len(self.table)}, "
                 f"capacity={self.table.capacity}")
 
@@ -288,6 +309,8 @@ class HashEmbedding(_TableModule):
         super().__init__(embedding_dim, optimizer, initializer, capacity, num_threads, insert_in_eval, table)
 
     def extra_repr(self) -> str:
+        if self._ps:
+            return f"{self.embedding_dim}, optimizer={self.optimizer}, table={self.table!r}"
         return f"{self.embedding_dim}, optimizer={self.optimizer}, rows={len(self.table)}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -380,6 +403,8 @@ class HashEmbeddingBagCollection(nn.Module):
     def memory_usage(self) -> dict:
         """Native memory of the table(s), summed (see EmbeddingTable.memory_usage)."""
         mods = [self.bag] if self.shared_table else list(self.bags.values())
+        if any(m._ps for m in mods):
+            raise TypeError("memory_usage: the rows live on a parameter server; see its stats()")
         total: dict = {}
         for m in mods:
             for k, v in m.table.memory_usage().items():

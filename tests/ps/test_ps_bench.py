@@ -1,0 +1,66 @@
+"""``embedlookup bench --suite ps``: the parameter server's training step
+against the in-process table's fused step. The runner checks every
+subject's output (pooled rows, then the updated rows) against embedlookup's
+before timing, so "ok" here means the PS computed the same step."""
+
+import sys
+
+import pytest
+
+from embedlookup import bench
+from embedlookup.bench import SUBJECTS, SUITES, Config, Skip, parse_workload
+
+FAST = dict(repeats=2, op_time=0, warmup=0, min_time=0.0, limits=False, progress=False)
+
+
+def _small():
+    return parse_workload(["small", "threads=2", "batches=2"])
+
+
+def _by_subject(rep, op="ps_step"):
+    return {r["subject"]: r for r in rep["results"] if r["op"] == op}
+
+
+def test_suite_is_registered():
+    assert SUITES["ps"] == {"workloads": ["uniform-1m"], "ops": ["ps_step", "ps_call"]}
+    assert bench.WORKLOADS["uniform-1m"].rows == 1_000_000 and bench.WORKLOADS["uniform-1m"].dim == 64
+
+
+def test_local_step_matches_the_table_and_reports_overhead_and_bytes():
+    w = _small()
+    rep = bench.run([(w, ["ps_step", "ps_call"])], Config(subjects=["embedlookup", "ps-local"], **FAST))
+    r = _by_subject(rep)
+    assert r["embedlookup"]["status"] == "ok"
+    loc = r["ps-local"]
+    assert loc["status"] == "ok", loc["reason"]
+    assert loc["max_abs_diff"] < 1e-5
+    assert loc["overhead_ms_per_call"] == pytest.approx((loc["median_s"] - r["embedlookup"]["median_s"]) * 1e3)
+    # Hand count for `small` (64 bags x 8 keys, dim 16, 2 shards): sent = keys (512 x 8 B) and offsets
+    # (64 x 8 B) for the pull, again with the gradient (64 x 16 x 4 B) for the push; received = each
+    # shard's partial sums (64 x 16 x 4 B).
+    sent = 2 * (512 * 8 + 64 * 8) + 64 * 16 * 4
+    received = 2 * 64 * 16 * 4
+    assert loc["moved_bytes_per_call"] == sent + received
+    assert sum(n.startswith(f"{w.name} ps_step ps-local: ") and "MiB moved" in n for n in rep["notes"]) == 1
+    # ps_call: one bag of one key: 8 + 8 B for the pull, 8 + 8 + 16 x 4 B for the push; one partial per shard back
+    one = _by_subject(rep, "ps_call")["ps-local"]
+    assert one["status"] == "ok", one["reason"]
+    assert one["moved_bytes_per_call"] == (8 + 8) + (8 + 8 + 16 * 4) + 2 * 16 * 4
+
+
+def test_ray_subject_skips_cleanly_without_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(Skip, match="ray is not importable"):
+        SUBJECTS["ps-ray"].probe()
+    rep = bench.run([(_small(), ["ps_step"])], Config(subjects=["embedlookup", "ps-ray"], **FAST))
+    # one note for the subject, the rest of the run goes on
+    assert any(n.startswith("ps-ray: skipped - ray is not importable") for n in rep["notes"])
+    assert _by_subject(rep)["embedlookup"]["status"] == "ok"
+    assert "ps-ray" not in _by_subject(rep) or _by_subject(rep)["ps-ray"]["status"] == "skipped"
+
+
+def test_ray_step_matches_the_table(ray_cluster):
+    rep = bench.run([(_small(), ["ps_step"])], Config(subjects=["embedlookup", "ps-ray"], **FAST))
+    r = _by_subject(rep)["ps-ray"]
+    assert r["status"] == "ok", r["reason"]
+    assert r["moved_bytes_per_call"] > 0 and "overhead_ms_per_call" in r

@@ -22,7 +22,7 @@ constexpr bool kUpdatePrefetchEarly = true;
 // result does not depend on the thread count. All ids must be real rows.
 //
 // How: occurrences are radix-partitioned by seqlock stripe range
-// into partitions of ~512 (one parallel counting pass + a stable scatter); each
+// into partitions of ~256 (one parallel counting pass + a stable scatter); each
 // partition is then owned by one thread, which merges duplicates with a small
 // L1-resident hash map, accumulates their gradients, and updates the rows.
 // No locks between threads (a row and its stripe live in exactly one

@@ -13,7 +13,7 @@ mean progressive AUC over the run against the embedding bytes at the end
     PYTHONPATH=python python3 bench/compressed_auc.py --out docs/compressed_auc_memory \
         --rows 5000,20000,80000 --batches 150 --batch-size 1024 --alphas 0.1,0.3
 
-writes ``<out>.json`` and ``<out>.png``.
+writes ``<out>.json`` and ``<out>.png`` (``--replot <out>.json`` redraws the plot).
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="compressed_auc_memory", help="path prefix of the .json and .png")
+    p.add_argument("--replot", metavar="JSON", help="only redraw the plot of an earlier run's .json next to it")
     a = p.parse_args(argv)
+    if a.replot:
+        with open(a.replot) as fh:
+            plot(json.load(fh), a.replot[: -len(".json")] + ".png")
+        return 0
     torch.set_num_threads(a.threads)
     rows = [int(r) for r in a.rows.split(",")]
     alphas = [float(x) for x in a.alphas.split(",")]
@@ -69,17 +74,29 @@ def main(argv=None) -> int:
                                                     "seed": a.seed}, "points": points}
     with open(a.out + ".json", "w") as fh:
         json.dump(result, fh, indent=1)
+    plot(result, a.out + ".png")
+    print(f"wrote {a.out}.json and {a.out}.png")
+    return 0
+
+
+LABELS = {"hash_table_unbounded": "full table (collision-free, unbounded)", "hashing": "hashing trick",
+          "qr": "quotient-remainder (mult)"}
+
+
+def plot(result: dict, path: str) -> None:
+    """AUC against memory, one marker per point, one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    points, a = result["points"], argparse.Namespace(**result["command_args"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label in dict.fromkeys(pt["model"] for pt in points):
         pts = sorted((pt for pt in points if pt["model"] == label), key=lambda pt: pt["memory_bytes"])
         x = [pt["memory_bytes"] / 2**20 for pt in pts]
         ax.plot(x, [pt["mean_auc"] for pt in pts], "o-" if len(pts) > 1 else "*", ms=7 if len(pts) > 1 else 12,
-                label=label)
+                label=LABELS.get(label, label))
     ax.set_xscale("log")
     ax.set(xlabel="embedding memory at the end of the run (MiB, log scale)",
            ylabel="mean progressive AUC",
@@ -87,9 +104,8 @@ def main(argv=None) -> int:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(a.out + ".png", dpi=110)
-    print(f"wrote {a.out}.json and {a.out}.png")
-    return 0
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,17 @@ def bags(seed=0, n_bags=12, vocab=40):
     return ids, offsets
 
 
+def forward_backward(mod, ref_forward, ids, offsets, dim, seed):
+    """Runs the module and the reference on the same bags, checks the outputs
+    agree, and back-propagates the same random linear loss through both."""
+    target = torch.randn(len(offsets), dim, generator=torch.Generator().manual_seed(seed))
+    out, want = mod(ids, offsets), ref_forward()
+    assert out.shape == (len(offsets), dim)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    (out * target).sum().backward()
+    (want * target).sum().backward()
+
+
 def table_rows(emb_module, keys: np.ndarray) -> torch.Tensor:
     rows, found = emb_module.table.find(keys)
     assert found.all()
@@ -72,12 +83,7 @@ def test_qr_forward_and_step_match_torch_reference(operation, mode):
         v = a * b if operation == "mult" else a + b if operation == "add" else torch.cat([a, b], 1)
         return ref_pool(v, offsets, len(ids), mode)
 
-    target = torch.randn(len(offsets), dim, generator=torch.Generator().manual_seed(0))
-    out, want = mod(ids, offsets), ref_forward()
-    assert out.shape == (len(offsets), dim)
-    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
-    (out * target).sum().backward()
-    (want * target).sum().backward()
+    forward_backward(mod, ref_forward, ids, offsets, dim, seed=0)
     with torch.no_grad():
         Q -= LR * Q.grad
         R -= LR * R.grad
@@ -144,12 +150,7 @@ def test_mixed_dim_forward_and_step_match_torch_reference(mode):
             return ref_pool(rows @ P.T, offsets, len(ids), mode)
         return ref_pool(rows, offsets, len(ids), mode) @ P.T
 
-    target = torch.randn(len(offsets), dim, generator=torch.Generator().manual_seed(1))
-    out, want = mod(ids, offsets), ref_forward()
-    assert out.shape == (len(offsets), dim)
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
-    (out * target).sum().backward()
-    (want * target).sum().backward()
+    forward_backward(mod, ref_forward, ids, offsets, dim, seed=1)
     torch.testing.assert_close(mod.projection.weight.grad, P.grad, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         T -= LR * T.grad

@@ -28,7 +28,7 @@ void EmbeddingTable::read_row_locked(uint32_t id, float* row, float* state) cons
   const int64_t sf = state_ ? state_->stride() : 0;
   for (;;) {  // row and state from the same instant (gradient steps run under the shared lock)
     const uint32_t s0 = seq_.read_begin(id);
-    std::memcpy(row, rows_.row(id), sizeof(float) * opt_.dim);
+    load_row(id, row);
     if (state && sf) std::memcpy(state, state_->row(id), sizeof(float) * sf);
     if (seq_.read_valid(id, s0)) return;
   }
@@ -127,6 +127,7 @@ void EmbeddingTable::apply_batch(const RowBatchView& b) {
       (b.has_versions && b.versions.size() != n) || b.dead_keys.size() != b.dead_versions.size() ||
       b.state_floats != state_floats(b.state_kind, b.dim))
     bad_batch(std::string(what) + ": inconsistent sizes");
+  check_representable(b.rows.data(), static_cast<int64_t>(n), what);
   std::unique_lock<std::shared_mutex> lk(mu_);
   // ---- validate everything before the first change
   // Keys are strictly ascending (the encoder sorts them, the decoder checks):
@@ -206,7 +207,7 @@ void EmbeddingTable::apply_batch(const RowBatchView& b) {
     uint32_t id = index_.find(b.keys[i]);
     const bool created = id == kNoRow;
     if (created) id = allocate_row(b.keys[i]);
-    std::memcpy(rows_.row(id), b.rows.data() + i * dim, sizeof(float) * dim);
+    store_row(id, b.rows.data() + i * dim);
     if (sf) {
       if (b.state_floats == sf) std::memcpy(state_->row(id), b.state.data() + i * sf, sizeof(float) * sf);
       else if (created) init_state_row(id);

@@ -128,11 +128,16 @@ class EmbeddingTable {
   // the shared lock: lookups and gradient steps continue meanwhile; each row
   // is read consistently (row + state) and to_version is taken first, so the
   // batch holds every change up to to_version (and maybe some later ones).
-  void collect(uint64_t since, bool full, bool with_versions, RowBatch& out) const;
+  // as_type: the rows' type in the batch (-1: the table's own type; rows of
+  // the table's type are copied as stored, others are converted, rounding to
+  // nearest even).
+  void collect(uint64_t since, bool full, bool with_versions, RowBatch& out, int as_type = -1) const;
   // Validates the whole batch first (dim, optimizer state, lineage, order,
   // capacity), then applies it under the exclusive lock: a concurrent reader
   // sees all of it or none. A full batch loads into an empty table only.
-  void apply_batch(const RowBatchView& b);
+  // Rows of another row type than the table's are refused (std::invalid_argument)
+  // unless convert is set: then they are decoded and stored in the table's type.
+  void apply_batch(const RowBatchView& b, bool convert = false);
 
   // ---- the lower tier (table_tier.cpp)
   // Rows missing from memory are read through from `tier`; TierOptions says
@@ -265,6 +270,8 @@ class EmbeddingTable {
 
  private:
   void read_row_locked(uint32_t id, float* row, float* state) const;
+  // The row's stored bytes (row_bytes of the table's type) and its state.
+  void read_raw_locked(uint32_t id, uint8_t* raw, float* state) const;
   void finish_update(const uint32_t* ids, int64_t n);  // new versions of updated rows
   std::deque<int64_t> arrival_;  // keys in order of entering memory: demotion order without a policy
   mutable std::atomic<int64_t> memory_hits_{0}, tier_hits_{0}, promotions_{0}, demotions_{0};

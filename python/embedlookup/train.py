@@ -69,6 +69,7 @@ from torch import nn
 from . import init as _init
 from . import optim as _optim
 from .frequency import FrequencyTable
+from .table import EmbeddingTable
 from .torch import HashEmbeddingBagCollection
 from .torch.compositional import mixed_dims
 
@@ -295,12 +296,19 @@ class HashTableEmbeddings(nn.Module):
     collision-free table), after the table policy."""
 
     def __init__(self, n_features: int, dim: int, capacity: Optional[int], lr: float, seed: int = 0,
-                 policy: Optional[TablePolicy] = None):
+                 policy: Optional[TablePolicy] = None, row_type: str = "fp32"):
         super().__init__()
-        self.coll = HashEmbeddingBagCollection([f"f{i}" for i in range(n_features)], dim, mode="sum",
-                                               optimizer=_optim.Adagrad(lr=lr),
-                                               initializer=_init.uniform(-0.05, 0.05, seed=seed),
-                                               capacity=capacity)
+        opt, ini = _optim.Adagrad(lr=lr), _init.uniform(-0.05, 0.05, seed=seed)
+        # fp16 / bf16 rows: stochastic rounding seeded by the run's seed
+        table = None if row_type == "fp32" else EmbeddingTable(dim, initializer=ini, capacity=capacity,
+                                                               optimizer=opt, row_type=row_type,
+                                                               rounding_seed=seed)
+        names = [f"f{i}" for i in range(n_features)]
+        if table is None:
+            self.coll = HashEmbeddingBagCollection(names, dim, mode="sum", optimizer=opt, initializer=ini,
+                                                   capacity=capacity)
+        else:  # the table carries the optimizer, initializer and capacity
+            self.coll = HashEmbeddingBagCollection(names, dim, mode="sum", table=table)
         self.policy = policy or TablePolicy()
         self.policy.bind(self.coll)
 
@@ -561,6 +569,9 @@ def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
             emb = MixedDimEmbeddings(dims, rows, cfg.dim, cfg.lr_embedding, cfg.seed)
         elif name == "hash_table_unbounded":
             emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed)
+        elif name in ROW_TYPE_MODELS:  # hash_table_unbounded with compressed rows
+            emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed,
+                                      row_type=ROW_TYPE_MODELS[name])
         else:
             raise ValueError(f"unknown model {name!r}")
         torch.manual_seed(cfg.seed)  # every configuration starts from the same dense weights
@@ -661,6 +672,9 @@ MODELS = ("hashing", "hash_table", "freq_table", "hash_table_unbounded")
 # Trained only when --models names them: compositional (quotient-remainder)
 # and mixed-dimension embeddings at the hashing trick's bytes.
 COMPRESSED_MODELS = ("qr", "mixed_dim")
+# Not in the default run: hash_table_unbounded with fp16 / bf16 rows
+# (stochastic rounding, docs/compressed.md).
+ROW_TYPE_MODELS = {"hash_table_unbounded_fp16": "fp16", "hash_table_unbounded_bf16": "bf16"}
 
 # Options whose default --quick changes: (full run, --quick).
 _SIZES = {
@@ -699,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batches per reported logloss / AUC window {sized('window')}")
     p.add_argument("--lr-embedding", type=float, default=0.05, help="embedding learning rate (default 0.05)")
     p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated models to train side by side, of {','.join(MODELS + COMPRESSED_MODELS)} "
+                   help="comma-separated models to train side by side, of "
+                   f"{','.join(list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS))} "
                    f"(default {','.join(MODELS)})")
     p.add_argument("--mixed-alpha", type=float, default=0.3,
                    help="mixed_dim: power-law exponent of the per-feature dims (default 0.3; 0 = all dim)")
@@ -740,10 +755,11 @@ def train(argv=None, log=print) -> dict:
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
-    unknown = [m for m in models if m not in MODELS + COMPRESSED_MODELS]
+    known = list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS)
+    unknown = [m for m in models if m not in known]
     if unknown or not models:
         p.error(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
-                f"known: {', '.join(MODELS + COMPRESSED_MODELS)}")
+                f"known: {', '.join(known)}")
     if a.quick and a.threads is None:
         # Small batches gain nothing from threads, and on a loaded machine
         # their barrier waits made a 2-thread quick run 8x slower (52 s vs 6 s).

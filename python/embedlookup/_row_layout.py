@@ -11,15 +11,19 @@ The layouts (little-endian, every row padded to a multiple of 4 bytes):
   ``2i + 1`` in the high nibble of byte ``i``, padding, ``scale``, ``bias``.
 
 The OpenCL, CUDA and HLS kernels take rows in these layouts as raw bytes
-``(n, row_bytes(kind, dim))`` uint8 and decode them where they read them.
+``(n, row_bytes(kind, dim))`` uint8 (``quantize.quantize_rows`` or a table's
+``export_raw()`` make them) and decode them where they read them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-ROW_KINDS = ("fp32", "fp16", "bf16", "int8", "int4")
-# The kernels' ids (EL_ROW_KIND in the OpenCL / CUDA sources): index in ROW_KINDS.
+from . import quantize as _quantize
+
+ROW_KINDS = _quantize.ROW_TYPES
+# The kernels' ids (EL_ROW_KIND in the OpenCL sources, RowKind in the CUDA
+# ones): the engine's row-type ids (quantize.row_type_id), i.e. the index in ROW_KINDS.
 KIND_IDS = {k: i for i, k in enumerate(ROW_KINDS)}
 
 
@@ -33,11 +37,9 @@ def check_kind(kind, dim: int, name: str = "kind") -> str:
 
 
 def row_bytes(kind: str, dim: int) -> int:
-    """Bytes of one row of ``dim`` elements stored as ``kind``."""
-    check_kind(kind, dim)
-    pad4 = lambda n: (n + 3) // 4 * 4  # noqa: E731
-    return {"fp32": 4 * dim, "fp16": pad4(2 * dim), "bf16": pad4(2 * dim), "int8": pad4(dim) + 8,
-            "int4": pad4(dim // 2) + 8}[kind]
+    """Bytes of one row of ``dim`` elements stored as ``kind`` (the engine's
+    ``quantize.row_bytes``)."""
+    return _quantize.row_bytes(check_kind(kind, dim), dim)
 
 
 def raw_rows(rows, kind: str, dim: int, name: str = "rows") -> np.ndarray:

@@ -407,6 +407,17 @@ class CudaRawTable(_DeviceArrays):
         self._keys_dev = torch.from_numpy(k).to(self._device)
         self._rows_dev = torch.from_numpy(raw).to(self._device)
 
+    @classmethod
+    def from_table(cls, table, *, device=None) -> CudaRawTable:
+        """A snapshot of an ``EmbeddingTable``'s rows in its own storage type
+        (``table.row_type``, rows from ``export_raw()``)."""
+        from .table import EmbeddingTable
+
+        if not isinstance(table, EmbeddingTable):
+            raise TypeError(f"table must be an embedlookup.EmbeddingTable, got {type(table).__name__}")
+        keys, raw = table.export_raw()
+        return cls(keys, raw, table.row_type, table.dim, device=device)
+
     def __len__(self) -> int:
         return int(self._keys_dev.shape[0])
 

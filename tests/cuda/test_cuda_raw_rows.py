@@ -95,6 +95,21 @@ def test_bad_offsets_raise_like_the_cpu_path(tables):
         dev.pooled_lookup(v, torch.tensor([0], device="cuda"), "mean", torch.ones(4, device="cuda"))
 
 
+def test_from_a_cpu_table_of_the_same_row_type(tables):
+    """CudaRawTable.from_table keeps a CPU table's compressed rows (export_raw)
+    and pools as the CPU engine does on them."""
+    kind, _, _, _, torch = tables
+    table = el.EmbeddingTable(DIM, row_type=kind)
+    table.assign(KEYS, _rows())
+    dev = elc.CudaRawTable.from_table(table)
+    assert dev.kind == kind
+    values, offsets = _bags(5)
+    for mode in ("sum", "mean", "max"):
+        got = dev.pooled_lookup(torch.from_numpy(values).cuda(), torch.from_numpy(offsets).cuda(), mode)
+        np.testing.assert_allclose(got.cpu().numpy(), table.pooled_lookup(values, offsets, mode, insert=False),
+                                   rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.cpu_only
 @pytest.mark.parametrize(
     "kwargs, err, match",

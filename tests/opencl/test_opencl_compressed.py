@@ -163,3 +163,29 @@ def test_bad_input(kwargs, err, match):
     with pytest.raises(err, match=match):
         elcl.OpenCLTable.from_raw(args["keys"], args["rows"], args["kind"], args["dim"], platform=PLATFORM)
     np.testing.assert_array_equal(args["rows"], rows_before)
+
+
+@pytest.mark.parametrize("variant", elcl.VARIANTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_built_from_a_cpu_table_of_the_same_row_type(kind, variant):
+    """OpenCLTable(table) of a CPU table storing compressed rows keeps them in
+    that type (its export_raw) and answers as the CPU engine: found rows as
+    its find, pooled bags as its pooled_lookup(insert=False)."""
+    import embedlookup as el
+
+    table = el.EmbeddingTable(DIM, row_type=kind)
+    table.assign(KEYS, _rows())
+    dev = elcl.OpenCLTable(table, platform=PLATFORM, variant=variant)
+    assert dev.kind == kind and dev.row_bytes == reference.row_bytes(kind, DIM)
+    probe = np.concatenate([KEYS[::5], [-5]]).astype(np.int64)
+    rows, found = dev.find(probe)
+    want_rows, want_found = table.find(probe)
+    np.testing.assert_array_equal(found, want_found)
+    np.testing.assert_allclose(rows, want_rows, rtol=1e-6, atol=1e-7)
+    # and the oracle's decoding of the very bytes the table stores
+    _, raw = table.export_raw()
+    np.testing.assert_array_equal(rows[:-1], reference.dequantize_rows(raw, kind, DIM)[::5])
+    values, offsets = _bags(6)
+    for mode in ("sum", "mean", "max"):
+        np.testing.assert_allclose(dev.pooled_lookup(values, offsets, mode),
+                                   table.pooled_lookup(values, offsets, mode, insert=False), rtol=1e-5, atol=1e-5)

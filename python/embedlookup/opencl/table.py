@@ -193,8 +193,9 @@ class OpenCLTable:
     """A table's rows and a hash index over its keys, held in OpenCL device memory.
 
     Built from an :class:`~embedlookup.EmbeddingTable` (a snapshot of its
-    :meth:`~embedlookup.EmbeddingTable.export`; build a new one to pick up
-    later changes). Keys are hashed and probed on the device with the same
+    :meth:`~embedlookup.EmbeddingTable.export`, or of its ``export_raw`` for a
+    table storing fp16 / bf16 / int8 / int4 rows, which the device keeps in that
+    type; build a new one to pick up later changes), or by :meth:`from_raw`. Keys are hashed and probed on the device with the same
     hash as the CPU engine; missing keys read as zero rows, as the CPU
     engine's ``insert=False``.
 
@@ -233,9 +234,13 @@ class OpenCLTable:
 
         if not isinstance(table, EmbeddingTable):
             raise TypeError(f"table must be an embedlookup.EmbeddingTable, got {type(table).__name__}")
-        keys, rows = table.export()
-        rows = np.ascontiguousarray(rows, np.float32).reshape(-1, table.dim)
-        self._build(keys, rows, "fp32", table.dim, platform, device, variant, profile, compute_units)
+        kind = table.row_type
+        if kind == "fp32":
+            keys, rows = table.export()
+            rows = np.ascontiguousarray(rows, np.float32).reshape(-1, table.dim)
+        else:  # compressed rows go to the device as they are stored
+            keys, rows = table.export_raw()
+        self._build(keys, rows, kind, table.dim, platform, device, variant, profile, compute_units)
 
     @classmethod
     def from_raw(cls, keys, rows, kind: str, dim: int, *, platform=None, device=None, variant: str = "auto",

@@ -31,6 +31,11 @@ constexpr int32_t kNoRow = static_cast<int32_t>(EL_NO_ROW);
 
 enum Mode : int32_t { kSum = 0, kMean = 1, kMax = 2 };
 
+// 32-bit words per int8 row of dim columns: dim uint8 codes (code d in byte
+// d % 4 of word d / 4, little-endian), zero padding to a whole word, then
+// the float32 scale and bias. The engine's int8 storage type, row for row.
+constexpr int32_t int8_row_words(int32_t dim) { return (dim + 3) / 4 + 2; }
+
 // Row id of key in the hash index (kNoRow if absent). Exposed for the testbench.
 int32_t probe(int64_t key, const int64_t* slot_keys, const int32_t* slot_rows, uint64_t mask);
 
@@ -49,3 +54,13 @@ void embedding_bag(const int64_t* keys, const int64_t* offsets, const float* wei
                    const int64_t* slot_keys, const int32_t* slot_rows, float* out, int64_t n, int64_t n_offsets,
                    int64_t n_bags, int64_t n_rows, int32_t dim, int32_t mode, int32_t use_weights,
                    int32_t use_hash, uint64_t mask);
+
+// The same lookup over int8 rows (the engine's int8 storage type, row-wise
+// asymmetric): rows[n_rows * int8_row_words(dim)] words; element d of a row
+// is scale * code[d] + bias, decoded on chip as the row streams in (the
+// table is read as 72 bytes per row of dim 64 instead of 256). Ports,
+// bundles and every other argument as embedding_bag.
+void embedding_bag_int8(const int64_t* keys, const int64_t* offsets, const float* weights, const uint32_t* rows,
+                        const int64_t* slot_keys, const int32_t* slot_rows, float* out, int64_t n,
+                        int64_t n_offsets, int64_t n_bags, int64_t n_rows, int32_t dim, int32_t mode,
+                        int32_t use_weights, int32_t use_hash, uint64_t mask);

@@ -3,6 +3,12 @@
 
 The expected outputs come from the CPU engine (``EmbeddingTable.pooled_lookup``
 with ``insert=False``), so the testbench checks the HLS kernel against it.
+int8 cases (the ``embedding_bag_int8`` top) hold rows quantized row-wise to
+the engine's int8 layout; their expected outputs are the CPU engine's over the
+dequantized rows. They need a row codec (``quantize_rows`` /
+``dequantize_rows``): the one passed to ``make_cases``, else
+``embedlookup.quantize`` where the package has it; without either they are
+left out.
 
     PYTHONPATH=python python3 hls/embedding_bag/make_golden.py golden.bin
 
@@ -16,7 +22,9 @@ import sys
 
 import numpy as np
 
-MAGIC = b"ELGOLD01"
+MAGIC = b"ELGOLD02"
+# Storage-type ids of the row kinds the testbench runs (the engine's ids).
+KINDS = {"fp32": 0, "int8": 3}
 MODES = {"sum": 0, "mean": 1, "max": 2}
 # Weighted sums: the CPU engine may fuse multiply and add (one rounding) where
 # the kernel under g++ rounds twice; everything else must match bit for bit.
@@ -30,10 +38,31 @@ def _bags(rng, n_bags, max_len):
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), int(lengths.sum())
 
 
-def make_cases(seed: int = 0) -> list[dict]:
+def _default_codec():
+    try:
+        from embedlookup import quantize
+    except ImportError:
+        return None
+    return quantize.quantize_rows, quantize.dequantize_rows
+
+
+def _int8_twin(table, codec):
+    """(raw int8 rows of table's rows, a table holding their dequantized values)."""
+    import embedlookup as el
+
+    quantize_rows, dequantize_rows = codec
+    keys, rows = table.export()
+    raw = np.ascontiguousarray(quantize_rows(rows, "int8"), np.uint8)
+    twin = el.EmbeddingTable(table.dim)
+    twin.assign(keys, dequantize_rows(raw, "int8", table.dim))
+    return raw, twin
+
+
+def make_cases(seed: int = 0, codec=None, int8: bool = True) -> list[dict]:
     """Golden cases: dense (keys are row numbers) and hashed (random int64
     keys) tables; every mode, weights, empty bags, duplicates, missing keys,
-    a trailing offset (include_last_offset) and a batch of only empty bags."""
+    a trailing offset (include_last_offset) and a batch of only empty bags;
+    the same over int8 rows when ``int8`` and a codec (see the module doc)."""
     import embedlookup as el
 
     rng = np.random.default_rng(seed)
@@ -42,9 +71,15 @@ def make_cases(seed: int = 0) -> list[dict]:
     hashed = el.EmbeddingTable(13, initializer=el.init.uniform(-1.0, 1.0, seed=seed + 2))
     hashed.lookup(rng.integers(-(2**63), 2**63 - 1, 300, dtype=np.int64))
 
+    codec = codec or (_default_codec() if int8 else None)
+    sources = [(dense, False, "fp32"), (hashed, True, "fp32")]
+    if int8 and codec is not None:
+        sources += [(dense, False, "int8"), (hashed, True, "int8")]
     cases = []
-    for table, use_hash in ((dense, False), (hashed, True)):
+    for table, use_hash, kind in sources:
         table_keys, table_rows = table.export()
+        if kind == "int8":  # raw rows go to the kernel, the engine pools their dequantized values
+            table_rows, table = _int8_twin(table, codec)
         for mode, weighted, last in (
             ("sum", False, False),
             ("mean", False, True),
@@ -67,6 +102,7 @@ def make_cases(seed: int = 0) -> list[dict]:
             )
             cases.append(
                 dict(
+                    kind=kind,
                     mode=mode,
                     use_hash=use_hash,
                     table_keys=table_keys,
@@ -84,6 +120,7 @@ def make_cases(seed: int = 0) -> list[dict]:
     offsets = np.zeros(5, np.int64)
     cases.append(
         dict(
+            kind="fp32",
             mode="max",
             use_hash=True,
             table_keys=keys,
@@ -104,10 +141,16 @@ def write_golden(path, cases: list[dict]) -> None:
         f.write(MAGIC)
         f.write(np.int64(len(cases)).tobytes())
         for c in cases:
-            rows = np.ascontiguousarray(c["table_rows"], np.float32)
-            dim = rows.shape[1]
+            kind = c.get("kind", "fp32")
+            if kind == "fp32":
+                rows = np.ascontiguousarray(c["table_rows"], "<f4")
+                dim = rows.shape[1]
+            else:  # raw int8 rows, (n, row bytes) uint8; dim from the expected output
+                rows = np.ascontiguousarray(c["table_rows"], np.uint8)
+                dim = np.asarray(c["expected"]).shape[1]
             w = c["weights"]
             header = [
+                KINDS[kind],
                 MODES[c["mode"]],
                 w is not None,
                 bool(c["use_hash"]),
@@ -120,7 +163,7 @@ def write_golden(path, cases: list[dict]) -> None:
             f.write(np.asarray(header, "<i8").tobytes())
             f.write(np.float64(c["tol"]).tobytes())
             f.write(np.asarray(c["table_keys"], "<i8").tobytes())
-            f.write(rows.astype("<f4").tobytes())
+            f.write(rows.tobytes())
             f.write(np.asarray(c["values"], "<i8").tobytes())
             f.write(np.asarray(c["offsets"], "<i8").tobytes())
             if w is not None:
@@ -135,7 +178,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cases = make_cases(args.seed)
     write_golden(args.out, cases)
-    print(f"wrote {len(cases)} cases to {args.out}")
+    n_int8 = sum(c.get("kind") == "int8" for c in cases)
+    print(f"wrote {len(cases)} cases ({n_int8} int8) to {args.out}"
+          + ("" if n_int8 else "; no int8 cases: embedlookup.quantize is not available"))
     return 0
 
 

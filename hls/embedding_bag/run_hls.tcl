@@ -11,6 +11,8 @@
 #   EL_PART   FPGA part (default xcu280-fsvh2892-2L-e, an Alveo U280 with HBM)
 #   EL_CLOCK  clock period in ns (default 3.33, 300 MHz)
 #   EL_GOLDEN golden file (default golden.bin beside this script)
+#   EL_TOP    top function: embedding_bag (fp32 rows, default) or embedding_bag_int8
+#             (int8 rows); csim runs the testbench, which exercises both
 
 set here [file dirname [file normalize [info script]]]
 set steps $argv
@@ -27,12 +29,14 @@ proc env_or {name default} { global env; if {[info exists env($name)]} { return 
 set part   [env_or EL_PART xcu280-fsvh2892-2L-e]
 set clock  [env_or EL_CLOCK 3.33]
 set golden [file normalize [env_or EL_GOLDEN $here/golden.bin]]
+set top    [env_or EL_TOP embedding_bag]
 # The probe's hash is the CPU engine's own header: one source for every backend.
 set cflags "-std=c++14 -I$here/../../native/include -I$here"
 
-open_project -reset embedding_bag_prj
-set_top embedding_bag
+open_project -reset ${top}_prj
+set_top $top
 add_files $here/embedding_bag.cpp -cflags $cflags
+add_files $here/embedding_bag_int8.cpp -cflags $cflags
 add_files -tb $here/tb_embedding_bag.cpp -cflags $cflags
 open_solution -reset sol1 -flow_target vitis
 set_part $part
@@ -41,5 +45,5 @@ create_clock -period $clock -name default
 if {[want csim]}   { csim_design -argv $golden }
 if {[want csynth]} { csynth_design }
 if {[want cosim]}  { cosim_design -argv $golden }
-if {[want export]} { export_design -format xo -output $here/embedding_bag.xo }
+if {[want export]} { export_design -format xo -output $here/$top.xo }
 exit

@@ -44,6 +44,18 @@ void bind_cuda(py::module_& m) {
     return v;
   });
 
+  m.def(
+      "cuda_pool_raw_rows",
+      [](uintptr_t rows, int64_t n_rows, int64_t row_bytes, int64_t dim, int kind, uintptr_t ids, int64_t n,
+         uintptr_t offsets, int64_t n_offsets, int64_t n_bags, int mode, uintptr_t weights, uintptr_t out,
+         uintptr_t s) {
+        const cuda::RawRowsView r{dptr<const uint8_t>(rows), n_rows, row_bytes, dim, static_cast<cuda::RowKind>(kind)};
+        py::gil_scoped_release nogil;
+        cuda::pool_raw_rows(r, dptr<const int64_t>(ids), n, dptr<const int64_t>(offsets), n_offsets, n_bags,
+                            static_cast<PoolMode>(mode), dptr<const float>(weights), dptr<float>(out), stream(s));
+      },
+      "Pooled lookup over raw rows in a storage type (device addresses; embedlookup/cuda.py checks them).");
+
   py::class_<CudaTable>(m, "CudaTable")
       .def(py::init([](int64_t dim, const InitSpec& init, int64_t capacity, int device, int64_t expected_rows) {
              cuda::CudaTableOptions o;

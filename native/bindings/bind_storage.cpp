@@ -24,7 +24,8 @@ py::dict header_dict(const RowBatch& b) {
   py::dict d;
   d["kind"] = b.full ? "checkpoint" : "delta";
   d["dim"] = b.dim;
-  d["dtype"] = "float32";
+  d["dtype"] = "float32";  // of values as read; row_type: as stored
+  d["row_type"] = row_type_name(b.row_type);
   d["lineage"] = b.lineage;
   d["from_version"] = b.from_version;
   d["to_version"] = b.to_version;
@@ -192,41 +193,43 @@ void bind_storage(py::module_& m) {
   table.def_property_readonly("version", &EmbeddingTable::version)
       .def_property_readonly("lineage", &EmbeddingTable::lineage)
       .def("export_delta",
-           [](const EmbeddingTable& t, uint64_t since, bool full, bool with_versions) {
+           [](const EmbeddingTable& t, uint64_t since, bool full, bool with_versions, int row_type) {
              std::vector<uint8_t> bytes;
              {
                py::gil_scoped_release nogil;
                RowBatch b;
-               t.collect(since, full, with_versions, b);
+               t.collect(since, full, with_versions, b, row_type);
                encode_snapshot(b, bytes);
              }
              const py::ssize_t n = static_cast<py::ssize_t>(bytes.size());
              return owned_array(std::move(bytes), {n});
            },
-           py::arg("since"), py::arg("full"), py::arg("with_versions"))
+           py::arg("since"), py::arg("full"), py::arg("with_versions"), py::arg("row_type") = -1)
       .def("apply_delta",
-           [](EmbeddingTable& t, py::buffer buf) {
+           [](EmbeddingTable& t, py::buffer buf, bool convert) {
              py::buffer_info info = bytes_of(buf);
              const auto* p = static_cast<const uint8_t*>(info.ptr);
              const size_t n = static_cast<size_t>(info.size * info.itemsize);
              py::gil_scoped_release nogil;
-             t.apply_batch(decode_snapshot(p, n));  // validates all before any change
-           })
+             t.apply_batch(decode_snapshot(p, n), convert);  // validates all before any change
+           },
+           py::arg("buf"), py::arg("convert") = false)
       .def("save",
-           [](const EmbeddingTable& t, const std::string& path, uint64_t since, bool full) {
+           [](const EmbeddingTable& t, const std::string& path, uint64_t since, bool full, int row_type) {
              py::gil_scoped_release nogil;
              RowBatch b;
-             t.collect(since, full, true, b);
+             t.collect(since, full, true, b, row_type);
              write_snapshot_file(b, path);
              return b.to_version;
            },
-           py::arg("path"), py::arg("since"), py::arg("full"))
+           py::arg("path"), py::arg("since"), py::arg("full"), py::arg("row_type") = -1)
       .def("apply_file",
-           [](EmbeddingTable& t, const std::string& path) {
+           [](EmbeddingTable& t, const std::string& path, bool convert) {
              py::gil_scoped_release nogil;
              MappedSnapshot snap(path);  // validated, mapped, no copy
-             t.apply_batch(snap.view());
-           })
+             t.apply_batch(snap.view(), convert);
+           },
+           py::arg("path"), py::arg("convert") = false)
       .def(
           "attach_tier",
           [](EmbeddingTable& t, std::shared_ptr<StorageTier> tier, int64_t memory_rows, bool promote) {

@@ -56,13 +56,30 @@ void bind_table(py::module_& m) {
       .def_readwrite("dim", &TableOptions::dim)
       .def_readwrite("init", &TableOptions::init)
       .def_readwrite("capacity", &TableOptions::capacity)
-      .def_readwrite("num_threads", &TableOptions::num_threads);
+      .def_readwrite("num_threads", &TableOptions::num_threads)
+      .def_property(
+          "row_type", [](const TableOptions& o) { return static_cast<int>(o.row_type); },
+          [](TableOptions& o, int t) { o.row_type = static_cast<RowType>(t); })
+      .def_readwrite("rounding_seed", &TableOptions::rounding_seed);
 
   py::class_<EmbeddingTable>(m, "Table")
       .def(py::init([](const TableOptions& o) { return new EmbeddingTable(o); }), py::arg("options"))
       .def_property_readonly("dim", &EmbeddingTable::dim)
       .def_property_readonly("stride", &EmbeddingTable::stride)
       .def_property_readonly("step", &EmbeddingTable::step)
+      .def_property_readonly("row_type", [](const EmbeddingTable& t) { return static_cast<int>(t.row_type()); })
+      .def("export_raw",
+           [](const EmbeddingTable& t) {
+             std::vector<int64_t> keys;
+             std::vector<uint8_t> raw;
+             {
+               py::gil_scoped_release nogil;
+               t.export_raw(keys, raw);
+             }
+             const py::ssize_t n = static_cast<py::ssize_t>(keys.size());
+             const py::ssize_t rb = static_cast<py::ssize_t>(row_bytes(t.row_type(), t.dim()));
+             return py::make_tuple(owned_array(std::move(keys), {n}), owned_array(std::move(raw), {n, rb}));
+           })
       .def_property_readonly("state_kind", [](const EmbeddingTable& t) { return static_cast<int>(t.state_kind()); })
       .def("__len__", &EmbeddingTable::size)
       .def("lookup",
@@ -127,6 +144,29 @@ void bind_table(py::module_& m) {
       });
   bind_table_training(m);
 
+  // Row codecs (native/include/embedlookup/row_codec.h), for embedlookup.quantize.
+  m.def("row_bytes", [](int t, int64_t dim) { return row_bytes(static_cast<RowType>(t), dim); });
+  m.def("quantize_rows", [](py::array x, int t, int64_t n, int64_t dim, py::array out) {
+    const float* xs = cptr<float>(x);
+    uint8_t* o = ptr<uint8_t>(out);
+    const RowType rt = static_cast<RowType>(t);
+    const int64_t rb = row_bytes(rt, dim);
+    py::gil_scoped_release nogil;
+    for (int64_t i = 0; i < n; ++i)
+      if (!row_representable(rt, xs + i * dim, dim))
+        throw std::invalid_argument("x: row " + std::to_string(i) + " is out of the range of " + row_type_name(rt));
+#pragma omp parallel for schedule(static) if (n > 4096)
+    for (int64_t i = 0; i < n; ++i) encode_row(rt, xs + i * dim, dim, o + i * rb);
+  });
+  m.def("dequantize_rows", [](py::array raw, int t, int64_t n, int64_t dim, py::array out) {
+    const uint8_t* r = cptr<uint8_t>(raw);
+    float* o = ptr<float>(out);
+    const RowType rt = static_cast<RowType>(t);
+    const int64_t rb = row_bytes(rt, dim);
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) if (n > 4096)
+    for (int64_t i = 0; i < n; ++i) decode_row(rt, r + i * rb, dim, o + i * dim);
+  });
   m.def("isa", &cpu::isa_name, "Instruction set the CPU kernels dispatch to ('avx2' or 'generic').");
   m.def("max_threads", [] { return omp_get_max_threads(); });
   m.attr("NO_ROW") = kNoRow;  // native/include/embedlookup/row_id.h, for the OpenCL kernels

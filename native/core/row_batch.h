@@ -11,6 +11,7 @@
 
 #include "embedlookup/initializer.h"
 #include "embedlookup/optimizer.h"
+#include "embedlookup/row_codec.h"
 
 namespace embedlookup {
 
@@ -43,13 +44,18 @@ struct RowBatchMeta {
   bool has_versions = false;   // per-row versions carried (else rows take to_version)
   uint64_t n_rows = 0;         // rows carried (a decoded header states it before any payload is read)
   uint64_t n_dead = 0;         // tombstones carried
+  // Type of the rows carried: each row is row_bytes(row_type, dim) bytes
+  // (dim floats for fp32), held in the float arrays below as row_floats()
+  // floats (every row type's bytes are a multiple of 4).
+  RowType row_type = RowType::kF32;
+  int64_t row_floats() const { return row_type == RowType::kF32 ? dim : row_bytes(row_type, dim) / 4; }
 };
 
 // Borrowed payload: a decoded file mapping or caller's buffer, no copy.
 struct RowBatchView : RowBatchMeta {
   Span<int64_t> keys;
   Span<uint64_t> versions;  // n or empty
-  Span<float> rows;         // n x dim
+  Span<float> rows;         // n x row_floats() (the rows' bytes, of row_type)
   Span<float> state;        // n x state_floats
   Span<int64_t> dead_keys;  // tombstones
   Span<uint64_t> dead_versions;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../cpu/kernels_cpu.h"
+#include "../cpu/pooling_quantized.h"
 #include "../cpu/update_cpu.h"
 #include "read_path.h"
 
@@ -30,6 +31,13 @@ void TableOptions::validate() const {
   if (dim <= 0 || dim > kMaxDim)
     throw std::invalid_argument("dim must be in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(dim));
   if (capacity < 0) throw std::invalid_argument("capacity must be >= 0 (0 = unbounded), got " + std::to_string(capacity));
+  const int rt = static_cast<int>(row_type);
+  if (rt < 0 || rt >= kRowTypes)
+    throw std::invalid_argument("row_type must be one of fp32, fp16, bf16, int8, int4 (0 .. 4), got " +
+                                std::to_string(rt));
+  if (row_type == RowType::kI4 && dim % 2 != 0)
+    throw std::invalid_argument("row_type int4 packs two elements per byte: dim must be even, got " +
+                                std::to_string(dim));
   if (num_threads < 0 || num_threads > kMaxThreads)
     throw std::invalid_argument("num_threads must be in [0, " + std::to_string(kMaxThreads) +
                                 "] (0 = OpenMP's default), got " + std::to_string(num_threads));
@@ -43,7 +51,12 @@ const TableOptions& validated(const TableOptions& o) {
 }  // namespace
 
 EmbeddingTable::EmbeddingTable(const TableOptions& o)
-    : opt_(validated(o)), index_(0), rows_(padded_stride(o.dim)), zero_row_(padded_stride(o.dim), 0.0f) {
+    : opt_(validated(o)),
+      index_(0),
+      // Compressed rows are row_bytes (a multiple of 4) apart; all-zero bytes
+      // are a zero row in every type, so the zero row serves them all.
+      rows_(o.row_type == RowType::kF32 ? padded_stride(o.dim) : row_bytes(o.row_type, o.dim) / 4),
+      zero_row_(padded_stride(o.dim), 0.0f) {
   // A random id for this table's history, so a delta is never applied to an
   // unrelated table.
   std::random_device rd;
@@ -136,9 +149,16 @@ void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* id
   for (int64_t k = 0; k < nc; ++k) {
     const uint32_t id = created[k];
     if (init_rows) {
-      float* r = rows_.row(id);
-      init_row(opt_.init, row_keys_[id], r, dim);
-      for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+      if (opt_.row_type == RowType::kF32) {
+        float* r = rows_.row(id);
+        init_row(opt_.init, row_keys_[id], r, dim);
+        for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+      } else {
+        thread_local std::vector<float> r;
+        r.resize(dim);
+        init_row(opt_.init, row_keys_[id], r.data(), dim);
+        store_row(id, r.data());
+      }
     }
     init_state_row(id);
   }
@@ -158,7 +178,7 @@ void EmbeddingTable::lookup(const int64_t* keys, int64_t n, float* out, bool ins
   read_path(
       c, scratch_ids(n), zero_row_.data(),
       [&](const RowView& v, uint32_t* ids) {
-        return cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+        return gather(v, keys, ids, n, out, found);
       },
       [&](uint32_t* ids) { return serve_gather(keys, n, ids, out, found); });
 }
@@ -168,13 +188,13 @@ void EmbeddingTable::pooled_lookup(const Bags& b, float* out, bool insert) {
   read_path(
       c, scratch_ids(b.n), zero_row_.data(),
       [&](const RowView& v, uint32_t* ids) {
-        return cpu::pool_bags(v, index_, b.values, ids, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
-                              b.weights, out, threads());
+        return pool(v, b, ids, out);
       },
       [&](uint32_t* ids) { return serve_pool(b, ids, out, zero_row_.data()); });
 }
 
 void EmbeddingTable::assign(const int64_t* keys, int64_t n, const float* rows) {
+  check_representable(rows, n, "rows");
   std::unique_lock<std::shared_mutex> lk(mu_);
   uint32_t* ids = scratch_ids(n);
   resolve(keys, n, ids);
@@ -184,7 +204,7 @@ void EmbeddingTable::assign(const int64_t* keys, int64_t n, const float* rows) {
   const int64_t dim = opt_.dim;
   const uint64_t v = ++version_;
   for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(rows_.row(ids[i]), rows + i * dim, sizeof(float) * dim);
+    store_row(ids[i], rows + i * dim);
     stamp(ids[i], v);
   }
   if (tier_) enforce_budget_locked();
@@ -247,8 +267,7 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   rows.resize(static_cast<size_t>(n) * opt_.dim);
   const RowView view{&rows_, &seq_, zero_row_.data()};
   std::vector<uint32_t> scratch(n);
-  const int64_t missing =
-      cpu::gather_rows(view, index_, keys.data(), scratch.data(), n, opt_.dim, rows.data(), nullptr, threads());
+  const int64_t missing = gather(view, keys.data(), scratch.data(), n, rows.data(), nullptr);
   if (missing) {  // the tier's rows
     std::vector<int64_t> tk;
     std::vector<int64_t> pos;
@@ -275,7 +294,22 @@ void EmbeddingTable::bind_state(const OptimSpec& o) {
   for (uint32_t id = 0; id < next_row_; ++id) init_state_row(id);
 }
 
+void EmbeddingTable::check_trainable() const {
+  if (opt_.row_type == RowType::kI8 || opt_.row_type == RowType::kI4)
+    throw std::invalid_argument(std::string("row_type ") + row_type_name(opt_.row_type) +
+                                " tables are for serving and replicas and cannot be trained: train an fp32, fp16 or "
+                                "bf16 table and quantize on export (export_delta / save with row_type=...)");
+}
+
+void EmbeddingTable::check_max_argmax() const {
+  if (opt_.row_type != RowType::kF32)
+    throw std::invalid_argument(std::string("mode='max' with gradients (pooled_max_argmax) needs row_type fp32; this "
+                                            "table stores ") + row_type_name(opt_.row_type) +
+                                " (pooled_lookup's max mode works on every type)");
+}
+
 void EmbeddingTable::check_gradients(const int64_t*, int64_t n, const GradSource& g, const OptimSpec& o) const {
+  check_trainable();
   if (o.kind == OptimKind::kNone) throw std::invalid_argument("optimizer kind is none");
   const cpu::GradScan scan = cpu::scan_grads(g.grad, g.n_grad_rows, opt_.dim, g.grad_stride, threads());
   if (scan.first_non_finite >= 0)
@@ -294,6 +328,7 @@ void EmbeddingTable::apply_gradients(const int64_t* keys, int64_t n, const GradS
 
 void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, const GradSource& g,
                                 const OptimSpec& o, const uint32_t* hint, uint64_t hint_epoch) {
+  check_trainable();  // before anything: an int8 / int4 table is never touched by a step
   const RowView view{&rows_, &seq_, zero_row_.data()};
   auto check_kind = [&] {
     const OptimKind have = state_kind_.load();
@@ -307,7 +342,11 @@ void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, c
   };
   auto update = [&] {
     const int64_t step = step_.fetch_add(1) + 1;
-    cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, step_scalars(o, step), threads());
+    if (opt_.row_type == RowType::kF32)
+      cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, step_scalars(o, step), threads());
+    else
+      cpu::fused_update_quantized(view, opt_.row_type, state_.get(), row_keys_.data(), ids, n, g, opt_.dim, o,
+                                  step_scalars(o, step), step, opt_.rounding_seed, threads());
     finish_update(ids, n);
   };
   // Fast path, shared lock: every key has a row in memory and the optimizer
@@ -356,6 +395,75 @@ void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, c
 void EmbeddingTable::finish_update(const uint32_t* ids, int64_t n) {
   const uint64_t v = ++version_;
   for (int64_t i = 0; i < n; ++i) stamp(ids[i], v);
+}
+
+void EmbeddingTable::load_row(uint32_t id, float* row) const {
+  decode_row(opt_.row_type, reinterpret_cast<const uint8_t*>(rows_.row(id)), opt_.dim, row);
+}
+
+void EmbeddingTable::store_row(uint32_t id, const float* row) {
+  if (opt_.row_type == RowType::kF32) {
+    std::memcpy(rows_.row(id), row, sizeof(float) * opt_.dim);  // the padding stays zero
+    return;
+  }
+  encode_row(opt_.row_type, row, opt_.dim, reinterpret_cast<uint8_t*>(rows_.row(id)));
+}
+
+void EmbeddingTable::check_representable(const float* rows, int64_t n, const char* what) const {
+  const RowType t = opt_.row_type;
+  if (t == RowType::kF32) return;
+  const int64_t dim = opt_.dim;
+  for (int64_t i = 0; i < n; ++i)
+    if (!row_representable(t, rows + i * dim, dim)) {
+      const std::string why = (t == RowType::kF16)   ? "fp16 holds |x| < 65520 (65504 is its largest value)"
+                              : (t == RowType::kBF16) ? "bf16 holds |x| below ~3.39e38"
+                                                      : "max(row) - min(row) must be finite in float32";
+      throw std::invalid_argument(std::string(what) + ": row " + std::to_string(i) + " is out of the range of row_type " +
+                                  row_type_name(t) + " (" + why + "); nothing was changed");
+    }
+}
+
+int64_t EmbeddingTable::gather(const RowView& v, const int64_t* keys, uint32_t* ids, int64_t n, float* out,
+                               uint8_t* found) const {
+  if (opt_.row_type == RowType::kF32) return cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+  return cpu::gather_rows_quantized(v, opt_.row_type, index_, keys, ids, n, opt_.dim, out, found, threads());
+}
+
+int64_t EmbeddingTable::pool(const RowView& v, const Bags& b, uint32_t* ids, float* out) const {
+  if (opt_.row_type == RowType::kF32)
+    return cpu::pool_bags(v, index_, b.values, ids, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode, b.weights,
+                          out, threads());
+  return cpu::pool_bags_quantized(v, opt_.row_type, index_, b.values, ids, b.n, b.offsets, b.n_offsets, b.n_bags,
+                                  opt_.dim, b.mode, b.weights, out, threads());
+}
+
+void EmbeddingTable::export_raw(std::vector<int64_t>& keys, std::vector<uint8_t>& raw) const {
+  std::vector<float> rows;
+  export_rows(keys, rows);  // fp32 values: decoded rows re-encode to the same bytes (fp16 / bf16 exactly)
+  const int64_t n = static_cast<int64_t>(keys.size()), dim = opt_.dim, rb = row_bytes(opt_.row_type, dim);
+  raw.assign(static_cast<size_t>(n) * rb, 0);
+  if (opt_.row_type == RowType::kF32 || opt_.row_type == RowType::kF16 || opt_.row_type == RowType::kBF16) {
+#pragma omp parallel for num_threads(threads()) schedule(static) if (n > 4096)
+    for (int64_t i = 0; i < n; ++i) encode_row(opt_.row_type, rows.data() + i * dim, dim, raw.data() + i * rb);
+    return;
+  }
+  // int8 / int4: the stored bytes themselves (re-encoding the decoded values
+  // could move a scale by one ulp). Tier rows are fp32 and encoded.
+  std::shared_lock<std::shared_mutex> lk(mu_);
+#pragma omp parallel for num_threads(threads()) schedule(static) if (n > 4096)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t id = index_.find(keys[i]);
+    uint8_t* o = raw.data() + i * rb;
+    if (id == kNoRow) {
+      encode_row(opt_.row_type, rows.data() + i * dim, dim, o);
+      continue;
+    }
+    for (;;) {
+      const uint32_t s0 = seq_.read_begin(id);
+      std::memcpy(o, rows_.row(id), static_cast<size_t>(rb));
+      if (seq_.read_valid(id, s0)) break;
+    }
+  }
 }
 
 MemoryStats EmbeddingTable::memory() const {

@@ -61,6 +61,10 @@ class EmbeddingTable {
   int64_t step() const { return step_.load(); }
   OptimKind state_kind() const { return state_kind_.load(); }
   const TableOptions& options() const { return opt_; }
+  // Storage type of the rows (row_codec.h); lookups always return fp32.
+  RowType row_type() const { return opt_.row_type; }
+  // Bytes one row occupies in the arena (fp32: padded to 8 floats).
+  int64_t stored_row_bytes() const { return rows_.stride() * static_cast<int64_t>(sizeof(float)); }
 
   // ---- reads
   // out: n x dim. insert=false writes zeros for missing keys; found (n bytes)
@@ -77,6 +81,9 @@ class EmbeddingTable {
   // Sorted by key, memory and tier rows together.
   void export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const;
   MemoryStats memory() const;
+  // Sorted by key: each row in the table's storage type, row_bytes(row_type,
+  // dim) bytes (tier rows, kept in fp32 below, are encoded on the way out).
+  void export_raw(std::vector<int64_t>& keys, std::vector<uint8_t>& raw) const;
 
   // ---- writes
   // Last occurrence of a duplicated key wins. Existing keys keep their optimizer state.
@@ -124,11 +131,16 @@ class EmbeddingTable {
   // the shared lock: lookups and gradient steps continue meanwhile; each row
   // is read consistently (row + state) and to_version is taken first, so the
   // batch holds every change up to to_version (and maybe some later ones).
-  void collect(uint64_t since, bool full, bool with_versions, RowBatch& out) const;
+  // as_type: the rows' type in the batch (-1: the table's own type; rows of
+  // the table's type are copied as stored, others are converted, rounding to
+  // nearest even).
+  void collect(uint64_t since, bool full, bool with_versions, RowBatch& out, int as_type = -1) const;
   // Validates the whole batch first (dim, optimizer state, lineage, order,
   // capacity), then applies it under the exclusive lock: a concurrent reader
   // sees all of it or none. A full batch loads into an empty table only.
-  void apply_batch(const RowBatchView& b);
+  // Rows of another row type than the table's are refused (std::invalid_argument)
+  // unless convert is set: then they are decoded and stored in the table's type.
+  void apply_batch(const RowBatchView& b, bool convert = false);
 
   // ---- the lower tier (table_tier.cpp)
   // Rows missing from memory are read through from `tier`; TierOptions says
@@ -225,6 +237,20 @@ class EmbeddingTable {
   // per-thread scratch, valid until this thread's next such call.
   GradSource pooled_grad_source(const Bags& b, const int64_t* argmax, const float* grad_out, int64_t grad_stride,
                                 const OptimSpec& o) const;
+  // Row codecs at the table's row type (caller holds mu_; store_row needs it
+  // exclusively or the row's seqlock write).
+  void load_row(uint32_t id, float* row) const;
+  void store_row(uint32_t id, const float* row);
+  // std::invalid_argument (before any change) when a finite row of `rows`
+  // (n x dim) has a value out of the row type's range.
+  void check_representable(const float* rows, int64_t n, const char* what) const;
+  // gather_rows / pool_bags at the table's row type.
+  int64_t gather(const RowView& v, const int64_t* keys, uint32_t* ids, int64_t n, float* out, uint8_t* found) const;
+  int64_t pool(const RowView& v, const Bags& b, uint32_t* ids, float* out) const;
+  // Refuses training on int8 / int4 rows (std::invalid_argument).
+  void check_trainable() const;
+  // Max pooling with argmax (the torch backend's max mode) runs on fp32 rows only.
+  void check_max_argmax() const;
   void stamp(uint32_t id, uint64_t v) { __atomic_store_n(&row_version_[id], v, __ATOMIC_RELAXED); }
   uint64_t stamped(uint32_t id) const { return __atomic_load_n(&row_version_[id], __ATOMIC_RELAXED); }
   // For ids[i] == kNoRow whose key the tier holds: copies the row into memory
@@ -277,6 +303,8 @@ class EmbeddingTable {
 
  private:
   void read_row_locked(uint32_t id, float* row, float* state) const;
+  // The row's stored bytes (row_bytes of the table's type) and its state.
+  void read_raw_locked(uint32_t id, uint8_t* raw, float* state) const;
   void finish_update(const uint32_t* ids, int64_t n);  // new versions of updated rows
   std::deque<int64_t> arrival_;  // keys in order of entering memory: demotion order without a policy
   // ---- prefetch staging (guarded by stage_mu_; never held while taking mu_)

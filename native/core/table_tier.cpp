@@ -50,7 +50,7 @@ int64_t EmbeddingTable::write_back_locked(const uint32_t* ids, int64_t n) {
   std::vector<uint64_t> ver(n);
   for (int64_t i = 0; i < n; ++i) {
     keys[i] = row_keys_[ids[i]];
-    std::memcpy(rows.data() + i * dim, rows_.row(ids[i]), sizeof(float) * dim);
+    load_row(ids[i], rows.data() + i * dim);
     if (tsf) {
       if (sf) std::memcpy(st.data() + i * tsf, state_->row(ids[i]), sizeof(float) * tsf);
       else std::fill(st.data() + i * tsf, st.data() + (i + 1) * tsf, 0.0f);
@@ -136,7 +136,7 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
   for (int64_t j = 0; j < m; ++j) {
     if (!found[j]) continue;
     const uint32_t id = allocate_row(want[j]);
-    std::memcpy(rows_.row(id), r.data() + j * dim, sizeof(float) * dim);
+    store_row(id, r.data() + j * dim);
     if (sf) {
       if (tsf == sf) std::memcpy(state_->row(id), st.data() + j * sf, sizeof(float) * sf);
       else init_state_row(id);

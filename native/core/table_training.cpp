@@ -114,13 +114,13 @@ uint64_t EmbeddingTable::pooled_lookup_ids(const Bags& b, float* out, bool inser
   return read_path(
       c, ids, zero_row_.data(),
       [&](const RowView& v, uint32_t* id) {
-        return cpu::pool_bags(v, index_, b.values, id, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
-                              b.weights, out, threads());
+        return pool(v, b, id, out);
       },
       nullptr);
 }
 
 uint64_t EmbeddingTable::pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids) {
+  check_max_argmax();
   ReadCall c{b.values, b.n, insert, 0, nullptr, {}};
   return read_path(
       c, ids, zero_row_.data(),

@@ -24,19 +24,35 @@ std::string hex(uint64_t v) {
 }
 }  // namespace
 
-void EmbeddingTable::read_row_locked(uint32_t id, float* row, float* state) const {
+void EmbeddingTable::read_raw_locked(uint32_t id, uint8_t* raw, float* state) const {
   const int64_t sf = state_ ? state_->stride() : 0;
-  for (;;) {  // row and state from the same instant (gradient steps run under the shared lock)
+  const size_t rb = static_cast<size_t>(row_bytes(opt_.row_type, opt_.dim));
+  for (;;) {
     const uint32_t s0 = seq_.read_begin(id);
-    std::memcpy(row, rows_.row(id), sizeof(float) * opt_.dim);
+    std::memcpy(raw, rows_.row(id), rb);
     if (state && sf) std::memcpy(state, state_->row(id), sizeof(float) * sf);
     if (seq_.read_valid(id, s0)) return;
   }
 }
 
-void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowBatch& b) const {
+void EmbeddingTable::read_row_locked(uint32_t id, float* row, float* state) const {
+  const int64_t sf = state_ ? state_->stride() : 0;
+  for (;;) {  // row and state from the same instant (gradient steps run under the shared lock)
+    const uint32_t s0 = seq_.read_begin(id);
+    load_row(id, row);
+    if (state && sf) std::memcpy(state, state_->row(id), sizeof(float) * sf);
+    if (seq_.read_valid(id, s0)) return;
+  }
+}
+
+void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowBatch& b, int as_type) const {
+  if (as_type >= kRowTypes || (as_type == static_cast<int>(RowType::kI4) && opt_.dim % 2))
+    throw std::invalid_argument("row_type: " + std::to_string(as_type) + " is not a row type for dim " +
+                                std::to_string(opt_.dim));
+  const RowType as = as_type < 0 ? opt_.row_type : static_cast<RowType>(as_type);
   std::shared_lock<std::shared_mutex> lk(mu_);
   b = RowBatch();
+  b.row_type = as;
   b.full = full;
   b.lineage = lineage_;
   b.to_version = version_.load();  // first: later changes may slip in, none before it is missed
@@ -83,7 +99,10 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
   std::sort(src.begin(), src.end(), [](const Src& a, const Src& c) { return a.key < c.key; });
   const int64_t n = static_cast<int64_t>(src.size());
   b.keys.resize(n);
-  b.rows.resize(static_cast<size_t>(n) * dim);
+  const int64_t rf = b.row_floats();
+  // Rows of the table's own compressed type are copied as stored.
+  const bool raw_copy = as == opt_.row_type && as != RowType::kF32;
+  b.rows.resize(static_cast<size_t>(n) * rf);
   b.state.resize(static_cast<size_t>(n) * sf);
   if (with_versions) b.versions.resize(n);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (n > 4096)
@@ -92,11 +111,18 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
     b.keys[i] = s.key;
     float* st = sf ? b.state.data() + i * sf : nullptr;
     uint64_t v;
-    if (s.id != kNoRow) {
-      read_row_locked(s.id, b.rows.data() + i * dim, st);
+    thread_local std::vector<float> tmp;
+    tmp.resize(dim);
+    uint8_t* out_row = reinterpret_cast<uint8_t*>(b.rows.data() + i * rf);
+    if (s.id != kNoRow && raw_copy) {
+      read_raw_locked(s.id, out_row, st);
+      v = stamped(s.id);
+    } else if (s.id != kNoRow) {
+      read_row_locked(s.id, tmp.data(), st);
+      encode_row(as, tmp.data(), dim, out_row);
       v = stamped(s.id);
     } else {
-      std::memcpy(b.rows.data() + i * dim, tr.data() + s.tpos * dim, sizeof(float) * dim);
+      encode_row(as, tr.data() + s.tpos * dim, dim, out_row);
       if (st) {
         if (tsf == sf) std::memcpy(st, ts.data() + s.tpos * sf, sizeof(float) * sf);
         else std::fill(st, st + sf, state_init_);
@@ -117,16 +143,30 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
   }
 }
 
-void EmbeddingTable::apply_batch(const RowBatchView& b) {
+void EmbeddingTable::apply_batch(const RowBatchView& b, bool convert) {
   const char* what = b.full ? "checkpoint" : "delta";
+  if (b.row_type != opt_.row_type && !convert)
+    bad_batch(std::string(what) + ": its rows are " + row_type_name(b.row_type) + " but this table stores " +
+              row_type_name(opt_.row_type) + "; convert explicitly (row_type= on load, convert=True on apply_delta)");
   if (b.dim != opt_.dim)
     bad_batch(std::string(what) + ": rows have dim " + std::to_string(b.dim) + " but this table has dim " +
               std::to_string(opt_.dim));
   const size_t n = b.keys.size();
-  if (b.rows.size() != n * b.dim || b.state.size() != n * b.state_floats ||
+  const int64_t rf = b.row_floats();
+  if (b.rows.size() != n * rf || b.state.size() != n * b.state_floats ||
       (b.has_versions && b.versions.size() != n) || b.dead_keys.size() != b.dead_versions.size() ||
       b.state_floats != state_floats(b.state_kind, b.dim))
     bad_batch(std::string(what) + ": inconsistent sizes");
+  // Rows converted to this table's type must fit it (checked on their values).
+  if (b.row_type == RowType::kF32) {
+    check_representable(b.rows.data(), static_cast<int64_t>(n), what);
+  } else if (b.row_type != opt_.row_type && opt_.row_type != RowType::kF32) {
+    std::vector<float> tmp(opt_.dim);
+    for (size_t i = 0; i < n; ++i) {
+      decode_row(b.row_type, reinterpret_cast<const uint8_t*>(b.rows.data() + i * rf), opt_.dim, tmp.data());
+      check_representable(tmp.data(), 1, what);
+    }
+  }
   std::unique_lock<std::shared_mutex> lk(mu_);
   // ---- validate everything before the first change
   // Keys are strictly ascending (the encoder sorts them, the decoder checks):
@@ -208,7 +248,17 @@ void EmbeddingTable::apply_batch(const RowBatchView& b) {
     uint32_t id = index_.find(b.keys[i]);
     const bool created = id == kNoRow;
     if (created) id = allocate_row(b.keys[i]);
-    std::memcpy(rows_.row(id), b.rows.data() + i * dim, sizeof(float) * dim);
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(b.rows.data() + i * rf);
+    if (b.row_type == opt_.row_type && b.row_type != RowType::kF32) {
+      std::memcpy(rows_.row(id), src, static_cast<size_t>(rf) * sizeof(float));
+    } else if (b.row_type == RowType::kF32) {
+      store_row(id, b.rows.data() + i * rf);
+    } else {
+      thread_local std::vector<float> tmp;
+      tmp.resize(dim);
+      decode_row(b.row_type, src, dim, tmp.data());
+      store_row(id, tmp.data());
+    }
     if (sf) {
       if (b.state_floats == sf) std::memcpy(state_->row(id), b.state.data() + i * sf, sizeof(float) * sf);
       else if (created) init_state_row(id);

@@ -38,6 +38,7 @@ if(_el_cuda_enabled)
     native/cuda/cuda_table.cpp
     native/cuda/index_cuda.cu
     native/cuda/pool_cuda.cu
+    native/cuda/pool_raw_cuda.cu
     native/cuda/update_cuda.cu)
   target_include_directories(embedlookup_cuda PUBLIC native/include)
   set_target_properties(embedlookup_cuda PROPERTIES

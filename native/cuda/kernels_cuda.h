@@ -64,6 +64,23 @@ void pool_bags(const TableView& t, const int64_t* keys, const uint32_t* ids, int
 void gather_rows(const TableView& t, const int64_t* keys, const uint32_t* ids, int64_t n, float* out,
                  uint8_t* found, Stream s);
 
+// --- pool_raw_cuda.cu
+// Storage types of raw rows (the ids of embedlookup/_row_layout.py).
+enum class RowKind : int32_t { kFp32 = 0, kFp16 = 1, kBf16 = 2, kInt8 = 3, kInt4 = 4 };
+// Read-only rows in a storage type: n_rows rows of row_bytes bytes (a
+// multiple of 4), each `dim` elements in the layout of `kind`.
+struct RawRowsView {
+  const uint8_t* rows;
+  int64_t n_rows, row_bytes, dim;
+  RowKind kind;
+};
+// Output columns per lane per block (grid.y covers wider rows).
+constexpr int kRawColsPerLane = 4;
+// Pools rows ids[p] (row numbers; negative or >= n_rows: missing, a zero
+// row) into bags as pool_bags does, decoding each element where it is read.
+void pool_raw_rows(const RawRowsView& r, const int64_t* ids, int64_t n, const int64_t* offsets, int64_t n_offsets,
+                   int64_t n_bags, PoolMode mode, const float* weights, float* out, Stream s);
+
 // Result of a device-side argument check, read back by the host.
 struct CheckResult {
   int64_t first_bad;  // offsets: first bad index; grads: first non-finite row; INT64_MAX if none

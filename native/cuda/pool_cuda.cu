@@ -27,8 +27,6 @@ struct PoolArgs {
   float* out;
 };
 
-__device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
 // Row id of position p (lane-local), resolving through the index when needed.
 __device__ __forceinline__ uint32_t resolve(const TableView& t, const int64_t* keys, const uint32_t* ids, int64_t p) {
   const uint32_t id = ids ? ids[p] : kNoRow;

@@ -65,9 +65,16 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
   for (int64_t k = 0; k < nc; ++k) {
     const uint32_t id = created[k];
-    float* r = rows_.row(id);
-    init_row(opt_.init, row_keys_[id], r, dim);
-    for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+    if (opt_.row_type == RowType::kF32) {
+      float* r = rows_.row(id);
+      init_row(opt_.init, row_keys_[id], r, dim);
+      for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+    } else {
+      thread_local std::vector<float> r;
+      r.resize(dim);
+      init_row(opt_.init, row_keys_[id], r.data(), dim);
+      store_row(id, r.data());
+    }
     init_state_row(id);
     meta_[id] = RowMeta{0.0f, now};
   }
@@ -107,8 +114,9 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
   for (uint32_t id : victims) {
     const int64_t key = row_keys_[id];
     out->keys.push_back(key);
-    const float* r = rows_.row(id);
-    out->rows.insert(out->rows.end(), r, r + opt_.dim);
+    const size_t r0 = out->rows.size();
+    out->rows.resize(r0 + opt_.dim);
+    load_row(id, out->rows.data() + r0);
     const size_t s0 = out->state.size();
     out->state.resize(s0 + osd, state_init_);
     if (sd) std::copy_n(state_->row(id), sd, out->state.begin() + s0);

@@ -66,7 +66,12 @@ FrequencyTable::FrequencyTable(const TableOptions& t, const FrequencyOptions& f)
   if (fo_.policy == EvictionPolicy::kTTL && fo_.ttl_interval == 0) fo_.ttl_interval = std::max<int64_t>(1, fo_.ttl / 4);
   decay_table_.resize(kDecayTable);
   for (uint32_t d = 0; d < kDecayTable; ++d) decay_table_[d] = std::pow(2.0, -static_cast<double>(d) / fo_.half_life);
-  cold_row_.assign(static_cast<size_t>(stride()), 0.0f);
+  if (fo_.default_row == DefaultRowKind::kCold && t.row_type != RowType::kF32)
+    throw std::invalid_argument(std::string("default_row='cold' needs row_type fp32 (the cold row is a learned fp32 "
+                                            "row read in place of missing keys); this table stores ") +
+                                row_type_name(t.row_type));
+  // Also the kernels' stand-in row: all-zero bytes read as zeros in every row type.
+  cold_row_.assign(static_cast<size_t>(std::max<int64_t>(stride(), padded_stride(t.dim))), 0.0f);
 }
 
 double FrequencyTable::decay(uint32_t dt) const {
@@ -191,7 +196,7 @@ CallStats FrequencyTable::frequency_read(const int64_t* keys, int64_t n, bool tr
 CallStats FrequencyTable::lookup(const int64_t* keys, int64_t n, float* out, bool train, uint8_t* found,
                                  const float* weights) {
   return frequency_read(keys, n, train, weights, nullptr, nullptr, [&](const RowView& v, uint32_t* ids) {
-    const int64_t missing = cpu::gather_rows(v, index_, keys, ids, n, opt_.dim, out, found, threads());
+    const int64_t missing = gather(v, keys, ids, n, out, found);
     // gather_rows writes zeros for missing keys; the learned cold row replaces them.
     if (missing && fo_.default_row == DefaultRowKind::kCold)
       for (int64_t i = 0; i < n; ++i)
@@ -204,8 +209,7 @@ CallStats FrequencyTable::pooled_lookup(const Bags& b, float* out, bool train, c
   return frequency_read(
       b.values, b.n, train, score_weights, nullptr, nullptr,
       [&](const RowView& v, uint32_t* ids) {
-        return cpu::pool_bags(v, index_, b.values, ids, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
-                              b.weights, out, threads());
+        return pool(v, b, ids, out);
       },
       [&](uint32_t* ids) { return serve_pool(b, ids, out, cold_row_.data()); });
 }
@@ -213,13 +217,13 @@ CallStats FrequencyTable::pooled_lookup(const Bags& b, float* out, bool train, c
 CallStats FrequencyTable::pooled_lookup_ids(const Bags& b, float* out, bool train, const float* score_weights,
                                             uint32_t* ids_out, uint64_t* epoch_out) {
   return frequency_read(b.values, b.n, train, score_weights, ids_out, epoch_out, [&](const RowView& v, uint32_t* ids) {
-    return cpu::pool_bags(v, index_, b.values, ids, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
-                          b.weights, out, threads());
+    return pool(v, b, ids, out);
   }, nullptr);
 }
 
 CallStats FrequencyTable::pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool train, uint32_t* ids_out,
                                             uint64_t* epoch_out) {
+  check_max_argmax();
   // Resolve, then pool: missing values read the default row (the view's
   // stand-in row), as in pool_bags.
   return frequency_read(b.values, b.n, train, nullptr, ids_out, epoch_out, [&](const RowView& v, uint32_t* ids) {
@@ -311,6 +315,7 @@ void FrequencyTable::apply_gradients_hinted(const int64_t* keys, int64_t n, cons
 }
 
 void FrequencyTable::assign(const int64_t* keys, int64_t n, const float* rows) {
+  check_representable(rows, n, "rows");
   std::unique_lock<std::shared_mutex> lk(mu_);
   if (fo_.budget_rows > 0 && n > fo_.budget_rows) {
     std::unordered_set<int64_t> d(keys, keys + n);
@@ -328,7 +333,7 @@ void FrequencyTable::assign(const int64_t* keys, int64_t n, const float* rows) {
   const uint32_t now = clock_.load();
   for (int64_t i = 0; i < n; ++i) {
     if (was_missing[i]) meta_[ids[i]] = RowMeta{0.0f, now};
-    std::memcpy(rows_.row(ids[i]), rows + i * opt_.dim, sizeof(float) * opt_.dim);
+    store_row(ids[i], rows + i * opt_.dim);
   }
   const uint64_t ver = ++version_;
   for (int64_t i = 0; i < n; ++i) stamp(ids[i], ver);

@@ -24,7 +24,7 @@ namespace {
 constexpr char kMagic[8] = {'E', 'L', 'S', 'N', 'A', 'P', '\r', '\n'};
 constexpr char kEndMagic[8] = {'E', 'L', 'S', 'N', 'E', 'N', 'D', '\n'};
 constexpr uint32_t kBom = 0x01020304u;
-constexpr uint32_t kDtypeF32 = 1;
+constexpr uint32_t kDtypeF32 = 1;  // dtype = row type + 1: 2 fp16, 3 bf16, 4 int8, 5 int4 (format version 2)
 constexpr uint32_t kKindFull = 1, kKindDelta = 2;
 constexpr int kSections = 6;
 const char* const kSectionNames[kSections] = {"keys", "versions", "rows", "optimizer state", "tombstone keys",
@@ -43,7 +43,7 @@ struct Section {
 void sections_of(const RowBatch& b, Section s[kSections]) {
   s[0] = {b.keys.data(), b.keys.size() * 8};
   s[1] = {b.versions.data(), b.has_versions ? b.versions.size() * 8 : 0};
-  s[2] = {b.rows.data(), b.rows.size() * 4};
+  s[2] = {b.rows.data(), b.rows.size() * 4};  // row_floats() per row
   s[3] = {b.state.data(), b.state.size() * 4};
   s[4] = {b.dead_keys.data(), b.dead_keys.size() * 8};
   s[5] = {b.dead_versions.data(), b.dead_versions.size() * 8};
@@ -53,10 +53,10 @@ void sections_of(const RowBatch& b, Section s[kSections]) {
 size_t make_header(const RowBatch& b, uint8_t* h, const Section s[kSections], bool with_crcs) {
   std::memset(h, 0, kSnapshotHeaderBytes);
   std::memcpy(h, kMagic, 8);
-  put<uint32_t>(h, 8, kSnapshotFormatVersion);
+  put<uint32_t>(h, 8, b.row_type == RowType::kF32 ? 1u : kSnapshotFormatVersion);
   put<uint32_t>(h, 12, kBom);
   put<uint32_t>(h, 16, b.full ? kKindFull : kKindDelta);
-  put<uint32_t>(h, 20, kDtypeF32);
+  put<uint32_t>(h, 20, kDtypeF32 + static_cast<uint32_t>(b.row_type));
   put<int64_t>(h, 24, b.dim);
   put<uint64_t>(h, 32, b.lineage);
   put<uint64_t>(h, 40, b.from_version);
@@ -102,8 +102,11 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
          std::to_string(kSnapshotFormatVersion) + ")");
   if (fmt::load_as<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc)) fail("corrupt: header checksum mismatch");
   const uint32_t dt = fmt::load_as<uint32_t>(h, 20);
-  if (dt != kDtypeF32) fail("dtype code " + std::to_string(dt) + " is not supported (only 1 = float32)");
+  if (dt < kDtypeF32 || dt >= kDtypeF32 + kRowTypes || (fv < 2 && dt != kDtypeF32))
+    fail("dtype code " + std::to_string(dt) + " is not supported (1 = float32; format version 2: 2 fp16, 3 bf16, "
+         "4 int8, 5 int4)");
   RowBatch b;
+  b.row_type = static_cast<RowType>(dt - kDtypeF32);
   const uint32_t kind = fmt::load_as<uint32_t>(h, 16);
   if (kind != kKindFull && kind != kKindDelta) fail("corrupt: unknown snapshot kind " + std::to_string(kind));
   b.full = kind == kKindFull;
@@ -123,6 +126,7 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
   b.init.seed = fmt::load_as<uint64_t>(h, 112);
   b.capacity = fmt::load_as<int64_t>(h, 120);
   if (b.dim <= 0 || b.dim > (int64_t(1) << 24)) fail("corrupt: dim " + std::to_string(b.dim));
+  if (b.row_type == RowType::kI4 && b.dim % 2) fail("corrupt: int4 rows of odd dim " + std::to_string(b.dim));
   if (sk < 0 || sk > 4) fail("corrupt: optimizer kind " + std::to_string(sk));
   b.state_kind = static_cast<OptimKind>(sk);
   if (b.state_floats != state_floats(b.state_kind, b.dim)) fail("corrupt: optimizer state width");
@@ -132,7 +136,7 @@ RowBatch parse_header(const uint8_t* h, size_t total) {
   b.n_rows = static_cast<uint64_t>(n);
   b.n_dead = static_cast<uint64_t>(nd);
   const uint64_t un = static_cast<uint64_t>(n), und = static_cast<uint64_t>(nd);
-  const uint64_t expect[kSections] = {un * 8, b.has_versions ? un * 8 : 0, un * b.dim * 4, un * b.state_floats * 4,
+  const uint64_t expect[kSections] = {un * 8, b.has_versions ? un * 8 : 0, un * b.row_floats() * 4, un * b.state_floats * 4,
                                       und * 8, und * 8};
   size_t off = kSnapshotHeaderBytes;
   for (int i = 0; i < kSections; ++i) {
@@ -163,7 +167,7 @@ RowBatchView decode_in_place(const uint8_t* data, size_t total) {
   if (std::memcmp(data + total - 8, kEndMagic, 8) != 0) fail("corrupt: end marker missing");
   v.keys = {reinterpret_cast<const int64_t*>(at[0]), n};
   v.versions = {reinterpret_cast<const uint64_t*>(at[1]), v.has_versions ? n : 0};
-  v.rows = {reinterpret_cast<const float*>(at[2]), n * v.dim};
+  v.rows = {reinterpret_cast<const float*>(at[2]), n * v.row_floats()};
   v.state = {reinterpret_cast<const float*>(at[3]), n * v.state_floats};
   v.dead_keys = {reinterpret_cast<const int64_t*>(at[4]), nd};
   v.dead_versions = {reinterpret_cast<const uint64_t*>(at[5]), nd};

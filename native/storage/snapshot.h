@@ -23,7 +23,9 @@ class SnapshotFormatError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-constexpr uint32_t kSnapshotFormatVersion = 1;
+// Version 2 adds compressed rows (dtype 2..5); fp32 snapshots are still
+// written as version 1, so older readers keep reading them.
+constexpr uint32_t kSnapshotFormatVersion = 2;
 constexpr size_t kSnapshotHeaderBytes = 320;
 
 // Bytes encode() produces for this batch.

@@ -27,11 +27,13 @@ both hold, :func:`unavailable_reason` why not.
 
 from __future__ import annotations
 
-from . import _checks, _core
+import numpy as np
+
+from . import _checks, _core, _row_layout
 from . import init as _init
 from .optim import Optimizer
 
-__all__ = ["CudaTable", "CudaUnavailableError", "DeviceMemoryError", "is_built", "is_available",
+__all__ = ["CudaRawTable", "CudaTable", "CudaUnavailableError", "DeviceMemoryError", "is_built", "is_available",
            "unavailable_reason"]
 
 
@@ -90,57 +92,26 @@ def _rethrow_oom(fn, *args):
         return fn(*args)
 
 
-class CudaTable:
-    """A growing hash table of embedding rows keyed by int64 IDs, in GPU memory.
+def _cuda_device(torch, device):
+    """``device`` (None: torch's current; an index, "cuda:1" or a torch.device)
+    as a torch.device with an index; ValueError when it is not a visible GPU."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if isinstance(device, int):
+        dev = torch.device("cuda", device)
+    if dev.type != "cuda":
+        raise ValueError(f"device must be a CUDA device, got {dev}")
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if not 0 <= dev.index < torch.cuda.device_count():
+        raise ValueError(f"device {dev} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
 
-    Parameters
-    ----------
-    dim:
-        Floats per row.
-    initializer:
-        How rows of newly seen keys are filled (``embedlookup.init``); the
-        same rows as a CPU table with the same initializer, key for key.
-    capacity:
-        Maximum number of rows, or ``None`` to grow as keys arrive. A call
-        that would pass it raises ``TableFullError`` and inserts nothing.
-    optimizer:
-        Default optimizer for :meth:`apply_gradients`.
-    device:
-        CUDA device (index, ``"cuda:1"`` or ``torch.device``); default: torch's current one.
-    expected_rows:
-        Rows to allocate up front. Raises ``DeviceMemoryError`` (a
-        ``MemoryError``) at once when they cannot fit in device memory.
 
-    Calls from several threads are serialised per table. Results are ready
-    in stream order: torch ops on the same stream see them without a sync.
-    """
+class _DeviceArrays:
+    """Argument handling shared by the CUDA classes: borrows device arrays on
+    ``self._device`` (a torch.device) with ``self._torch``, never copying
+    arrays of the right dtype."""
 
-    def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
-                 optimizer: Optimizer | None = None, device=None, expected_rows: int | None = None):
-        torch = _torch()
-        dim, initializer, capacity = _checks.table_args(dim, initializer, capacity, optimizer, integer_types=int)
-        if expected_rows is not None and (isinstance(expected_rows, bool) or not isinstance(expected_rows, int)
-                                          or expected_rows < 0):
-            raise ValueError(f"expected_rows must be a non-negative int or None, got {expected_rows!r}")
-        dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-        if isinstance(device, int):
-            dev = torch.device("cuda", device)
-        if dev.type != "cuda":
-            raise ValueError(f"device must be a CUDA device, got {dev}")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        if not 0 <= dev.index < torch.cuda.device_count():
-            raise ValueError(f"device {dev} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
-        self._torch = torch
-        self._dim = dim
-        self._device = dev
-        self.initializer = initializer
-        self.capacity = capacity
-        self.optimizer = optimizer
-        self._t = _rethrow_oom(_core.CudaTable, dim, initializer._spec(), capacity or 0, dev.index,
-                               expected_rows or 0)
-
-    # ------------------------------------------------------------------ basics
     @property
     def dim(self) -> int:
         return self._dim
@@ -149,17 +120,6 @@ class CudaTable:
     def device(self):
         """The torch.device holding the table."""
         return self._device
-
-    @property
-    def step(self) -> int:
-        """Number of optimizer steps applied (drives lr_decay and Adam's bias correction)."""
-        return self._t.step
-
-    def __len__(self) -> int:
-        return self._t.size(self._stream())
-
-    def __repr__(self) -> str:
-        return f"CudaTable(dim={self._dim}, rows={len(self)}, capacity={self.capacity}, device={self._device})"
 
     def _stream(self) -> int:
         return self._torch.cuda.current_stream(self._device).cuda_stream
@@ -219,6 +179,61 @@ class CudaTable:
             raise ValueError(f"out must be a contiguous float32 CUDA tensor of shape {tuple(shape)}, "
                              f"got {t.dtype} {tuple(t.shape)}")
         return t
+
+
+class CudaTable(_DeviceArrays):
+    """A growing hash table of embedding rows keyed by int64 IDs, in GPU memory.
+
+    Parameters
+    ----------
+    dim:
+        Floats per row.
+    initializer:
+        How rows of newly seen keys are filled (``embedlookup.init``); the
+        same rows as a CPU table with the same initializer, key for key.
+    capacity:
+        Maximum number of rows, or ``None`` to grow as keys arrive. A call
+        that would pass it raises ``TableFullError`` and inserts nothing.
+    optimizer:
+        Default optimizer for :meth:`apply_gradients`.
+    device:
+        CUDA device (index, ``"cuda:1"`` or ``torch.device``); default: torch's current one.
+    expected_rows:
+        Rows to allocate up front. Raises ``DeviceMemoryError`` (a
+        ``MemoryError``) at once when they cannot fit in device memory.
+
+    Calls from several threads are serialised per table. Results are ready
+    in stream order: torch ops on the same stream see them without a sync.
+    """
+
+    def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
+                 optimizer: Optimizer | None = None, device=None, expected_rows: int | None = None):
+        torch = _torch()
+        dim, initializer, capacity = _checks.table_args(dim, initializer, capacity, optimizer, integer_types=int)
+        if expected_rows is not None and (isinstance(expected_rows, bool) or not isinstance(expected_rows, int)
+                                          or expected_rows < 0):
+            raise ValueError(f"expected_rows must be a non-negative int or None, got {expected_rows!r}")
+        dev = _cuda_device(torch, device)
+        self._torch = torch
+        self._dim = dim
+        self._device = dev
+        self.initializer = initializer
+        self.capacity = capacity
+        self.optimizer = optimizer
+        self._t = _rethrow_oom(_core.CudaTable, dim, initializer._spec(), capacity or 0, dev.index,
+                               expected_rows or 0)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def step(self) -> int:
+        """Number of optimizer steps applied (drives lr_decay and Adam's bias correction)."""
+        return self._t.step
+
+    def __len__(self) -> int:
+        return self._t.size(self._stream())
+
+    def __repr__(self) -> str:
+        return f"CudaTable(dim={self._dim}, rows={len(self)}, capacity={self.capacity}, device={self._device})"
 
     # ----------------------------------------------------------------- lookups
     def lookup(self, keys, *, insert: bool = True, out=None):
@@ -353,3 +368,131 @@ class CudaTable:
         if keys.shape[0]:
             t.assign(keys.cpu().numpy(), rows.cpu().numpy())
         return t
+
+
+class CudaRawTable(_DeviceArrays):
+    """Read-only rows in a storage type (fp32, fp16, bf16, int8, int4) on a GPU.
+
+    ``keys``: distinct int64 keys (n,) and ``rows``: their rows as raw bytes
+    ``(n, row_bytes(kind, dim))`` uint8 in the layout of ``kind``
+    (``embedlookup._row_layout``; fp32 rows may be float32 (n, dim)), both
+    host arrays, uploaded once. Lookups take CUDA arrays like
+    :class:`CudaTable` and return float32 CUDA tensors: the kernel
+    (``native/cuda/pool_raw_cuda.cu``) decodes each element in registers, so
+    the table occupies and the lookups read ``row_bytes`` per row (72 bytes
+    for int8 at dim 64 against 256 for fp32). Keys are resolved with a
+    binary search over the sorted keys on the device (``torch.searchsorted``);
+    missing keys read as zero rows, as a CPU table's ``insert=False``.
+
+    Raises ``ValueError`` / ``TypeError`` for an unknown kind, int4 with an odd
+    dim, rows of the wrong shape or dtype, keys that are not distinct or do
+    not match the rows in number; ``CudaUnavailableError`` without a GPU.
+    """
+
+    def __init__(self, keys, rows, kind: str, dim: int, *, device=None):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        dim = int(dim)
+        raw = _row_layout.raw_rows(rows, _row_layout.check_kind(kind, dim), dim)
+        k = _checks.keys_1d(keys, "keys")
+        if k.shape[0] != raw.shape[0]:
+            raise ValueError(f"keys and rows differ in number: {k.shape[0]} keys, {raw.shape[0]} rows")
+        order = np.argsort(k, kind="stable")
+        k, raw = k[order], raw[order]
+        if k.shape[0] > 1 and (k[1:] == k[:-1]).any():
+            raise ValueError("keys must be distinct (one row per key)")
+        torch = _torch()
+        self._torch, self._device = torch, _cuda_device(torch, device)
+        self._dim, self.kind, self.row_bytes = dim, kind, _row_layout.row_bytes(kind, dim)
+        self._keys_dev = torch.from_numpy(k).to(self._device)
+        self._rows_dev = torch.from_numpy(raw).to(self._device)
+
+    @classmethod
+    def from_table(cls, table, *, device=None) -> CudaRawTable:
+        """A snapshot of an ``EmbeddingTable``'s rows in its own storage type
+        (``table.row_type``, rows from ``export_raw()``)."""
+        from .table import EmbeddingTable
+
+        if not isinstance(table, EmbeddingTable):
+            raise TypeError(f"table must be an embedlookup.EmbeddingTable, got {type(table).__name__}")
+        keys, raw = table.export_raw()
+        return cls(keys, raw, table.row_type, table.dim, device=device)
+
+    def __len__(self) -> int:
+        return int(self._keys_dev.shape[0])
+
+    def __repr__(self) -> str:
+        return f"CudaRawTable(dim={self._dim}, rows={len(self)}, kind={self.kind!r}, device={self._device})"
+
+    def memory_usage(self) -> dict:
+        """Device bytes: the raw rows and the sorted keys."""
+        return {"row_bytes": self._rows_dev.numel(), "index_bytes": 8 * len(self), "rows": len(self),
+                "row_bytes_per_row": self.row_bytes}
+
+    def _row_ids(self, v):
+        """Row numbers of keys v (-1 where missing), on the device."""
+        torch = self._torch
+        n_rows = len(self)
+        if n_rows == 0:
+            return torch.full_like(v, -1)
+        pos = torch.searchsorted(self._keys_dev, v).clamp_(max=n_rows - 1)
+        return torch.where(self._keys_dev[pos] == v, pos, torch.full_like(pos, -1))
+
+    def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
+                      include_last_offset: bool = False, *, out=None, check: bool = True):
+        """Pooled rows per bag with ``torch.nn.EmbeddingBag``'s semantics, as
+        :meth:`CudaTable.pooled_lookup` with ``insert=False``. ``check=True``
+        validates the offsets first (copies them to the host: a wait)."""
+        torch = self._torch
+        mode_id = _checks.mode_id(mode)
+        v = self._tensor(values, "values")
+        layout = _checks.bag_layout(tuple(v.shape), offsets is not None, include_last_offset)
+        if layout is not None:
+            n_bags, length = layout
+            v = self._keys(v.reshape(-1), "values")
+            off = torch.arange(0, n_bags, dtype=torch.int64, device=self._device) * length
+        else:
+            v = self._keys(v, "values")
+            off = self._keys(offsets, "offsets")
+            n_bags = _checks.bag_count(off.shape[0], include_last_offset)
+            if off.shape[0] == 0 and v.shape[0]:
+                raise ValueError(f"offsets is empty but values holds {v.shape[0]} keys")
+            if check:
+                _check_offsets(off.cpu().numpy(), v.shape[0], include_last_offset)
+        n = v.shape[0]
+        w = 0
+        if per_sample_weights is not None:
+            _checks.weights_mode(mode)
+            wt = self._floats(per_sample_weights, "per_sample_weights", (n,))
+            w = wt.data_ptr()
+        o = self._out(out, (n_bags, self._dim))
+        ids = self._row_ids(v)
+        with torch.cuda.device(self._device):
+            _core.cuda_pool_raw_rows(self._rows_dev.data_ptr(), len(self), self.row_bytes, self._dim,
+                                     _row_layout.KIND_IDS[self.kind], ids.data_ptr(), n, off.data_ptr(),
+                                     off.shape[0], n_bags, mode_id, w, o.data_ptr(), self._stream())
+        return o
+
+    def find(self, keys, *, out=None):
+        """(rows, found): the decoded rows of ``keys`` (zero rows where
+        missing) as (n, dim) float32 and whether each key is present."""
+        torch = self._torch
+        k = self._keys(keys, "keys")
+        off = torch.arange(k.shape[0], dtype=torch.int64, device=self._device)
+        rows = self.pooled_lookup(k, off, "sum", out=out, check=False)
+        return rows, self._row_ids(k) >= 0
+
+
+def _check_offsets(off: np.ndarray, n: int, include_last_offset: bool) -> None:
+    """ValueError (worded as the CPU path's) for bad host offsets of n keys."""
+    if off.shape[0] == 0:
+        return
+    if off[0] != 0:
+        raise ValueError(_checks.offsets_message("first", off, n))
+    dec = np.flatnonzero(off[1:] < off[:-1])
+    if dec.size:
+        raise ValueError(_checks.offsets_message("decreasing", off, n, int(dec[0]) + 1))
+    if off[-1] > n:
+        raise ValueError(_checks.offsets_message("past_end", off, n))
+    if include_last_offset and off[-1] != n:
+        raise ValueError(_checks.offsets_message("last", off, n))

@@ -109,18 +109,19 @@ class FrequencyTable(EmbeddingTable):
                  admit_seed: int = 0, sketch_width: int = 1 << 20, sketch_depth: int = 4,
                  default_row: str = "zeros", hot_fraction: float = 0.1,
                  on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None,
-                 tier=None):
-        # The base class checks dim, initializer, optimizer and num_threads (its
-        # small native table is replaced below).
-        super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads)
+                 tier=None, row_type: str = "fp32", rounding_seed: int = 0):
+        # The base class checks dim, initializer, optimizer, num_threads and
+        # row_type (its small native table is replaced below).
+        super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads,
+                         row_type=row_type, rounding_seed=rounding_seed)
         half_life = _float("half_life", half_life, low=0.0, high=math.inf, high_open=True)
         if budget_rows is not None and budget_bytes is not None:
             raise ValueError("give budget_rows or budget_bytes, not both")
         if budget_bytes is not None:
             b = _int("budget_bytes", budget_bytes, low=1)
-            budget_rows = b // self.bytes_per_row(self._dim, optimizer)
+            budget_rows = b // self.bytes_per_row(self._dim, optimizer, row_type)
             if budget_rows < 1:
-                raise ValueError(f"budget_bytes={b} holds no row ({self.bytes_per_row(self._dim, optimizer)} "
+                raise ValueError(f"budget_bytes={b} holds no row ({self.bytes_per_row(self._dim, optimizer, row_type)} "
                                  f"bytes each)")
         budget_rows = _int("budget_rows", budget_rows, low=1, allow_none=True)
         if policy is None:
@@ -148,6 +149,9 @@ class FrequencyTable(EmbeddingTable):
             raise ValueError(f"sketch_depth must be <= 16, got {sketch_depth}")
         if default_row not in DEFAULT_ROWS:
             raise ValueError(f"default_row must be one of {sorted(DEFAULT_ROWS)}, got {default_row!r}")
+        if default_row == "cold" and row_type != "fp32":
+            raise ValueError(f"default_row='cold' needs row_type 'fp32' (the cold row is a learned fp32 row), "
+                             f"got row_type={row_type!r}")
         hot_fraction = _float("hot_fraction", hot_fraction, low=0.0, high=1.0, low_open=False)
         if not (on_evict is None or on_evict == "drop" or callable(on_evict)):
             raise ValueError(f"on_evict must be None, 'drop' or a callable, got {on_evict!r}")
@@ -179,7 +183,8 @@ class FrequencyTable(EmbeddingTable):
         fo.sketch_depth = sketch_depth
         fo.default_row = DEFAULT_ROWS[default_row]
         fo.hot_fraction = hot_fraction
-        self._t = _core.FrequencyTable(_table_options(self._dim, self.initializer, 0, num_threads), fo)
+        self._t = _core.FrequencyTable(_table_options(self._dim, self.initializer, 0, num_threads, row_type,
+                                                      rounding_seed), fo)
         if tier is not None:
             if on_evict is not None:
                 raise ValueError("on_evict and tier are exclusive: with a tier, evicted rows are written to it")
@@ -188,11 +193,13 @@ class FrequencyTable(EmbeddingTable):
             self._attach_tier(tier, None, True)
 
     @staticmethod
-    def bytes_per_row(dim: int, optimizer: Optimizer | None = None) -> int:
-        """Bytes one row costs: the padded row, its optimizer state, its score
-        metadata (8) and key (8), and its index share (~16 at the index's 0.8 load)."""
+    def bytes_per_row(dim: int, optimizer: Optimizer | None = None, row_type: str = "fp32") -> int:
+        """Bytes one row costs: the row as stored (fp32 padded to 8 floats, other
+        types ``quantize.row_bytes``), its optimizer state, its score metadata (8)
+        and key (8), and its index share (~16 at the index's 0.8 load)."""
         stride = (int(dim) + 7) // 8 * 8
         from . import optim
+        from . import quantize
 
         if isinstance(optimizer, optim.Adagrad):
             state = 1 if optimizer.rowwise else int(dim)
@@ -200,7 +207,8 @@ class FrequencyTable(EmbeddingTable):
             state = 2 * int(dim)
         else:
             state = 0
-        return 4 * stride + 4 * state + 8 + 8 + 16
+        row = 4 * stride if row_type == "fp32" else quantize.row_bytes(row_type, int(dim))
+        return row + 4 * state + 8 + 8 + 16
 
     # --------------------------------------------------------------- features
     def _register(self, name) -> int:

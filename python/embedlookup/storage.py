@@ -251,6 +251,18 @@ def file_info(path) -> dict:
     return dict(_core.snapshot_file_info(_checks.path(path, "path")))
 
 
+def _row_type_arg(row_type, dim: int) -> int:
+    """The native id of a row_type argument (None: -1, the table's own type)."""
+    if row_type is None:
+        return -1
+    from . import quantize
+
+    t = quantize.row_type_id(row_type)
+    if row_type == "int4" and dim % 2:
+        raise ValueError(f"row_type 'int4' packs two elements per byte: dim must be even, got {dim}")
+    return t
+
+
 def _check_header(info: dict, what: str) -> None:
     """Header fields the native reader accepts but that would corrupt a table,
     refused before the table is touched: rows (or tombstones) stamped with a
@@ -288,45 +300,56 @@ class _StorageMethods:
         gradient step, erase, applied delta)."""
         return self._t.version
 
-    def export_delta(self, since_version: int = 0, *, with_versions: bool = False) -> np.ndarray:
+    def export_delta(self, since_version: int = 0, *, with_versions: bool = False,
+                     row_type: str | None = None) -> np.ndarray:
         """Rows changed after ``since_version`` (with optimizer state) and
         tombstones of keys erased after it, encoded (docs/format.md) as a 1-D
         uint8 array; ``delta_info(d)["to_version"]`` is where the next delta
-        starts. Lookups continue while it is taken."""
+        starts. Lookups continue while it is taken. ``row_type`` (default: the
+        table's): the rows' storage type in the delta, e.g. ``"int8"`` from an
+        fp32 trainer for a replica (about 3.5x fewer row bytes at dim 64;
+        docs/compressed.md)."""
         since = _checks.version(since_version, "since_version")
-        return self._t.export_delta(since, False, bool(with_versions))
+        return self._t.export_delta(since, False, bool(with_versions), _row_type_arg(row_type, self._dim))
 
-    def apply_delta(self, delta) -> None:
+    def apply_delta(self, delta, *, convert: bool = False) -> None:
         """Applies a delta from export_delta() atomically: a concurrent reader
         sees all of it or none. Raises (table unchanged) for a corrupt or
         truncated delta (``SnapshotFormatError``), another dim, another table's
         delta, or one out of order (``ValueError``), or too many rows
-        (``TableFullError``)."""
+        (``TableFullError``). A delta whose rows are of another row type than
+        the table's raises ``ValueError`` unless ``convert=True`` (then its rows
+        are stored in the table's type, rounding to nearest even)."""
         buf = _delta_buffer(delta)
         _check_header(delta_info(buf), "delta")
-        self._t.apply_delta(buf)
+        self._t.apply_delta(buf, bool(convert))
 
     # ---------------------------------------------------------- checkpoints
-    def save(self, path) -> int:
+    def save(self, path, *, row_type: str | None = None) -> int:
         """Writes the whole table (rows, optimizer state, versions,
         configuration) to ``path`` atomically (temp file + rename). Lookups
         continue meanwhile. Returns the version saved: pass it to
-        save_delta() for the next incremental checkpoint."""
-        return self._t.save(_checks.path(path, "path"), 0, True)
+        save_delta() for the next incremental checkpoint. ``row_type``
+        (default: the table's) stores the rows in another type."""
+        return self._t.save(_checks.path(path, "path"), 0, True, _row_type_arg(row_type, self._dim))
 
-    def save_delta(self, path, since_version: int) -> int:
+    def save_delta(self, path, since_version: int, *, row_type: str | None = None) -> int:
         """Writes the changes after ``since_version`` (an incremental
         checkpoint); returns the version it reaches. ``since_version``: an
         int in [0, 2**63)."""
         p = _checks.path(path, "path")
-        return self._t.save(p, _checks.version(since_version, "since_version"), False)
+        return self._t.save(p, _checks.version(since_version, "since_version"), False,
+                            _row_type_arg(row_type, self._dim))
 
     @classmethod
     def load(cls, path, deltas=(), *, optimizer=None, num_threads=None, tier=None, memory_rows=None,
-             promote: bool = True):
+             promote: bool = True, row_type: str | None = None):
         """A table from a checkpoint written by save(), then the incremental
         checkpoints ``deltas`` (paths from save_delta, oldest first) replayed.
-        Raises ``SnapshotFormatError`` for truncated, corrupt or foreign files."""
+        Raises ``SnapshotFormatError`` for truncated, corrupt or foreign files.
+        The table stores the checkpoint's row type; ``row_type=`` converts
+        every file's rows to that type instead. Without it, a delta of
+        another row type raises ``ValueError`` (table not returned)."""
         path = _checks.path(path, "path")
         deltas = [_checks.path(d, f"deltas[{i}]") for i, d in enumerate(deltas)]
         info = file_info(path)
@@ -337,15 +360,19 @@ class _StorageMethods:
         for i, d in enumerate(deltas):
             _check_header(file_info(d), f"deltas[{i}] '{d}'")
         initializer = _init.Initializer(info["init_kind"], info["init_a"], info["init_b"], info["init_seed"])
+        convert = row_type is not None
+        if row_type is None:
+            row_type = info.get("row_type", "fp32")
+        _row_type_arg(row_type, info["dim"])
         table = cls(info["dim"], initializer=initializer, capacity=info["capacity"] or None, optimizer=optimizer,
-                    num_threads=num_threads)
+                    num_threads=num_threads, row_type=row_type)
         if tier is not None:
             if optimizer is None and info["state_floats"]:
                 tier._open(info["dim"], info["state_floats"])
             table._attach_tier(tier, memory_rows, promote)
-        table._t.apply_file(path)
+        table._t.apply_file(path, convert)
         for d in deltas:
-            table._t.apply_file(d)
+            table._t.apply_file(d, convert)
         return table
 
     # ----------------------------------------------------------------- tier

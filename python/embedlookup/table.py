@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, _core
+from . import quantize as _quantize
 from . import init as _init
 from .optim import Optimizer
 from .storage import _StorageMethods
@@ -12,14 +13,26 @@ from .storage import _StorageMethods
 __all__ = ["EmbeddingTable"]
 
 
-def _table_options(dim, initializer, capacity, num_threads):
+def _table_options(dim, initializer, capacity, num_threads, row_type="fp32", rounding_seed=0):
     """The native TableOptions (native/include/embedlookup/options.h), by name."""
     o = _core.TableOptions()
     o.dim = dim
     o.init = initializer._spec()
     o.capacity = capacity or 0
     o.num_threads = int(num_threads or 0)
+    o.row_type = _quantize.row_type_id(row_type)
+    o.rounding_seed = int(rounding_seed)
     return o
+
+
+def _row_type_args(dim, row_type, rounding_seed):
+    """Checks a constructor's row_type / rounding_seed (ValueError naming them)."""
+    _quantize.row_type_id(row_type)
+    if row_type == "int4" and dim % 2:
+        raise ValueError(f"row_type 'int4' packs two elements per byte: dim must be even, got {dim}")
+    if isinstance(rounding_seed, bool) or not isinstance(rounding_seed, (int, np.integer)) \
+            or not 0 <= rounding_seed < 2 ** 64:
+        raise ValueError(f"rounding_seed must be an int in [0, 2**64), got {rounding_seed!r}")
 
 
 class EmbeddingTable(_StorageMethods):
@@ -39,6 +52,14 @@ class EmbeddingTable(_StorageMethods):
         Default optimizer for :meth:`apply_gradients`.
     num_threads:
         OpenMP threads per call (default: OpenMP's, i.e. all cores).
+    row_type:
+        How rows are stored: ``"fp32"`` (default), ``"fp16"``, ``"bf16"``,
+        ``"int8"`` or ``"int4"`` (row-wise scale and bias; int4 needs an even
+        ``dim``). Lookups always return float32; pooled lookups dequantize in
+        registers. ``assign`` rounds to nearest even and refuses values out
+        of the type's range. fp16 / bf16 tables train with stochastic
+        rounding seeded by ``rounding_seed`` (reproducible); int8 / int4
+        tables serve only (docs/compressed.md).
     tier, memory_rows, promote:
         (storage) An ``embedlookup.storage.FileTier`` below memory: missing
         keys are read through from it, rows over the ``memory_rows`` budget
@@ -55,15 +76,18 @@ class EmbeddingTable(_StorageMethods):
 
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None, capacity: int | None = None,
                  optimizer: Optimizer | None = None, num_threads: int | None = None,
-                 tier=None, memory_rows: int | None = None, promote: bool = True):
+                 tier=None, memory_rows: int | None = None, promote: bool = True, row_type: str = "fp32",
+                 rounding_seed: int = 0):
         dim, initializer, capacity = _checks.table_args(dim, initializer, capacity, optimizer)
+        _row_type_args(dim, row_type, rounding_seed)
         if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads <= 0):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         self._dim = dim
         self.initializer = initializer
         self.capacity = capacity
         self.optimizer = optimizer
-        self._t = _core.Table(_table_options(self._dim, initializer, self.capacity, num_threads))
+        self._t = _core.Table(_table_options(self._dim, initializer, self.capacity, num_threads, row_type,
+                                             rounding_seed))
         self.tier = None
         if tier is not None:
             self._attach_tier(tier, memory_rows, promote)
@@ -76,6 +100,11 @@ class EmbeddingTable(_StorageMethods):
         return self._dim
 
     @property
+    def row_type(self) -> str:
+        """How rows are stored: "fp32", "fp16", "bf16", "int8" or "int4"."""
+        return _quantize.ROW_TYPES[self._t.row_type]
+
+    @property
     def step(self) -> int:
         """Number of optimizer steps applied (drives lr_decay and Adam's bias correction)."""
         return self._t.step
@@ -84,7 +113,8 @@ class EmbeddingTable(_StorageMethods):
         return len(self._t)
 
     def __repr__(self) -> str:
-        return f"EmbeddingTable(dim={self._dim}, rows={len(self)}, capacity={self.capacity})"
+        return (f"EmbeddingTable(dim={self._dim}, rows={len(self)}, capacity={self.capacity}, "
+                f"row_type={self.row_type!r})")
 
     # ----------------------------------------------------------------- lookups
     def lookup(self, keys, *, insert: bool = True, out=None) -> np.ndarray:
@@ -136,8 +166,14 @@ class EmbeddingTable(_StorageMethods):
         return self._t.erase(_checks.keys_1d(keys, "keys"))
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (keys, rows), sorted by key."""
+        """All (keys, rows), sorted by key (rows as float32)."""
         return self._t.export()
+
+    def export_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (keys, raw rows), sorted by key, the rows in the table's storage
+        type: ``(n, embedlookup.quantize.row_bytes(row_type, dim))`` uint8, the
+        layout the CUDA/OpenCL/HLS backends and ``quantize.dequantize_rows`` take."""
+        return self._t.export_raw()
 
     def apply_gradients(self, keys, grads, optimizer: Optimizer | None = None) -> None:
         """One fused optimizer step on the rows of ``keys``.
@@ -186,11 +222,13 @@ class EmbeddingTable(_StorageMethods):
     # ------------------------------------------------------------------ memory
     def memory_usage(self) -> dict:
         """Bytes by part (index, rows, optimizer state, metadata) as allocated,
-        and per row: ``row_bytes_per_row`` (the row itself, padded to 8
-        floats) and ``overhead_bytes_per_row`` (index + metadata)."""
+        and per row: ``row_bytes_per_row`` (the row itself as stored: fp32
+        padded to 8 floats, other types ``quantize.row_bytes(row_type, dim)``),
+        ``row_type`` and ``overhead_bytes_per_row`` (index + metadata)."""
         m = dict(self._t.memory())
         n = max(m["rows"], 1)
         m["total_bytes"] = m["index_bytes"] + m["row_bytes"] + m["optimizer_state_bytes"] + m["metadata_bytes"]
         m["row_bytes_per_row"] = 4 * self._t.stride
+        m["row_type"] = self.row_type
         m["overhead_bytes_per_row"] = (m["index_bytes"] + m["metadata_bytes"]) / n
         return m

@@ -22,7 +22,11 @@ on the same batches so that they can be compared at equal embedding memory:
   budget is the same bytes as ``hash_table``'s, counting 8 more bytes per
   row (score metadata) and the sketch;
 * ``hash_table_unbounded``: the same without a bound (more memory; the
-  ceiling a collision-free table reaches when it may keep every ID).
+  ceiling a collision-free table reaches when it may keep every ID);
+* ``qr`` and ``mixed_dim`` (only when ``--models`` names them): a
+  quotient-remainder ``QREmbeddingBag`` and per-feature
+  ``MixedDimEmbeddingBag``s (``--mixed-alpha``) at the hashing model's bytes
+  (``embedlookup.torch.compositional``; docs/compressed-models.md).
 
 Streams: ``SyntheticClickStream`` (seeded, documented below) or
 ``criteo_batches`` for files in the Criteo display-advertising TSV layout.
@@ -66,7 +70,9 @@ from torch import nn
 from . import init as _init
 from . import optim as _optim
 from .frequency import FrequencyTable
+from .table import EmbeddingTable
 from .torch import HashEmbeddingBagCollection
+from .torch.compositional import mixed_dims
 
 __all__ = ["Batch", "SyntheticClickStream", "criteo_batches", "DLRM", "TablePolicy", "AdmitUntilFull",
            "FreqTableEmbeddings", "run", "train", "summary", "build_parser", "main"]
@@ -291,12 +297,19 @@ class HashTableEmbeddings(nn.Module):
     collision-free table), after the table policy."""
 
     def __init__(self, n_features: int, dim: int, capacity: Optional[int], lr: float, seed: int = 0,
-                 policy: Optional[TablePolicy] = None):
+                 policy: Optional[TablePolicy] = None, row_type: str = "fp32"):
         super().__init__()
-        self.coll = HashEmbeddingBagCollection([f"f{i}" for i in range(n_features)], dim, mode="sum",
-                                               optimizer=_optim.Adagrad(lr=lr),
-                                               initializer=_init.uniform(-0.05, 0.05, seed=seed),
-                                               capacity=capacity)
+        opt, ini = _optim.Adagrad(lr=lr), _init.uniform(-0.05, 0.05, seed=seed)
+        # fp16 / bf16 rows: stochastic rounding seeded by the run's seed
+        table = None if row_type == "fp32" else EmbeddingTable(dim, initializer=ini, capacity=capacity,
+                                                               optimizer=opt, row_type=row_type,
+                                                               rounding_seed=seed)
+        names = [f"f{i}" for i in range(n_features)]
+        if table is None:
+            self.coll = HashEmbeddingBagCollection(names, dim, mode="sum", optimizer=opt, initializer=ini,
+                                                   capacity=capacity)
+        else:  # the table carries the optimizer, initializer and capacity
+            self.coll = HashEmbeddingBagCollection(names, dim, mode="sum", table=table)
         self.policy = policy or TablePolicy()
         self.policy.bind(self.coll)
 
@@ -318,9 +331,7 @@ class HashTableEmbeddings(nn.Module):
         """Bytes in use: live rows with their Adagrad state and key, plus the
         index as allocated. (The arena allocates 8 MiB chunks, so allocated
         bytes round up; ``allocated_bytes`` gives those.)"""
-        t = self.coll.bag.table
-        m = t.memory_usage()
-        return int(len(t) * (m["row_bytes_per_row"] + 4 * t.dim + 8) + m["index_bytes"])
+        return _table_bytes(self.coll.bag.table)
 
     def allocated_bytes(self) -> int:
         return int(self.coll.memory_usage()["total_bytes"])
@@ -352,6 +363,93 @@ class FreqTableEmbeddings(HashTableEmbeddings):
         t = self.coll.bag.table
         m = t.memory_usage()
         return int(len(t) * (m["row_bytes_per_row"] + 4 * t.dim + 8 + 8) + m["index_bytes"] + m["sketch_bytes"])
+
+
+def _table_bytes(table) -> int:
+    """Bytes in use of one table: live rows with their optimizer state and
+    key, plus the index (HashTableEmbeddings' accounting)."""
+    m = table.memory_usage()
+    return int(len(table) * (m["row_bytes_per_row"] + 4 * table.dim + 8) + m["index_bytes"])
+
+
+class QREmbeddings(nn.Module):
+    """(B, F) IDs -> (F, B, dim) via one ``QREmbeddingBag`` shared by all
+    features (quotient-remainder, element-wise product): (feature, ID) is
+    hashed as the hashing trick does into ``num_embeddings = m * q_rows``
+    values, row ``h // m`` of a ``q_rows``-row quotient table times row
+    ``h % m`` of an ``m``-row remainder table. ``rows = q_rows + m`` is
+    the number of rows a bounded table would get in the same bytes, split in
+    halves: ~rows^2 / 4 distinct vectors instead of ``rows``."""
+
+    def __init__(self, n_features: int, rows: int, dim: int, lr: float, seed: int = 0):
+        super().__init__()
+        from .torch.compositional import QREmbeddingBag
+
+        self.m = max(1, rows // 2)
+        self.q_rows = max(1, rows - self.m)
+        self.qr = QREmbeddingBag(dim, self.m * self.q_rows, self.m, "sum", hash_ids=False,
+                                 optimizer=_optim.Adagrad(lr=lr), initializer=_init.uniform(-0.05, 0.05, seed=seed),
+                                 remainder_initializer=_init.uniform(0.9, 1.1, seed=seed + 1))
+        self.salt = np.uint64(_mix64(np.arange(n_features, dtype=np.uint64) + np.uint64(seed + 1)))
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        B, F = sparse.shape
+        ids = sparse.numpy().astype(np.int64).view(np.uint64)
+        h = _mix64(ids ^ self.salt[None, :]) % np.uint64(self.qr.num_embeddings)
+        out = self.qr(torch.from_numpy(h.astype(np.int64).T.reshape(-1, 1)))
+        return out.reshape(F, B, -1)
+
+    def memory_bytes(self) -> int:
+        return _table_bytes(self.qr.quotient.table) + _table_bytes(self.qr.remainder.table)
+
+
+class MixedDimEmbeddings(nn.Module):
+    """(B, F) IDs -> (F, B, dim) via one ``MixedDimEmbeddingBag`` per feature:
+    feature f stores ``dims[f]`` columns (Ginart et al.'s power law over the
+    features' cardinalities, ``mixed_dims(vocab, dim, alpha)``) projected to
+    ``dim``, in at most ``rows[f]`` rows (IDs hashed modulo ``rows[f]``).
+    ``rows_for_budget`` sizes ``rows`` so that all tables (rows, Adagrad
+    state, keys, index) and the projections (with Adam's two moments) fill a
+    byte budget."""
+
+    def __init__(self, dims, rows, dim: int, lr: float, seed: int = 0):
+        super().__init__()
+        from .torch.compositional import MixedDimEmbeddingBag
+
+        self.dims, self.rows = [int(d) for d in dims], [int(r) for r in rows]
+        self.bags = nn.ModuleList(
+            MixedDimEmbeddingBag(dim, d, "sum", optimizer=_optim.Adagrad(lr=lr), capacity=r,
+                                 initializer=_init.uniform(-0.05, 0.05, seed=seed + f))
+            for f, (d, r) in enumerate(zip(self.dims, self.rows)))
+        self.salt = np.uint64(_mix64(np.arange(len(self.dims), dtype=np.uint64) + np.uint64(seed + 1)))
+
+    @staticmethod
+    def rows_for_budget(budget: int, dims, vocab, dim: int) -> list:
+        """Rows per feature: ``min(vocab[f], R)`` (``None`` = unbounded) with the
+        largest common R whose bytes fit ``budget``."""
+        per_row = [budget / hash_table_rows_for_bytes(budget, d) for d in dims]
+        fixed = sum(12 * d * dim for d in dims if d != dim)
+
+        def cost(R):
+            return fixed + sum(min(v or R, R) * c for v, c in zip(vocab, per_row))
+
+        lo, hi = 1, int(budget)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid) <= budget else (lo, mid - 1)
+        return [min(v or lo, lo) for v in vocab]
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:
+        ids = sparse.numpy().astype(np.int64).view(np.uint64)
+        out = []
+        for f, bag in enumerate(self.bags):
+            h = _mix64(ids[:, f] ^ self.salt[f]) % np.uint64(self.rows[f])
+            out.append(bag(torch.from_numpy(h.astype(np.int64).reshape(-1, 1))))
+        return torch.stack(out)
+
+    def memory_bytes(self) -> int:
+        proj = sum(12 * b.table_dim * b.embedding_dim for b in self.bags if b.projection is not None)
+        return sum(_table_bytes(b.table) for b in self.bags) + proj
 
 
 class DLRM(nn.Module):
@@ -419,6 +517,7 @@ class RunConfig:
     # count-min counters per sketch row (x 4 rows x 4 bytes, counted in the
     # budget); None: the power of two nearest below budget / 512 (~2-3 %)
     sketch_width: Optional[int] = None
+    mixed_alpha: float = 0.3      # mixed_dim: Ginart et al.'s power-law exponent
     extra: dict = field(default_factory=dict)
 
 
@@ -463,14 +562,34 @@ def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
             emb = FreqTableEmbeddings(n_features, cfg.dim, rows, cfg.lr_embedding, cfg.seed,
                                       admit_count=cfg.admit_count, policy=cfg.freq_policy, half_life=cfg.half_life,
                                       default_row=cfg.default_row, sketch_width=width)
+        elif name == "qr":
+            emb = QREmbeddings(n_features, hash_table_rows_for_bytes(budget, cfg.dim), cfg.dim, cfg.lr_embedding,
+                               cfg.seed)
+        elif name == "mixed_dim":
+            # Cardinalities: the synthetic stream's vocab (drifting features: unbounded);
+            # unknown (Criteo) -> equal, so every feature keeps dim.
+            stream = cfg.extra.get("stream")
+            vocab = ([None if f < stream["drifting"] else stream["vocab"][f] for f in range(n_features)]
+                     if stream else [None] * n_features)
+            dims = mixed_dims([v or 10 * max(stream["vocab"]) for v in vocab] if stream else [1] * n_features,
+                              cfg.dim, cfg.mixed_alpha)
+            rows = MixedDimEmbeddings.rows_for_budget(budget, dims, vocab, cfg.dim)
+            emb = MixedDimEmbeddings(dims, rows, cfg.dim, cfg.lr_embedding, cfg.seed)
         elif name == "hash_table_unbounded":
             emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed)
+        elif name in ROW_TYPE_MODELS:  # hash_table_unbounded with compressed rows
+            emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed,
+                                      row_type=ROW_TYPE_MODELS[name])
         else:
             raise ValueError(f"unknown model {name!r}")
         torch.manual_seed(cfg.seed)  # every configuration starts from the same dense weights
         model = DLRM(emb, n_dense, n_features, cfg.dim)
         dense_params = [p for n_, p in model.named_parameters() if not n_.startswith("embeddings.")]
         opts = [torch.optim.Adam(dense_params, lr=cfg.lr_dense)]
+        if name == "mixed_dim":  # the projections are dense parameters of the embedding module
+            proj = [b.projection.weight for b in emb.bags if b.projection is not None]
+            if proj:
+                opts[0].add_param_group({"params": proj})
         if name == "hashing":
             opts.append(torch.optim.Adagrad(emb.parameters(), lr=cfg.lr_embedding))
         models[name] = (model, opts)
@@ -577,6 +696,12 @@ def plot(result: dict, path: str, title: str = "") -> Optional[str]:
 
 
 MODELS = ("hashing", "hash_table", "freq_table", "hash_table_unbounded")
+# Trained only when --models names them: compositional (quotient-remainder)
+# and mixed-dimension embeddings at the hashing trick's bytes.
+COMPRESSED_MODELS = ("qr", "mixed_dim")
+# Not in the default run: hash_table_unbounded with fp16 / bf16 rows
+# (stochastic rounding, docs/compressed.md).
+ROW_TYPE_MODELS = {"hash_table_unbounded_fp16": "fp16", "hash_table_unbounded_bf16": "bf16"}
 
 # Options whose default --quick changes: (full run, --quick).
 _SIZES = {
@@ -616,7 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batches per reported logloss / AUC window {sized('window')}")
     p.add_argument("--lr-embedding", type=float, default=0.05, help="embedding learning rate (default 0.05)")
     p.add_argument("--models", default=None,
-                   help=f"comma-separated models to train side by side (default: all of {','.join(MODELS)})")
+                   help="comma-separated models to train side by side, of "
+                   f"{','.join(list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS))} "
+                   f"(default {','.join(MODELS)})")
+    p.add_argument("--mixed-alpha", type=float, default=0.3,
+                   help="mixed_dim: power-law exponent of the per-feature dims (default 0.3; 0 = all dim)")
     p.add_argument("--admit-count", type=int, default=2,
                    help="freq_table: sightings before an ID gets a row (default 2)")
     p.add_argument("--freq-policy", default="lfu",
@@ -667,10 +796,11 @@ def train(argv=None, log=print) -> dict:
     if a.ps and a.models is not None:
         p.error("--models: with --ps the models are the --mode runs; give one of the two")
     models = tuple(m.strip() for m in (a.models or ",".join(MODELS)).split(",") if m.strip())
-    unknown = [m for m in models if m not in MODELS]
+    known = list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS)
+    unknown = [m for m in models if m not in known]
     if unknown or not models:
         p.error(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
-                f"known: {', '.join(MODELS)}")
+                f"known: {', '.join(known)}")
     modes = None
     if a.ps:
         for name in ("trainers", "shards"):
@@ -689,7 +819,7 @@ def train(argv=None, log=print) -> dict:
     cfg = RunConfig(dim=a.dim, rows=a.rows, lr_embedding=a.lr_embedding, window=a.window,
                     models=models, seed=a.seed,
                     admit_count=a.admit_count, freq_policy=a.freq_policy, half_life=a.half_life,
-                    default_row=a.default_row, sketch_width=a.sketch_width)
+                    default_row=a.default_row, sketch_width=a.sketch_width, mixed_alpha=a.mixed_alpha)
     cfg.extra["quick"] = a.quick
     if a.criteo:
         if not os.path.isfile(a.criteo):

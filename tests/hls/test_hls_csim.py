@@ -33,12 +33,21 @@ def _load_make_golden():
 
 
 make_golden = _load_make_golden()
+# int8 rows: quantized and dequantized by the NumPy oracle of the row layouts.
+CODEC = (reference.quantize_rows, reference.dequantize_rows)
+
+
+def _float_rows(case) -> np.ndarray:
+    if case.get("kind", "fp32") == "fp32":
+        return case["table_rows"]
+    return reference.dequantize_rows(case["table_rows"], case["kind"], case["expected"].shape[1])
 
 
 @pytest.fixture(scope="module")
 def testbench(tmp_path_factory):
     exe = tmp_path_factory.mktemp("hls") / "tb_embedding_bag"
-    cmd = [GXX, *CFLAGS, str(HLS / "tb_embedding_bag.cpp"), str(HLS / "embedding_bag.cpp"), "-o", str(exe)]
+    cmd = [GXX, *CFLAGS, str(HLS / "tb_embedding_bag.cpp"), str(HLS / "embedding_bag.cpp"),
+           str(HLS / "embedding_bag_int8.cpp"), "-o", str(exe)]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return exe
@@ -46,7 +55,7 @@ def testbench(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cases():
-    return make_golden.make_cases(seed=0)
+    return make_golden.make_cases(seed=0, codec=CODEC)
 
 
 def run_tb(exe, golden):
@@ -57,22 +66,23 @@ def test_golden_data_matches_the_numpy_oracle(cases):
     """The golden outputs (from the CPU engine) agree with the independent oracle."""
     kinds = set()
     for c in cases:
-        keys, rows, values = c["table_keys"], c["table_rows"], c["values"]
+        keys, rows, values = c["table_keys"], _float_rows(c), c["values"]
         pos = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
         hit = keys[pos] == values
         gathered = np.where(hit[:, None], rows[pos], 0).astype(np.float32)
         want = reference.pooled(gathered, c["offsets"], c["mode"], c["weights"], c["include_last_offset"])
         np.testing.assert_allclose(c["expected"], want, rtol=1e-5, atol=1e-5)
         lengths = np.diff(np.append(c["offsets"], len(values)))[: len(c["expected"])]
-        kinds |= {(c["mode"], c["weights"] is not None, c["use_hash"])}
+        kinds |= {(c["mode"], c["weights"] is not None, c["use_hash"], c["kind"])}
         assert (lengths == 0).any(), "every case holds empty bags"
         if len(values):
             assert len(np.unique(values)) < len(values), "every non-empty case holds duplicates"
             assert (~hit).any(), "every non-empty case holds missing keys"
-    assert {(m, False, h) for m in ("sum", "mean", "max") for h in (False, True)} | {
-        ("sum", True, False),
-        ("sum", True, True),
-    } <= kinds
+    for kind in ("fp32", "int8"):
+        assert {(m, False, h, kind) for m in ("sum", "mean", "max") for h in (False, True)} | {
+            ("sum", True, False, kind),
+            ("sum", True, True, kind),
+        } <= kinds
 
 
 def test_csim_matches_cpu_engine(testbench, cases, tmp_path):
@@ -163,3 +173,49 @@ def test_pragmas_parse_under_synthesis_define():
     assert r.returncode == 0, r.stderr
     r = gxx("-E")
     assert "#pragma HLS PIPELINE II=1" in r.stdout and "#pragma HLS INTERFACE m_axi port=rows" in r.stdout
+    int8 = HLS / "embedding_bag_int8.cpp"
+    cmd = [GXX, "-std=c++14", "-D__SYNTHESIS__", f"-I{ROOT / 'native' / 'include'}", f"-I{HLS}"]
+    r = subprocess.run([*cmd, "-fsyntax-only", "-Wall", "-Wno-unknown-pragmas", str(int8)], check=False,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*cmd, "-E", str(int8)], check=False, capture_output=True, text=True, timeout=120)
+    assert "#pragma HLS INTERFACE m_axi port=rows" in r.stdout and "#pragma HLS PIPELINE II=1" in r.stdout
+
+
+def test_int8_rows_decode_exactly_and_match_the_oracle(cases):
+    """The int8 cases' rows are the oracle's layout (72 bytes per dim-64-style
+    row: codes, padding, scale, bias), and a dim-13 row's 16 code bytes + 8."""
+    int8 = [c for c in cases if c["kind"] == "int8"]
+    assert len(int8) == 10
+    for c in int8:
+        dim = c["expected"].shape[1]
+        assert c["table_rows"].shape == (len(c["table_keys"]), reference.row_bytes("int8", dim))
+    assert {c["expected"].shape[1] for c in int8} == {16, 13}
+
+
+@pytest.mark.parametrize("where", ["scale", "code"])
+def test_corrupted_int8_rows_fail(testbench, cases, tmp_path, where):
+    """One byte of a row some bag reads: its scale (every element moves) or
+    one code (one element moves by one step)."""
+    bad = [dict(c) for c in cases]
+    i = next(k for k, c in enumerate(bad) if c["kind"] == "int8" and c["use_hash"] and c["mode"] == "sum"
+             and c["weights"] is None)
+    raw = np.array(bad[i]["table_rows"], copy=True)
+    dim = bad[i]["expected"].shape[1]
+    used = int(np.flatnonzero(np.isin(bad[i]["table_keys"], bad[i]["values"]))[0])
+    if where == "scale":
+        raw[used, (dim + 3) // 4 * 4 + 3] ^= 0x01  # the scale's exponent byte: doubles or halves it
+    else:
+        raw[used, 0] ^= 0x01
+    bad[i]["table_rows"] = raw
+    golden = tmp_path / "bad_int8.bin"
+    make_golden.write_golden(golden, bad)
+    r = run_tb(testbench, golden)
+    assert r.returncode > 0, r.stdout
+    assert "kind 3" in r.stderr
+
+
+def test_int8_cases_are_left_out_without_a_codec(monkeypatch):
+    monkeypatch.setattr(make_golden, "_default_codec", lambda: None)
+    assert {c["kind"] for c in make_golden.make_cases(seed=1)} == {"fp32"}
+    assert {c["kind"] for c in make_golden.make_cases(seed=1, codec=CODEC)} == {"fp32", "int8"}

@@ -243,3 +243,37 @@ def test_usage_names_the_console_script_and_every_option_has_help(capsys):
     assert e.value.code == 0
     assert out.startswith("usage: embedlookup-train ") and "python -m" not in out
     assert "--quick" in out and "train_results" in out
+
+
+def test_qr_and_mixed_dim_models_learn_within_their_budget():
+    """The compositional models of the train loop: QR's two tables stay within
+    q_rows + m rows (the bounded table's rows at the same bytes), mixed-dim's
+    per-feature dims follow the power law of the stream's cardinalities, and
+    both learn and stay near the hashing trick's bytes."""
+    from dataclasses import asdict
+
+    s = T.SyntheticClickStream(batch_size=256, seed=2, vocab=(5000, 2000, 1000, 500, 200, 100, 50, 10))
+    cfg = T.RunConfig(dim=8, rows=2000, window=5, lr_embedding=0.1, lr_dense=3e-3,
+                      models=("hashing", "qr", "mixed_dim"), mixed_alpha=0.3)
+    cfg.extra["stream"] = asdict(s)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = T.build_models(cfg, s.n_features, s.n_dense)
+        res = T.run(s.batches(20), cfg, s.n_features, s.n_dense, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    qr = models["qr"][0].embeddings
+    assert qr.m + qr.q_rows == T.hash_table_rows_for_bytes(2 * 2000 * 8 * 4, 8)
+    md = models["mixed_dim"][0].embeddings
+    # drifting features 0, 1 count as 10x the largest vocab; the 10-value feature keeps dim 8
+    assert md.dims == T.mixed_dims([50000, 50000, 1000, 500, 200, 100, 50, 10], 8, 0.3)
+    assert md.dims[-1] == 8 and md.dims[0] < 8
+    assert md.rows[-1] == 10 and md.rows[0] == max(md.rows)  # small features get all their values
+    hashing_bytes = res["models"]["hashing"]["memory_bytes"][-1]
+    for name in ("qr", "mixed_dim"):
+        h = res["models"][name]
+        assert h["logloss"][-1] < h["logloss"][0], name
+        assert h["memory_bytes"][-1] <= 1.15 * hashing_bytes, name
+    t = qr.qr
+    assert len(t.quotient.table) <= qr.q_rows and len(t.remainder.table) <= qr.m

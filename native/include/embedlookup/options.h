@@ -8,6 +8,7 @@
 
 #include "embedlookup/initializer.h"
 #include "embedlookup/pooling.h"
+#include "embedlookup/row_codec.h"
 
 namespace embedlookup {
 
@@ -17,6 +18,8 @@ struct TableOptions {
   InitSpec init;             // deterministic initializer of rows created by lookups
   int64_t capacity = 0;      // max rows in memory; 0 = grow without bound
   int num_threads = 0;       // OpenMP threads per call: 0 = OpenMP's default, else 1 .. kMaxThreads
+  RowType row_type = RowType::kF32;  // storage type of rows (row_codec.h); int4 needs an even dim
+  uint64_t rounding_seed = 0;        // fp16/bf16 training: seed of the stochastic rounding bits
   static constexpr int64_t kMaxDim = int64_t{1} << 20;  // keeps row bytes, strides and batch sizes far from overflow
   static constexpr int kMaxThreads = 1024;               // per-thread scratch is sized by it
   void validate() const;

@@ -17,6 +17,7 @@ from . import ops_cuda  # noqa: F401,E402 - registers the cuda subject
 from . import ops_storage  # noqa: F401,E402 - registers tier_read, tier_write, checkpoint, evict
 from . import ops_torchrec  # noqa: F401,E402 - registers the torchrec subject (skipped without torchrec)
 from . import ops_ps  # noqa: F401,E402 - registers ps_step and the ps-local, ps-ray subjects
+from . import ops_compressed  # noqa: F401,E402 - registers pooled_sum_fp16 / _bf16 / _int8 / _int4
 from .report import format_table, to_markdown, write_json, write_markdown, write_plot
 from .runner import SCHEMA, Config, compare_outputs, run
 from .workloads import SUITES, WORKLOADS, Workload, WorkloadData, WorkloadError, parse_workload

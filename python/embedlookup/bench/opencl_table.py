@@ -26,7 +26,7 @@ import numpy as np
 
 from ..opencl.table import OpenCLTable, _cl
 
-__all__ = ["bench_pooled", "device_copy_bandwidth", "main", "make_workload"]
+__all__ = ["bench_kinds", "bench_pooled", "device_copy_bandwidth", "main", "make_workload"]
 
 
 def make_workload(rows: int, batch: int, pooling: int, alpha: float | None, seed: int = 0):
@@ -130,6 +130,36 @@ def bench_pooled(
     return result
 
 
+def bench_kinds(platform=None, device=None, rows: int = 100_000, dim: int = 64, batch: int = 1024,
+                pooling: int = 32, kinds=("fp32", "fp16", "bf16", "int8", "int4"), variant: str = "ndrange",
+                repeats: int = 5, seed: int = 0) -> dict:
+    """Pooled sums over the same keys from tables of each storage type
+    (``OpenCLTable.from_raw``, synthetic rows): median kernel time and
+    effective bytes/s (keys x the type's row bytes), interleaved repeats."""
+    from .. import _row_layout
+    from .raw_rows import synthetic_raw_rows
+
+    keys, values, offsets = make_workload(rows, batch, pooling, None, seed)
+    devs = {k: OpenCLTable.from_raw(keys, synthetic_raw_rows(k, rows, dim, seed), k, dim, platform=platform,
+                                    device=device, variant=variant, profile=True) for k in kinds}
+    for d in devs.values():
+        d.pooled_lookup(values, offsets)  # warm-up (program build, first touch)
+    samples = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for k, d in devs.items():
+            d.pooled_lookup(values, offsets)
+            samples[k].append(d.last_kernel_seconds)
+    first = next(iter(devs.values()))
+    out = {"device": first.device.name, "variant": variant, "rows": rows, "dim": dim, "batch": batch,
+           "pooling": pooling, "repeats": repeats, "kinds": {}}
+    base = float(np.median(samples[kinds[0]]))
+    for k, ts in samples.items():
+        med = float(np.median(ts))
+        out["kinds"][k] = {"device_s": med, "bytes_per_s": len(values) * _row_layout.row_bytes(k, dim) / med,
+                           f"speedup_vs_{kinds[0]}": base / med}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="OpenCL pooled-lookup benchmark")
     ap.add_argument("--platform", default=None, help="platform name substring or index (default: first)")
@@ -142,10 +172,19 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="sum", choices=["sum", "mean", "max"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants", default="ndrange,single_work_item")
+    ap.add_argument("--kinds", default=None,
+                    help="instead: pooled sums over rows of these storage types (e.g. fp32,fp16,bf16,int8,int4; "
+                    "the first is the baseline), with the first of --variants")
     args = ap.parse_args(argv)
 
     def sel(x):
         return int(x) if x is not None and x.isdigit() else x
+
+    if args.kinds:
+        r = bench_kinds(sel(args.platform), sel(args.device), args.rows, args.dim, args.batch, args.pooling,
+                        tuple(args.kinds.split(",")), args.variants.split(",")[0], args.repeats)
+        print(json.dumps(r, indent=1))
+        return 0
 
     r = bench_pooled(
         sel(args.platform),

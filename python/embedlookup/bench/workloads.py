@@ -169,6 +169,14 @@ SUITES: dict[str, dict] = {
         "workloads": ["uniform-1m"],
         "ops": ["tier_read", "tier_write", "checkpoint", "evict", "relayout"],
     },
+    # Compressed rows (docs/compressed.md): pooled sum over fp32 / fp16 / bf16 /
+    # int8 / int4 tables against dense fp32 EmbeddingBag and FBGEMM's IntNBit
+    # table of the same type. `--threads 0` for all cores.
+    "compressed": {
+        "threads": 1,
+        "workloads": ["uniform-1m", "zipf-1m"],
+        "ops": ["pooled_sum", "pooled_sum_fp16", "pooled_sum_bf16", "pooled_sum_int8", "pooled_sum_int4"],
+    },
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
     # Training through the parameter server (2 shards; local and Ray) against
     # the in-process table's fused step.

@@ -55,6 +55,74 @@ inline int el_probe(long key, __global const long* restrict slot_keys, __global 
   return row;
 }
 
+// ------------------------------------------------------------- row storage
+// Rows are stored in one of the engine's storage types (little-endian, every
+// row a multiple of 4 bytes; docs/opencl.md), chosen when the program is
+// built with -DEL_ROW_KIND=<id>:
+//   0 fp32: dim floats
+//   1 fp16: dim IEEE halves (read with vload_half: no cl_khr_fp16 needed)
+//   2 bf16: dim bfloat16 (the top 16 bits of a float)
+//   3 int8: dim uint8 codes, zero padding to 4 bytes, float scale, float bias
+//   4 int4: dim/2 bytes (element 2i low nibble, 2i+1 high), padding, scale, bias
+// Values are scale * code + bias, computed as a multiply then an add (no
+// contraction), the rounding the reference dequantizer does, so decoded
+// rows equal the host's bit for bit. Rows are never expanded to fp32 in
+// global memory: each element is decoded where the kernel reads it.
+#ifndef EL_ROW_KIND
+#define EL_ROW_KIND 0
+#endif
+#if EL_ROW_KIND == 0
+typedef float el_row_t;
+#else
+typedef uchar el_row_t;
+#endif
+
+inline int el_pad4(int n) { return (n + 3) & ~3; }
+
+// Bytes of one row (a multiple of 4).
+inline long el_row_bytes(int dim) {
+#if EL_ROW_KIND == 0
+  return 4L * dim;
+#elif EL_ROW_KIND == 1 || EL_ROW_KIND == 2
+  return el_pad4(2 * dim);
+#elif EL_ROW_KIND == 3
+  return el_pad4(dim) + 8;
+#else
+  return el_pad4(dim / 2) + 8;
+#endif
+}
+
+// Byte offset of the row's (scale, bias) pair (int8 / int4 only).
+inline long el_row_tail(int dim) { return EL_ROW_KIND == 3 ? el_pad4(dim) : el_pad4(dim / 2); }
+
+inline float el_affine(float code, float scale, float bias) {
+#pragma OPENCL FP_CONTRACT OFF
+  const float scaled = code * scale;
+  return scaled + bias;
+}
+
+// Element d of row id (id != EL_NO_ROW, d < dim), decoded to float.
+inline float el_row_value(__global const el_row_t* restrict rows, int id, int dim, int d) {
+#if EL_ROW_KIND == 0
+  return rows[(long)id * dim + d];
+#else
+  __global const uchar* row = rows + (long)id * el_row_bytes(dim);
+#if EL_ROW_KIND == 1
+  return vload_half(d, (__global const half*)row);
+#elif EL_ROW_KIND == 2
+  return as_float((uint)((__global const ushort*)row)[d] << 16);
+#else
+  __global const float* sb = (__global const float*)(row + el_row_tail(dim));
+#if EL_ROW_KIND == 3
+  const uint code = row[d];
+#else
+  const uint code = (row[d >> 1] >> ((d & 1) * 4)) & 15u;
+#endif
+  return el_affine((float)code, sb[0], sb[1]);
+#endif
+#endif
+}
+
 // The host builds the index from these hashes, so the device's hash is the
 // only one the OpenCL backend uses. A grid-stride loop: launched as one work
 // item (FPGA) it is a plain pipelined loop, as an NDRange each item takes a

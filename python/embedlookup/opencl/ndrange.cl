@@ -20,7 +20,7 @@ __kernel void el_resolve(__global const long* restrict keys, long n, __global co
 // Missing keys (EL_NO_ROW) read as zero rows, as the CPU engine's insert=False.
 __kernel void el_pool(__global const int* restrict ids, __global const long* restrict offsets, long n_offsets,
                       long n, __global const float* restrict weights, int has_weights, int mode,
-                      __global const float* restrict rows, int dim, __global float* restrict out) {
+                      __global const el_row_t* restrict rows, int dim, __global float* restrict out) {
   const int d = get_global_id(0);
   const long b = get_global_id(1);
   if (d >= dim) return;
@@ -29,7 +29,7 @@ __kernel void el_pool(__global const int* restrict ids, __global const long* res
   float acc = (mode == EL_MODE_MAX) ? -INFINITY : 0.0f;
   for (long p = s; p < e; ++p) {
     const int id = ids[p];
-    const float x = (id != EL_NO_ROW) ? rows[(long)id * dim + d] : 0.0f;
+    const float x = (id != EL_NO_ROW) ? el_row_value(rows, id, dim, d) : 0.0f;
     if (mode == EL_MODE_MAX) {
       acc = x > acc ? x : acc;  // the CPU engine's comparison, NaN rows included
     } else if (has_weights) {
@@ -48,12 +48,12 @@ __kernel void el_pool(__global const int* restrict ids, __global const long* res
 }
 
 // Global size (>= dim, n): out[i] = row of ids[i], zeros where missing.
-__kernel void el_gather(__global const int* restrict ids, __global const float* restrict rows, int dim,
+__kernel void el_gather(__global const int* restrict ids, __global const el_row_t* restrict rows, int dim,
                         __global float* restrict out, __global uchar* restrict found) {
   const int d = get_global_id(0);
   const long i = get_global_id(1);
   if (d >= dim) return;
   const int id = ids[i];
-  out[i * dim + d] = (id != EL_NO_ROW) ? rows[(long)id * dim + d] : 0.0f;
+  out[i * dim + d] = (id != EL_NO_ROW) ? el_row_value(rows, id, dim, d) : 0.0f;
   if (d == 0) found[i] = id != EL_NO_ROW;
 }

@@ -39,7 +39,7 @@ __kernel EL_TASK void el_pooled_swi(__global const long* restrict keys, __global
                                     long n_offsets, long n, long n_bags, __global const float* restrict weights,
                                     int has_weights, int mode, __global const long* restrict slot_keys,
                                     __global const int* restrict slot_rows, ulong mask,
-                                    __global const float* restrict rows, int dim, __global float* restrict out) {
+                                    __global const el_row_t* restrict rows, int dim, __global float* restrict out) {
   float acc[EL_MAX_DIM];
   float row[EL_MAX_DIM];
   const float init = (mode == EL_MODE_MAX) ? -INFINITY : 0.0f;
@@ -52,8 +52,9 @@ __kernel EL_TASK void el_pooled_swi(__global const long* restrict keys, __global
       const int id = el_probe(keys[p], slot_keys, slot_rows, mask);
       const float w = has_weights ? weights[p] : 1.0f;
       // Burst read: one row, consecutive addresses. Missing keys stage zeros.
-      const long base = (long)id * dim;
-      for (int d = 0; d < EL_MAX_DIM; ++d) row[d] = (id != EL_NO_ROW && d < dim) ? rows[base + d] : 0.0f;
+      // Compressed rows are decoded in this loop, element by element.
+      for (int d = 0; d < EL_MAX_DIM; ++d)
+        row[d] = (id != EL_NO_ROW && d < dim) ? el_row_value(rows, id, dim, d) : 0.0f;
       EL_IVDEP
       for (int c = 0; c < chunks; ++c) {
 #pragma unroll
@@ -81,12 +82,11 @@ __kernel EL_TASK void el_pooled_swi(__global const long* restrict keys, __global
 // out[i] = row of keys[i] (zeros where missing), found[i] = whether present.
 __kernel EL_TASK void el_find_swi(__global const long* restrict keys, long n, __global const long* restrict slot_keys,
                                   __global const int* restrict slot_rows, ulong mask,
-                                  __global const float* restrict rows, int dim, __global float* restrict out,
+                                  __global const el_row_t* restrict rows, int dim, __global float* restrict out,
                                   __global uchar* restrict found) {
   for (long i = 0; i < n; ++i) {
     const int id = el_probe(keys[i], slot_keys, slot_rows, mask);
     found[i] = id != EL_NO_ROW;
-    const long base = (long)id * dim;
-    for (int d = 0; d < dim; ++d) out[i * dim + d] = (id != EL_NO_ROW) ? rows[base + d] : 0.0f;
+    for (int d = 0; d < dim; ++d) out[i * dim + d] = (id != EL_NO_ROW) ? el_row_value(rows, id, dim, d) : 0.0f;
   }
 }

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from .. import _checks, _core
+from .. import _checks, _core, _row_layout
 
 # The engine's "no row" sentinel (native/include/embedlookup/row_id.h) as the
 # OpenCL kernels' signed 32-bit row ids see it (-1); passed as -DEL_NO_ROW.
@@ -193,8 +193,9 @@ class OpenCLTable:
     """A table's rows and a hash index over its keys, held in OpenCL device memory.
 
     Built from an :class:`~embedlookup.EmbeddingTable` (a snapshot of its
-    :meth:`~embedlookup.EmbeddingTable.export`; build a new one to pick up
-    later changes). Keys are hashed and probed on the device with the same
+    :meth:`~embedlookup.EmbeddingTable.export`, or of its ``export_raw`` for a
+    table storing fp16 / bf16 / int8 / int4 rows, which the device keeps in that
+    type; build a new one to pick up later changes), or by :meth:`from_raw`. Keys are hashed and probed on the device with the same
     hash as the CPU engine; missing keys read as zero rows, as the CPU
     engine's ``insert=False``.
 
@@ -233,6 +234,41 @@ class OpenCLTable:
 
         if not isinstance(table, EmbeddingTable):
             raise TypeError(f"table must be an embedlookup.EmbeddingTable, got {type(table).__name__}")
+        kind = table.row_type
+        if kind == "fp32":
+            keys, rows = table.export()
+            rows = np.ascontiguousarray(rows, np.float32).reshape(-1, table.dim)
+        else:  # compressed rows go to the device as they are stored
+            keys, rows = table.export_raw()
+        self._build(keys, rows, kind, table.dim, platform, device, variant, profile, compute_units)
+
+    @classmethod
+    def from_raw(cls, keys, rows, kind: str, dim: int, *, platform=None, device=None, variant: str = "auto",
+                 profile: bool = False, compute_units: int | None = None) -> OpenCLTable:
+        """A device table from rows already in a storage type.
+
+        ``keys``: distinct int64 keys (n,). ``rows``: their rows as raw bytes
+        ``(n, row_bytes(kind, dim))`` uint8 in the layout of ``kind`` (``"fp32"``,
+        ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"``; fp32 rows may also be
+        float32 (n, dim)). The kernels decode each element where they read it;
+        lookups return float32. Other arguments as the constructor. Raises
+        ValueError / TypeError for an unknown kind, int4 with an odd dim, rows
+        of the wrong shape or dtype, keys that are not distinct or do not match
+        the rows in number.
+        """
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        raw = _row_layout.raw_rows(rows, _row_layout.check_kind(kind, int(dim)), int(dim))
+        k = _checks.keys_1d(_host(keys, "keys"), "keys")
+        if k.shape[0] != raw.shape[0]:
+            raise ValueError(f"keys and rows differ in number: {k.shape[0]} keys, {raw.shape[0]} rows")
+        if np.unique(k).shape[0] != k.shape[0]:
+            raise ValueError("keys must be distinct (one row per key)")
+        self = cls.__new__(cls)
+        self._build(k, raw, kind, int(dim), platform, device, variant, profile, compute_units)
+        return self
+
+    def _build(self, keys, rows, kind, dim, platform, device, variant, profile, compute_units):
         if variant not in ("auto",) + VARIANTS:
             raise ValueError(f"variant must be one of {['auto', *VARIANTS]}, got {variant!r}")
         cl = _cl()
@@ -241,15 +277,16 @@ class OpenCLTable:
             self.device = _sub_device(self.device, compute_units)
         if variant == "auto":
             variant = "single_work_item" if self.device.type & cl.device_type.ACCELERATOR else "ndrange"
-        self._dim = table.dim
+        self._dim = dim
         if variant == "single_work_item" and self._dim > _SWI_MAX_DIM:
             raise ValueError(
                 f"variant='single_work_item' takes dim <= {_SWI_MAX_DIM}, the table has dim {self._dim}"
             )
         self.variant = variant
-        keys, rows = table.export()
         keys = np.ascontiguousarray(keys, np.int64)
-        rows = np.ascontiguousarray(rows, np.float32).reshape(-1, self._dim)
+        self.kind = kind
+        self.row_bytes = _row_layout.row_bytes(kind, dim)
+        rows = _row_layout.raw_rows(rows, kind, dim)
         self._n_rows = keys.shape[0]
         capacity = 16
         while capacity < 2 * self._n_rows:  # load factor <= 1/2
@@ -262,7 +299,8 @@ class OpenCLTable:
         props = cl.command_queue_properties.PROFILING_ENABLE if self._profile else 0
         self._queue = cl.CommandQueue(self._ctx, properties=props)
         max_dim = (self._dim + 7) // 8 * 8
-        opts = [f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}", f"-DEL_NO_ROW=({_NO_ROW})"]
+        opts = [f"-DEL_MAX_PROBE={_MAX_PROBE}", f"-DEL_MAX_DIM={max_dim}", f"-DEL_NO_ROW=({_NO_ROW})",
+                f"-DEL_ROW_KIND={_row_layout.KIND_IDS[kind]}"]
         prg = cl.Program(self._ctx, _source(variant)).build(options=opts)
         names = ["el_hash_keys"] + (
             ["el_pooled_swi", "el_find_swi"]
@@ -285,7 +323,7 @@ class OpenCLTable:
         self._mask = np.uint64(capacity - 1)
         mf = cl.mem_flags
         ro = mf.READ_ONLY | mf.COPY_HOST_PTR
-        self._rows = cl.Buffer(self._ctx, ro, hostbuf=rows if rows.size else np.zeros(1, np.float32))
+        self._rows = cl.Buffer(self._ctx, ro, hostbuf=rows if rows.size else np.zeros(4, np.uint8))
         self._slot_keys = cl.Buffer(self._ctx, ro, hostbuf=slot_keys)
         self._slot_rows = cl.Buffer(self._ctx, ro, hostbuf=slot_rows)
         self._index = (self._slot_keys, self._slot_rows, self._mask)  # the probe's kernel arguments
@@ -301,7 +339,7 @@ class OpenCLTable:
 
     def __repr__(self) -> str:
         return (
-            f"OpenCLTable(dim={self._dim}, rows={self._n_rows}, variant={self.variant!r}, "
+            f"OpenCLTable(dim={self._dim}, rows={self._n_rows}, kind={self.kind!r}, variant={self.variant!r}, "
             f"device={self.device.name!r})"
         )
 

@@ -7,6 +7,9 @@ backward applies each module's fused sparse optimizer in native code (see
 ``modules`` for how this interacts with ``optimizer.step()``, gradient
 accumulation and ``zero_grad``). The forward and backward are ``torch.library``
 custom ops, so ``torch.compile`` keeps them in its graph.
+``QREmbeddingBag`` (quotient-remainder) and ``MixedDimEmbeddingBag`` (a
+narrow table projected to the model's dim) spend less memory per ID with the
+same forward and training contract (``compositional``).
 """
 
 try:
@@ -14,6 +17,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("embedlookup.torch needs PyTorch: pip install 'embedlookup[torch]'") from e
 
+from .compositional import MixedDimEmbeddingBag, QREmbeddingBag, mixed_dims
 from .modules import HashEmbedding, HashEmbeddingBag, HashEmbeddingBagCollection
 
-__all__ = ["HashEmbedding", "HashEmbeddingBag", "HashEmbeddingBagCollection"]
+__all__ = ["HashEmbedding", "HashEmbeddingBag", "HashEmbeddingBagCollection", "MixedDimEmbeddingBag",
+           "QREmbeddingBag", "mixed_dims"]

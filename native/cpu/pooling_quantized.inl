@@ -1,0 +1,311 @@
+// Bodies of the compressed-row kernels, included once per instruction set
+// with EL_ISA_NS set (pooling_quantized.h says what they compute). Built with
+// -ffp-contract=off: products that must round on their own (int8/int4
+// values, as the reference computes them) stay unfused; the pooled sums use
+// explicit fused multiply-adds.
+#include <omp.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../structures/key_index.h"
+#include "pooling_quantized.h"
+
+namespace embedlookup {
+namespace cpu {
+namespace EL_ISA_NS {
+
+namespace {
+
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+__attribute__((always_inline)) inline v8f fmadd(v8f a, v8f b, v8f c) {
+#ifdef __AVX2__
+  return _mm256_fmadd_ps(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+__attribute__((always_inline)) inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+
+// Elements [8k, 8k + 8) of a stored row as fp32 (int8/int4: the codes, not
+// yet scaled). The row's last partial vector reads padding or the next
+// bytes of the arena: callers use only the first dim values.
+template <RowType T>
+__attribute__((always_inline)) inline v8f load8(const uint8_t* row, int64_t k) {
+#ifdef __AVX2__
+  if constexpr (T == RowType::kF16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * k)));
+  } else if constexpr (T == RowType::kBF16) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  } else if constexpr (T == RowType::kI8) {
+    int64_t b;
+    std::memcpy(&b, row + 8 * k, 8);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(b)));
+  } else {
+    int32_t b;
+    std::memcpy(&b, row + 4 * k, 4);
+    const __m128i x = _mm_cvtsi32_si128(b);
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+  }
+#else
+  v8f r;
+  for (int j = 0; j < 8; ++j) {
+    const int64_t e = 8 * k + j;
+    if constexpr (T == RowType::kF16) {
+      uint16_t h;
+      std::memcpy(&h, row + 2 * e, 2);
+      r[j] = f16_to_f32(h);
+    } else if constexpr (T == RowType::kBF16) {
+      uint16_t h;
+      std::memcpy(&h, row + 2 * e, 2);
+      r[j] = bf16_to_f32(h);
+    } else if constexpr (T == RowType::kI8) {
+      r[j] = static_cast<float>(row[e]);
+    } else {
+      r[j] = static_cast<float>((row[e >> 1] >> ((e & 1) * 4)) & 0xF);
+    }
+  }
+  return r;
+#endif
+}
+
+// The last, partial vector of a row whose dim is not a multiple of 8: only
+// the row's own bytes are read (a full load could run past the arena's end).
+template <RowType T>
+inline v8f load8_tail(const uint8_t* row, int64_t k, int64_t dim) {
+  alignas(16) uint8_t buf[16] = {};
+  const int64_t left = dim - 8 * k;
+  const int64_t bytes = (T == RowType::kF16 || T == RowType::kBF16) ? 2 * left : (T == RowType::kI8 ? left : left / 2);
+  const int64_t at = (T == RowType::kF16 || T == RowType::kBF16) ? 16 * k : (T == RowType::kI8 ? 8 * k : 4 * k);
+  std::memcpy(buf, row + at, static_cast<size_t>(bytes));
+  return load8<T>(buf, 0);
+}
+template <RowType T>
+__attribute__((always_inline)) inline v8f load_block(const uint8_t* row, int64_t k, int64_t nfull, int64_t dim) {
+  return k < nfull ? load8<T>(row, k) : load8_tail<T>(row, k, dim);
+}
+
+constexpr bool is_int(RowType t) { return t == RowType::kI8 || t == RowType::kI4; }
+
+// Pools bags [b0, b1) of a chunk. D: the dim when it is a compile-time
+// instantiation (accumulators in registers), else 0 (runtime dim, memory
+// accumulator). Two passes as the fp32 kernel: resolve every key of the
+// chunk, then pool with rows prefetched kPrefetchAhead positions ahead.
+template <RowType T, PoolMode M, bool W, int D>
+int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* __restrict ids,
+                     const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t rt_dim,
+                     const float* __restrict w, float* __restrict out) {
+  const int64_t dim = D ? D : rt_dim;
+  const int64_t nv = (dim + 7) / 8;  // vectors per row
+  const int64_t nfull = dim / 8;     // of them whole
+  constexpr int kMaxRegs = 16;
+  constexpr int V = D ? (D + 7) / 8 : kMaxRegs;
+  const ArenaView arena = v.arena->view();
+  const int64_t rb = row_bytes(T, dim);
+  const int64_t so = is_int(T) ? scale_offset(T, dim) : 0;
+  const uint8_t* zero = reinterpret_cast<const uint8_t*>(v.zero_row);
+  const int64_t p_first = b0 < b1 ? off[b0] : 0;
+  const int64_t p_last = (b1 < n_off) ? off[b1] : n;
+  int64_t pre_missing = 0;
+  constexpr int64_t kRingSize = 32;
+  size_t home[kRingSize];
+  for (int64_t p = p_first; p < std::min(p_last, p_first + kPrefetchAhead); ++p) {
+    home[p & (kRingSize - 1)] = index.home(keys[p]);
+    index.prefetch_bucket(home[p & (kRingSize - 1)]);
+  }
+  for (int64_t p = p_first; p < p_last; ++p) {
+    if (p + kPrefetchAhead < p_last) {
+      const size_t h = index.home(keys[p + kPrefetchAhead]);
+      home[(p + kPrefetchAhead) & (kRingSize - 1)] = h;
+      index.prefetch_bucket(h);
+    }
+    const uint32_t id = index.find_from(home[p & (kRingSize - 1)], keys[p]);
+    ids[p] = id;
+    pre_missing += id == kNoRow;
+  }
+  // Runtime-dim accumulator (D == 0): in memory, nv vectors.
+  std::vector<float> acc_buf(D ? 0 : 8 * nv + 8);
+  v8f* acc_mem = reinterpret_cast<v8f*>(acc_buf.data());  // v8f is declared aligned(4)
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = off[b];
+    const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
+    v8f acc_reg[V];
+    v8f* acc = D ? acc_reg : acc_mem;
+    float bias_sum = 0.0f;  // int8/int4 sum/mean: sum over the bag of w_k * bias_k
+    const uint32_t batch0 = v.seq->batch_begin();
+    bool check_rows = (batch0 & 1u) != 0;
+    for (;;) {
+      const float init = (M == PoolMode::kMax) ? -INFINITY : 0.0f;
+      for (int64_t k = 0; k < nv; ++k) acc[k] = splat(init);
+      bias_sum = 0.0f;
+      bool consistent = true;
+      for (int64_t p = s; p < e; ++p) {
+        if (p + kPrefetchAhead < p_last) {
+          const uint32_t nid = ids[p + kPrefetchAhead];
+          const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
+          for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(q + c, 0, 3);
+          __builtin_prefetch(q + rb - 1, 0, 3);  // a row that straddles one more line
+        }
+        const uint32_t id = ids[p];
+        const bool real = id < kTombstone;
+        const uint8_t* row = real ? reinterpret_cast<const uint8_t*>(arena.row(id)) : zero;
+        const uint32_t seq0 = (check_rows && real) ? v.seq->read_begin(id) : 0;
+        const float x = W ? w[p] : 1.0f;
+        if constexpr (is_int(T)) {
+          float scale, bias;
+          std::memcpy(&scale, row + so, 4);
+          std::memcpy(&bias, row + so + 4, 4);
+          if (M == PoolMode::kMax) {
+            const v8f sv = splat(scale), bv = splat(bias);
+            for (int64_t k = 0; k < nv; ++k) {
+              const v8f val = load_block<T>(row, k, nfull, dim) * sv + bv;  // two roundings, as the stored value
+              acc[k] = val > acc[k] ? val : acc[k];
+            }
+          } else {
+            const v8f ws = splat(x * scale);
+            for (int64_t k = 0; k < nv; ++k) acc[k] = fmadd(ws, load_block<T>(row, k, nfull, dim), acc[k]);
+            bias_sum = std::fma(x, bias, bias_sum);
+          }
+        } else {
+          if (M == PoolMode::kMax) {
+            for (int64_t k = 0; k < nv; ++k) {
+              const v8f val = load_block<T>(row, k, nfull, dim);
+              acc[k] = val > acc[k] ? val : acc[k];
+            }
+          } else if (W) {
+            const v8f ws = splat(x);
+            for (int64_t k = 0; k < nv; ++k) acc[k] = fmadd(ws, load_block<T>(row, k, nfull, dim), acc[k]);
+          } else {
+            for (int64_t k = 0; k < nv; ++k) acc[k] += load_block<T>(row, k, nfull, dim);
+          }
+        }
+        if (check_rows && real && !v.seq->read_valid(id, seq0)) {
+          consistent = false;
+          break;
+        }
+      }
+      if (consistent && !check_rows && !v.seq->batch_valid(batch0)) {
+        consistent = false;
+        check_rows = true;
+      }
+      if (consistent) break;
+    }
+    float* o = out + b * dim;
+    if (e == s) {
+      for (int64_t j = 0; j < dim; ++j) o[j] = 0.0f;
+      continue;
+    }
+    const float inv = M == PoolMode::kMean ? 1.0f / static_cast<float>(e - s) : 1.0f;
+    const v8f bv = splat(bias_sum);
+    for (int64_t k = 0; k < nv; ++k) {
+      v8f r = acc[k];
+      if (is_int(T) && M != PoolMode::kMax) r += bv;
+      if (M == PoolMode::kMean) r *= inv;
+      alignas(32) float a[8];
+      __builtin_memcpy(a, &r, sizeof(v8f));
+      const int64_t m = std::min<int64_t>(8, dim - 8 * k);
+      for (int64_t j = 0; j < m; ++j) o[8 * k + j] = a[j];
+    }
+  }
+  return pre_missing;
+}
+
+template <RowType T, int D>
+int64_t pool_range_mode_q(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids,
+                          const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
+                          PoolMode mode, const float* w, float* out) {
+  if (mode == PoolMode::kMax)
+    return pool_range_q<T, PoolMode::kMax, false, D>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out);
+  if (mode == PoolMode::kMean)
+    return pool_range_q<T, PoolMode::kMean, false, D>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out);
+  if (w) return pool_range_q<T, PoolMode::kSum, true, D>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out);
+  return pool_range_q<T, PoolMode::kSum, false, D>(v, index, keys, ids, off, n_off, n, b0, b1, dim, w, out);
+}
+
+template <RowType T>
+int64_t pool_range_dim_q(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids,
+                         const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t dim,
+                         PoolMode mode, const float* w, float* out) {
+  switch (dim) {
+    case 16: return pool_range_mode_q<T, 16>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+    case 32: return pool_range_mode_q<T, 32>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+    case 64: return pool_range_mode_q<T, 64>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+    case 128: return pool_range_mode_q<T, 128>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+    default: return pool_range_mode_q<T, 0>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+  }
+}
+
+}  // namespace
+
+int64_t pool_bags_quantized(const RowView& v, RowType t, const KeyIndex& index, const int64_t* keys, uint32_t* ids,
+                            int64_t n, const int64_t* off, int64_t n_off, int64_t n_bags, int64_t dim, PoolMode mode,
+                            const float* w, float* out, int nthreads) {
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 1024 + 1)));
+  int64_t missing = 0;
+  const int64_t n_chunks = std::max<int64_t>(1, (n + kChunkKeys - 1) / kChunkKeys);
+  auto bag_at = [&](int64_t pos_target) {
+    return static_cast<int64_t>(std::lower_bound(off, off + n_bags, pos_target) - off);
+  };
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : missing)
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const int64_t b0 = c == 0 ? 0 : bag_at(n * c / n_chunks);
+    const int64_t b1 = c == n_chunks - 1 ? n_bags : bag_at(n * (c + 1) / n_chunks);
+    if (b0 >= b1) continue;
+    switch (t) {
+      case RowType::kF16:
+        missing += pool_range_dim_q<RowType::kF16>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+        break;
+      case RowType::kBF16:
+        missing += pool_range_dim_q<RowType::kBF16>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+        break;
+      case RowType::kI8:
+        missing += pool_range_dim_q<RowType::kI8>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+        break;
+      case RowType::kI4:
+        missing += pool_range_dim_q<RowType::kI4>(v, index, keys, ids, off, n_off, n, b0, b1, dim, mode, w, out);
+        break;
+      default: break;
+    }
+  }
+  return missing;
+}
+
+int64_t gather_rows_quantized(const RowView& v, RowType t, const KeyIndex& index, const int64_t* keys,
+                              uint32_t* ids, int64_t n, int64_t dim, float* out, uint8_t* found, int nthreads) {
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 1024 + 1)));
+  int64_t missing = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : missing)
+  for (int64_t i = 0; i < n; ++i) {
+    constexpr int64_t kAhead = 16;
+    if (i + kAhead < n) index.prefetch(keys[i + kAhead]);
+    const uint32_t id = index.find(keys[i]);
+    ids[i] = id;
+    float* o = out + i * dim;
+    if (found) found[i] = id < kTombstone;
+    if (id >= kTombstone) {
+      ++missing;
+      std::memset(o, 0, sizeof(float) * dim);
+      continue;
+    }
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(v.arena->row(id));
+    for (;;) {
+      const uint32_t s0 = v.seq->read_begin(id);
+      decode_row(t, row, dim, o);
+      if (v.seq->read_valid(id, s0)) break;
+    }
+  }
+  return missing;
+}
+
+}  // namespace EL_ISA_NS
+}  // namespace cpu
+}  // namespace embedlookup

@@ -83,7 +83,7 @@ def test_export_cut_builds_a_replica(make_server):
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-def test_cut_holds_back_pushes(make_server):
+def test_cut_holds_back_pushes(make_server, monkeypatch):
     """While a cut is taken no shard applies a push: a push meanwhile waits
     (FROZEN, retried by the client) and lands after the cut."""
     server = make_server(4, 2)
@@ -93,19 +93,23 @@ def test_cut_holds_back_pushes(make_server):
     before = [s["version"] for s in server.stats()["shards"]]
     done = threading.Event()
     seen = {}
+    submit = server._b.submit
 
-    def while_frozen():
-        t = threading.Thread(target=lambda: (client.push(keys, np.ones((10, 4), np.float32)), done.set()),
-                             daemon=True)
-        t.start()
-        seen["held"] = not done.wait(0.3)
-        seen["versions"] = [s["version"] for s in server.stats()["shards"]]
-        return t
+    def while_frozen(i, method, *args):  # the cut's exports are about to be sent: every shard is frozen
+        if method == "frozen_call" and "held" not in seen:
+            t = threading.Thread(target=lambda: (client.push(keys, np.ones((10, 4), np.float32)), done.set()),
+                                 daemon=True)
+            t.start()
+            seen["held"] = not done.wait(0.3)
+            seen["versions"] = [s["version"] for s in server.stats()["shards"]]
+            seen["thread"] = t
+        return submit(i, method, *args)
 
-    t = server._frozen(while_frozen)
-    assert seen["held"] and seen["versions"] == before
+    monkeypatch.setattr(server._b, "submit", while_frozen)
+    cut = server.export_cut()
+    assert seen["held"] and seen["versions"] == before and list(cut.versions) == before
     assert done.wait(10)
-    t.join()
+    seen["thread"].join()
     assert all(s["version"] > b for s, b in zip(server.stats()["shards"], before))
 
 

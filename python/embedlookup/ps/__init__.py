@@ -14,10 +14,10 @@ Quick start::
         client.push_pooled(values, offsets, np.ones((2, 64), np.float32))  # fused backward on the shards
 """
 
-from ._client import (ASYNC_MAX_IN_FLIGHT, Client, PSError, PushRejectedError, ShardUnavailableError,
+from ._client import (ASYNC_MAX_IN_FLIGHT, Client, CutTimeoutError, PSError, PushRejectedError, ShardUnavailableError,
                       parse_mode)
 from ._server import ParameterServer
 from ._shard import ShardLostError
 
-__all__ = ["ParameterServer", "Client", "PSError", "ShardUnavailableError", "PushRejectedError", "ShardLostError",
+__all__ = ["ParameterServer", "Client", "PSError", "ShardUnavailableError", "PushRejectedError", "ShardLostError", "CutTimeoutError",
            "ASYNC_MAX_IN_FLIGHT", "parse_mode"]

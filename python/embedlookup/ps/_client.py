@@ -12,6 +12,7 @@ import numpy as np
 from .. import _checks
 from ..sharding import shard_of
 from ._backends import Transient
+from ._cache import RowCache, merge_duplicates
 from ._shard import APPLIED, DUPLICATE, FROZEN, GAP, REJECTED
 
 #: async mode: pushes in flight before a push waits for the oldest (memory bound).
@@ -30,6 +31,10 @@ class PSError(RuntimeError):
 
 class ShardUnavailableError(PSError):
     """A shard did not answer within the retry budget (dead, unreachable, or restarting too long)."""
+
+
+class CutTimeoutError(PSError):
+    """A global cut did not get every part of a push that some shard had applied within the retry budget."""
 
 
 class PushRejectedError(PSError):
@@ -70,8 +75,10 @@ class Client:
     """
 
     def __init__(self, backend, *, dim: int, mode: str = "sync", client_id: str | None = None, timeout_s: float,
-                 max_retries: int, server_name: str, resume: bool = False, next_seq: int = 0):
+                 max_retries: int, server_name: str, resume: bool = False, next_seq: int = 0, optimizer=None,
+                 cache_rows: int | None = None, cache_options: dict | None = None):
         self._b = backend
+        self._optimizer = optimizer
         self._dim = int(dim)
         self.mode = mode
         self._kind, self._bound = parse_mode(mode)
@@ -89,6 +96,14 @@ class Client:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._seq = next_seq
+        self._cache = None
+        if cache_rows is not None:
+            if self._kind != "bounded" or self._bound < 1:
+                raise ValueError(f"cache_rows: a cache serves rows up to S pushes old, so it needs mode='bounded:S' "
+                                 f"with S >= 1, got mode={mode!r} (sync must see every push: use no cache)")
+            self._cache = RowCache(self._dim, cache_rows, cache_options)
+        elif cache_options is not None:
+            raise ValueError("cache_options: give cache_rows too (the cache's size)")
         if client_id is not None and resume:
             self._resume()
 
@@ -96,6 +111,11 @@ class Client:
     @property
     def dim(self) -> int:
         return self._dim
+
+    @property
+    def optimizer(self):
+        """The server's optimizer (the one every push applies; read-only)."""
+        return self._optimizer
 
     @property
     def num_shards(self) -> int:
@@ -225,23 +245,51 @@ class Client:
 
     def pull(self, keys) -> np.ndarray:
         """Rows of ``keys`` as (n, dim) float32 (missing keys are inserted on
-        their shard with the initializer, as EmbeddingTable.lookup does)."""
+        their shard with the initializer, as EmbeddingTable.lookup does).
+        With a cache, keys whose cached copy is fresh enough are served here."""
         with self._lock:
             self._open()
             k = _checks.keys_1d(keys, "keys")
             self._before_pull()
-            masks, parts = self._split(k)
-            self.bytes_sent += k.nbytes
-            # Only the shards that hold some of the keys are asked.
-            hs = {i: self._b.submit(i, "pull", p) for i, p in enumerate(parts) if p.shape[0] or len(parts) == 1}
+            if self._cache is None:
+                return self._pull_shards(k)
+            return self._pull_cached(k)
+
+    def _pull_cached(self, k):
+        out, hit = self._cache.lookup(k, self._seq, self._bound)
+        if not hit.all():
+            miss = ~hit
+            mk, inv = np.unique(k[miss], return_inverse=True)
+            rows, fresh = self._pull_shards(mk, fresh=True)
+            self._cache.fill(mk, rows, fresh)
+            out[miss] = rows[inv.reshape(-1)]
+        return out
+
+    def _pull_shards(self, k, fresh: bool = False):
+        """Rows of ``k`` from their shards; ``fresh=True``: also, per key, how
+        many of this client's pushes its row holds (its shard's last seq + 1)."""
+        masks, parts = self._split(k)
+        self.bytes_sent += k.nbytes
+        # Only the shards that hold some of the keys are asked.
+        ask = [i for i, p in enumerate(parts) if p.shape[0] or len(parts) == 1]
+        if fresh:
+            hs = {i: self._b.submit(i, "pull_fresh", self.client_id, parts[i]) for i in ask}
+            got = {i: self._resolve(i, h, "pull_fresh", (self.client_id, parts[i])) for i, h in hs.items()}
+            rows = {i: r for i, (r, _) in got.items()}
+            stamp = np.empty(k.shape[0], np.int64)
+            for i, (_, last) in got.items():
+                stamp[slice(None) if masks is None else masks[i]] = last + 1
+        else:
+            hs = {i: self._b.submit(i, "pull", parts[i]) for i in ask}
             rows = {i: self._resolve(i, h, "pull", (parts[i],)) for i, h in hs.items()}
-            self.bytes_received += sum(r.nbytes for r in rows.values())
-            if masks is None:
-                return np.array(rows[0], copy=True) if not rows[0].flags.writeable else rows[0]
+        self.bytes_received += sum(r.nbytes for r in rows.values())
+        if masks is None:
+            out = np.array(rows[0], copy=True) if not rows[0].flags.writeable else rows[0]
+        else:
             out = np.empty((k.shape[0], self._dim), np.float32)
             for i, r in rows.items():
                 out[masks[i]] = r
-            return out
+        return (out, stamp) if fresh else out
 
     def pooled_pull(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
                     include_last_offset: bool = False) -> np.ndarray:
@@ -256,6 +304,8 @@ class Client:
             v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
             w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
             self._before_pull()
+            if self._cache is not None:  # pooled here from the rows (cached or pulled)
+                return _pool(self._pull_cached(v), off, n_bags, mode, w)
             put = self._b.put
             args = (put(v), put(off), mode, None if w is None else put(w))
             self.bytes_sent += v.nbytes + off.nbytes + (0 if w is None else w.nbytes)
@@ -273,6 +323,8 @@ class Client:
             self._open()
             k = _checks.keys_1d(keys, "keys")
             g = _checks.finite(_checks.floats(grads, "grads", (k.shape[0], self._dim)), "grads")
+            if self._cache is not None:  # write-back: one merged gradient per key
+                k, g = merge_duplicates(k, g)
             masks, parts = self._split(k)
             gparts = [g] if masks is None else [np.ascontiguousarray(g[m]) for m in masks]
             self.bytes_sent += k.nbytes + g.nbytes
@@ -296,6 +348,14 @@ class Client:
             args = (put(v), put(off), put(g), mode, None if w is None else put(w))
             self.bytes_sent += v.nbytes + off.nbytes + g.nbytes + (0 if w is None else w.nbytes)
             self._send_push("push_pooled", [args] * self.num_shards)
+
+    def stats(self) -> dict:
+        """This client's counters: pushes sent, in flight, duplicates answered
+        (retries of pushes already applied), bytes sent / received, and with a
+        cache its rows, hits, misses and hit_ratio (over pulled keys)."""
+        return {"client_id": self.client_id, "mode": self.mode, "pushes": self.pushes, "in_flight": self.in_flight,
+                "duplicates": self.duplicates, "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                "cache": None if self._cache is None else self._cache.stats()}
 
     def flush(self) -> None:
         """Waits until every push of this client is acknowledged by every shard."""
@@ -328,7 +388,8 @@ class Client:
         self._moved = True
         return {"dim": self._dim, "mode": self.mode, "client_id": self.client_id, "timeout_s": self.timeout_s,
                 "max_retries": self.max_retries, "server_name": self._server_name, "num_shards": self.num_shards,
-                "next_seq": self._seq}
+                "next_seq": self._seq, "optimizer": self._optimizer,
+                "cache": None if self._cache is None else (self._cache.rows, self._cache.options)}
 
     def __setstate__(self, st):
         from ._backends import RayBackend
@@ -336,7 +397,25 @@ class Client:
         backend = RayBackend.connect(st["server_name"], st["num_shards"])
         Client.__init__(self, backend, dim=st["dim"], mode=st["mode"], client_id=st["client_id"],
                         timeout_s=st["timeout_s"], max_retries=st["max_retries"], server_name=st["server_name"],
-                        next_seq=st["next_seq"])
+                        next_seq=st["next_seq"], optimizer=st["optimizer"],
+                        **({} if st["cache"] is None else {"cache_rows": st["cache"][0],
+                                                          "cache_options": st["cache"][1]}))
+
+
+def _pool(rows: np.ndarray, off: np.ndarray, n_bags: int, mode: str, w) -> np.ndarray:
+    """Pooling of (n, dim) rows by bags (EmbeddingBag semantics: an empty bag pools to zeros)."""
+    out = np.zeros((n_bags, rows.shape[1]), np.float32)
+    lengths = np.diff(np.append(off, rows.shape[0]))
+    full = lengths > 0
+    if not full.any():
+        return out
+    if w is not None:
+        rows = rows * w[:, None]
+    reduce = np.maximum.reduceat if mode == "max" else np.add.reduceat
+    out[full] = reduce(rows, off[full], axis=0)  # each bag to the next non-empty bag's start
+    if mode == "mean":
+        out[full] /= lengths[full, None].astype(np.float32)
+    return out
 
 
 def _combine(parts, mode: str, n_bags: int, dim: int) -> np.ndarray:

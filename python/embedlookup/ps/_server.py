@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import signal
+import threading
+import time
 import uuid
 
 import numpy as np
@@ -14,7 +16,7 @@ from .. import _checks
 from ..optim import Optimizer
 from ..sharding import Cut, shard_of
 from ._backends import LocalBackend, RayBackend
-from ._client import Client, PSError, parse_mode
+from ._client import Client, CutTimeoutError, PSError, parse_mode
 
 TABLES = ("embedding", "frequency")
 _CONFIG = "ps.json"
@@ -116,6 +118,7 @@ class ParameterServer:
             self._b = RayBackend(args, name=self.name, address=address, max_restarts=int(max_restarts),
                                  timeout_s=timeout_s * (max_retries + 1))
         self._clients = 0
+        self._cut_lock = threading.Lock()  # one cut at a time through this server object
         self._closed = False
 
     def _check_durable(self, d):
@@ -136,38 +139,93 @@ class ParameterServer:
                 f"backend={self.backend_name!r})")
 
     # ---------------------------------------------------------------- clients
-    def client(self, mode: str = "sync", client_id: str | None = None) -> Client:
+    def client(self, mode: str = "sync", client_id: str | None = None, *, cache_rows: int | None = None,
+               cache_options: dict | None = None) -> Client:
         """A client for one trainer. ``mode``: "sync", "bounded:S" or "async"
         (docs/ps.md). ``client_id``: None for a fresh id; an id used before
-        resumes after its last acknowledged push (a restarted trainer)."""
+        resumes after its last acknowledged push (a restarted trainer).
+        ``cache_rows`` (bounded modes): a trainer-side cache of that many hot
+        rows (a FrequencyTable; ``cache_options``: its admission / eviction
+        options) serving pulls of rows at most S of this client's pushes old."""
         self._open()
         parse_mode(mode)
         self._clients += 1
         return Client(self._b, dim=self.dim, mode=mode, client_id=client_id, timeout_s=self.timeout_s,
-                      max_retries=self.max_retries, server_name=self.name, resume=client_id is not None)
+                      max_retries=self.max_retries, server_name=self.name, resume=client_id is not None,
+                      optimizer=self.optimizer, cache_rows=cache_rows, cache_options=cache_options)
 
     def _open(self):
         if self._closed:
             raise PSError("this parameter server is shut down")
 
     def _all(self, method, *args):
-        c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                   server_name=self.name)
+        c = self._admin()
         return c._call_all(method, [args] * self.num_shards)
 
     # -------------------------------------------------------------- global cut
-    def _frozen(self, fn):
-        """Runs fn() while every shard holds back pushes: nothing is applied
-        anywhere between the first and the last shard's part of fn."""
-        token = uuid.uuid4().hex
-        try:
-            self._all("freeze", token, self.timeout_s * (self.max_retries + 1))
-            return fn()
-        finally:
-            try:
-                self._all("thaw", token)
-            except PSError:
-                pass  # the freeze expires by itself after its timeout
+    def _global_cut(self, method, per_shard_args):
+        """``method(*per_shard_args[i])`` on every shard i at one global cut:
+        every push is in it on every shard or on none (docs/ps.md, "Global
+        cuts"). 1) freeze every shard (pushes are held, answered FROZEN);
+        each reports its clients' last applied seqs. 2) per client, the
+        highest seq applied on any shard is the cut's; a shard behind it
+        applies its held parts of those pushes (asked again until they have
+        arrived: the clients keep sending them). 3) the calls, on shards
+        still frozen by this cut. 4) thaw. A shard that lost the freeze
+        (restarted, expired) restarts the cut; a push part that does not
+        arrive within the retry budget (its client died between shards)
+        raises CutTimeoutError."""
+        budget = self.timeout_s * (self.max_retries + 1)
+        c = self._admin()
+        with self._cut_lock:
+            for _attempt in range(3):
+                token = uuid.uuid4().hex
+                deadline = time.monotonic() + budget
+                try:
+                    lasts = c._call_all("freeze", [(token, 2 * budget)] * self.num_shards)
+                    target: dict[str, int] = {}
+                    for last in lasts:
+                        for k, v in last.items():
+                            target[k] = max(target.get(k, -1), v)
+                    behind = {i: {k: v for k, v in target.items() if last.get(k, -1) < v}
+                              for i, last in enumerate(lasts)}
+                    behind = {i: t for i, t in behind.items() if t}
+                    lost = False
+                    waits = 0
+                    while behind and not lost:
+                        hs = {i: self._b.submit(i, "apply_up_to", token, t) for i, t in behind.items()}
+                        still = {}
+                        for i, h in hs.items():
+                            status, info = c._resolve(i, h, "apply_up_to", (token, behind[i]))
+                            if status == "lost":
+                                lost = True
+                            elif status == "missing":
+                                still[i] = (behind[i], info)
+                        if still and not lost:
+                            if time.monotonic() > deadline:
+                                what = "; ".join(f"shard {i}: " + ", ".join(f"client {k} seq {s}" for k, s in m.items())
+                                                 for i, (_, m) in still.items())
+                                raise CutTimeoutError(
+                                    f"a cut waited {budget:.0f} s for parts of pushes that other shards had applied "
+                                    f"({what}); their clients died between shards? Resuming such a client "
+                                    f"(server.client(client_id=...)) completes its sequence")
+                            waits += 1
+                            time.sleep(0.0005 if waits < 20 else 0.005)
+                        behind = {i: t for i, (t, _) in still.items()}
+                    if not lost:
+                        out = c._call_all("frozen_call", [(token, method) + tuple(a) for a in per_shard_args])
+                        if all(status == "ok" for status, _ in out):
+                            return [v for _, v in out]
+                finally:
+                    try:
+                        c._call_all("thaw", [(token,)] * self.num_shards)
+                    except PSError:
+                        pass  # the freeze expires by itself
+            raise PSError("no global cut could be taken: shards kept losing the cut's freeze (restarting?)")
+
+    def _admin(self) -> Client:
+        return Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                      server_name=self.name)
 
     def export_cut(self, since=None) -> Cut:
         """One model version across every shard (contract A): ``deltas[i]`` is
@@ -181,9 +239,7 @@ class ParameterServer:
             if not isinstance(since, tuple) or len(since) != self.num_shards:
                 raise ValueError(f"since must be None or one version per shard ({self.num_shards}), got {since!r}")
             since = tuple(_checks.version(s, f"since[{i}]") for i, s in enumerate(since))
-        c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                   server_name=self.name)
-        out = self._frozen(lambda: c._call_all("export_delta", [(s,) for s in since]))
+        out = self._global_cut("export_delta", [(s,) for s in since])
         return Cut(since=since, versions=tuple(int(v) for _, v in out),
                    deltas=tuple(np.asarray(d) for d, _ in out))
 
@@ -198,10 +254,7 @@ class ParameterServer:
                              "use table='embedding'")
         path = os.path.abspath(_checks.path(path, "path"))
         os.makedirs(path, exist_ok=True)
-        c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                   server_name=self.name)
-        out = self._frozen(lambda: c._call_all(
-            "save_to", [(os.path.join(path, f"shard-{i}.ckpt"),) for i in range(self.num_shards)]))
+        out = self._global_cut("save_to", [(os.path.join(path, f"shard-{i}.ckpt"),) for i in range(self.num_shards)])
         with open(os.path.join(path, "config.pkl"), "wb") as f:
             pickle.dump({"table_options": self.table_options, "optimizer": self.optimizer}, f)
         with open(os.path.join(path, _CONFIG), "w") as f:
@@ -252,8 +305,7 @@ class ParameterServer:
 
     def shard_state(self, i: int):
         """(keys, rows, optimizer state, step) of shard ``i``: a test and debugging view."""
-        return Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                      server_name=self.name)._call_all("state", [()] * self.num_shards)[i]
+        return self._admin()._call_all("state", [()] * self.num_shards)[i]
 
     def kill_shard(self, i: int, how: str = "restart", lose_next_reply: bool = False) -> None:
         """Fault injection. ``how="restart"``: local: drop shard i's memory and
@@ -267,8 +319,7 @@ class ParameterServer:
             self._b.crash(i, lose_next_reply=lose_next_reply)
             return
         # Wait until the shard is up (a previous kill's restart done), so every kill is a restart.
-        c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                   server_name=self.name)
+        c = self._admin()
         pid = c._resolve(i, self._b.submit(i, "pid"), "pid", ())
         if how == "sigkill":
             os.kill(pid, signal.SIGKILL)

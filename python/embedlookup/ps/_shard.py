@@ -123,6 +123,9 @@ class ShardCore:
         self._lock = threading.RLock()
         self._frozen_until = 0.0
         self._freeze_token = None
+        self._held: dict = {}  # (client, seq) -> make(): pushes that arrived during a cut
+        self._cut_applied: dict[str, dict[int, str | None]] = {}  # applied by a cut; client not yet answered
+        self.cut_applied = 0  # pushes a cut applied here because another shard had applied them
         self.lost = False
         self.applied = 0  # pushes applied (over every incarnation when durable)
         self.duplicates = 0  # this incarnation
@@ -245,6 +248,14 @@ class ShardCore:
         self._check_alive()
         return self.table.lookup(keys)
 
+    def pull_fresh(self, client: str, keys: np.ndarray):
+        """The rows and the last sequence number of ``client`` applied here:
+        the rows hold every push of that client up to it (a trainer-side
+        cache stamps its copies with it)."""
+        with self._lock:
+            self._check_alive()
+            return self.table.lookup(keys), self.last.get(client, -1)
+
     def pooled_pull(self, values, offsets, mode: str, weights):
         """Per bag, the pooled rows of this shard's keys of the bag: partial
         sums (mode "sum" / "mean", with the weights) or the partial max; and
@@ -261,38 +272,44 @@ class ShardCore:
         return part, counts
 
     def push(self, client: str, seq: int, keys, grads):
-        return self._push(client, seq, "push", (keys, grads))
+        return self._push(client, seq, lambda: ("push", (keys, grads)))
 
     def push_pooled(self, client: str, seq: int, values, offsets, grad_output, mode: str, weights):
-        with self._lock:
-            head = self._gate(client, seq)
-            if head is not None:
-                return head
+        def make():
             mask = self._mask(values)
-            if mode == "mean":
-                weights = _mean_weights(offsets, values.shape[0])
-            w = None if weights is None else np.ascontiguousarray(weights[mask])
-            args = (np.ascontiguousarray(values[mask]), _bag_restrict(mask, offsets), grad_output, w)
-            return self._commit(client, seq, "pooled", args)
+            w = _mean_weights(offsets, values.shape[0]) if mode == "mean" else weights
+            w = None if w is None else np.ascontiguousarray(w[mask])
+            return "pooled", (np.ascontiguousarray(values[mask]), _bag_restrict(mask, offsets), grad_output, w)
 
-    def _gate(self, client, seq):
-        """The reply for a push that must not be applied now, else None."""
-        self._check_alive()
-        last = self.last.get(client, -1)
-        if seq <= last:
-            self.duplicates += 1
-            return (DUPLICATE, last)
-        if seq != last + 1:
-            return (GAP, last)
-        if time.monotonic() < self._frozen_until:
-            return (FROZEN, last)
-        return None
+        return self._push(client, seq, make)
 
-    def _push(self, client, seq, kind, args):
+    def _frozen(self, token=None) -> bool:
+        return time.monotonic() < self._frozen_until and (token is None or token == self._freeze_token)
+
+    def _push(self, client, seq, make):
+        """Applies push ``seq`` of ``client`` (``make()`` gives the table
+        call) if it is the client's next one and no cut holds pushes back.
+        During a cut, a push that is not yet due is held (answered FROZEN:
+        the client sends it again after the cut) so that the cut can apply
+        it here if another shard applied it before the cut began."""
         with self._lock:
-            head = self._gate(client, seq)
-            if head is not None:
-                return head
+            self._check_alive()
+            last = self.last.get(client, -1)
+            if seq <= last:
+                done = self._cut_applied.get(client)
+                if done and seq in done:  # applied by a cut while the client waited: its first answer
+                    for s in [s for s in done if s < seq]:
+                        del done[s]
+                    msg = done.pop(seq)
+                    return (REJECTED, msg) if msg else (APPLIED, seq)
+                self.duplicates += 1
+                return (DUPLICATE, last)
+            if self._frozen():
+                self._held[(client, seq)] = make
+                return (FROZEN, last)
+            if seq != last + 1:
+                return (GAP, last)
+            kind, args = make()
             return self._commit(client, seq, kind, args)
 
     def _commit(self, client, seq, kind, args):
@@ -330,21 +347,57 @@ class ShardCore:
                 self.last[client] = s
             return self.last.get(client, -1)
 
-    def freeze(self, token: str, timeout_s: float) -> int:
-        """Holds back pushes (they answer FROZEN; clients retry) until
-        :meth:`thaw` or ``timeout_s``, so a cut across shards sees no push in
-        between. Returns the table version."""
+    def freeze(self, token: str, timeout_s: float):
+        """Holds back pushes (they answer FROZEN and are kept for
+        :meth:`apply_up_to`; clients send them again) until :meth:`thaw` or
+        ``timeout_s``. Returns every client's last applied sequence number."""
         with self._lock:
             self._check_alive()
             self._freeze_token = token
             self._frozen_until = time.monotonic() + timeout_s
-            return self.table.version
+            self._held = {}
+            return dict(self.last)
+
+    def apply_up_to(self, token: str, targets: dict):
+        """During cut ``token``: applies the held pushes of each client up to
+        ``targets[client]`` (in order), so this shard reaches the sequence
+        numbers another shard had applied when the cut froze it. Returns
+        ("ok", None), ("missing", {client: first missing seq}) when a push has
+        not arrived yet (the caller asks again), or ("lost", None) when this
+        shard is no longer frozen by ``token`` (restarted, expired)."""
+        with self._lock:
+            self._check_alive()
+            if not self._frozen(token):
+                return ("lost", None)
+            missing = {}
+            for client, target in targets.items():
+                last = self.last.get(client, -1)
+                for seq in range(last + 1, int(target) + 1):
+                    make = self._held.pop((client, seq), None)
+                    if make is None:
+                        missing[client] = seq
+                        break
+                    kind, args = make()
+                    status, info = self._commit(client, seq, kind, args)
+                    self._cut_applied.setdefault(client, {})[seq] = info if status == REJECTED else None
+                    self.cut_applied += 1
+            return ("missing", missing) if missing else ("ok", None)
+
+    def frozen_call(self, token: str, method: str, *args):
+        """``method(*args)`` if cut ``token`` still holds this shard: ("ok",
+        value), else ("lost", None)."""
+        with self._lock:
+            self._check_alive()
+            if not self._frozen(token):
+                return ("lost", None)
+            return ("ok", getattr(self, method)(*args))
 
     def thaw(self, token: str) -> None:
         with self._lock:
             if self._freeze_token == token:
                 self._frozen_until = 0.0
                 self._freeze_token = None
+                self._held = {}
 
     def export_delta(self, since: int):
         """The delta since ``since`` and the version it reaches. With a log,
@@ -370,7 +423,7 @@ class ShardCore:
     def stats(self) -> dict:
         return {"shard": self.index, "rows": len(self.table), "version": self.table.version, "step": self.table.step,
                 "pushes_applied": self.applied, "duplicates_dropped": self.duplicates, "rejected": self.rejected,
-                "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last),
+                "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last), "cut_applied": self.cut_applied,
                 "log_records": 0 if self.log is None else self.log.records, "pid": os.getpid(), "lost": self.lost}
 
     def state(self):

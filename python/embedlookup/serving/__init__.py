@@ -14,7 +14,7 @@ replicas that follow it (docs/serving.md).
 
 from .log import CorruptCutError, CutManifest, DeltaLog, DirectoryTransport
 from .replica import NoCutError, Replica, ReplicaView
-from .source import TableSource
+from .source import ShardedTables, TableSource
 
 __all__ = ["CorruptCutError", "CutManifest", "DeltaLog", "DirectoryTransport", "NoCutError", "Replica",
-           "ReplicaView", "TableSource"]
+           "ReplicaView", "ShardedTables", "TableSource"]

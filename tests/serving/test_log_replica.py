@@ -256,3 +256,23 @@ def test_step_hook(tmp_path):
     out = [hook() for _ in range(7)]
     assert [m is not None for m in out] == [False, False, True, False, False, True, False]
     assert log.seq == 2
+
+
+def test_sharded_tables_bad_arguments_change_nothing():
+    from embedlookup.serving import ShardedTables
+
+    with pytest.raises(ValueError, match="num_shards"):
+        ShardedTables(0, 4)
+    m = ShardedTables(3, 4)
+    m.assign(np.arange(30), np.ones((30, 4), np.float32))
+    v = [t.version for t in m.tables]
+    with pytest.raises(ValueError, match="rows"):
+        m.assign(np.arange(3), np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="since"):
+        m.export_cut([0, 0])
+    with pytest.raises(TypeError, match="since"):
+        m.export_cut([0, 0, 1.5])
+    assert [t.version for t in m.tables] == v
+    cut = m.export_cut()
+    assert cut.num_shards == 3 and cut.versions == tuple(v)
+    assert sum(el.storage.delta_info(d)["rows"] for d in cut.deltas) == 30

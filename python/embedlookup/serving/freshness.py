@@ -38,6 +38,7 @@ PARTS = ("bytes", "lag", "load", "bandwidth", "quality")
 DEFAULTS = {
     "rows": 200_000,  # rows of the lag / load model
     "dim": 64,
+    "bytes_rows": "1000,10000,100000",  # bytes: changed rows per measured cut
     "shards": 4,  # load: the served model's shards
     "periods": "1,10",  # lag: publish periods (s)
     "lag_s": 30.0,  # lag: seconds of probe pushes per period
@@ -74,7 +75,7 @@ def part_bytes(p: dict) -> dict:
 
     dim, out = int(p["dim"]), []
     for opt_name, opt in (("none", None), ("rowwise_adagrad", el.optim.Adagrad(lr=0.1, rowwise=True))):
-        for n in (1_000, 10_000, 100_000):
+        for n in [int(x) for x in str(p["bytes_rows"]).split(",")]:
             d = tempfile.mkdtemp(prefix="el-fresh-bytes-")
             try:
                 t = el.EmbeddingTable(dim, optimizer=opt, num_threads=1)
@@ -158,11 +159,19 @@ def part_lag(p: dict) -> dict:
         rep = Replica(d).follow(0.05)
         trainer = _Trainer(model, rows, int(p["push_rows"]), float(p["push_hz"]))
         trainer.start()
-        log.start(period)
         acked, seen = {}, {}
         stop = threading.Event()
+        pub_s, poll_s, cut_bytes = [], [], []
+
+        def publish():
+            while not stop.wait(period):
+                t0 = time.perf_counter()
+                m = log.publish()
+                pub_s.append(time.perf_counter() - t0)
+                cut_bytes.append(m.delta_bytes)
 
         def watch():
+            last = None
             while not stop.is_set():
                 pend = np.array([k for k in acked if k not in seen], np.int64)
                 if pend.size:
@@ -170,8 +179,13 @@ def part_lag(p: dict) -> dict:
                     now = time.monotonic()
                     for k in pend[found]:
                         seen[int(k)] = now
+                if rep.stats["swaps"] != last:
+                    last = rep.stats["swaps"]
+                    poll_s.append(rep.stats["poll_seconds"])
                 time.sleep(0.002)
 
+        pt = threading.Thread(target=publish, daemon=True)
+        pt.start()
         w = threading.Thread(target=watch, daemon=True)
         w.start()
         rng = np.random.default_rng(1)
@@ -190,7 +204,7 @@ def part_lag(p: dict) -> dict:
         finally:
             stop.set()
             w.join()
-            log.stop()
+            pt.join()
             trainer.stop.set()
             trainer.join()
             rep.close()
@@ -199,9 +213,13 @@ def part_lag(p: dict) -> dict:
         res[f"{period:g}s"] = {"publish_period_s": period, "replica_poll_s": 0.05, "probes": len(acked),
                                "served": len(lags), "p50_s": _pct(lags, 50), "p99_s": _pct(lags, 99),
                                "max_s": max(lags) if lags else None, "trainer_pushes": trainer.pushes,
-                               "cuts": log.seq, "publish_errors": len(log.errors)}
+                               "cuts": log.seq, "publish_p50_s": _pct(pub_s, 50),
+                               "replica_poll_p50_s": _pct(poll_s[1:], 50), "cut_bytes_p50": _pct(cut_bytes, 50),
+                               "trainer_rows_per_s": int(p["push_rows"]) * float(p["push_hz"])}
         _say(f"lag: period {period:g} s: p50 {res[f'{period:g}s']['p50_s']:.3f} s, "
-             f"p99 {res[f'{period:g}s']['p99_s']:.3f} s over {len(lags)}/{len(acked)} probes")
+             f"p99 {res[f'{period:g}s']['p99_s']:.3f} s over {len(lags)}/{len(acked)} probes; "
+             f"publish p50 {_pct(pub_s, 50):.3f} s, replica poll p50 {_pct(poll_s[1:], 50):.3f} s, "
+             f"cut p50 {_pct(cut_bytes, 50) / 1e6:.1f} MB")
     return res
 
 
@@ -507,10 +525,11 @@ def markdown(res: dict) -> str:
                 f"{r['ratio_to_model']:.4f} |" for r in res["bytes"]["rows"]]
         out.append("")
     if "lag" in res:
-        out += ["## Freshness lag (push acknowledged -> served)", "", "| publish period | probes | p50 | p99 | max |",
-                "|---|---|---|---|---|"]
+        out += ["## Freshness lag (push acknowledged -> served)", "", "| publish period | probes | p50 | p99 | max | "
+                "publish p50 | replica poll p50 | cut MB p50 |", "|---|---|---|---|---|---|---|---|"]
         out += [f"| {k} | {v['served']}/{v['probes']} | {v['p50_s']:.3f} s | {v['p99_s']:.3f} s | "
-                f"{v['max_s']:.3f} s |" for k, v in res["lag"].items()]
+                f"{v['max_s']:.3f} s | {v['publish_p50_s']:.3f} s | {v['replica_poll_p50_s']:.3f} s | "
+                f"{v['cut_bytes_p50'] / 1e6:.1f} |" for k, v in res["lag"].items()]
         out.append("")
     if "load" in res:
         v = res["load"]

@@ -163,7 +163,8 @@ class Replica:
         self._pinned = False
         self._bad: set = set()  # (log_id, seq) of cuts that failed their checks
         self.last_error: Optional[str] = None
-        self.stats = {"cuts_applied": 0, "bootstraps": 0, "swaps": 0, "errors": 0}
+        # poll_seconds: the last poll that applied something (read, check, apply twice, swap)
+        self.stats = {"cuts_applied": 0, "bootstraps": 0, "swaps": 0, "errors": 0, "poll_seconds": 0.0}
         with self._write:
             self._active, self._standby = self._build(version)
             self._pinned = version is not None
@@ -315,7 +316,11 @@ class Replica:
         with self._write:
             if self._pinned:
                 return 0
-            return self._poll_locked()
+            t0 = time.perf_counter()
+            n = self._poll_locked()
+            if n:
+                self.stats["poll_seconds"] = time.perf_counter() - t0
+            return n
 
     def _poll_locked(self) -> int:
         seqs = self.transport.seqs()

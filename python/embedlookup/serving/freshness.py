@@ -232,6 +232,25 @@ def _free_port() -> int:
     return port
 
 
+def _handler_alone(log_dir: str, n_keys: int, reps: int = 200) -> float:
+    """Median ms of one request's work (JSON parse, pooled lookup, tolist) in
+    this process, on an idle replica of the same log: the server's own cost."""
+    from .http import Limits, parse_json
+    from .replica import Replica
+
+    rep = Replica(log_dir, num_threads=1)
+    rng = np.random.default_rng(0)
+    body = json.dumps({"bags": rng.integers(0, n_keys, (32, 8)).tolist(), "mode": "sum"}).encode()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        parsed = parse_json(body, Limits())
+        with rep.snapshot() as v:
+            v.pooled_lookup(*parsed).tolist()
+        ts.append(time.perf_counter() - t0)
+    return _pct(ts, 50) * 1e3
+
+
 def part_load(p: dict) -> dict:
     """``embedlookup serve`` (its own process) over an S-shard model; the
     trainer pushes and a cut is published every second, each stamping the
@@ -279,6 +298,7 @@ def part_load(p: dict) -> dict:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"embedlookup serve did not start: {server.stderr.read().decode()[-2000:]}")
             time.sleep(0.1)
+        alone = _handler_alone(d, rows)
         trainer.start()
         pub = threading.Thread(target=publisher, daemon=True)
         pub.start()
@@ -304,9 +324,13 @@ def part_load(p: dict) -> dict:
     res.update({"clients": int(p["clients"]), "shards": S, "rows": rows, "dim": dim, "bags_per_request": 32,
                 "keys_per_bag": 8, "cuts_published": log.seq, "server_version_at_end": health["version"],
                 "server_errors": health["errors"], "replica_last_error": health["last_error"],
-                "publish_p50_ms": _pct(apply_times, 50) * 1e3})
+                "publish_p50_ms": _pct(apply_times, 50) * 1e3, "handler_alone_ms_p50": alone,
+                "server_handler_ms_p50": health["handler_ms_p50"],
+                "server_handler_ms_p99": health["handler_ms_p99"]})
     _say(f"load: {res['req_per_s']:.0f} req/s, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
-         f"failed {res['failed']}, mixed {res['mixed']}, versions seen {res['versions_seen']}")
+         f"failed {res['failed']}, mixed {res['mixed']}, versions seen {res['versions_seen']}; in the server's "
+         f"handler p50 {res['server_handler_ms_p50']:.2f} ms, p99 {res['server_handler_ms_p99']:.2f} ms "
+         f"(alone, idle: {alone:.2f} ms); load average {os.getloadavg()[0]:.1f}")
     return res
 
 
@@ -476,7 +500,10 @@ def _plot_quality(res: dict, path: str):
         x = (np.arange(len(a)) + 1) * W
         kb = res["bytes_per_step"].get(n)
         lab = f"{n} (AUC {res['auc'][n]:.4f}" + (f", {kb / 1e3:.0f} kB/step)" if kb is not None else ")")
-        ax[0].plot(x, a, label=lab, lw=2.2 if n == "trainer" else 1.4, ls="--" if n.startswith("full") else "-")
+        if n == "trainer":  # drawn on top: the every-step replica lies under it
+            ax[0].plot(x, a, "k:", label=lab, lw=2.0, zorder=5)
+        else:
+            ax[0].plot(x, a, label=lab, lw=1.4, ls="--" if n.startswith("full") else "-")
     ax[0].set(xlabel="training step (batch)", ylabel=f"AUC served (progressive, per {W} steps)")
     ax[0].legend(fontsize=8)
     ax[0].grid(alpha=0.3)
@@ -534,9 +561,11 @@ def markdown(res: dict) -> str:
     if "load" in res:
         v = res["load"]
         out += ["## Under load (HTTP, loopback)", "", "| clients | seconds | req/s | p50 | p99 | failed | mixed | "
-                "versions served |", "|---|---|---|---|---|---|---|---|",
+                "versions served | handler p50 / p99 (server) | handler alone |", "|---|---|---|---|---|---|---|---|---|---|",
                 f"| {v['clients']} | {v['seconds']:.1f} | {v['req_per_s']:.0f} | {v['p50_ms']:.1f} ms | "
-                f"{v['p99_ms']:.1f} ms | {v['failed']} | {v['mixed']} | {v['versions_seen']} |", ""]
+                f"{v['p99_ms']:.1f} ms | {v['failed']} | {v['mixed']} | {v['versions_seen']} | "
+                f"{v['server_handler_ms_p50']:.2f} / {v['server_handler_ms_p99']:.2f} ms | "
+                f"{v['handler_alone_ms_p50']:.2f} ms |", ""]
     if "bandwidth" in res:
         b = res["bandwidth"]
         out += ["## Bandwidth on paper (100 GB model)", "", f"Broadcast of the whole model to 2 replicas every "

@@ -17,6 +17,7 @@ limit) with ``{"error": message}``; the replica is only ever read.
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import json
@@ -132,6 +133,7 @@ def create_app(replica: Replica, limits: Limits = Limits()):
 
     started = time.time()
     counters = {"requests": 0, "errors": 0}
+    handler_s = collections.deque(maxlen=10_000)  # the last answered requests' time in this process
 
     def error(status: int, message: str):
         counters["errors"] += 1
@@ -140,10 +142,12 @@ def create_app(replica: Replica, limits: Limits = Limits()):
     async def healthz(request):
         with replica.snapshot() as v:
             version, published = v.version, v.published_at
+        h = np.array(handler_s) * 1e3
         return JSONResponse({"status": "ok", "version": version, "published_at": published,
                              "num_shards": replica.num_shards, "dim": replica.dim, "pinned": replica.pinned,
                              "last_error": replica.last_error, "uptime_s": time.time() - started,
-                             **counters})
+                             "handler_ms_p50": float(np.percentile(h, 50)) if h.size else None,
+                             "handler_ms_p99": float(np.percentile(h, 99)) if h.size else None, **counters})
 
     async def read_body(request) -> bytes:
         cl = request.headers.get("content-length")
@@ -166,6 +170,7 @@ def create_app(replica: Replica, limits: Limits = Limits()):
 
     async def pooled_lookup(request):
         counters["requests"] += 1
+        t0 = time.perf_counter()
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         try:
             if ctype not in ("application/json", NPY):
@@ -186,9 +191,12 @@ def create_app(replica: Replica, limits: Limits = Limits()):
         if ctype == NPY:
             buf = io.BytesIO()
             np.save(buf, out, allow_pickle=False)
-            return Response(buf.getvalue(), media_type=NPY, headers={"X-Model-Version": str(version)})
-        return JSONResponse({"version": version, "dim": int(out.shape[1]), "embeddings": out.tolist()},
-                            headers={"X-Model-Version": str(version)})
+            resp = Response(buf.getvalue(), media_type=NPY, headers={"X-Model-Version": str(version)})
+        else:
+            resp = JSONResponse({"version": version, "dim": int(out.shape[1]), "embeddings": out.tolist()},
+                                headers={"X-Model-Version": str(version)})
+        handler_s.append(time.perf_counter() - t0)
+        return resp
 
     return Starlette(routes=[Route("/healthz", healthz, methods=["GET"]),
                              Route("/v1/pooled_lookup", pooled_lookup, methods=["POST"])])

@@ -195,7 +195,8 @@ def _list() -> str:
         f"  {n:16s} workloads {', '.join(s['workloads'])}; ops {', '.join(s['ops'] or ['all'])}"
         + (f"; {s['threads']} thread(s)" if s.get("threads") else "")
         for n, s in SUITES.items()
-    ]
+    ] + ["  freshness        delta log and replicas: cut bytes, lag, HTTP load, bandwidth, AUC served "
+         "(docs/serving.md)"]
     out += ["operations:"] + [f"  {n:16s} {o.doc} [{', '.join(o.impls)}]" for n, o in OPS.items()]
     out += ["subjects:"] + [f"  {n:16s} ({s.kind}) {s.doc}" for n, s in SUBJECTS.items()]
     return "\n".join(out)

@@ -16,7 +16,7 @@ pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
 
 from embedlookup.serving import DeltaLog, Replica  # noqa: E402
-from embedlookup.serving.http import Limits, create_app  # noqa: E402
+from embedlookup.serving.http import Limits, create_app, wait_ready  # noqa: E402
 from http_helpers import running_server  # noqa: E402
 from reference import pooled  # noqa: E402
 from serving_helpers import ShardedSource  # noqa: E402
@@ -135,16 +135,7 @@ def test_serve_command(model):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "embedlookup serve did not come up"
-            time.sleep(0.1)
+        wait_ready(url, proc)
         src.assign([3], np.full((1, 8), 7, np.float32))
         log.publish()
         deadline = time.monotonic() + 20

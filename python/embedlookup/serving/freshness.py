@@ -258,6 +258,7 @@ def part_load(p: dict) -> dict:
     process, httpx) for ``load_s`` seconds, each checking its answers."""
     import httpx
 
+    from .http import wait_ready
     from .log import DeltaLog, DirectoryTransport
 
     rows, dim, S = int(p["rows"]), int(p["dim"]), int(p["shards"])
@@ -272,8 +273,8 @@ def part_load(p: dict) -> dict:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(x for x in (pkg_parent, env.get("PYTHONPATH", "")) if x)
     server = subprocess.Popen([sys.executable, "-m", "embedlookup.cli", "serve", "--log", d, "--port", str(port),
-                               "--period", "0.1", "--threads", "1"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+                               "--period", "0.1", "--threads", "1"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     trainer = _Trainer(model, rows, int(p["push_rows"]), float(p["push_hz"]))
     stop = threading.Event()
@@ -288,16 +289,7 @@ def part_load(p: dict) -> dict:
                 apply_times.append(time.perf_counter() - t0)
 
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"embedlookup serve did not start: {server.stderr.read().decode()[-2000:]}")
-            time.sleep(0.1)
+        wait_ready(url, server)
         alone = _handler_alone(d, rows)
         trainer.start()
         pub = threading.Thread(target=publisher, daemon=True)

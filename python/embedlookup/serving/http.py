@@ -28,7 +28,7 @@ import numpy as np
 
 from .replica import Replica
 
-__all__ = ["Limits", "create_app", "serve"]
+__all__ = ["Limits", "create_app", "serve", "wait_ready"]
 
 NPY = "application/x-npy"
 
@@ -215,3 +215,24 @@ def serve(log, *, host: str = "127.0.0.1", port: int = 8000, period: float = 1.0
         uvicorn.run(create_app(replica, limits), host=host, port=port, log_level=log_level)
     finally:
         replica.close()
+
+
+def wait_ready(url: str, process=None, timeout: float = 60.0) -> None:
+    """Waits until ``GET url/healthz`` answers 200 (a server starting up);
+    raises ``RuntimeError`` if ``process`` (a ``subprocess.Popen``) exits or
+    ``timeout`` seconds pass first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process is not None and process.poll() is not None:
+            out = process.communicate()[0] or b""
+            raise RuntimeError(f"the server exited with status {process.returncode}: {out.decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer from {url}/healthz within {timeout} s")
+        time.sleep(0.1)

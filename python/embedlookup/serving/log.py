@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..storage import delta_info
+from ._periodic import PeriodicOwner
 
 __all__ = ["CorruptCutError", "CutManifest", "DeltaLog", "DirectoryTransport", "FORMAT", "FORMAT_VERSION"]
 
@@ -249,7 +250,7 @@ def _entries(bufs, suffix: str) -> tuple:
     return tuple(FileEntry(f"shard-{i:04d}.{suffix}", int(b.nbytes), _sha(b)) for i, b in enumerate(bufs))
 
 
-class DeltaLog:
+class DeltaLog(PeriodicOwner):
     """Publishes cuts of a cut source into a transport (a folder path or a
     transport object).
 
@@ -287,8 +288,6 @@ class DeltaLog:
         self._versions: Optional[tuple] = None  # None: the next cut carries a snapshot
         self._since_checkpoint = 0
         self._checkpoints: list[int] = [s for s in seqs if self._has_checkpoint(s)]
-        self._thread: Optional[threading.Thread] = None
-        self._stop = threading.Event()
         self._steps = 0
         self.latest: Optional[CutManifest] = None
         self.errors: list[str] = []  # background publishes that failed (the thread goes on)
@@ -365,33 +364,13 @@ class DeltaLog:
         return hook
 
     def start(self, period: float) -> "DeltaLog":
-        """Publishes every ``period`` seconds (> 0) from a daemon thread."""
-        if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
-            raise ValueError(f"period must be a number of seconds > 0, got {period!r}")
-        if self._thread is not None:
-            raise RuntimeError("this DeltaLog is already publishing in the background")
-        self._stop.clear()
-
-        def loop():
-            while not self._stop.wait(period):
-                try:
-                    self.publish()
-                except Exception as e:  # noqa: BLE001 - kept for the owner, the thread goes on
-                    self.errors.append(f"{time.time():.3f}: {type(e).__name__}: {e}")
-
-        self._thread = threading.Thread(target=loop, name="embedlookup-delta-log", daemon=True)
-        self._thread.start()
+        """Publishes every ``period`` seconds (> 0) from a daemon thread;
+        failures go to ``errors`` and the thread goes on."""
+        self._start_loop(self.publish, period, "embedlookup-delta-log",
+                         lambda e: self.errors.append(f"{time.time():.3f}: {type(e).__name__}: {e}"),
+                         "this DeltaLog is already publishing in the background")
         return self
 
     def stop(self) -> None:
         """Stops the background thread (after its current publish)."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+        self._halt()

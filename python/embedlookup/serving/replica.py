@@ -25,6 +25,7 @@ import numpy as np
 from .. import _checks
 from ..sharding import shard_of
 from ..table import EmbeddingTable
+from ._periodic import PeriodicOwner
 from .log import CorruptCutError, CutManifest, as_transport
 
 __all__ = ["Replica", "ReplicaView", "NoCutError"]
@@ -132,7 +133,7 @@ class ReplicaView:
         return out
 
 
-class Replica:
+class Replica(PeriodicOwner):
     """A read-only copy of a model that follows a delta log.
 
     ``Replica(log)``: ``log`` is a folder path (``DirectoryTransport``) or a
@@ -158,8 +159,6 @@ class Replica:
         self.num_threads = num_threads
         self._cv = threading.Condition()
         self._write = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._stop = threading.Event()
         self._pinned = False
         self._bad: set = set()  # (log_id, seq) of cuts that failed their checks
         self.last_error: Optional[str] = None
@@ -370,36 +369,17 @@ class Replica:
 
     def follow(self, period: float = 1.0) -> "Replica":
         """Polls the log every ``period`` seconds from a daemon thread (until :meth:`close`)."""
-        if isinstance(period, bool) or not isinstance(period, (int, float)) or not period > 0:
-            raise ValueError(f"period must be a number of seconds > 0, got {period!r}")
-        if self._thread is not None:
-            raise RuntimeError("this replica is already following its log")
-        self._stop.clear()
-
-        def loop():
-            while not self._stop.wait(period):
-                try:
-                    self.poll()
-                except Exception as e:  # noqa: BLE001 - recorded; serving goes on
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    self.stats["errors"] += 1
-
-        self._thread = threading.Thread(target=loop, name="embedlookup-replica", daemon=True)
-        self._thread.start()
+        self._start_loop(self.poll, period, "embedlookup-replica", self._loop_error,
+                         "this replica is already following its log")
         return self
+
+    def _loop_error(self, e: Exception) -> None:
+        self.last_error = f"{type(e).__name__}: {e}"
+        self.stats["errors"] += 1
 
     def close(self) -> None:
         """Stops following (the tables stay readable)."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        self._halt()
 
     # -------------------------------------------------------------- versions
     def rollback(self, version: int) -> None:

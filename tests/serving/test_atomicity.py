@@ -67,3 +67,50 @@ def test_concurrent_readers_never_see_a_mix(tmp_path):
     assert rep.version == c and rep.last_error is None
     assert checked[0] > 20 and len(versions_seen) > 3, (checked, versions_seen)
     assert rep.stats["swaps"] >= 3
+
+
+def test_table_source_publishing_beside_a_trainer_thread_cuts_one_training_state(tmp_path):
+    """One table, a trainer thread whose every SGD step (lr 1, gradient -1)
+    adds 1 to every row, under the source's lock, and a background
+    publisher: every version served holds one step's value in all rows.
+    Gradient steps run beside export_delta (both under the table's shared
+    lock), so without the source's lock a cut mixes steps: checked below."""
+    import embedlookup as el
+    from embedlookup.serving import TableSource
+
+    n, dim = 4000, 8
+    t = el.EmbeddingTable(dim, optimizer=el.optim.SGD(lr=1.0))
+    src = TableSource(t)
+    keys = np.arange(n, dtype=np.int64)
+    t.assign(keys, np.zeros((n, dim), np.float32))
+    log = DeltaLog(tmp_path, src)
+    log.publish()
+    rep = Replica(tmp_path).follow(0.005)
+    stop = threading.Event()
+
+    grads = np.full((n, dim), -1, np.float32)
+
+    def train():
+        while not stop.is_set():
+            with src.lock:
+                t.apply_gradients(keys, grads)
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    log.start(0.01)
+    bad, seen = [], set()
+    try:
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            with rep.snapshot() as v:
+                u = np.unique(v.find(keys)[0])
+                seen.add(v.version)
+            if u.size != 1:
+                bad.append((v.version, u[:4]))
+    finally:
+        log.stop()
+        stop.set()
+        trainer.join()
+        rep.close()
+    assert not bad, bad[:5]
+    assert len(seen) > 3 and not log.errors

@@ -1,0 +1,334 @@
+"""One parameter-server shard: a table, the server-side optimizer, the
+per-client sequence numbers that make pushes idempotent, and durability
+(snapshot + log of acknowledged pushes).
+
+The same class runs in-process (backend "local") and inside a Ray actor
+(backend "ray"). Every call is made by one thread at a time (the local
+backend's per-shard worker thread, or the actor's single executor), which is
+what orders pushes; the lock only guards the direct calls tests make.
+
+Durable layout of ``<durable_dir>/shard-<i>/``:
+
+- ``snapshot.json``: ``{"gen", "pushes", "last"}`` written atomically (temp +
+  fsync + rename): the checkpoint and log generation in force, the pushes
+  applied before the checkpoint, and each client's last applied sequence
+  number at the checkpoint.
+- ``snapshot-<gen>.ckpt``: ``EmbeddingTable.save`` of the table at that point
+  (absent for generation 0 of a new shard: the empty table).
+- ``log-<gen>.bin``: every push applied after that checkpoint, appended and
+  fsynced before it was acknowledged (``_log.py``).
+- ``incarnation``: how many times this shard has started on this directory.
+
+Recovery (start, Ray restart after a kill): load the checkpoint, replay the
+log in order (each record is the exact table call that was made, so the rows
+and optimizer state come back bit for bit), rebuild the sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+from .. import _core
+from ..sharding import shard_of
+from ._log import PushLog, fsync_dir, read_log
+
+# Push outcomes (the first element of a push's reply).
+APPLIED, DUPLICATE, GAP, FROZEN, REJECTED = "applied", "duplicate", "gap", "frozen", "rejected"
+
+
+class ShardLostError(RuntimeError):
+    """A shard without durable storage was restarted: its rows are gone."""
+
+
+def make_table(kind: str, dim: int, optimizer, options: dict):
+    from ..frequency import FrequencyTable
+    from ..table import EmbeddingTable
+
+    cls = FrequencyTable if kind == "frequency" else EmbeddingTable
+    return cls(dim, optimizer=optimizer, **options)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def _bag_restrict(mask: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Offsets of the bags restricted to the positions where ``mask`` holds."""
+    cs = np.zeros(mask.shape[0] + 1, np.int64)
+    np.cumsum(mask, out=cs[1:])
+    return cs[off]
+
+
+def _mean_weights(off: np.ndarray, n: int) -> np.ndarray:
+    """Per position, 1 / (its bag's length) in float32: exactly the scale the
+    fused backward gives a "mean" bag's occurrences (1.0f / len)."""
+    lengths = np.diff(np.append(off, n))
+    inv = np.float32(1.0) / np.maximum(lengths, 1).astype(np.float32)
+    return np.repeat(inv, lengths)
+
+
+class ShardCore:
+    def __init__(self, index: int, num_shards: int, dim: int, table: str, table_options: dict, optimizer,
+                 durable_dir: str | None, snapshot_every: int | None, init_path: str | None = None,
+                 init_last: dict | None = None, fsync: bool = True, restarted: bool = False):
+        self.index, self.num_shards, self.dim = index, num_shards, dim
+        self.kind, self.options, self.optimizer = table, dict(table_options), optimizer
+        self.snapshot_every = snapshot_every
+        self._fsync = fsync
+        self._lock = threading.RLock()
+        self._frozen_until = 0.0
+        self._freeze_token = None
+        self.lost = False
+        self.applied = 0  # pushes applied (over every incarnation when durable)
+        self.duplicates = 0  # this incarnation
+        self.rejected = 0
+        self.replayed = 0
+        self.incarnation = 1
+        self.log = None
+        self.last: dict[str, int] = {}
+        self.dir = None if durable_dir is None else os.path.join(durable_dir, f"shard-{index}")
+        if self.dir is None:
+            if restarted:
+                self.lost = True  # a restart without durable storage: the rows are gone
+            self.table = self._load(init_path) if init_path else make_table(table, dim, optimizer, self.options)
+            self.last = dict(init_last or {})
+            return
+        os.makedirs(self.dir, exist_ok=True)
+        inc_path = os.path.join(self.dir, "incarnation")
+        if os.path.exists(inc_path):
+            with open(inc_path) as f:
+                self.incarnation = int(f.read() or 0) + 1
+        _write_json(inc_path, self.incarnation)
+        self._recover(init_path, init_last)
+
+    # ------------------------------------------------------------ durability
+    def _load(self, path):
+        from ..table import EmbeddingTable
+
+        opts = {k: v for k, v in self.options.items() if k == "num_threads"}
+        return EmbeddingTable.load(path, optimizer=self.optimizer, **opts)
+
+    def _recover(self, init_path, init_last) -> None:
+        meta_path = os.path.join(self.dir, "snapshot.json")
+        fresh = not os.path.exists(meta_path)
+        if fresh:
+            self.gen, self.applied = 0, 0
+            self.table = self._load(init_path) if init_path else make_table(self.kind, self.dim, self.optimizer,
+                                                                             self.options)
+            self.last = dict(init_last or {})
+            if init_path or init_last:
+                self._snapshot()  # a restart must come back to the loaded state, not an empty table
+                return
+        else:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            self.gen, self.applied, self.last = int(meta["gen"]), int(meta["pushes"]), dict(meta["last"])
+            ckpt = self._ckpt_path(self.gen)
+            self.table = self._load(ckpt) if os.path.exists(ckpt) else make_table(
+                self.kind, self.dim, self.optimizer, self.options)
+        for client, seq, kind, args in read_log(self._log_path(self.gen)):
+            self._apply(kind, args)
+            self.last[client] = seq
+            self.applied += kind != "skip"
+            self.replayed += 1
+        self.log = PushLog(self._log_path(self.gen), fsync=self._fsync)
+
+    def _ckpt_path(self, gen):
+        return os.path.join(self.dir, f"snapshot-{gen}.ckpt")
+
+    def _log_path(self, gen):
+        return os.path.join(self.dir, f"log-{gen}.bin")
+
+    def _snapshot(self) -> None:
+        """A new checkpoint + an empty log; the old pair is deleted once the
+        new one is in force (snapshot.json names it)."""
+        old = getattr(self, "gen", 0)
+        gen = old + 1
+        new_log = PushLog(self._log_path(gen), fsync=self._fsync)
+        self.table.save(self._ckpt_path(gen))
+        _write_json(os.path.join(self.dir, "snapshot.json"), {"gen": gen, "pushes": self.applied, "last": self.last})
+        if self.log is not None:
+            self.log.close()
+        self.log, self.gen = new_log, gen
+        for p in (self._ckpt_path(old), self._log_path(old)):
+            if os.path.exists(p):
+                os.remove(p)
+
+    # ----------------------------------------------------------- table calls
+    def _check_alive(self):
+        if self.lost:
+            raise ShardLostError(f"shard {self.index} was restarted without durable storage (durable_dir=None): "
+                                 "its rows are lost; give ParameterServer a durable_dir to survive restarts")
+
+    def _mask(self, keys: np.ndarray) -> np.ndarray:
+        if self.num_shards == 1:
+            return np.ones(keys.shape[0], np.bool_)
+        return shard_of(keys, self.num_shards) == self.index
+
+    def _apply(self, kind: str, args: tuple) -> None:
+        """One table update, exactly as logged. Keys the table lacks (a push
+        of keys never pulled, or pulled before a restart and only inserted by
+        the pull) are inserted with the initializer first, as a pull would."""
+        if kind == "skip":
+            return
+        t = self.table
+        for attempt in (0, 1):
+            try:
+                if kind == "push":
+                    keys, grads = args
+                    t.apply_gradients(keys, grads)
+                else:
+                    v, off, grad_output, w = args
+                    t.apply_pooled_gradients(v, off, grad_output, mode="sum", per_sample_weights=w)
+                return
+            except _core.KeyMissingError:
+                if attempt:
+                    raise
+                t.lookup(args[0])  # nothing was updated: insert, then apply once
+
+    def pull(self, keys: np.ndarray) -> np.ndarray:
+        self._check_alive()
+        return self.table.lookup(keys)
+
+    def pooled_pull(self, values, offsets, mode: str, weights):
+        """Per bag, the pooled rows of this shard's keys of the bag: partial
+        sums (mode "sum" / "mean", with the weights) or the partial max; and
+        for "mean" / "max" the number of this shard's keys per bag."""
+        self._check_alive()
+        mask = self._mask(values)
+        v = values[mask]
+        off = _bag_restrict(mask, offsets)
+        w = None if weights is None else weights[mask]
+        part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum", per_sample_weights=w)
+        if mode == "sum":
+            return part, None
+        counts = np.diff(np.append(off, v.shape[0])).astype(np.int32)
+        return part, counts
+
+    def push(self, client: str, seq: int, keys, grads):
+        return self._push(client, seq, "push", (keys, grads))
+
+    def push_pooled(self, client: str, seq: int, values, offsets, grad_output, mode: str, weights):
+        with self._lock:
+            head = self._gate(client, seq)
+            if head is not None:
+                return head
+            mask = self._mask(values)
+            if mode == "mean":
+                weights = _mean_weights(offsets, values.shape[0])
+            w = None if weights is None else np.ascontiguousarray(weights[mask])
+            args = (np.ascontiguousarray(values[mask]), _bag_restrict(mask, offsets), grad_output, w)
+            return self._commit(client, seq, "pooled", args)
+
+    def _gate(self, client, seq):
+        """The reply for a push that must not be applied now, else None."""
+        self._check_alive()
+        last = self.last.get(client, -1)
+        if seq <= last:
+            self.duplicates += 1
+            return (DUPLICATE, last)
+        if seq != last + 1:
+            return (GAP, last)
+        if time.monotonic() < self._frozen_until:
+            return (FROZEN, last)
+        return None
+
+    def _push(self, client, seq, kind, args):
+        with self._lock:
+            head = self._gate(client, seq)
+            if head is not None:
+                return head
+            return self._commit(client, seq, kind, args)
+
+    def _commit(self, client, seq, kind, args):
+        try:
+            self._apply(kind, args)  # on error the table is unchanged
+        except (ValueError, TypeError, KeyError, RuntimeError) as e:
+            # The sequence number is used up (logged as a skip) so the
+            # client's next push is not held back; the rows are unchanged.
+            kind, args, msg = "skip", (), f"{type(e).__name__}: {e}"
+            self.rejected += 1
+        else:
+            msg = None
+            self.applied += 1
+        if self.log is not None:
+            self.log.append(client, seq, kind, args)  # durable before the acknowledgement
+        self.last[client] = seq
+        if self.log is not None and self.snapshot_every and self.log.records >= self.snapshot_every:
+            self._snapshot()
+        return (REJECTED, msg) if msg else (APPLIED, seq)
+
+    # --------------------------------------------------- clients and cuts
+    def last_seq(self, client: str) -> int:
+        self._check_alive()
+        return self.last.get(client, -1)
+
+    def advance(self, client: str, seq: int) -> int:
+        """Moves a client's last sequence number forward to ``seq`` (a
+        resumed client whose previous process died mid-push)."""
+        with self._lock:
+            self._check_alive()
+            last = self.last.get(client, -1)
+            for s in range(last + 1, seq + 1):
+                if self.log is not None:
+                    self.log.append(client, s, "skip", ())
+                self.last[client] = s
+            return self.last.get(client, -1)
+
+    def freeze(self, token: str, timeout_s: float) -> int:
+        """Holds back pushes (they answer FROZEN; clients retry) until
+        :meth:`thaw` or ``timeout_s``, so a cut across shards sees no push in
+        between. Returns the table version."""
+        with self._lock:
+            self._check_alive()
+            self._freeze_token = token
+            self._frozen_until = time.monotonic() + timeout_s
+            return self.table.version
+
+    def thaw(self, token: str) -> None:
+        with self._lock:
+            if self._freeze_token == token:
+                self._frozen_until = 0.0
+                self._freeze_token = None
+
+    def export_delta(self, since: int):
+        self._check_alive()
+        d = self.table.export_delta(since)
+        return d, self.table.version
+
+    def save_to(self, path: str):
+        """The table's checkpoint at ``path`` and the sequence numbers it holds."""
+        with self._lock:
+            self._check_alive()
+            version = self.table.save(path)
+            return version, dict(self.last)
+
+    def stats(self) -> dict:
+        return {"shard": self.index, "rows": len(self.table), "version": self.table.version, "step": self.table.step,
+                "pushes_applied": self.applied, "duplicates_dropped": self.duplicates, "rejected": self.rejected,
+                "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last),
+                "log_records": 0 if self.log is None else self.log.records, "pid": os.getpid(), "lost": self.lost}
+
+    def state(self):
+        """(keys, rows, optimizer state, step) of the whole table, for tests and resharding."""
+        k, r = self.table.export()
+        return k, r, self.table._t.export_state(k), self.table.step
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None

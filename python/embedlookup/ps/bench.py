@@ -1,0 +1,140 @@
+"""Parameter-server costs, measured in one process, interleaved:
+
+- per-call overhead: a sync ``pull`` / ``push`` of one key through each
+  backend, against the in-process table's ``lookup`` / ``apply_gradients``;
+- the W1 training step (1 M x 64 rows, batch 4096 bags x pooling 32 = 131 072
+  keys, uniform, 2 shards, Adagrad): ``pooled_pull`` + ``push_pooled`` (sync)
+  through each backend against the in-process table's fused step
+  (``pooled_lookup`` + ``apply_pooled_gradients``), with the bytes the client
+  sends and receives per step.
+
+The in-process table uses every core; each shard gets cores / shards threads,
+so both sides have the same threads. No durability (durable_dir=None) unless
+``--durable DIR``, which adds the local backend with the push log fsynced on
+every push.
+
+Run: ``PYTHONPATH=python python -m embedlookup.ps.bench [--repeats 9] [--backends local,ray]``
+(``--rows 100000`` for a quick look). ``run(...)`` returns the figures as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+import embedlookup as el
+
+from ._server import ParameterServer
+
+
+def _median_ms(fn, n):
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def _fill(fill, rows, chunk=1 << 17):
+    for lo in range(0, rows, chunk):
+        fill(np.arange(lo, min(rows, lo + chunk), dtype=np.int64))
+
+
+def run(rows=1_000_000, dim=64, batch=4096, pooling=32, shards=2, backends=("local", "ray"), repeats=9,
+        calls=200, durable=None, seed=0, log=print) -> dict:
+    opt = el.optim.Adagrad(lr=0.01)
+    init = el.init.uniform(-0.01, 0.01, seed=1)
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, rows, batch * pooling).astype(np.int64)
+    offsets = np.arange(batch, dtype=np.int64) * pooling
+    grad = rng.standard_normal((batch, dim)).astype(np.float32)
+    one_key, one_grad = np.array([rows // 2], np.int64), np.ones((1, dim), np.float32)
+
+    table = el.EmbeddingTable(dim, initializer=init, optimizer=opt)
+    _fill(table.lookup, rows)
+    subjects = {"in-process": None}
+    servers = []
+    specs = [(b, b, None) for b in backends]
+    if durable:
+        specs.append(("local+fsync", "local", durable))
+    for label, backend, ddir in specs:
+        log(f"starting {label} with {shards} shards of {rows} rows...")
+        s = ParameterServer(dim, shards, optimizer=opt, backend=backend, durable_dir=ddir, snapshot_every=None,
+                            table_options={"initializer": init})
+        servers.append(s)
+        c = s.client("sync")
+        _fill(c.pull, rows)
+        subjects[label] = c
+
+    def step_fn(c):
+        if c is None:
+            return lambda: (table.pooled_lookup(values, offsets), table.apply_pooled_gradients(values, offsets, grad))
+        return lambda: (c.pooled_pull(values, offsets), c.push_pooled(values, offsets, grad))
+
+    out = {"workload": dict(rows=rows, dim=dim, batch=batch, pooling=pooling, shards=shards), "subjects": {}}
+    try:
+        for name, c in subjects.items():  # warm up, and bytes of one step
+            b0 = (c.bytes_sent, c.bytes_received) if c else (0, 0)
+            step_fn(c)()
+            res = out["subjects"].setdefault(name, {"step_ms": []})
+            if c:
+                res["bytes_sent_per_step"] = c.bytes_sent - b0[0]
+                res["bytes_received_per_step"] = c.bytes_received - b0[1]
+        for r in range(repeats):  # interleaved rounds
+            for name, c in subjects.items():
+                res = out["subjects"][name]
+                t0 = time.perf_counter()
+                step_fn(c)()
+                res["step_ms"].append(1e3 * (time.perf_counter() - t0))
+            log(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {out['subjects'][n]['step_ms'][-1]:.1f} ms"
+                                                         for n in subjects))
+        base = statistics.median(out["subjects"]["in-process"]["step_ms"])
+        for name, c in subjects.items():
+            res = out["subjects"][name]
+            res["step_ms_median"] = statistics.median(res["step_ms"])
+            res["throughput_vs_in_process"] = base / res["step_ms_median"]
+            if c is None:
+                res["pull_call_ms"] = _median_ms(lambda: table.lookup(one_key), calls)
+                res["push_call_ms"] = _median_ms(lambda: table.apply_gradients(one_key, one_grad), calls)
+            else:
+                res["pull_call_ms"] = _median_ms(lambda: c.pull(one_key), calls)
+                res["push_call_ms"] = _median_ms(lambda: c.push(one_key, one_grad), calls)
+    finally:
+        for s in servers:
+            s.shutdown()
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--pooling", type=int, default=32)
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--calls", type=int, default=200, help="calls per per-call overhead median")
+    p.add_argument("--backends", default="local,ray")
+    p.add_argument("--durable", default=None, help="also the local backend with a fsynced push log in DIR")
+    p.add_argument("--json", default=None, help="write the figures to this file")
+    a = p.parse_args(argv)
+    res = run(a.rows, a.dim, a.batch, a.pooling, a.shards, tuple(b for b in a.backends.split(",") if b), a.repeats,
+              a.calls, a.durable)
+    print(f"{'subject':<14}{'step ms':>9}{'vs in-process':>15}{'pull call ms':>14}{'push call ms':>14}"
+          f"{'MB sent/step':>14}{'MB recv/step':>14}")
+    for name, r in res["subjects"].items():
+        print(f"{name:<14}{r['step_ms_median']:>9.1f}{r['throughput_vs_in_process']:>14.0%}"
+              f"{r['pull_call_ms']:>14.3f}{r['push_call_ms']:>14.3f}"
+              f"{r.get('bytes_sent_per_step', 0) / 1e6:>14.2f}{r.get('bytes_received_per_step', 0) / 1e6:>14.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""sync mode is exact: the same pushes through a sharded server and through
+one in-process EmbeddingTable leave every row, every optimizer state and the
+step count equal bit for bit. Pulls: rows exact; pooled partials combined on
+the client equal the table's pooling (max exactly, sum / mean up to float
+reassociation)."""
+
+import numpy as np
+import pytest
+
+import embedlookup as el
+
+from conftest import assert_matches_table
+
+
+def _batch(rng, n_bags, max_len, key_space):
+    lengths = rng.integers(0, max_len + 1, n_bags)
+    off = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    values = rng.integers(-key_space, key_space, int(lengths.sum())).astype(np.int64)
+    return values, off
+
+
+OPTIMIZERS = [el.optim.Adam(lr=0.05, weight_decay=0.01), el.optim.Adagrad(lr=0.1, lr_decay=0.01),
+              el.optim.SGD(lr=0.2), el.optim.Adagrad(lr=0.1, rowwise=True)]
+
+
+# Every optimizer and shard count on the local backend; Ray runs one of them
+# (each Ray server costs a few seconds of actor start-up).
+CASES = [("local", o, n) for o in OPTIMIZERS for n in (1, 3)] + [("ray", OPTIMIZERS[0], 3)]
+
+
+@pytest.mark.parametrize("backend,opt,num_shards", CASES, indirect=["backend"],
+                         ids=[f"{b}-{type(o).__name__}{'-rw' if getattr(o, 'rowwise', 0) else ''}-{n}"
+                              for b, o, n in CASES])
+def test_sync_equals_one_table(make_server, opt, num_shards):
+    dim = 12
+    init = el.init.normal(std=0.1, seed=5)
+    server = make_server(dim, num_shards, optimizer=opt, table_options={"initializer": init})
+    ref = el.EmbeddingTable(dim, initializer=init, optimizer=opt)
+    client = server.client(mode="sync")
+    rng = np.random.default_rng(num_shards)
+    for step in range(12):
+        values, off = _batch(rng, 20, 6, 40)  # few keys: many duplicates within and across bags
+        kind = step % 4
+        if kind == 0:  # sum
+            got = client.pooled_pull(values, off, mode="sum")
+            want = ref.pooled_lookup(values, off, mode="sum")
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            g = rng.standard_normal((off.shape[0], dim)).astype(np.float32)
+            client.push_pooled(values, off, g, mode="sum")
+            ref.apply_pooled_gradients(values, off, g, mode="sum")
+        elif kind == 1:  # mean
+            got = client.pooled_pull(values, off, mode="mean")
+            want = ref.pooled_lookup(values, off, mode="mean")
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            g = rng.standard_normal((off.shape[0], dim)).astype(np.float32)
+            client.push_pooled(values, off, g, mode="mean")
+            ref.apply_pooled_gradients(values, off, g, mode="mean")
+        elif kind == 2:  # weighted sum, max pooling forward
+            w = rng.uniform(0.1, 2, values.shape[0]).astype(np.float32)
+            np.testing.assert_array_equal(client.pooled_pull(values, off, mode="max"),
+                                          ref.pooled_lookup(values, off, mode="max"))
+            got = client.pooled_pull(values, off, mode="sum", per_sample_weights=w)
+            np.testing.assert_allclose(got, ref.pooled_lookup(values, off, mode="sum", per_sample_weights=w),
+                                       rtol=1e-5, atol=1e-6)
+            g = rng.standard_normal((off.shape[0], dim)).astype(np.float32)
+            client.push_pooled(values, off, g, per_sample_weights=w)
+            ref.apply_pooled_gradients(values, off, g, per_sample_weights=w)
+        else:  # per-key pull / push, duplicated keys
+            keys = values
+            np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
+            g = rng.standard_normal((keys.shape[0], dim)).astype(np.float32)
+            client.push(keys, g)
+            ref.apply_gradients(keys, g)
+        # a pull after a push sees it, on every shard
+        probe = np.unique(values)
+        np.testing.assert_array_equal(client.pull(probe), ref.lookup(probe))
+    assert_matches_table(server, ref)
+    st = server.stats()
+    assert st["pushes_applied"] == 12 * num_shards and st["duplicates_dropped"] == 0
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_two_sync_clients_interleaved(make_server):
+    """Pushes of two sync clients, interleaved: the server equals the table
+    that applied them in the same order."""
+    opt = el.optim.Adam(lr=0.01)
+    server = make_server(8, 2, optimizer=opt)
+    ref = el.EmbeddingTable(8, optimizer=opt, initializer=el.init.uniform())
+    a, b = server.client("sync"), server.client("sync")
+    rng = np.random.default_rng(0)
+    for step in range(8):
+        c = (a, b)[step % 2]
+        values, off = _batch(rng, 10, 4, 30)
+        c.pooled_pull(values, off)
+        ref.pooled_lookup(values, off)
+        g = rng.standard_normal((off.shape[0], 8)).astype(np.float32)
+        c.push_pooled(values, off, g)
+        ref.apply_pooled_gradients(values, off, g)
+    assert_matches_table(server, ref)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_empty_bags_and_no_keys_on_a_shard(make_server):
+    server = make_server(4, 4)
+    client = server.client()
+    values = np.array([3], np.int64)  # one key: three shards hold none of it
+    off = np.array([0, 0, 1, 1], np.int64)
+    ref = el.EmbeddingTable(4, optimizer=server.optimizer, initializer=el.init.uniform())
+    for mode in ("sum", "mean", "max"):
+        np.testing.assert_array_equal(client.pooled_pull(values, off, mode=mode),
+                                      ref.pooled_lookup(values, off, mode=mode))
+    g = np.ones((4, 4), np.float32)
+    client.push_pooled(values, off, g, mode="mean")
+    ref.apply_pooled_gradients(values, off, g, mode="mean")
+    assert_matches_table(server, ref)

@@ -19,7 +19,7 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--period", type=float, default=1.0, help="seconds between polls of the log (default 1)")
-    s.add_argument("--version", type=int, default=None,
+    s.add_argument("--pin", type=int, default=None, metavar="VERSION",
                    help="serve this kept version and do not follow the log (a rollback)")
     s.add_argument("--max-bags", type=int, default=4096, help="bags per request, at most (default 4096)")
     s.add_argument("--max-keys", type=int, default=1 << 18, help="keys per request, at most (default 262144)")
@@ -48,7 +48,7 @@ def serve_command(args) -> int:
     from .replica import NoCutError
 
     try:
-        serve(args.log, host=args.host, port=args.port, period=args.period, version=args.version,
+        serve(args.log, host=args.host, port=args.port, period=args.period, version=args.pin,
               limits=Limits(args.max_bags, args.max_keys, args.max_body_bytes), num_threads=args.threads)
     except (NoCutError, OSError, ValueError) as e:
         print(f"embedlookup serve: error: {e}", file=err)

@@ -150,3 +150,53 @@ def test_serve_command(model):
     bad = subprocess.run([sys.executable, "-m", "embedlookup.cli", "serve", "--log", str(path) + "/nothing"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "no cut" in bad.stderr
+
+
+def test_http_answers_one_version_while_cuts_apply(tmp_path):
+    """Concurrent clients while cuts are published and applied: every answer
+    is 200 and its probe bag sums to 8 x the version it names (a mixed answer
+    would not), over several versions."""
+    import threading
+
+    from embedlookup.serving import ShardedTables
+
+    n, dim = 2000, 4
+    src = ShardedTables(3, dim)
+    keys = np.arange(n, dtype=np.int64)
+    src.assign(keys, np.full((n, dim), 1, np.float32))
+    log = DeltaLog(tmp_path, src, checkpoint_every=4)
+    log.publish()
+    rep = Replica(tmp_path).follow(0.01)
+    bad, versions, stop = [], set(), threading.Event()
+    bags = [list(range(i * 8, i * 8 + 8)) for i in range(0, 250, 10)]  # 25 bags of 8 keys over every shard
+
+    def client(url):
+        with httpx.Client(base_url=url, timeout=20) as c:
+            while not stop.is_set():
+                r = c.post("/v1/pooled_lookup", json={"bags": bags})
+                if r.status_code != 200:
+                    bad.append(r.status_code)
+                    continue
+                b = r.json()
+                versions.add(b["version"])
+                if {x for row in b["embeddings"] for x in row} != {8.0 * b["version"]}:
+                    bad.append(("mixed", b["version"]))
+
+    try:
+        with running_server(create_app(rep)) as url:
+            threads = [threading.Thread(target=client, args=(url,)) for _ in range(3)]
+            for t in threads:
+                t.start()
+            end = time.monotonic() + 2.5
+            while time.monotonic() < end:
+                src.assign(keys, np.full((n, dim), log.seq + 1, np.float32))
+                log.publish()
+                time.sleep(0.05)
+            stop.set()
+            for t in threads:
+                t.join()
+    finally:
+        stop.set()
+        rep.close()
+    assert not bad, bad[:5]
+    assert len(versions) > 3, versions

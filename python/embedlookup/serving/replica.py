@@ -161,9 +161,11 @@ class Replica(PeriodicOwner):
         self._write = threading.Lock()
         self._pinned = False
         self._bad: set = set()  # (log_id, seq) of cuts that failed their checks
+        self._stuck = None  # (log_id, seq) of the snapshot whose chain last reached nothing new
         self.last_error: Optional[str] = None
         # poll_seconds: the last poll that applied something (read, check, apply twice, swap)
-        self.stats = {"cuts_applied": 0, "bootstraps": 0, "swaps": 0, "errors": 0, "poll_seconds": 0.0}
+        self.stats = {"cuts_applied": 0, "bootstraps": 0, "swaps": 0, "errors": 0, "poll_seconds": 0.0,
+                      "snapshot_reads": 0}
         with self._write:
             self._active, self._standby = self._build(version)
             self._pinned = version is not None
@@ -257,9 +259,12 @@ class Replica(PeriodicOwner):
         self.last_error = f"{type(e).__name__}: {e}"
         self.stats["errors"] += 1
 
-    def _build(self, target: Optional[int] = None, newer_than: int = 0):
+    def _build(self, target: Optional[int] = None, newer_than: int = 0, skip_stuck: bool = False):
         """Two generations built from the newest usable snapshot (at or
-        before ``target``), plus the deltas after it: (active, standby)."""
+        before ``target``), plus the deltas after it: (active, standby);
+        None when that reaches no further than ``newer_than``. With
+        ``skip_stuck``, a snapshot whose chain went no further last time is
+        not read again (a bad cut after it stops it until a newer snapshot)."""
         seqs = self.transport.seqs()
         if not seqs:
             raise NoCutError("the log holds no cut yet")
@@ -270,7 +275,10 @@ class Replica(PeriodicOwner):
                 m = self.transport.manifest(s)
                 if not m.has_checkpoint:
                     continue
+                if skip_stuck and (m.log_id, s) == self._stuck:
+                    return None
                 snap, d = self.transport.checkpoint(m), self.transport.deltas(m)
+                self.stats["snapshot_reads"] += 1
             except CorruptCutError as e:
                 why = e
                 self._note_bad(None, s, e)
@@ -281,6 +289,7 @@ class Replica(PeriodicOwner):
                 raise NoCutError(f"cannot rebuild version {target}: the chain from snapshot {s} stops at {reached}"
                                  f" ({self.last_error})")
             if reached <= newer_than:
+                self._stuck = (m.log_id, s)
                 return None
             gens = []
             for _ in range(2):
@@ -356,7 +365,8 @@ class Replica(PeriodicOwner):
         """Rebuilds both generations from the newest usable snapshot when
         that reaches past ``newer_than``; returns the versions gained."""
         try:
-            built = self._build(None, newer_than if self._standby is not None else newer_than - 1)
+            whole = self._standby is not None  # else rebuild even at the same version
+            built = self._build(None, newer_than if whole else newer_than - 1, skip_stuck=whole)
         except NoCutError as e:
             self.last_error = f"re-bootstrap failed, serving version {self._active.seq}: {e}"
             return 0

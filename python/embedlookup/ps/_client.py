@@ -62,10 +62,11 @@ class _Pending:
 class Client:
     """One trainer's view of the parameter server.
 
-    Not thread-safe across trainers: give each trainer (thread or process)
-    its own client. Pickling a client (to send it to a Ray task or another
-    process) first waits for its pushes, then carries its id and sequence
-    number; the copy reconnects to the shards by name. Use only one copy.
+    Give each trainer (thread or process) its own client. Pickling a client
+    (to send it to a Ray task or another process; backend "ray" only) first
+    waits for its pushes, then carries its id and sequence number: the copy
+    reconnects to the shards by name and continues, and this client refuses
+    further calls (one sequence, one user).
     """
 
     def __init__(self, backend, *, dim: int, mode: str = "sync", client_id: str | None = None, timeout_s: float,
@@ -82,6 +83,7 @@ class Client:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._lock = threading.RLock()
         self._closed = False
+        self._moved = False
         self.pushes = 0
         self.duplicates = 0
         self.bytes_sent = 0
@@ -110,6 +112,9 @@ class Client:
     def _open(self):
         if self._closed:
             raise PSError("this client is closed")
+        if self._moved:
+            raise PSError("this client was pickled: its copy continues its pushes; make a new client here "
+                          "(server.client())")
 
     # ------------------------------------------------------- calls + retries
     def _retry_wait(self, attempt):
@@ -227,13 +232,15 @@ class Client:
             self._before_pull()
             masks, parts = self._split(k)
             self.bytes_sent += k.nbytes
-            rows = self._call_all("pull", [(p,) for p in parts])
-            self.bytes_received += sum(r.nbytes for r in rows)
+            # Only the shards that hold some of the keys are asked.
+            hs = {i: self._b.submit(i, "pull", p) for i, p in enumerate(parts) if p.shape[0] or len(parts) == 1}
+            rows = {i: self._resolve(i, h, "pull", (parts[i],)) for i, h in hs.items()}
+            self.bytes_received += sum(r.nbytes for r in rows.values())
             if masks is None:
                 return np.array(rows[0], copy=True) if not rows[0].flags.writeable else rows[0]
             out = np.empty((k.shape[0], self._dim), np.float32)
-            for m, r in zip(masks, rows):
-                out[m] = r
+            for i, r in rows.items():
+                out[masks[i]] = r
             return out
 
     def pooled_pull(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
@@ -316,6 +323,9 @@ class Client:
             raise TypeError("a local-backend client cannot be pickled: its shards live in this process "
                             "(use backend='ray' for trainer processes, or threads)")
         self.flush()
+        # The copy continues this client's sequence: two users of one sequence
+        # would have each other's pushes dropped as duplicates, so this one stops.
+        self._moved = True
         return {"dim": self._dim, "mode": self.mode, "client_id": self.client_id, "timeout_s": self.timeout_s,
                 "max_retries": self.max_retries, "server_name": self._server_name, "num_shards": self.num_shards,
                 "next_seq": self._seq}

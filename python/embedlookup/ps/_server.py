@@ -259,16 +259,21 @@ class ParameterServer:
         """Fault injection. ``how="restart"``: local: drop shard i's memory and
         restart it from its durable directory; ray: ``ray.kill(no_restart=False)``.
         ``how="sigkill"`` (ray): ``kill -9`` of the actor's process."""
-        if how == "sigkill":
-            if self.backend_name != "ray":
-                raise ValueError("how='sigkill' needs backend='ray' (local shards live in this process)")
-            c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
-                       server_name=self.name)
-            os.kill(c._resolve(i, self._b.submit(i, "pid"), "pid", ()), signal.SIGKILL)
-            return
-        if how != "restart":
+        if how not in ("restart", "sigkill"):
             raise ValueError(f"how must be 'restart' or 'sigkill', got {how!r}")
-        self._b.crash(i, lose_next_reply=lose_next_reply)
+        if self.backend_name != "ray":
+            if how == "sigkill":
+                raise ValueError("how='sigkill' needs backend='ray' (local shards live in this process)")
+            self._b.crash(i, lose_next_reply=lose_next_reply)
+            return
+        # Wait until the shard is up (a previous kill's restart done), so every kill is a restart.
+        c = Client(self._b, dim=self.dim, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                   server_name=self.name)
+        pid = c._resolve(i, self._b.submit(i, "pid"), "pid", ())
+        if how == "sigkill":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            self._b.crash(i, lose_next_reply=lose_next_reply)
 
     def shutdown(self) -> None:
         """Stops the shards (Ray: kills the actors). Durable state stays on disk. Idempotent."""

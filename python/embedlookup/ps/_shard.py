@@ -14,7 +14,7 @@ Durable layout of ``<durable_dir>/shard-<i>/``:
   applied before the checkpoint, and each client's last applied sequence
   number at the checkpoint.
 - ``snapshot-<gen>.ckpt``: ``EmbeddingTable.save`` of the table at that point
-  (absent for generation 0 of a new shard: the empty table).
+  (the first one when the shard is created).
 - ``log-<gen>.bin``: every push applied after that checkpoint, appended and
   fsynced before it was acknowledged (``_log.py``).
 - ``incarnation``: how many times this shard has started on this directory.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 import time
 
@@ -39,6 +40,39 @@ from ._log import PushLog, fsync_dir, read_log
 
 # Push outcomes (the first element of a push's reply).
 APPLIED, DUPLICATE, GAP, FROZEN, REJECTED = "applied", "duplicate", "gap", "frozen", "rejected"
+
+
+def _crc32c_table():
+    t = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+_CRC32C = _crc32c_table()
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as docs/format.md: only for the 316-byte header patched below."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def raise_version(table, target: int) -> None:
+    """Moves ``table.version`` up to ``target`` without changing a row: an
+    empty delta of the table itself whose ``to_version`` is patched (header
+    field at byte 48, header CRC at byte 316, docs/format.md)."""
+    if table.version >= target:
+        return
+    d = bytearray(table.export_delta(table.version).tobytes())
+    struct.pack_into("<Q", d, 48, int(target))
+    struct.pack_into("<I", d, 316, _crc32c(bytes(d[:316])))
+    table.apply_delta(np.frombuffer(bytes(d), np.uint8))
 
 
 class ShardLostError(RuntimeError):
@@ -127,9 +161,11 @@ class ShardCore:
             self.table = self._load(init_path) if init_path else make_table(self.kind, self.dim, self.optimizer,
                                                                              self.options)
             self.last = dict(init_last or {})
-            if init_path or init_last:
-                self._snapshot()  # a restart must come back to the loaded state, not an empty table
-                return
+            # A checkpoint at once, even of an empty table: a restart comes back
+            # to the loaded state and to the table's lineage (a new table would
+            # draw another, and replicas would refuse its deltas).
+            self._snapshot()
+            return
         else:
             with open(meta_path) as f:
                 meta = json.load(f)
@@ -138,11 +174,19 @@ class ShardCore:
             self.table = self._load(ckpt) if os.path.exists(ckpt) else make_table(
                 self.kind, self.dim, self.optimizer, self.options)
         for client, seq, kind, args in read_log(self._log_path(self.gen)):
+            self.replayed += 1
+            if kind == "mark":  # a version handed out by a cut: later changes must be stamped after it
+                raise_version(self.table, args[0])
+                continue
             self._apply(kind, args)
             self.last[client] = seq
             self.applied += kind != "skip"
-            self.replayed += 1
         self.log = PushLog(self._log_path(self.gen), fsync=self._fsync)
+        # Files of other generations: left by a crash in the middle of a snapshot.
+        keep = {os.path.basename(self._ckpt_path(self.gen)), os.path.basename(self._log_path(self.gen))}
+        for name in os.listdir(self.dir):
+            if name.startswith(("snapshot-", "log-")) and name not in keep:
+                os.remove(os.path.join(self.dir, name))
 
     def _ckpt_path(self, gen):
         return os.path.join(self.dir, f"snapshot-{gen}.ckpt")
@@ -303,9 +347,18 @@ class ShardCore:
                 self._freeze_token = None
 
     def export_delta(self, since: int):
-        self._check_alive()
-        d = self.table.export_delta(since)
-        return d, self.table.version
+        """The delta since ``since`` and the version it reaches. With a log,
+        that version is logged first: a restarted shard (whose replay would
+        otherwise stamp versions anew from its checkpoint) raises its version
+        past it at that point of the replay, so a replica following from it
+        misses no later change."""
+        with self._lock:
+            self._check_alive()
+            d = self.table.export_delta(since)
+            version = self.table.version
+            if self.log is not None:
+                self.log.append("", -1, "mark", (version,))
+            return d, version
 
     def save_to(self, path: str):
         """The table's checkpoint at ``path`` and the sequence numbers it holds."""

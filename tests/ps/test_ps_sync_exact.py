@@ -9,7 +9,7 @@ import pytest
 
 import embedlookup as el
 
-from conftest import assert_matches_table
+from ps_helpers import assert_matches_table
 
 
 def _batch(rng, n_bags, max_len, key_space):
@@ -41,20 +41,13 @@ def test_sync_equals_one_table(make_server, opt, num_shards):
     for step in range(12):
         values, off = _batch(rng, 20, 6, 40)  # few keys: many duplicates within and across bags
         kind = step % 4
-        if kind == 0:  # sum
-            got = client.pooled_pull(values, off, mode="sum")
-            want = ref.pooled_lookup(values, off, mode="sum")
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        if kind in (0, 1):  # sum, mean
+            mode = ("sum", "mean")[kind]
+            got = client.pooled_pull(values, off, mode=mode)
+            np.testing.assert_allclose(got, ref.pooled_lookup(values, off, mode=mode), rtol=1e-5, atol=1e-6)
             g = rng.standard_normal((off.shape[0], dim)).astype(np.float32)
-            client.push_pooled(values, off, g, mode="sum")
-            ref.apply_pooled_gradients(values, off, g, mode="sum")
-        elif kind == 1:  # mean
-            got = client.pooled_pull(values, off, mode="mean")
-            want = ref.pooled_lookup(values, off, mode="mean")
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-            g = rng.standard_normal((off.shape[0], dim)).astype(np.float32)
-            client.push_pooled(values, off, g, mode="mean")
-            ref.apply_pooled_gradients(values, off, g, mode="mean")
+            client.push_pooled(values, off, g, mode=mode)
+            ref.apply_pooled_gradients(values, off, g, mode=mode)
         elif kind == 2:  # weighted sum, max pooling forward
             w = rng.uniform(0.1, 2, values.shape[0]).astype(np.float32)
             np.testing.assert_array_equal(client.pooled_pull(values, off, mode="max"),

@@ -13,7 +13,7 @@ import embedlookup as el
 from embedlookup import ps
 from embedlookup.ps._shard import ShardCore
 
-from conftest import whole_state
+from ps_helpers import whole_state
 
 LOCAL = pytest.mark.parametrize("backend", ["local"], indirect=True)
 

@@ -13,7 +13,7 @@ import pytest
 
 import embedlookup as el
 
-from conftest import assert_matches_table
+from ps_helpers import assert_matches_table
 
 KILLS = 20
 
@@ -89,11 +89,16 @@ def test_local_restarts_and_lost_replies(make_server, tmp_path):
 
 @pytest.mark.parametrize("backend", ["ray"], indirect=True)
 def test_ray_kill9_during_training(make_server, tmp_path):
-    """kill -9 of shard processes (Ray restarts them) during a training run."""
+    """kill -9 (and ray.kill) of shard processes, restarted by Ray, during a training run."""
     server = make_server(8, 4, durable_dir=tmp_path, snapshot_every=5, optimizer=el.optim.Adam(lr=0.02),
                          table_options={"initializer": el.init.uniform(seed=9)}, max_retries=30, timeout_s=20)
-    ref, client, kills = _train_with_kills(server, lambda i: server.kill_shard(i, how="sigkill"),
-                                           rounds=KILLS // 4, per_round=4, steps_after=2)
+    n = {"kills": 0}
+
+    def kill(i):  # mostly kill -9; every fifth through ray.kill (no_restart=False)
+        n["kills"] += 1
+        server.kill_shard(i, how="restart" if n["kills"] % 5 == 0 else "sigkill")
+
+    ref, client, kills = _train_with_kills(server, kill, rounds=KILLS // 4, per_round=4, steps_after=2)
     assert kills == KILLS
     assert_matches_table(server, ref)
     st = server.stats()
@@ -135,10 +140,13 @@ def test_torn_log_tail_is_cut(make_server, tmp_path):
     client.pull(keys)
     client.push(keys, np.ones((3, 4), np.float32))
     before = server.shard_state(0)
-    log = tmp_path / "shard-0" / "log-0.bin"
+    (log,) = (tmp_path / "shard-0").glob("log-*.bin")
+    size = log.stat().st_size
+    assert size > 0
     with open(log, "ab") as f:
         f.write(b"PSL1\x00\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00partial")
     server.kill_shard(0)
+    assert log.stat().st_size == size  # the torn record was cut off
     after = server.shard_state(0)
     for a, b in zip(before[:3], after[:3]):
         np.testing.assert_array_equal(a, b)
@@ -158,3 +166,20 @@ def test_resumed_client_continues_its_sequence(make_server, tmp_path):
     b = server.client(client_id="trainer-0")
     b.push(keys, np.ones((8, 4), np.float32))
     assert server.stats()["pushes_applied"] == 4 * 2
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_restart_without_durability_refuses_calls(make_server):
+    """No durable_dir: a restarted shard has lost its rows and says so
+    rather than serve an empty table."""
+    from embedlookup import ps
+
+    server = make_server(4, 2)
+    client = server.client()
+    keys = np.arange(20, dtype=np.int64)
+    client.pull(keys)
+    server.kill_shard(1)
+    with pytest.raises(ps.ShardLostError, match="durable_dir"):
+        client.pull(keys)
+    with pytest.raises(ps.ShardLostError, match="durable_dir"):
+        client.push(keys, np.ones((20, 4), np.float32))

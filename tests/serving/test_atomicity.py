@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from embedlookup.serving import DeltaLog, Replica
-from serving_helpers import ShardedSource
+from serving_helpers import ShardedSource, uniform_reads
 
 
 def test_concurrent_readers_never_see_a_mix(tmp_path):
@@ -98,15 +98,8 @@ def test_table_source_publishing_beside_a_trainer_thread_cuts_one_training_state
     trainer = threading.Thread(target=train)
     trainer.start()
     log.start(0.01)
-    bad, seen = [], set()
     try:
-        end = time.monotonic() + 2.0
-        while time.monotonic() < end:
-            with rep.snapshot() as v:
-                u = np.unique(v.find(keys)[0])
-                seen.add(v.version)
-            if u.size != 1:
-                bad.append((v.version, u[:4]))
+        bad, seen = uniform_reads(rep, keys, 2.0)
     finally:
         log.stop()
         stop.set()

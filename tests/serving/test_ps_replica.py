@@ -4,7 +4,6 @@ cuts in the background, every version the replica serves should hold one
 push count in every row of every shard."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 import embedlookup as el
 from embedlookup.ps import ParameterServer
 from embedlookup.serving import DeltaLog, Replica
+from serving_helpers import uniform_reads
 
 N, DIM, S = 900, 8, 3
 KEYS = np.arange(N, dtype=np.int64)
@@ -66,16 +66,8 @@ def test_parameter_server_cuts_are_served_whole_under_concurrent_pushes(tmp_path
         pusher = threading.Thread(target=push)
         pusher.start()
         log.start(0.02)
-        bad, seen = [], set()
         try:
-            end = time.monotonic() + 2.5
-            while time.monotonic() < end:
-                with rep.snapshot() as v:
-                    rows, found = v.find(KEYS)
-                    seen.add(v.version)
-                u = np.unique(rows)
-                if u.size != 1 or not found.all():
-                    bad.append((v.version, u[:4]))
+            bad, seen = uniform_reads(rep, KEYS, 2.5)
         finally:
             log.stop()
             stop.set()

@@ -13,6 +13,19 @@ from embedlookup.serving.log import CorruptCutError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """Ray for this module: the running one (another test folder's session
+    cluster, left to its owner), or a small one started and shut down here."""
+    if ray.is_initialized():
+        yield
+        return
+    import os
+
+    import embedlookup
+
+    # the actor's worker process imports embedlookup from wherever this process did
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(embedlookup.__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join([parent] + [os.path.abspath(p) for p in
+                                                           os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=80 << 20)
     yield

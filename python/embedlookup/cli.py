@@ -8,6 +8,8 @@ Examples::
     embedlookup bench --workload zipf-1m alpha=1.2 --ops pooled_sum,update --out my_run
     embedlookup bench --workload dist=zipf rows=1e5 dim=32 --json out.json --markdown out.md --plot out.png
     embedlookup bench --list                          # workloads, suites, operations, subjects
+    embedlookup bench --suite freshness               # delta log and replicas: bytes, lag, load, AUC
+    embedlookup serve --log DIR --port 8000           # an HTTP replica of a delta log (docs/serving.md)
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
     c.add_argument("--tolerance", type=float, default=0.15, help="largest allowed |B/A - 1| (default 0.15)")
+    from .serving.cli import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 
@@ -190,7 +195,8 @@ def _list() -> str:
         f"  {n:16s} workloads {', '.join(s['workloads'])}; ops {', '.join(s['ops'] or ['all'])}"
         + (f"; {s['threads']} thread(s)" if s.get("threads") else "")
         for n, s in SUITES.items()
-    ]
+    ] + ["  freshness        delta log and replicas: cut bytes, lag, HTTP load, bandwidth, AUC served "
+         "(docs/serving.md)"]
     out += ["operations:"] + [f"  {n:16s} {o.doc} [{', '.join(o.impls)}]" for n, o in OPS.items()]
     out += ["subjects:"] + [f"  {n:16s} ({s.kind}) {s.doc}" for n, s in SUBJECTS.items()]
     return "\n".join(out)
@@ -200,6 +206,10 @@ def bench(args, argv: list[str]) -> int:
     from . import bench as B
 
     err = sys.stderr
+    if args.suite == "freshness":  # not a timing plan over workloads: its own runner
+        from .serving.freshness import bench_command
+
+        return bench_command(args, argv)
     if args.list:
         print(_list())
         return 0
@@ -366,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench(args, argv)
     if args.command == "compare":
         return compare(args)
+    if args.command == "serve":
+        from .serving.cli import serve_command
+
+        return serve_command(args)
     _parser().print_help()
     return 2
 

@@ -4,8 +4,6 @@ ours keyed by the raw int64 IDs they stand for), the same batches, the same
 optimizer (torch.optim on TorchRec's dense weights vs our fused sparse step):
 the JaggedTensors and the rows agree."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch

@@ -16,7 +16,7 @@ features in one native call and returns TorchRec's ``{name: JaggedTensor}``.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -94,15 +94,54 @@ def _check_features(features) -> None:
         raise NotImplementedError("features: a KeyedJaggedTensor with inverse_indices is not supported")
 
 
-def _cut_tables(features: KeyedJaggedTensor, table_names, feature_names, weights):
-    """Per table, its features' values cut out of the KJT, feature-major:
-    ``(values, offsets (F_t * B + 1), weights or None, positions of its
-    features among the KJT's keys)``. A slice (no copy) when the table's
-    features are adjacent in the KJT, else a concatenation. Every table's
-    features are checked present before anything is returned."""
+def _cut(values, offsets, weights, off: List[int], pos: List[int], B: int):
+    """The bags of the features at KJT positions ``pos``, feature-major:
+    (values, offsets (len(pos) * B + 1), weights or None). A slice (no copy)
+    when the features are adjacent in the KJT, else a concatenation."""
+    if pos == list(range(pos[0], pos[0] + len(pos))):
+        lo, hi = off[pos[0] * B], off[(pos[-1] + 1) * B]
+        return (values[lo:hi], offsets[pos[0] * B:(pos[-1] + 1) * B + 1] - lo,
+                None if weights is None else weights[lo:hi])
+    vs, os_, ws, base = [], [offsets.new_zeros(1)], [], 0
+    for p in pos:
+        lo, hi = off[p * B], off[(p + 1) * B]
+        vs.append(values[lo:hi])
+        os_.append(offsets[p * B + 1:(p + 1) * B + 1] - lo + base)
+        if weights is not None:
+            ws.append(weights[lo:hi])
+        base += hi - lo
+    return torch.cat(vs), torch.cat(os_), None if weights is None else torch.cat(ws)
+
+
+@torch.library.custom_op("embedlookup::kjt_features", mutates_args=())
+def kjt_features(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
+                 positions: List[int], stride: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_cut` as an op, for torch.compile: how many values the features
+    hold depends on the offsets' data, which a traced graph cannot read
+    without breaking; the op's fake implementation gives that count as a
+    dynamic size. Outputs are copies (an op may not return views of its
+    inputs); no weights: an empty tensor."""
+    off = offsets.tolist()
+    v, o, w = _cut(values, offsets, weights, off, list(positions), stride)
+    return v.clone(), o.clone(), (w.clone() if w is not None else values.new_empty((0,), dtype=torch.float32))
+
+
+@kjt_features.register_fake
+def _(values, offsets, weights, positions, stride):
+    n = torch.library.get_ctx().new_dynamic_size()
+    w = weights.new_empty((n,)) if weights is not None else values.new_empty((0,), dtype=torch.float32)
+    return values.new_empty((n,)), offsets.new_empty((len(positions) * stride + 1,)), w
+
+
+def _cut_tables(features: KeyedJaggedTensor, group_names, feature_groups, weights):
+    """Per group of features (a table's, or one feature), its values cut out
+    of the KJT: ``(values, offsets (F_g * B + 1), weights or None, positions
+    of its features among the KJT's keys)``. Every group's features are
+    checked present before anything is returned. Under torch.compile the
+    cut is the ``embedlookup::kjt_features`` op (no graph break)."""
     keys = features.keys()
     index = {k: i for i, k in enumerate(keys)}
-    for name, names in zip(table_names, feature_names):
+    for name, names in zip(group_names, feature_groups):
         missing = [f for f in names if f not in index]
         if missing:
             raise ValueError(f"features: the KeyedJaggedTensor lacks feature(s) {missing} of table {name!r} "
@@ -112,27 +151,17 @@ def _cut_tables(features: KeyedJaggedTensor, table_names, feature_names, weights
     if offsets.shape[0] != len(keys) * B + 1:
         raise ValueError(f"features: offsets have {offsets.shape[0]} entries, expected "
                          f"{len(keys)} keys x stride {B} + 1")
-    off = offsets.tolist() if B else [0] * (len(keys) + 1)
     cuts = []
-    for names in feature_names:
+    if torch.compiler.is_compiling():
+        for names in feature_groups:
+            pos = [index[f] for f in names]
+            v, o, w = torch.ops.embedlookup.kjt_features(values, offsets, weights, pos, B)
+            cuts.append((v, o, None if weights is None else w, pos))
+        return B, cuts
+    off = offsets.tolist() if B else [0] * (len(keys) + 1)
+    for names in feature_groups:
         pos = [index[f] for f in names]
-        if pos == list(range(pos[0], pos[0] + len(pos))):  # contiguous in the KJT: slice, no copy
-            lo, hi = off[pos[0] * B], off[(pos[-1] + 1) * B]
-            v = values[lo:hi]
-            o = offsets[pos[0] * B:(pos[-1] + 1) * B + 1] - lo
-            w = None if weights is None else weights[lo:hi]
-        else:
-            vs, os_, ws, base = [], [offsets.new_zeros(1)], [], 0
-            for p in pos:
-                lo, hi = off[p * B], off[(p + 1) * B]
-                vs.append(values[lo:hi])
-                os_.append(offsets[p * B + 1:(p + 1) * B + 1] - lo + base)
-                if weights is not None:
-                    ws.append(weights[lo:hi])
-                base += hi - lo
-            v, o = torch.cat(vs), torch.cat(os_)
-            w = None if weights is None else torch.cat(ws)
-        cuts.append((v, o, w, pos))
+        cuts.append(_cut(values, offsets, weights, off, pos, B) + (pos,))
     return B, cuts
 
 
@@ -313,16 +342,26 @@ class EmbeddingCollection(EmbeddingCollectionInterface):
     # ----------------------------------------------------------------- forward
     def forward(self, features: KeyedJaggedTensor) -> Dict[str, JaggedTensor]:
         _check_features(features)
-        B, cuts = _cut_tables(features, list(self.embeddings), self._feature_names, None)
         lengths = features.lengths()
         out: Dict[str, JaggedTensor] = {}
+        if torch.compiler.is_compiling():
+            # One lookup per feature: splitting a table's rows per feature
+            # would need their data-dependent counts in the graph.
+            tables = [(emb, [name], [f]) for emb, names, feats in
+                      zip(self.embeddings.values(), self._embedding_names_by_table, self._feature_names)
+                      for name, f in zip(names, feats)]
+            B, cuts = _cut_tables(features, [n for _, n, _ in tables], [f for _, _, f in tables], None)
+            for (emb, (name,), _), (v, _, _, (p,)) in zip(tables, cuts):
+                out[name] = JaggedTensor(values=emb(v), lengths=lengths[p * B:(p + 1) * B],
+                                         weights=v if self._need_indices else None)
+            return out
+        B, cuts = _cut_tables(features, list(self.embeddings), self._feature_names, None)
         for emb, names, (v, o, _, pos) in zip(self.embeddings.values(), self._embedding_names_by_table, cuts):
             rows = emb(v)  # (len(v), dim): every ID of the table's features, one native call
             ends = o[B::B].tolist() if B else [0] * len(pos)
             start = 0
             for name, p, end in zip(names, pos, ends):
-                ids = v[start:end]
                 out[name] = JaggedTensor(values=rows[start:end], lengths=lengths[p * B:(p + 1) * B],
-                                         weights=ids if self._need_indices else None)
+                                         weights=v[start:end] if self._need_indices else None)
                 start = end
         return out

@@ -37,19 +37,10 @@ DEFAULT_VOCAB = (200_000, 100_000, 50_000, 30_000, 20_000, 10_000, 5_000, 3_000,
                  50_000, 20_000, 10_000, 5_000, 2_000, 1_000, 200, 100, 50, 20, 10, 5, 3)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """murmur3's fmix64 on uint64 (a bijection with full avalanche)."""
-    x = x.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        for m in (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)):
-            x ^= x >> np.uint64(33)
-            x *= m
-        x ^= x >> np.uint64(33)
-    return x
-
-
 def _hidden_weight(seed: int, f: int, ids: np.ndarray, std: float) -> np.ndarray:
     """N(0, std) per (seed, feature, ID), by Box-Muller on two hashes."""
+    from ..train import _mix64 as _mix
+
     base = np.uint64((seed * 1_000_003 + f * 7_919 + 11) & ((1 << 64) - 1))
     h1 = _mix(ids.astype(np.uint64) ^ base)
     h2 = _mix(h1 ^ np.uint64(0x9E3779B97F4A7C15))
@@ -72,6 +63,9 @@ def write_synthetic(path: str, n_rows: int, seed: int = 0, *, vocab=DEFAULT_VOCA
         raise ValueError(f"vocab must give {N_SPARSE} positive sizes, got {vocab!r}")
     if not 0.0 <= missing < 1.0:
         raise ValueError(f"missing must be in [0, 1), got {missing}")
+    from ..train import _mix64 as _mix
+    from ..train import auc
+
     rng = np.random.default_rng(seed)
     beta = rng.normal(0, 0.25, N_DENSE)
     ints = rng.poisson(3.0, (n_rows, N_DENSE))
@@ -95,8 +89,6 @@ def write_synthetic(path: str, n_rows: int, seed: int = 0, *, vocab=DEFAULT_VOCA
         for k in range(0, n_rows, 50_000):  # a block of lines per write
             block = ["\t".join(fields) for fields in zip(*(c[k:k + 50_000] for c in cols))]
             fh.write("\n".join(block) + "\n")
-    from ..train import auc
-
     return {"rows": n_rows, "click_rate": float(label.mean()), "oracle_auc": auc(label, logit),
             "distinct_ids": distinct, "seed": seed}
 

@@ -94,17 +94,19 @@ def _check_features(features) -> None:
         raise NotImplementedError("features: a KeyedJaggedTensor with inverse_indices is not supported")
 
 
-def _cut(values, offsets, weights, off: List[int], pos: List[int], B: int):
+def _cut(values, offsets, weights, starts: List[int], pos: List[int], B: int):
     """The bags of the features at KJT positions ``pos``, feature-major:
-    (values, offsets (len(pos) * B + 1), weights or None). A slice (no copy)
-    when the features are adjacent in the KJT, else a concatenation."""
+    (values, offsets (len(pos) * B + 1), weights or None). ``starts[p]``:
+    where feature p's values start (``offsets[p * B]``; F + 1 entries). A
+    slice (no copy) when the features are adjacent in the KJT, else a
+    concatenation."""
     if pos == list(range(pos[0], pos[0] + len(pos))):
-        lo, hi = off[pos[0] * B], off[(pos[-1] + 1) * B]
+        lo, hi = starts[pos[0]], starts[pos[-1] + 1]
         return (values[lo:hi], offsets[pos[0] * B:(pos[-1] + 1) * B + 1] - lo,
                 None if weights is None else weights[lo:hi])
     vs, os_, ws, base = [], [offsets.new_zeros(1)], [], 0
     for p in pos:
-        lo, hi = off[p * B], off[(p + 1) * B]
+        lo, hi = starts[p], starts[p + 1]
         vs.append(values[lo:hi])
         os_.append(offsets[p * B + 1:(p + 1) * B + 1] - lo + base)
         if weights is not None:
@@ -121,8 +123,8 @@ def kjt_features(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[
     without breaking; the op's fake implementation gives that count as a
     dynamic size. Outputs are copies (an op may not return views of its
     inputs); no weights: an empty tensor."""
-    off = offsets.tolist()
-    v, o, w = _cut(values, offsets, weights, off, list(positions), stride)
+    starts = offsets[::stride].tolist() if stride else [0] * (max(positions) + 2)
+    v, o, w = _cut(values, offsets, weights, starts, list(positions), stride)
     return v.clone(), o.clone(), (w.clone() if w is not None else values.new_empty((0,), dtype=torch.float32))
 
 
@@ -158,10 +160,11 @@ def _cut_tables(features: KeyedJaggedTensor, group_names, feature_groups, weight
             v, o, w = torch.ops.embedlookup.kjt_features(values, offsets, weights, pos, B)
             cuts.append((v, o, None if weights is None else w, pos))
         return B, cuts
-    off = offsets.tolist() if B else [0] * (len(keys) + 1)
+    # Where each feature's values start: F + 1 numbers (not all F * B offsets).
+    starts = offsets[::B].tolist() if B else [0] * (len(keys) + 1)
     for names in feature_groups:
         pos = [index[f] for f in names]
-        cuts.append(_cut(values, offsets, weights, off, pos, B) + (pos,))
+        cuts.append(_cut(values, offsets, weights, starts, pos, B) + (pos,))
     return B, cuts
 
 

@@ -67,7 +67,7 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="a Criteo-layout TSV (default: generate one into --out)")
-    p.add_argument("--generate", type=int, default=300_000, help="rows of the generated file (default 300000)")
+    p.add_argument("--generate", type=int, default=100_000, help="rows of the generated file (default 100000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--max-batches", type=int, default=None)

@@ -22,7 +22,9 @@ import time
 
 import numpy as np
 
-from .ops import Case, Skip, _nthreads, _tbatches, _torch, implements, subject
+from .._checks import huge_copy
+from .ops import EPS_ADAGRAD, LR, Case, Skip, _nthreads, _probe_torch, _tbatches, _torch, _unique_rows, implements, \
+    subject
 from .workloads import Workload, WorkloadData
 
 
@@ -75,6 +77,288 @@ for _m in ("sum", "mean"):
                 return ebc(torchrec.KeyedJaggedTensor(keys=["f"], values=i, offsets=off)).values()
 
         return Case(run, lambda b: run(b).numpy().copy())
+
+
+# ------------------------------------------------------- lookup and training
+def _sparse_grads(torch, ebc) -> None:
+    """TorchRec's unsharded collections build their nn.EmbeddingBag / nn.Embedding
+    with dense gradients: every backward would write (and Adagrad would step)
+    the whole table. Sparse gradients + torch.optim.Adagrad is the cheapest
+    way to train them unsharded on CPU, so that is what the suite times."""
+    mods = getattr(ebc, "embedding_bags", None) or ebc.embeddings
+    for m in mods.values():
+        m.sparse = True
+
+
+@implements("lookup", "torchrec")
+def _(data):
+    torchrec = _torchrec()
+    torch = _torch()
+    torch.set_num_threads(_nthreads(data.workload))
+    w = data.workload
+    ec = torchrec.EmbeddingCollection(tables=[torchrec.EmbeddingConfig(
+        name="t", embedding_dim=w.dim, num_embeddings=w.rows, feature_names=["f"])])
+    with torch.no_grad():
+        ec.embeddings["t"].weight.copy_(torch.from_numpy(data.dense))
+    tb = _tbatches(data)
+
+    def run(b):
+        i, _, off, _ = tb[id(b)]
+        with torch.inference_mode():
+            return ec(torchrec.KeyedJaggedTensor(keys=["f"], values=i, offsets=off))["f"].values()
+
+    return Case(run, lambda b: run(b).numpy().copy())
+
+
+def _train_case(torch, forward, weight, slots_of, data):
+    """forward(b) -> pooled output; one training step = forward, backward of
+    the batch's gradient, torch.optim.Adagrad on the (sparse) gradient. The
+    output checked: the forward, then the updated rows of the batch's keys
+    (``slots_of(b)``: their rows in ``weight``)."""
+    opt = torch.optim.Adagrad([weight], lr=LR, eps=EPS_ADAGRAD)
+    tb = _tbatches(data)
+
+    def run(b):
+        opt.zero_grad(set_to_none=True)
+        out = forward(b)
+        out.backward(tb[id(b)][3])
+        opt.step()
+        return out
+
+    def output(b):
+        fwd = run(b).detach().numpy().copy()
+        return np.concatenate([fwd, weight.detach()[slots_of(b)].numpy()])
+
+    return Case(run, output)
+
+
+@implements("train_adagrad", "torchrec")
+def _(data):
+    torchrec = _torchrec()
+    torch = _torch()
+    torch.set_num_threads(_nthreads(data.workload))
+    ebc = _ebc(torchrec, torch, data.workload, data.dense, torchrec.PoolingType.SUM)
+    _sparse_grads(torch, ebc)
+    tb = _tbatches(data)
+
+    def forward(b):
+        i, _, off, _ = tb[id(b)]
+        return ebc(torchrec.KeyedJaggedTensor(keys=["f"], values=i, offsets=off)).values()
+
+    return _train_case(torch, forward, ebc.embedding_bags["t"].weight,
+                       lambda b: torch.from_numpy(_unique_rows(b)), data)
+
+
+# ------------------------------------------------------------- torchrec-zch
+subject(
+    "torchrec-zch",
+    "peer",
+    "TorchRec's managed-collision collections (MCHManagedCollisionModule, DistanceLFU, eviction every 4 "
+    "batches) on raw IDs; pooled: MC-EBC in eval mode; lookup: MC-EC; training: MC-EBC in training mode "
+    "(profile + remap + evict) with sparse gradients + torch.optim.Adagrad",
+    lambda: (_torchrec(), None)[1],
+)
+
+ZCH_EVICTION_INTERVAL = 4
+
+
+def _raw_ids(data):
+    """Per batch, the keys as MCH takes them (in [0, 2**63 - 1): the sign bit
+    cleared, checked 1:1 on the workload's keys), as torch tensors, and the
+    same for all keys."""
+    if "zch_ids" not in data.cache:
+        torch = _torch()
+        keys = data.keys & np.int64(2**63 - 1)
+        if np.unique(keys).size != keys.size:  # pragma: no cover - 2 of 1e6 random 63-bit keys colliding
+            raise Skip("the workload's keys collide once their sign bit is cleared")
+        data.cache["zch_ids"] = (keys, {id(b): torch.from_numpy(keys[b.idx]) for b in data.batches})
+    return data.cache["zch_ids"]
+
+
+def _zch(data, unpooled: bool, pooling=None):
+    """A managed-collision collection over the workload: zch_size = rows + 1
+    (MCH keeps its last slot for IDs it does not hold), warmed up the way it
+    learns IDs in training (training-mode profiling of every key, then its
+    eviction pass admits them all: there is room), then each key's row
+    copied to the slot MCH gave it. Returns (module, slots of all keys)."""
+    torchrec = _torchrec()
+    torch = _torch()
+    from torchrec.modules.mc_embedding_modules import (ManagedCollisionEmbeddingBagCollection,
+                                                       ManagedCollisionEmbeddingCollection)
+    from torchrec.modules.mc_modules import (DistanceLFU_EvictionPolicy, ManagedCollisionCollection,
+                                             MCHManagedCollisionModule)
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    torch.set_num_threads(_nthreads(data.workload))
+    w = data.workload
+    keys, _ = _raw_ids(data)
+    n = w.rows + 1
+    mch = MCHManagedCollisionModule(zch_size=n, device=torch.device("cpu"),
+                                    eviction_policy=DistanceLFU_EvictionPolicy(),
+                                    eviction_interval=ZCH_EVICTION_INTERVAL, input_hash_size=2**63 - 1)
+    if unpooled:
+        cfg = torchrec.EmbeddingConfig(name="t", embedding_dim=w.dim, num_embeddings=n, feature_names=["f"])
+        emb = torchrec.EmbeddingCollection(tables=[cfg])
+        mc = ManagedCollisionEmbeddingCollection(emb, ManagedCollisionCollection({"t": mch}, [cfg]))
+        weight = emb.embeddings["t"].weight
+    else:
+        cfg = torchrec.EmbeddingBagConfig(name="t", embedding_dim=w.dim, num_embeddings=n, feature_names=["f"],
+                                          pooling=pooling)
+        emb = torchrec.EmbeddingBagCollection(tables=[cfg])
+        mc = ManagedCollisionEmbeddingBagCollection(emb, ManagedCollisionCollection({"t": mch}, [cfg]))
+        weight = emb.embedding_bags["t"].weight
+    jt = {"f": JaggedTensor(values=torch.from_numpy(keys), lengths=torch.ones(keys.shape[0], dtype=torch.int64))}
+    mch.train()
+    with torch.no_grad():
+        for _ in range(ZCH_EVICTION_INTERVAL):  # the last call runs MCH's eviction pass, which admits the IDs
+            mch.profile(jt)
+        slots = mch.remap(jt)["f"].values()
+        if int((slots == n - 1).sum()):
+            raise RuntimeError("torchrec-zch: MCH did not admit every key of the workload")
+        weight[slots] = torch.from_numpy(data.dense)
+    return mc, weight, slots
+
+
+def _zch_pooled(mode: str):
+    @implements(f"pooled_{mode}", "torchrec-zch")
+    def _(data):
+        torchrec = _torchrec()
+        torch = _torch()
+        pooling = torchrec.PoolingType.SUM if mode == "sum" else torchrec.PoolingType.MEAN
+        mc, _, _ = _zch(data, False, pooling)
+        mc.eval()  # a forward without training: remap only (no profiling, no eviction)
+        _, raw = _raw_ids(data)
+        tb = _tbatches(data)
+
+        def run(b):
+            with torch.inference_mode():
+                kjt = torchrec.KeyedJaggedTensor(keys=["f"], values=raw[id(b)], offsets=tb[id(b)][2])
+                return mc(kjt)[0].values()
+
+        return Case(run, lambda b: run(b).numpy().copy())
+
+
+for _m in ("sum", "mean"):
+    _zch_pooled(_m)
+
+
+@implements("lookup", "torchrec-zch")
+def _(data):
+    torchrec = _torchrec()
+    torch = _torch()
+    mc, _, _ = _zch(data, True)
+    mc.eval()
+    _, raw = _raw_ids(data)
+    tb = _tbatches(data)
+
+    def run(b):
+        with torch.inference_mode():
+            kjt = torchrec.KeyedJaggedTensor(keys=["f"], values=raw[id(b)], offsets=tb[id(b)][2])
+            return mc(kjt)[0]["f"].values()
+
+    return Case(run, lambda b: run(b).numpy().copy())
+
+
+@implements("train_adagrad", "torchrec-zch")
+def _(data):
+    torchrec = _torchrec()
+    torch = _torch()
+    mc, weight, slots = _zch(data, False, torchrec.PoolingType.SUM)
+    _sparse_grads(torch, mc._embedding_module)
+    mc.train()
+    _, raw = _raw_ids(data)
+    tb = _tbatches(data)
+
+    def forward(b):
+        return mc(torchrec.KeyedJaggedTensor(keys=["f"], values=raw[id(b)], offsets=tb[id(b)][2]))[0].values()
+
+    return _train_case(torch, forward, weight, lambda b: slots[torch.from_numpy(_unique_rows(b))], data)
+
+
+# ----------------------------------------------------------------- remap+eb
+subject(
+    "remap+eb",
+    "peer",
+    "raw IDs remapped through a sorted vocabulary (np.searchsorted, unknown IDs to a zero row), then "
+    "torch.nn.EmbeddingBag / index_select; training: EmbeddingBag(sparse=True) + torch.optim.Adagrad",
+    _probe_torch,
+)
+
+
+class _Vocabulary:
+    """What a NumPy/torch user with raw IDs writes: the known IDs sorted once,
+    each batch's IDs found by binary search; unknown IDs read row ``n`` (zeros)."""
+
+    def __init__(self, keys: np.ndarray):
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted = keys[self.order]
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        n = self.sorted.shape[0]
+        pos = np.minimum(np.searchsorted(self.sorted, ids), n - 1)
+        pos[self.sorted[pos] != ids] = n
+        return pos
+
+
+def _remap(data):
+    """The vocabulary and the rows in its order (plus the zero row), shared by the read-only ops."""
+    if "remap_eb" not in data.cache:
+        voc = _Vocabulary(data.keys)
+        w = data.workload
+        rows = np.zeros((w.rows + 1, w.dim), np.float32)
+        rows[: w.rows] = data.dense[voc.order]
+        data.cache["remap_eb"] = (voc, rows)
+    return data.cache["remap_eb"]
+
+
+def _remap_pooled(mode: str):
+    @implements(f"pooled_{mode}", "remap+eb")
+    def _(data):
+        torch = _torch()
+        torch.set_num_threads(_nthreads(data.workload))
+        voc, rows = _remap(data)
+        bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(rows), freeze=True, mode=mode)
+        tb = _tbatches(data)
+
+        def run(b):
+            with torch.inference_mode():
+                return bag(torch.from_numpy(voc.rows(b.keys)), tb[id(b)][1])
+
+        return Case(run, lambda b: run(b).numpy().copy())
+
+
+for _m in ("sum", "mean"):
+    _remap_pooled(_m)
+
+
+@implements("lookup", "remap+eb")
+def _(data):
+    torch = _torch()
+    torch.set_num_threads(_nthreads(data.workload))
+    voc, rows = _remap(data)
+    weight = torch.from_numpy(rows)
+
+    def run(b):
+        return torch.index_select(weight, 0, torch.from_numpy(voc.rows(b.keys)))
+
+    return Case(run, lambda b: run(b).numpy().copy())
+
+
+@implements("train_adagrad", "remap+eb")
+def _(data):
+    torch = _torch()
+    torch.set_num_threads(_nthreads(data.workload))
+    voc, rows = _remap(data)
+    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(huge_copy(rows)), freeze=False, mode="sum",
+                                                sparse=True)
+    tb = _tbatches(data)
+    slot = np.empty(data.workload.rows, np.int64)
+    slot[voc.order] = np.arange(data.workload.rows)  # dense row -> its row in vocabulary order
+
+    def forward(b):
+        return bag(torch.from_numpy(voc.rows(b.keys)), tb[id(b)][1])
+
+    return _train_case(torch, forward, bag.weight, lambda b: torch.from_numpy(slot[_unique_rows(b)]), data)
 
 
 def raw_id_forward(w: Workload, repeats: int = 11, warmup: int = 3, eviction_interval: int = 4) -> dict:

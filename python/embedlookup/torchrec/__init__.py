@@ -1,8 +1,10 @@
-"""TorchRec backend: ``EmbeddingBagCollection``, a drop-in for TorchRec's
-over embedlookup's hashed tables (needs ``torch`` and ``torchrec``).
+"""TorchRec backend: ``EmbeddingBagCollection`` and ``EmbeddingCollection``,
+drop-ins for TorchRec's over embedlookup's hashed tables (needs ``torch`` and
+``torchrec``).
 
-It takes TorchRec's ``EmbeddingBagConfig``s and ``KeyedJaggedTensor``s and
-returns TorchRec ``KeyedTensor``s with TorchRec's key order and layout, but
+They take TorchRec's ``EmbeddingBagConfig``s / ``EmbeddingConfig``s and
+``KeyedJaggedTensor``s and return TorchRec ``KeyedTensor``s (pooled) or
+dicts of ``JaggedTensor``s (unpooled) with TorchRec's keys and layout, but
 indexes rows by raw int64 IDs (no ``num_embeddings`` range, rows created on
 first lookup) and trains them with a fused sparse optimizer in the backward.
 See docs/torchrec.md.
@@ -17,6 +19,6 @@ except ImportError as e:  # pragma: no cover - exercised only without torchrec
         "&& pip install --no-deps \"torchrec==1.8.0\" && pip install pyre-extensions tensordict torchmetrics tqdm "
         "iopath (torchrec's metadata asks for the CUDA fbgemm-gpu, hence --no-deps)") from e
 
-from .modules import EmbeddingBagCollection
+from .modules import EmbeddingBagCollection, EmbeddingCollection
 
-__all__ = ["EmbeddingBagCollection"]
+__all__ = ["EmbeddingBagCollection", "EmbeddingCollection"]

@@ -1,0 +1,1 @@
+"""Data sets in the layouts recommendation models read (see criteo)."""

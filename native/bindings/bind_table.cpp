@@ -9,6 +9,7 @@
 
 #include "../core/table.h"
 #include "../cpu/kernels_cpu.h"
+#include "../cpu/pooling_quantized.h"
 #include "convert.h"
 
 namespace py = pybind11;
@@ -167,6 +168,9 @@ void bind_table(py::module_& m) {
 #pragma omp parallel for schedule(static) if (n > 4096)
     for (int64_t i = 0; i < n; ++i) decode_row(rt, r + i * rb, dim, o + i * dim);
   });
+  m.def("quantized_isa", &cpu::quantized_isa_name,
+        "Build the compressed-row kernels dispatch to ('avx2' = AVX2+FMA+F16C, or 'generic'; "
+        "EMBEDLOOKUP_GENERIC_KERNELS=1 forces 'generic').");
   m.def("isa", &cpu::isa_name, "Instruction set the CPU kernels dispatch to ('avx2' or 'generic').");
   m.def("max_threads", [] { return omp_get_max_threads(); });
   m.attr("NO_ROW") = kNoRow;  // native/include/embedlookup/row_id.h, for the OpenCL kernels

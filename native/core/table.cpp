@@ -142,24 +142,12 @@ void EmbeddingTable::insert_missing(const int64_t* keys, int64_t n, uint32_t* id
     ids[i] = id;
   }
   const int64_t nc = static_cast<int64_t>(created.size());
-  const int64_t dim = opt_.dim;
   const uint64_t v = ++version_;  // new rows carry the version of their insert
   for (uint32_t id : created) stamp(id, v);
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
   for (int64_t k = 0; k < nc; ++k) {
     const uint32_t id = created[k];
-    if (init_rows) {
-      if (opt_.row_type == RowType::kF32) {
-        float* r = rows_.row(id);
-        init_row(opt_.init, row_keys_[id], r, dim);
-        for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
-      } else {
-        thread_local std::vector<float> r;
-        r.resize(dim);
-        init_row(opt_.init, row_keys_[id], r.data(), dim);
-        store_row(id, r.data());
-      }
-    }
+    if (init_rows) init_row_at(id);
     init_state_row(id);
   }
 }
@@ -399,6 +387,20 @@ void EmbeddingTable::finish_update(const uint32_t* ids, int64_t n) {
 
 void EmbeddingTable::load_row(uint32_t id, float* row) const {
   decode_row(opt_.row_type, reinterpret_cast<const uint8_t*>(rows_.row(id)), opt_.dim, row);
+}
+
+void EmbeddingTable::init_row_at(uint32_t id) {
+  const int64_t dim = opt_.dim;
+  if (opt_.row_type == RowType::kF32) {
+    float* r = rows_.row(id);
+    init_row(opt_.init, row_keys_[id], r, dim);
+    for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
+    return;
+  }
+  thread_local std::vector<float> r;
+  r.resize(dim);
+  init_row(opt_.init, row_keys_[id], r.data(), dim);
+  store_row(id, r.data());
 }
 
 void EmbeddingTable::store_row(uint32_t id, const float* row) {

@@ -241,6 +241,8 @@ class EmbeddingTable {
   // exclusively or the row's seqlock write).
   void load_row(uint32_t id, float* row) const;
   void store_row(uint32_t id, const float* row);
+  // The initializer's row for row id's key, stored in the table's type.
+  void init_row_at(uint32_t id);
   // std::invalid_argument (before any change) when a finite row of `rows`
   // (n x dim) has a value out of the row type's range.
   void check_representable(const float* rows, int64_t n, const char* what) const;

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
@@ -26,9 +27,16 @@ EL_DECLARE_Q(generic)
 #undef EL_DECLARE_Q
 
 bool has_avx2_f16c() {
-  static const bool yes = has_avx2() && __builtin_cpu_supports("f16c");
+  // EMBEDLOOKUP_GENERIC_KERNELS=1 forces the baseline build (read once), so
+  // its tests run on AVX2 machines too.
+  static const bool yes = [] {
+    const char* g = std::getenv("EMBEDLOOKUP_GENERIC_KERNELS");
+    const bool forced = g && *g && std::strcmp(g, "0") != 0;
+    return !forced && has_avx2() && __builtin_cpu_supports("f16c");
+  }();
   return yes;
 }
+const char* quantized_isa_name() { return has_avx2_f16c() ? "avx2" : "generic"; }
 
 int64_t pool_bags_quantized(const RowView& v, RowType t, const KeyIndex& index, const int64_t* keys, uint32_t* ids,
                             int64_t n, const int64_t* off, int64_t n_off, int64_t n_bags, int64_t dim, PoolMode mode,

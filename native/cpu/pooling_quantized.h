@@ -17,6 +17,8 @@ class KeyIndex;
 namespace cpu {
 
 bool has_avx2_f16c();
+// "avx2" or "generic": the build the compressed-row kernels dispatch to.
+const char* quantized_isa_name();
 
 // pool_bags / gather_rows of kernels_cpu.h for a table of row type t != fp32
 // (the arena's rows are row_bytes(t, dim) bytes; the zero row is all-zero

@@ -61,20 +61,11 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
   const uint64_t ver = ++version_;  // admitted rows carry their insert's version
   for (uint32_t id : created) stamp(id, ver);
   ensure_meta();
-  const int64_t nc = static_cast<int64_t>(created.size()), dim = opt_.dim;
+  const int64_t nc = static_cast<int64_t>(created.size());
 #pragma omp parallel for num_threads(threads()) schedule(static) if (nc > 256)
   for (int64_t k = 0; k < nc; ++k) {
     const uint32_t id = created[k];
-    if (opt_.row_type == RowType::kF32) {
-      float* r = rows_.row(id);
-      init_row(opt_.init, row_keys_[id], r, dim);
-      for (int64_t j = dim; j < rows_.stride(); ++j) r[j] = 0.0f;
-    } else {
-      thread_local std::vector<float> r;
-      r.resize(dim);
-      init_row(opt_.init, row_keys_[id], r.data(), dim);
-      store_row(id, r.data());
-    }
+    init_row_at(id);
     init_state_row(id);
     meta_[id] = RowMeta{0.0f, now};
   }

@@ -266,3 +266,51 @@ def test_fp16_training_follows_fp32_training():
     assert d.max() > 0  # the rows really are fp16
     # optimizer state is fp32 beside the fp16 row: as many floats as an fp32 table's
     np.testing.assert_allclose(t16._t.export_state(keys), t32._t.export_state(keys), rtol=0.05)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_frequency_relayout_and_eviction_keep_compressed_rows(kind):
+    """Relayout moves rows as stored (values unchanged); evicted rows come out
+    as their stored values in fp32."""
+    t = el.FrequencyTable(16, row_type=kind, budget_rows=500)
+    keys = np.arange(400, dtype=np.int64)
+    x = np.random.default_rng(0).standard_normal((400, 16)).astype(np.float32)
+    t.assign(keys, x)
+    stored = ref.dequantize_rows(ref.quantize_rows(x, kind), kind, 16)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        t.lookup(keys[rng.zipf(1.3, 1000) % 400])
+    t.relayout()
+    k, r = t.export()
+    np.testing.assert_array_equal(k, keys)
+    np.testing.assert_array_equal(r, stored)
+    t.lookup(np.arange(1000, 1300, dtype=np.int64))  # past the budget: the coldest rows leave
+    ev = t.take_evicted()
+    assert len(ev["keys"]) > 0
+    np.testing.assert_array_equal(ev["rows"], stored[ev["keys"]])
+    k, r = t.export()
+    old = k < 400
+    np.testing.assert_array_equal(r[old], stored[k[old]])
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_rows_through_the_file_tier(kind, tmp_path):
+    """The tier keeps fp32 rows: written back decoded, promoted encoded again:
+    exact for fp16 / bf16, within the int types' error bound (scale / 2 of the
+    stored row, plus float32 rounding) for int8 / int4."""
+    tier = el.storage.FileTier(str(tmp_path / "t.tier"), 4096, dim=16)
+    t = el.EmbeddingTable(16, row_type=kind, tier=tier, memory_rows=100)
+    keys = np.arange(300, dtype=np.int64)
+    x = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+    t.assign(keys, x)  # rows past memory_rows are written back
+    assert len(tier) > 0
+    raw = ref.quantize_rows(x, kind)
+    stored = ref.dequantize_rows(raw, kind, 16)
+    got = t.lookup(keys)  # promotes tier rows again
+    if kind in ("fp16", "bf16"):
+        np.testing.assert_array_equal(got, stored)
+    else:
+        scale = raw[:, -8:-4].copy().view(np.float32)[:, 0]
+        assert (np.abs(got - stored) <= scale[:, None] / 2 + 4e-7 * np.abs(stored).max()).all()
+    k, r = t.export()
+    np.testing.assert_array_equal(k, keys)

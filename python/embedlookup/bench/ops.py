@@ -309,6 +309,21 @@ def _(data):
     return Case(run, lambda b: run(b).copy())
 
 
+def torch_bag_case(data: WorkloadData, dense: np.ndarray, mode: str) -> Case:
+    """A dense float32 torch.nn.EmbeddingBag over ``dense`` (the workload's row order)."""
+    torch = _torch()
+    torch.set_num_threads(_nthreads(data.workload))
+    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(dense), freeze=True, mode=mode)
+    tb = _tbatches(data)
+
+    def run(b):
+        with torch.inference_mode():
+            i, off, _, _ = tb[id(b)]
+            return bag(i, off)
+
+    return Case(run, lambda b: run(b).numpy().copy())
+
+
 def _pooled(mode: str):
     op = f"pooled_{mode}"
 
@@ -338,17 +353,7 @@ def _pooled(mode: str):
 
     @implements(op, "torch")
     def _torch_bag(data):
-        torch = _torch()
-        torch.set_num_threads(_nthreads(data.workload))
-        bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(data.dense), freeze=True, mode=mode)
-        tb = _tbatches(data)
-
-        def run(b):
-            with torch.inference_mode():
-                i, off, _, _ = tb[id(b)]
-                return bag(i, off)
-
-        return Case(run, lambda b: run(b).numpy().copy())
+        return torch_bag_case(data, data.dense, mode)
 
     @implements(op, "fbgemm")
     def _fb(data):

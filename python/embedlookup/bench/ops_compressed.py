@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import quantize as _q
 from .._checks import huge_empty
-from .ops import Skip, _fbgemm, _nthreads, _tbatches, _torch, Case, implements, operation
+from .ops import Case, Skip, _fbgemm, _nthreads, _tbatches, _torch, implements, operation, torch_bag_case
 from .workloads import WorkloadData
 
 TYPES = ("fp16", "bf16", "int8", "int4")
@@ -101,18 +101,7 @@ def _compressed(kind: str):
 
     @implements(op, "torch")
     def _torch_bag(data):
-        torch = _torch()
-        torch.set_num_threads(_nthreads(data.workload))
-        values = _exact(data, kind)[0]
-        bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(values), freeze=True, mode="sum")
-        tb = _tbatches(data)
-
-        def run(b):
-            with torch.inference_mode():
-                i, off, _, _ = tb[id(b)]
-                return bag(i, off)
-
-        return Case(run, lambda b: run(b).numpy().copy())
+        return torch_bag_case(data, _exact(data, kind)[0], "sum")
 
     @implements(op, "fbgemm")
     def _fb(data):

@@ -5,12 +5,12 @@
 // slot_of[i]; otherwise host_row[i] >= 0 reads that host row; otherwise the
 // key has no row (a zero row, as the CPU engine's missing keys read).
 //
-// Pooling mirrors pool_raw_cuda.cu: one warp per bag, lanes over columns, rows
-// accumulated in bag order. The update merges a row's gradients in position
+// Pooling: one warp per bag (warp_pool.cuh), rows accumulated in bag order. The update merges a row's gradients in position
 // order (the host sorted them into segments) and applies one optimizer step
 // where the row is (HBM slot or host row), so no atomics touch host memory.
 #include "kernels_cuda.h"
 #include "launch.cuh"
+#include "warp_pool.cuh"
 
 namespace embedlookup {
 namespace cuda {
@@ -39,49 +39,12 @@ __global__ void __launch_bounds__(kThreads) cached_pool_kernel(CachedPoolArgs a)
   const int lane = threadIdx.x & 31;
   const int64_t b = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5);
   if (b >= a.n_bags) return;
-  const int64_t dim = a.v.dim;
   const int64_t j0 = int64_t(blockIdx.y) * 32 * kRawColsPerLane + lane;
-  const int64_t s = clamp64(a.off[b], 0, a.n);
-  const int64_t e = clamp64(b + 1 < a.n_off ? a.off[b + 1] : a.n, s, a.n);
-  const bool is_max = a.mode == PoolMode::kMax;
-  float acc[kRawColsPerLane];
-#pragma unroll
-  for (int c = 0; c < kRawColsPerLane; ++c) acc[c] = is_max ? -INFINITY : 0.0f;
-  for (int64_t p0 = s; p0 < e; p0 += 32) {
-    const int cnt = static_cast<int>(e - p0 < 32 ? e - p0 : 32);
-    int32_t my_slot = -1;
-    int64_t my_host = -1;
-    float my_w = 1.0f;
-    if (lane < cnt) {
-      my_slot = a.slot_of[p0 + lane];
-      my_host = a.host_row[p0 + lane];
-      if (a.weights) my_w = a.weights[p0 + lane];
-    }
-    for (int k = 0; k < cnt; ++k) {
-      const int32_t slot = __shfl_sync(kFullMask, my_slot, k);
-      const int64_t hr = __shfl_sync(kFullMask, my_host, k);
-      const float w = __shfl_sync(kFullMask, my_w, k);
-      const float* row = row_at(a.v, slot, hr);
-#pragma unroll
-      for (int c = 0; c < kRawColsPerLane; ++c) {
-        const int64_t j = j0 + 32 * c;
-        const float x = (row && j < dim) ? row[j] : 0.0f;  // plain loads: host rows are written by updates
-        if (is_max) acc[c] = x > acc[c] ? x : acc[c];
-        else if (a.weights) acc[c] += w * x;
-        else acc[c] += x;
-      }
-    }
-  }
-  const float scale = (a.mode == PoolMode::kMean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f;
-#pragma unroll
-  for (int c = 0; c < kRawColsPerLane; ++c) {
-    const int64_t j = j0 + 32 * c;
-    if (j >= dim) continue;
-    float x = acc[c];
-    if (e == s) x = 0.0f;
-    else if (a.mode == PoolMode::kMean) x = x * scale;
-    a.out[b * dim + j] = x;
-  }
+  warp_pool_bag<kRawColsPerLane>(
+      b, lane, j0, a.off, a.n_off, a.n, a.v.dim, a.mode, a.weights, a.out,
+      [&](int64_t p) -> const void* { return row_at(a.v, a.slot_of[p], a.host_row[p]); },
+      // plain loads, not __ldg: host rows and slots are written by updates between calls
+      [](const void* row, int64_t j) { return static_cast<const float*>(row)[j]; });
 }
 
 __global__ void cached_gather_kernel(CachedView v, const int32_t* slot_of, const int64_t* host_row, int64_t n,

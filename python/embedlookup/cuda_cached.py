@@ -63,16 +63,14 @@ class CachedCudaTable:
         n_state, state_init = _state_layout(opt, int(dim))
         self._policy = HbmCachePolicy(int(hbm_rows), half_life=half_life, admit_count=admit_count,
                                       sketch_width=sketch_width, sketch_depth=sketch_depth)
-        from .cuda import _cuda_device, _torch
-
-        torch = self._torch = _torch()  # CudaUnavailableError where no GPU: after every argument check
-        self._device = _cuda_device(torch, device)
+        torch, self._device, pin = self._open_device(device)  # after every argument check
+        self._torch = torch
         self._dim, self._opt, self._step = int(dim), opt, 0
         self._init_table = _init_source(int(dim), initializer)
         self._index = HostRowIndex()
         self._host_cap = int(host_rows)
-        self._host = torch.zeros((host_rows, dim), dtype=torch.float32, pin_memory=True)
-        self._host_state = (torch.full((host_rows, n_state), state_init, dtype=torch.float32, pin_memory=True)
+        self._host = torch.zeros((host_rows, dim), dtype=torch.float32, pin_memory=pin)
+        self._host_state = (torch.full((host_rows, n_state), state_init, dtype=torch.float32, pin_memory=pin)
                             if n_state else None)
         self._hbm = torch.zeros((hbm_rows, dim), dtype=torch.float32, device=self._device)
         self._hbm_state = (torch.zeros((hbm_rows, n_state), dtype=torch.float32, device=self._device)
@@ -81,6 +79,22 @@ class CachedCudaTable:
         self.hits = self.misses = 0
 
     # ------------------------------------------------------------- internals
+    # The device hooks: torch, the device and the stream, and the kernels. A
+    # subclass in the tests replaces them to run the table's host logic
+    # (plans, copies, segments) with NumPy kernels where there is no GPU.
+    _kernels = _core
+
+    @staticmethod
+    def _open_device(device):
+        """(torch, torch.device, pin host rows); CudaUnavailableError where no GPU."""
+        from .cuda import _cuda_device, _torch
+
+        torch = _torch()
+        return torch, _cuda_device(torch, device), True
+
+    def _sync(self) -> None:
+        self._torch.cuda.current_stream(self._device).synchronize()
+
     def _view(self):
         hs = self._hbm_state.data_ptr() if self._hbm_state is not None else 0
         ss = self._host_state.data_ptr() if self._host_state is not None else 0
@@ -121,7 +135,7 @@ class CachedCudaTable:
             if slots.size:
                 hr = self._index.resolve(ks, insert=False)
                 d_slots, d_rows = self._up(slots), self._up(hr)
-                _core.cuda_cached_move(view, d_slots.data_ptr(), d_rows.data_ptr(), slots.size, to_host, s)
+                self._kernels.cuda_cached_move(view, d_slots.data_ptr(), d_rows.data_ptr(), slots.size, to_host, s)
         self._policy.release()  # one stream orders this batch before the next plan's copies
         return self._up(plan["slot_of"]), self._up(rows), plan, rows
 
@@ -132,8 +146,8 @@ class CachedCudaTable:
         k = _checks.keys_1d(keys, "keys")
         slot_of, rows, _, _ = self._locate(k, insert, False)
         out = self._torch.empty((k.size, self._dim), dtype=self._torch.float32, device=self._device)
-        _core.cuda_cached_gather(self._view(), slot_of.data_ptr(), rows.data_ptr(), k.size, out.data_ptr(),
-                                 self._stream())
+        self._kernels.cuda_cached_gather(self._view(), slot_of.data_ptr(), rows.data_ptr(), k.size,
+                                         out.data_ptr(), self._stream())
         return out
 
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
@@ -147,9 +161,9 @@ class CachedCudaTable:
         out = self._torch.empty((n_bags, self._dim), dtype=self._torch.float32, device=self._device)
         d_off = self._up(off)
         d_w = self._up(np.asarray(w, dtype=np.float32)) if w is not None else None
-        _core.cuda_cached_pool(self._view(), slot_of.data_ptr(), rows.data_ptr(), v.size, d_off.data_ptr(),
-                               off.size, n_bags, mode_id, d_w.data_ptr() if d_w is not None else 0, out.data_ptr(),
-                               self._stream())
+        self._kernels.cuda_cached_pool(self._view(), slot_of.data_ptr(), rows.data_ptr(), v.size,
+                                       d_off.data_ptr(), off.size, n_bags, mode_id,
+                                       d_w.data_ptr() if d_w is not None else 0, out.data_ptr(), self._stream())
         return out
 
     def apply_gradients(self, keys, grads) -> None:
@@ -175,17 +189,18 @@ class CachedCudaTable:
         loc_host = np.where(uniq < self._policy.slots, -1, uniq - self._policy.slots).astype(np.int64)
         self._step += 1
         d = [self._up(a) for a in (loc_slot, loc_host, seg, perm.astype(np.int64))]
-        _core.cuda_cached_update(self._view(), d[0].data_ptr(), d[1].data_ptr(), uniq.size, d[2].data_ptr(),
-                                 d[3].data_ptr(), g.data_ptr(), self._opt._spec(), self._step, self._stream())
+        self._kernels.cuda_cached_update(self._view(), d[0].data_ptr(), d[1].data_ptr(), uniq.size,
+                                         d[2].data_ptr(), d[3].data_ptr(), g.data_ptr(), self._opt._spec(),
+                                         self._step, self._stream())
 
     def flush(self) -> int:
         """Writes every changed HBM row back to host memory; returns how many."""
         slots, keys = self._policy.take_dirty()
         if slots.size:
             rows = self._index.resolve(keys, insert=False)
-            _core.cuda_cached_move(self._view(), self._up(slots).data_ptr(), self._up(rows).data_ptr(), slots.size,
-                                   True, self._stream())
-        self._torch.cuda.current_stream(self._device).synchronize()
+            self._kernels.cuda_cached_move(self._view(), self._up(slots).data_ptr(), self._up(rows).data_ptr(),
+                                           slots.size, True, self._stream())
+        self._sync()
         return int(slots.size)
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:

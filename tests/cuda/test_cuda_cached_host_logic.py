@@ -6,8 +6,6 @@ addresses. The GPU tests (test_cuda_cached.py) check the real kernels; this
 checks that the table drives them so that it equals the CPU engine and no
 update is lost across evictions."""
 
-import ctypes
-
 import numpy as np
 import pytest
 

@@ -11,7 +11,7 @@ held from the start) and the training step (apply_gradients, SGD).
 Effective bytes = keys x dim x 4; copy bandwidth = device-to-device copy
 (bytes read + written). The cached figures are end to end (host plan, copies,
 kernel; synchronised per call); medians of ``repeats`` calls after ``warm``
-calls that fill the cache.
+calls (at least 4x hbm_rows keys) that fill the cache.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import numpy as np
 from .cuda_table import copy_bandwidth
 
 
-def _zipf(rng, n_rows, n, alpha):
-    # Inverse-CDF sampling over ranks 1..n_rows, ranks scattered over the key space.
+def _zipf(rng, n_rows, n, alpha, perm):
+    # Inverse-CDF sampling over ranks 1..n_rows; perm scatters the ranks over the keys
+    # (the hottest keys are not the first inserted).
     ranks = np.arange(1, n_rows + 1, dtype=np.float64)
     cdf = np.cumsum(ranks ** -alpha)
     cdf /= cdf[-1]
-    return cdf, lambda: np.searchsorted(cdf, rng.random(n)).astype(np.int64)
+    return lambda: perm[np.searchsorted(cdf, rng.random(n))]
 
 
 def _timed(torch, fn, repeats):
@@ -64,16 +65,17 @@ def run(hbm_rows=2_000_000, ratio=4, dim=64, pooling=32, batches=(4096, 16384, 6
                              half_life=50.0)
     for k in np.array_split(np.arange(rows, dtype=np.int64), max(1, rows >> 22)):
         cached.lookup(k, insert=True)  # every row in host memory; the cache fills by the stream below
+    perm = rng.permutation(rows).astype(np.int64)
     copy_bw = copy_bandwidth(torch)
     print(f"[cached] device copy bandwidth {copy_bw / 1e9:.0f} GB/s", flush=True)
     results = []
     for b in batches:
         n = b * pooling
-        _, draw = _zipf(rng, rows, n, alpha)
+        draw = _zipf(rng, rows, n, alpha, perm)
         off = np.arange(0, n, pooling, dtype=np.int64)
         d_off = torch.from_numpy(off).cuda()
         cached.hits = cached.misses = 0
-        for _ in range(warm):
+        for _ in range(max(warm, -(-4 * hbm_rows // n))):  # at least 4x the slots in accesses
             cached.pooled_lookup(draw(), off)
         cached.hits = cached.misses = 0
         stream = [draw() for _ in range(repeats)]

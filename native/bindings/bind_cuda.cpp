@@ -56,6 +56,54 @@ void bind_cuda(py::module_& m) {
       },
       "Pooled lookup over raw rows in a storage type (device addresses; embedlookup/cuda.py checks them).");
 
+  // The cached table's kernels (native/cuda/cache_cuda.cu): embedlookup/cuda.py
+  // (CachedCudaTable) owns the arrays, runs the host policy and checks arguments.
+  auto view = [](uintptr_t hbm, uintptr_t hbm_state, uintptr_t host, uintptr_t host_state, int64_t dim,
+                 int64_t stride, int64_t state_stride) {
+    return cuda::CachedView{dptr<float>(hbm), dptr<float>(hbm_state), dptr<float>(host), dptr<float>(host_state),
+                            dim, stride, state_stride};
+  };
+  m.def("cuda_cached_pool",
+        [view](py::tuple v, uintptr_t slot_of, uintptr_t host_row, int64_t n, uintptr_t offsets, int64_t n_offsets,
+               int64_t n_bags, int mode, uintptr_t weights, uintptr_t out, uintptr_t s) {
+          const cuda::CachedView cv = view(v[0].cast<uintptr_t>(), v[1].cast<uintptr_t>(), v[2].cast<uintptr_t>(),
+                                           v[3].cast<uintptr_t>(), v[4].cast<int64_t>(), v[5].cast<int64_t>(),
+                                           v[6].cast<int64_t>());
+          py::gil_scoped_release nogil;
+          cuda::cached_pool(cv, dptr<const int32_t>(slot_of), dptr<const int64_t>(host_row), n,
+                            dptr<const int64_t>(offsets), n_offsets, n_bags, static_cast<PoolMode>(mode),
+                            dptr<const float>(weights), dptr<float>(out), stream(s));
+        });
+  m.def("cuda_cached_gather",
+        [view](py::tuple v, uintptr_t slot_of, uintptr_t host_row, int64_t n, uintptr_t out, uintptr_t s) {
+          const cuda::CachedView cv = view(v[0].cast<uintptr_t>(), v[1].cast<uintptr_t>(), v[2].cast<uintptr_t>(),
+                                           v[3].cast<uintptr_t>(), v[4].cast<int64_t>(), v[5].cast<int64_t>(),
+                                           v[6].cast<int64_t>());
+          py::gil_scoped_release nogil;
+          cuda::cached_gather(cv, dptr<const int32_t>(slot_of), dptr<const int64_t>(host_row), n, dptr<float>(out),
+                              stream(s));
+        });
+  m.def("cuda_cached_move",
+        [view](py::tuple v, uintptr_t slots, uintptr_t host_rows, int64_t n, bool to_host, uintptr_t s) {
+          const cuda::CachedView cv = view(v[0].cast<uintptr_t>(), v[1].cast<uintptr_t>(), v[2].cast<uintptr_t>(),
+                                           v[3].cast<uintptr_t>(), v[4].cast<int64_t>(), v[5].cast<int64_t>(),
+                                           v[6].cast<int64_t>());
+          py::gil_scoped_release nogil;
+          cuda::cached_move(cv, dptr<const int32_t>(slots), dptr<const int64_t>(host_rows), n, to_host, stream(s));
+        });
+  m.def("cuda_cached_update",
+        [view](py::tuple v, uintptr_t loc_slot, uintptr_t loc_host, int64_t n_loc, uintptr_t seg, uintptr_t perm,
+               uintptr_t grads, const OptimSpec& o, int64_t step, uintptr_t s) {
+          const cuda::CachedView cv = view(v[0].cast<uintptr_t>(), v[1].cast<uintptr_t>(), v[2].cast<uintptr_t>(),
+                                           v[3].cast<uintptr_t>(), v[4].cast<int64_t>(), v[5].cast<int64_t>(),
+                                           v[6].cast<int64_t>());
+          const StepScalars c = step_scalars(o, step);
+          py::gil_scoped_release nogil;
+          cuda::cached_update(cv, dptr<const int32_t>(loc_slot), dptr<const int64_t>(loc_host), n_loc,
+                              dptr<const int64_t>(seg), dptr<const int64_t>(perm), dptr<const float>(grads), o, c,
+                              stream(s));
+        });
+
   py::class_<CudaTable>(m, "CudaTable")
       .def(py::init([](int64_t dim, const InitSpec& init, int64_t capacity, int device, int64_t expected_rows) {
              cuda::CudaTableOptions o;

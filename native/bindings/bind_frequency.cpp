@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "../frequency/frequency_table.h"
+#include "../frequency/hbm_cache_policy.h"
 #include "convert.h"
 
 namespace py = pybind11;
@@ -210,4 +211,78 @@ void bind_frequency(py::module_& m) {
   // row-less values to the default row.
   def_apply_pooled_gradients<FrequencyTable>(
       py::reinterpret_borrow<py::class_<FrequencyTable, EmbeddingTable>>(m.attr("FrequencyTable")));
+
+  // The HBM cache's host-side policy (native/frequency/hbm_cache_policy.h);
+  // embedlookup/cache_policy.py validates arguments first.
+  py::class_<CachePolicyOptions>(m, "CachePolicyOptions")
+      .def(py::init<>())
+      .def_readwrite("slots", &CachePolicyOptions::slots)
+      .def_readwrite("half_life", &CachePolicyOptions::half_life)
+      .def_readwrite("admit_count", &CachePolicyOptions::admit_count)
+      .def_readwrite("sketch_width", &CachePolicyOptions::sketch_width)
+      .def_readwrite("sketch_depth", &CachePolicyOptions::sketch_depth);
+  py::class_<HbmCachePolicy>(m, "HbmCachePolicy")
+      .def(py::init<const CachePolicyOptions&>())
+      .def("plan",
+           [](HbmCachePolicy& c, const py::array& keys, bool write) {
+             CachePlan p;
+             {
+               py::gil_scoped_release nogil;
+               p = c.plan(cptr<int64_t>(keys), n_rows(keys), write);
+             }
+             auto arr32 = [](std::vector<int32_t>&& v) {
+               const auto n = static_cast<py::ssize_t>(v.size());
+               return owned_array(std::move(v), {n});
+             };
+             auto arr64 = [](std::vector<int64_t>&& v) {
+               const auto n = static_cast<py::ssize_t>(v.size());
+               return owned_array(std::move(v), {n});
+             };
+             py::dict d;
+             d["slot_of"] = arr32(std::move(p.slot_of));
+             d["writeback_slots"] = arr32(std::move(p.writeback_slots));
+             d["writeback_keys"] = arr64(std::move(p.writeback_keys));
+             d["evict_slots"] = arr32(std::move(p.evict_slots));
+             d["evict_keys"] = arr64(std::move(p.evict_keys));
+             d["fill_slots"] = arr32(std::move(p.fill_slots));
+             d["fill_keys"] = arr64(std::move(p.fill_keys));
+             d["hits"] = p.hits;
+             d["misses"] = p.misses;
+             return d;
+           })
+      .def("release", &HbmCachePolicy::release)
+      .def("mark_dirty", [](HbmCachePolicy& c, const py::array& keys) { c.mark_dirty(cptr<int64_t>(keys), n_rows(keys)); })
+      .def("take_dirty",
+           [](HbmCachePolicy& c) {
+             auto r = c.take_dirty();
+             const auto n = static_cast<py::ssize_t>(r.first.size());
+             return py::make_tuple(owned_array(std::move(r.first), {n}), owned_array(std::move(r.second), {n}));
+           })
+      .def("slot_of", &HbmCachePolicy::slot_of)
+      .def("key_of", &HbmCachePolicy::key_of)
+      .def("dirty", &HbmCachePolicy::dirty)
+      .def("estimate", &HbmCachePolicy::estimate)
+      .def_property_readonly("slots", &HbmCachePolicy::slots)
+      .def_property_readonly("used", &HbmCachePolicy::used)
+      .def_property_readonly("clock", &HbmCachePolicy::clock)
+      .def_property_readonly("pending", &HbmCachePolicy::pending);
+  py::class_<HostRowIndex>(m, "HostRowIndex")
+      .def(py::init<>())
+      .def("resolve",
+           [](HostRowIndex& h, const py::array& keys, bool insert) {
+             const int64_t n = n_rows(keys);
+             std::vector<int64_t> rows(static_cast<size_t>(n));
+             {
+               py::gil_scoped_release nogil;
+               h.resolve(cptr<int64_t>(keys), n, insert, rows.data());
+             }
+             return owned_array(std::move(rows), {static_cast<py::ssize_t>(n)});
+           })
+      .def("keys",
+           [](const HostRowIndex& h) {
+             std::vector<int64_t> k = h.keys();
+             const auto n = static_cast<py::ssize_t>(k.size());
+             return owned_array(std::move(k), {n});
+           })
+      .def_property_readonly("size", &HostRowIndex::size);
 }

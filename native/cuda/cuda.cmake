@@ -39,7 +39,8 @@ if(_el_cuda_enabled)
     native/cuda/index_cuda.cu
     native/cuda/pool_cuda.cu
     native/cuda/pool_raw_cuda.cu
-    native/cuda/update_cuda.cu)
+    native/cuda/update_cuda.cu
+    native/cuda/cache_cuda.cu)
   target_include_directories(embedlookup_cuda PUBLIC native/include)
   set_target_properties(embedlookup_cuda PROPERTIES
     POSITION_INDEPENDENT_CODE ON

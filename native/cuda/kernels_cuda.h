@@ -106,5 +106,29 @@ size_t update_scratch_bytes(int64_t n);
 void update_rows(const TableView& t, const uint32_t* ids, int64_t n, const float* grads, const OptimSpec& o,
                  const StepScalars& c, void* scratch, size_t scratch_bytes, int row_bits, Stream s);
 
+// --- cache_cuda.cu: rows in mapped host memory, hot rows in HBM slots
+// (docs/gpu-cache.md). A position's row: HBM slot slot_of[i] when >= 0, else
+// host row host_row[i] when >= 0, else none (a zero row).
+struct CachedView {
+  float* hbm;         // slots x stride, device memory
+  float* hbm_state;   // slots x state_stride, or null
+  float* host;        // host rows x stride: the device address of mapped pinned memory
+  float* host_state;  // host rows x state_stride, or null
+  int64_t dim, stride, state_stride;
+};
+void cached_pool(const CachedView& v, const int32_t* slot_of, const int64_t* host_row, int64_t n,
+                 const int64_t* offsets, int64_t n_offsets, int64_t n_bags, PoolMode mode, const float* weights,
+                 float* out, Stream s);
+void cached_gather(const CachedView& v, const int32_t* slot_of, const int64_t* host_row, int64_t n, float* out,
+                   Stream s);
+// Copies rows and their optimizer state: to_host, slot -> host row (write-back); else host row -> slot (fill).
+void cached_move(const CachedView& v, const int32_t* slots, const int64_t* host_rows, int64_t n, bool to_host,
+                 Stream s);
+// Fused backward: distinct row u (loc_slot[u] / loc_host[u]) sums the gradients
+// of positions perm[seg[u] .. seg[u + 1]) in that order and takes one optimizer step where it lives.
+void cached_update(const CachedView& v, const int32_t* loc_slot, const int64_t* loc_host, int64_t n_loc,
+                   const int64_t* seg, const int64_t* perm, const float* grads, const OptimSpec& o,
+                   const StepScalars& c, Stream s);
+
 }  // namespace cuda
 }  // namespace embedlookup

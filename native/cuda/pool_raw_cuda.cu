@@ -2,9 +2,8 @@
 // int8 / int4 row-wise with scale and bias; fp32 too), read as raw bytes and
 // decoded in registers: no fp32 copy of a row is ever written.
 //
-// One warp per bag; lane l owns columns l, l + 32, ... of the output. The
-// bag's row ids are read 32 at a time (one per lane) and broadcast; rows are
-// accumulated in bag order, the CPU engine's order, and every decode is
+// One warp per bag (warp_pool.cuh): rows accumulated in bag order, the CPU
+// engine's order, and every decode is
 // exact or a separately rounded multiply then add (__fmul_rn / __fadd_rn: no
 // contraction into an FMA), so results equal the CPU engine pooling the
 // dequantized rows, bit for bit (weighted sums: to an FMA's rounding).
@@ -12,6 +11,7 @@
 
 #include "kernels_cuda.h"
 #include "launch.cuh"
+#include "warp_pool.cuh"
 
 namespace embedlookup {
 namespace cuda {
@@ -59,45 +59,13 @@ __global__ void __launch_bounds__(kThreads) pool_raw_kernel(RawPoolArgs a) {
   if (b >= a.n_bags) return;  // whole warps leave together
   const int64_t dim = a.r.dim;
   const int64_t j0 = int64_t(blockIdx.y) * 32 * kRawColsPerLane + lane;  // this lane's first column
-  const int64_t s = clamp64(a.off[b], 0, a.n);
-  const int64_t e = clamp64(b + 1 < a.n_off ? a.off[b + 1] : a.n, s, a.n);
-  const bool is_max = a.mode == PoolMode::kMax;
-  float acc[kRawColsPerLane];
-#pragma unroll
-  for (int c = 0; c < kRawColsPerLane; ++c) acc[c] = is_max ? -INFINITY : 0.0f;
-  for (int64_t p0 = s; p0 < e; p0 += 32) {
-    const int cnt = static_cast<int>(e - p0 < 32 ? e - p0 : 32);
-    int64_t my_id = -1;
-    float my_w = 1.0f;
-    if (lane < cnt) {
-      my_id = a.ids[p0 + lane];
-      if (my_id >= a.r.n_rows) my_id = -1;  // out of range: missing (the host maps absent keys to -1)
-      if (a.weights) my_w = a.weights[p0 + lane];
-    }
-    for (int k = 0; k < cnt; ++k) {
-      const int64_t id = __shfl_sync(kFullMask, my_id, k);
-      const float w = __shfl_sync(kFullMask, my_w, k);
-      const uint8_t* row = a.r.rows + id * a.r.row_bytes;
-#pragma unroll
-      for (int c = 0; c < kRawColsPerLane; ++c) {
-        const int64_t j = j0 + 32 * c;
-        const float x = (id >= 0 && j < dim) ? decode<K>(row, j, dim) : 0.0f;  // missing: a zero row
-        if (is_max) acc[c] = x > acc[c] ? x : acc[c];
-        else if (a.weights) acc[c] += w * x;
-        else acc[c] += x;
-      }
-    }
-  }
-  const float scale = (a.mode == PoolMode::kMean && e > s) ? 1.0f / static_cast<float>(e - s) : 1.0f;
-#pragma unroll
-  for (int c = 0; c < kRawColsPerLane; ++c) {
-    const int64_t j = j0 + 32 * c;
-    if (j >= dim) continue;
-    float v = acc[c];
-    if (e == s) v = 0.0f;
-    else if (a.mode == PoolMode::kMean) v = v * scale;
-    a.out[b * dim + j] = v;
-  }
+  warp_pool_bag<kRawColsPerLane>(
+      b, lane, j0, a.off, a.n_off, a.n, dim, a.mode, a.weights, a.out,
+      [&](int64_t p) -> const void* {
+        const int64_t id = a.ids[p];  // negative or out of range: missing (the host maps absent keys to -1)
+        return id >= 0 && id < a.r.n_rows ? a.r.rows + id * a.r.row_bytes : nullptr;
+      },
+      [&](const void* row, int64_t j) { return decode<K>(static_cast<const uint8_t*>(row), j, dim); });
 }
 
 template <RowKind K>

@@ -33,7 +33,7 @@ from . import _checks, _core, _row_layout
 from . import init as _init
 from .optim import Optimizer
 
-__all__ = ["CudaRawTable", "CudaTable", "CudaUnavailableError", "DeviceMemoryError", "is_built", "is_available",
+__all__ = ["CachedCudaTable", "CudaRawTable", "CudaTable", "CudaUnavailableError", "DeviceMemoryError", "is_built", "is_available",
            "unavailable_reason"]
 
 
@@ -496,3 +496,6 @@ def _check_offsets(off: np.ndarray, n: int, include_last_offset: bool) -> None:
         raise ValueError(_checks.offsets_message("past_end", off, n))
     if include_last_offset and off[-1] != n:
         raise ValueError(_checks.offsets_message("last", off, n))
+
+
+from .cuda_cached import CachedCudaTable  # noqa: E402 - it uses the helpers above

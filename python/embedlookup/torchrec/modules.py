@@ -227,15 +227,17 @@ class _PooledCollection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         g_all = grad.detach().contiguous().numpy()
-        B = ctx.B
+        B, specs = ctx.B, {}
         for (t, opt, mode, pos, col, dim, _), (v, o, w, ids, epoch) in zip(ctx.plan, ctx.saved):
             if opt is None:
                 continue
+            if id(opt) not in specs:  # the tables usually share one optimizer: build its native spec once
+                specs[id(opt)] = opt._spec()
             F = len(pos)
             g = g_all[:, col:col + dim] if F == 1 else np.ascontiguousarray(
                 g_all[:, col:col + F * dim].reshape(B, F, dim).transpose(1, 0, 2)).reshape(F * B, dim)
             # On a FrequencyTable its own binding: values that read the default row update the cold row.
-            t._t.apply_pooled_gradients(v, o, F * B, mode, w, None, g, opt._spec(), ids, epoch)
+            t._t.apply_pooled_gradients(v, o, F * B, mode, w, None, g, specs[id(opt)], ids, epoch)
         return torch.zeros((0,), dtype=torch.float32), None, None, None, None, None, None
 
 

@@ -9,7 +9,10 @@ and make training diverge from TorchRec's), and all of a table's features
 are pooled in one native call. The output is a ``torchrec.KeyedTensor``
 with TorchRec's keys (``feature`` or ``feature@table`` for a feature read by
 several tables), order (tables in config order, each table's features in
-order) and layout (``(B, sum of dims)``). The ``EmbeddingCollection`` holds
+order) and layout (``(B, sum of dims)``). In eager mode the whole
+collection is one autograd node (``_PooledCollection``: one output buffer,
+one backward for every table); under torch.compile each table is its own
+op. The ``EmbeddingCollection`` holds
 one ``HashEmbedding`` per ``EmbeddingConfig``, looks up all of a table's
 features in one native call and returns TorchRec's ``{name: JaggedTensor}``.
 """

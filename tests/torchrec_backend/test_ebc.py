@@ -233,3 +233,27 @@ def test_bad_forward_input_names_the_argument():
     with pytest.raises(TypeError, match="input must hold integers"):
         ours(floats)
     assert len(ours.embedding_bags["t"].table) == 0  # nothing was inserted by the failed calls
+
+
+def test_the_collection_is_one_autograd_node_in_step_with_the_per_table_ops():
+    """Eager forward: one autograd node for every table (no per-table lookup
+    or cat node); it computes what the per-table ops (the torch.compile
+    path) compute, forward and after 3 Adagrad steps."""
+    world, _, one = _pair(PoolingType.SUM, True, optimizer=el.optim.Adagrad(lr=0.3), seed=2)
+    _, _, per_table = _pair(PoolingType.SUM, True, optimizer=el.optim.Adagrad(lr=0.3), seed=2)  # the same rows
+    per_table._one_node_ok = lambda weights: False
+    for step in range(3):
+        raw, _ = world.batch(SHUFFLED, True)
+        kt_one, kt_per = one(raw), per_table(raw)
+        node = kt_one.values().grad_fn
+        assert type(node).__name__ == "_PooledCollectionBackward"
+        assert [type(f).__name__ for f, _ in node.next_functions if f is not None] == ["AccumulateGrad"]
+        assert type(kt_per.values().grad_fn).__name__ == "CatBackward0"
+        torch.testing.assert_close(kt_one.values(), kt_per.values(), rtol=0, atol=0)
+        target = torch.from_numpy(np.random.default_rng(step).normal(size=tuple(kt_one.values().shape))).float()
+        (kt_one.values() * target).sum().backward()
+        (kt_per.values() * target).sum().backward()
+    for c in world.configs:
+        a, _ = one.embedding_bags[c.name].table.find(world.raw)
+        b, _ = per_table.embedding_bags[c.name].table.find(world.raw)
+        np.testing.assert_array_equal(a, b)

@@ -9,7 +9,10 @@ and make training diverge from TorchRec's), and all of a table's features
 are pooled in one native call. The output is a ``torchrec.KeyedTensor``
 with TorchRec's keys (``feature`` or ``feature@table`` for a feature read by
 several tables), order (tables in config order, each table's features in
-order) and layout (``(B, sum of dims)``). The ``EmbeddingCollection`` holds
+order) and layout (``(B, sum of dims)``). In eager mode the whole
+collection is one autograd node (``_PooledCollection``: one output buffer,
+one backward for every table); under torch.compile each table is its own
+op. The ``EmbeddingCollection`` holds
 one ``HashEmbedding`` per ``EmbeddingConfig``, looks up all of a table's
 features in one native call and returns TorchRec's ``{name: JaggedTensor}``.
 """
@@ -25,10 +28,14 @@ from torchrec.modules.embedding_modules import (EmbeddingBagCollectionInterface,
                                                 get_embedding_names_by_table)
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
+import numpy as np
+
+from .. import _checks
 from .. import init as _init
 from ..frequency import FrequencyTable
 from ..optim import Optimizer
 from ..torch import HashEmbedding, HashEmbeddingBag
+from ..torch.modules import _int_tensor
 
 __all__ = ["EmbeddingBagCollection", "EmbeddingCollection"]
 
@@ -168,6 +175,75 @@ def _cut_tables(features: KeyedJaggedTensor, group_names, feature_groups, weight
     return B, cuts
 
 
+def _cut_np(values: np.ndarray, offsets: np.ndarray, weights, starts, pos: List[int], B: int):
+    """:func:`_cut` on NumPy arrays (the collection's eager path: no torch
+    dispatch per table)."""
+    if pos == list(range(pos[0], pos[0] + len(pos))):
+        lo, hi = starts[pos[0]], starts[pos[-1] + 1]
+        return (values[lo:hi], offsets[pos[0] * B:(pos[-1] + 1) * B + 1] - lo,
+                None if weights is None else weights[lo:hi])
+    parts = [(starts[p], starts[p + 1]) for p in pos]
+    base = np.cumsum([0] + [hi - lo for lo, hi in parts])
+    off = np.concatenate([np.zeros(1, np.int64)] + [offsets[p * B + 1:(p + 1) * B + 1] - lo + base[i]
+                                                    for i, (p, (lo, _)) in enumerate(zip(pos, parts))])
+    return (np.concatenate([values[lo:hi] for lo, hi in parts]), off,
+            None if weights is None else np.concatenate([weights[lo:hi] for lo, hi in parts]))
+
+
+class _PooledCollection(torch.autograd.Function):
+    """Every table of an :class:`EmbeddingBagCollection` as one autograd
+    node. Forward: the KJT is read as NumPy once, each table's features are
+    cut out of it and pooled by the table's native call (GIL released),
+    and each result lands in its columns of the one ``(B, sum of dims)``
+    output (no torch op per table, no torch.cat). Backward: each table's
+    fused pooled backward (its optimizer step, in native code) reads its
+    columns of the one ``grad_output`` in place (a strided view; a table
+    with several features gets one NumPy copy into feature-major order).
+    ``plan``: per table ``(table, optimizer, mode, positions, column, dim,
+    insert)``."""
+
+    @staticmethod
+    def forward(ctx, anchor, values, offsets, weights, plan, B: int, width: int):
+        v_all, off_all, _ = _checks.bags(values.detach().numpy(), offsets.detach().numpy(), True)
+        w_all = None if weights is None else _checks.finite(
+            _checks.floats(weights.detach().numpy(), "per_sample_weights", (v_all.shape[0],)), "per_sample_weights")
+        starts = off_all[::B].tolist() if B else [0] * (max(p for e in plan for p in e[3]) + 2)
+        out = torch.empty((B, width), dtype=torch.float32)
+        out_np = out.numpy()
+        saved = []
+        for t, opt, mode, pos, col, dim, insert in plan:
+            v, o, w = _cut_np(v_all, off_all, w_all, starts, pos, B)
+            F = len(pos)
+            pooled = np.empty((F * B, dim), dtype=np.float32)
+            ids = np.empty((v.shape[0],), dtype=np.uint32)
+            if isinstance(t, FrequencyTable):
+                cs, epoch = t._t.pooled_lookup_ids(v, o, F * B, mode, w, pooled, insert, ids, None)
+                t._account(None, cs)  # totals, and evicted rows to the table's on_evict
+            else:
+                epoch = t._t.pooled_lookup_ids(v, o, F * B, mode, w, pooled, insert, ids)
+            # feature-major bags (F * B, dim) -> the KeyedTensor's (B, F * dim) columns
+            out_np[:, col:col + F * dim].reshape(B, F, dim)[...] = pooled.reshape(F, B, dim).transpose(1, 0, 2)
+            saved.append((v, o, w, ids, epoch))
+        ctx.plan, ctx.saved, ctx.B = plan, saved, B
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        g_all = grad.detach().contiguous().numpy()
+        B, specs = ctx.B, {}
+        for (t, opt, mode, pos, col, dim, _), (v, o, w, ids, epoch) in zip(ctx.plan, ctx.saved):
+            if opt is None:
+                continue
+            if id(opt) not in specs:  # the tables usually share one optimizer: build its native spec once
+                specs[id(opt)] = opt._spec()
+            F = len(pos)
+            g = g_all[:, col:col + dim] if F == 1 else np.ascontiguousarray(
+                g_all[:, col:col + F * dim].reshape(B, F, dim).transpose(1, 0, 2)).reshape(F * B, dim)
+            # On a FrequencyTable its own binding: values that read the default row update the cold row.
+            t._t.apply_pooled_gradients(v, o, F * B, mode, w, None, g, specs[id(opt)], ids, epoch)
+        return torch.zeros((0,), dtype=torch.float32), None, None, None, None, None, None
+
+
 def _reset(modules) -> None:
     for m in modules:
         keys, _ = m.table.export()
@@ -268,6 +344,8 @@ class EmbeddingBagCollection(EmbeddingBagCollectionInterface):
             if weights is None:
                 raise ValueError("features: this collection is weighted (is_weighted=True) but the "
                                  "KeyedJaggedTensor has no weights")
+        if self._one_node_ok(weights):
+            return self._forward_one_node(features, weights)
         B, cuts = _cut_tables(features, list(self.embedding_bags), self._feature_names, weights)
         pieces = []
         for bag, (v, o, w, pos) in zip(self.embedding_bags.values(), cuts):
@@ -276,6 +354,41 @@ class EmbeddingBagCollection(EmbeddingBagCollectionInterface):
             pieces.append(out.reshape(len(pos), B, dim).transpose(0, 1).reshape(B, len(pos) * dim))
         return KeyedTensor(keys=self._embedding_names, values=torch.cat(pieces, dim=1),
                            length_per_key=self._lengths_per_embedding)
+
+    def _one_node_ok(self, weights) -> bool:
+        """Eager, in-process tables, no gradient asked for the weights: the
+        whole collection is one autograd node (:class:`_PooledCollection`).
+        Under torch.compile, over parameter-server clients, or with weights
+        that require grad, each table is its own op (the path above)."""
+        return (not torch.compiler.is_compiling() and not any(b._ps for b in self.embedding_bags.values())
+                and (weights is None or not weights.requires_grad))
+
+    def _forward_one_node(self, features: KeyedJaggedTensor, weights) -> KeyedTensor:
+        keys = features.keys()
+        index = {k: i for i, k in enumerate(keys)}
+        B = features.stride()
+        values, offsets = features.values(), features.offsets()
+        if offsets.shape[0] != len(keys) * B + 1:
+            raise ValueError(f"features: offsets have {offsets.shape[0]} entries, expected "
+                             f"{len(keys)} keys x stride {B} + 1")
+        plan, col, anchor = [], 0, None
+        for (name, bag), names in zip(self.embedding_bags.items(), self._feature_names):
+            missing = [f for f in names if f not in index]
+            if missing:
+                raise ValueError(f"features: the KeyedJaggedTensor lacks feature(s) {missing} of table {name!r} "
+                                 f"(its keys: {keys})")
+            plan.append((bag.table, bag.optimizer, bag._mode_id, [index[f] for f in names], col, bag.table.dim,
+                         bag._insert()))
+            col += len(names) * bag.table.dim
+            if anchor is None and bag._grad_anchor.requires_grad:
+                anchor = bag._grad_anchor
+        if anchor is None:  # frozen tables: nothing to apply, no backward needed
+            anchor = torch.zeros(0)
+        values = _int_tensor(values, "input").to(torch.int64)  # the per-table path's check and message
+        out = _PooledCollection.apply(anchor, values.contiguous(), offsets.to(torch.int64).contiguous(),
+                                      None if weights is None else weights.to(torch.float32).contiguous(),
+                                      plan, B, col)
+        return KeyedTensor(keys=self._embedding_names, values=out, length_per_key=self._lengths_per_embedding)
 
 
 class EmbeddingCollection(EmbeddingCollectionInterface):

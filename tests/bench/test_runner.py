@@ -354,8 +354,11 @@ def test_a_stable_ratio_stops_at_the_planned_rounds_a_noisy_one_gets_more(regist
     assert runs["noisy"]["embedlookup"] == n
     # The first pass stops once the run is heading for the target (its interval
     # shrunk by sqrt(1/2), one pass to come), at 12 rounds at least; the last
-    # pass, with nothing to come, keeps going up to 3x its 12 planned rounds.
-    assert 12 + 36 <= n <= 72
+    # pass, with nothing to come, keeps going up to 3x its 12 planned rounds
+    # (12 + 36 on a quiet machine). On a loaded one the noise of the steady
+    # subject itself can end a pass's extra rounds early (43 seen at load 15),
+    # so the check is the property: more rounds than planned, never more than 3x.
+    assert 24 < n <= 72
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])

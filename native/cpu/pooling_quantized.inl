@@ -305,7 +305,7 @@ int64_t gather_rows_quantized(const RowView& v, RowType t, const KeyIndex& index
   for (int64_t i = 0; i < n; ++i) {
     constexpr int64_t kAhead = 16;
     if (i + kAhead < n) index.prefetch(keys[i + kAhead]);
-    const uint32_t id = index.find(keys[i]);
+    const uint32_t id = probe_index(index, index.home(keys[i]), keys[i]);
     ids[i] = id;
     float* o = out + i * dim;
     if (found) found[i] = id < kTombstone;

@@ -96,10 +96,49 @@ __attribute__((always_inline)) inline v8f load_block(const uint8_t* row, int64_t
 
 constexpr bool is_int(RowType t) { return t == RowType::kI8 || t == RowType::kI4; }
 
+#include "index_probe.inl"
+
+// Pipeline distance over the flat key stream of a chunk, in keys: the bucket
+// line of key p + 2A is prefetched, key p + A is probed (its line in cache by
+// then) and its row lines prefetched, key p is decoded and accumulated.
+constexpr int64_t kQAhead = 12;
+
+// Resolves the chunk's keys kQAhead positions ahead of their use (see
+// kQAhead); ids[] keeps the resolved ids, so a bag's retry re-reads them.
+struct QResolver {
+  const KeyIndex& index;
+  const ArenaView arena;
+  const char* zero;
+  const int64_t* keys;
+  uint32_t* ids;
+  int64_t end, rb, next_hash, next_probe, missing = 0;
+  static constexpr int64_t kRing = 64;
+  static_assert(kRing > 2 * kQAhead && (kRing & (kRing - 1)) == 0, "the ring holds the distance");
+  size_t home[kRing];
+  __attribute__((always_inline)) void advance(int64_t p) {
+    const int64_t hash_to = std::min(end, p + 2 * kQAhead + 1);
+    for (; next_hash < hash_to; ++next_hash) {
+      const size_t b = index.home(keys[next_hash]);
+      home[next_hash & (kRing - 1)] = b;
+      index.prefetch_bucket(b);
+    }
+    const int64_t probe_to = std::min(end, p + kQAhead + 1);
+    for (; next_probe < probe_to; ++next_probe) {
+      const uint32_t id = probe_index(index, home[next_probe & (kRing - 1)], keys[next_probe]);
+      ids[next_probe] = id;
+      missing += id == kNoRow;
+      // Missing keys prefetch the zero row (branch-free); the row's last byte
+      // too, for a row that straddles one more line.
+      const char* q = id < kTombstone ? reinterpret_cast<const char*>(arena.row(id)) : zero;
+      for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(q + c, 0, 3);
+      __builtin_prefetch(q + rb - 1, 0, 3);
+    }
+  }
+};
+
 // Pools bags [b0, b1) of a chunk. D: the dim when it is a compile-time
 // instantiation (accumulators in registers), else 0 (runtime dim, memory
-// accumulator). Two passes as the fp32 kernel: resolve every key of the
-// chunk, then pool with rows prefetched kPrefetchAhead positions ahead.
+// accumulator). One pipelined pass over the chunk's keys (QResolver).
 template <RowType T, PoolMode M, bool W, int D>
 int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* __restrict ids,
                      const int64_t* off, int64_t n_off, int64_t n, int64_t b0, int64_t b1, int64_t rt_dim,
@@ -115,23 +154,7 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
   const uint8_t* zero = reinterpret_cast<const uint8_t*>(v.zero_row);
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
-  int64_t pre_missing = 0;
-  constexpr int64_t kRingSize = 32;
-  size_t home[kRingSize];
-  for (int64_t p = p_first; p < std::min(p_last, p_first + kPrefetchAhead); ++p) {
-    home[p & (kRingSize - 1)] = index.home(keys[p]);
-    index.prefetch_bucket(home[p & (kRingSize - 1)]);
-  }
-  for (int64_t p = p_first; p < p_last; ++p) {
-    if (p + kPrefetchAhead < p_last) {
-      const size_t h = index.home(keys[p + kPrefetchAhead]);
-      home[(p + kPrefetchAhead) & (kRingSize - 1)] = h;
-      index.prefetch_bucket(h);
-    }
-    const uint32_t id = index.find_from(home[p & (kRingSize - 1)], keys[p]);
-    ids[p] = id;
-    pre_missing += id == kNoRow;
-  }
+  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, 0, {}};
   // Runtime-dim accumulator (D == 0): in memory, nv vectors.
   std::vector<float> acc_buf(D ? 0 : 8 * nv + 8);
   v8f* acc_mem = reinterpret_cast<v8f*>(acc_buf.data());  // v8f is declared aligned(4)
@@ -149,12 +172,7 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
       bias_sum = 0.0f;
       bool consistent = true;
       for (int64_t p = s; p < e; ++p) {
-        if (p + kPrefetchAhead < p_last) {
-          const uint32_t nid = ids[p + kPrefetchAhead];
-          const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
-          for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(q + c, 0, 3);
-          __builtin_prefetch(q + rb - 1, 0, 3);  // a row that straddles one more line
-        }
+        r.advance(p);
         const uint32_t id = ids[p];
         const bool real = id < kTombstone;
         const uint8_t* row = real ? reinterpret_cast<const uint8_t*>(arena.row(id)) : zero;
@@ -216,7 +234,7 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
       for (int64_t j = 0; j < m; ++j) o[8 * k + j] = a[j];
     }
   }
-  return pre_missing;
+  return r.missing;
 }
 
 template <RowType T, int D>
@@ -287,7 +305,7 @@ int64_t gather_rows_quantized(const RowView& v, RowType t, const KeyIndex& index
   for (int64_t i = 0; i < n; ++i) {
     constexpr int64_t kAhead = 16;
     if (i + kAhead < n) index.prefetch(keys[i + kAhead]);
-    const uint32_t id = index.find(keys[i]);
+    const uint32_t id = probe_index(index, index.home(keys[i]), keys[i]);
     ids[i] = id;
     float* o = out + i * dim;
     if (found) found[i] = id < kTombstone;

@@ -181,6 +181,30 @@ class _DeviceArrays:
         return t
 
 
+    def _bags(self, values, offsets, include_last_offset: bool, mode: str, per_sample_weights):
+        """The checked device arguments of a pooled lookup: (keys, offsets,
+        n_bags, weights pointer or 0, equal_length). ``equal_length``: a 2-D
+        ``values`` of equal-length bags, whose offsets are well formed by
+        construction."""
+        torch = self._torch
+        v = self._tensor(values, "values")
+        layout = _checks.bag_layout(tuple(v.shape), offsets is not None, include_last_offset)
+        if layout is not None:
+            n_bags, length = layout
+            v = self._keys(v.reshape(-1), "values")
+            off = torch.arange(0, n_bags, dtype=torch.int64, device=self._device) * length
+        else:
+            v = self._keys(v, "values")
+            off = self._keys(offsets, "offsets")
+            n_bags = _checks.bag_count(off.shape[0], include_last_offset)
+            if off.shape[0] == 0 and v.shape[0]:
+                raise ValueError(f"offsets is empty but values holds {v.shape[0]} keys")
+        w = 0
+        if per_sample_weights is not None:
+            _checks.weights_mode(mode)
+            w = self._floats(per_sample_weights, "per_sample_weights", (v.shape[0],)).data_ptr()
+        return v, off, n_bags, w, layout is not None
+
 class CudaTable(_DeviceArrays):
     """A growing hash table of embedding rows keyed by int64 IDs, in GPU memory.
 
@@ -267,27 +291,11 @@ class CudaTable(_DeviceArrays):
         write out of bounds, but give undefined bags.
         Returns an (n_bags, dim) float32 CUDA tensor.
         """
-        torch = self._torch
         mode_id = _checks.mode_id(mode)
-        v = self._tensor(values, "values")
-        layout = _checks.bag_layout(tuple(v.shape), offsets is not None, include_last_offset)
-        if layout is not None:
-            n_bags, length = layout
-            v = self._keys(v.reshape(-1), "values")
-            off = torch.arange(0, n_bags, dtype=torch.int64, device=self._device) * length
-            check = False  # well-formed by construction
-        else:
-            v = self._keys(v, "values")
-            off = self._keys(offsets, "offsets")
-            n_bags = _checks.bag_count(off.shape[0], include_last_offset)
-            if off.shape[0] == 0 and v.shape[0]:
-                raise ValueError(f"offsets is empty but values holds {v.shape[0]} keys")
+        v, off, n_bags, w, equal_length = self._bags(values, offsets, include_last_offset, mode,
+                                                     per_sample_weights)
+        check = check and not equal_length
         n = v.shape[0]
-        w = 0
-        if per_sample_weights is not None:
-            _checks.weights_mode(mode)
-            wt = self._floats(per_sample_weights, "per_sample_weights", (n,))
-            w = wt.data_ptr()
         o = self._out(out, (n_bags, self._dim))
         code, index = _rethrow_oom(self._t.pooled_lookup, v.data_ptr(), n, off.data_ptr(), off.shape[0], n_bags,
                                    bool(include_last_offset), mode_id, w, o.data_ptr(), bool(insert),
@@ -445,26 +453,11 @@ class CudaRawTable(_DeviceArrays):
         validates the offsets first (copies them to the host: a wait)."""
         torch = self._torch
         mode_id = _checks.mode_id(mode)
-        v = self._tensor(values, "values")
-        layout = _checks.bag_layout(tuple(v.shape), offsets is not None, include_last_offset)
-        if layout is not None:
-            n_bags, length = layout
-            v = self._keys(v.reshape(-1), "values")
-            off = torch.arange(0, n_bags, dtype=torch.int64, device=self._device) * length
-        else:
-            v = self._keys(v, "values")
-            off = self._keys(offsets, "offsets")
-            n_bags = _checks.bag_count(off.shape[0], include_last_offset)
-            if off.shape[0] == 0 and v.shape[0]:
-                raise ValueError(f"offsets is empty but values holds {v.shape[0]} keys")
-            if check:
-                _check_offsets(off.cpu().numpy(), v.shape[0], include_last_offset)
+        v, off, n_bags, w, equal_length = self._bags(values, offsets, include_last_offset, mode,
+                                                     per_sample_weights)
+        if check and not equal_length:
+            _check_offsets(off.cpu().numpy(), v.shape[0], include_last_offset)
         n = v.shape[0]
-        w = 0
-        if per_sample_weights is not None:
-            _checks.weights_mode(mode)
-            wt = self._floats(per_sample_weights, "per_sample_weights", (n,))
-            w = wt.data_ptr()
         o = self._out(out, (n_bags, self._dim))
         ids = self._row_ids(v)
         with torch.cuda.device(self._device):

@@ -267,7 +267,7 @@ class Replica(PeriodicOwner):
         not read again (a bad cut after it stops it until a newer snapshot)."""
         seqs = self.transport.seqs()
         if not seqs:
-            raise NoCutError("the log holds no cut yet")
+            raise NoCutError(f"the log {self.transport!r} holds no cut yet (nothing published there, or no such folder)")
         cands = [s for s in reversed(seqs) if target is None or s <= target]
         why = None
         for s in cands:

@@ -103,6 +103,43 @@ double gather_bandwidth(int64_t table_bytes, int64_t row_bytes, int64_t n_read, 
   return static_cast<double>(n_read * rf * 4) / *std::min_element(t.begin(), t.end());
 }
 
+// Bytes/s of a random read-modify-write of n distinct rows of row_bytes from a
+// table of table_bytes (read + write counted, as the training step's bytes
+// model counts a distinct row): the ceiling of a sparse optimizer's update,
+// whose dirty lines must also go back to memory, which a read-only gather
+// never pays. Rows are distinct (a partial shuffle), prefetched ahead with
+// write intent, and each element gets one multiply-add.
+double update_bandwidth(int64_t table_bytes, int64_t row_bytes, int64_t n_rows, int repeats, int nt) {
+  const int64_t rf = std::max<int64_t>(1, row_bytes / 4);
+  const int64_t rows = std::max<int64_t>(1, table_bytes / (rf * 4));
+  const int64_t n = std::min(n_rows, rows);
+  auto* tab = static_cast<float*>(huge_alloc(rows * rf * 4));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < rows * rf; ++i) tab[i] = 1.0f;
+  std::vector<uint32_t> perm(rows);
+  for (int64_t i = 0; i < rows; ++i) perm[i] = static_cast<uint32_t>(i);
+  uint64_t x = 54321;
+  for (int64_t i = 0; i < n; ++i) std::swap(perm[i], perm[i + static_cast<int64_t>((x = mix64(x)) % (rows - i))]);
+  std::vector<double> t;
+  for (int r = 0; r < repeats + 1; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 2048)
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + 16 < n) {
+        const char* p = reinterpret_cast<const char*>(tab + perm[i + 16] * rf);
+        for (int64_t b = 0; b < rf * 4; b += 64) __builtin_prefetch(p + b, 1, 3);
+      }
+      float* __restrict row = tab + perm[i] * rf;
+      for (int64_t j = 0; j < rf; ++j) row[j] = row[j] * 0.999f + 1e-3f;
+    }
+    if (r) t.push_back(seconds_since(t0));
+  }
+  volatile float sink = tab[perm[0] * rf];
+  (void)sink;
+  huge_free(tab, rows * rf * 4);
+  return 2.0 * static_cast<double>(n * rf * 4) / *std::min_element(t.begin(), t.end());
+}
+
 }  // namespace probes
 }  // namespace embedlookup
 
@@ -167,6 +204,15 @@ PYBIND11_MODULE(_probes, m) {
                                 nthreads > 0 ? nthreads : omp_get_max_threads());
       },
       py::arg("table_bytes"), py::arg("row_bytes"), py::arg("n_rows_read"), py::arg("repeats"),
+      py::arg("nthreads") = 0);
+  m.def(
+      "update_bandwidth",
+      [](int64_t table_bytes, int64_t row_bytes, int64_t n_rows, int repeats, int nthreads) {
+        py::gil_scoped_release nogil;
+        return update_bandwidth(table_bytes, row_bytes, n_rows, repeats,
+                                nthreads > 0 ? nthreads : omp_get_max_threads());
+      },
+      py::arg("table_bytes"), py::arg("row_bytes"), py::arg("n_rows"), py::arg("repeats"),
       py::arg("nthreads") = 0);
   // ns per random slot read of an existing file through a shared read-only
   // mapping (mmap=True) or pread.

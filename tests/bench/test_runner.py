@@ -121,6 +121,25 @@ def test_limits_are_measured_and_used():
         assert r["pct_copy"] == pytest.approx(100 * r["bytes_per_s"] / lim["copy_bytes_per_s"])
 
 
+def test_a_training_op_is_measured_against_its_own_limit():
+    # The step's ceiling: forward bytes at the gather limit, the distinct rows
+    # (and state) it reads and writes back at the read-modify-write limit.
+    w = _small()
+    rep = bench.run([(w, ["lookup", "train_rowwise"])], Config(**LIMITS_ONLY))
+    lim = rep["workloads"][0]["limits"]
+    assert lim["update_bytes_per_s"] > 1e7
+    (lookup,) = [r for r in rep["results"] if r["op"] == "lookup"]
+    assert "pct_limit" not in lookup and "rmw_bytes_per_call" not in lookup
+    (r,) = [r for r in rep["results"] if r["op"] == "train_rowwise"]
+    # rows model, by hand: keys + 2 x distinct x (1 + 4 / row bytes); the read-and-written part is the second term
+    assert r["rmw_bytes_per_call"] == pytest.approx(r["bytes_per_call"] - w.batch * w.pooling * w.row_bytes, rel=0.01)
+    floor = (r["bytes_per_call"] - r["rmw_bytes_per_call"]) / lim["gather_bytes_per_s"] + r[
+        "rmw_bytes_per_call"
+    ] / lim["update_bytes_per_s"]
+    assert r["pct_limit"] == pytest.approx(100 * floor / r["median_s"])
+    assert "% limit (training ops)" in bench.format_table(rep)
+
+
 def test_limits_are_measured_in_the_first_and_last_pass_only():
     rep = bench.run(
         [(_small(), ["lookup"])],

@@ -53,7 +53,7 @@ def backward(k, off, g, epoch):
 
 for k, off, g in batches[:2]:
     backward(k, off, g, forward(k, off))
-f, bw, gather = [], [], []
+f, bw, gather, update = [], [], [], []
 for r in range(rounds):
     k, off, g = batches[r % 4]
     t0 = time.perf_counter()
@@ -63,6 +63,7 @@ for r in range(rounds):
     backward(k, off, g, ep)
     bw.append(time.perf_counter() - t0)
     gather.append(_probes.gather_bandwidth(256 << 20, 256, B * P, 1, 1))
+    update.append(_probes.update_bandwidth(256 << 20, 256, int(d), 1, 1))
 G = np.median(gather)
 row_s = 256 / G  # seconds per row gathered
 state = 4 if kind == "rowwise" else 256
@@ -72,3 +73,7 @@ print(f"distinct rows {d:.0f}; gather {G / 1e9:.2f} GB/s")
 print(f"forward {np.median(f) * 1e3:.2f} ms ({np.median(f) / (B * P * row_s):.2f}x the gather of its rows)")
 print(f"backward {np.median(bw) * 1e3:.2f} ms ({np.median(bw) / (d * row_s):.2f}x the gather of its distinct rows)")
 print(f"step moves {moved / 1e6:.1f} MB: {moved / step / G:.0%} of the gather rate")
+U = np.median(update)  # read + write counted
+floor = B * P * row_s + (moved - B * P * 256) / U
+print(f"update (read-modify-write) {U / 1e9:.2f} GB/s; backward {np.median(bw) / (2 * d * (1 + state / 256) * 256 / U):.2f}x "
+      f"the read-modify-write of its rows; the step's own limit {floor * 1e3:.2f} ms: step at {floor / step:.0%} of it")

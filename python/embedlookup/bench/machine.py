@@ -130,14 +130,28 @@ def summary(machine: dict) -> str:
 
 
 def measure_limits(
-    row_bytes: int, lookups: int, threads: int, table_bytes: int, copy_bytes: int, repeats: int = 5
+    row_bytes: int,
+    lookups: int,
+    threads: int,
+    table_bytes: int,
+    copy_bytes: int,
+    repeats: int = 5,
+    update: bool = False,
 ) -> dict:
     """Bytes/s of a streaming copy (STREAM convention: read + write counted)
     and of a random prefetched gather of ``row_bytes`` rows from a
-    ``table_bytes`` table, measured now in native code."""
+    ``table_bytes`` table, measured now in native code. With ``update``, also
+    a random read-modify-write of that many distinct rows (read + write
+    counted): the ceiling of a training step's backward, which writes back
+    every row it reads."""
     from .. import _probes
 
-    return {
+    extra = {}
+    if update:
+        extra["update_bytes_per_s"] = _probes.update_bandwidth(
+            int(table_bytes), int(row_bytes), int(lookups), repeats, threads
+        )
+    return extra | {
         "copy_bytes_per_s": _probes.copy_bandwidth(int(copy_bytes), repeats, threads),
         "gather_bytes_per_s": _probes.gather_bandwidth(
             int(table_bytes), int(row_bytes), int(lookups), repeats, threads

@@ -59,6 +59,10 @@ class Operation:
     rounds: int | None = None  # at most this many rounds (a heavy op, e.g. a whole-table checkpoint)
     # Called with the finished report: adds the op's own figures to its results and notes.
     annotate: Callable[[dict], None] | None = None
+    # Of `rows`, those read and written back (a training step's distinct rows and
+    # state): the suite's own limit for the op counts them at the measured
+    # read-modify-write rate and the rest at the gather rate.
+    rmw_rows: Callable[[Workload, Batch], float] | None = None
 
 
 @dataclass
@@ -178,32 +182,40 @@ operation(
 )
 
 
-def _train_rows(state_bytes_per_row):
+def _train_rows(state_bytes_per_row, backward_only=False):
     """Bytes a training step moves, in rows: the forward reads a row per key;
     the backward reads and writes each distinct row and its optimizer state
-    (state_bytes_per_row(w) bytes). Gradients (batch x dim) stay in cache."""
+    (state_bytes_per_row(w) bytes). Gradients (batch x dim) stay in cache.
+    ``backward_only``: the backward's read-and-written part alone."""
 
     def rows(w, b):
-        return b.keys.shape[0] + 2 * b.distinct * (1 + state_bytes_per_row(w) / w.row_bytes)
+        rmw = 2 * b.distinct * (1 + state_bytes_per_row(w) / w.row_bytes)
+        return rmw if backward_only else b.keys.shape[0] + rmw
 
     return rows
 
 
-operation(
+def _train_op(name, doc, state_bytes_per_row):
+    op = operation(name, doc, _train_rows(state_bytes_per_row))
+    op.rmw_rows = _train_rows(state_bytes_per_row, backward_only=True)
+    return op
+
+
+_train_op(
     "train_adagrad",
     "pooled sum forward + backward + Adagrad step; rows = keys read + distinct rows and their "
     "Adagrad state (a row) read and written",
-    _train_rows(lambda w: w.row_bytes),
+    lambda w: w.row_bytes,
 )
-operation(
+_train_op(
     "train_rowwise",
     "as train_adagrad with row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD; state 4 bytes a row)",
-    _train_rows(lambda w: 4),
+    lambda w: 4,
 )
-operation(
+_train_op(
     "train_adam",
     "as train_adagrad with lazy sparse Adam (torch.optim.SparseAdam; state two rows)",
-    _train_rows(lambda w: 2 * w.row_bytes),
+    lambda w: 2 * w.row_bytes,
 )
 operation(
     "insert",

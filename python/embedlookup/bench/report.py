@@ -19,7 +19,9 @@ __all__ = [
     "write_plot",
 ]
 
-_COLS = ["workload", "op", "subject", "median ms", "spread", "GB/s", "% gather", "% copy", "el x", "status"]
+_COLS = [
+    "workload", "op", "subject", "median ms", "spread", "GB/s", "% gather", "% copy", "% limit", "el x", "status"
+]
 
 
 def _fmt(r: dict) -> list[str]:
@@ -39,6 +41,7 @@ def _fmt(r: dict) -> list[str]:
         f("bytes_per_s", "{:.2f}", 1e-9),
         f("pct_gather", "{:.0f}%"),
         f("pct_copy", "{:.0f}%"),
+        f("pct_limit", "{:.0f}%"),
         f("speedup_vs_embedlookup", "{:.2f}"),
         status,
     ]
@@ -57,11 +60,22 @@ def _limits_lines(report: dict) -> list[str]:
             line += (
                 f"; machine limits: copy {lim['copy_bytes_per_s'] / 1e9:.2f} GB/s, gather of "
                 f"{lim['row_bytes']} B rows {lim['gather_bytes_per_s'] / 1e9:.2f} GB/s "
-                f"({lim['threads']} threads, {lim['table_bytes'] >> 20} MiB table, "
+                + (
+                    f"(read-modify-write of distinct rows {lim['update_bytes_per_s'] / 1e9:.2f} GB/s) "
+                    if "update_bytes_per_s" in lim
+                    else ""
+                )
+                + f"({lim['threads']} threads, {lim['table_bytes'] >> 20} MiB table, "
                 f"best of {lim.get('measurements', 1)} measurements)"
             )
         out.append(line)
     return out
+
+
+def _update_limits(report: dict) -> str:
+    lims = [w["limits"] for w in report["workloads"] if w.get("limits") and "update_bytes_per_s" in w["limits"]]
+    rates = sorted({f"{lim['update_bytes_per_s'] / 1e9:.2f}" for lim in lims})
+    return "update limit " + ", ".join(rates) + " GB/s, read + write counted" if rates else "not measured"
 
 
 def _header(report: dict) -> list[str]:
@@ -84,6 +98,13 @@ def _legend(report: dict) -> list[str]:
             "random reads of uniformly drawn rows of the workload's row size from a table of at least "
             "--limit-mib MiB (memory-bound), and a streaming copy (read + write counted)."
         )
+    if any(r.get("pct_limit") is not None for r in report["results"] if r.get("status") == "ok"):
+        out.append(
+            "% limit (training ops): the op's own ceiling over its time. Its read-only bytes (the forward) "
+            "at the gather limit, and the bytes it reads and writes back (each distinct row and its "
+            "optimizer state) at a random read-modify-write of distinct rows measured in this run "
+            f"({_update_limits(report)}): a gather never writes back the lines it reads."
+        )
     if any(v > 100 for v in pct):
         out.append(
             "Above 100%: the op got its rows faster than uniformly random reads from memory can - rows "
@@ -102,7 +123,7 @@ def format_table(report: dict) -> str:
     width = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(_COLS)]
     width[-1] = len(_COLS[-1])
     line = lambda cells: "  ".join(
-        c.ljust(width[i]) if i < 3 or i == 9 else c.rjust(width[i])
+        c.ljust(width[i]) if i < 3 or i == len(_COLS) - 1 else c.rjust(width[i])
         for i, c in enumerate(cells)
     ).rstrip()
     out = _header(report) + ["", line(_COLS), line(["-" * n for n in width])]
@@ -127,7 +148,7 @@ def to_markdown(report: dict) -> str:
     out += [
         "",
         "| " + " | ".join(_COLS) + " |",
-        "|" + "|".join("---" if i < 3 or i == 9 else "---:" for i in range(len(_COLS))) + "|",
+        "|" + "|".join("---" if i < 3 or i == len(_COLS) - 1 else "---:" for i in range(len(_COLS))) + "|",
     ]
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in table_rows(report)]
     out.append("")

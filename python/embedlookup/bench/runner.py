@@ -230,6 +230,8 @@ def _run_op(
     b0 = data.batches[0]
     rows = int(np.mean([op.rows(w, b) for b in data.batches]))
     base = {"workload": w.name, "op": op_name, "rows_per_call": rows, "bytes_per_call": rows * w.row_bytes}
+    if op.rmw_rows is not None:
+        base["rmw_bytes_per_call"] = float(np.mean([op.rmw_rows(w, b) for b in data.batches])) * w.row_bytes
     results, cases = [], {}
     ref = None
     for s in ["embedlookup"] + [s for s in subjects if s != "embedlookup"]:
@@ -495,7 +497,10 @@ def _run_plan(plan, cfg: Config, report: dict, subjects: list[str], unavailable:
                 limits = limits_cache.setdefault(key, {"measurements": 0})
                 if (key, p) not in measured:
                     prog.show(f"{w.name}: measuring machine limits")
-                    new = _machine.measure_limits(w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes)
+                    new = _machine.measure_limits(
+                        w.row_bytes, n_read, threads, table_bytes, cfg.limit_bytes,
+                        update=any(OPS[o].rmw_rows is not None for o in ops),
+                    )
                     measured.add((key, p))
                     limits["measurements"] += 1
                     for k, v in new.items():
@@ -544,3 +549,12 @@ def _run_plan(plan, cfg: Config, report: dict, subjects: list[str], unavailable:
                 if lim and "bytes_per_s" in r:
                     r["pct_gather"] = 100.0 * r["bytes_per_s"] / lim["gather_bytes_per_s"]
                     r["pct_copy"] = 100.0 * r["bytes_per_s"] / lim["copy_bytes_per_s"]
+                    if "rmw_bytes_per_call" in r and "update_bytes_per_s" in lim:
+                        # The op's own ceiling: its read-only bytes at the gather
+                        # rate, its read-and-written-back bytes at the update rate.
+                        rmw = r["rmw_bytes_per_call"]
+                        floor_s = (r["bytes_per_call"] - rmw) / lim["gather_bytes_per_s"] + rmw / lim[
+                            "update_bytes_per_s"
+                        ]
+                        r["limit_s"] = floor_s
+                        r["pct_limit"] = 100.0 * floor_s / r["median_s"]

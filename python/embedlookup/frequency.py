@@ -27,7 +27,7 @@ from . import _checks, _core
 from ._namespace import feature_keys
 from . import init as _init
 from .optim import Optimizer
-from .table import EmbeddingTable, _table_options
+from .table import EmbeddingTable, ForwardIds, _forward_ids_mode, _table_options
 
 __all__ = ["FrequencyTable", "POLICIES", "FEATURE_SHIFT", "MAX_FEATURES"]
 
@@ -309,11 +309,12 @@ class FrequencyTable(EmbeddingTable):
 
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
                       include_last_offset: bool = False, *, train: bool = True, score_weights=None,
-                      feature=None, out=None, insert: bool | None = None) -> np.ndarray:
+                      feature=None, out=None, insert: bool | None = None, return_ids: bool = False):
         """``torch.nn.EmbeddingBag`` pooling (see EmbeddingTable.pooled_lookup),
         with the training side effects of :meth:`lookup`. ``score_weights``
         (one per value, >= 0) weight the scores, e.g. positives more (Kraken).
-        ``insert`` is accepted as EmbeddingTable's name for ``train``."""
+        ``insert`` is accepted as EmbeddingTable's name for ``train``.
+        ``return_ids=True``: ``(out, forward_ids)`` for :meth:`apply_pooled_gradients`."""
         train = train if insert is None else insert
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
@@ -322,6 +323,14 @@ class FrequencyTable(EmbeddingTable):
         sw = None if score_weights is None else self._score_weights(score_weights, v.shape[0])
         o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=pw,
                               score_weights=sw)
+        if return_ids:
+            _forward_ids_mode(mode)
+            if sw is not None:
+                raise ValueError("return_ids: score_weights are not supported with it")
+            ids = np.empty(v.shape[0], dtype=np.uint32)
+            cs, epoch = self._t.pooled_lookup_ids(v, off, n_bags, m, pw, o, bool(train), ids, None)
+            self._account(feature, cs)
+            return o, ForwardIds(self, v, ids, epoch)
         self._account(feature, self._t.pooled_lookup(v, off, n_bags, m, pw, o, bool(train), sw))
         return o
 
@@ -348,13 +357,13 @@ class FrequencyTable(EmbeddingTable):
 
     def apply_pooled_gradients(self, values, offsets, grad_output, optimizer: Optimizer | None = None,
                                mode: str = "sum", per_sample_weights=None, include_last_offset: bool = False, *,
-                               feature=None) -> None:
+                               feature=None, forward_ids: ForwardIds | None = None) -> None:
         """The fused backward of :meth:`pooled_lookup` (see
         EmbeddingTable.apply_pooled_gradients); occurrences of keys without a
         row go to the default row as in :meth:`apply_gradients`."""
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         self._apply_pooled(self.namespaced_keys(v, feature), off, n_bags, grad_output, optimizer, mode,
-                           per_sample_weights, getattr(values, "shape", None))
+                           per_sample_weights, getattr(values, "shape", None), forward_ids)
 
     def assign(self, keys, rows, *, feature=None) -> None:
         """Sets rows (always admits; the budget is enforced afterwards)."""

@@ -35,6 +35,35 @@ def _row_type_args(dim, row_type, rounding_seed):
         raise ValueError(f"rounding_seed must be an int in [0, 2**64), got {rounding_seed!r}")
 
 
+class ForwardIds:
+    """The row ids a training forward resolved (``pooled_lookup(...,
+    return_ids=True)``), for its backward: ``apply_pooled_gradients(...,
+    forward_ids=...)`` then updates those rows without probing the index
+    again. If rows were freed or moved in between (eviction, relayout), the
+    backward notices by the table's layout epoch and probes instead."""
+
+    __slots__ = ("table", "values", "ids", "epoch")
+
+    def __init__(self, table, values, ids, epoch):
+        self.table, self.values, self.ids, self.epoch = table, values, ids, int(epoch)
+
+    def check(self, table, values) -> np.ndarray:
+        """The ids, once ``values`` are known to be the forward's keys of ``table``."""
+        if self.table is not table:
+            raise ValueError("forward_ids: they come from another table's pooled_lookup")
+        if values is not self.values and not (
+            values.shape == self.values.shape and np.array_equal(values, self.values)
+        ):
+            raise ValueError("forward_ids: values differ from the keys of the forward that produced them")
+        return self.ids
+
+
+def _forward_ids_mode(mode: str) -> None:
+    if mode == "max":
+        raise ValueError("return_ids: mode='max' has no NumPy backward (its gradient needs the forward's "
+                         "winners); use embedlookup.torch.HashEmbeddingBag for max pooling")
+
+
 class EmbeddingTable(_StorageMethods):
     """A growing hash table of embedding rows keyed by int64 IDs.
 
@@ -135,7 +164,8 @@ class EmbeddingTable(_StorageMethods):
         return o, found
 
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
-                      include_last_offset: bool = False, *, insert: bool = True, out=None) -> np.ndarray:
+                      include_last_offset: bool = False, *, insert: bool = True, out=None,
+                      return_ids: bool = False):
         """Pooled rows per bag, with ``torch.nn.EmbeddingBag``'s semantics.
 
         ``values`` (int64 keys) with ``offsets`` (start of each bag), or a 2-D
@@ -144,12 +174,18 @@ class EmbeddingTable(_StorageMethods):
         ``per_sample_weights`` (finite) only with "sum". ``out`` must not
         overlap the memory of ``values``, ``offsets`` or the weights.
         Missing keys are inserted (``insert=False``: they count as zero rows).
-        Returns (n_bags, dim) float32.
+        Returns (n_bags, dim) float32; with ``return_ids=True`` (sum and mean),
+        ``(out, forward_ids)``, to pass to :meth:`apply_pooled_gradients`.
         """
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
         o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=w)
+        if return_ids:
+            _forward_ids_mode(mode)
+            ids = np.empty(v.shape[0], dtype=np.uint32)
+            epoch = self._t.pooled_lookup_ids(v, off, n_bags, m, w, o, bool(insert), ids)
+            return o, ForwardIds(self, v, ids, epoch)
         self._t.pooled_lookup(v, off, n_bags, m, w, o, bool(insert))
         return o
 
@@ -190,7 +226,7 @@ class EmbeddingTable(_StorageMethods):
 
     def apply_pooled_gradients(self, values, offsets, grad_output, optimizer: Optimizer | None = None,
                                mode: str = "sum", per_sample_weights=None,
-                               include_last_offset: bool = False) -> None:
+                               include_last_offset: bool = False, *, forward_ids: ForwardIds | None = None) -> None:
         """The backward of :meth:`pooled_lookup`, fused with the optimizer step.
 
         ``grad_output`` (n_bags, dim) is the gradient of the pooled output;
@@ -201,14 +237,16 @@ class EmbeddingTable(_StorageMethods):
         the expanded per-key gradients, without building them. ``mode="max"``
         needs the forward's winners: use the torch module
         (``embedlookup.torch.HashEmbeddingBag``) for it. Keys must be in the
-        table; on any error nothing is updated.
+        table; on any error nothing is updated. ``forward_ids``: what
+        ``pooled_lookup(..., return_ids=True)`` returned for these values; the
+        step then reuses the forward's row ids instead of probing the index.
         """
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         self._apply_pooled(v, off, n_bags, grad_output, optimizer, mode, per_sample_weights,
-                           getattr(values, "shape", None))
+                           getattr(values, "shape", None), forward_ids)
 
     def _apply_pooled(self, v, off, n_bags, grad_output, optimizer, mode, per_sample_weights,
-                      values_shape=None) -> None:
+                      values_shape=None, forward_ids: ForwardIds | None = None) -> None:
         """apply_pooled_gradients on checked bags (v: the table's own keys)."""
         opt = _checks.optimizer(optimizer, self.optimizer)
         m = _checks.mode_id(mode)
@@ -217,7 +255,13 @@ class EmbeddingTable(_StorageMethods):
                              "use embedlookup.torch.HashEmbeddingBag for max pooling")
         w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], values_shape)
         g = _checks.floats(grad_output, "grad_output", (n_bags, self._dim))
-        self._t.apply_pooled_gradients(v, off, n_bags, m, w, None, g, opt._spec(), None, 0)
+        ids, epoch = None, 0
+        if forward_ids is not None:
+            if not isinstance(forward_ids, ForwardIds):
+                raise TypeError(f"forward_ids must be what pooled_lookup(..., return_ids=True) returned, "
+                                f"got {type(forward_ids).__name__}")
+            ids, epoch = forward_ids.check(self, v), forward_ids.epoch
+        self._t.apply_pooled_gradients(v, off, n_bags, m, w, None, g, opt._spec(), ids, epoch)
 
     # ------------------------------------------------------------------ memory
     def memory_usage(self) -> dict:

@@ -330,12 +330,15 @@ void EmbeddingTable::fused_step(const int64_t* keys, int64_t n, uint32_t* ids, c
   };
   auto update = [&] {
     const int64_t step = step_.fetch_add(1) + 1;
-    if (opt_.row_type == RowType::kF32)
-      cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, step_scalars(o, step), threads());
-    else
+    if (opt_.row_type == RowType::kF32) {
+      // Rows get their new version in the parallel update (no serial pass).
+      const cpu::VersionStamp vs{row_version_.data(), &version_};
+      cpu::fused_update(view, state_.get(), ids, n, g, opt_.dim, o, step_scalars(o, step), threads(), &vs);
+    } else {
       cpu::fused_update_quantized(view, opt_.row_type, state_.get(), row_keys_.data(), ids, n, g, opt_.dim, o,
                                   step_scalars(o, step), step, opt_.rounding_seed, threads());
-    finish_update(ids, n);
+      finish_update(ids, n);
+    }
   };
   // Fast path, shared lock: every key has a row in memory and the optimizer
   // state is bound. Ids resolved by the forward are still right while no row

@@ -16,15 +16,15 @@ namespace cpu {
 #define EL_DECLARE_UPDATE_ISA(NS)                                                                             \
   namespace NS {                                                                                              \
   void fused_update(const RowView&, RowArena*, const uint32_t*, int64_t, const GradSource&, int64_t,           \
-                    const OptimSpec&, const StepScalars&, int);                                       \
+                    const OptimSpec&, const StepScalars&, int, const VersionStamp*);                         \
   }
 EL_DECLARE_UPDATE_ISA(avx2)
 EL_DECLARE_UPDATE_ISA(generic)
 #undef EL_DECLARE_UPDATE_ISA
 
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nt) {
-  (has_avx2() ? avx2::fused_update : generic::fused_update)(v, state, ids, n, g, dim, o, c, nt);
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nt, const VersionStamp* stamp) {
+  (has_avx2() ? avx2::fused_update : generic::fused_update)(v, state, ids, n, g, dim, o, c, nt, stamp);
 }
 
 // Tuning, measured on a 2-core EPYC with 1 M x 64 rows (interleaved A/B, 1

@@ -3,6 +3,7 @@
 // per-occurrence gradients. Like the lookup kernels, the ISA-specific bodies
 // live in update_cpu.inl, built for AVX2+FMA and for baseline x86-64.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 #include "kernels_cpu.h"
@@ -28,8 +29,18 @@ constexpr bool kUpdatePrefetchEarly = true;
 // No locks between threads (a row and its stripe live in exactly one
 // partition) and no global sort. Holds a RowSeqlock::BatchWrite throughout, so
 // concurrent calls on one table run one after another.
+//
+// stamp (optional): each updated row's version slot, stamp->versions[id], is
+// set to a new version drawn from stamp->counter while the batch holds the
+// writers' lock (so versions increase in the order batches apply), by the
+// thread that updates the row: no serial pass over the batch afterwards.
+struct VersionStamp {
+  uint64_t* versions;                // row id -> version of its last change
+  std::atomic<uint64_t>* counter;    // the table's version counter
+};
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads);
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads,
+                  const VersionStamp* stamp = nullptr);
 
 // bag_of[p] = the bag holding position p (positions outside every bag: -1),
 // and, when scale != nullptr, scale[p] = per_sample_weights[p] (sum), or

@@ -68,7 +68,7 @@ inline void apply_row_cpu(const OptimSpec& o, const StepScalars& c, float* __res
 // scale[k] is occurrence k's gradient scale (nullptr: 1).
 void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, const float* scale, int64_t m,
                       const GradSource& g, int64_t dim, int64_t stride, const OptimSpec& o, const StepScalars& c,
-                      PartitionScratch& s) {
+                      uint64_t* versions, uint64_t version, PartitionScratch& s) {
   int log_cap = 4;
   while ((int64_t(1) << log_cap) < 2 * m) ++log_cap;
   const size_t cap = size_t(1) << log_cap;
@@ -127,6 +127,7 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
       const char* st = reinterpret_cast<const char*>(state->row(id));
       for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 1, 3);
     }
+    if (versions) __builtin_prefetch(versions + id, 1, 3);
   };
   const int64_t kUpdateAhead = kUpdateAheadRows;
   for (int64_t u = 0; u < std::min(groups, kUpdateAhead); ++u) prefetch_rw(s.rows[u]);
@@ -136,6 +137,7 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
     float* st = state ? state->row(id) : nullptr;
     v.seq->write_begin(id);
     apply_row_cpu(o, c, v.arena->row(id), st, s.grad.data() + u * stride, dim);
+    if (versions) __atomic_store_n(versions + id, version, __ATOMIC_RELAXED);
     v.seq->write_end(id);
   }
 }
@@ -143,7 +145,7 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
 }  // namespace
 
 void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_t n, const GradSource& g,
-                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads) {
+                  int64_t dim, const OptimSpec& o, const StepScalars& c, int nthreads, const VersionStamp* stamp) {
   if (n <= 0) return;
   if (n > int64_t(UINT32_MAX)) throw std::length_error("fused_update: more than 2^32 - 1 occurrences in one batch");
   const int64_t stride = v.arena->stride();
@@ -160,6 +162,9 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
       std::max<size_t>(1, (v.arena->capacity_rows() + (1u << RowSeqlock::kBlockShift) - 1) >> RowSeqlock::kBlockShift)));
   auto part_of = [parts, stripes](uint32_t id) { return partition_of(id, parts, stripes); };
   const RowSeqlock::BatchWrite batch(*v.seq);  // one batch update at a time; readers check rows meanwhile
+  // Drawn under the batch lock: a later batch stamps a later version.
+  uint64_t* const versions = stamp ? stamp->versions : nullptr;
+  const uint64_t version = stamp ? stamp->counter->fetch_add(1) + 1 : 0;
   thread_local std::vector<int64_t> hist;
   thread_local std::vector<Occurrence> occ;
   thread_local std::vector<float> occ_scale;
@@ -202,7 +207,7 @@ void fused_update(const RowView& v, RowArena* state, const uint32_t* ids, int64_
 #pragma omp for schedule(dynamic, 4)
     for (int64_t p = 0; p < static_cast<int64_t>(parts); ++p)
       update_partition(v, state, P + part_start[p], PS ? PS + part_start[p] : nullptr,
-                       part_start[p + 1] - part_start[p], g, dim, stride, o, c, scratch);
+                       part_start[p + 1] - part_start[p], g, dim, stride, o, c, versions, version, scratch);
   }
 }
 

@@ -254,3 +254,26 @@ def test_random_damage_is_rejected_or_harmless():
         got = dst.export()
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_parallel_training_step_stamps_exactly_its_rows():
+    # The fused update stamps versions inside its partitions, on 2 threads:
+    # the delta since the step's start holds exactly the rows it trained.
+    t = el.EmbeddingTable(DIM, initializer=el.init.uniform(-1, 1, seed=7), optimizer=el.optim.Adagrad(lr=0.1),
+                          num_threads=2)
+    keys = np.arange(20_000, dtype=np.int64) * 7919
+    t.lookup(keys)
+    rng = np.random.default_rng(5)
+    replica = el.EmbeddingTable(DIM)
+    replica.apply_delta(t.export_delta(0))
+    for step in range(3):
+        values = keys[rng.integers(0, len(keys), 8192)]
+        offsets = np.arange(0, 8192, 8, dtype=np.int64)
+        base = t.version
+        t.pooled_lookup(values, offsets)
+        t.apply_pooled_gradients(values, offsets, rng.standard_normal((1024, DIM)).astype(np.float32))
+        assert t.version == base + 1  # one new version per step
+        d = t.export_delta(base)
+        assert el.storage.delta_info(d)["rows"] == len(np.unique(values))
+        replica.apply_delta(d)  # the step's delta alone brings the replica level with every row
+        np.testing.assert_array_equal(replica.export()[1], t.export()[1])

@@ -116,16 +116,15 @@ void bind_frequency(py::module_& m) {
                                                {"metadata_bytes", static_cast<int64_t>(s.metadata_bytes)},
                                                {"sketch_bytes", static_cast<int64_t>(s.sketch_bytes)},
                                                {"evicted_buffer_bytes", static_cast<int64_t>(s.evicted_buffer_bytes)}});
-             if (t.has_cold_rows()) {
-               d["cold_rows"] = s.cold_rows;
-               d["cold_row_bytes"] = s.cold_row_bytes;
-               d["cold_state_bytes"] = s.cold_state_bytes;
-               d["cold_metadata_bytes"] = s.cold_metadata_bytes;
-               d["cold_index_bytes"] = s.cold_index_bytes;
-               d["demoted"] = s.cold_demoted;
-               d["promoted"] = s.cold_promoted;
-               d["cold_dropped"] = s.cold_dropped;
-             }
+             if (t.has_cold_rows())
+               d.attr("update")(stats_dict<int64_t>({{"cold_rows", s.cold_rows},
+                                                     {"cold_row_bytes", s.cold_row_bytes},
+                                                     {"cold_state_bytes", s.cold_state_bytes},
+                                                     {"cold_metadata_bytes", s.cold_metadata_bytes},
+                                                     {"cold_index_bytes", s.cold_index_bytes},
+                                                     {"demoted", s.cold_demoted},
+                                                     {"promoted", s.cold_promoted},
+                                                     {"cold_dropped", s.cold_dropped}}));
              d["relayout_pause_max_ms"] = s.relayout_pause_max_ns * 1e-6;
              d["evict_pause_max_ms"] = s.evict_pause_max_ns * 1e-6;
              return d;

@@ -3,11 +3,20 @@
 #include "cold_store.h"
 
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 
 namespace embedlookup {
+
+namespace {
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  v.reserve(n);  // exactly n (resize alone would double the capacity)
+  v.resize(n);
+}
+}  // namespace
 
 ColdRowStore::ColdRowStore(int64_t dim, int64_t state_floats, RowType type)
     : dim_(dim),
@@ -68,13 +77,16 @@ void ColdRowStore::set(const int64_t* keys, int64_t n, const float* rows, const 
       } else {
         s = next_++;
         const size_t m = next_;
-        if (ver_.size() < m) {  // grow every slot array together (amortised doubling)
-          const size_t cap = std::max<size_t>(m, ver_.size() * 2);
-          rows_.resize(cap * rb_);
-          state_.resize(cap * sb_);
-          ver_.resize(cap);
-          score_.resize(cap);
-          last_.resize(cap);
+        if (ver_.size() < m) {
+          // Grow every slot array together by 1/8 (at least 4096 slots),
+          // allocating exactly that: cold rows are the memory being saved, so
+          // no doubling (amortised O(1) still, factor 1.125).
+          const size_t cap = std::max<size_t>(m, ver_.size() + std::max<size_t>(ver_.size() / 8, 4096));
+          grow(rows_, cap * rb_);
+          grow(state_, cap * sb_);
+          grow(ver_, cap);
+          grow(score_, cap);
+          grow(last_, cap);
         }
       }
       index_.insert(keys[i], s);

@@ -640,15 +640,16 @@ def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
         elif name == "hash_table_unbounded":
             emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed)
         elif name in PRECISION_MODELS:
-            # Every admitted row at fp32 (freq_table_all), and at a share of its
-            # bytes: hot fp32 + cold int8 (freq_table_int8) or fp32 evicting
-            # (freq_table_fp32_half). Same admission, policy and sketch.
+            # Every row at fp32 (freq_table_all), and at a share of its bytes:
+            # hot fp32 + cold int8 (freq_table_int8) or fp32 evicting
+            # (freq_table_fp32_half). Same admission and policy.
             all_rows = cfg.extra.get("all_rows")
             if not all_rows:
                 raise ValueError(f"{name}: needs cfg.extra['all_rows'] (count_admitted_keys of the stream)")
-            width = cfg.sketch_width or 1 << max(6, int(math.log2(budget / 512)))
-            kw = dict(admit_count=cfg.admit_count, policy=cfg.freq_policy, half_life=cfg.half_life,
-                      default_row=cfg.default_row, sketch_width=width)
+            # Every key gets a row at its first sighting (admit_count=1: no
+            # sketch), so freq_table_all holds exactly all_rows rows.
+            kw = dict(admit_count=1, policy=cfg.freq_policy, half_life=cfg.half_life,
+                      default_row=cfg.default_row, sketch_width=64)
             share = int(cfg.cold_budget_fraction * all_rows * FrequencyTable.bytes_per_row(cfg.dim, _optim.Adagrad()))
             if name == "freq_table_all":
                 emb = FreqTableAccounted(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed, **kw)
@@ -730,6 +731,9 @@ def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> di
             h["rows"] = len(model.embeddings.coll.bag.table)
             h["capacity"] = model.embeddings.coll.bag.table.capacity
         if name.startswith("freq_table"):
+            # what the table allocated, by part (cold rows included), and its budget accounting
+            h["memory_usage"] = {k: v for k, v in model.embeddings.coll.bag.table.memory_usage().items()
+                                 if isinstance(v, (int, float))}
             st = model.embeddings.coll.bag.table.stats()
             h["budget_rows"] = model.embeddings.coll.bag.table.budget_rows
             h["table_stats"] = {k: st[k] for k in ("admitted", "rejected", "evicted", "hits", "misses",
@@ -932,7 +936,7 @@ def train(argv=None, log=print) -> dict:
     if any(m in PRECISION_MODELS for m in models):  # a first pass counts the rows to budget against
         again = (criteo_batches(a.criteo, a.batch_size, a.batches) if a.criteo
                  else SyntheticClickStream(batch_size=a.batch_size, seed=a.seed, drift=a.drift).batches(a.batches))
-        cfg.extra["all_rows"] = count_admitted_keys(again, a.admit_count)
+        cfg.extra["all_rows"] = count_admitted_keys(again, 1)
     os.makedirs(a.out, exist_ok=True)  # before training: a bad --out fails in a second, not after minutes
     t0 = time.perf_counter()
     if a.ps:

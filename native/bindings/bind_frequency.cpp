@@ -170,13 +170,13 @@ void bind_frequency(py::module_& m) {
       // Precision that follows frequency (embedlookup/frequency.py checks the arguments).
       .def("enable_cold_rows",
            [](FrequencyTable& t, int row_type, int64_t budget_bytes, int64_t hot_row_bytes, int64_t cold_row_bytes,
-              double hot_min_fraction, int64_t state_floats) {
+              double hot_share, int64_t state_floats) {
              ColdRowsOptions o;
              o.type = static_cast<RowType>(row_type);
              o.budget_bytes = budget_bytes;
              o.hot_row_bytes = hot_row_bytes;
              o.cold_row_bytes = cold_row_bytes;
-             o.hot_min_fraction = hot_min_fraction;
+             o.hot_share = hot_share;
              o.state_floats = state_floats;
              t.enable_cold_rows(o);
            })

@@ -199,24 +199,21 @@ std::vector<uint32_t> FrequencyTable::eviction_candidates(int64_t need, uint32_t
 
 void FrequencyTable::cold_budget(uint32_t now, CallStats& cs) {
   const int64_t h = co_.hot_row_bytes, c = co_.cold_row_bytes, B = co_.budget_bytes;
-  int64_t H = static_cast<int64_t>(index_.size()), C = cold_->size();
-  if (H * h + C * c <= B) return;
-  // Down to the target in one batch (evict_fraction), as evict_to_budget.
-  const int64_t T = B - static_cast<int64_t>(std::floor(static_cast<double>(B) * fo_.evict_fraction));
-  const int64_t hot_min = static_cast<int64_t>(std::floor(co_.hot_min_fraction * static_cast<double>(T) / h));
-  // 1. Demote the lowest-priority hot rows (each frees h - c), but not below hot_min.
-  const int64_t over = H * h + C * c - T;
-  int64_t d = std::min<int64_t>((over + (h - c) - 1) / (h - c), H - hot_min);
-  if (d > 0) {
-    std::vector<uint32_t> victims = eviction_candidates(d, now);
-    d = static_cast<int64_t>(victims.size());
+  // 1. Hot rows above their share: the lowest-priority ones (not touched by
+  //    this call) are demoted, down to hot_cap - floor(hot_cap * evict_fraction).
+  const int64_t hot_cap = static_cast<int64_t>(std::floor(co_.hot_share * static_cast<double>(B) / h));
+  const int64_t H = static_cast<int64_t>(index_.size());
+  if (H > hot_cap) {
+    const int64_t keep = hot_cap - static_cast<int64_t>(std::floor(static_cast<double>(hot_cap) * fo_.evict_fraction));
+    std::vector<uint32_t> victims = eviction_candidates(H - keep, now);
     evict_rows(victims, now);
-    H -= d;
-    C += d;
   }
-  // 2. Still over: the lowest-priority cold rows leave the table.
-  const int64_t rest = H * h + C * c - T;
-  if (rest > 0) drop_cold(std::min<int64_t>(C, (rest + c - 1) / c), now, cs);
+  // 2. Hot and cold rows above the budget: the lowest-priority cold rows
+  //    leave, down to B - floor(B * evict_fraction).
+  const int64_t total = static_cast<int64_t>(index_.size()) * h + cold_->size() * c;
+  if (total <= B) return;
+  const int64_t T = B - static_cast<int64_t>(std::floor(static_cast<double>(B) * fo_.evict_fraction));
+  drop_cold(std::min<int64_t>(cold_->size(), (total - T + c - 1) / c), now, cs);
 }
 
 void FrequencyTable::drop_cold(int64_t n, uint32_t now, CallStats& cs) {

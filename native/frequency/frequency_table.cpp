@@ -429,8 +429,7 @@ void FrequencyTable::enable_cold_rows(const ColdRowsOptions& o) {
                                 row_type_name(opt_.row_type) + "'");
   if (o.budget_bytes <= 0 || o.hot_row_bytes <= 0 || o.cold_row_bytes <= 0 || o.cold_row_bytes >= o.hot_row_bytes)
     throw std::invalid_argument("cold rows: budget_bytes, hot_row_bytes > cold_row_bytes > 0 are required");
-  if (!(o.hot_min_fraction >= 0.0 && o.hot_min_fraction <= 1.0))
-    throw std::invalid_argument("hot_min_fraction must be in [0, 1]");
+  if (!(o.hot_share > 0.0 && o.hot_share <= 1.0)) throw std::invalid_argument("hot_share must be in (0, 1]");
   if (fo_.policy != EvictionPolicy::kLFU && fo_.policy != EvictionPolicy::kLRU)
     throw std::invalid_argument("cold rows: policy must be 'lfu' or 'lru' (who is demoted first)");
   auto store = std::make_shared<ColdRowStore>(opt_.dim, o.state_floats, o.type);

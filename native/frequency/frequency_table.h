@@ -66,7 +66,7 @@ struct ColdRowsOptions {
   int64_t budget_bytes = 0;     // hot rows x hot_row_bytes + cold rows x cold_row_bytes stays below this
   int64_t hot_row_bytes = 0;    // accounted bytes of one hot row (row, state, metadata, key, index share)
   int64_t cold_row_bytes = 0;   // accounted bytes of one cold row (must be < hot_row_bytes)
-  double hot_min_fraction = 0.25;  // cold rows are dropped before hot rows fall below this share of the budget
+  double hot_share = 0.25;       // hot rows: at most floor(hot_share * budget_bytes / hot_row_bytes)
   int64_t state_floats = 0;     // optimizer-state floats per row the cold rows keep (int8)
 };
 
@@ -113,13 +113,13 @@ class FrequencyTable : public EmbeddingTable {
 
   FrequencyStats stats() const;
 
-  // Precision that follows frequency: demotion under the byte budget writes
-  // the lowest-priority hot rows to an in-memory ColdRowStore (compressed
-  // row, int8 optimizer state, score), a training read promotes them back to
-  // fp32 with their state and score, and when cold rows would push hot rows
-  // below hot_min_fraction of the budget the lowest-priority cold rows leave
-  // the table (as evictions: sink / export buffer, tombstones). Call on an
-  // empty table without a tier (std::invalid_argument otherwise).
+  // Precision that follows frequency: hot rows above their share of the
+  // byte budget are demoted (lowest priority first) to an in-memory
+  // ColdRowStore (compressed row, int8 optimizer state, score); a training
+  // read promotes a cold row back to fp32 with its state and score; when hot
+  // and cold rows together pass the budget, the lowest-priority cold rows
+  // leave the table (as evictions: sink / export buffer, tombstones). Call on
+  // an empty table without a tier (std::invalid_argument otherwise).
   void enable_cold_rows(const ColdRowsOptions& o);
   bool has_cold_rows() const { return cold_ != nullptr; }
   const ColdRowsOptions& cold_rows_options() const { return co_; }
@@ -184,7 +184,8 @@ class FrequencyTable : public EmbeddingTable {
   void evict_rows(std::vector<uint32_t>& victims, uint32_t now);
   // Up to `need` live rows not touched by this call, lowest priority first.
   std::vector<uint32_t> eviction_candidates(int64_t need, uint32_t now);
-  // The byte budget of a table with cold rows: demote, then drop cold rows.
+  // The byte budget of a table with cold rows: demote above the hot share,
+  // then drop cold rows above the budget.
   void cold_budget(uint32_t now, CallStats& cs);
   void drop_cold(int64_t n, uint32_t now, CallStats& cs);
   // Hands evicted rows to the sink or the export buffer (rows: n x dim,

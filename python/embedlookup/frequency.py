@@ -103,15 +103,16 @@ class FrequencyTable(EmbeddingTable):
     - ``cold_row_type`` (``None`` or ``"int8"``): precision that follows
       frequency. ``budget_bytes`` is then one budget for hot fp32 rows
       (:meth:`bytes_per_row` each) and cold int8 rows
-      (:meth:`cold_bytes_per_row` each): past it, the lowest-priority hot rows
-      (``policy``) are demoted to int8 (row-wise scale and bias, round to
-      nearest; their optimizer state as one int8 row; their score kept), and
-      a training lookup of a cold key promotes it back to fp32 (no admission
-      test). Only when cold rows would push the hot rows below
-      ``hot_min_fraction`` of the budget do the lowest-priority cold rows
-      leave the table (as evictions: ``on_evict``). Serving lookups read cold
-      rows in place. Needs ``optimizer=`` and ``policy`` ``"lfu"`` or
-      ``"lru"``; docs/frequency.md, "Precision that follows frequency".
+      (:meth:`cold_bytes_per_row` each). Hot rows get ``hot_share`` of it:
+      past ``floor(hot_share * budget_bytes / bytes_per_row)`` hot rows, the
+      lowest-priority ones (``policy``) are demoted to int8 (row-wise scale
+      and bias, round to nearest; their optimizer state as one int8 row;
+      their score kept), and a training lookup of a cold key promotes it back
+      to fp32 (no admission test). When hot and cold rows together pass the
+      budget, the lowest-priority cold rows leave the table (as evictions:
+      ``on_evict``). Serving lookups read cold rows in place. Needs
+      ``optimizer=`` and ``policy`` ``"lfu"`` or ``"lru"``;
+      docs/frequency.md, "Precision that follows frequency".
     """
 
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None,
@@ -123,7 +124,7 @@ class FrequencyTable(EmbeddingTable):
                  default_row: str = "zeros", hot_fraction: float = 0.1,
                  on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None,
                  tier=None, row_type: str = "fp32", rounding_seed: int = 0, cold_row_type: str | None = None,
-                 hot_min_fraction: float = 0.25):
+                 hot_share: float = 0.25):
         # The base class checks dim, initializer, optimizer, num_threads and
         # row_type (its small native table is replaced below).
         super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads,
@@ -132,10 +133,11 @@ class FrequencyTable(EmbeddingTable):
         if budget_rows is not None and budget_bytes is not None:
             raise ValueError("give budget_rows or budget_bytes, not both")
         cold = self._cold_args(dim, optimizer, budget_bytes, budget_rows, policy, tier, row_type, cold_row_type,
-                               hot_min_fraction)
+                               hot_share)
         if budget_bytes is not None:
             b = _int("budget_bytes", budget_bytes, low=1)
-            budget_rows = b // self.bytes_per_row(self._dim, optimizer, row_type)
+            # with cold rows: the hot rows' share (a batch's rows must fit it)
+            budget_rows = int((cold[1] if cold else 1.0) * b) // self.bytes_per_row(self._dim, optimizer, row_type)
             if budget_rows < 1:
                 raise ValueError(f"budget_bytes={b} holds no row ({self.bytes_per_row(self._dim, optimizer, row_type)} "
                                  f"bytes each)")
@@ -208,7 +210,7 @@ class FrequencyTable(EmbeddingTable):
             # of evicted keys promote them (the budget, not memory_rows, rules).
             self._attach_tier(tier, None, True)
         self.cold_row_type = cold_row_type
-        self.hot_min_fraction = cold[1] if cold else None
+        self.hot_share = cold[1] if cold else None
         if cold:
             from .storage import _optim_kind, _state_floats
 
@@ -218,8 +220,8 @@ class FrequencyTable(EmbeddingTable):
                                      _state_floats(_optim_kind(optimizer), self._dim))
 
     def _cold_args(self, dim, optimizer, budget_bytes, budget_rows, policy, tier, row_type, cold_row_type,
-                   hot_min_fraction):
-        """Checks the cold-row options; returns (cold bytes per row, hot_min_fraction) or None."""
+                   hot_share):
+        """Checks the cold-row options; returns (cold bytes per row, hot_share) or None."""
         if cold_row_type is None:
             return None
         if cold_row_type != "int8":
@@ -234,7 +236,7 @@ class FrequencyTable(EmbeddingTable):
             raise ValueError(f"cold_row_type needs policy 'lfu' or 'lru' (who is demoted first), got {policy!r}")
         if tier is not None:
             raise ValueError("cold_row_type and tier are exclusive (cold rows are the table's own lower tier)")
-        frac = _float("hot_min_fraction", hot_min_fraction, low=0.0, high=1.0, low_open=False)
+        frac = _float("hot_share", hot_share, low=0.0, high=1.0)
         return self.cold_bytes_per_row(dim, optimizer, cold_row_type), frac
 
     @staticmethod

@@ -23,6 +23,15 @@ on the same batches so that they can be compared at equal embedding memory:
   row (score metadata) and the sketch;
 * ``hash_table_unbounded``: the same without a bound (more memory; the
   ceiling a collision-free table reaches when it may keep every ID);
+* ``freq_table_all``, ``freq_table_int8`` and ``freq_table_fp32_half``
+  (only when ``--models`` names them): precision that follows frequency. A
+  first pass counts the stream's (feature, ID) pairs; ``freq_table_all`` is
+  a FrequencyTable holding every one in fp32 (admitted at first sighting,
+  nothing evicted); the other two get ``--cold-budget-fraction`` (0.5) of its
+  bytes (rows x ``bytes_per_row``): hot fp32 rows and cold int8 rows
+  (``cold_row_type="int8"``, ``--hot-share``), or fp32 rows evicting
+  LFU. Their memory is the budget's accounting (docs/frequency.md);
+  ``metrics.json`` has each table's allocated bytes by part too;
 * ``qr`` and ``mixed_dim`` (only when ``--models`` names them): a
   quotient-remainder ``QREmbeddingBag`` and per-feature
   ``MixedDimEmbeddingBag``s (``--mixed-alpha``) at the hashing model's bytes
@@ -389,13 +398,13 @@ class MixedPrecisionFreqEmbeddings(FreqTableEmbeddings):
 
     def __init__(self, n_features: int, dim: int, budget_bytes: int, lr: float, seed: int = 0, *,
                  admit_count: int = 2, policy: str = "lfu", half_life: float = 100.0, default_row: str = "cold",
-                 sketch_width: int = 1 << 14, sketch_depth: int = 4, hot_min_fraction: float = 0.25):
+                 sketch_width: int = 1 << 14, sketch_depth: int = 4, hot_share: float = 0.25):
         nn.Module.__init__(self)
         self.table = FrequencyTable(dim, initializer=_init.uniform(-0.05, 0.05, seed=seed),
                                     optimizer=_optim.Adagrad(lr=lr), budget_bytes=budget_bytes, policy=policy,
                                     half_life=half_life, admit_count=admit_count, default_row=default_row,
                                     sketch_width=sketch_width, sketch_depth=sketch_depth, on_evict="drop",
-                                    cold_row_type="int8", hot_min_fraction=hot_min_fraction)
+                                    cold_row_type="int8", hot_share=hot_share)
         self.coll = HashEmbeddingBagCollection([f"f{i}" for i in range(n_features)], dim, mode="sum",
                                                table=self.table)
         self.policy = TablePolicy()
@@ -579,7 +588,7 @@ class RunConfig:
     # freq_table_int8 / freq_table_fp32_half: their byte budget as a share of
     # what freq_table_all (fp32, every admitted row) ends with
     cold_budget_fraction: float = 0.5
-    hot_min_fraction: float = 0.25  # freq_table_int8: hot rows keep at least this share of the budget
+    hot_share: float = 0.25       # freq_table_int8: the hot fp32 rows' share of the budget
     extra: dict = field(default_factory=dict)
 
 
@@ -655,7 +664,7 @@ def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
                 emb = FreqTableAccounted(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed, **kw)
             elif name == "freq_table_int8":
                 emb = MixedPrecisionFreqEmbeddings(n_features, cfg.dim, share, cfg.lr_embedding, cfg.seed,
-                                                   hot_min_fraction=cfg.hot_min_fraction, **kw)
+                                                   hot_share=cfg.hot_share, **kw)
             else:
                 rows = share // FrequencyTable.bytes_per_row(cfg.dim, _optim.Adagrad())
                 emb = FreqTableAccounted(n_features, cfg.dim, rows, cfg.lr_embedding, cfg.seed, **kw)
@@ -849,9 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-budget-fraction", type=float, default=0.5,
                    help="freq_table_int8 / freq_table_fp32_half: byte budget as a share of freq_table_all's "
                    "(every admitted row in fp32; default 0.5)")
-    p.add_argument("--hot-min-fraction", type=float, default=0.25,
-                   help="freq_table_int8: share of the budget kept for hot fp32 rows before cold rows are "
-                   "dropped (default 0.25)")
+    p.add_argument("--hot-share", type=float, default=0.25,
+                   help="freq_table_int8: the hot fp32 rows' share of the byte budget; the rest holds int8 "
+                   "rows (default 0.25)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic stream and the models (default 0)")
     p.add_argument("--drift", type=float, default=200.0,
@@ -916,11 +925,11 @@ def train(argv=None, log=print) -> dict:
                     models=models, seed=a.seed,
                     admit_count=a.admit_count, freq_policy=a.freq_policy, half_life=a.half_life,
                     default_row=a.default_row, sketch_width=a.sketch_width, mixed_alpha=a.mixed_alpha,
-                    cold_budget_fraction=a.cold_budget_fraction, hot_min_fraction=a.hot_min_fraction)
+                    cold_budget_fraction=a.cold_budget_fraction, hot_share=a.hot_share)
     if not 0 < a.cold_budget_fraction <= 1:
         p.error(f"--cold-budget-fraction must be in (0, 1], got {a.cold_budget_fraction}")
-    if not 0 <= a.hot_min_fraction <= 1:
-        p.error(f"--hot-min-fraction must be in [0, 1], got {a.hot_min_fraction}")
+    if not 0 < a.hot_share <= 1:
+        p.error(f"--hot-share must be in (0, 1], got {a.hot_share}")
     cfg.extra["quick"] = a.quick
     if a.criteo:
         if not os.path.isfile(a.criteo):

@@ -4,9 +4,9 @@ The reference is a dict model written here from the rule in docs/frequency.md
 ("Precision that follows frequency"): hot rows in fp32, cold rows as the int8
 row-wise quantization (tests/reference.quantize_rows) of their fp32 value and
 optimizer state, one byte budget (hot x bytes_per_row + cold x
-cold_bytes_per_row), LFU demotion of untouched hot rows down to the budget
-but not below hot_min_fraction of it, then the lowest-priority cold rows
-leave. Training follows tests/reference.RefOptimizer (Adagrad)."""
+cold_bytes_per_row), LFU demotion of untouched hot rows above hot_share of
+the budget, then the lowest-priority cold rows leave while hot and cold rows
+pass the budget. Training follows tests/reference.RefOptimizer (Adagrad)."""
 
 from __future__ import annotations
 
@@ -46,18 +46,18 @@ def scale_of(x):
     return float((x.max() - x.min()) / np.float32(255))
 
 
-def make(budget_rows_hot=40, hot_min=0.25, **kw):
+def make(budget_rows_hot=40, share=0.5, **kw):
     return el.FrequencyTable(DIM, initializer=el.init.uniform(*INIT[:2], seed=INIT[2]),
                              optimizer=optim.Adagrad(lr=LR), budget_bytes=budget_rows_hot * HOT,
-                             cold_row_type="int8", hot_min_fraction=hot_min, evict_fraction=0.0,
+                             cold_row_type="int8", hot_share=share, evict_fraction=0.0,
                              half_life=1e9, policy="lfu", **kw)
 
 
 class MixedModel:
     """Values, optimizer state and scores of hot and cold keys."""
 
-    def __init__(self, budget, hot_min):
-        self.B, self.hot_min = budget, hot_min
+    def __init__(self, budget, share):
+        self.B, self.share = budget, share
         self.opt = RefOptimizer("adagrad", lr=LR, eps=1e-10)
         self.val: dict[int, np.ndarray] = {}
         self.hot: dict[int, list] = {}   # key -> [count, last]
@@ -85,32 +85,30 @@ class MixedModel:
             self.hot[k][0] += 1
             self.hot[k][1] = now
         demoted, dropped = [], []
-        H, C, h, c, B = len(self.hot), len(self.cold), HOT, COLD, self.B
-        if H * h + C * c > B:
-            hot_min = math.floor(self.hot_min * B / h)
-            d = min(-(-(H * h + C * c - B) // (h - c)), H - hot_min)
+        h, c, B = HOT, COLD, self.B
+        hot_cap = math.floor(self.share * B / h)
+        if len(self.hot) > hot_cap:
             cand = sorted((v[0], v[1], k) for k, v in self.hot.items() if v[1] < now)
-            for _, _, k in cand[:max(d, 0)]:
+            for _, _, k in cand[:len(self.hot) - hot_cap]:
                 self.cold[k] = self.hot.pop(k)
                 self.val[k] = q8(self.val[k])
                 if k in self.opt.state:
                     self.opt.state[k] = q8(self.opt.state[k]).astype(np.float64)
                 demoted.append(k)
-            H, C = len(self.hot), len(self.cold)
-            rest = H * h + C * c - B
-            if rest > 0:
-                e = min(C, -(-rest // c))
-                for _, _, k in sorted((v[0], v[1], k) for k, v in self.cold.items())[:e]:
-                    del self.cold[k]
-                    dropped.append(k)
-                    self.dropped.append(k)
+        total = len(self.hot) * h + len(self.cold) * c
+        if total > B:
+            e = min(len(self.cold), -(-(total - B) // c))
+            for _, _, k in sorted((v[0], v[1], k) for k, v in self.cold.items())[:e]:
+                del self.cold[k]
+                dropped.append(k)
+                self.dropped.append(k)
         return promoted, demoted, dropped
 
 
 def test_demotion_promotion_and_training_follow_the_dict_model():
     rng = np.random.default_rng(7)
     t = make()
-    m = MixedModel(40 * HOT, 0.25)
+    m = MixedModel(40 * HOT, 0.5)
     evicted = []
     t.on_evict = lambda ev: evicted.append(ev)  # dropped cold rows leave through on_evict
     pop = np.arange(100, dtype=np.int64) * 7919 + 11
@@ -164,7 +162,7 @@ def test_demotion_promotion_and_training_follow_the_dict_model():
 
 
 def test_a_cold_row_keeps_its_optimizer_state_as_int8_and_trains_in_fp32_after_promotion():
-    t = make(budget_rows_hot=6, hot_min=0.0)
+    t = make(budget_rows_hot=12, share=0.5)  # 6 hot rows at most
     a, b = np.array([1], np.int64), np.array([2, 3, 4, 5, 6], np.int64)
     t.lookup(a)
     g = np.array([[0.3, -0.2, 0.1, 0.05, -0.4, 0.2, 0.0, 0.7]], np.float32)
@@ -172,8 +170,8 @@ def test_a_cold_row_keeps_its_optimizer_state_as_int8_and_trains_in_fp32_after_p
     row, state = t.find(a)[0][0].copy(), state_of(t, a)[0].copy()
     t.lookup(b)  # 6 rows: the budget holds
     assert t.cold_keys().size == 0
-    t.lookup(np.array([7]))  # 7 x 96 > 576: 1, 2, 3 (count 1, oldest first) go cold: 4 x 96 + 3 x 64 = 576
-    assert t.cold_keys().tolist() == [1, 2, 3]
+    t.lookup(np.array([7]))  # 7 hot rows > 6: key 1 (count 1, oldest) goes cold
+    assert t.cold_keys().tolist() == [1]
     np.testing.assert_array_equal(t.find(a)[0][0], q8(row))  # serving read: in place, stays cold
     assert 1 in t.cold_keys()
     out = t.lookup(a)  # training read: promoted back to fp32 with its int8 state
@@ -191,11 +189,11 @@ def test_a_cold_row_keeps_its_optimizer_state_as_int8_and_trains_in_fp32_after_p
 def test_memory_is_accounted_exactly_and_the_budget_holds():
     rng = np.random.default_rng(1)
     t = make(budget_rows_hot=30)
-    for _ in range(60):
+    for _ in range(60):  # at most 15 hot rows
         t.lookup(rng.integers(0, 200, size=10))
         mu = t.memory_usage()
         assert mu["accounted_bytes"] == mu["rows"] * HOT + mu["cold_rows"] * COLD
-        assert mu["accounted_bytes"] <= 30 * HOT
+        assert mu["accounted_bytes"] <= 30 * HOT and mu["rows"] <= 15
     mu = t.memory_usage()
     assert mu["cold_rows"] > 0 and mu["rows"] + mu["cold_rows"] == len(t)
     assert mu["cold_row_bytes_per_row"] == DIM + 8
@@ -257,7 +255,8 @@ def test_state_dict_refuses_a_table_with_cold_rows():
     (dict(optimizer=None), "needs optimizer"),
     (dict(policy="ttl", ttl=5), "policy 'lfu' or 'lru'"),
     (dict(row_type="fp16"), "row_type='fp32'"),
-    (dict(hot_min_fraction=1.5), "hot_min_fraction"),
+    (dict(hot_share=1.5), "hot_share"),
+    (dict(hot_share=0.0), "hot_share"),
 ])
 def test_bad_options_raise(kw, match):
     args = dict(initializer=el.init.zeros(), optimizer=optim.Adagrad(), budget_bytes=40 * HOT,
@@ -274,8 +273,8 @@ def test_a_budget_below_one_cold_row_difference_is_refused():
 
 def test_assign_of_a_row_that_cannot_be_demoted_raises_and_changes_nothing():
     t = make(budget_rows_hot=20)
-    t.lookup(np.arange(20))
-    t.lookup(np.arange(20, 30))
+    t.lookup(np.arange(10))
+    t.lookup(np.arange(10, 20))
     assert t.cold_keys().size > 0
     before = t.export(), t.cold_keys(), t.version
     bad = np.zeros((2, DIM), np.float32)
@@ -290,9 +289,9 @@ def test_assign_of_a_row_that_cannot_be_demoted_raises_and_changes_nothing():
 
 
 def test_erase_and_assign_reach_cold_rows():
-    t = make(budget_rows_hot=10, hot_min=0.0)
-    t.lookup(np.arange(10))
-    t.lookup(np.arange(10, 16))
+    t = make(budget_rows_hot=10)
+    t.lookup(np.arange(5))
+    t.lookup(np.arange(5, 10))
     cold = t.cold_keys()
     assert cold.size > 0
     k = int(cold[0])

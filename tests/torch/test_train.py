@@ -293,7 +293,7 @@ def test_precision_models_hold_every_row_and_half_of_its_bytes():
         x = b.sparse.numpy()
         seen.update((f, int(v)) for f in range(x.shape[1]) for v in np.unique(x[:, f]))
     cfg = T.RunConfig(dim=8, rows=2000, window=5, lr_embedding=0.1, lr_dense=3e-3,
-                      models=T.PRECISION_MODELS, cold_budget_fraction=0.5)
+                      models=T.PRECISION_MODELS, cold_budget_fraction=0.5, hot_share=0.5)
     cfg.extra["all_rows"] = T.count_admitted_keys(s.batches(20), 1)
     assert cfg.extra["all_rows"] == len(seen)
     threads = torch.get_num_threads()

@@ -304,3 +304,21 @@ def test_erase_and_assign_reach_cold_rows():
     assert t.erase(np.array([k2])) == 1
     assert len(t) == n - 1 and k2 not in t.cold_keys()
     assert not t.find(np.array([k2]))[1][0]
+
+
+def test_relayout_packs_the_hot_rows_and_leaves_cold_rows_alone():
+    rng = np.random.default_rng(5)
+    t = make(budget_rows_hot=20)
+    for _ in range(20):
+        t.lookup(rng.integers(0, 60, size=8))
+    cold = t.cold_keys()
+    assert cold.size > 0
+    before = t.export()
+    t.relayout(4)
+    after = t.export()
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(t.cold_keys(), cold)
+    hot = np.setdiff1d(after[0], cold)
+    ids = t.inspect(hot)[2]
+    assert sorted(ids.tolist()) == list(range(hot.size))  # packed at the start of the arena

@@ -245,6 +245,18 @@ def test_usage_names_the_console_script_and_every_option_has_help(capsys):
     assert "--quick" in out and "train_results" in out
 
 
+def _build_and_run(cfg, stream, n_batches):
+    """build_models (to inspect their configuration) and one run, on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = T.build_models(cfg, stream.n_features, stream.n_dense)
+        res = T.run(stream.batches(n_batches), cfg, stream.n_features, stream.n_dense, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    return models, res
+
+
 def test_qr_and_mixed_dim_models_learn_within_their_budget():
     """The compositional models of the train loop: QR's two tables stay within
     q_rows + m rows (the bounded table's rows at the same bytes), mixed-dim's
@@ -256,13 +268,7 @@ def test_qr_and_mixed_dim_models_learn_within_their_budget():
     cfg = T.RunConfig(dim=8, rows=2000, window=5, lr_embedding=0.1, lr_dense=3e-3,
                       models=("hashing", "qr", "mixed_dim"), mixed_alpha=0.3)
     cfg.extra["stream"] = asdict(s)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        models = T.build_models(cfg, s.n_features, s.n_dense)
-        res = T.run(s.batches(20), cfg, s.n_features, s.n_dense, log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
+    models, res = _build_and_run(cfg, s, 20)
     qr = models["qr"][0].embeddings
     assert qr.m + qr.q_rows == T.hash_table_rows_for_bytes(2 * 2000 * 8 * 4, 8)
     md = models["mixed_dim"][0].embeddings
@@ -296,13 +302,7 @@ def test_precision_models_hold_every_row_and_half_of_its_bytes():
                       models=T.PRECISION_MODELS, cold_budget_fraction=0.5, hot_share=0.5)
     cfg.extra["all_rows"] = T.count_admitted_keys(s.batches(20), 1)
     assert cfg.extra["all_rows"] == len(seen)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        models = T.build_models(cfg, s.n_features, s.n_dense)
-        res = T.run(s.batches(20), cfg, s.n_features, s.n_dense, log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
+    models, res = _build_and_run(cfg, s, 20)
     h_row = FrequencyTable.bytes_per_row(8, optim.Adagrad())
     assert models["freq_table_int8"][0].embeddings.table.cold_row_type == "int8"
     m = {n: res["models"][n] for n in T.PRECISION_MODELS}

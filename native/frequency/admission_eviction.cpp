@@ -82,14 +82,22 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
     std::vector<int64_t> keys(victims.size());
     std::vector<float> score(victims.size());
     std::vector<uint32_t> last(victims.size());
-    const uint64_t ver = ++version_;
+    const uint64_t ver = version_.load() + 1;
+    std::vector<uint64_t> old(victims.size());
     for (size_t i = 0; i < victims.size(); ++i) {
       keys[i] = row_keys_[victims[i]];
       score[i] = meta_[victims[i]].score;
       last[i] = meta_[victims[i]].last;
+      old[i] = stamped(victims[i]);
       stamp(victims[i], ver);
     }
-    write_back_locked(victims.data(), nv);
+    try {
+      write_back_locked(victims.data(), nv);  // the store refuses (before any change) a row it cannot encode
+    } catch (...) {
+      for (size_t i = 0; i < victims.size(); ++i) stamp(victims[i], old[i]);
+      throw;
+    }
+    version_.store(ver);
     cold_->set_meta(keys.data(), nv, score.data(), last.data());
     for (uint32_t id : victims) meta_[id].score = -1.0f;
     cold_demoted_ += nv;

@@ -12,7 +12,7 @@
 // and drop the lowest-priority cold rows when the budget needs it.
 //
 // Thread safety (the tier contract): get / contains / scan / stats run under a
-// shared lock, set / erase / set_meta / drop under an exclusive one.
+// shared lock, set / erase / set_meta under an exclusive one.
 #pragma once
 #include <atomic>
 #include <cstdint>

@@ -490,5 +490,6 @@ class FrequencyTable(EmbeddingTable):
         return self._t.cold_keys()
 
     def __repr__(self) -> str:
+        cold = f", cold_row_type={self.cold_row_type!r}, budget_bytes={self.budget_bytes}" if self.cold_row_type else ""
         return (f"FrequencyTable(dim={self._dim}, rows={len(self)}, budget_rows={self.budget_rows}, "
-                f"policy={self.policy!r})")
+                f"policy={self.policy!r}{cold})")

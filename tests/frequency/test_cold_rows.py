@@ -198,6 +198,8 @@ def test_memory_is_accounted_exactly_and_the_budget_holds():
     assert mu["cold_rows"] > 0 and mu["rows"] + mu["cold_rows"] == len(t)
     assert mu["cold_row_bytes_per_row"] == DIM + 8
     assert el.FrequencyTable.cold_bytes_per_row(DIM, optim.Adagrad(), "int8") == COLD
+    assert t._t.cold_slot_bytes() + 16 == COLD  # the store's own slot: row, state, version, score
+    assert "cold_row_type='int8'" in repr(t)
     assert el.FrequencyTable.bytes_per_row(DIM, optim.Adagrad()) == HOT
     # allocated bytes: at least what the rows need, parts summed into total_bytes
     assert mu["cold_row_bytes"] >= mu["cold_rows"] * (DIM + 8)

@@ -324,3 +324,53 @@ def test_relayout_packs_the_hot_rows_and_leaves_cold_rows_alone():
     hot = np.setdiff1d(after[0], cold)
     ids = t.inspect(hot)[2]
     assert sorted(ids.tolist()) == list(range(hot.size))  # packed at the start of the arena
+
+
+def test_serving_reads_run_beside_training_with_cold_rows():
+    """find() from other threads while training demotes and promotes: every
+    row read is a whole row (a demoted row reads as its int8 value or as its
+    fp32 value, never a mix), and the table ends consistent."""
+    import threading
+
+    t = make(budget_rows_hot=200)  # 100 hot rows at most, room for 150 cold ones: nothing dropped
+    base = np.repeat(np.linspace(-1, 1, 200, dtype=np.float32)[:, None], DIM, 1) + np.linspace(0, 0.5, DIM,
+                                                                                                 dtype=np.float32)
+    for lo in range(0, 200, 50):  # row k: c_k + a ramp, so its int8 value differs from it
+        t.assign(np.arange(lo, lo + 50, dtype=np.int64), base[lo:lo + 50])
+    assert len(t) == 200  # assigned rows are spared at this step: the first training call demotes
+    allowed = {k: (base[k], q8(base[k])) for k in range(200)}
+
+    def whole(key, r):  # the fp32 row or its int8 value (re-quantizing moves it by an ulp at most)
+        return any(np.allclose(r, a, rtol=0, atol=1e-6) for a in allowed[key])
+
+    errors, stop = [], threading.Event()
+
+    def serve():
+        rng = np.random.default_rng(1)
+        while not stop.is_set():
+            k = rng.integers(0, 200, size=16)
+            rows, found = t.find(k)
+            for i, key in enumerate(k.tolist()):
+                if found[i] and not whole(key, rows[i]):
+                    errors.append((key, rows[i]))
+
+    th = [threading.Thread(target=serve) for _ in range(2)]
+    for x in th:
+        x.start()
+    rng = np.random.default_rng(2)
+    try:
+        for step in range(150):
+            # no gradients: values stay base or int8(base); a new key now and then makes the
+            # call admit, which is when the budget is held (demotion)
+            new = [10_000 + step] if step % 3 == 0 else []
+            t.lookup(np.concatenate([rng.integers(0, 200, size=12), np.array(new, np.int64)]))
+    finally:
+        stop.set()
+        for x in th:
+            x.join()
+    assert not errors, errors[:3]
+    keys, rows = t.export()
+    assert len(t) == keys.size == t.memory_usage()["rows"] + t.cold_keys().size
+    assert t.stats()["promoted"] > 0 and t.stats()["demoted"] > 0
+    for k, r in zip(keys.tolist(), rows):
+        assert k >= 10_000 or whole(k, r)

@@ -219,6 +219,21 @@ class FrequencyTable(EmbeddingTable):
                                      self.bytes_per_row(self._dim, optimizer), cold[0], cold[1],
                                      _state_floats(_optim_kind(optimizer), self._dim))
 
+    @staticmethod
+    def _load_options(info: dict, options: dict) -> dict:
+        """``FrequencyTable.load(path, deltas, optimizer=..., **options)``: a
+        checkpoint holds rows and optimizer state (hot and cold rows alike,
+        cold ones as the values they decode to), not the frequency options,
+        scores, clock or sketch: ``options`` are this class's constructor
+        options (``budget_bytes``, ``cold_row_type``, ``policy``, ...), and
+        the rows' scores start afresh (all equal). Loaded rows all land in
+        memory; the next training call that admits or promotes a row holds
+        the budget again."""
+        if info["capacity"]:
+            raise ValueError(f"path: the checkpoint is of a table with capacity {info['capacity']}; "
+                             "a FrequencyTable has a budget instead (load it as an EmbeddingTable)")
+        return options
+
     def _cold_args(self, dim, optimizer, budget_bytes, budget_rows, policy, tier, row_type, cold_row_type,
                    hot_share):
         """Checks the cold-row options; returns (cold bytes per row, hot_share) or None."""

@@ -374,3 +374,27 @@ def test_serving_reads_run_beside_training_with_cold_rows():
     assert t.stats()["promoted"] > 0 and t.stats()["demoted"] > 0
     for k, r in zip(keys.tolist(), rows):
         assert k >= 10_000 or whole(k, r)
+
+
+def test_save_and_load_keep_hot_and_cold_rows(tmp_path):
+    rng = np.random.default_rng(4)
+    t = make(budget_rows_hot=20)
+    for _ in range(30):
+        k = rng.integers(0, 80, size=8)
+        t.lookup(k)
+        t.apply_gradients(k, rng.standard_normal((8, DIM)).astype(np.float32) * 0.1)
+    assert t.cold_keys().size > 0
+    keys, rows = t.export()
+    t.save(tmp_path / "mixed.ckpt")
+    u = el.FrequencyTable.load(tmp_path / "mixed.ckpt", optimizer=optim.Adagrad(lr=LR), budget_bytes=20 * HOT,
+                               cold_row_type="int8", hot_share=0.5, evict_fraction=0.0, half_life=1e9)
+    assert u.cold_row_type == "int8"
+    k2, r2 = u.export()
+    np.testing.assert_array_equal(k2, keys)
+    np.testing.assert_array_equal(r2, rows)
+    hot = np.setdiff1d(keys, t.cold_keys())
+    np.testing.assert_array_equal(state_of(u, hot), state_of(t, hot))
+    u.lookup(np.array([10_000], np.int64))  # admits: the budget holds again
+    assert u.memory_usage()["accounted_bytes"] <= 20 * HOT and u.cold_keys().size > 0
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        el.EmbeddingTable.load(tmp_path / "mixed.ckpt", budget_bytes=5)

@@ -211,13 +211,19 @@ def test_memory_is_accounted_exactly_and_the_budget_holds():
                         "evicted_buffer_bytes"))
 
 
-def test_a_delta_carries_hot_and_cold_rows_and_a_fresh_table_takes_it():
-    rng = np.random.default_rng(2)
+def trained(seed, steps=30):
+    """A table with hot and cold rows after `steps` training steps on 80 keys."""
+    rng = np.random.default_rng(seed)
     t = make(budget_rows_hot=20)
-    for _ in range(30):
+    for _ in range(steps):
         k = rng.integers(0, 80, size=8)
         t.lookup(k)
         t.apply_gradients(k, rng.standard_normal((8, DIM)).astype(np.float32) * 0.1)
+    return t
+
+
+def test_a_delta_carries_hot_and_cold_rows_and_a_fresh_table_takes_it():
+    t = trained(seed=2)
     assert len(t.cold_keys()) > 0
     keys, rows = t.export()
     cold = t.cold_keys()
@@ -377,12 +383,7 @@ def test_serving_reads_run_beside_training_with_cold_rows():
 
 
 def test_save_and_load_keep_hot_and_cold_rows(tmp_path):
-    rng = np.random.default_rng(4)
-    t = make(budget_rows_hot=20)
-    for _ in range(30):
-        k = rng.integers(0, 80, size=8)
-        t.lookup(k)
-        t.apply_gradients(k, rng.standard_normal((8, DIM)).astype(np.float32) * 0.1)
+    t = trained(seed=4)
     assert t.cold_keys().size > 0
     keys, rows = t.export()
     t.save(tmp_path / "mixed.ckpt")

@@ -116,6 +116,15 @@ void bind_frequency(py::module_& m) {
                                                {"metadata_bytes", static_cast<int64_t>(s.metadata_bytes)},
                                                {"sketch_bytes", static_cast<int64_t>(s.sketch_bytes)},
                                                {"evicted_buffer_bytes", static_cast<int64_t>(s.evicted_buffer_bytes)}});
+             if (t.has_cold_rows())
+               d.attr("update")(stats_dict<int64_t>({{"cold_rows", s.cold_rows},
+                                                     {"cold_row_bytes", s.cold_row_bytes},
+                                                     {"cold_state_bytes", s.cold_state_bytes},
+                                                     {"cold_metadata_bytes", s.cold_metadata_bytes},
+                                                     {"cold_index_bytes", s.cold_index_bytes},
+                                                     {"demoted", s.cold_demoted},
+                                                     {"promoted", s.cold_promoted},
+                                                     {"cold_dropped", s.cold_dropped}}));
              d["relayout_pause_max_ms"] = s.relayout_pause_max_ns * 1e-6;
              d["evict_pause_max_ms"] = s.evict_pause_max_ns * 1e-6;
              return d;
@@ -157,6 +166,33 @@ void bind_frequency(py::module_& m) {
                       : t.pooled_lookup_ids(b, o, train, nullptr, id, &epoch);
              }
              return py::make_tuple(call_stats(c), epoch);
+           })
+      // Precision that follows frequency (embedlookup/frequency.py checks the arguments).
+      .def("enable_cold_rows",
+           [](FrequencyTable& t, int row_type, int64_t budget_bytes, int64_t hot_row_bytes, int64_t cold_row_bytes,
+              double hot_share, int64_t state_floats) {
+             ColdRowsOptions o;
+             o.type = static_cast<RowType>(row_type);
+             o.budget_bytes = budget_bytes;
+             o.hot_row_bytes = hot_row_bytes;
+             o.cold_row_bytes = cold_row_bytes;
+             o.hot_share = hot_share;
+             o.state_floats = state_floats;
+             t.enable_cold_rows(o);
+           })
+      .def("cold_keys",
+           [](const FrequencyTable& t) {
+             std::vector<int64_t> k;
+             {
+               py::gil_scoped_release nogil;
+               k = t.cold_keys();
+             }
+             const py::ssize_t n = static_cast<py::ssize_t>(k.size());
+             return owned_array(std::move(k), {n});
+           })
+      .def("cold_slot_bytes",
+           [](const FrequencyTable& t) {
+             return t.has_cold_rows() ? static_cast<const ColdRowStore&>(*t.tier()).slot_bytes() : 0;
            })
       .def("save_state",
            [](const FrequencyTable& t) {

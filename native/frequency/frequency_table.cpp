@@ -166,10 +166,29 @@ void FrequencyTable::fill_missing_locked(ReadCall& c, uint32_t* ids) {
 }
 
 void FrequencyTable::rows_promoted_locked(const uint32_t* ids, int64_t n) {
-  // Promoted rows start scoring afresh, as of the current step.
   ensure_meta();
   const uint32_t now = clock_.load();
-  for (int64_t i = 0; i < n; ++i) meta_[ids[i]] = RowMeta{0.0f, now};
+  if (!cold_) {  // Promoted rows start scoring afresh, as of the current step.
+    for (int64_t i = 0; i < n; ++i) meta_[ids[i]] = RowMeta{0.0f, now};
+    return;
+  }
+  // A cold row comes back to fp32 with the score it left with, and leaves the
+  // cold store (memory holds it now: one copy, counted once).
+  std::vector<int64_t> keys(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t id = ids[i];
+    keys[i] = row_keys_[id];
+    RowMeta m{0.0f, now};
+    cold_->meta(keys[i], m.score, m.last);
+    meta_[id] = m;
+    if (row_in_tier_[id]) {
+      row_in_tier_[id] = 0;
+      --rows_in_both_;
+    }
+  }
+  cold_->erase(keys.data(), n);
+  unstage(keys.data(), n);
+  cold_promoted_ += n;
 }
 
 template <class Kernel, class Serve>
@@ -316,6 +335,12 @@ void FrequencyTable::apply_gradients_hinted(const int64_t* keys, int64_t n, cons
 
 void FrequencyTable::assign(const int64_t* keys, int64_t n, const float* rows) {
   check_representable(rows, n, "rows");
+  if (cold_)  // any row may be demoted later: it must encode in the cold type
+    for (int64_t i = 0; i < n; ++i)
+      if (!row_representable(co_.type, rows + i * opt_.dim, opt_.dim))
+        throw std::invalid_argument("rows: row " + std::to_string(i) + " spans more than float32 can hold (max - min "
+                                    "overflows), so it could not be demoted to " + row_type_name(co_.type) +
+                                    " (nothing was changed)");
   std::unique_lock<std::shared_mutex> lk(mu_);
   if (fo_.budget_rows > 0 && n > fo_.budget_rows) {
     std::unordered_set<int64_t> d(keys, keys + n);
@@ -383,7 +408,50 @@ FrequencyStats FrequencyTable::stats() const {
                              evicted_buf_.state.capacity() * 4 + evicted_buf_.scores.capacity() * 4 +
                              evicted_buf_.last.capacity() * 4;
   }
+  if (cold_) {
+    const ColdRowStore::Memory m = cold_->memory();
+    s.cold_rows = m.rows;
+    s.cold_row_bytes = m.row_bytes;
+    s.cold_state_bytes = m.state_bytes;
+    s.cold_metadata_bytes = m.metadata_bytes;
+    s.cold_index_bytes = m.index_bytes;
+    s.cold_demoted = cold_demoted_;
+    s.cold_promoted = cold_promoted_;
+    s.cold_dropped = cold_dropped_;
+  }
   return s;
+}
+
+void FrequencyTable::enable_cold_rows(const ColdRowsOptions& o) {
+  if (o.type == RowType::kF32) throw std::invalid_argument("cold_row_type: must be a compressed type, not fp32");
+  if (opt_.row_type != RowType::kF32)
+    throw std::invalid_argument(std::string("cold_row_type: needs hot rows of row_type 'fp32', got '") +
+                                row_type_name(opt_.row_type) + "'");
+  if (o.budget_bytes <= 0 || o.hot_row_bytes <= 0 || o.cold_row_bytes <= 0 || o.cold_row_bytes >= o.hot_row_bytes)
+    throw std::invalid_argument("cold rows: budget_bytes, hot_row_bytes > cold_row_bytes > 0 are required");
+  if (!(o.hot_share > 0.0 && o.hot_share <= 1.0)) throw std::invalid_argument("hot_share must be in (0, 1]");
+  if (fo_.policy != EvictionPolicy::kLFU && fo_.policy != EvictionPolicy::kLRU)
+    throw std::invalid_argument("cold rows: policy must be 'lfu' or 'lru' (who is demoted first)");
+  auto store = std::make_shared<ColdRowStore>(opt_.dim, o.state_floats, o.type);
+  {
+    std::unique_lock<std::shared_mutex> lk(mu_);
+    if (tier_) throw std::invalid_argument("cold rows: this table already has a tier");
+    if (index_.size() != 0) throw std::invalid_argument("cold rows: enable them on an empty table");
+  }
+  TierOptions to;
+  to.memory_rows = 0;  // the byte budget rules (cold_budget), not the tier's row budget
+  to.promote = true;
+  attach_tier(store, to);
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  cold_ = std::move(store);
+  co_ = o;
+}
+
+std::vector<int64_t> FrequencyTable::cold_keys() const {
+  std::vector<int64_t> k;
+  if (cold_) cold_->scan(0, k);
+  std::sort(k.begin(), k.end());
+  return k;
 }
 
 void FrequencyTable::inspect(const int64_t* keys, int64_t n, float* score, uint32_t* last, uint32_t* row_id) const {

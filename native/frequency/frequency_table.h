@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "../core/table.h"
+#include "cold_store.h"
 #include "count_min_sketch.h"
 
 namespace embedlookup {
@@ -52,6 +53,21 @@ struct FrequencyStats {
   int64_t relayout_pause_max_ns = 0, evict_pause_max_ns = 0;
   size_t index_bytes = 0, row_bytes = 0, state_bytes = 0, metadata_bytes = 0, sketch_bytes = 0,
          evicted_buffer_bytes = 0;
+  // Cold rows (enable_cold_rows): rows held compressed, their bytes by part
+  // (ColdRowStore::memory), and rows demoted / promoted back / dropped so far.
+  int64_t cold_rows = 0, cold_demoted = 0, cold_promoted = 0, cold_dropped = 0;
+  int64_t cold_row_bytes = 0, cold_state_bytes = 0, cold_metadata_bytes = 0, cold_index_bytes = 0;
+};
+
+// Precision that follows frequency: one byte budget for hot (fp32) rows and
+// cold (compressed) rows. docs/frequency.md states the rule.
+struct ColdRowsOptions {
+  RowType type = RowType::kI8;  // the cold rows' storage type
+  int64_t budget_bytes = 0;     // hot rows x hot_row_bytes + cold rows x cold_row_bytes stays below this
+  int64_t hot_row_bytes = 0;    // accounted bytes of one hot row (row, state, metadata, key, index share)
+  int64_t cold_row_bytes = 0;   // accounted bytes of one cold row (must be < hot_row_bytes)
+  double hot_share = 0.25;       // hot rows: at most floor(hot_share * budget_bytes / hot_row_bytes)
+  int64_t state_floats = 0;     // optimizer-state floats per row the cold rows keep (int8)
 };
 
 // Rows that left the table, in eviction order (lowest priority first).
@@ -96,6 +112,19 @@ class FrequencyTable : public EmbeddingTable {
   void set_eviction_sink(std::function<void(const EvictedRows&)> sink);
 
   FrequencyStats stats() const;
+
+  // Precision that follows frequency: hot rows above their share of the
+  // byte budget are demoted (lowest priority first) to an in-memory
+  // ColdRowStore (compressed row, int8 optimizer state, score); a training
+  // read promotes a cold row back to fp32 with its state and score; when hot
+  // and cold rows together pass the budget, the lowest-priority cold rows
+  // leave the table (as evictions: sink / export buffer, tombstones). Call on
+  // an empty table without a tier (std::invalid_argument otherwise).
+  void enable_cold_rows(const ColdRowsOptions& o);
+  bool has_cold_rows() const { return cold_ != nullptr; }
+  const ColdRowsOptions& cold_rows_options() const { return co_; }
+  // Keys held as cold rows, sorted.
+  std::vector<int64_t> cold_keys() const;
   // For tests and tools: stored (score, last) and row id of each key (score -1,
   // id kNoRow when absent).
   void inspect(const int64_t* keys, int64_t n, float* score, uint32_t* last, uint32_t* row_id) const;
@@ -153,6 +182,16 @@ class FrequencyTable : public EmbeddingTable {
   void admit_missing(const int64_t* keys, int64_t n, uint32_t* ids, const float* w, uint32_t now, CallStats& cs);
   void evict_to_budget(uint32_t now, CallStats& cs);
   void evict_rows(std::vector<uint32_t>& victims, uint32_t now);
+  // Up to `need` live rows not touched by this call, lowest priority first.
+  std::vector<uint32_t> eviction_candidates(int64_t need, uint32_t now);
+  // The byte budget of a table with cold rows: demote above the hot share,
+  // then drop cold rows above the budget.
+  void cold_budget(uint32_t now, CallStats& cs);
+  void drop_cold(int64_t n, uint32_t now, CallStats& cs);
+  // Hands evicted rows to the sink or the export buffer (rows: n x dim,
+  // state: n x sd), tombstones their keys and takes a new version.
+  void hand_out(const std::vector<int64_t>& keys, const float* rows, const float* state, int64_t sd,
+                const std::vector<float>& scores, const std::vector<uint32_t>& last);
   // Score side pass; caller holds mu_ (shared with meta_mu_, or exclusive).
   void touch(const uint32_t* ids, int64_t n, const float* w, uint32_t now, CallStats& cs);
   void ensure_meta();
@@ -184,6 +223,10 @@ class FrequencyTable : public EmbeddingTable {
   mutable std::mutex evicted_mu_;
   EvictedRows evicted_buf_;
   std::function<void(const EvictedRows&)> sink_;
+
+  std::shared_ptr<ColdRowStore> cold_;  // also tier_ when set
+  ColdRowsOptions co_;
+  std::atomic<int64_t> cold_demoted_{0}, cold_promoted_{0}, cold_dropped_{0};
 };
 
 }  // namespace embedlookup

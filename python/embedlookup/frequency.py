@@ -26,6 +26,7 @@ import numpy as np
 from . import _checks, _core
 from ._namespace import feature_keys
 from . import init as _init
+from . import quantize as _quantize
 from .optim import Optimizer
 from .table import EmbeddingTable, ForwardIds, _forward_ids_mode, _table_options
 
@@ -99,6 +100,19 @@ class FrequencyTable(EmbeddingTable):
       and a training lookup of an evicted key brings its trained row back
       (no admission test). Serving lookups (``find``) read tier rows in
       place, without promoting them or changing any score.
+    - ``cold_row_type`` (``None`` or ``"int8"``): precision that follows
+      frequency. ``budget_bytes`` is then one budget for hot fp32 rows
+      (:meth:`bytes_per_row` each) and cold int8 rows
+      (:meth:`cold_bytes_per_row` each). Hot rows get ``hot_share`` of it:
+      past ``floor(hot_share * budget_bytes / bytes_per_row)`` hot rows, the
+      lowest-priority ones (``policy``) are demoted to int8 (row-wise scale
+      and bias, round to nearest; their optimizer state as one int8 row;
+      their score kept), and a training lookup of a cold key promotes it back
+      to fp32 (no admission test). When hot and cold rows together pass the
+      budget, the lowest-priority cold rows leave the table (as evictions:
+      ``on_evict``). Serving lookups read cold rows in place. Needs
+      ``optimizer=`` and ``policy`` ``"lfu"`` or ``"lru"``;
+      docs/frequency.md, "Precision that follows frequency".
     """
 
     def __init__(self, dim: int, *, initializer: _init.Initializer | None = None,
@@ -109,7 +123,8 @@ class FrequencyTable(EmbeddingTable):
                  admit_seed: int = 0, sketch_width: int = 1 << 20, sketch_depth: int = 4,
                  default_row: str = "zeros", hot_fraction: float = 0.1,
                  on_evict: Callable | str | None = None, features=None, max_batch_keys: int | None = None,
-                 tier=None, row_type: str = "fp32", rounding_seed: int = 0):
+                 tier=None, row_type: str = "fp32", rounding_seed: int = 0, cold_row_type: str | None = None,
+                 hot_share: float = 0.25):
         # The base class checks dim, initializer, optimizer, num_threads and
         # row_type (its small native table is replaced below).
         super().__init__(dim, initializer=initializer, optimizer=optimizer, num_threads=num_threads,
@@ -117,9 +132,12 @@ class FrequencyTable(EmbeddingTable):
         half_life = _float("half_life", half_life, low=0.0, high=math.inf, high_open=True)
         if budget_rows is not None and budget_bytes is not None:
             raise ValueError("give budget_rows or budget_bytes, not both")
+        cold = self._cold_args(dim, optimizer, budget_bytes, budget_rows, policy, tier, row_type, cold_row_type,
+                               hot_share)
         if budget_bytes is not None:
             b = _int("budget_bytes", budget_bytes, low=1)
-            budget_rows = b // self.bytes_per_row(self._dim, optimizer, row_type)
+            # with cold rows: the hot rows' share (a batch's rows must fit it)
+            budget_rows = int((cold[1] if cold else 1.0) * b) // self.bytes_per_row(self._dim, optimizer, row_type)
             if budget_rows < 1:
                 raise ValueError(f"budget_bytes={b} holds no row ({self.bytes_per_row(self._dim, optimizer, row_type)} "
                                  f"bytes each)")
@@ -191,6 +209,62 @@ class FrequencyTable(EmbeddingTable):
             # Evictions write rows back to the tier; lookups
             # of evicted keys promote them (the budget, not memory_rows, rules).
             self._attach_tier(tier, None, True)
+        self.cold_row_type = cold_row_type
+        self.hot_share = cold[1] if cold else None
+        if cold:
+            from .storage import _optim_kind, _state_floats
+
+            self.budget_bytes = int(budget_bytes)
+            self._t.enable_cold_rows(_quantize.row_type_id(cold_row_type), self.budget_bytes,
+                                     self.bytes_per_row(self._dim, optimizer), cold[0], cold[1],
+                                     _state_floats(_optim_kind(optimizer), self._dim))
+
+    @staticmethod
+    def _load_options(info: dict, options: dict) -> dict:
+        """``FrequencyTable.load(path, deltas, optimizer=..., **options)``: a
+        checkpoint holds rows and optimizer state (hot and cold rows alike,
+        cold ones as the values they decode to), not the frequency options,
+        scores, clock or sketch: ``options`` are this class's constructor
+        options (``budget_bytes``, ``cold_row_type``, ``policy``, ...), and
+        the rows' scores start afresh (all equal). Loaded rows all land in
+        memory; the next training call that admits or promotes a row holds
+        the budget again."""
+        if info["capacity"]:
+            raise ValueError(f"path: the checkpoint is of a table with capacity {info['capacity']}; "
+                             "a FrequencyTable has a budget instead (load it as an EmbeddingTable)")
+        return options
+
+    def _cold_args(self, dim, optimizer, budget_bytes, budget_rows, policy, tier, row_type, cold_row_type,
+                   hot_share):
+        """Checks the cold-row options; returns (cold bytes per row, hot_share) or None."""
+        if cold_row_type is None:
+            return None
+        if cold_row_type != "int8":
+            raise ValueError(f"cold_row_type must be None or 'int8', got {cold_row_type!r}")
+        if row_type != "fp32":
+            raise ValueError(f"cold_row_type needs row_type='fp32' (hot rows at full precision), got {row_type!r}")
+        if budget_bytes is None or budget_rows is not None:
+            raise ValueError("cold_row_type needs budget_bytes (one budget for hot and cold rows), not budget_rows")
+        if optimizer is None:
+            raise ValueError("cold_row_type needs optimizer=... (cold rows keep its state, sized by it)")
+        if policy not in (None, "lfu", "lru"):
+            raise ValueError(f"cold_row_type needs policy 'lfu' or 'lru' (who is demoted first), got {policy!r}")
+        if tier is not None:
+            raise ValueError("cold_row_type and tier are exclusive (cold rows are the table's own lower tier)")
+        frac = _float("hot_share", hot_share, low=0.0, high=1.0)
+        return self.cold_bytes_per_row(dim, optimizer, cold_row_type), frac
+
+    @staticmethod
+    def cold_bytes_per_row(dim: int, optimizer: Optimizer | None = None, cold_row_type: str = "int8") -> int:
+        """Bytes one cold row costs: the row as stored (``quantize.row_bytes``),
+        its optimizer state as one int8 row (when the optimizer has state),
+        its version (8) and score (8), and its index share (~16, as
+        :meth:`bytes_per_row`)."""
+        from .storage import _optim_kind, _state_floats
+
+        sf = _state_floats(_optim_kind(optimizer), int(dim))
+        state = _quantize.row_bytes("int8", sf) if sf else 0
+        return _quantize.row_bytes(cold_row_type, int(dim)) + state + 8 + 8 + 16
 
     @staticmethod
     def bytes_per_row(dim: int, optimizer: Optimizer | None = None, row_type: str = "fp32") -> int:
@@ -405,8 +479,12 @@ class FrequencyTable(EmbeddingTable):
         lookups = s["hits"] + s["misses"]
         s["hit_ratio"] = s["hits"] / lookups if lookups else 0.0
         s["hot_hit_ratio"] = s["hot_hits"] / lookups if lookups else 0.0
-        s["total_bytes"] = sum(s[k] for k in ("index_bytes", "row_bytes", "optimizer_state_bytes",
-                                               "metadata_bytes", "sketch_bytes", "evicted_buffer_bytes"))
+        parts = ["index_bytes", "row_bytes", "optimizer_state_bytes", "metadata_bytes", "sketch_bytes",
+                 "evicted_buffer_bytes"]
+        if "cold_rows" in s:  # cold rows: their own row, state, metadata and index bytes
+            parts += ["cold_row_bytes", "cold_state_bytes", "cold_metadata_bytes", "cold_index_bytes"]
+            s["cold_bytes"] = sum(s[k] for k in parts[6:])
+        s["total_bytes"] = sum(s[k] for k in parts)
         n = max(s["rows"], 1)
         s["row_bytes_per_row"] = 4 * self._t.stride
         s["overhead_bytes_per_row"] = (s["index_bytes"] + s["metadata_bytes"]) / n
@@ -418,8 +496,24 @@ class FrequencyTable(EmbeddingTable):
         s = self.stats()
         keys = ("index_bytes", "row_bytes", "optimizer_state_bytes", "metadata_bytes", "sketch_bytes",
                 "evicted_buffer_bytes", "total_bytes", "rows", "row_bytes_per_row", "overhead_bytes_per_row")
-        return {k: s[k] for k in keys}
+        m = {k: s[k] for k in keys}
+        if "cold_rows" in s:
+            for k in ("cold_rows", "cold_bytes", "cold_row_bytes", "cold_state_bytes", "cold_metadata_bytes",
+                      "cold_index_bytes"):
+                m[k] = s[k]
+            m["cold_row_bytes_per_row"] = _quantize.row_bytes(self.cold_row_type, self._dim)
+            # What the budget counts: hot rows x bytes_per_row + cold rows x cold_bytes_per_row.
+            m["budget_bytes"] = self.budget_bytes
+            m["accounted_bytes"] = (s["rows"] * self.bytes_per_row(self._dim, self.optimizer)
+                                    + s["cold_rows"] * self.cold_bytes_per_row(self._dim, self.optimizer,
+                                                                               self.cold_row_type))
+        return m
+
+    def cold_keys(self) -> np.ndarray:
+        """Keys held as cold (compressed) rows, sorted (empty without ``cold_row_type``)."""
+        return self._t.cold_keys()
 
     def __repr__(self) -> str:
+        cold = f", cold_row_type={self.cold_row_type!r}, budget_bytes={self.budget_bytes}" if self.cold_row_type else ""
         return (f"FrequencyTable(dim={self._dim}, rows={len(self)}, budget_rows={self.budget_rows}, "
-                f"policy={self.policy!r})")
+                f"policy={self.policy!r}{cold})")

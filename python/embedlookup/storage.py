@@ -343,7 +343,7 @@ class _StorageMethods:
 
     @classmethod
     def load(cls, path, deltas=(), *, optimizer=None, num_threads=None, tier=None, memory_rows=None,
-             promote: bool = True, row_type: str | None = None):
+             promote: bool = True, row_type: str | None = None, **options):
         """A table from a checkpoint written by save(), then the incremental
         checkpoints ``deltas`` (paths from save_delta, oldest first) replayed.
         Raises ``SnapshotFormatError`` for truncated, corrupt or foreign files.
@@ -364,8 +364,9 @@ class _StorageMethods:
         if row_type is None:
             row_type = info.get("row_type", "fp32")
         _row_type_arg(row_type, info["dim"])
-        table = cls(info["dim"], initializer=initializer, capacity=info["capacity"] or None, optimizer=optimizer,
-                    num_threads=num_threads, row_type=row_type)
+        # options: the class's own constructor options (FrequencyTable: budget, policy, cold rows, ...)
+        table = cls(info["dim"], initializer=initializer, optimizer=optimizer, num_threads=num_threads,
+                    row_type=row_type, **cls._load_options(info, options))
         if tier is not None:
             if optimizer is None and info["state_floats"]:
                 tier._open(info["dim"], info["state_floats"])
@@ -374,6 +375,12 @@ class _StorageMethods:
         for d in deltas:
             table._t.apply_file(d, convert)
         return table
+
+    @staticmethod
+    def _load_options(info: dict, options: dict) -> dict:
+        if options:
+            raise TypeError(f"load() got unexpected keyword argument(s) {', '.join(sorted(options))}")
+        return {"capacity": info["capacity"] or None}
 
     # ----------------------------------------------------------------- tier
     def _prefetch_keys(self, keys, feature):

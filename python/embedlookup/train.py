@@ -23,6 +23,15 @@ on the same batches so that they can be compared at equal embedding memory:
   row (score metadata) and the sketch;
 * ``hash_table_unbounded``: the same without a bound (more memory; the
   ceiling a collision-free table reaches when it may keep every ID);
+* ``freq_table_all``, ``freq_table_int8`` and ``freq_table_fp32_half``
+  (only when ``--models`` names them): precision that follows frequency. A
+  first pass counts the stream's (feature, ID) pairs; ``freq_table_all`` is
+  a FrequencyTable holding every one in fp32 (admitted at first sighting,
+  nothing evicted); the other two get ``--cold-budget-fraction`` (0.5) of its
+  bytes (rows x ``bytes_per_row``): hot fp32 rows and cold int8 rows
+  (``cold_row_type="int8"``, ``--hot-share``), or fp32 rows evicting
+  LFU. Their memory is the budget's accounting (docs/frequency.md);
+  ``metrics.json`` has each table's allocated bytes by part too;
 * ``qr`` and ``mixed_dim`` (only when ``--models`` names them): a
   quotient-remainder ``QREmbeddingBag`` and per-feature
   ``MixedDimEmbeddingBag``s (``--mixed-alpha``) at the hashing model's bytes
@@ -365,6 +374,64 @@ class FreqTableEmbeddings(HashTableEmbeddings):
         return int(len(t) * (m["row_bytes_per_row"] + 4 * t.dim + 8 + 8) + m["index_bytes"] + m["sketch_bytes"])
 
 
+class FreqTableAccounted(FreqTableEmbeddings):
+    """FreqTableEmbeddings (``budget_rows=None``: unbounded, nothing evicted)
+    whose memory is counted by the budget rule of ``FrequencyTable``:
+    rows x ``bytes_per_row`` (row, Adagrad state, score, key, index share)
+    plus the sketch, so it compares with :class:`MixedPrecisionFreqEmbeddings`
+    at equal accounting."""
+
+    def __init__(self, n_features: int, dim: int, budget_rows: Optional[int], lr: float, seed: int = 0, **kw):
+        if budget_rows is None:
+            kw["policy"] = "none"
+        super().__init__(n_features, dim, budget_rows, lr, seed, **kw)
+
+    def memory_bytes(self) -> int:
+        t = self.coll.bag.table
+        return int(len(t) * t.bytes_per_row(t.dim, t.optimizer) + t.memory_usage()["sketch_bytes"])
+
+
+class MixedPrecisionFreqEmbeddings(FreqTableEmbeddings):
+    """FreqTableEmbeddings whose FrequencyTable keeps hot rows in fp32 and
+    demotes cold rows to int8 (``cold_row_type="int8"``) under one byte
+    budget (docs/frequency.md, "Precision that follows frequency")."""
+
+    def __init__(self, n_features: int, dim: int, budget_bytes: int, lr: float, seed: int = 0, *,
+                 admit_count: int = 2, policy: str = "lfu", half_life: float = 100.0, default_row: str = "cold",
+                 sketch_width: int = 1 << 14, sketch_depth: int = 4, hot_share: float = 0.25):
+        nn.Module.__init__(self)
+        self.table = FrequencyTable(dim, initializer=_init.uniform(-0.05, 0.05, seed=seed),
+                                    optimizer=_optim.Adagrad(lr=lr), budget_bytes=budget_bytes, policy=policy,
+                                    half_life=half_life, admit_count=admit_count, default_row=default_row,
+                                    sketch_width=sketch_width, sketch_depth=sketch_depth, on_evict="drop",
+                                    cold_row_type="int8", hot_share=hot_share)
+        self.coll = HashEmbeddingBagCollection([f"f{i}" for i in range(n_features)], dim, mode="sum",
+                                               table=self.table)
+        self.policy = TablePolicy()
+        self.policy.bind(self.coll)
+
+    def memory_bytes(self) -> int:
+        """Hot rows x bytes_per_row + cold rows x cold_bytes_per_row, plus the sketch."""
+        m = self.table.memory_usage()
+        return int(m["accounted_bytes"] + m["sketch_bytes"])
+
+
+def count_admitted_keys(batches, admit_count: int) -> int:
+    """Distinct (feature, ID) pairs of a stream seen at least ``admit_count``
+    times: the rows an unbounded FrequencyTable ends with (its count-min
+    sketch may admit a few more)."""
+    counts = None
+    for b in batches:
+        x = b.sparse.numpy()
+        keys = (np.arange(x.shape[1], dtype=np.int64)[None, :] << 48) | (x & ((1 << 48) - 1))
+        k, c = np.unique(keys.reshape(-1), return_counts=True)
+        if counts is not None:
+            k, inv = np.unique(np.concatenate([counts[0], k]), return_inverse=True)
+            c = np.bincount(inv, weights=np.concatenate([counts[1], c])).astype(np.int64)
+        counts = (k, c)
+    return 0 if counts is None else int(np.count_nonzero(counts[1] >= admit_count))
+
+
 def _table_bytes(table) -> int:
     """Bytes in use of one table: live rows with their optimizer state and
     key, plus the index (HashTableEmbeddings' accounting)."""
@@ -518,6 +585,10 @@ class RunConfig:
     # budget); None: the power of two nearest below budget / 512 (~2-3 %)
     sketch_width: Optional[int] = None
     mixed_alpha: float = 0.3      # mixed_dim: Ginart et al.'s power-law exponent
+    # freq_table_int8 / freq_table_fp32_half: their byte budget as a share of
+    # what freq_table_all (fp32, every admitted row) ends with
+    cold_budget_fraction: float = 0.5
+    hot_share: float = 0.25       # freq_table_int8: the hot fp32 rows' share of the budget
     extra: dict = field(default_factory=dict)
 
 
@@ -577,6 +648,26 @@ def build_models(cfg: RunConfig, n_features: int, n_dense: int) -> dict:
             emb = MixedDimEmbeddings(dims, rows, cfg.dim, cfg.lr_embedding, cfg.seed)
         elif name == "hash_table_unbounded":
             emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed)
+        elif name in PRECISION_MODELS:
+            # Every row at fp32 (freq_table_all), and at a share of its bytes:
+            # hot fp32 + cold int8 (freq_table_int8) or fp32 evicting
+            # (freq_table_fp32_half). Same admission and policy.
+            all_rows = cfg.extra.get("all_rows")
+            if not all_rows:
+                raise ValueError(f"{name}: needs cfg.extra['all_rows'] (count_admitted_keys of the stream)")
+            # Every key gets a row at its first sighting (admit_count=1: no
+            # sketch), so freq_table_all holds exactly all_rows rows.
+            kw = dict(admit_count=1, policy=cfg.freq_policy, half_life=cfg.half_life,
+                      default_row=cfg.default_row, sketch_width=64)
+            share = int(cfg.cold_budget_fraction * all_rows * FrequencyTable.bytes_per_row(cfg.dim, _optim.Adagrad()))
+            if name == "freq_table_all":
+                emb = FreqTableAccounted(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed, **kw)
+            elif name == "freq_table_int8":
+                emb = MixedPrecisionFreqEmbeddings(n_features, cfg.dim, share, cfg.lr_embedding, cfg.seed,
+                                                   hot_share=cfg.hot_share, **kw)
+            else:
+                rows = share // FrequencyTable.bytes_per_row(cfg.dim, _optim.Adagrad())
+                emb = FreqTableAccounted(n_features, cfg.dim, rows, cfg.lr_embedding, cfg.seed, **kw)
         elif name in ROW_TYPE_MODELS:  # hash_table_unbounded with compressed rows
             emb = HashTableEmbeddings(n_features, cfg.dim, None, cfg.lr_embedding, cfg.seed,
                                       row_type=ROW_TYPE_MODELS[name])
@@ -644,15 +735,19 @@ def run(batches, cfg: RunConfig, n_features: int, n_dense: int, log=print) -> di
         h = hist[name]
         h["mean_logloss"] = float(np.mean(h["logloss"])) if h["logloss"] else float("nan")
         h["mean_auc"] = float(np.nanmean(h["auc"])) if h["auc"] else float("nan")
-        if name.startswith("hash_table") or name == "freq_table":
+        if name.startswith("hash_table") or name.startswith("freq_table"):
             h["allocated_bytes"] = model.embeddings.allocated_bytes()
             h["rows"] = len(model.embeddings.coll.bag.table)
             h["capacity"] = model.embeddings.coll.bag.table.capacity
-        if name == "freq_table":
+        if name.startswith("freq_table"):
+            # what the table allocated, by part (cold rows included), and its budget accounting
+            h["memory_usage"] = {k: v for k, v in model.embeddings.coll.bag.table.memory_usage().items()
+                                 if isinstance(v, (int, float))}
             st = model.embeddings.coll.bag.table.stats()
             h["budget_rows"] = model.embeddings.coll.bag.table.budget_rows
             h["table_stats"] = {k: st[k] for k in ("admitted", "rejected", "evicted", "hits", "misses",
-                                                   "cold_updates", "evict_pause_max_ms", "sketch_bytes")}
+                                                   "cold_updates", "evict_pause_max_ms", "sketch_bytes",
+                                                   "cold_rows", "demoted", "promoted", "cold_dropped") if k in st}
     return {"config": asdict(cfg), "samples": seen, "models": hist}
 
 
@@ -702,6 +797,10 @@ COMPRESSED_MODELS = ("qr", "mixed_dim")
 # Not in the default run: hash_table_unbounded with fp16 / bf16 rows
 # (stochastic rounding, docs/compressed.md).
 ROW_TYPE_MODELS = {"hash_table_unbounded_fp16": "fp16", "hash_table_unbounded_bf16": "bf16"}
+# Not in the default run: precision that follows frequency (docs/frequency.md)
+# -- a FrequencyTable holding every admitted row in fp32, and at
+# --cold-budget-fraction of its bytes: hot fp32 + cold int8, or fp32 evicting.
+PRECISION_MODELS = ("freq_table_all", "freq_table_int8", "freq_table_fp32_half")
 
 # Options whose default --quick changes: (full run, --quick).
 _SIZES = {
@@ -742,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-embedding", type=float, default=0.05, help="embedding learning rate (default 0.05)")
     p.add_argument("--models", default=None,
                    help="comma-separated models to train side by side, of "
-                   f"{','.join(list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS))} "
+                   f"{','.join(list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS) + list(PRECISION_MODELS))} "
                    f"(default {','.join(MODELS)})")
     p.add_argument("--mixed-alpha", type=float, default=0.3,
                    help="mixed_dim: power-law exponent of the per-feature dims (default 0.3; 0 = all dim)")
@@ -756,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="freq_table: what IDs without a row read, cold or zeros (default cold)")
     p.add_argument("--sketch-width", type=int, default=None,
                    help="freq_table: count-min sketch width, a power of two (default: ~budget / 512)")
+    p.add_argument("--cold-budget-fraction", type=float, default=0.5,
+                   help="freq_table_int8 / freq_table_fp32_half: byte budget as a share of freq_table_all's "
+                   "(every admitted row in fp32; default 0.5)")
+    p.add_argument("--hot-share", type=float, default=0.25,
+                   help="freq_table_int8: the hot fp32 rows' share of the byte budget; the rest holds int8 "
+                   "rows (default 0.25)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic stream and the models (default 0)")
     p.add_argument("--drift", type=float, default=200.0,
@@ -796,7 +901,7 @@ def train(argv=None, log=print) -> dict:
     if a.ps and a.models is not None:
         p.error("--models: with --ps the models are the --mode runs; give one of the two")
     models = tuple(m.strip() for m in (a.models or ",".join(MODELS)).split(",") if m.strip())
-    known = list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS)
+    known = list(MODELS) + list(COMPRESSED_MODELS) + list(ROW_TYPE_MODELS) + list(PRECISION_MODELS)
     unknown = [m for m in models if m not in known]
     if unknown or not models:
         p.error(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
@@ -819,7 +924,12 @@ def train(argv=None, log=print) -> dict:
     cfg = RunConfig(dim=a.dim, rows=a.rows, lr_embedding=a.lr_embedding, window=a.window,
                     models=models, seed=a.seed,
                     admit_count=a.admit_count, freq_policy=a.freq_policy, half_life=a.half_life,
-                    default_row=a.default_row, sketch_width=a.sketch_width, mixed_alpha=a.mixed_alpha)
+                    default_row=a.default_row, sketch_width=a.sketch_width, mixed_alpha=a.mixed_alpha,
+                    cold_budget_fraction=a.cold_budget_fraction, hot_share=a.hot_share)
+    if not 0 < a.cold_budget_fraction <= 1:
+        p.error(f"--cold-budget-fraction must be in (0, 1], got {a.cold_budget_fraction}")
+    if not 0 < a.hot_share <= 1:
+        p.error(f"--hot-share must be in (0, 1], got {a.hot_share}")
     cfg.extra["quick"] = a.quick
     if a.criteo:
         if not os.path.isfile(a.criteo):
@@ -832,6 +942,10 @@ def train(argv=None, log=print) -> dict:
         nf, nd = stream.n_features, stream.n_dense
         cfg.extra["stream"] = {k: v for k, v in asdict(stream).items()}
         title = f"synthetic stream (seed {a.seed}, drift {a.drift}/batch)"
+    if any(m in PRECISION_MODELS for m in models):  # a first pass counts the rows to budget against
+        again = (criteo_batches(a.criteo, a.batch_size, a.batches) if a.criteo
+                 else SyntheticClickStream(batch_size=a.batch_size, seed=a.seed, drift=a.drift).batches(a.batches))
+        cfg.extra["all_rows"] = count_admitted_keys(again, 1)
     os.makedirs(a.out, exist_ok=True)  # before training: a bad --out fails in a second, not after minutes
     t0 = time.perf_counter()
     if a.ps:

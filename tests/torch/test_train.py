@@ -245,6 +245,18 @@ def test_usage_names_the_console_script_and_every_option_has_help(capsys):
     assert "--quick" in out and "train_results" in out
 
 
+def _build_and_run(cfg, stream, n_batches):
+    """build_models (to inspect their configuration) and one run, on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = T.build_models(cfg, stream.n_features, stream.n_dense)
+        res = T.run(stream.batches(n_batches), cfg, stream.n_features, stream.n_dense, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    return models, res
+
+
 def test_qr_and_mixed_dim_models_learn_within_their_budget():
     """The compositional models of the train loop: QR's two tables stay within
     q_rows + m rows (the bounded table's rows at the same bytes), mixed-dim's
@@ -256,13 +268,7 @@ def test_qr_and_mixed_dim_models_learn_within_their_budget():
     cfg = T.RunConfig(dim=8, rows=2000, window=5, lr_embedding=0.1, lr_dense=3e-3,
                       models=("hashing", "qr", "mixed_dim"), mixed_alpha=0.3)
     cfg.extra["stream"] = asdict(s)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        models = T.build_models(cfg, s.n_features, s.n_dense)
-        res = T.run(s.batches(20), cfg, s.n_features, s.n_dense, log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
+    models, res = _build_and_run(cfg, s, 20)
     qr = models["qr"][0].embeddings
     assert qr.m + qr.q_rows == T.hash_table_rows_for_bytes(2 * 2000 * 8 * 4, 8)
     md = models["mixed_dim"][0].embeddings
@@ -277,3 +283,39 @@ def test_qr_and_mixed_dim_models_learn_within_their_budget():
         assert h["memory_bytes"][-1] <= 1.15 * hashing_bytes, name
     t = qr.qr
     assert len(t.quotient.table) <= qr.q_rows and len(t.remainder.table) <= qr.m
+
+
+def test_precision_models_hold_every_row_and_half_of_its_bytes():
+    """freq_table_all holds every (feature, ID) of the stream (counted here
+    with NumPy); freq_table_int8 and freq_table_fp32_half stay within half of
+    those rows' fp32 bytes, the first by demoting to int8 (it keeps more rows
+    than the second, which evicts), and all three learn."""
+    from embedlookup import optim
+    from embedlookup.frequency import FrequencyTable
+
+    s = T.SyntheticClickStream(batch_size=256, seed=3, vocab=(5000, 2000, 1000, 500, 200, 100, 50, 10))
+    seen = set()
+    for b in s.batches(20):
+        x = b.sparse.numpy()
+        seen.update((f, int(v)) for f in range(x.shape[1]) for v in np.unique(x[:, f]))
+    cfg = T.RunConfig(dim=8, rows=2000, window=5, lr_embedding=0.1, lr_dense=3e-3,
+                      models=T.PRECISION_MODELS, cold_budget_fraction=0.5, hot_share=0.5)
+    cfg.extra["all_rows"] = T.count_admitted_keys(s.batches(20), 1)
+    assert cfg.extra["all_rows"] == len(seen)
+    models, res = _build_and_run(cfg, s, 20)
+    h_row = FrequencyTable.bytes_per_row(8, optim.Adagrad())
+    assert models["freq_table_int8"][0].embeddings.table.cold_row_type == "int8"
+    m = {n: res["models"][n] for n in T.PRECISION_MODELS}
+    assert m["freq_table_all"]["rows"] == len(seen)
+    budget = int(0.5 * len(seen) * h_row)
+    mixed = m["freq_table_int8"]["memory_usage"]
+    assert mixed["accounted_bytes"] <= budget and mixed["cold_rows"] > 0
+    assert mixed["rows"] * h_row + mixed["cold_rows"] * FrequencyTable.cold_bytes_per_row(8, optim.Adagrad()) \
+        == mixed["accounted_bytes"]
+    assert m["freq_table_int8"]["rows"] == mixed["rows"] + mixed["cold_rows"]
+    assert m["freq_table_fp32_half"]["rows"] * h_row <= budget
+    assert m["freq_table_int8"]["rows"] > m["freq_table_fp32_half"]["rows"]
+    for name in T.PRECISION_MODELS:
+        h = m[name]
+        assert h["logloss"][-1] < h["logloss"][0], name
+    assert m["freq_table_int8"]["memory_bytes"][-1] <= budget

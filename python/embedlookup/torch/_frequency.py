@@ -39,8 +39,16 @@ def check_table(table, dim: int, initializer, capacity, num_threads, optimizer):
     return optimizer if optimizer is not None else table.optimizer
 
 
+def _no_cold_rows(table: FrequencyTable) -> None:
+    if getattr(table, "cold_row_type", None) is not None:
+        raise NotImplementedError("state_dict: a FrequencyTable with cold_row_type holds int8 rows outside its "
+                                  "fp32 rows that state_dict does not collect; checkpoint it with "
+                                  "export_delta() / apply_delta() (docs/frequency.md)")
+
+
 def empty_like(table: FrequencyTable) -> FrequencyTable:
     """A new, empty FrequencyTable configured as ``table``."""
+    _no_cold_rows(table)
     if table.tier is not None:
         raise NotImplementedError("state_dict: a FrequencyTable over a storage tier cannot be loaded through "
                                   "load_state_dict (the tier's rows are not in the state); checkpoint it with "
@@ -59,6 +67,7 @@ def empty_like(table: FrequencyTable) -> FrequencyTable:
 
 def extra_state(table: FrequencyTable, keys: np.ndarray) -> dict:
     """What a FrequencyTable keeps beyond rows and optimizer state."""
+    _no_cold_rows(table)
     if table.tier is not None:
         raise NotImplementedError("state_dict: a FrequencyTable over a storage tier holds rows outside memory "
                                   "that state_dict does not collect; checkpoint it with embedlookup.storage")

@@ -35,17 +35,19 @@ def test_local_step_matches_the_table_and_reports_overhead_and_bytes():
     assert loc["status"] == "ok", loc["reason"]
     assert loc["max_abs_diff"] < 1e-5
     assert loc["overhead_ms_per_call"] == pytest.approx((loc["median_s"] - r["embedlookup"]["median_s"]) * 1e3)
-    # Hand count for `small` (64 bags x 8 keys, dim 16, 2 shards): sent = keys (512 x 8 B) and offsets
-    # (64 x 8 B) for the pull, again with the gradient (64 x 16 x 4 B) for the push; received = each
-    # shard's partial sums (64 x 16 x 4 B).
-    sent = 2 * (512 * 8 + 64 * 8) + 64 * 16 * 4
+    # Hand count for `small` (64 bags x 8 keys, dim 16, 2 shards, every bag with keys on both shards): the
+    # client splits the batch, so each shard receives its own keys (512 x 8 B in all) and one offset per bag
+    # (64 x 8 B each) for the pull, the same again with the whole gradient (64 x 16 x 4 B each) for the push;
+    # received = each shard's partial sums (64 x 16 x 4 B).
+    sent = 2 * (512 * 8 + 2 * 64 * 8) + 2 * 64 * 16 * 4
     received = 2 * 64 * 16 * 4
     assert loc["moved_bytes_per_call"] == sent + received
     assert sum(n.startswith(f"{w.name} ps_step ps-local: ") and "MiB moved" in n for n in rep["notes"]) == 1
-    # ps_call: one bag of one key: 8 + 8 B for the pull, 8 + 8 + 16 x 4 B for the push; one partial per shard back
+    # ps_call: one bag of one key, sent to its shard only: 8 + 8 B for the pull, 8 + 8 + 16 x 4 B for the
+    # push (the other shard takes an empty step: nothing counted); one partial back
     one = _by_subject(rep, "ps_call")["ps-local"]
     assert one["status"] == "ok", one["reason"]
-    assert one["moved_bytes_per_call"] == (8 + 8) + (8 + 8 + 16 * 4) + 2 * 16 * 4
+    assert one["moved_bytes_per_call"] == (8 + 8) + (8 + 8 + 16 * 4) + 16 * 4
 
 
 def test_ray_subject_skips_cleanly_without_ray(monkeypatch):

@@ -35,7 +35,6 @@ import time
 import numpy as np
 
 from .. import _core
-from ..sharding import shard_of
 from ._log import PushLog, fsync_dir, read_log
 
 # Push outcomes (the first element of a push's reply).
@@ -95,21 +94,6 @@ def _write_json(path: str, obj) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
-
-
-def _bag_restrict(mask: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """Offsets of the bags restricted to the positions where ``mask`` holds."""
-    cs = np.zeros(mask.shape[0] + 1, np.int64)
-    np.cumsum(mask, out=cs[1:])
-    return cs[off]
-
-
-def _mean_weights(off: np.ndarray, n: int) -> np.ndarray:
-    """Per position, 1 / (its bag's length) in float32: exactly the scale the
-    fused backward gives a "mean" bag's occurrences (1.0f / len)."""
-    lengths = np.diff(np.append(off, n))
-    inv = np.float32(1.0) / np.maximum(lengths, 1).astype(np.float32)
-    return np.repeat(inv, lengths)
 
 
 class ShardCore:
@@ -218,10 +202,20 @@ class ShardCore:
             raise ShardLostError(f"shard {self.index} was restarted without durable storage (durable_dir=None): "
                                  "its rows are lost; give ParameterServer a durable_dir to survive restarts")
 
-    def _mask(self, keys: np.ndarray) -> np.ndarray:
-        if self.num_shards == 1:
-            return np.ones(keys.shape[0], np.bool_)
-        return shard_of(keys, self.num_shards) == self.index
+    def _own(self, keys: np.ndarray, name: str = "keys") -> np.ndarray:
+        """``keys`` (the client sends each shard only its own keys, split by
+        ``shard_of``) after checking that they are all this shard's: a key
+        applied or inserted here while it belongs to another shard would be
+        a row no other client sees. One native pass (no GIL)."""
+        if self.num_shards > 1 and keys.shape[0]:
+            ids = _core.shard_ids(keys, self.num_shards)
+            bad = np.flatnonzero(ids != self.index)
+            if bad.shape[0]:
+                j = int(bad[0])
+                raise ValueError(f"{name}: {bad.shape[0]} of {keys.shape[0]} keys belong to other shards (the first, "
+                                 f"{int(keys[j])} at position {j}, to shard {int(ids[j])}); this is shard "
+                                 f"{self.index} of {self.num_shards}: split keys with sharding.shard_of")
+        return keys
 
     def _apply(self, kind: str, args: tuple) -> None:
         """One table update, exactly as logged. Keys the table lacks (a push
@@ -246,7 +240,7 @@ class ShardCore:
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         self._check_alive()
-        return self.table.lookup(keys)
+        return self.table.lookup(self._own(keys))
 
     def pull_fresh(self, client: str, keys: np.ndarray):
         """The rows and the last sequence number of ``client`` applied here:
@@ -254,32 +248,35 @@ class ShardCore:
         cache stamps its copies with it)."""
         with self._lock:
             self._check_alive()
-            return self.table.lookup(keys), self.last.get(client, -1)
+            return self.table.lookup(self._own(keys)), self.last.get(client, -1)
 
     def pooled_pull(self, values, offsets, mode: str, weights):
-        """Per bag, the pooled rows of this shard's keys of the bag: partial
-        sums (mode "sum" / "mean", with the weights) or the partial max; and
-        for "mean" / "max" the number of this shard's keys per bag."""
+        """Per bag, the pooled rows of this shard's part of the batch
+        (``values``: its keys, ``offsets``: one per bag of the whole batch,
+        as the client split them): partial sums (mode "sum" / "mean", with
+        the weights) or the partial max; and for "mean" / "max" the number of
+        this shard's keys per bag."""
         self._check_alive()
-        mask = self._mask(values)
-        v = values[mask]
-        off = _bag_restrict(mask, offsets)
-        w = None if weights is None else weights[mask]
-        part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum", per_sample_weights=w)
+        v = self._own(values, "values")
+        part = self.table.pooled_lookup(v, offsets, mode="max" if mode == "max" else "sum",
+                                        per_sample_weights=weights)
         if mode == "sum":
             return part, None
-        counts = np.diff(np.append(off, v.shape[0])).astype(np.int32)
+        counts = np.diff(np.append(offsets, v.shape[0])).astype(np.int32)
         return part, counts
 
     def push(self, client: str, seq: int, keys, grads):
-        return self._push(client, seq, lambda: ("push", (keys, grads)))
+        return self._push(client, seq, lambda: ("push", (self._own(keys), grads)))
 
-    def push_pooled(self, client: str, seq: int, values, offsets, grad_output, mode: str, weights):
+    def push_pooled(self, client: str, seq: int, values, offsets, grad_output, weights):
+        """The fused backward on this shard's part of a pooled batch: its keys,
+        one offset per bag of the batch, the whole ``grad_output`` and per-key
+        weights (a "mean" batch comes as weights 1.0f / bag length, the
+        kernel's own scale, so the step is bit for bit the whole batch's)."""
         def make():
-            mask = self._mask(values)
-            w = _mean_weights(offsets, values.shape[0]) if mode == "mean" else weights
-            w = None if w is None else np.ascontiguousarray(w[mask])
-            return "pooled", (np.ascontiguousarray(values[mask]), _bag_restrict(mask, offsets), grad_output, w)
+            v = np.ascontiguousarray(self._own(values, "values"))
+            w = None if weights is None else np.ascontiguousarray(weights)
+            return "pooled", (v, np.ascontiguousarray(offsets), grad_output, w)
 
         return self._push(client, seq, make)
 
@@ -309,11 +306,11 @@ class ShardCore:
                 return (FROZEN, last)
             if seq != last + 1:
                 return (GAP, last)
-            kind, args = make()
-            return self._commit(client, seq, kind, args)
+            return self._commit(client, seq, make)
 
-    def _commit(self, client, seq, kind, args):
+    def _commit(self, client, seq, make):
         try:
+            kind, args = make()  # checks the keys are this shard's
             self._apply(kind, args)  # on error the table is unchanged
         except (ValueError, TypeError, KeyError, RuntimeError) as e:
             # The sequence number is used up (logged as a skip) so the
@@ -377,8 +374,7 @@ class ShardCore:
                     if make is None:
                         missing[client] = seq
                         break
-                    kind, args = make()
-                    status, info = self._commit(client, seq, kind, args)
+                    status, info = self._commit(client, seq, make)
                     self._cut_applied.setdefault(client, {})[seq] = info if status == REJECTED else None
                     self.cut_applied += 1
             return ("missing", missing) if missing else ("ok", None)

@@ -212,8 +212,10 @@ class Client:
     def _send_push(self, method, per_shard_args):
         seq = self._seq
         self._seq += 1
-        args = [(self.client_id, seq) + a for a in per_shard_args]
-        handles = [self._b.submit(i, method, *a) for i, a in enumerate(args)]
+        args, handles = [], []
+        for i, a in enumerate(per_shard_args):  # a generator: shard i starts before shard i+1's part is put
+            args.append((self.client_id, seq) + tuple(a))
+            handles.append(self._b.submit(i, method, *args[-1]))
         self._pending.append(_Pending(seq, method, args, handles))
         self.pushes += 1
         if self._kind == "async":
@@ -321,8 +323,10 @@ class Client:
             # Only the shards that hold some of the keys are asked.
             split = {i: p for i, p in enumerate(self._split_bags(v, off, n_bags, w, False)) if p[0].shape[0]}
             self.bytes_sent += _nbytes(split.values())
-            args = {i: (put(pv), po, mode, None if pw is None else put(pw)) for i, (pv, po, pw) in split.items()}
-            hs = {i: self._b.submit(i, "pooled_pull", *a) for i, a in args.items()}
+            args, hs = {}, {}
+            for i, (pv, po, pw) in split.items():  # shard i starts before shard i+1's part is put
+                args[i] = (put(pv), po, mode, None if pw is None else put(pw), self.client_id)
+                hs[i] = self._b.submit(i, "pooled_pull", *args[i])
             parts = [self._resolve(i, h, "pooled_pull", args[i]) for i, h in hs.items()]
             self.bytes_received += sum(p.nbytes + (0 if c is None else c.nbytes) for p, c in parts)
             return _combine(parts, mode, n_bags, self._dim)
@@ -365,10 +369,9 @@ class Client:
             # whole grad_output (put once for all), the others an empty batch.
             empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), None)
             gref = put(g)
-            args = [(put(pv), po, gref, None if pw is None else put(pw)) if pv.shape[0] else empty
-                    for pv, po, pw in split]
             self.bytes_sent += sum(_nbytes([p]) + g.nbytes for p in split if p[0].shape[0])
-            self._send_push("push_pooled", args)
+            self._send_push("push_pooled", ((put(pv), po, gref, None if pw is None else put(pw)) if pv.shape[0]
+                                            else empty for pv, po, pw in split))
 
     def stats(self) -> dict:
         """This client's counters: pushes sent, in flight, duplicates answered

@@ -34,8 +34,11 @@ import time
 
 import numpy as np
 
-from .. import _core
+from .. import _checks, _core
 from ._log import PushLog, fsync_dir, read_log
+
+#: Row ids kept per shard from pooled pulls for the pushes that follow (one per client, the newest).
+RESOLVED_KEPT = 64
 
 # Push outcomes (the first element of a push's reply).
 APPLIED, DUPLICATE, GAP, FROZEN, REJECTED = "applied", "duplicate", "gap", "frozen", "rejected"
@@ -109,6 +112,10 @@ class ShardCore:
         self._freeze_token = None
         self._held: dict = {}  # (client, seq) -> make(): pushes that arrived during a cut
         self._cut_applied: dict[str, dict[int, str | None]] = {}  # applied by a cut; client not yet answered
+        # client -> (values, offsets, row ids, layout epoch) of its last pooled pull here: its
+        # push_pooled of the same batch reuses the ids instead of probing the index again.
+        self._resolved: dict = {}
+        self.ids_reused = 0  # pooled pushes applied with their pull's row ids
         self.cut_applied = 0  # pushes a cut applied here because another shard had applied them
         self.lost = False
         self.applied = 0  # pushes applied (over every incarnation when durable)
@@ -217,10 +224,13 @@ class ShardCore:
                                  f"{self.index} of {self.num_shards}: split keys with sharding.shard_of")
         return keys
 
-    def _apply(self, kind: str, args: tuple) -> None:
+    def _apply(self, kind: str, args: tuple, ids=None) -> None:
         """One table update, exactly as logged. Keys the table lacks (a push
         of keys never pulled, or pulled before a restart and only inserted by
-        the pull) are inserted with the initializer first, as a pull would."""
+        the pull) are inserted with the initializer first, as a pull would.
+        ``ids``: (row ids, layout epoch) of a pooled push's keys from the pull
+        of the same batch (the native step resolves the keys itself if a row
+        was freed or moved since); the result is the same without them."""
         if kind == "skip":
             return
         t = self.table
@@ -229,6 +239,11 @@ class ShardCore:
                 if kind == "push":
                     keys, grads = args
                     t.apply_gradients(keys, grads)
+                elif ids is not None and attempt == 0:
+                    v, off, grad_output, w = args
+                    g = _checks.floats(grad_output, "grad_output", (off.shape[0], self.dim))
+                    t._t.apply_pooled_gradients(v, off, off.shape[0], _checks.MODES["sum"], w, None, g,
+                                                self.optimizer._spec(), ids[0], ids[1])
                 else:
                     v, off, grad_output, w = args
                     t.apply_pooled_gradients(v, off, grad_output, mode="sum", per_sample_weights=w)
@@ -250,19 +265,31 @@ class ShardCore:
             self._check_alive()
             return self.table.lookup(self._own(keys)), self.last.get(client, -1)
 
-    def pooled_pull(self, values, offsets, mode: str, weights):
+    def pooled_pull(self, values, offsets, mode: str, weights, client: str | None = None):
         """Per bag, the pooled rows of this shard's part of the batch
         (``values``: its keys, ``offsets``: one per bag of the whole batch,
         as the client split them): partial sums (mode "sum" / "mean", with
         the weights) or the partial max; and for "mean" / "max" the number of
-        this shard's keys per bag."""
+        this shard's keys per bag. With ``client`` (an EmbeddingTable shard,
+        not "max"), the row ids the keys resolved to are kept for that
+        client's push_pooled of the same batch."""
         self._check_alive()
-        v = self._own(values, "values")
-        part = self.table.pooled_lookup(v, offsets, mode="max" if mode == "max" else "sum",
-                                        per_sample_weights=weights)
+        v, off, n_bags = _checks.bags(self._own(values, "values"), offsets, False)
+        if client is not None and mode != "max" and self.kind == "embedding":
+            part = np.empty((n_bags, self.dim), np.float32)
+            ids = np.empty(v.shape[0], np.uint32)
+            epoch = self.table._t.pooled_lookup_ids(v, off, n_bags, _checks.MODES["sum"], weights, part, True, ids)
+            with self._lock:
+                self._resolved.pop(client, None)
+                while len(self._resolved) >= RESOLVED_KEPT:
+                    del self._resolved[next(iter(self._resolved))]
+                self._resolved[client] = (v, off, ids, epoch)
+        else:
+            part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum",
+                                            per_sample_weights=weights)
         if mode == "sum":
             return part, None
-        counts = np.diff(np.append(offsets, v.shape[0])).astype(np.int32)
+        counts = np.diff(np.append(off, v.shape[0])).astype(np.int32)
         return part, counts
 
     def push(self, client: str, seq: int, keys, grads):
@@ -272,18 +299,27 @@ class ShardCore:
         """The fused backward on this shard's part of a pooled batch: its keys,
         one offset per bag of the batch, the whole ``grad_output`` and per-key
         weights (a "mean" batch comes as weights 1.0f / bag length, the
-        kernel's own scale, so the step is bit for bit the whole batch's)."""
+        kernel's own scale, so the step is bit for bit the whole batch's).
+        When the client's last pooled pull here was the same batch, its row
+        ids are reused (the keys are compared, not trusted)."""
         def make():
             v = np.ascontiguousarray(self._own(values, "values"))
             w = None if weights is None else np.ascontiguousarray(weights)
             return "pooled", (v, np.ascontiguousarray(offsets), grad_output, w)
 
-        return self._push(client, seq, make)
+        def ids(args):
+            r = self._resolved.pop(client, None)
+            if r is None or not (np.array_equal(r[0], args[0]) and np.array_equal(r[1], args[1])):
+                return None
+            self.ids_reused += 1
+            return r[2], r[3]
+
+        return self._push(client, seq, make, ids)
 
     def _frozen(self, token=None) -> bool:
         return time.monotonic() < self._frozen_until and (token is None or token == self._freeze_token)
 
-    def _push(self, client, seq, make):
+    def _push(self, client, seq, make, ids=None):
         """Applies push ``seq`` of ``client`` (``make()`` gives the table
         call) if it is the client's next one and no cut holds pushes back.
         During a cut, a push that is not yet due is held (answered FROZEN:
@@ -306,12 +342,12 @@ class ShardCore:
                 return (FROZEN, last)
             if seq != last + 1:
                 return (GAP, last)
-            return self._commit(client, seq, make)
+            return self._commit(client, seq, make, ids)
 
-    def _commit(self, client, seq, make):
+    def _commit(self, client, seq, make, ids=None):
         try:
             kind, args = make()  # checks the keys are this shard's
-            self._apply(kind, args)  # on error the table is unchanged
+            self._apply(kind, args, None if ids is None else ids(args))  # on error the table is unchanged
         except (ValueError, TypeError, KeyError, RuntimeError) as e:
             # The sequence number is used up (logged as a skip) so the
             # client's next push is not held back; the rows are unchanged.
@@ -420,6 +456,7 @@ class ShardCore:
         return {"shard": self.index, "rows": len(self.table), "version": self.table.version, "step": self.table.step,
                 "pushes_applied": self.applied, "duplicates_dropped": self.duplicates, "rejected": self.rejected,
                 "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last), "cut_applied": self.cut_applied,
+                "ids_reused": self.ids_reused,
                 "log_records": 0 if self.log is None else self.log.records, "pid": os.getpid(), "lost": self.lost}
 
     def state(self):

@@ -139,6 +139,22 @@ def test_a_push_reuses_its_pulls_row_ids_only_for_the_same_batch(make_server):
     b[0] = 1000  # another batch: resolved again
     step(a, b)
     assert reused() == 2
+    # The client reuses its pull's split for the push of the same batch, never for a changed one: a batch
+    # changed in place, then other weights.
+    c.pooled_pull(a, off)
+    ref.pooled_lookup(a, off)
+    a[5] = 2000
+    c.push_pooled(a, off, g)
+    ref.lookup(a)
+    ref.apply_pooled_gradients(a, off, g)
+    w1, w2 = np.full(60, 0.5, np.float32), np.full(60, 2.0, np.float32)
+    c.pooled_pull(a, off, per_sample_weights=w1)
+    c.push_pooled(a, off, g, per_sample_weights=w2)
+    ref.apply_pooled_gradients(a, off, g, per_sample_weights=w2)
+    c.pooled_pull(a, off, mode="mean")
+    c.push_pooled(a, off, g, mode="mean")  # needs 1 / bag length weights: split again
+    ref.apply_pooled_gradients(a, off, g, mode="mean")
+    assert_matches_table(server, ref)
     # A row of the batch freed between pull and push: the ids' epoch is stale, the keys are resolved again.
     c.pooled_pull(a, off)
     ref.pooled_lookup(a, off)

@@ -95,6 +95,7 @@ class Client:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._seq = next_seq
+        self._last_batch = None  # the last pooled pull's batch and its per-shard parts (see _same_batch)
         self._cache = None
         if cache_rows is not None:
             if self._kind != "bounded" or self._bound < 1:
@@ -327,6 +328,9 @@ class Client:
             for i, (pv, po, pw) in split.items():  # shard i starts before shard i+1's part is put
                 args[i] = (put(pv), po, mode, None if pw is None else put(pw), self.client_id)
                 hs[i] = self._b.submit(i, "pooled_pull", *args[i])
+            # Kept for a push_pooled of the same batch: it reuses this split and the puts.
+            self._last_batch = (v.copy(), off[:n_bags].copy(), None if w is None else w.copy(),
+                                {i: (args[i][0], split[i][1], args[i][3], _nbytes([split[i]])) for i in split})
             parts = [self._resolve(i, h, "pooled_pull", args[i]) for i, h in hs.items()]
             self.bytes_received += sum(p.nbytes + (0 if c is None else c.nbytes) for p, c in parts)
             return _combine(parts, mode, n_bags, self._dim)
@@ -363,15 +367,37 @@ class Client:
             w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
             g = _checks.finite(_checks.floats(grad_output, "grad_output", (n_bags, self._dim)), "grad_output")
             put = self._b.put
-            split = self._split_bags(v, off, n_bags, w, mode == "mean")
             # Every shard takes a step (shard steps = pushes, as one table):
             # a shard that holds some of the keys receives its part and the
             # whole grad_output (put once for all), the others an empty batch.
             empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), None)
             gref = put(g)
+            same = self._same_batch(v, off, n_bags, w, mode)
+            if same is not None:  # the pull's split and puts, reused
+                self.bytes_sent += sum(nb + g.nbytes for _, _, _, nb in same.values())
+                self._send_push("push_pooled", ((same[i][0], same[i][1], gref, same[i][2]) if i in same else empty
+                                                for i in range(self.num_shards)))
+                return
+            split = self._split_bags(v, off, n_bags, w, mode == "mean")
             self.bytes_sent += sum(_nbytes([p]) + g.nbytes for p in split if p[0].shape[0])
             self._send_push("push_pooled", ((put(pv), po, gref, None if pw is None else put(pw)) if pv.shape[0]
                                             else empty for pv, po, pw in split))
+
+    def _same_batch(self, v, off, n_bags, w, mode):
+        """The parts of the last pooled pull (shard -> (values ref, offsets,
+        weights ref, bytes)) if it was this batch, with the same weights, and
+        the push needs no other weights ("mean" does: 1 / bag length); else
+        None. Compared against copies taken at the pull, so a batch changed
+        in place in between is split again."""
+        last = self._last_batch
+        if last is None or mode == "mean" or last[0].shape != v.shape or last[1].shape[0] != n_bags:
+            return None
+        lv, loff, lw, parts = last
+        if (lw is None) != (w is None) or not (np.array_equal(lv, v) and np.array_equal(loff, off[:n_bags])):
+            return None
+        if w is not None and not np.array_equal(lw, w):
+            return None
+        return parts
 
     def stats(self) -> dict:
         """This client's counters: pushes sent, in flight, duplicates answered

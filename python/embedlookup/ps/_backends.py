@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 
-from ._shard import ShardCore
+from ._shard import ShardCore, call
 
 NAMESPACE = "embedlookup-ps"
 
@@ -47,7 +47,7 @@ class LocalBackend:
         return a
 
     def _run(self, i, method, args):
-        out = getattr(self.cores[i], method)(*args)
+        out = call(self.cores[i], method, args)
         with self._lock:
             lose = self._lose_reply[i] > 0 and method.startswith("push")
             if lose:
@@ -121,7 +121,7 @@ def _actor_class():
                 self.node = ray.get_runtime_context().get_node_id()
 
             def call(self, method, *args):
-                out = getattr(self.core, method)(*args)
+                out = call(self.core, method, args)
                 return dict(out, node=self.node) if method == "stats" else out
 
         _ACTOR = ray.remote(ShardActor)

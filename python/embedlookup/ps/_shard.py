@@ -77,6 +77,17 @@ def raise_version(table, target: int) -> None:
     table.apply_delta(np.frombuffer(bytes(d), np.uint8))
 
 
+def call(core, method: str, args: tuple):
+    """``core.method(*args)``, its wall time added to ``core.busy[method]``
+    (what ``stats()["busy_s"]`` reports: where a shard's time goes, against
+    what the client waits)."""
+    t0 = time.perf_counter()
+    try:
+        return getattr(core, method)(*args)
+    finally:
+        core.busy[method] = core.busy.get(method, 0.0) + (time.perf_counter() - t0)
+
+
 class ShardLostError(RuntimeError):
     """A shard without durable storage was restarted: its rows are gone."""
 
@@ -116,6 +127,7 @@ class ShardCore:
         # push_pooled of the same batch reuses the ids instead of probing the index again.
         self._resolved: dict = {}
         self.ids_reused = 0  # pooled pushes applied with their pull's row ids
+        self.busy: dict[str, float] = {}  # method -> seconds spent in it (this incarnation)
         self.cut_applied = 0  # pushes a cut applied here because another shard had applied them
         self.lost = False
         self.applied = 0  # pushes applied (over every incarnation when durable)
@@ -456,7 +468,7 @@ class ShardCore:
         return {"shard": self.index, "rows": len(self.table), "version": self.table.version, "step": self.table.step,
                 "pushes_applied": self.applied, "duplicates_dropped": self.duplicates, "rejected": self.rejected,
                 "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last), "cut_applied": self.cut_applied,
-                "ids_reused": self.ids_reused,
+                "ids_reused": self.ids_reused, "busy_s": dict(self.busy),
                 "log_records": 0 if self.log is None else self.log.records, "pid": os.getpid(), "lost": self.lost}
 
     def state(self):

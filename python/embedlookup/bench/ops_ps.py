@@ -83,33 +83,23 @@ _OPS = ("ps_step", "ps_call", "ps_step_bounded", "ps_step_cache")
 #: ps_step_bounded / ps_step_cache: the client's staleness bound and the cache's rows (a fifth of uniform-1m's
 #: and zipf-1m's rows: Zipf's hot rows fit; a uniform batch would mostly miss).
 BOUND, CACHE_FRACTION = 2, 0.2
-operation(
-    "ps_step",
-    "a training step through the parameter server (2 shards, sync client): pooled_pull (sum) + push_pooled "
-    "(Adagrad on the shards); embedlookup: pooled_lookup + apply_pooled_gradients on one table; "
-    "rows = keys read + distinct rows updated",
-    lambda w, b: b.keys.shape[0] + b.distinct,
-).annotate = functools.partial(_annotate, "ps_step")
-operation(
-    "ps_call",
-    "ps_step on one bag of one key (the batch's first): the fixed cost of a pull and a push round trip; "
-    "rows = 2",
-    lambda w, b: 2,
-).annotate = functools.partial(_annotate, "ps_call")
+def _step_rows(w, b):
+    return b.keys.shape[0] + b.distinct
 
 
-operation(
-    "ps_step_bounded",
-    f"ps_step with a bounded:{BOUND} client (a push returns while the shards apply it; at most {BOUND} in "
-    "flight): the same step with overlap, no cache; rows as ps_step",
-    lambda w, b: b.keys.shape[0] + b.distinct,
-).annotate = functools.partial(_annotate, "ps_step_bounded")
-operation(
-    "ps_step_cache",
-    f"ps_step_bounded with the trainer-side cache (cache_rows = {CACHE_FRACTION:g} x the workload's rows): a "
-    "pooled pull pools on the client from cached rows and pulls only the missing keys; rows as ps_step",
-    lambda w, b: b.keys.shape[0] + b.distinct,
-).annotate = functools.partial(_annotate, "ps_step_cache")
+for _name, _doc, _rows in (
+    ("ps_step", "a training step through the parameter server (2 shards, sync client): pooled_pull (sum) + "
+     "push_pooled (Adagrad on the shards); embedlookup: pooled_lookup + apply_pooled_gradients on one table; "
+     "rows = keys read + distinct rows updated", _step_rows),
+    ("ps_call", "ps_step on one bag of one key (the batch's first): the fixed cost of a pull and a push round "
+     "trip; rows = 2", lambda w, b: 2),
+    ("ps_step_bounded", f"ps_step with a bounded:{BOUND} client (a push returns while the shards apply it; at "
+     f"most {BOUND} in flight): the same step with overlap, no cache; rows as ps_step", _step_rows),
+    ("ps_step_cache", f"ps_step_bounded with the trainer-side cache (cache_rows = {CACHE_FRACTION:g} x the "
+     "workload's rows): a pooled pull pools on the client from cached rows and pulls only the missing keys; "
+     "rows as ps_step", _step_rows),
+):
+    operation(_name, _doc, _rows).annotate = functools.partial(_annotate, _name)
 
 
 def _probe_ps():

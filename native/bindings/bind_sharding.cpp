@@ -16,6 +16,7 @@ void bind_sharding(py::module_& m) {
   m.def(
       "shard_ids",
       [](py::array_t<int64_t, py::array::c_style> keys, uint32_t num_shards) {
+        if (num_shards < 1) throw py::value_error("num_shards must be >= 1, got 0");
         py::array_t<int64_t> out(keys.size());
         const int64_t* k = keys.data();
         int64_t* o = out.mutable_data();
@@ -31,6 +32,7 @@ void bind_sharding(py::module_& m) {
       "partition_by_shard",
       [](py::array_t<int64_t, py::array::c_style> values, py::object offsets, int64_t n_bags, py::object weights,
          bool mean_weights, uint32_t num_shards, bool positions) {
+        if (num_shards < 1) throw py::value_error("num_shards must be >= 1, got 0");
         PartitionInput in;
         in.values = values.data();
         in.n = values.size();
@@ -41,9 +43,18 @@ void bind_sharding(py::module_& m) {
           in.offsets = off.data();
           in.n_offsets = off.size();
           in.n_bags = n_bags;
+          // The bags are read as given: check what the one pass relies on.
+          if (n_bags < 0 || (in.n_offsets != n_bags && in.n_offsets != n_bags + 1))
+            throw py::value_error("offsets: need n_bags or n_bags + 1 offsets");
+          for (int64_t b = 0; b < in.n_offsets; ++b)
+            if ((b == 0 ? in.offsets[0] != 0 : in.offsets[b] < in.offsets[b - 1]) || in.offsets[b] > in.n)
+              throw py::value_error("offsets must start at 0, not decrease and not pass the number of values");
+          if (in.n_offsets == n_bags + 1 && in.offsets[n_bags] != in.n)
+            throw py::value_error("offsets: with n_bags + 1 offsets the last one must be the number of values");
         }
         if (!weights.is_none()) {
           w = weights.cast<py::array_t<float, py::array::c_style>>();
+          if (w.size() != in.n) throw py::value_error("weights: need one per value");
           in.weights = w.data();
         }
         in.mean_weights = mean_weights;

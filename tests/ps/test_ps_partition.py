@@ -103,3 +103,22 @@ def test_a_shard_refuses_keys_of_another_shard(make_server):
     ref.lookup(keys)
     ref.apply_gradients(keys, g)
     np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
+
+
+def test_partition_refuses_bags_it_cannot_read():
+    v = np.arange(6, dtype=np.int64)
+    cases = [
+        (np.array([0, 2], np.int64), 3, "n_bags or n_bags \\+ 1"),  # too few offsets
+        (np.array([1, 2], np.int64), 2, "start at 0"),
+        (np.array([0, 4, 2], np.int64), 3, "not decrease"),
+        (np.array([0, 9], np.int64), 2, "number of values"),
+        (np.array([0, 2, 5], np.int64), 2, "last one"),  # include_last_offset style, short of n
+    ]
+    for off, n_bags, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            _core.partition_by_shard(v, off, n_bags, None, False, 2, False)
+    with pytest.raises(ValueError, match="one per value"):
+        _core.partition_by_shard(v, np.array([0], np.int64), 1, np.ones(5, np.float32), False, 2, False)
+    for fn in (lambda: _core.partition_by_shard(v, None, 0, None, False, 0, False), lambda: _core.shard_ids(v, 0)):
+        with pytest.raises(ValueError, match="num_shards"):
+            fn()

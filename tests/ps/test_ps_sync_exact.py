@@ -164,3 +164,24 @@ def test_a_push_reuses_its_pulls_row_ids_only_for_the_same_batch(make_server):
     ref.lookup(a)
     ref.apply_pooled_gradients(a, off, g)
     assert_matches_table(server, ref)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_batch_changed_in_place_between_pull_and_push_on_one_shard(make_server):
+    """One local shard receives the caller's own arrays: a batch changed in
+    place after the pull must not reuse the pull's row ids."""
+    opt, init = el.optim.SGD(lr=1.0), el.init.normal(std=0.1, seed=4)
+    server = make_server(4, 1, optimizer=opt, table_options={"initializer": init})
+    ref = el.EmbeddingTable(4, initializer=init, optimizer=opt)
+    c = server.client("sync")
+    a = np.arange(12, dtype=np.int64)
+    off = np.array([0, 6], np.int64)
+    g = np.ones((2, 4), np.float32)
+    c.pooled_pull(a, off)
+    ref.pooled_lookup(a, off)
+    a[:] = np.arange(12, 24)  # other keys, same array
+    c.push_pooled(a, off, g)
+    ref.lookup(a)
+    ref.apply_pooled_gradients(a, off, g)
+    assert_matches_table(server, ref)
+    assert server.stats()["shards"][0]["ids_reused"] == 0

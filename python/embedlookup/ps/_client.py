@@ -96,6 +96,9 @@ class Client:
         self.bytes_received = 0
         self._seq = next_seq
         self._last_batch = None  # the last pooled pull's batch and its per-shard parts (see _same_batch)
+        # Local shards read the arrays they are given when they run the call; a push that returns
+        # before it is applied (bounded, async) must not read the caller's arrays changed meanwhile.
+        self._copy_pushes = getattr(backend, "kind", None) == "local" and self._kind != "sync"
         self._cache = None
         if cache_rows is not None:
             if self._kind != "bounded" or self._bound < 1:
@@ -321,16 +324,18 @@ class Client:
             if self._cache is not None:  # pooled here from the rows (cached or pulled)
                 return _pool(self._pull_cached(v), off, n_bags, mode, w)
             put = self._b.put
+            # Copies of the batch, split from: a push_pooled of the same batch compares with them and
+            # reuses the split and its puts (one local shard would otherwise hold the caller's arrays).
+            lv, loff, lw = v.copy(), off[:n_bags].copy(), None if w is None else w.copy()
             # Only the shards that hold some of the keys are asked.
-            split = {i: p for i, p in enumerate(self._split_bags(v, off, n_bags, w, False)) if p[0].shape[0]}
+            split = {i: p for i, p in enumerate(self._split_bags(lv, loff, n_bags, lw, False)) if p[0].shape[0]}
             self.bytes_sent += _nbytes(split.values())
             args, hs = {}, {}
             for i, (pv, po, pw) in split.items():  # shard i starts before shard i+1's part is put
                 args[i] = (put(pv), po, mode, None if pw is None else put(pw), self.client_id)
                 hs[i] = self._b.submit(i, "pooled_pull", *args[i])
-            # Kept for a push_pooled of the same batch: it reuses this split and the puts.
-            self._last_batch = (v.copy(), off[:n_bags].copy(), None if w is None else w.copy(),
-                                {i: (args[i][0], split[i][1], args[i][3], _nbytes([split[i]])) for i in split})
+            self._last_batch = (lv, loff, lw, {i: (args[i][0], split[i][1], args[i][3], _nbytes([split[i]]))
+                                               for i in split})
             parts = [self._resolve(i, h, "pooled_pull", args[i]) for i, h in hs.items()]
             self.bytes_received += sum(p.nbytes + (0 if c is None else c.nbytes) for p, c in parts)
             return _combine(parts, mode, n_bags, self._dim)
@@ -347,6 +352,8 @@ class Client:
             g = _checks.finite(_checks.floats(grads, "grads", (k.shape[0], self._dim)), "grads")
             if self._cache is not None:  # write-back: one merged gradient per key
                 k, g = merge_duplicates(k, g)
+            if self._copy_pushes:
+                k, g = k.copy(), g.copy()
             pos, parts = self._split(k)
             gparts = [g] if pos is None else [np.take(g, p, axis=0) for p in pos]
             self.bytes_sent += k.nbytes + g.nbytes
@@ -366,6 +373,8 @@ class Client:
             v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
             w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
             g = _checks.finite(_checks.floats(grad_output, "grad_output", (n_bags, self._dim)), "grad_output")
+            if self._copy_pushes:
+                v, off, g, w = v.copy(), off.copy(), g.copy(), None if w is None else w.copy()
             put = self._b.put
             # Every shard takes a step (shard steps = pushes, as one table):
             # a shard that holds some of the keys receives its part and the

@@ -88,6 +88,10 @@ def call(core, method: str, args: tuple):
         core.busy[method] = core.busy.get(method, 0.0) + (time.perf_counter() - t0)
 
 
+def _frozen_copy(a: np.ndarray) -> np.ndarray:
+    return a if not a.flags.writeable else a.copy()
+
+
 class ShardLostError(RuntimeError):
     """A shard without durable storage was restarted: its rows are gone."""
 
@@ -295,7 +299,9 @@ class ShardCore:
                 self._resolved.pop(client, None)
                 while len(self._resolved) >= RESOLVED_KEPT:
                     del self._resolved[next(iter(self._resolved))]
-                self._resolved[client] = (v, off, ids, epoch)
+                # Kept as copies unless read-only (Ray's object store): the local backend may hand the
+                # caller's own arrays, which it may change before its push.
+                self._resolved[client] = (_frozen_copy(v), _frozen_copy(off), ids, epoch)
         else:
             part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum",
                                             per_sample_weights=weights)

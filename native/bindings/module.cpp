@@ -7,6 +7,7 @@ namespace py = pybind11;
 void bind_table(py::module_& m);      // bind_table.cpp: EmbeddingTable, InitSpec, OptimSpec
 void bind_frequency(py::module_& m);  // bind_frequency.cpp: FrequencyTable
 void bind_storage(py::module_& m);    // bind_storage.cpp: FileTier, deltas, checkpoints
+void bind_sharding(py::module_& m);   // bind_sharding.cpp: parameter-server routing
 #ifdef EMBEDLOOKUP_WITH_CUDA
 void bind_cuda(py::module_& m);       // bind_cuda.cpp: CudaTable
 #endif
@@ -16,6 +17,7 @@ PYBIND11_MODULE(_core, m) {
   bind_table(m);
   bind_frequency(m);  // after bind_table: FrequencyTable derives from Table
   bind_storage(m);    // adds the version / tier methods to Table
+  bind_sharding(m);
 #ifdef EMBEDLOOKUP_WITH_CUDA
   bind_cuda(m);
 #endif

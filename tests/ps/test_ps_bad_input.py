@@ -76,6 +76,12 @@ def test_server_arguments(backend, tmp_path):
         (dict(dim=4, num_shards=1, optimizer=opt, table_options={"capacity": -3}), ValueError, "capacity"),
         (dict(dim=4, num_shards=1, optimizer=opt, table_options={"dim": 3}), ValueError, "dim"),
         (dict(dim=4, num_shards=1, optimizer=opt, table_options={"colour": 1}), TypeError, "colour"),
+        (dict(dim=4, num_shards=1, optimizer=opt, actor_options={}), ValueError, "actor_options.*backend='ray'"),
+        # checked before Ray is started or reached:
+        (dict(dim=4, num_shards=2, optimizer=opt, backend="ray", actor_options=[{}]), TypeError, "actor_options"),
+        (dict(dim=4, num_shards=1, optimizer=opt, backend="ray", actor_options="SPREAD"), TypeError, "actor_options"),
+        (dict(dim=4, num_shards=1, optimizer=opt, backend="ray", actor_options={"name": "x"}), ValueError,
+         "actor_options"),
     ]
     for kw, exc, word in cases:
         with pytest.raises(exc, match=word):

@@ -156,9 +156,10 @@ def test_shard_holds_pushes_during_a_cut_and_answers_the_retry_once():
     kw = dict(num_shards=2, dim=2, table="embedding", table_options={"initializer": el.init.zeros()},
               optimizer=el.optim.SGD(lr=1.0), durable_dir=None, snapshot_every=None)
     s0, s1 = ShardCore(index=0, **kw), ShardCore(index=1, **kw)
-    keys = np.arange(8, dtype=np.int64)
-    g = -np.ones((8, 2), np.float32)
-    assert s0.push("c", 0, keys, g)[0] == "applied"
+    all_keys = np.arange(8, dtype=np.int64)
+    k0, keys = all_keys[shard_of(all_keys, 2) == 0], all_keys[shard_of(all_keys, 2) == 1]  # each shard's own
+    g0, g = -np.ones((k0.shape[0], 2), np.float32), -np.ones((keys.shape[0], 2), np.float32)
+    assert s0.push("c", 0, k0, g0)[0] == "applied"
     assert s1.freeze("t", 10.0) == {}
     assert s0.freeze("t", 10.0) == {"c": 0}
     assert s1.apply_up_to("t", {"c": 0}) == ("missing", {"c": 0})  # not arrived yet
@@ -173,7 +174,7 @@ def test_shard_holds_pushes_during_a_cut_and_answers_the_retry_once():
     assert s1.push("c", 0, keys, g)[0] == "duplicate"
     assert s1.push("c", 1, keys, g)[0] == "applied"
     assert s1.cut_applied == 1 and s1.applied == 2
-    rows = s1.pull(keys[shard_of(keys, 2) == 1])
+    rows = s1.pull(keys)
     np.testing.assert_array_equal(rows, np.full_like(rows, 2.0))
 
 

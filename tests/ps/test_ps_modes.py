@@ -18,6 +18,8 @@ import embedlookup as el
 from embedlookup import ps
 from embedlookup.ps._shard import ShardCore
 
+from ps_helpers import assert_matches_table
+
 KEYS = np.arange(-16, 16, dtype=np.int64)  # spread over every shard
 STEPS = 20
 
@@ -135,3 +137,32 @@ def test_mode_names():
     for bad in ("bounded", "bounded:-1", "bounded:x", "eventual", None, 3):
         with pytest.raises(ValueError, match="mode"):
             ps.parse_mode(bad)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2])
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_push_in_flight_keeps_the_arrays_it_was_given(make_server, monkeypatch, num_shards):
+    """bounded / async pushes return before the local shards apply them: the
+    caller may reuse its arrays at once; the shards apply what was pushed."""
+    gate = threading.Event()
+    orig_push, orig_pooled = ShardCore.push, ShardCore.push_pooled
+    monkeypatch.setattr(ShardCore, "push", lambda self, *a: (gate.wait(10), orig_push(self, *a))[1])
+    monkeypatch.setattr(ShardCore, "push_pooled", lambda self, *a: (gate.wait(10), orig_pooled(self, *a))[1])
+    opt, init = el.optim.SGD(lr=1.0), el.init.normal(std=0.1, seed=6)
+    server = make_server(4, num_shards, optimizer=opt, table_options={"initializer": init})
+    ref = el.EmbeddingTable(4, initializer=init, optimizer=opt)
+    c = server.client("bounded:3")
+    v = np.arange(12, dtype=np.int64)
+    off = np.array([0, 6], np.int64)
+    g = np.ones((2, 4), np.float32)
+    gk = np.full((12, 4), 0.5, np.float32)
+    c.pooled_pull(v, off)
+    ref.pooled_lookup(v, off)
+    c.push_pooled(v, off, g)  # held at the shards
+    c.push(v, gk)
+    ref.apply_pooled_gradients(v, off, g)
+    ref.apply_gradients(v, gk)
+    v[:], g[:], gk[:] = 99, 7.0, 7.0  # the caller reuses its buffers
+    gate.set()
+    c.flush()
+    assert_matches_table(server, ref)

@@ -106,3 +106,82 @@ def test_empty_bags_and_no_keys_on_a_shard(make_server):
     client.push_pooled(values, off, g, mode="mean")
     ref.apply_pooled_gradients(values, off, g, mode="mean")
     assert_matches_table(server, ref)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_push_reuses_its_pulls_row_ids_only_for_the_same_batch(make_server):
+    """A shard keeps the row ids of a client's pooled pull and its push_pooled
+    of the same batch reuses them (counted); another batch, or a row freed in
+    between (layout epoch), resolves the keys again. Every case equals one
+    table bit for bit."""
+    opt, init = el.optim.Adagrad(lr=0.1), el.init.normal(std=0.1, seed=3)
+    server = make_server(8, 2, optimizer=opt, table_options={"initializer": init})
+    ref = el.EmbeddingTable(8, initializer=init, optimizer=opt)
+    c = server.client("sync")
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 50, 60).astype(np.int64)
+    off = np.arange(0, 60, 6, dtype=np.int64)
+    g = rng.standard_normal((10, 8)).astype(np.float32)
+
+    def reused():
+        return sum(s["ids_reused"] for s in server.stats()["shards"])
+
+    def step(pull, push):
+        c.pooled_pull(pull, off)
+        ref.pooled_lookup(pull, off)
+        c.push_pooled(push, off, g)
+        ref.lookup(push)  # the shard inserts a key its pull did not, as a pull would
+        ref.apply_pooled_gradients(push, off, g)
+
+    step(a, a)
+    assert reused() == 2  # both shards hold keys of the batch
+    b = a.copy()
+    b[0] = 1000  # another batch: resolved again
+    step(a, b)
+    assert reused() == 2
+    # The client reuses its pull's split for the push of the same batch, never for a changed one: a batch
+    # changed in place, then other weights.
+    c.pooled_pull(a, off)
+    ref.pooled_lookup(a, off)
+    a[5] = 2000
+    c.push_pooled(a, off, g)
+    ref.lookup(a)
+    ref.apply_pooled_gradients(a, off, g)
+    w1, w2 = np.full(60, 0.5, np.float32), np.full(60, 2.0, np.float32)
+    c.pooled_pull(a, off, per_sample_weights=w1)
+    c.push_pooled(a, off, g, per_sample_weights=w2)
+    ref.apply_pooled_gradients(a, off, g, per_sample_weights=w2)
+    c.pooled_pull(a, off, mode="mean")
+    c.push_pooled(a, off, g, mode="mean")  # needs 1 / bag length weights: split again
+    ref.apply_pooled_gradients(a, off, g, mode="mean")
+    assert_matches_table(server, ref)
+    # A row of the batch freed between pull and push: the ids' epoch is stale, the keys are resolved again.
+    c.pooled_pull(a, off)
+    ref.pooled_lookup(a, off)
+    core = server._b.cores[int(el.sharding.shard_of(a[:1], 2)[0])]
+    assert core.table.erase(a[:1]) == 1 and ref.erase(a[:1]) == 1
+    c.push_pooled(a, off, g)
+    ref.lookup(a)
+    ref.apply_pooled_gradients(a, off, g)
+    assert_matches_table(server, ref)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_batch_changed_in_place_between_pull_and_push_on_one_shard(make_server):
+    """One local shard receives the caller's own arrays: a batch changed in
+    place after the pull must not reuse the pull's row ids."""
+    opt, init = el.optim.SGD(lr=1.0), el.init.normal(std=0.1, seed=4)
+    server = make_server(4, 1, optimizer=opt, table_options={"initializer": init})
+    ref = el.EmbeddingTable(4, initializer=init, optimizer=opt)
+    c = server.client("sync")
+    a = np.arange(12, dtype=np.int64)
+    off = np.array([0, 6], np.int64)
+    g = np.ones((2, 4), np.float32)
+    c.pooled_pull(a, off)
+    ref.pooled_lookup(a, off)
+    a[:] = np.arange(12, 24)  # other keys, same array
+    c.push_pooled(a, off, g)
+    ref.lookup(a)
+    ref.apply_pooled_gradients(a, off, g)
+    assert_matches_table(server, ref)
+    assert server.stats()["shards"][0]["ids_reused"] == 0

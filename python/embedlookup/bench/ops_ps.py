@@ -11,6 +11,13 @@ in-process table: ``pooled_lookup`` + ``apply_pooled_gradients``.
 ``ps_call`` is the same on one bag of one key: the fixed cost of a pull and
 a push round trip (latency, not bandwidth).
 
+``ps_step_bounded`` is ps_step with a ``bounded:2`` client (a push returns
+while the shards apply it), and ``ps_step_cache`` adds the trainer-side
+cache (``cache_rows`` = a fifth of the rows): the cache's effect on step
+time is ps_step_cache against ps_step_bounded (suite ``ps-cache``, Zipf
+keys). Their check reads the rows through a second, sync client after a
+flush (the cache serves rows up to 2 pushes old by design).
+
 Subjects (kind "backend"), each a server of ``SHARDS`` shards holding the
 workload's rows (the shards' initializer is the workload's, which is
 deterministic per key, and every key is pulled once before timing):
@@ -24,10 +31,11 @@ Beside the times, the report gets per subject and op (results entries and a note
 ``overhead_ms_per_call``, its median time minus embedlookup's (the cost of
 going through the server), and ``moved_bytes_per_call``, the bytes one step
 moves between the client and the shards as the client counts them
-(``bytes_sent`` + ``bytes_received`` over one step: the batch's keys,
-offsets and output gradient sent, each shard's partial bags received; an
-array sent to every shard counts once, as the Ray backend puts it in the
-object store once). Framing, pickling and request ids are not counted.
+(``bytes_sent`` + ``bytes_received`` over one step: what every shard
+receives, its own keys of the batch, one offset per bag and for the push the
+output gradient, plus each shard's partial bags received; the gradient
+counts once per shard that receives it, though the Ray backend puts it in
+the object store once). Framing, pickling and request ids are not counted.
 
 Threads: the in-process table runs on the workload's threads (0: all
 cores); each shard gets that many divided by the shards (at least one), so
@@ -71,20 +79,27 @@ def _annotate(op: str, report: dict) -> None:
             f"{(moved or 0) / 2**20:.3f} MiB moved between client and {SHARDS} shards per call")
 
 
-_OPS = ("ps_step", "ps_call")
-operation(
-    "ps_step",
-    "a training step through the parameter server (2 shards, sync client): pooled_pull (sum) + push_pooled "
-    "(Adagrad on the shards); embedlookup: pooled_lookup + apply_pooled_gradients on one table; "
-    "rows = keys read + distinct rows updated",
-    lambda w, b: b.keys.shape[0] + b.distinct,
-).annotate = functools.partial(_annotate, "ps_step")
-operation(
-    "ps_call",
-    "ps_step on one bag of one key (the batch's first): the fixed cost of a pull and a push round trip; "
-    "rows = 2",
-    lambda w, b: 2,
-).annotate = functools.partial(_annotate, "ps_call")
+_OPS = ("ps_step", "ps_call", "ps_step_bounded", "ps_step_cache")
+#: ps_step_bounded / ps_step_cache: the client's staleness bound and the cache's rows (a fifth of uniform-1m's
+#: and zipf-1m's rows: Zipf's hot rows fit; a uniform batch would mostly miss).
+BOUND, CACHE_FRACTION = 2, 0.2
+def _step_rows(w, b):
+    return b.keys.shape[0] + b.distinct
+
+
+for _name, _doc, _rows in (
+    ("ps_step", "a training step through the parameter server (2 shards, sync client): pooled_pull (sum) + "
+     "push_pooled (Adagrad on the shards); embedlookup: pooled_lookup + apply_pooled_gradients on one table; "
+     "rows = keys read + distinct rows updated", _step_rows),
+    ("ps_call", "ps_step on one bag of one key (the batch's first): the fixed cost of a pull and a push round "
+     "trip; rows = 2", lambda w, b: 2),
+    ("ps_step_bounded", f"ps_step with a bounded:{BOUND} client (a push returns while the shards apply it; at "
+     f"most {BOUND} in flight): the same step with overlap, no cache; rows as ps_step", _step_rows),
+    ("ps_step_cache", f"ps_step_bounded with the trainer-side cache (cache_rows = {CACHE_FRACTION:g} x the "
+     "workload's rows): a pooled pull pools on the client from cached rows and pulls only the missing keys; "
+     "rows as ps_step", _step_rows),
+):
+    operation(_name, _doc, _rows).annotate = functools.partial(_annotate, _name)
 
 
 def _probe_ps():
@@ -108,7 +123,8 @@ subject("ps-ray", "backend",
         f"embedlookup.ps.ParameterServer, backend='ray' (one actor per shard, local cluster), {SHARDS} shards, "
         f"sync client", _probe_ray)
 
-implements("ps_step", "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD)))
+for _op in ("ps_step", "ps_step_bounded", "ps_step_cache"):  # one reference: the in-process fused step
+    implements(_op, "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD)))
 
 
 def _one_key(b):
@@ -144,10 +160,14 @@ def _ps_case(op: str, backend: str, subject_name: str):
         server = ps.ParameterServer(w.dim, SHARDS, table="embedding",
                                     table_options={"initializer": data.initializer(), "num_threads": threads},
                                     optimizer=optim.Adagrad(lr=LR, eps=EPS_ADAGRAD), backend=backend)
-        client = server.client(mode="sync")
+        if op == "ps_step_cache":
+            client = server.client(mode=f"bounded:{BOUND}", cache_rows=max(1, int(CACHE_FRACTION * w.rows)))
+        else:
+            client = server.client(mode=f"bounded:{BOUND}" if op == "ps_step_bounded" else "sync")
+        exact = server.client(mode="sync")  # reads the rows for the check (a cache serves stale ones)
         step = 1 << 17
         for lo in range(0, w.rows, step):  # every row on its shard before timing, as in the table
-            client.pull(data.keys[lo:lo + step])
+            exact.pull(data.keys[lo:lo + step])
 
         def parts(b):
             return _one_key(b) if op == "ps_call" else (b.keys, b.offsets, b.grad)
@@ -163,7 +183,8 @@ def _ps_case(op: str, backend: str, subject_name: str):
             fwd = np.asarray(run(b)).copy()
             _MOVED[(w.name, op, subject_name)] = client.bytes_sent + client.bytes_received - before
             k = parts(b)[0] if op == "ps_call" else data.keys[_unique_rows(b)]
-            return np.concatenate([fwd, client.pull(k)])
+            client.flush()  # every push applied
+            return np.concatenate([fwd, exact.pull(k)])
 
         run.server = server  # lives as long as the case
         return Case(run, output)

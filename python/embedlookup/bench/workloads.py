@@ -181,6 +181,8 @@ SUITES: dict[str, dict] = {
     # Training through the parameter server (2 shards; local and Ray) against
     # the in-process table's fused step.
     "ps": {"workloads": ["uniform-1m"], "ops": ["ps_step", "ps_call"]},
+    # The trainer-side cache's effect on the step (bounded:2 client with and without cache, Zipf keys).
+    "ps-cache": {"workloads": ["zipf-1m"], "ops": ["ps_step_bounded", "ps_step_cache"]},
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Workload)}

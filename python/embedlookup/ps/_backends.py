@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 
-from ._shard import ShardCore
+from ._shard import ShardCore, call
 
 NAMESPACE = "embedlookup-ps"
 
@@ -47,7 +47,7 @@ class LocalBackend:
         return a
 
     def _run(self, i, method, args):
-        out = getattr(self.cores[i], method)(*args)
+        out = call(self.cores[i], method, args)
         with self._lock:
             lose = self._lose_reply[i] > 0 and method.startswith("push")
             if lose:
@@ -118,9 +118,11 @@ def _actor_class():
                     warnings.simplefilter("ignore")
                     restarted = ray.get_runtime_context().was_current_actor_reconstructed
                 self.core = ShardCore(**args, restarted=restarted)
+                self.node = ray.get_runtime_context().get_node_id()
 
             def call(self, method, *args):
-                return getattr(self.core, method)(*args)
+                out = call(self.core, method, args)
+                return dict(out, node=self.node) if method == "stats" else out
 
         _ACTOR = ray.remote(ShardActor)
     return _ACTOR
@@ -157,7 +159,7 @@ class RayBackend:
     kind = "ray"
 
     def __init__(self, shard_args: list[dict] | None, *, name: str, address=None, max_restarts: int = -1,
-                 handles=None, timeout_s: float = 30.0):
+                 handles=None, timeout_s: float = 30.0, actor_options: list[dict] | None = None):
         ray = _ray()
         self._ray = ray
         self.name = name
@@ -174,8 +176,9 @@ class RayBackend:
             self.actors = handles
             return
         cls = _actor_class()
-        self.actors = [cls.options(name=f"{name}-shard-{i}", namespace=NAMESPACE, max_restarts=max_restarts,
-                                   max_task_retries=0, num_cpus=0).remote(a)
+        extra = actor_options or [{}] * len(shard_args)
+        self.actors = [cls.options(**{"num_cpus": 0, **extra[i], "name": f"{name}-shard-{i}", "namespace": NAMESPACE,
+                                      "max_restarts": max_restarts, "max_task_retries": 0}).remote(a)
                        for i, a in enumerate(shard_args)]
         # Wait until every shard is up (its recovery done): a clear error now
         # rather than at the first pull.

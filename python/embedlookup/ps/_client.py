@@ -9,8 +9,7 @@ import uuid
 
 import numpy as np
 
-from .. import _checks
-from ..sharding import shard_of
+from .. import _checks, _core
 from ._backends import Transient
 from ._cache import RowCache, merge_duplicates
 from ._shard import APPLIED, DUPLICATE, FROZEN, GAP, REJECTED
@@ -96,6 +95,10 @@ class Client:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._seq = next_seq
+        self._last_batch = None  # the last pooled pull's batch and its per-shard parts (see _same_batch)
+        # Local shards read the arrays they are given when they run the call; a push that returns
+        # before it is applied (bounded, async) must not read the caller's arrays changed meanwhile.
+        self._copy_pushes = getattr(backend, "kind", None) == "local" and self._kind != "sync"
         self._cache = None
         if cache_rows is not None:
             if self._kind != "bounded" or self._bound < 1:
@@ -213,8 +216,10 @@ class Client:
     def _send_push(self, method, per_shard_args):
         seq = self._seq
         self._seq += 1
-        args = [(self.client_id, seq) + a for a in per_shard_args]
-        handles = [self._b.submit(i, method, *a) for i, a in enumerate(args)]
+        args, handles = [], []
+        for i, a in enumerate(per_shard_args):  # a generator: shard i starts before shard i+1's part is put
+            args.append((self.client_id, seq) + tuple(a))
+            handles.append(self._b.submit(i, method, *args[-1]))
         self._pending.append(_Pending(seq, method, args, handles))
         self.pushes += 1
         if self._kind == "async":
@@ -237,11 +242,23 @@ class Client:
 
     # ------------------------------------------------------------------ pulls
     def _split(self, keys):
+        """(positions, keys) per shard: each shard's keys in batch order and
+        their indices in ``keys`` (None for one shard). One native pass."""
         if self.num_shards == 1:
             return None, [keys]
-        sid = shard_of(keys, self.num_shards)
-        masks = [sid == i for i in range(self.num_shards)]
-        return masks, [np.ascontiguousarray(keys[m]) for m in masks]
+        parts = _core.partition_by_shard(keys, None, 0, None, False, self.num_shards, True)
+        return [p[3] for p in parts], [p[0] for p in parts]
+
+    def _split_bags(self, v, off, n_bags, w, mean: bool):
+        """Per shard (values, offsets, weights) of a pooled batch, split on
+        the client in one native pass (GIL released): the shard's keys of
+        every bag in batch order, one offset per bag of the batch (so its
+        partials land in the right bags), and per-key weights (``mean``: 1.0f
+        / bag length, the fused backward's own scale). Each shard receives
+        only its own keys."""
+        if self.num_shards == 1 and not mean:
+            return [(v, off[:n_bags], w)]
+        return [p[:3] for p in _core.partition_by_shard(v, off, n_bags, w, mean, self.num_shards, False)]
 
     def pull(self, keys) -> np.ndarray:
         """Rows of ``keys`` as (n, dim) float32 (missing keys are inserted on
@@ -268,7 +285,7 @@ class Client:
     def _pull_shards(self, k, fresh: bool = False):
         """Rows of ``k`` from their shards; ``fresh=True``: also, per key, how
         many of this client's pushes its row holds (its shard's last seq + 1)."""
-        masks, parts = self._split(k)
+        pos, parts = self._split(k)
         self.bytes_sent += k.nbytes
         # Only the shards that hold some of the keys are asked.
         ask = [i for i, p in enumerate(parts) if p.shape[0] or len(parts) == 1]
@@ -278,17 +295,17 @@ class Client:
             rows = {i: r for i, (r, _) in got.items()}
             stamp = np.empty(k.shape[0], np.int64)
             for i, (_, last) in got.items():
-                stamp[slice(None) if masks is None else masks[i]] = last + 1
+                stamp[slice(None) if pos is None else pos[i]] = last + 1
         else:
             hs = {i: self._b.submit(i, "pull", parts[i]) for i in ask}
             rows = {i: self._resolve(i, h, "pull", (parts[i],)) for i, h in hs.items()}
         self.bytes_received += sum(r.nbytes for r in rows.values())
-        if masks is None:
+        if pos is None:
             out = np.array(rows[0], copy=True) if not rows[0].flags.writeable else rows[0]
         else:
             out = np.empty((k.shape[0], self._dim), np.float32)
             for i, r in rows.items():
-                out[masks[i]] = r
+                out[pos[i]] = r
         return (out, stamp) if fresh else out
 
     def pooled_pull(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
@@ -307,9 +324,19 @@ class Client:
             if self._cache is not None:  # pooled here from the rows (cached or pulled)
                 return _pool(self._pull_cached(v), off, n_bags, mode, w)
             put = self._b.put
-            args = (put(v), put(off), mode, None if w is None else put(w))
-            self.bytes_sent += v.nbytes + off.nbytes + (0 if w is None else w.nbytes)
-            parts = self._call_all("pooled_pull", [args] * self.num_shards)
+            # Copies of the batch, split from: a push_pooled of the same batch compares with them and
+            # reuses the split and its puts (one local shard would otherwise hold the caller's arrays).
+            lv, loff, lw = v.copy(), off[:n_bags].copy(), None if w is None else w.copy()
+            # Only the shards that hold some of the keys are asked.
+            split = {i: p for i, p in enumerate(self._split_bags(lv, loff, n_bags, lw, False)) if p[0].shape[0]}
+            self.bytes_sent += _nbytes(split.values())
+            args, hs = {}, {}
+            for i, (pv, po, pw) in split.items():  # shard i starts before shard i+1's part is put
+                args[i] = (put(pv), po, mode, None if pw is None else put(pw), self.client_id)
+                hs[i] = self._b.submit(i, "pooled_pull", *args[i])
+            self._last_batch = (lv, loff, lw, {i: (args[i][0], split[i][1], args[i][3], _nbytes([split[i]]))
+                                               for i in split})
+            parts = [self._resolve(i, h, "pooled_pull", args[i]) for i, h in hs.items()]
             self.bytes_received += sum(p.nbytes + (0 if c is None else c.nbytes) for p, c in parts)
             return _combine(parts, mode, n_bags, self._dim)
 
@@ -325,16 +352,18 @@ class Client:
             g = _checks.finite(_checks.floats(grads, "grads", (k.shape[0], self._dim)), "grads")
             if self._cache is not None:  # write-back: one merged gradient per key
                 k, g = merge_duplicates(k, g)
-            masks, parts = self._split(k)
-            gparts = [g] if masks is None else [np.ascontiguousarray(g[m]) for m in masks]
+            if self._copy_pushes:
+                k, g = k.copy(), g.copy()
+            pos, parts = self._split(k)
+            gparts = [g] if pos is None else [np.take(g, p, axis=0) for p in pos]
             self.bytes_sent += k.nbytes + g.nbytes
             self._send_push("push", [(pk, self._b.put(pg)) for pk, pg in zip(parts, gparts)])
 
     def push_pooled(self, values, offsets, grad_output, mode: str = "sum", per_sample_weights=None,
                     include_last_offset: bool = False) -> None:
         """The fused backward of :meth:`pooled_pull` ("sum" or "mean"),
-        applied on the shards: each shard takes its keys of every bag and the
-        whole ``grad_output`` (one copy for all shards)."""
+        applied on the shards: each shard receives its own keys of every bag
+        (split here) and the whole ``grad_output`` (put once for all shards)."""
         with self._lock:
             self._open()
             _checks.mode_id(mode)
@@ -344,10 +373,40 @@ class Client:
             v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
             w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
             g = _checks.finite(_checks.floats(grad_output, "grad_output", (n_bags, self._dim)), "grad_output")
+            if self._copy_pushes:
+                v, off, g, w = v.copy(), off.copy(), g.copy(), None if w is None else w.copy()
             put = self._b.put
-            args = (put(v), put(off), put(g), mode, None if w is None else put(w))
-            self.bytes_sent += v.nbytes + off.nbytes + g.nbytes + (0 if w is None else w.nbytes)
-            self._send_push("push_pooled", [args] * self.num_shards)
+            # Every shard takes a step (shard steps = pushes, as one table):
+            # a shard that holds some of the keys receives its part and the
+            # whole grad_output (put once for all), the others an empty batch.
+            empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), None)
+            gref = put(g)
+            same = self._same_batch(v, off, n_bags, w, mode)
+            if same is not None:  # the pull's split and puts, reused
+                self.bytes_sent += sum(nb + g.nbytes for _, _, _, nb in same.values())
+                self._send_push("push_pooled", ((same[i][0], same[i][1], gref, same[i][2]) if i in same else empty
+                                                for i in range(self.num_shards)))
+                return
+            split = self._split_bags(v, off, n_bags, w, mode == "mean")
+            self.bytes_sent += sum(_nbytes([p]) + g.nbytes for p in split if p[0].shape[0])
+            self._send_push("push_pooled", ((put(pv), po, gref, None if pw is None else put(pw)) if pv.shape[0]
+                                            else empty for pv, po, pw in split))
+
+    def _same_batch(self, v, off, n_bags, w, mode):
+        """The parts of the last pooled pull (shard -> (values ref, offsets,
+        weights ref, bytes)) if it was this batch, with the same weights, and
+        the push needs no other weights ("mean" does: 1 / bag length); else
+        None. Compared against copies taken at the pull, so a batch changed
+        in place in between is split again."""
+        last = self._last_batch
+        if last is None or mode == "mean" or last[0].shape != v.shape or last[1].shape[0] != n_bags:
+            return None
+        lv, loff, lw, parts = last
+        if (lw is None) != (w is None) or not (np.array_equal(lv, v) and np.array_equal(loff, off[:n_bags])):
+            return None
+        if w is not None and not np.array_equal(lw, w):
+            return None
+        return parts
 
     def stats(self) -> dict:
         """This client's counters: pushes sent, in flight, duplicates answered
@@ -402,6 +461,11 @@ class Client:
                                                           "cache_options": st["cache"][1]}))
 
 
+def _nbytes(parts) -> int:
+    """Bytes of the arrays of every shard's part (None entries skipped)."""
+    return sum(a.nbytes for p in parts for a in p if a is not None)
+
+
 def _pool(rows: np.ndarray, off: np.ndarray, n_bags: int, mode: str, w) -> np.ndarray:
     """Pooling of (n, dim) rows by bags (EmbeddingBag semantics: an empty bag pools to zeros)."""
     out = np.zeros((n_bags, rows.shape[1]), np.float32)
@@ -419,7 +483,10 @@ def _pool(rows: np.ndarray, off: np.ndarray, n_bags: int, mode: str, w) -> np.nd
 
 
 def _combine(parts, mode: str, n_bags: int, dim: int) -> np.ndarray:
-    """The pooled result from the shards' per-bag partials."""
+    """The pooled result from the per-bag partials of the shards asked
+    (those holding some key of the batch; none: every bag is empty)."""
+    if not parts:
+        return np.zeros((n_bags, dim), np.float32)
     out = np.array(parts[0][0], dtype=np.float32, copy=True)
     if mode == "sum":
         for p, _ in parts[1:]:

@@ -30,6 +30,25 @@ def _pos_int(x, name, allow_none=False):
     return int(x)
 
 
+_RESERVED_ACTOR_OPTIONS = ("name", "namespace", "max_restarts", "max_task_retries", "lifetime")
+
+
+def _actor_options(x, num_shards: int, backend: str) -> list[dict] | None:
+    """``actor_options`` as one dict per shard (None: none)."""
+    if x is None:
+        return None
+    if backend != "ray":
+        raise ValueError(f"actor_options: Ray actor options need backend='ray', got backend={backend!r}")
+    per = [x] * num_shards if isinstance(x, dict) else x
+    if not isinstance(per, (list, tuple)) or len(per) != num_shards or not all(isinstance(d, dict) for d in per):
+        raise TypeError(f"actor_options must be a dict or a list of {num_shards} dicts (one per shard), got {x!r}")
+    for d in per:
+        bad = [k for k in d if k in _RESERVED_ACTOR_OPTIONS]
+        if bad:
+            raise ValueError(f"actor_options: {bad} are set by the parameter server (shard names, restarts)")
+    return [dict(d) for d in per]
+
+
 class ParameterServer:
     """Embedding rows sharded over ``num_shards`` tables, updated by the
     server-side fused optimizer from the pushes of any number of clients.
@@ -54,6 +73,9 @@ class ParameterServer:
         at most ``max_retries`` times after a timeout or a dead shard, then raises
         ``ShardUnavailableError``.
     max_restarts: (ray) Ray restarts of a shard actor (-1: unlimited).
+    actor_options: (ray) extra ``.options()`` of the shard actors: one dict for every shard, or a
+        list of one dict per shard; e.g. ``{"scheduling_strategy": "SPREAD"}`` to spread the
+        shards over the cluster's nodes, or per-shard ``{"resources": {...}}`` to place each one.
     fsync: False skips the log's fdatasync (benchmarks only: acknowledged pushes may then be
         lost by a machine crash, though not by a killed process).
     """
@@ -62,7 +84,7 @@ class ParameterServer:
                  optimizer: Optimizer | None = None, backend: str = "local", address=None,
                  durable_dir=None, snapshot_every: int | None = 1000, timeout_s: float = 30.0,
                  max_retries: int = 10, max_restarts: int = -1, fsync: bool = True, name: str | None = None,
-                 _init=None):
+                 actor_options: dict | list | None = None, _init=None):
         dim = _pos_int(dim, "dim")
         num_shards = _pos_int(num_shards, "num_shards")
         if table not in TABLES:
@@ -83,6 +105,7 @@ class ParameterServer:
         if backend not in ("local", "ray"):
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         snapshot_every = _pos_int(snapshot_every, "snapshot_every", allow_none=True)
+        actor_options = _actor_options(actor_options, num_shards, backend)
         try:
             timeout_s = float(timeout_s)
         except (TypeError, ValueError):
@@ -116,7 +139,7 @@ class ParameterServer:
             self._b = LocalBackend(args)
         else:
             self._b = RayBackend(args, name=self.name, address=address, max_restarts=int(max_restarts),
-                                 timeout_s=timeout_s * (max_retries + 1))
+                                 timeout_s=timeout_s * (max_retries + 1), actor_options=actor_options)
         self._clients = 0
         self._cut_lock = threading.Lock()  # one cut at a time through this server object
         self._closed = False

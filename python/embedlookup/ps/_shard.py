@@ -34,9 +34,11 @@ import time
 
 import numpy as np
 
-from .. import _core
-from ..sharding import shard_of
+from .. import _checks, _core
 from ._log import PushLog, fsync_dir, read_log
+
+#: Row ids kept per shard from pooled pulls for the pushes that follow (one per client, the newest).
+RESOLVED_KEPT = 64
 
 # Push outcomes (the first element of a push's reply).
 APPLIED, DUPLICATE, GAP, FROZEN, REJECTED = "applied", "duplicate", "gap", "frozen", "rejected"
@@ -75,6 +77,21 @@ def raise_version(table, target: int) -> None:
     table.apply_delta(np.frombuffer(bytes(d), np.uint8))
 
 
+def call(core, method: str, args: tuple):
+    """``core.method(*args)``, its wall time added to ``core.busy[method]``
+    (what ``stats()["busy_s"]`` reports: where a shard's time goes, against
+    what the client waits)."""
+    t0 = time.perf_counter()
+    try:
+        return getattr(core, method)(*args)
+    finally:
+        core.busy[method] = core.busy.get(method, 0.0) + (time.perf_counter() - t0)
+
+
+def _frozen_copy(a: np.ndarray) -> np.ndarray:
+    return a if not a.flags.writeable else a.copy()
+
+
 class ShardLostError(RuntimeError):
     """A shard without durable storage was restarted: its rows are gone."""
 
@@ -97,21 +114,6 @@ def _write_json(path: str, obj) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def _bag_restrict(mask: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """Offsets of the bags restricted to the positions where ``mask`` holds."""
-    cs = np.zeros(mask.shape[0] + 1, np.int64)
-    np.cumsum(mask, out=cs[1:])
-    return cs[off]
-
-
-def _mean_weights(off: np.ndarray, n: int) -> np.ndarray:
-    """Per position, 1 / (its bag's length) in float32: exactly the scale the
-    fused backward gives a "mean" bag's occurrences (1.0f / len)."""
-    lengths = np.diff(np.append(off, n))
-    inv = np.float32(1.0) / np.maximum(lengths, 1).astype(np.float32)
-    return np.repeat(inv, lengths)
-
-
 class ShardCore:
     def __init__(self, index: int, num_shards: int, dim: int, table: str, table_options: dict, optimizer,
                  durable_dir: str | None, snapshot_every: int | None, init_path: str | None = None,
@@ -125,6 +127,11 @@ class ShardCore:
         self._freeze_token = None
         self._held: dict = {}  # (client, seq) -> make(): pushes that arrived during a cut
         self._cut_applied: dict[str, dict[int, str | None]] = {}  # applied by a cut; client not yet answered
+        # client -> (values, offsets, row ids, layout epoch) of its last pooled pull here: its
+        # push_pooled of the same batch reuses the ids instead of probing the index again.
+        self._resolved: dict = {}
+        self.ids_reused = 0  # pooled pushes applied with their pull's row ids
+        self.busy: dict[str, float] = {}  # method -> seconds spent in it (this incarnation)
         self.cut_applied = 0  # pushes a cut applied here because another shard had applied them
         self.lost = False
         self.applied = 0  # pushes applied (over every incarnation when durable)
@@ -218,15 +225,28 @@ class ShardCore:
             raise ShardLostError(f"shard {self.index} was restarted without durable storage (durable_dir=None): "
                                  "its rows are lost; give ParameterServer a durable_dir to survive restarts")
 
-    def _mask(self, keys: np.ndarray) -> np.ndarray:
-        if self.num_shards == 1:
-            return np.ones(keys.shape[0], np.bool_)
-        return shard_of(keys, self.num_shards) == self.index
+    def _own(self, keys: np.ndarray, name: str = "keys") -> np.ndarray:
+        """``keys`` (the client sends each shard only its own keys, split by
+        ``shard_of``) after checking that they are all this shard's: a key
+        applied or inserted here while it belongs to another shard would be
+        a row no other client sees. One native pass (no GIL)."""
+        if self.num_shards > 1 and keys.shape[0]:
+            ids = _core.shard_ids(keys, self.num_shards)
+            bad = np.flatnonzero(ids != self.index)
+            if bad.shape[0]:
+                j = int(bad[0])
+                raise ValueError(f"{name}: {bad.shape[0]} of {keys.shape[0]} keys belong to other shards (the first, "
+                                 f"{int(keys[j])} at position {j}, to shard {int(ids[j])}); this is shard "
+                                 f"{self.index} of {self.num_shards}: split keys with sharding.shard_of")
+        return keys
 
-    def _apply(self, kind: str, args: tuple) -> None:
+    def _apply(self, kind: str, args: tuple, ids=None) -> None:
         """One table update, exactly as logged. Keys the table lacks (a push
         of keys never pulled, or pulled before a restart and only inserted by
-        the pull) are inserted with the initializer first, as a pull would."""
+        the pull) are inserted with the initializer first, as a pull would.
+        ``ids``: (row ids, layout epoch) of a pooled push's keys from the pull
+        of the same batch (the native step resolves the keys itself if a row
+        was freed or moved since); the result is the same without them."""
         if kind == "skip":
             return
         t = self.table
@@ -235,6 +255,11 @@ class ShardCore:
                 if kind == "push":
                     keys, grads = args
                     t.apply_gradients(keys, grads)
+                elif ids is not None and attempt == 0:
+                    v, off, grad_output, w = args
+                    g = _checks.floats(grad_output, "grad_output", (off.shape[0], self.dim))
+                    t._t.apply_pooled_gradients(v, off, off.shape[0], _checks.MODES["sum"], w, None, g,
+                                                self.optimizer._spec(), ids[0], ids[1])
                 else:
                     v, off, grad_output, w = args
                     t.apply_pooled_gradients(v, off, grad_output, mode="sum", per_sample_weights=w)
@@ -246,7 +271,7 @@ class ShardCore:
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         self._check_alive()
-        return self.table.lookup(keys)
+        return self.table.lookup(self._own(keys))
 
     def pull_fresh(self, client: str, keys: np.ndarray):
         """The rows and the last sequence number of ``client`` applied here:
@@ -254,39 +279,65 @@ class ShardCore:
         cache stamps its copies with it)."""
         with self._lock:
             self._check_alive()
-            return self.table.lookup(keys), self.last.get(client, -1)
+            return self.table.lookup(self._own(keys)), self.last.get(client, -1)
 
-    def pooled_pull(self, values, offsets, mode: str, weights):
-        """Per bag, the pooled rows of this shard's keys of the bag: partial
-        sums (mode "sum" / "mean", with the weights) or the partial max; and
-        for "mean" / "max" the number of this shard's keys per bag."""
+    def pooled_pull(self, values, offsets, mode: str, weights, client: str | None = None):
+        """Per bag, the pooled rows of this shard's part of the batch
+        (``values``: its keys, ``offsets``: one per bag of the whole batch,
+        as the client split them): partial sums (mode "sum" / "mean", with
+        the weights) or the partial max; and for "mean" / "max" the number of
+        this shard's keys per bag. With ``client`` (an EmbeddingTable shard,
+        not "max"), the row ids the keys resolved to are kept for that
+        client's push_pooled of the same batch."""
         self._check_alive()
-        mask = self._mask(values)
-        v = values[mask]
-        off = _bag_restrict(mask, offsets)
-        w = None if weights is None else weights[mask]
-        part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum", per_sample_weights=w)
+        v, off, n_bags = _checks.bags(self._own(values, "values"), offsets, False)
+        if client is not None and mode != "max" and self.kind == "embedding":
+            part = np.empty((n_bags, self.dim), np.float32)
+            ids = np.empty(v.shape[0], np.uint32)
+            epoch = self.table._t.pooled_lookup_ids(v, off, n_bags, _checks.MODES["sum"], weights, part, True, ids)
+            with self._lock:
+                self._resolved.pop(client, None)
+                while len(self._resolved) >= RESOLVED_KEPT:
+                    del self._resolved[next(iter(self._resolved))]
+                # Kept as copies unless read-only (Ray's object store): the local backend may hand the
+                # caller's own arrays, which it may change before its push.
+                self._resolved[client] = (_frozen_copy(v), _frozen_copy(off), ids, epoch)
+        else:
+            part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum",
+                                            per_sample_weights=weights)
         if mode == "sum":
             return part, None
         counts = np.diff(np.append(off, v.shape[0])).astype(np.int32)
         return part, counts
 
     def push(self, client: str, seq: int, keys, grads):
-        return self._push(client, seq, lambda: ("push", (keys, grads)))
+        return self._push(client, seq, lambda: ("push", (self._own(keys), grads)))
 
-    def push_pooled(self, client: str, seq: int, values, offsets, grad_output, mode: str, weights):
+    def push_pooled(self, client: str, seq: int, values, offsets, grad_output, weights):
+        """The fused backward on this shard's part of a pooled batch: its keys,
+        one offset per bag of the batch, the whole ``grad_output`` and per-key
+        weights (a "mean" batch comes as weights 1.0f / bag length, the
+        kernel's own scale, so the step is bit for bit the whole batch's).
+        When the client's last pooled pull here was the same batch, its row
+        ids are reused (the keys are compared, not trusted)."""
         def make():
-            mask = self._mask(values)
-            w = _mean_weights(offsets, values.shape[0]) if mode == "mean" else weights
-            w = None if w is None else np.ascontiguousarray(w[mask])
-            return "pooled", (np.ascontiguousarray(values[mask]), _bag_restrict(mask, offsets), grad_output, w)
+            v = np.ascontiguousarray(self._own(values, "values"))
+            w = None if weights is None else np.ascontiguousarray(weights)
+            return "pooled", (v, np.ascontiguousarray(offsets), grad_output, w)
 
-        return self._push(client, seq, make)
+        def ids(args):
+            r = self._resolved.pop(client, None)
+            if r is None or not (np.array_equal(r[0], args[0]) and np.array_equal(r[1], args[1])):
+                return None
+            self.ids_reused += 1
+            return r[2], r[3]
+
+        return self._push(client, seq, make, ids)
 
     def _frozen(self, token=None) -> bool:
         return time.monotonic() < self._frozen_until and (token is None or token == self._freeze_token)
 
-    def _push(self, client, seq, make):
+    def _push(self, client, seq, make, ids=None):
         """Applies push ``seq`` of ``client`` (``make()`` gives the table
         call) if it is the client's next one and no cut holds pushes back.
         During a cut, a push that is not yet due is held (answered FROZEN:
@@ -309,12 +360,12 @@ class ShardCore:
                 return (FROZEN, last)
             if seq != last + 1:
                 return (GAP, last)
-            kind, args = make()
-            return self._commit(client, seq, kind, args)
+            return self._commit(client, seq, make, ids)
 
-    def _commit(self, client, seq, kind, args):
+    def _commit(self, client, seq, make, ids=None):
         try:
-            self._apply(kind, args)  # on error the table is unchanged
+            kind, args = make()  # checks the keys are this shard's
+            self._apply(kind, args, None if ids is None else ids(args))  # on error the table is unchanged
         except (ValueError, TypeError, KeyError, RuntimeError) as e:
             # The sequence number is used up (logged as a skip) so the
             # client's next push is not held back; the rows are unchanged.
@@ -377,8 +428,7 @@ class ShardCore:
                     if make is None:
                         missing[client] = seq
                         break
-                    kind, args = make()
-                    status, info = self._commit(client, seq, kind, args)
+                    status, info = self._commit(client, seq, make)
                     self._cut_applied.setdefault(client, {})[seq] = info if status == REJECTED else None
                     self.cut_applied += 1
             return ("missing", missing) if missing else ("ok", None)
@@ -424,6 +474,7 @@ class ShardCore:
         return {"shard": self.index, "rows": len(self.table), "version": self.table.version, "step": self.table.step,
                 "pushes_applied": self.applied, "duplicates_dropped": self.duplicates, "rejected": self.rejected,
                 "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last), "cut_applied": self.cut_applied,
+                "ids_reused": self.ids_reused, "busy_s": dict(self.busy),
                 "log_records": 0 if self.log is None else self.log.records, "pid": os.getpid(), "lost": self.lost}
 
     def state(self):

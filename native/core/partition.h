@@ -1,0 +1,39 @@
+// Splits a batch of keys (flat, or jagged bags) by the shard that owns each
+// key, in one pass over the batch: what a parameter-server client sends each
+// shard. Order within a shard is the batch's order, so a shard's table call on
+// its part equals the whole-batch call restricted to its keys.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace embedlookup {
+
+struct ShardPart {
+  std::vector<int64_t> values;     // the shard's keys, in batch order
+  std::vector<int64_t> offsets;    // bags: one offset per bag of the batch (an empty
+                                   // bag where the shard holds none of its keys)
+  std::vector<float> weights;      // per key; empty unless weights or mean_weights
+  std::vector<int64_t> positions;  // each key's index in the batch; empty unless asked
+};
+
+struct PartitionInput {
+  const int64_t* values = nullptr;
+  int64_t n = 0;
+  const int64_t* offsets = nullptr;  // nullptr: flat keys, no bags
+  int64_t n_offsets = 0;             // n_bags, or n_bags + 1 (include_last_offset)
+  int64_t n_bags = 0;
+  const float* weights = nullptr;    // per key, or nullptr
+  bool mean_weights = false;         // weights = 1.0f / (the key's bag length), as a
+                                     // "mean" bag's fused backward scales it
+  bool positions = false;
+};
+
+// The parts of num_shards shards (num_shards >= 1). Offsets must start at 0
+// and not decrease (the caller has checked them); bag b holds keys
+// [offsets[b], offsets[b + 1]) and the last bag runs to n.
+std::vector<ShardPart> partition_by_shard(const PartitionInput& in, uint32_t num_shards);
+
+// Shard of each key (out[i] = shard_of(keys[i], num_shards)).
+void shard_ids(const int64_t* keys, int64_t n, uint32_t num_shards, int64_t* out);
+
+}  // namespace embedlookup

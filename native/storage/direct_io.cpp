@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -42,52 +43,49 @@ IoPool::~IoPool() {
   for (auto& t : workers_) t.join();
 }
 
+IoPool::Job* IoPool::pick_locked() {
+  for (auto* q : {&fg_, &bg_}) {
+    while (!q->empty() && q->front()->next >= q->front()->n) q->pop_front();  // all taken: its owner waits for it
+    if (!q->empty()) return q->front();
+  }
+  return nullptr;
+}
+
 void IoPool::work() {
-  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
-    const std::function<void(int64_t)>* fn;
-    int64_t n;
-    {
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stop_ || gen_ != seen; });
-      if (stop_) return;
-      seen = gen_;
-      fn = fn_;
-      n = n_;
-      if (n == 0) continue;  // woke after the job was over: nothing to take (next_ may be a new job's)
-      ++active_;
-    }
-    for (int64_t i; (i = next_.fetch_add(1)) < n;) (*fn)(i);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      --active_;
-    }
-    done_cv_.notify_all();
+    Job* j = nullptr;
+    cv_.wait(lk, [&] { return stop_ || (j = pick_locked()) != nullptr; });
+    if (stop_) return;
+    const int64_t i = j->next++;
+    lk.unlock();
+    (*j->fn)(i);
+    lk.lock();
+    if (++j->done == j->n) done_cv_.notify_all();  // j is not touched again: its owner may return
   }
 }
 
-void IoPool::run(int64_t n, const std::function<void(int64_t)>& fn) {
+void IoPool::run(int64_t n, const std::function<void(int64_t)>& fn, bool background) {
   if (n <= 0) return;
-  std::lock_guard<std::mutex> one(run_mu_);
   if (workers_.empty() || n == 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    fn_ = &fn;
-    n_ = n;
-    next_.store(0);
-    ++gen_;
-  }
-  cv_.notify_all();
-  for (int64_t i; (i = next_.fetch_add(1)) < n;) fn(i);
-  // Workers that woke for this job finish their last task before it returns;
-  // one that wakes late finds no index left (next_ >= n) and does nothing.
+  Job job{&fn, n, 0, 0};
+  std::deque<Job*>& q = background ? bg_ : fg_;
   std::unique_lock<std::mutex> lk(mu_);
-  done_cv_.wait(lk, [&] { return active_ == 0; });
-  fn_ = nullptr;
-  n_ = 0;
+  q.push_back(&job);
+  cv_.notify_all();
+  while (job.next < n) {
+    const int64_t i = job.next++;
+    lk.unlock();
+    fn(i);
+    lk.lock();
+    ++job.done;
+  }
+  done_cv_.wait(lk, [&] { return job.done == n; });
+  const auto it = std::find(q.begin(), q.end(), &job);  // still queued when no worker looked since its last index
+  if (it != q.end()) q.erase(it);
 }
 
 ParallelReader::ParallelReader(const std::string& path, bool direct, int threads, size_t align)
@@ -106,10 +104,10 @@ ParallelReader::~ParallelReader() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void ParallelReader::read(const ReadRequest* r, int64_t n) { io(r, n, false); }
-void ParallelReader::write(const ReadRequest* r, int64_t n) { io(r, n, true); }
+void ParallelReader::read(const ReadRequest* r, int64_t n, bool background) { io(r, n, false, background); }
+void ParallelReader::write(const ReadRequest* r, int64_t n) { io(r, n, true, false); }
 
-void ParallelReader::io(const ReadRequest* r, int64_t n, bool write) {
+void ParallelReader::io(const ReadRequest* r, int64_t n, bool write, bool background) {
   std::atomic<int> first_err{0};
   std::atomic<int64_t> first_at{-1};
   const std::function<void(int64_t)> one = [&](int64_t i) {
@@ -138,7 +136,7 @@ void ParallelReader::io(const ReadRequest* r, int64_t n, bool write) {
       if (first_err.compare_exchange_strong(zero, err)) first_at.store(i);
     }
   };
-  pool_.run(n, one);
+  pool_.run(n, one, background);
   if (const int e = first_err.load()) {
     const ReadRequest& q = r[first_at.load()];
     throw TierIOError("tier '" + path_ + "': " + (write ? "write" : "read") + " failed: " + std::strerror(e) + " (" + std::to_string(q.len) +

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -201,6 +202,25 @@ def _dense_compute(ms: float):
     return run
 
 
+def _clocks(t, tier) -> dict:
+    """Cumulative tier counters of table ``t`` over ``tier``: seconds the
+    step's own reads / write-backs took (``read_s`` / ``write_s``, waits for
+    the tier included), the prefetch threads' reads (``prefetch_read_s``), the
+    tier's device time and lock waits, and rows read / promoted / written."""
+    c, p, io, st = t._t.tier_counters(), t._t.prefetch_counters(), tier.io_info(), tier.stats()
+    return {"read_s": c["tier_read_ns"] * 1e-9, "write_s": c["tier_write_ns"] * 1e-9,
+            "prefetch_read_s": p["prefetch_read_ns"] * 1e-9, "device_read_s": io["read_seconds"],
+            "device_write_s": io["write_seconds"], "lock_wait_s": io["lock_wait_seconds"],
+            "promotions": c["promotions"], "tier_rows_read": st["reads"], "rows_written": st["writes"],
+            "prefetch_used_rows": p["prefetch_used_rows"], "cpu_s": _cpu_seconds()}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (every thread: user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float, batch: int, pooling: int,
              steps: int, compute_ms: float, dev, uniform: bool = False, log=print) -> dict:
     """Training throughput: all rows in DRAM vs memory_frac in DRAM over an
@@ -263,11 +283,12 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
             tier.flush()
             drop_cache(path)
             s0 = t.tier_stats()
-            per, waits = [], []
+            per, waits, clocks = [], [], []
             handle = t.prefetch(batches[0]) if prefetch else None
             t0 = time.perf_counter()
             with DeviceCounter(dev) as c:
                 for i, v in enumerate(batches):
+                    k0 = _clocks(t, tier)
                     a = time.perf_counter()
                     if prefetch:
                         handle.wait()
@@ -279,6 +300,8 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
                     step(t, v)
                     per.append(time.perf_counter() - a)
                     waits.append(w)
+                    k1 = _clocks(t, tier)
+                    clocks.append({k: k1[k] - k0[k] for k in k0})
             wall = time.perf_counter() - t0
             s1 = t.tier_stats()
             served = s1["tier_bytes_read"] - s0["tier_bytes_read"]
@@ -297,6 +320,7 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
                 / max(1, (s1["memory_hits"] - s0["memory_hits"]) + (s1["tier_hits"] - s0["tier_hits"])),
                 "prefetch_used_rows": s1["prefetch_used_rows"] - s0["prefetch_used_rows"],
                 "memory": s1["memory"],
+                "per_step": [dict(c, wall_s=p, prefetch_wait_s=w) for c, p, w in zip(clocks, per, waits)],
             }
             log(f"  training: {name} {res[name]['samples_per_s']:.0f} samples/s ({res[name]['source']})")
         finally:

@@ -88,7 +88,8 @@ class ParallelReader {
  public:
   // direct: open with O_DIRECT (std::invalid_argument when the file system
   // refuses it, e.g. tmpfs). threads: the queue depth.
-  ParallelReader(const std::string& path, bool direct, int threads, size_t align);
+  // aio (with direct): reads through Linux AIO from the calling thread.
+  ParallelReader(const std::string& path, bool direct, int threads, size_t align, bool aio = false);
   ~ParallelReader();
   ParallelReader(const ParallelReader&) = delete;
   ParallelReader& operator=(const ParallelReader&) = delete;
@@ -104,9 +105,15 @@ class ParallelReader {
 
  private:
   void io(const ReadRequest* r, int64_t n, bool write, bool background);
+  // O_DIRECT: every request through one Linux AIO context, `depth` in flight,
+  // from the calling thread; false when no context could be made (the pool
+  // reads instead). Sets the first failure (errno, request) as io() reports it.
+  bool io_async(const ReadRequest* r, int64_t n, bool write, int& first_err, int64_t& first_at);
+  // One request with blocking calls from byte `done` on; the errno or 0.
+  int io_sync(const ReadRequest& q, size_t done, bool write);
   std::string path_;
   int fd_ = -1;
-  bool direct_;
+  bool direct_, aio_;
   size_t align_;
   IoPool pool_;
 };

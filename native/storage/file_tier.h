@@ -100,7 +100,10 @@ class FileTier : public StorageTier {
   // buffer_bytes bounds the aligned I/O buffer (a batch needing more is read
   // in rounds). Writes are unchanged (pwrite); the kernel writes dirty cached
   // pages back before an O_DIRECT read of them, so reads see every write.
-  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2 };
+  //  kAio     kDirect's reads through one Linux AIO context from the calling
+  //           thread (`threads` requests in flight, no thread per request:
+  //           less CPU per read); writes as kDirect.
+  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2, kAio = 3 };
   void set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align);
   IoMode io_mode() const { return io_mode_; }
   int io_threads() const { return reader_ ? reader_->queue_depth() : 0; }

@@ -29,7 +29,7 @@ TierLockedError = _core.TierLockedError  # a RuntimeError: the tier file is open
 # OSError carrying the errno, and a RuntimeError (as write failures were).
 TierIOError = _core.TierIOError
 
-_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2}
+_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2, "aio": 3}
 
 
 def _inject_io_fault(op: str, nth: int, errno: int) -> None:
@@ -122,7 +122,11 @@ class FileTier:
         ``"pread"`` / ``"direct"`` read each slot's enclosing ``align``-byte
         blocks with ``threads`` positioned reads in flight, ``"direct"``
         through O_DIRECT (the page cache bypassed: every read reaches the
-        device; ``ValueError`` where the file system refuses it).
+        device; ``ValueError`` where the file system refuses it). ``"aio"``
+        reads as ``"direct"`` does, with the ``threads`` requests in flight
+        through one Linux AIO context from the calling thread instead of a
+        thread each (less CPU per read: no thread wake-ups); writes as
+        ``"direct"``.
         ``buffer_bytes`` bounds the I/O buffer (a batch is read in rounds)."""
         args = self._io_args(io, threads, buffer_bytes, align)
         if self._native is not None:

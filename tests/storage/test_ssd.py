@@ -27,9 +27,16 @@ def _io_mode(path):
         t.close()
 
 
-@pytest.fixture
-def io(tmp_path):
-    return _io_mode(tmp_path)
+@pytest.fixture(params=["threads", "aio"])
+def io(tmp_path, request):
+    """Each test twice: the thread pool ('direct', or 'pread' without O_DIRECT)
+    and Linux AIO ('aio', O_DIRECT only)."""
+    mode = _io_mode(tmp_path)
+    if request.param == "threads":
+        return mode
+    if mode != "direct":
+        pytest.skip("io='aio' needs O_DIRECT, which this file system refuses")
+    return "aio"
 
 
 @pytest.fixture(autouse=True)

@@ -112,13 +112,18 @@ void bind_storage(py::module_& m) {
            })
       .def("io_info", [](const FileTier& t) {
         py::dict d;
-        const char* names[] = {"mmap", "pread", "direct"};
+        const char* names[] = {"mmap", "pread", "direct", "aio"};
         d["io"] = names[static_cast<int>(t.io_mode())];
         d["queue_depth"] = t.io_threads();
         d["align"] = t.io_align();
         d["io_buffer_bytes"] = t.io_buffer_bytes();
         d["device_reads"] = t.device_reads();
         d["device_bytes"] = t.device_bytes();
+        d["read_seconds"] = t.read_ns() * 1e-9;
+        d["write_seconds"] = t.write_ns() * 1e-9;
+        d["lock_wait_seconds"] = t.lock_wait_ns() * 1e-9;
+        d["stale_reads"] = t.stale_reads();
+        d["io_buffers"] = t.io_buffers();
         return d;
       })
       .def("get",
@@ -273,7 +278,8 @@ void bind_storage(py::module_& m) {
                                     {"prefetched_rows", c.prefetched},
                                     {"prefetch_used_rows", c.used},
                                     {"prefetch_dropped_rows", c.dropped},
-                                    {"prefetches_in_flight", c.in_flight}});
+                                    {"prefetches_in_flight", c.in_flight},
+                                    {"prefetch_read_ns", c.read_ns}});
       })
       .def("tier_counters", [](const EmbeddingTable& t) {
         const auto c = t.tier_counters();
@@ -281,7 +287,9 @@ void bind_storage(py::module_& m) {
                                     {"tier_hits", c.tier_hits},
                                     {"promotions", c.promotions},
                                     {"demotions", c.demotions},
-                                    {"memory_rows", c.memory_rows}});
+                                    {"memory_rows", c.memory_rows},
+                                    {"tier_read_ns", c.read_ns},
+                                    {"tier_write_ns", c.write_ns}});
       });
 
   m.def("snapshot_info", [](py::buffer buf) {

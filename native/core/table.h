@@ -154,6 +154,9 @@ class EmbeddingTable {
   int64_t write_back_locked(const uint32_t* ids, int64_t n);
   struct TierCounters {
     int64_t memory_hits, tier_hits, promotions, demotions, memory_rows;
+    // Time in the tier's reads and writes made by lookups and updates (the
+    // callers' own time: waits for the tier included; prefetches not).
+    int64_t read_ns, write_ns;
   };
   TierCounters tier_counters() const;
 
@@ -177,6 +180,7 @@ class EmbeddingTable {
   void set_max_staged_rows(int64_t rows);
   struct PrefetchCounters {
     int64_t staged_rows, staged_bytes, max_staged_rows, prefetched, used, dropped, in_flight;
+    int64_t read_ns;  // time the prefetch threads spent reading the tier
   };
   PrefetchCounters prefetch_counters() const;
 
@@ -333,6 +337,7 @@ class EmbeddingTable {
   std::unordered_map<uint64_t, std::future<void>> prefetches_;
   uint64_t next_ticket_ = 0;
   mutable std::atomic<int64_t> memory_hits_{0}, tier_hits_{0}, promotions_{0}, demotions_{0};
+  mutable std::atomic<int64_t> tier_read_ns_{0}, tier_write_ns_{0}, pf_read_ns_{0};
 };
 
 }  // namespace embedlookup

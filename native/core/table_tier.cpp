@@ -57,7 +57,10 @@ int64_t EmbeddingTable::write_back_locked(const uint32_t* ids, int64_t n) {
     }
     ver[i] = stamped(ids[i]);
   }
-  tier_->set(keys.data(), n, rows.data(), tsf ? st.data() : nullptr, ver.data());  // throws before any change
+  {
+    ElapsedNs t(tier_write_ns_);
+    tier_->set(keys.data(), n, rows.data(), tsf ? st.data() : nullptr, ver.data());  // throws before any change
+  }
   unstage(keys.data(), n);  // the tier copy changed: a staged one is stale
   for (int64_t i = 0; i < n; ++i) {
     index_.erase(keys[i]);
@@ -403,7 +406,11 @@ void EmbeddingTable::run_prefetch(const std::vector<int64_t>& keys) {
   b->state.resize(static_cast<size_t>(m) * tsf);
   b->versions.resize(m);
   std::vector<uint8_t> found(m);
-  tier_->get(want.data(), m, b->rows.data(), tsf ? b->state.data() : nullptr, b->versions.data(), found.data());
+  {
+    ElapsedNs t(pf_read_ns_);
+    tier_->get_background(want.data(), m, b->rows.data(), tsf ? b->state.data() : nullptr, b->versions.data(),
+                          found.data());
+  }
   b->keys = std::move(want);
   std::lock_guard<std::mutex> sl(stage_mu_);
   for (int64_t j = 0; j < m; ++j) {
@@ -424,8 +431,12 @@ int64_t EmbeddingTable::tier_get(const int64_t* keys, int64_t n, float* rows, fl
   int64_t got = 0;
   const int64_t dim = opt_.dim, tsf = tier_->state_floats();
   {
-    std::lock_guard<std::mutex> sl(stage_mu_);
-    if (staged_.empty()) return tier_->get(keys, n, rows, state, versions, found);
+    std::unique_lock<std::mutex> sl(stage_mu_);
+    if (staged_.empty()) {
+      sl.unlock();  // a prefetch in flight stages under stage_mu_: not held across the read
+      ElapsedNs t(tier_read_ns_);
+      return tier_->get(keys, n, rows, state, versions, found);
+    }
     for (int64_t i = 0; i < n; ++i) {
       auto it = staged_.find(keys[i]);
       if (it == staged_.end()) {
@@ -452,7 +463,10 @@ int64_t EmbeddingTable::tier_get(const int64_t* keys, int64_t n, float* rows, fl
   std::vector<float> r(static_cast<size_t>(m) * dim), st(static_cast<size_t>(m) * tsf);
   std::vector<uint64_t> v(m);
   std::vector<uint8_t> f(m);
-  got += tier_->get(rest_keys.data(), m, r.data(), state && tsf ? st.data() : nullptr, v.data(), f.data());
+  {
+    ElapsedNs t(tier_read_ns_);
+    got += tier_->get(rest_keys.data(), m, r.data(), state && tsf ? st.data() : nullptr, v.data(), f.data());
+  }
   for (int64_t j = 0; j < m; ++j) {
     const int64_t i = rest_pos[j];
     found[i] = f[j];
@@ -470,13 +484,13 @@ EmbeddingTable::PrefetchCounters EmbeddingTable::prefetch_counters() const {
   // bytes held: every batch still referenced (a batch is freed when its last row goes)
   int64_t bytes = 0;
   for (const auto& b : stage_order_) bytes += static_cast<int64_t>((b->rows.size() + b->state.size()) * 4);
-  return {n, bytes, max_staged_rows_, pf_prefetched_, pf_used_, pf_dropped_, stage_in_flight_};
+  return {n, bytes, max_staged_rows_, pf_prefetched_, pf_used_, pf_dropped_, stage_in_flight_, pf_read_ns_.load()};
 }
 
 EmbeddingTable::TierCounters EmbeddingTable::tier_counters() const {
   std::shared_lock<std::shared_mutex> lk(mu_);
   return {memory_hits_.load(), tier_hits_.load(), promotions_.load(), demotions_.load(),
-          static_cast<int64_t>(index_.size())};
+          static_cast<int64_t>(index_.size()), tier_read_ns_.load(), tier_write_ns_.load()};
 }
 
 }  // namespace embedlookup

@@ -15,12 +15,31 @@
 //  * rows and state are dense: row i at rows + i * dim, state at
 //    state + i * state_floats (state may be null: zeros are stored / nothing read).
 #pragma once
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
 #include "embedlookup/errors.h"  // TierFullError
 
 namespace embedlookup {
+
+// Adds the nanoseconds from its construction to its destruction to `sum`
+// (time counters of the tier's I/O and of the waits for it).
+class ElapsedNs {
+ public:
+  explicit ElapsedNs(std::atomic<int64_t>& sum) : sum_(sum), t0_(std::chrono::steady_clock::now()) {}
+  ~ElapsedNs() {
+    sum_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0_).count(),
+                   std::memory_order_relaxed);
+  }
+  ElapsedNs(const ElapsedNs&) = delete;
+  ElapsedNs& operator=(const ElapsedNs&) = delete;
+
+ private:
+  std::atomic<int64_t>& sum_;
+  std::chrono::steady_clock::time_point t0_;
+};
 
 struct TierStats {
   int64_t reads = 0;          // rows read (found)
@@ -42,6 +61,12 @@ class StorageTier {
   // (found[i] = 0). Returns the number found.
   virtual int64_t get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
                       uint8_t* found) = 0;
+  // get() on behalf of a prefetch: the same result; an implementation may
+  // give these reads a lower priority than its other callers' (FileTier does).
+  virtual int64_t get_background(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                                 uint8_t* found) {
+    return get(keys, n, rows, state, versions, found);
+  }
   // Inserts or overwrites; the last of duplicated keys wins.
   virtual void set(const int64_t* keys, int64_t n, const float* rows, const float* state,
                    const uint64_t* versions) = 0;

@@ -14,6 +14,7 @@
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -45,7 +46,11 @@ void inject(Op op, int64_t nth, int err);
 int take(Op op);
 }  // namespace io_faults
 
-// A fixed pool of threads running index-parallel jobs; the caller takes part.
+// A fixed pool of threads running index-parallel jobs; the caller takes part
+// in its own job. Jobs of several callers may run at once: the threads take
+// the next index of a foreground job before any of a background one, so a
+// background job (a prefetch's reads) yields the pool to a foreground one (a
+// batch's own reads, a write-back) between two of its requests.
 class IoPool {
  public:
   explicit IoPool(int threads);  // threads >= 1 (threads - 1 workers + the caller)
@@ -54,20 +59,21 @@ class IoPool {
   IoPool& operator=(const IoPool&) = delete;
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
   // fn(i) for every i in [0, n), spread over the threads; returns when all are
-  // done. fn must not throw. One run at a time (callers are serialised).
-  void run(int64_t n, const std::function<void(int64_t)>& fn);
+  // done. fn must not throw.
+  void run(int64_t n, const std::function<void(int64_t)>& fn, bool background = false);
 
  private:
+  struct Job {
+    const std::function<void(int64_t)>* fn;
+    int64_t n, next, done;
+  };
+  Job* pick_locked();  // the next job with an index left, foreground first (mu_ held)
   void work();
   std::vector<std::thread> workers_;
-  std::mutex run_mu_, mu_;
+  std::mutex mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0;
-  uint64_t gen_ = 0;
-  int active_ = 0;
+  std::deque<Job*> fg_, bg_;
   bool stop_ = false;
-  std::atomic<int64_t> next_{0};
 };
 
 // One aligned read request.
@@ -82,14 +88,15 @@ class ParallelReader {
  public:
   // direct: open with O_DIRECT (std::invalid_argument when the file system
   // refuses it, e.g. tmpfs). threads: the queue depth.
-  ParallelReader(const std::string& path, bool direct, int threads, size_t align);
+  // aio (with direct): reads through Linux AIO from the calling thread.
+  ParallelReader(const std::string& path, bool direct, int threads, size_t align, bool aio = false);
   ~ParallelReader();
   ParallelReader(const ParallelReader&) = delete;
   ParallelReader& operator=(const ParallelReader&) = delete;
   // Issues every request (in parallel); throws TierIOError naming the first
   // failure after all have finished (the buffers of failed requests are
-  // undefined).
-  void read(const ReadRequest* r, int64_t n);
+  // undefined). Callers may overlap; background reads yield to the others.
+  void read(const ReadRequest* r, int64_t n, bool background = false);
   // The same for writes (dst is the source); TierIOError on the first failure.
   void write(const ReadRequest* r, int64_t n);
   bool direct() const { return direct_; }
@@ -97,10 +104,16 @@ class ParallelReader {
   size_t align() const { return align_; }
 
  private:
-  void io(const ReadRequest* r, int64_t n, bool write);
+  void io(const ReadRequest* r, int64_t n, bool write, bool background);
+  // O_DIRECT: every request through one Linux AIO context, `depth` in flight,
+  // from the calling thread; false when no context could be made (the pool
+  // reads instead). Sets the first failure (errno, request) as io() reports it.
+  bool io_async(const ReadRequest* r, int64_t n, bool write, int& first_err, int64_t& first_at);
+  // One request with blocking calls from byte `done` on; the errno or 0.
+  int io_sync(const ReadRequest& q, size_t done, bool write);
   std::string path_;
   int fd_ = -1;
-  bool direct_;
+  bool direct_, aio_;
   size_t align_;
   IoPool pool_;
 };

@@ -149,8 +149,7 @@ FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, i
 
 void FileTier::release_fd() {
   reader_.reset();
-  if (io_buf_) std::free(io_buf_);
-  io_buf_ = nullptr;
+  free_io_buffers();
   if (map_) ::munmap(const_cast<uint8_t*>(map_), map_bytes_);
   map_ = nullptr;
   if (fd_ >= 0) {
@@ -448,7 +447,23 @@ int64_t FileTier::size() const {
 
 int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
                       uint8_t* found) {
-  std::shared_lock<std::shared_mutex> lk(mu_);
+  return get_impl(keys, n, rows, state, versions, found, false);
+}
+
+int64_t FileTier::get_background(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                                 uint8_t* found) {
+  return get_impl(keys, n, rows, state, versions, found, true);
+}
+
+int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                           uint8_t* found, bool background) {
+  std::shared_lock<std::shared_mutex> life(io_life_mu_, std::defer_lock);
+  std::shared_lock<std::shared_mutex> lk(mu_, std::defer_lock);
+  {
+    ElapsedNs w(lock_wait_ns_);
+    life.lock();
+    lk.lock();
+  }
   check_open();
   // Two passes so that cache misses overlap: resolve every key (index
   // buckets prefetched ahead), then copy slots (slot lines prefetched ahead).
@@ -462,13 +477,35 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
   }
   const size_t row_bytes = sizeof(float) * dim_;
   if (reader_) {
+    // The slots are resolved under mu_, read without it (a set or flush may
+    // run meanwhile: a write-back never waits for a read), and checked under
+    // it again: a slot whose entry changed (its seq: a slot is freed, seq 0,
+    // before it is written again) may hold another value by now; its key is
+    // resolved and read again with mu_ held throughout.
+    thread_local std::vector<uint64_t> seqs;
+    if (seqs.size() < static_cast<size_t>(n)) seqs.resize(n);
+    for (int64_t i = 0; i < n; ++i) seqs[i] = slots[i] != kNoRow ? dir_[slots[i]].seq : 0;
+    lk.unlock();
+    read_slots_parallel(slots.data(), n, rows, state, background);  // throws TierIOError: nothing counted
+    {
+      ElapsedNs w(lock_wait_ns_);
+      lk.lock();
+    }
+    check_open();
+    std::vector<uint32_t> again;  // slot per position: kNoRow except positions read again
+    for (int64_t i = 0; i < n; ++i) {
+      if (slots[i] == kNoRow || dir_[slots[i]].seq == seqs[i]) continue;
+      if (again.empty()) again.assign(static_cast<size_t>(n), kNoRow);
+      again[i] = slots[i] = index_.find(keys[i]);
+      stale_reads_.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (!again.empty()) read_slots_parallel(again.data(), n, rows, state, background);
     int64_t got = 0;
     for (int64_t i = 0; i < n; ++i) {
       found[i] = slots[i] != kNoRow;
       got += found[i];
       if (found[i] && versions) versions[i] = dir_[slots[i]].version;
     }
-    read_slots_parallel(slots.data(), n, rows, state);  // throws TierIOError: nothing counted
     reads_.fetch_add(got, std::memory_order_relaxed);
     bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
     return got;
@@ -500,13 +537,12 @@ int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state,
 }
 
 void FileTier::set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align) {
+  std::unique_lock<std::shared_mutex> life(io_life_mu_);  // no get() is reading
   std::unique_lock<std::shared_mutex> lk(mu_);
-  std::lock_guard<std::mutex> io(io_mu_);
   check_open();
   if (mode == IoMode::kMmap) {
     reader_.reset();
-    std::free(io_buf_);
-    io_buf_ = nullptr;
+    free_io_buffers();
     io_buffer_bytes_ = 0;
     io_mode_ = mode;
     return;
@@ -520,22 +556,58 @@ void FileTier::set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t al
     throw std::invalid_argument("buffer_bytes must be at least " + std::to_string(need) + " (one slot's blocks), got " +
                                 std::to_string(buffer_bytes));
   const size_t bytes = align_up(static_cast<size_t>(buffer_bytes), static_cast<size_t>(align));
-  auto reader = std::make_unique<ParallelReader>(path_, mode == IoMode::kDirect, threads, static_cast<size_t>(align));
-  void* buf = std::aligned_alloc(static_cast<size_t>(align), bytes);
-  if (!buf) throw std::bad_alloc();
-  std::free(io_buf_);
-  io_buf_ = static_cast<uint8_t*>(buf);
+  const bool direct = mode == IoMode::kDirect || mode == IoMode::kAio;
+  auto reader = std::make_unique<ParallelReader>(path_, direct, threads, static_cast<size_t>(align), mode == IoMode::kAio);
+  free_io_buffers();
   io_buffer_bytes_ = static_cast<int64_t>(bytes);
   reader_ = std::move(reader);
   io_mode_ = mode;
 }
 
-void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state) {
+uint8_t* FileTier::take_io_buffer() {
+  {
+    std::lock_guard<std::mutex> g(buf_mu_);
+    if (!free_bufs_.empty()) {
+      uint8_t* b = free_bufs_.back();
+      free_bufs_.pop_back();
+      return b;
+    }
+  }
+  void* b = std::aligned_alloc(reader_->align(), static_cast<size_t>(io_buffer_bytes_));
+  if (!b) throw std::bad_alloc();
+  std::lock_guard<std::mutex> g(buf_mu_);
+  ++bufs_held_;
+  return static_cast<uint8_t*>(b);
+}
+
+void FileTier::give_io_buffer(uint8_t* b) {
+  std::lock_guard<std::mutex> g(buf_mu_);
+  free_bufs_.push_back(b);
+}
+
+void FileTier::free_io_buffers() {
+  std::lock_guard<std::mutex> g(buf_mu_);
+  for (uint8_t* b : free_bufs_) std::free(b);
+  free_bufs_.clear();
+  bufs_held_ = 0;
+}
+
+int64_t FileTier::io_buffers() const {
+  std::lock_guard<std::mutex> g(buf_mu_);
+  return bufs_held_;
+}
+
+void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state, bool background) {
   // Each slot's payload lies in whole `align` blocks [first, last]; blocks are
   // read once per call (sorted, deduplicated), runs of adjacent blocks
   // coalesced into one request of up to kMaxRun bytes, in rounds that fit the
   // buffer. The extra bytes (block minus row) are counted in device_bytes.
-  std::lock_guard<std::mutex> io(io_mu_);
+  struct Buffer {  // this call's own: reads of other callers may run beside it
+    FileTier* t;
+    uint8_t* p;
+    ~Buffer() { t->give_io_buffer(p); }
+  } buffer{this, take_io_buffer()};
+  uint8_t* const buf = buffer.p;
   const uint64_t A = reader_->align();
   const uint64_t payload = static_cast<uint64_t>(dim_ + (state ? state_floats_ : 0)) * 4;
   constexpr uint64_t kMaxRun = 128 * 1024;
@@ -568,7 +640,7 @@ void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows
         if (last && last->off + last->len == from && last->len + add <= kMaxRun)
           last->len += static_cast<uint32_t>(add);
         else
-          reqs.push_back({from, static_cast<uint32_t>(add), io_buf_ + used});
+          reqs.push_back({from, static_cast<uint32_t>(add), buf + used});
         used += add;
         end = b1;
       }
@@ -579,14 +651,17 @@ void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows
           r = &reqs[q];
           break;
         }
-      item_pos.push_back(static_cast<uint64_t>(r->dst - io_buf_) + (off - r->off));
+      item_pos.push_back(static_cast<uint64_t>(r->dst - buf) + (off - r->off));
     }
-    reader_->read(reqs.data(), static_cast<int64_t>(reqs.size()));
+    {
+      ElapsedNs t(read_ns_);
+      reader_->read(reqs.data(), static_cast<int64_t>(reqs.size()), background);
+    }
     dev_reads_.fetch_add(static_cast<int64_t>(reqs.size()), std::memory_order_relaxed);
     dev_bytes_.fetch_add(static_cast<int64_t>(used), std::memory_order_relaxed);
     for (size_t q = j; q < k; ++q) {
       const int64_t i = items[q].i;
-      const float* src = reinterpret_cast<const float*>(io_buf_ + item_pos[q - j]);
+      const float* src = reinterpret_cast<const float*>(buf + item_pos[q - j]);
       std::memcpy(rows + i * dim_, src, sizeof(float) * dim_);
       if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
     }
@@ -701,7 +776,6 @@ void FileTier::write_blocks_locked(const std::vector<uint32_t>& slots, const uin
   // hold (a crash mid-write leaves them as they were). Then every block run is
   // written in parallel (O_DIRECT in kDirect: no page-cache copy, and the
   // kernel never reads a block synchronously to change part of it).
-  std::lock_guard<std::mutex> io(io_mu_);
   const uint64_t A = reader_->align(), sb = static_cast<uint64_t>(slot_bytes_);
   constexpr uint64_t kMaxRun = 128 * 1024;
   struct Run {
@@ -793,7 +867,11 @@ void FileTier::release_slots_locked(std::vector<uint32_t>& slots) {
 }
 
 void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const float* state, const uint64_t* versions) {
-  std::unique_lock<std::shared_mutex> lk(mu_);
+  std::unique_lock<std::shared_mutex> lk(mu_, std::defer_lock);
+  {
+    ElapsedNs w(lock_wait_ns_);
+    lk.lock();
+  }
   check_open();
   // Last occurrence of each key wins: write each distinct key once. Large
   // batches use a flat KeyIndex as the seen-set (a node-based set's
@@ -862,6 +940,7 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
     // 1) all data, 2) all entries: an entry only ever points at data that is
     //    already written.
     try {
+      ElapsedNs t(write_ns_);
       write_data_locked(slots, buf.data(), run);
       for (size_t j = 0; j < m; ++j) dir_[slots[j]] = ents[j];
       write_entries_locked(slots);
@@ -940,6 +1019,7 @@ void FileTier::flush() {
 }
 
 void FileTier::close() {
+  std::unique_lock<std::shared_mutex> life(io_life_mu_);  // no get() is reading
   std::unique_lock<std::shared_mutex> lk(mu_);
   if (fd_ < 0) return;
   flush_locked();

@@ -79,6 +79,8 @@ class FileTier : public StorageTier {
   int64_t size() const override;
   int64_t get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
               uint8_t* found) override;
+  int64_t get_background(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+                         uint8_t* found) override;
   void set(const int64_t* keys, int64_t n, const float* rows, const float* state,
            const uint64_t* versions) override;
   int64_t contains(const int64_t* keys, int64_t n, uint8_t* found) const override;
@@ -98,16 +100,28 @@ class FileTier : public StorageTier {
   // buffer_bytes bounds the aligned I/O buffer (a batch needing more is read
   // in rounds). Writes are unchanged (pwrite); the kernel writes dirty cached
   // pages back before an O_DIRECT read of them, so reads see every write.
-  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2 };
+  //  kAio     kDirect's reads through one Linux AIO context from the calling
+  //           thread (`threads` requests in flight, no thread per request:
+  //           less CPU per read); writes as kDirect.
+  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2, kAio = 3 };
   void set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align);
   IoMode io_mode() const { return io_mode_; }
   int io_threads() const { return reader_ ? reader_->queue_depth() : 0; }
   int64_t io_align() const { return reader_ ? static_cast<int64_t>(reader_->align()) : 0; }
-  int64_t io_buffer_bytes() const { return io_buffer_bytes_; }  // the I/O buffer's bound (0 for kMmap)
+  int64_t io_buffer_bytes() const { return io_buffer_bytes_; }  // one I/O buffer's bound (0 for kMmap)
+  // I/O buffers allocated: one per get() reading at the same time (a batch's
+  // own reads and a prefetch's), kept for reuse until set_io or close.
+  int64_t io_buffers() const;
   // Block reads issued by kPread / kDirect and their bytes (slots' enclosing
   // aligned blocks: more than the row bytes served).
   int64_t device_reads() const { return dev_reads_.load(); }
   int64_t device_bytes() const { return dev_bytes_.load(); }
+  // Time (ns, summed over callers) in block reads of get(), in writing set()'s
+  // rows and entries, and waiting for the tier's locks in get() and set().
+  int64_t read_ns() const { return read_ns_.load(); }
+  int64_t write_ns() const { return write_ns_.load(); }
+  int64_t lock_wait_ns() const { return lock_wait_ns_.load(); }
+  int64_t stale_reads() const { return stale_reads_.load(); }
 
   // Flushes, marks the file cleanly closed and releases it (idempotent).
   void close();
@@ -155,8 +169,15 @@ class FileTier : public StorageTier {
   void flush_locked();
   void sync_checked();  // fdatasync; TierIOError (and io_failed_) on failure
   void check_open() const;
+  int64_t get_impl(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions, uint8_t* found,
+                   bool background);
   // get() through reader_: slots resolved by the caller (kNoRow = absent).
-  void read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state);
+  // Needs no lock but io_life_mu_ (shared): the caller checks afterwards that
+  // the slots still hold what it resolved.
+  void read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state, bool background);
+  uint8_t* take_io_buffer();
+  void give_io_buffer(uint8_t* b);
+  void free_io_buffers();
   size_t data_off(uint32_t slot) const { return data_offset_ + static_cast<size_t>(slot) * slot_bytes_; }
 
   std::string path_;
@@ -182,14 +203,20 @@ class FileTier : public StorageTier {
   uint64_t max_version_ = 0;
   mutable TierStats st_;
   mutable std::atomic<int64_t> reads_{0}, bytes_read_{0};
-  // kPread / kDirect: the reader, its aligned buffer (guarded by io_mu_: one
-  // parallel read at a time), and the device counters.
+  // kPread / kDirect: the reader, its aligned buffers, and the device
+  // counters. get() reads the device without mu_ (a write-back never waits
+  // for a read), holding io_life_mu_ shared so that reader_ and the buffers
+  // stay; set_io and close take it exclusively, before mu_.
   IoMode io_mode_ = IoMode::kMmap;
   std::unique_ptr<ParallelReader> reader_;
-  std::mutex io_mu_;
-  uint8_t* io_buf_ = nullptr;
+  mutable std::shared_mutex io_life_mu_;
+  mutable std::mutex buf_mu_;
+  std::vector<uint8_t*> free_bufs_;  // guarded by buf_mu_
+  int64_t bufs_held_ = 0;            // guarded by buf_mu_
   int64_t io_buffer_bytes_ = 0;
   std::atomic<int64_t> dev_reads_{0}, dev_bytes_{0};
+  std::atomic<int64_t> read_ns_{0}, write_ns_{0}, lock_wait_ns_{0};
+  std::atomic<int64_t> stale_reads_{0};  // slots rewritten while get() read them (read again)
 };
 
 }  // namespace embedlookup

@@ -314,6 +314,14 @@ def bench(args, argv: list[str]) -> int:
             print(f"embedlookup bench: {err_kind[kind]}: {why}", file=err)
         else:
             written.append(path)
+    if "ssd" in report and written:  # the tier's step-time plot, next to the results
+        import os
+
+        from .bench import ssd
+
+        png = os.path.join(os.path.dirname(os.path.abspath(written[0])), "ssd_steps.png")
+        if not ssd.write_plot(report["ssd"], png):
+            written.append(png)
     if written:
         print("saved: " + ", ".join(written))
     else:

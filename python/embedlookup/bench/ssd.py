@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -157,7 +158,7 @@ def miss_service(folder: str, rows: int, dim: int, batch: int, calls: int, dev) 
         rng = np.random.default_rng(11)
         batches = [rng.choice(rows, batch, replace=False).astype(np.int64) for _ in range(calls)]
         res = {"rows": rows, "dim": dim, "batch": batch, "calls": calls, "slot_bytes": tier._n().slot_bytes}
-        for mode in ("direct", "mmap"):
+        for mode in ("direct", "aio", "mmap"):
             tier.set_io(mode, threads=QUEUE_DEPTH)
             drop_cache(path)
             io0 = tier.io_info()
@@ -189,10 +190,14 @@ def _dense_compute(ms: float):
     if ms <= 0:
         return lambda: None
     a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ a
-    per = (time.perf_counter() - t0) / 20
+    # The fastest of several timings: a fixed amount of work, the same in
+    # every run, whatever the machine's load at calibration.
+    per = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ a
+        per = min(per, (time.perf_counter() - t0) / 10)
     reps = max(1, int(ms / 1000 / per))
 
     def run():
@@ -201,8 +206,28 @@ def _dense_compute(ms: float):
     return run
 
 
+def _clocks(t, tier) -> dict:
+    """Cumulative tier counters of table ``t`` over ``tier``: seconds the
+    step's own reads / write-backs took (``read_s`` / ``write_s``, waits for
+    the tier included), the prefetch threads' reads (``prefetch_read_s``), the
+    tier's device time and lock waits, and rows read / promoted / written."""
+    c, p, io, st = t._t.tier_counters(), t._t.prefetch_counters(), tier.io_info(), tier.stats()
+    return {"read_s": c["tier_read_ns"] * 1e-9, "write_s": c["tier_write_ns"] * 1e-9,
+            "prefetch_read_s": p["prefetch_read_ns"] * 1e-9, "device_read_s": io["read_seconds"],
+            "device_write_s": io["write_seconds"], "lock_wait_s": io["lock_wait_seconds"],
+            "promotions": c["promotions"], "tier_rows_read": st["reads"], "rows_written": st["writes"],
+            "prefetch_used_rows": p["prefetch_used_rows"], "cpu_s": _cpu_seconds()}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (every thread: user + system)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float, batch: int, pooling: int,
-             steps: int, compute_ms: float, dev, uniform: bool = False, log=print) -> dict:
+             steps: int, compute_ms: float, dev, uniform: bool = False, log=print, rounds: int = 1,
+             io: str = "direct") -> dict:
     """Training throughput: all rows in DRAM vs memory_frac in DRAM over an
     O_DIRECT tier, with and without prefetch one batch ahead."""
     rng = np.random.default_rng(7)
@@ -224,7 +249,8 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
     init = el.init.uniform(seed=1)
     budget = int(rows * memory_frac)
     res = {"rows": rows, "dim": dim, "alpha": None if uniform else alpha, "keys": "uniform" if uniform else "zipf",
-           "memory_rows": budget, "batch": batch, "pooling": pooling, "steps": steps, "compute_ms": compute_ms}
+           "memory_rows": budget, "batch": batch, "pooling": pooling, "steps": steps, "compute_ms": compute_ms,
+           "rounds": rounds, "io": io}
 
     def step(t, v):
         t.pooled_lookup(v, offsets)
@@ -238,22 +264,27 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
     for v in warm:
         step(dram, v)
     t0 = time.perf_counter()
-    per = []
+    per, cpu = [], []
     for v in batches:
-        s0 = time.perf_counter()
+        s0, c0 = time.perf_counter(), _cpu_seconds()
         step(dram, v)
         per.append(time.perf_counter() - s0)
+        cpu.append(_cpu_seconds() - c0)
     res["dram"] = {"samples_per_s": steps * batch / (time.perf_counter() - t0),
-                   "step_ms_median": 1e3 * statistics.median(per)}
+                   "step_ms_median": 1e3 * statistics.median(per), "cpu_ms_median": 1e3 * statistics.median(cpu)}
     log(f"  training: all in DRAM {res['dram']['samples_per_s']:.0f} samples/s")
     del dram
 
     path = os.path.join(folder, "ssd_train.tier")
-    for prefetch in (False, True):
+    runs = {"tier": [], "tier_prefetch": []}
+    # Rounds alternate the order (tier, tier+prefetch), (tier+prefetch, tier), ...:
+    # on a shared machine a load change hits both alike; medians over every step.
+    order = [p for r in range(rounds) for p in ((False, True) if r % 2 == 0 else (True, False))]
+    for prefetch in order:
         if os.path.exists(path):
             os.remove(path)
         # Twice the rows: write-backs find wholly free blocks (no read before a write)
-        tier = el.storage.FileTier(path, 2 * rows, io="direct", io_threads=QUEUE_DEPTH)
+        tier = el.storage.FileTier(path, 2 * rows, io=io, io_threads=QUEUE_DEPTH)
         t = el.FrequencyTable(dim, initializer=init, optimizer=opt, budget_rows=budget, policy="lfu",
                               admit_count=1, evict_fraction=0.05, tier=tier)
         try:
@@ -263,11 +294,12 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
             tier.flush()
             drop_cache(path)
             s0 = t.tier_stats()
-            per, waits = [], []
+            per, waits, clocks = [], [], []
             handle = t.prefetch(batches[0]) if prefetch else None
             t0 = time.perf_counter()
             with DeviceCounter(dev) as c:
                 for i, v in enumerate(batches):
+                    k0 = _clocks(t, tier)
                     a = time.perf_counter()
                     if prefetch:
                         handle.wait()
@@ -279,11 +311,13 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
                     step(t, v)
                     per.append(time.perf_counter() - a)
                     waits.append(w)
+                    k1 = _clocks(t, tier)
+                    clocks.append({k: k1[k] - k0[k] for k in k0})
             wall = time.perf_counter() - t0
             s1 = t.tier_stats()
             served = s1["tier_bytes_read"] - s0["tier_bytes_read"]
             name = "tier_prefetch" if prefetch else "tier"
-            res[name] = {
+            runs[name].append({
                 "samples_per_s": steps * batch / wall,
                 "step_ms_median": 1e3 * statistics.median(per),
                 "prefetch_wait_ms_median": 1e3 * statistics.median(waits),
@@ -297,23 +331,133 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
                 / max(1, (s1["memory_hits"] - s0["memory_hits"]) + (s1["tier_hits"] - s0["tier_hits"])),
                 "prefetch_used_rows": s1["prefetch_used_rows"] - s0["prefetch_used_rows"],
                 "memory": s1["memory"],
-            }
-            log(f"  training: {name} {res[name]['samples_per_s']:.0f} samples/s ({res[name]['source']})")
+                "per_step": [dict(c, wall_s=p, prefetch_wait_s=w) for c, p, w in zip(clocks, per, waits)],
+            })
+            log(f"  training: {name} {runs[name][-1]['samples_per_s']:.0f} samples/s ({runs[name][-1]['source']})")
         finally:
             t.wait_prefetches() if prefetch else None
             tier.close()
             del t
             os.remove(path)
+    for name, rs in runs.items():  # one run: as it is; several: medians, every step kept
+        res[name] = dict(rs[0])
+        if len(rs) > 1:
+            res[name]["rounds"] = [{k: r[k] for k in ("samples_per_s", "step_ms_median", "source")} for r in rs]
+            res[name]["samples_per_s"] = statistics.median(r["samples_per_s"] for r in rs)
+            res[name]["per_step"] = [st for r in rs for st in r["per_step"]]
+            res[name]["step_ms_median"] = 1e3 * statistics.median(st["wall_s"] for st in res[name]["per_step"])
+            res[name]["source"] = "device" if all(r["source"] == "device" for r in rs) else rs[0]["source"]
     d = res["dram"]["samples_per_s"]
     res["prefetch_vs_dram"] = res["tier_prefetch"]["samples_per_s"] / d
     res["prefetch_vs_no_prefetch"] = res["tier_prefetch"]["samples_per_s"] / res["tier"]["samples_per_s"]
     res["step_wall_over_compute"] = res["tier_prefetch"]["step_ms_median"] / res["dram"]["step_ms_median"]
+    res["split"] = step_split(res)
     return res
+
+
+def step_split(res: dict) -> dict:
+    """Where a training step's time goes and what overlap can give, per step
+    (medians over the timed steps).
+
+    ``io_ms``: the step without prefetch reading its batch's missing rows
+    (``misses`` rows, queue depth 32): the part a prefetch can move off the
+    step. ``compute_ms``: the same step on the all-in-DRAM table.
+    ``rest_ms``: the step without prefetch less ``io_ms`` (compute, the
+    write-back of evicted rows (``write_back_ms``) and the tier's bookkeeping:
+    what stays on the step). Overlap saves at most min(io, rest), so
+
+    * prefetch's gain over no prefetch is at most (io + compute) / max(io,
+      compute) (``gain_bound``), and with the tier's own step work (io + rest) /
+      max(io, rest) (``gain_bound_tier``, the tighter one);
+    * the ratio to DRAM is at most compute / max(io, compute) (``dram_bound``),
+      or compute / max(io, rest) (``dram_bound_tier``).
+
+    ``achieved_*`` are the measured step-time ratios and ``*_fraction`` their
+    share of the tighter bound. ``cpu_ms`` is the process's CPU time per step
+    (all threads): above the wall time times the free cores, the step is bound
+    by the CPU (the reads' system calls included), not by the device."""
+    med = statistics.median
+    tier, pf = res["tier"]["per_step"], res["tier_prefetch"]["per_step"]
+    io = 1e3 * med(s["read_s"] for s in tier)
+    wb = 1e3 * med(s["write_s"] for s in tier)
+    wall, wall_pf = res["tier"]["step_ms_median"], res["tier_prefetch"]["step_ms_median"]
+    compute = res["dram"]["step_ms_median"]
+    rest = max(0.0, wall - io)
+    out = {"misses": med(s["promotions"] for s in tier), "io_ms": io, "write_back_ms": wb, "compute_ms": compute,
+           "rest_ms": rest, "step_ms": wall, "step_prefetch_ms": wall_pf,
+           "prefetch_step_read_ms": 1e3 * med(s["read_s"] for s in pf),
+           "prefetch_step_write_back_ms": 1e3 * med(s["write_s"] for s in pf),
+           "prefetch_background_read_ms": 1e3 * med(s["prefetch_read_s"] for s in pf),
+           "prefetch_used_per_step": med(s["prefetch_used_rows"] for s in pf),
+           "cpu_ms": {"dram": res["dram"].get("cpu_ms_median"), "tier": 1e3 * med(s["cpu_s"] for s in tier),
+                      "tier_prefetch": 1e3 * med(s["cpu_s"] for s in pf)},
+           "cores": os.cpu_count()}
+    out["gain_bound"] = (io + compute) / max(io, compute)
+    out["gain_bound_tier"] = (io + rest) / max(io, rest, 1e-9)
+    out["dram_bound"] = compute / max(io, compute)
+    out["dram_bound_tier"] = compute / max(io, rest, 1e-9)
+    out["achieved_gain"] = wall / wall_pf
+    out["achieved_vs_dram"] = compute / wall_pf
+    out["gain_fraction"] = (out["achieved_gain"] - 1) / max(out["gain_bound_tier"] - 1, 1e-9)
+    out["dram_fraction"] = out["achieved_vs_dram"] / out["dram_bound_tier"]
+    out["step_prefetch_over_compute"] = wall_pf / compute
+    # The CPU is a floor too: the step cannot take less than its CPU time
+    # spread over every core (reads cost CPU: system calls, wake-ups).
+    out["cpu_floor_ms"] = out["cpu_ms"]["tier_prefetch"] / max(1, out["cores"] or 1)
+    return out
+
+
+def write_plot(res: dict, path: str) -> str | None:
+    """Step time per training case (bars: the step's own reads, write-back and
+    the rest; a thin bar: the prefetch's background read), saved to ``path``.
+    Returns why not (no matplotlib, no training result) or None."""
+    cases = [(k, res[k]) for k in ("training", "training_compute") if k in res and "split" in res[k]]
+    if not cases:
+        return "no training result to plot"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed"
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.2 * len(cases), 4.2), squeeze=False)
+    for ax, (key, t) in zip(axes[0], cases):
+        sp = t["split"]
+        names = ["all in DRAM", "tier", "tier + prefetch"]
+        reads = [0.0, sp["io_ms"], sp["prefetch_step_read_ms"]]
+        wbs = [0.0, sp["write_back_ms"], sp["prefetch_step_write_back_ms"]]
+        walls = [sp["compute_ms"], sp["step_ms"], sp["step_prefetch_ms"]]
+        rest = [max(0.0, w - r - b) for w, r, b in zip(walls, reads, wbs)]
+        x = np.arange(3)
+        ax.bar(x, rest, 0.6, label="compute + bookkeeping", color="#4c72b0")
+        ax.bar(x, wbs, 0.6, bottom=rest, label="write-back (in the step)", color="#dd8452")
+        ax.bar(x, reads, 0.6, bottom=np.add(rest, wbs), label="reads of misses (in the step)", color="#c44e52")
+        ax.bar([2.38], [sp["prefetch_background_read_ms"]], 0.12, color="#c44e52", alpha=0.45, hatch="//",
+               label="prefetch read (background)")
+        ax.axhline(max(sp["io_ms"], sp["rest_ms"]), color="k", ls="--", lw=0.8, label="bound: max(io, rest)")
+        for xi, w in zip(x, walls):
+            ax.text(xi, w, f"{w:.0f} ms", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel("median step time (ms)")
+        extra = f", +{t['compute_ms']:.0f} ms dense work" if t.get("compute_ms") else ""
+        ax.set_title(f"{t['keys']} {t['rows'] / 1e6:g} M rows, {t['memory_rows'] / t['rows']:.0%} in DRAM, "
+                     f"batch {t['batch']}x{t['pooling']}{extra}\n{sp['misses']:.0f} misses/step; prefetch "
+                     f"{sp['achieved_gain']:.2f}x (bound {sp['gain_bound_tier']:.2f}x), "
+                     f"{sp['achieved_vs_dram']:.2f}x DRAM (bound {sp['dram_bound_tier']:.2f}x)", fontsize=7)
+        ax.legend(fontsize=6)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
 
 
 def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000, dim: int = 64,
         alpha: float = 1.05, memory_frac: float = 0.10, batch: int = 4096, pooling: int = 32, steps: int = 8,
-        compute_ms: float = 0.0, miss_batch: int = 16384, miss_calls: int = 4, log=print) -> dict:
+        compute_ms: float = 0.0, miss_batch: int = 16384, miss_calls: int = 4, log=print, rounds: int = 1,
+        io: str = "direct") -> dict:
     dev = block_device(folder)
     res = {"folder": os.path.abspath(folder), "block_device": dev, "queue_depth": QUEUE_DEPTH}
     if "device" in only:
@@ -325,12 +469,13 @@ def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000,
             lim = res["device"][f"rand4k_qd{QUEUE_DEPTH}_iops"]
             # rows served per second, and read requests per second, against the
             # device's random 4 KiB reads at the same queue depth
-            m["direct"]["rows_vs_device_random_reads"] = m["direct"]["rows_per_s"] / lim
-            m["direct"]["requests_vs_device_random_reads"] = m["direct"]["block_reads_per_s"] / lim
+            for mode in ("direct", "aio"):
+                m[mode]["rows_vs_device_random_reads"] = m[mode]["rows_per_s"] / lim
+                m[mode]["requests_vs_device_random_reads"] = m[mode]["block_reads_per_s"] / lim
         log(f"  miss service: {json.dumps(m)}")
     if "training" in only:
         res["training"] = training(folder, rows, dim, alpha, memory_frac, batch, pooling, steps, compute_ms, dev,
-                                   log=log)
+                                   log=log, rounds=rounds, io=io)
     return res
 
 
@@ -346,7 +491,7 @@ def suite_section(tier_dir: str | None = None, log=print) -> dict:
         log("storage: the tier under real I/O (device limit, cold reads, training with prefetch) ...")
         res = run(folder, ("device", "miss", "training"), steps=6, log=log)
         dev = block_device(folder)
-        res["training_compute_800ms"] = training(folder, 1_000_000, 64, 1.05, 0.10, 4096, 32, 5, 800.0, dev, log=log)
+        res["training_compute"] = training(folder, 1_000_000, 64, 1.05, 0.10, 4096, 32, 5, 800.0, dev, log=log)
         return res
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -359,19 +504,35 @@ def format_section(res: dict) -> str:
         lines.append(f"  device: random 4 KiB {d['rand4k_qd1_iops']:.0f}/s at QD1, {d[f'rand4k_qd{QUEUE_DEPTH}_iops']:.0f}/s "
                      f"at QD{QUEUE_DEPTH}; sequential {d['seq1m_qd1_MBps']:.0f} MB/s")
     if m:
-        x = m["direct"]
-        lines.append(f"  missing rows (O_DIRECT): {x['rows_per_s']:.0f} rows/s = "
-                     f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads "
-                     f"({x['source']}: device read {x['device_bytes_read']} B, tier served {x['tier_bytes_served']} B); "
-                     f"mmap after dropping the cache: {m['mmap']['rows_per_s']:.0f} rows/s")
-    for key in ("training", "training_compute_800ms"):
+        for mode, how in (("direct", "O_DIRECT, thread pool"), ("aio", "O_DIRECT, Linux AIO")):
+            x = m.get(mode)
+            if x:
+                lines.append(f"  missing rows ({how}): {x['rows_per_s']:.0f} rows/s = "
+                             f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads "
+                             f"({x['source']}: device read {x['device_bytes_read']} B, tier served "
+                             f"{x['tier_bytes_served']} B)")
+        lines.append(f"  mmap after dropping the cache: {m['mmap']['rows_per_s']:.0f} rows/s")
+    for key in ("training", "training_compute"):
         t = res.get(key)
-        if t:
-            lines.append(f"  training ({key}): DRAM {t['dram']['samples_per_s']:.0f}, tier {t['tier']['samples_per_s']:.0f}, "
-                         f"tier+prefetch {t['tier_prefetch']['samples_per_s']:.0f} samples/s; prefetch/DRAM "
-                         f"{t['prefetch_vs_dram']:.2f}, prefetch/no-prefetch {t['prefetch_vs_no_prefetch']:.2f}, "
-                         f"step {t['tier_prefetch']['step_ms_median']:.0f} ms vs compute {t['dram']['step_ms_median']:.0f} ms "
-                         f"({t['tier_prefetch']['source']})")
+        if not t:
+            continue
+        sp = t.get("split", {})
+        lines.append(f"  {key} ({t['compute_ms']:.0f} ms dense work/step): DRAM {t['dram']['samples_per_s']:.0f}, "
+                     f"tier {t['tier']['samples_per_s']:.0f}, tier+prefetch {t['tier_prefetch']['samples_per_s']:.0f} "
+                     f"samples/s; prefetch/DRAM {t['prefetch_vs_dram']:.2f}, prefetch/no-prefetch "
+                     f"{t['prefetch_vs_no_prefetch']:.2f} ({t['tier_prefetch']['source']})")
+        if sp:
+            lines.append(f"    per step: {sp['misses']:.0f} misses read in {sp['io_ms']:.0f} ms (io), write-back "
+                         f"{sp['write_back_ms']:.0f} ms, compute (DRAM step) {sp['compute_ms']:.0f} ms, rest of the "
+                         f"tier step {sp['rest_ms']:.0f} ms; wall {sp['step_ms']:.0f} ms without prefetch, "
+                         f"{sp['step_prefetch_ms']:.0f} ms with (= {sp['step_prefetch_over_compute']:.2f} x compute)")
+            lines.append(f"    bounds: prefetch gain <= {sp['gain_bound']:.2f} (io+compute)/max, "
+                         f"<= {sp['gain_bound_tier']:.2f} (io+rest)/max; achieved {sp['achieved_gain']:.2f} "
+                         f"({sp['gain_fraction']:.0%} of the possible gain); vs DRAM <= {sp['dram_bound']:.2f} "
+                         f"compute/max(io,compute), <= {sp['dram_bound_tier']:.2f} compute/max(io,rest); achieved "
+                         f"{sp['achieved_vs_dram']:.2f} ({sp['dram_fraction']:.0%}); CPU per step "
+                         f"{sp['cpu_ms']['tier']:.0f} / {sp['cpu_ms']['tier_prefetch']:.0f} ms (DRAM "
+                         f"{sp['cpu_ms']['dram']:.0f} ms) on {sp['cores']} cores")
     return "\n".join(lines)
 
 
@@ -387,13 +548,23 @@ def main(argv=None):
     ap.add_argument("--pooling", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compute-ms", type=float, default=0.0, help="dense work per training step (ms)")
+    ap.add_argument("--io", default="direct", choices=("direct", "aio"), help="the tier's read path in training")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="tier / tier+prefetch runs each, alternated (medians over every step)")
     ap.add_argument("--out", default=None, help="write the JSON result here")
+    ap.add_argument("--plot", default=None,
+                    help="write the step-time plot here (default: next to --out, as <out>_steps.png)")
     a = ap.parse_args(argv)
     folder = a.dir or tempfile.mkdtemp(prefix="elssd-", dir=".")
     res = run(folder, tuple(a.only.split(",")), a.rows, a.dim, a.alpha, a.memory_frac, a.batch, a.pooling, a.steps,
-              a.compute_ms)
+              a.compute_ms, rounds=a.rounds, io=a.io)
     if a.dir is None:
         os.rmdir(folder)
+    plot = a.plot or (os.path.splitext(a.out)[0] + "_steps.png" if a.out else None)
+    if plot:
+        why = write_plot(res, plot)
+        print(f"plot: {why or plot}")
+    print(format_section(res))
     return emit(res, a.out)
 
 

@@ -135,6 +135,37 @@ constexpr bool is_int(RowType t) { return t == RowType::kI8 || t == RowType::kI4
 
 #include "index_probe.inl"
 
+#ifdef __AVX2__
+// Low 64 bits of a * c per lane (AVX2 has no 64-bit multiply).
+__attribute__((always_inline)) inline __m256i mul64(__m256i a, uint64_t c) {
+  const __m256i cl = _mm256_set1_epi64x(static_cast<int64_t>(c & 0xffffffffu));
+  const __m256i ch = _mm256_set1_epi64x(static_cast<int64_t>(c >> 32));
+  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), cl), _mm256_mul_epu32(a, ch));
+  return _mm256_add_epi64(_mm256_mul_epu32(a, cl), _mm256_slli_epi64(cross, 32));
+}
+#endif
+
+// out[i] = index.home(keys[i]) for i < n: hash_key (hash.h) four keys at a
+// time in the AVX2 build (a chunk's homes before its pipelined pass).
+inline void hash_homes(const KeyIndex& index, const int64_t* keys, int64_t n, size_t* out) {
+  int64_t i = 0;
+#ifdef __AVX2__
+  const uint64_t mask = static_cast<uint64_t>(index.bytes() / sizeof(IndexBucket)) - 1;
+  const __m256i golden = _mm256_set1_epi64x(static_cast<int64_t>(0x9e3779b97f4a7c15ULL));
+  const __m256i m = _mm256_set1_epi64x(static_cast<int64_t>(mask));
+  for (; i + 4 <= n; i += 4) {
+    __m256i x = _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i)), golden);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 30));
+    x = mul64(x, 0xbf58476d1ce4e5b9ULL);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 27));
+    x = mul64(x, 0x94d049bb133111ebULL);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_and_si256(x, m));
+  }
+#endif
+  for (; i < n; ++i) out[i] = index.home(keys[i]);
+}
+
 // Pipeline distance over the flat key stream of a chunk, in keys: the bucket
 // line of key p + 2A is prefetched, key p + A is probed (its line in cache by
 // then) and its row lines prefetched, key p is decoded and accumulated.
@@ -151,17 +182,14 @@ struct QResolver {
   int64_t end, rb, next_hash, next_probe, missing = 0;
   static constexpr int64_t kRing = 64;
   static_assert(kRing > 2 * kQAhead && (kRing & (kRing - 1)) == 0, "the ring holds the distance");
-  size_t home[kRing];
+  const size_t* home;  // home[q - first]: the bucket of keys[q] (hash_homes), for the chunk's positions
+  int64_t first;
   // The row each probed position reads (the zero row for a missing key):
   // valid for positions in (next_probe - kRing, next_probe).
   const uint8_t* rowp[kRing];
-  __attribute__((always_inline)) void hash_one(int64_t q) {
-    const size_t b = index.home(keys[q]);
-    home[q & (kRing - 1)] = b;
-    index.prefetch_bucket(b);
-  }
+  __attribute__((always_inline)) void hash_one(int64_t q) { index.prefetch_bucket(home[q - first]); }
   __attribute__((always_inline)) void probe_one(int64_t q) {
-    const uint32_t id = probe_index(index, home[q & (kRing - 1)], keys[q]);
+    const uint32_t id = probe_index(index, home[q - first], keys[q]);
     ids[q] = id;
     missing += id == kNoRow;
     // Missing keys prefetch the zero row (branch-free); the row's last byte
@@ -206,7 +234,11 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
   const uint8_t* zero = reinterpret_cast<const uint8_t*>(v.zero_row);
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
-  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, 0, {}, {}};
+  thread_local std::vector<size_t> homes;
+  if (homes.size() < static_cast<size_t>(p_last - p_first)) homes.resize(static_cast<size_t>(p_last - p_first));
+  hash_homes(index, keys + p_first, p_last - p_first, homes.data());
+  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, 0,
+              homes.data(), p_first, {}};
   // Runtime-dim accumulator (D == 0): in memory, nv vectors.
   std::vector<float> acc_buf(D ? 0 : 8 * nv + 8);
   v8f* acc_mem = reinterpret_cast<v8f*>(acc_buf.data());  // v8f is declared aligned(4)

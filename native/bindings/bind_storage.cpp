@@ -93,11 +93,13 @@ void bind_storage(py::module_& m) {
   file_tier.attr("MAX_DIM") = FileTier::kMaxDim;
   file_tier.attr("MAX_STATE_FLOATS") = FileTier::kMaxStateFloats;
   file_tier.attr("MAX_CAPACITY") = FileTier::max_capacity();
-  file_tier.def(py::init([](const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity) {
+  file_tier.def(py::init([](const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity,
+                            int row_type) {
              py::gil_scoped_release nogil;
-             return std::make_shared<FileTier>(path, dim, state_floats, capacity);
+             return std::make_shared<FileTier>(path, dim, state_floats, capacity, static_cast<RowType>(row_type));
            }),
-           py::arg("path"), py::arg("dim"), py::arg("state_floats"), py::arg("capacity"))
+           py::arg("path"), py::arg("dim"), py::arg("state_floats"), py::arg("capacity"), py::arg("row_type") = 0)
+      .def_property_readonly("row_type", [](const FileTier& t) { return static_cast<int>(t.row_type()); })
       .def_property_readonly("dim", &FileTier::dim)
       .def_property_readonly("state_floats", &FileTier::state_floats)
       .def_property_readonly("capacity", &FileTier::capacity)
@@ -146,6 +148,21 @@ void bind_storage(py::module_& m) {
                t.get(k, n, r, sf ? s : nullptr, v, f);
              }
              return py::make_tuple(rows, state, ver, found);
+           })
+      .def("get_raw",
+           [](FileTier& t, py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys) {
+             const int64_t n = keys.size(), rb = row_bytes(t.row_type(), t.dim());
+             py::array_t<uint8_t> rows({n, rb});
+             py::array_t<bool> found(n);
+             const int64_t* k = keys.data();
+             uint8_t* r = rows.mutable_data();
+             uint8_t* f = reinterpret_cast<uint8_t*>(found.mutable_data());
+             {
+               py::gil_scoped_release nogil;
+               std::fill(r, r + n * rb, uint8_t{0});
+               t.get_raw(k, n, r, nullptr, nullptr, f);
+             }
+             return py::make_tuple(rows, found);
            })
       .def("set",
            [](FileTier& t, py::array keys, py::array rows, py::object state, py::object versions) {

@@ -453,14 +453,28 @@ void EmbeddingTable::export_raw(std::vector<int64_t>& keys, std::vector<uint8_t>
     return;
   }
   // int8 / int4: the stored bytes themselves (re-encoding the decoded values
-  // could move a scale by one ulp). Tier rows are fp32 and encoded.
+  // could move a scale by one ulp); tier rows too when the tier stores this
+  // row type (raw_tier), else they are fp32 (or another type) and encoded.
   std::shared_lock<std::shared_mutex> lk(mu_);
+  if (raw_tier()) {
+    std::vector<int64_t> tk;
+    std::vector<int64_t> pos;
+    for (int64_t i = 0; i < n; ++i)
+      if (index_.find(keys[i]) == kNoRow) {
+        tk.push_back(keys[i]);
+        pos.push_back(i);
+      }
+    std::vector<uint8_t> tr(tk.size() * rb), f(tk.size());
+    tier_->get_raw(tk.data(), static_cast<int64_t>(tk.size()), tr.data(), nullptr, nullptr, f.data());
+    for (size_t j = 0; j < tk.size(); ++j)
+      std::memcpy(raw.data() + pos[j] * rb, tr.data() + j * rb, static_cast<size_t>(rb));
+  }
 #pragma omp parallel for num_threads(threads()) schedule(static) if (n > 4096)
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t id = index_.find(keys[i]);
     uint8_t* o = raw.data() + i * rb;
     if (id == kNoRow) {
-      encode_row(opt_.row_type, rows.data() + i * dim, dim, o);
+      if (!raw_tier()) encode_row(opt_.row_type, rows.data() + i * dim, dim, o);
       continue;
     }
     for (;;) {

@@ -147,6 +147,9 @@ class EmbeddingTable {
   // whether they move into memory and how many rows memory keeps.
   void attach_tier(std::shared_ptr<StorageTier> tier, const TierOptions& o);
   const std::shared_ptr<StorageTier>& tier() const { return tier_; }
+  // The tier stores rows in this table's compressed row type: rows move to
+  // and from it as stored bytes (otherwise they convert through fp32).
+  bool raw_tier() const { return tier_ && opt_.row_type != RowType::kF32 && tier_->row_type() == opt_.row_type; }
   // Moves these keys' rows (those in memory) to the tier; returns how many.
   int64_t demote(const int64_t* keys, int64_t n);
   // Eviction hook: writes rows `ids` (with state and version) to the tier and

@@ -45,12 +45,20 @@ int64_t EmbeddingTable::write_back_locked(const uint32_t* ids, int64_t n) {
     throw std::invalid_argument("tier: it stores " + std::to_string(tsf) +
                                 " optimizer-state floats per row but this table's optimizer needs " +
                                 std::to_string(sf) + "; create the table with optimizer=... before the tier opens");
+  // A tier of the table's compressed row type takes the stored bytes as
+  // they are (bit for bit); any other converts through fp32.
+  const bool raw = raw_tier();
+  const int64_t rb = row_bytes(opt_.row_type, dim);
   std::vector<int64_t> keys(n);
-  std::vector<float> rows(static_cast<size_t>(n) * dim), st(static_cast<size_t>(n) * tsf);
+  std::vector<float> rows(raw ? 0 : static_cast<size_t>(n) * dim), st(static_cast<size_t>(n) * tsf);
+  std::vector<uint8_t> raw_rows(raw ? static_cast<size_t>(n * rb) : 0);
   std::vector<uint64_t> ver(n);
   for (int64_t i = 0; i < n; ++i) {
     keys[i] = row_keys_[ids[i]];
-    load_row(ids[i], rows.data() + i * dim);
+    if (raw)
+      std::memcpy(raw_rows.data() + i * rb, rows_.row(ids[i]), static_cast<size_t>(rb));
+    else
+      load_row(ids[i], rows.data() + i * dim);
     if (tsf) {
       if (sf) std::memcpy(st.data() + i * tsf, state_->row(ids[i]), sizeof(float) * tsf);
       else std::fill(st.data() + i * tsf, st.data() + (i + 1) * tsf, 0.0f);
@@ -59,7 +67,10 @@ int64_t EmbeddingTable::write_back_locked(const uint32_t* ids, int64_t n) {
   }
   {
     ElapsedNs t(tier_write_ns_);
-    tier_->set(keys.data(), n, rows.data(), tsf ? st.data() : nullptr, ver.data());  // throws before any change
+    if (raw)
+      tier_->set_raw(keys.data(), n, raw_rows.data(), tsf ? st.data() : nullptr, ver.data());  // throws before any change
+    else
+      tier_->set(keys.data(), n, rows.data(), tsf ? st.data() : nullptr, ver.data());
   }
   unstage(keys.data(), n);  // the tier copy changed: a staged one is stale
   for (int64_t i = 0; i < n; ++i) {
@@ -118,10 +129,24 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
   if (want.empty()) return 0;
   const int64_t m = static_cast<int64_t>(want.size()), dim = opt_.dim, tsf = tier_->state_floats();
   const int64_t sf = state_ ? state_->stride() : 0;
-  std::vector<float> r(static_cast<size_t>(m) * dim), st(static_cast<size_t>(m) * tsf);
+  // A tier of the table's compressed row type: the stored bytes as they are
+  // (prefetched copies hold fp32 rows for serving: dropped, not used).
+  const bool raw = raw_tier();
+  const int64_t rb = row_bytes(opt_.row_type, dim);
+  std::vector<float> r(raw ? 0 : static_cast<size_t>(m) * dim), st(static_cast<size_t>(m) * tsf);
+  std::vector<uint8_t> raw_rows(raw ? static_cast<size_t>(m * rb) : 0);
   std::vector<uint64_t> ver(m);
   std::vector<uint8_t> found(m);
-  const int64_t got = tier_get(want.data(), m, r.data(), tsf ? st.data() : nullptr, ver.data(), found.data(), true);
+  int64_t got;
+  if (raw) {
+    {
+      ElapsedNs t(tier_read_ns_);
+      got = tier_->get_raw(want.data(), m, raw_rows.data(), tsf ? st.data() : nullptr, ver.data(), found.data());
+    }
+    unstage(want.data(), m);
+  } else {
+    got = tier_get(want.data(), m, r.data(), tsf ? st.data() : nullptr, ver.data(), found.data(), true);
+  }
   if (require_all && got < m)
     for (int64_t j = 0; j < m; ++j)
       if (!found[j]) {
@@ -139,7 +164,10 @@ int64_t EmbeddingTable::promote_locked(const int64_t* keys, int64_t n, uint32_t*
   for (int64_t j = 0; j < m; ++j) {
     if (!found[j]) continue;
     const uint32_t id = allocate_row(want[j]);
-    store_row(id, r.data() + j * dim);
+    if (raw)
+      std::memcpy(rows_.row(id), raw_rows.data() + j * rb, static_cast<size_t>(rb));
+    else
+      store_row(id, r.data() + j * dim);
     if (sf) {
       if (tsf == sf) std::memcpy(state_->row(id), st.data() + j * sf, sizeof(float) * sf);
       else init_state_row(id);

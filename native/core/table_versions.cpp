@@ -82,17 +82,25 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
   });
   std::vector<int64_t> tk;
   std::vector<float> tr, ts;
+  std::vector<uint8_t> traw;  // tier rows as stored, when the tier holds the output's row type
   std::vector<uint64_t> tv;
   int64_t tsf = 0;
+  const bool tier_raw = raw_tier() && as == opt_.row_type;
+  const int64_t rb = row_bytes(as, dim);
   if (tier_) {
     tier_->scan(since, tk);
     const int64_t m = static_cast<int64_t>(tk.size());
     tsf = tier_->state_floats();
-    tr.resize(m * dim);
     ts.resize(m * tsf);
     tv.resize(m);
     std::vector<uint8_t> f(m);
-    tier_->get(tk.data(), m, tr.data(), tsf ? ts.data() : nullptr, tv.data(), f.data());
+    if (tier_raw) {
+      traw.resize(static_cast<size_t>(m * rb));
+      tier_->get_raw(tk.data(), m, traw.data(), tsf ? ts.data() : nullptr, tv.data(), f.data());
+    } else {
+      tr.resize(m * dim);
+      tier_->get(tk.data(), m, tr.data(), tsf ? ts.data() : nullptr, tv.data(), f.data());
+    }
     for (int64_t j = 0; j < m; ++j)  // tier rows < 2^32; a key in memory is read there (the current row)
       if (f[j] && index_.find(tk[j]) == kNoRow) src.push_back({tk[j], kNoRow, static_cast<uint32_t>(j)});
   }
@@ -122,7 +130,10 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
       encode_row(as, tmp.data(), dim, out_row);
       v = stamped(s.id);
     } else {
-      encode_row(as, tr.data() + s.tpos * dim, dim, out_row);
+      if (tier_raw)
+        std::memcpy(out_row, traw.data() + s.tpos * rb, static_cast<size_t>(rb));
+      else
+        encode_row(as, tr.data() + s.tpos * dim, dim, out_row);
       if (st) {
         if (tsf == sf) std::memcpy(st, ts.data() + s.tpos * sf, sizeof(float) * sf);
         else std::fill(st, st + sf, state_init_);

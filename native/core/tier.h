@@ -20,7 +20,10 @@
 #include <cstdint>
 #include <vector>
 
+#include <stdexcept>
+
 #include "embedlookup/errors.h"  // TierFullError
+#include "embedlookup/row_codec.h"
 
 namespace embedlookup {
 
@@ -83,6 +86,19 @@ class StorageTier {
   // Highest row version held (a table attached to a reopened tier continues
   // its versions above it).
   virtual uint64_t max_version() const = 0;
+
+  // The storage type of the rows held (row_codec.h). get/set above always
+  // take fp32 rows (a compressed tier decodes / encodes them); get_raw /
+  // set_raw move the stored bytes as they are, row i at
+  // rows + i * row_bytes(row_type(), dim()): a table of the same row type
+  // moves its rows bit for bit.
+  virtual RowType row_type() const { return RowType::kF32; }
+  virtual int64_t get_raw(const int64_t*, int64_t, uint8_t*, float*, uint64_t*, uint8_t*) {
+    throw std::logic_error("this tier has no raw row access");
+  }
+  virtual void set_raw(const int64_t*, int64_t, const uint8_t*, const float*, const uint64_t*) {
+    throw std::logic_error("this tier has no raw row access");
+  }
 };
 
 }  // namespace embedlookup

@@ -94,9 +94,77 @@ __attribute__((always_inline)) inline v8f load_block(const uint8_t* row, int64_t
   return k < nfull ? load8<T>(row, k) : load8_tail<T>(row, k, dim);
 }
 
+// int4, elements [16k, 16k + 16) from one 8-byte load: the even elements
+// (low nibbles) and the odd ones (high nibbles) as fp32 codes, without the
+// nibble interleave; accumulators kept in this split order are interleaved
+// once per bag (interleave_pairs).
+__attribute__((always_inline)) inline void load16_i4(const uint8_t* row, int64_t k, v8f& even, v8f& odd) {
+#ifdef __AVX2__
+  int64_t b;
+  std::memcpy(&b, row + 8 * k, 8);
+  const __m128i x = _mm_cvtsi64_si128(b);
+  const __m128i m = _mm_set1_epi8(0x0F);
+  even = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(x, m)));
+  odd = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(x, 4), m)));
+#else
+  for (int j = 0; j < 8; ++j) {
+    const uint8_t c = row[8 * k + j];
+    even[j] = static_cast<float>(c & 0xF);
+    odd[j] = static_cast<float>(c >> 4);
+  }
+#endif
+}
+// acc[2j], acc[2j + 1] hold the even and odd elements of [16j, 16j + 16):
+// rewritten in element order.
+inline void interleave_pairs(v8f* acc, int64_t nv) {
+  for (int64_t k = 0; k + 1 < nv; k += 2) {
+    const v8f e = acc[k], o = acc[k + 1];
+    v8f a, b;
+    for (int j = 0; j < 4; ++j) {
+      a[2 * j] = e[j];
+      a[2 * j + 1] = o[j];
+      b[2 * j] = e[4 + j];
+      b[2 * j + 1] = o[4 + j];
+    }
+    acc[k] = a;
+    acc[k + 1] = b;
+  }
+}
+
 constexpr bool is_int(RowType t) { return t == RowType::kI8 || t == RowType::kI4; }
 
 #include "index_probe.inl"
+
+#ifdef __AVX2__
+// Low 64 bits of a * c per lane (AVX2 has no 64-bit multiply).
+__attribute__((always_inline)) inline __m256i mul64(__m256i a, uint64_t c) {
+  const __m256i cl = _mm256_set1_epi64x(static_cast<int64_t>(c & 0xffffffffu));
+  const __m256i ch = _mm256_set1_epi64x(static_cast<int64_t>(c >> 32));
+  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), cl), _mm256_mul_epu32(a, ch));
+  return _mm256_add_epi64(_mm256_mul_epu32(a, cl), _mm256_slli_epi64(cross, 32));
+}
+#endif
+
+// out[i] = index.home(keys[i]) for i < n: hash_key (hash.h) four keys at a
+// time in the AVX2 build (a chunk's homes before its pipelined pass).
+inline void hash_homes(const KeyIndex& index, const int64_t* keys, int64_t n, size_t* out) {
+  int64_t i = 0;
+#ifdef __AVX2__
+  const uint64_t mask = static_cast<uint64_t>(index.bytes() / sizeof(IndexBucket)) - 1;
+  const __m256i golden = _mm256_set1_epi64x(static_cast<int64_t>(0x9e3779b97f4a7c15ULL));
+  const __m256i m = _mm256_set1_epi64x(static_cast<int64_t>(mask));
+  for (; i + 4 <= n; i += 4) {
+    __m256i x = _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i)), golden);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 30));
+    x = mul64(x, 0xbf58476d1ce4e5b9ULL);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 27));
+    x = mul64(x, 0x94d049bb133111ebULL);
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_and_si256(x, m));
+  }
+#endif
+  for (; i < n; ++i) out[i] = index.home(keys[i]);
+}
 
 // Pipeline distance over the flat key stream of a chunk, in keys: the bucket
 // line of key p + 2A is prefetched, key p + A is probed (its line in cache by
@@ -114,25 +182,34 @@ struct QResolver {
   int64_t end, rb, next_hash, next_probe, missing = 0;
   static constexpr int64_t kRing = 64;
   static_assert(kRing > 2 * kQAhead && (kRing & (kRing - 1)) == 0, "the ring holds the distance");
-  size_t home[kRing];
+  const size_t* home;  // home[q - first]: the bucket of keys[q] (hash_homes), for the chunk's positions
+  int64_t first;
+  // The row each probed position reads (the zero row for a missing key):
+  // valid for positions in (next_probe - kRing, next_probe).
+  const uint8_t* rowp[kRing];
+  __attribute__((always_inline)) void hash_one(int64_t q) { index.prefetch_bucket(home[q - first]); }
+  __attribute__((always_inline)) void probe_one(int64_t q) {
+    const uint32_t id = probe_index(index, home[q - first], keys[q]);
+    ids[q] = id;
+    missing += id == kNoRow;
+    // Missing keys prefetch the zero row (branch-free); the row's last byte
+    // too, for a row that straddles one more line.
+    const char* row = id < kTombstone ? reinterpret_cast<const char*>(arena.row(id)) : zero;
+    rowp[q & (kRing - 1)] = reinterpret_cast<const uint8_t*>(row);
+    for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(row + c, 0, 3);
+    __builtin_prefetch(row + rb - 1, 0, 3);
+  }
   __attribute__((always_inline)) void advance(int64_t p) {
+    // Steady state: one new bucket to hash and one key to probe per key used.
+    if (__builtin_expect(next_hash == p + 2 * kQAhead && next_hash < end, 1)) {
+      hash_one(next_hash++);
+      probe_one(next_probe++);
+      return;
+    }
     const int64_t hash_to = std::min(end, p + 2 * kQAhead + 1);
-    for (; next_hash < hash_to; ++next_hash) {
-      const size_t b = index.home(keys[next_hash]);
-      home[next_hash & (kRing - 1)] = b;
-      index.prefetch_bucket(b);
-    }
+    for (; next_hash < hash_to; ++next_hash) hash_one(next_hash);
     const int64_t probe_to = std::min(end, p + kQAhead + 1);
-    for (; next_probe < probe_to; ++next_probe) {
-      const uint32_t id = probe_index(index, home[next_probe & (kRing - 1)], keys[next_probe]);
-      ids[next_probe] = id;
-      missing += id == kNoRow;
-      // Missing keys prefetch the zero row (branch-free); the row's last byte
-      // too, for a row that straddles one more line.
-      const char* q = id < kTombstone ? reinterpret_cast<const char*>(arena.row(id)) : zero;
-      for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(q + c, 0, 3);
-      __builtin_prefetch(q + rb - 1, 0, 3);
-    }
+    for (; next_probe < probe_to; ++next_probe) probe_one(next_probe);
   }
 };
 
@@ -148,13 +225,20 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
   const int64_t nfull = dim / 8;     // of them whole
   constexpr int kMaxRegs = 16;
   constexpr int V = D ? (D + 7) / 8 : kMaxRegs;
+  // int4 rows of a compile-time dim that is a multiple of 16: accumulators
+  // in even / odd element order (load16_i4), interleaved once per bag.
+  constexpr bool kSplitI4 = T == RowType::kI4 && D > 0 && D % 16 == 0;
   const ArenaView arena = v.arena->view();
   const int64_t rb = row_bytes(T, dim);
   const int64_t so = is_int(T) ? scale_offset(T, dim) : 0;
   const uint8_t* zero = reinterpret_cast<const uint8_t*>(v.zero_row);
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
-  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, 0, {}};
+  thread_local std::vector<size_t> homes;
+  if (homes.size() < static_cast<size_t>(p_last - p_first)) homes.resize(static_cast<size_t>(p_last - p_first));
+  hash_homes(index, keys + p_first, p_last - p_first, homes.data());
+  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, 0,
+              homes.data(), p_first, {}};
   // Runtime-dim accumulator (D == 0): in memory, nv vectors.
   std::vector<float> acc_buf(D ? 0 : 8 * nv + 8);
   v8f* acc_mem = reinterpret_cast<v8f*>(acc_buf.data());  // v8f is declared aligned(4)
@@ -173,9 +257,16 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
       bool consistent = true;
       for (int64_t p = s; p < e; ++p) {
         r.advance(p);
-        const uint32_t id = ids[p];
-        const bool real = id < kTombstone;
-        const uint8_t* row = real ? reinterpret_cast<const uint8_t*>(arena.row(id)) : zero;
+        // The row pointer the probe left in the ring; a retry (check_rows)
+        // re-derives it from ids[] (the ring may have moved on).
+        uint32_t id = 0;
+        bool real = false;
+        const uint8_t* row = r.rowp[p & (QResolver::kRing - 1)];
+        if (check_rows) {
+          id = ids[p];
+          real = id < kTombstone;
+          row = real ? reinterpret_cast<const uint8_t*>(arena.row(id)) : zero;
+        }
         const uint32_t seq0 = (check_rows && real) ? v.seq->read_begin(id) : 0;
         const float x = W ? w[p] : 1.0f;
         if constexpr (is_int(T)) {
@@ -184,13 +275,33 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
           std::memcpy(&bias, row + so + 4, 4);
           if (M == PoolMode::kMax) {
             const v8f sv = splat(scale), bv = splat(bias);
-            for (int64_t k = 0; k < nv; ++k) {
-              const v8f val = load_block<T>(row, k, nfull, dim) * sv + bv;  // two roundings, as the stored value
-              acc[k] = val > acc[k] ? val : acc[k];
+            if constexpr (kSplitI4) {
+              for (int64_t k = 0; k < nv; k += 2) {
+                v8f ev, od;
+                load16_i4(row, k / 2, ev, od);
+                ev = ev * sv + bv;  // two roundings, as the stored value
+                od = od * sv + bv;
+                acc[k] = ev > acc[k] ? ev : acc[k];
+                acc[k + 1] = od > acc[k + 1] ? od : acc[k + 1];
+              }
+            } else {
+              for (int64_t k = 0; k < nv; ++k) {
+                const v8f val = load_block<T>(row, k, nfull, dim) * sv + bv;  // two roundings, as the stored value
+                acc[k] = val > acc[k] ? val : acc[k];
+              }
             }
           } else {
             const v8f ws = splat(x * scale);
-            for (int64_t k = 0; k < nv; ++k) acc[k] = fmadd(ws, load_block<T>(row, k, nfull, dim), acc[k]);
+            if constexpr (kSplitI4) {
+              for (int64_t k = 0; k < nv; k += 2) {
+                v8f ev, od;
+                load16_i4(row, k / 2, ev, od);
+                acc[k] = fmadd(ws, ev, acc[k]);
+                acc[k + 1] = fmadd(ws, od, acc[k + 1]);
+              }
+            } else {
+              for (int64_t k = 0; k < nv; ++k) acc[k] = fmadd(ws, load_block<T>(row, k, nfull, dim), acc[k]);
+            }
             bias_sum = std::fma(x, bias, bias_sum);
           }
         } else {
@@ -222,6 +333,7 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
       for (int64_t j = 0; j < dim; ++j) o[j] = 0.0f;
       continue;
     }
+    if constexpr (kSplitI4) interleave_pairs(acc, nv);
     const float inv = M == PoolMode::kMean ? 1.0f / static_cast<float>(e - s) : 1.0f;
     const v8f bv = splat(bias_sum);
     for (int64_t k = 0; k < nv; ++k) {

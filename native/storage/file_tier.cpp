@@ -45,19 +45,27 @@ constexpr int64_t compute_max_capacity() {
 }
 constexpr int64_t kMaxCapacity = compute_max_capacity();
 
-// The one layout a (dim, state_floats, capacity) gives; every product and sum
-// overflow-checked (with the ranges above none can overflow, but a header is
-// checked against this, not trusted).
+// Header dtype code of a row type: 1 = float32 (the only one before row
+// types), 2..5 = fp16, bf16, int8, int4 (the snapshot format's codes).
+uint32_t dtype_code(RowType t) { return static_cast<uint32_t>(t) + 1; }
+
+// The one layout a (dim, row type, state_floats, capacity) gives; every
+// product and sum overflow-checked (with the ranges above none can overflow,
+// but a header is checked against this, not trusted). Slots: the row's
+// row_bytes, then the state floats, rounded up to 64 bytes for float32 rows
+// (the layout of every file before row types) and to 8 for compressed rows
+// (so an int8 row of dim 64 takes 72 bytes, not 128).
 struct Layout {
   int64_t slots = 0, slot_bytes = 0;
   uint64_t dir_offset = 0, data_offset = 0, total = 0;
 };
-bool layout_for(int64_t dim, int64_t sf, int64_t capacity, Layout& L) {
+bool layout_for(int64_t dim, RowType t, int64_t sf, int64_t capacity, Layout& L) {
   if (dim < 1 || dim > FileTier::kMaxDim || sf < 0 || sf > FileTier::kMaxStateFloats || capacity < 1 ||
       capacity > kMaxCapacity)
     return false;
   L.slots = slots_for(capacity);
-  L.slot_bytes = static_cast<int64_t>(align_up(static_cast<size_t>(dim + sf) * 4, 64));
+  L.slot_bytes = static_cast<int64_t>(
+      align_up(static_cast<size_t>(row_bytes(t, dim) + sf * 4), t == RowType::kF32 ? 64 : 8));
   uint64_t dir_bytes, data_bytes;
   if (__builtin_mul_overflow(static_cast<uint64_t>(L.slots), uint64_t{32}, &dir_bytes)) return false;
   if (__builtin_mul_overflow(static_cast<uint64_t>(L.slots), static_cast<uint64_t>(L.slot_bytes), &data_bytes))
@@ -116,11 +124,16 @@ bool fsync_parent(const std::string& path) {
 
 int64_t FileTier::max_capacity() { return kMaxCapacity; }
 
-FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity)
-    : path_(path), dim_(dim), state_floats_(state_floats), index_(0) {
+FileTier::FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity, RowType row_type)
+    : path_(path), dim_(dim), state_floats_(state_floats), row_type_(row_type), row_bytes_(0), index_(0) {
   if (path.find('\0') != std::string::npos) throw std::invalid_argument("path: must not contain a NUL byte");
   if (dim <= 0 || dim > kMaxDim)
     throw std::invalid_argument("dim must be in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(dim));
+  if (static_cast<int>(row_type) < 0 || static_cast<int>(row_type) >= kRowTypes)
+    throw std::invalid_argument("row_type: unknown code " + std::to_string(static_cast<int>(row_type)));
+  if (row_type == RowType::kI4 && dim % 2)
+    throw std::invalid_argument("dim must be even for row_type int4, got " + std::to_string(dim));
+  row_bytes_ = row_bytes(row_type, dim);
   if (state_floats < 0 || state_floats > kMaxStateFloats)
     throw std::invalid_argument("state_floats must be in [0, " + std::to_string(kMaxStateFloats) + "], got " +
                                 std::to_string(state_floats));
@@ -181,7 +194,7 @@ FileTier::~FileTier() {
 
 bool FileTier::create(int64_t capacity) {
   Layout L;
-  if (!layout_for(dim_, state_floats_, capacity, L))
+  if (!layout_for(dim_, row_type_, state_floats_, capacity, L))
     throw std::invalid_argument("capacity: " + std::to_string(capacity) + " rows of " +
                                 std::to_string(dim_ + state_floats_) + " floats do not fit a tier file");
   capacity_ = capacity;
@@ -219,7 +232,7 @@ bool FileTier::create(int64_t capacity) {
     std::memcpy(h, kMagic, 8);
     put<uint32_t>(h, 8, kFormatVersion);
     put<uint32_t>(h, 12, kBom);
-    put<uint32_t>(h, 16, kDtypeF32);
+    put<uint32_t>(h, 16, dtype_code(row_type_));
     put<int64_t>(h, 24, dim_);
     put<int64_t>(h, 32, state_floats_);
     put<int64_t>(h, 40, capacity_);
@@ -285,9 +298,13 @@ void FileTier::open_existing(int64_t capacity) {
                                : ""));
   if (load_as<uint32_t>(h, kHeaderCrc) != crc32c(h, kHeaderCrc))
     throw TierFormatError("tier file '" + path_ + "' is corrupt (header checksum mismatch)");
-  if (load_as<uint32_t>(h, 16) != kDtypeF32)
-    throw TierFormatError("tier file '" + path_ + "' holds dtype code " + std::to_string(load_as<uint32_t>(h, 16)) +
-                          ", only 1 = float32 is supported");
+  const uint32_t dtype = load_as<uint32_t>(h, 16);
+  if (dtype < kDtypeF32 || dtype > static_cast<uint32_t>(kRowTypes))
+    throw TierFormatError("tier file '" + path_ + "' holds dtype code " + std::to_string(dtype) +
+                          ", not a row type (1 = float32, 2..5 = fp16, bf16, int8, int4)");
+  if (dtype != dtype_code(row_type_))
+    throw TierFormatError("tier file '" + path_ + "' holds " + row_type_name(static_cast<RowType>(dtype - 1)) +
+                          " rows, expected " + row_type_name(row_type_));
   const int64_t fdim = load_as<int64_t>(h, 24), fsf = load_as<int64_t>(h, 32);
   if (fdim != dim_)
     throw TierFormatError("tier file '" + path_ + "' holds rows of dim " + std::to_string(fdim) + ", expected " +
@@ -297,7 +314,7 @@ void FileTier::open_existing(int64_t capacity) {
                           " optimizer-state floats per row, expected " + std::to_string(state_floats_));
   const int64_t fcap = load_as<int64_t>(h, 40);
   Layout L;
-  if (!layout_for(dim_, state_floats_, fcap, L))
+  if (!layout_for(dim_, row_type_, state_floats_, fcap, L))
     throw TierFormatError("tier file '" + path_ + "' is corrupt (capacity " + std::to_string(fcap) + " out of range)");
   if (capacity != 0 && capacity != fcap)
     throw std::invalid_argument("capacity: tier file '" + path_ + "' was created with capacity " +
@@ -393,7 +410,7 @@ std::vector<uint32_t> FileTier::load_directory(bool was_clean, uint32_t dir_crc,
     throw damage("the directory fails its checksum");
   unflushed_.assign(slots_, 0);
   index_.reserve(static_cast<size_t>(capacity_));
-  const size_t payload = static_cast<size_t>(dim_ + state_floats_) * 4;
+  const size_t payload = static_cast<size_t>(row_bytes_ + state_floats_ * 4);
   std::vector<uint32_t> losers;
   for (int64_t s = 0; s < slots_; ++s) {
     Entry& e = dir_[s];
@@ -447,15 +464,30 @@ int64_t FileTier::size() const {
 
 int64_t FileTier::get(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
                       uint8_t* found) {
-  return get_impl(keys, n, rows, state, versions, found, false);
+  return get_impl(keys, n, rows, false, state, versions, found, false);
 }
 
 int64_t FileTier::get_background(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
                                  uint8_t* found) {
-  return get_impl(keys, n, rows, state, versions, found, true);
+  return get_impl(keys, n, rows, false, state, versions, found, true);
 }
 
-int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions,
+int64_t FileTier::get_raw(const int64_t* keys, int64_t n, uint8_t* rows, float* state, uint64_t* versions,
+                          uint8_t* found) {
+  return get_impl(keys, n, rows, true, state, versions, found, false);
+}
+
+void FileTier::emit_row(const uint8_t* src, int64_t i, void* rows, bool raw, float* state) const {
+  if (raw || row_type_ == RowType::kF32) {
+    const size_t rb = static_cast<size_t>(row_bytes_);
+    std::memcpy(static_cast<uint8_t*>(rows) + i * rb, src, rb);
+  } else {
+    decode_row(row_type_, src, dim_, static_cast<float*>(rows) + i * dim_);
+  }
+  if (state && state_floats_) std::memcpy(state + i * state_floats_, src + row_bytes_, sizeof(float) * state_floats_);
+}
+
+int64_t FileTier::get_impl(const int64_t* keys, int64_t n, void* rows, bool raw, float* state, uint64_t* versions,
                            uint8_t* found, bool background) {
   std::shared_lock<std::shared_mutex> life(io_life_mu_, std::defer_lock);
   std::shared_lock<std::shared_mutex> lk(mu_, std::defer_lock);
@@ -475,7 +507,7 @@ int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* s
     if (i + kAhead < n) index_.prefetch(keys[i + kAhead]);
     slots[i] = index_.find(keys[i]);
   }
-  const size_t row_bytes = sizeof(float) * dim_;
+  const size_t row_bytes = static_cast<size_t>(row_bytes_);
   if (reader_) {
     // The slots are resolved under mu_, read without it (a set or flush may
     // run meanwhile: a write-back never waits for a read), and checked under
@@ -486,7 +518,7 @@ int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* s
     if (seqs.size() < static_cast<size_t>(n)) seqs.resize(n);
     for (int64_t i = 0; i < n; ++i) seqs[i] = slots[i] != kNoRow ? dir_[slots[i]].seq : 0;
     lk.unlock();
-    read_slots_parallel(slots.data(), n, rows, state, background);  // throws TierIOError: nothing counted
+    read_slots_parallel(slots.data(), n, rows, raw, state, background);  // throws TierIOError: nothing counted
     {
       ElapsedNs w(lock_wait_ns_);
       lk.lock();
@@ -499,7 +531,7 @@ int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* s
       again[i] = slots[i] = index_.find(keys[i]);
       stale_reads_.fetch_add(1, std::memory_order_relaxed);
     }
-    if (!again.empty()) read_slots_parallel(again.data(), n, rows, state, background);
+    if (!again.empty()) read_slots_parallel(again.data(), n, rows, raw, state, background);
     int64_t got = 0;
     for (int64_t i = 0; i < n; ++i) {
       found[i] = slots[i] != kNoRow;
@@ -507,7 +539,7 @@ int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* s
       if (found[i] && versions) versions[i] = dir_[slots[i]].version;
     }
     reads_.fetch_add(got, std::memory_order_relaxed);
-    bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
+    bytes_read_.fetch_add(got * (row_bytes_ + (state ? state_floats_ : 0) * 4), std::memory_order_relaxed);
     return got;
   }
   auto prefetch_slot = [&](uint32_t s) {
@@ -526,13 +558,11 @@ int64_t FileTier::get_impl(const int64_t* keys, int64_t n, float* rows, float* s
     }
     found[i] = 1;
     ++got;
-    const float* src = reinterpret_cast<const float*>(map_ + data_off(s));
-    std::memcpy(rows + i * dim_, src, row_bytes);
-    if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
+    emit_row(map_ + data_off(s), i, rows, raw, state);
     if (versions) versions[i] = dir_[s].version;
   }
   reads_.fetch_add(got, std::memory_order_relaxed);
-  bytes_read_.fetch_add(got * (dim_ + (state ? state_floats_ : 0)) * 4, std::memory_order_relaxed);
+  bytes_read_.fetch_add(got * (row_bytes_ + (state ? state_floats_ : 0) * 4), std::memory_order_relaxed);
   return got;
 }
 
@@ -597,7 +627,8 @@ int64_t FileTier::io_buffers() const {
   return bufs_held_;
 }
 
-void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state, bool background) {
+void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, void* rows, bool raw, float* state,
+                                   bool background) {
   // Each slot's payload lies in whole `align` blocks [first, last]; blocks are
   // read once per call (sorted, deduplicated), runs of adjacent blocks
   // coalesced into one request of up to kMaxRun bytes, in rounds that fit the
@@ -609,7 +640,7 @@ void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows
   } buffer{this, take_io_buffer()};
   uint8_t* const buf = buffer.p;
   const uint64_t A = reader_->align();
-  const uint64_t payload = static_cast<uint64_t>(dim_ + (state ? state_floats_ : 0)) * 4;
+  const uint64_t payload = static_cast<uint64_t>(row_bytes_ + (state ? state_floats_ : 0) * 4);
   constexpr uint64_t kMaxRun = 128 * 1024;
   struct Item {
     uint64_t first_block;  // byte offset of the first block
@@ -661,9 +692,7 @@ void FileTier::read_slots_parallel(const uint32_t* slots, int64_t n, float* rows
     dev_bytes_.fetch_add(static_cast<int64_t>(used), std::memory_order_relaxed);
     for (size_t q = j; q < k; ++q) {
       const int64_t i = items[q].i;
-      const float* src = reinterpret_cast<const float*>(buf + item_pos[q - j]);
-      std::memcpy(rows + i * dim_, src, sizeof(float) * dim_);
-      if (state && state_floats_) std::memcpy(state + i * state_floats_, src + dim_, sizeof(float) * state_floats_);
+      emit_row(buf + item_pos[q - j], i, rows, raw, state);
     }
     j = k;
   }
@@ -867,12 +896,30 @@ void FileTier::release_slots_locked(std::vector<uint32_t>& slots) {
 }
 
 void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const float* state, const uint64_t* versions) {
+  set_rows(keys, n, rows, false, state, versions);
+}
+void FileTier::set_raw(const int64_t* keys, int64_t n, const uint8_t* rows, const float* state,
+                       const uint64_t* versions) {
+  set_rows(keys, n, rows, true, state, versions);
+}
+
+void FileTier::set_rows(const int64_t* keys, int64_t n, const void* rows, bool raw, const float* state,
+                        const uint64_t* versions) {
   std::unique_lock<std::shared_mutex> lk(mu_, std::defer_lock);
   {
     ElapsedNs w(lock_wait_ns_);
     lk.lock();
   }
   check_open();
+  // fp32 rows into a compressed tier: every row must fit the type, checked
+  // before anything is written.
+  const bool encode = !raw && row_type_ != RowType::kF32;
+  if (encode)
+    for (int64_t i = 0; i < n; ++i)
+      if (!row_representable(row_type_, static_cast<const float*>(rows) + i * dim_, dim_))
+        throw std::invalid_argument("rows: row " + std::to_string(i) + " (key " + std::to_string(keys[i]) +
+                                    ") is out of the range of row_type " + row_type_name(row_type_) +
+                                    "; nothing was written");
   // Last occurrence of each key wins: write each distinct key once. Large
   // batches use a flat KeyIndex as the seen-set (a node-based set's
   // allocations were ~10% of a 123 K-row write); small ones a node-based set
@@ -911,7 +958,7 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
                         std::to_string(fresh) + " new > capacity " + std::to_string(capacity_) +
                         "; nothing was written");
   index_.reserve(index_.size() + fresh);
-  const size_t payload = static_cast<size_t>(dim_ + state_floats_) * 4;
+  const size_t payload = static_cast<size_t>(row_bytes_ + state_floats_ * 4);
   const size_t sb = static_cast<size_t>(slot_bytes_);
   std::vector<uint8_t> buf, run;
   std::vector<Entry> ents;
@@ -927,8 +974,12 @@ void FileTier::set(const int64_t* keys, int64_t n, const float* rows, const floa
     for (size_t j = 0; j < m; ++j) {
       const int64_t i = order[c0 + j];
       uint8_t* d = buf.data() + j * sb;
-      std::memcpy(d, rows + i * dim_, sizeof(float) * dim_);
-      if (state && state_floats_) std::memcpy(d + dim_ * 4, state + i * state_floats_, sizeof(float) * state_floats_);
+      if (encode)
+        encode_row(row_type_, static_cast<const float*>(rows) + i * dim_, dim_, d);
+      else
+        std::memcpy(d, static_cast<const uint8_t*>(rows) + i * row_bytes_, static_cast<size_t>(row_bytes_));
+      if (state && state_floats_)
+        std::memcpy(d + row_bytes_, state + i * state_floats_, sizeof(float) * state_floats_);
       Entry& e = ents[j];
       e.key = keys[i];
       e.seq = ++seq_;

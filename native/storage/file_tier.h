@@ -62,13 +62,16 @@ class FileTier : public StorageTier {
  public:
   // Opens `path`, creating it when absent. capacity (rows) is required to
   // create; when reopening, 0 adopts the file's and any other value must match.
-  // dim / state_floats must match an existing file's.
+  // dim / state_floats / row_type must match an existing file's (a file of
+  // another row type raises TierFormatError naming both).
   // Ranges (std::invalid_argument naming the argument otherwise):
-  // dim 1..kMaxDim, state_floats 0..kMaxStateFloats, capacity 0..kMaxCapacity.
+  // dim 1..kMaxDim (even for int4), state_floats 0..kMaxStateFloats,
+  // capacity 0..kMaxCapacity.
   static constexpr int64_t kMaxDim = int64_t{1} << 20;          // TableOptions::kMaxDim
   static constexpr int64_t kMaxStateFloats = 2 * kMaxDim;       // Adam: 2 * dim
   static int64_t max_capacity();  // the most rows whose slots (capacity + slack) fit a 32-bit slot id
-  FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity);
+  FileTier(const std::string& path, int64_t dim, int64_t state_floats, int64_t capacity,
+           RowType row_type = RowType::kF32);
   ~FileTier() override;
   FileTier(const FileTier&) = delete;
   FileTier& operator=(const FileTier&) = delete;
@@ -89,6 +92,13 @@ class FileTier : public StorageTier {
   void scan(uint64_t since, std::vector<int64_t>& keys) const override;
   TierStats stats() const override;
   uint64_t max_version() const override;
+  // Rows are stored in row_type (a slot: the row's row_bytes, then the state
+  // floats); get/set decode / encode fp32 rows, get_raw/set_raw move the bytes.
+  RowType row_type() const override { return row_type_; }
+  int64_t get_raw(const int64_t* keys, int64_t n, uint8_t* rows, float* state, uint64_t* versions,
+                  uint8_t* found) override;
+  void set_raw(const int64_t* keys, int64_t n, const uint8_t* rows, const float* state,
+               const uint64_t* versions) override;
 
   // How get() reads slots (docs/storage.md, "Reading from the device"):
   //  kMmap    copies from the shared mapping (the page cache; the default);
@@ -169,15 +179,21 @@ class FileTier : public StorageTier {
   void flush_locked();
   void sync_checked();  // fdatasync; TierIOError (and io_failed_) on failure
   void check_open() const;
-  int64_t get_impl(const int64_t* keys, int64_t n, float* rows, float* state, uint64_t* versions, uint8_t* found,
-                   bool background);
+  // get / get_raw / get_background (raw: rows are row_bytes_ bytes each, else fp32 rows).
+  int64_t get_impl(const int64_t* keys, int64_t n, void* rows, bool raw, float* state, uint64_t* versions,
+                   uint8_t* found, bool background);
   // get() through reader_: slots resolved by the caller (kNoRow = absent).
   // Needs no lock but io_life_mu_ (shared): the caller checks afterwards that
-  // the slots still hold what it resolved.
-  void read_slots_parallel(const uint32_t* slots, int64_t n, float* rows, float* state, bool background);
+  // the slots still hold what it resolved. raw: rows are row_bytes_ bytes
+  // each, else fp32 rows.
+  void read_slots_parallel(const uint32_t* slots, int64_t n, void* rows, bool raw, float* state, bool background);
   uint8_t* take_io_buffer();
   void give_io_buffer(uint8_t* b);
   void free_io_buffers();
+  void set_rows(const int64_t* keys, int64_t n, const void* rows, bool raw, const float* state,
+                const uint64_t* versions);
+  // Slot bytes -> the caller's row i (decoded unless raw) and state.
+  void emit_row(const uint8_t* src, int64_t i, void* rows, bool raw, float* state) const;
   size_t data_off(uint32_t slot) const { return data_offset_ + static_cast<size_t>(slot) * slot_bytes_; }
 
   std::string path_;
@@ -185,6 +201,8 @@ class FileTier : public StorageTier {
   const uint8_t* map_ = nullptr;
   size_t map_bytes_ = 0;
   int64_t dim_, state_floats_, capacity_ = 0, slots_ = 0, slot_bytes_ = 0;
+  RowType row_type_;
+  int64_t row_bytes_;  // row_bytes(row_type_, dim_): the row part of a slot
   size_t dir_offset_ = 0, data_offset_ = 0;
   bool recovered_ = false;
   bool io_failed_ = false;  // a write or sync failed: close() leaves the file dirty (re-verified at open)

@@ -72,6 +72,18 @@ class FileTier:
     slot size; a table given an unopened tier opens it with its own dim and its
     optimizer's state size.
 
+    ``row_type`` (``"fp32"``, ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"``;
+    docs/compressed.md): how the file stores rows. ``None`` (default): a
+    table's own row type when the table opens the tier (so a tiered int8
+    table's file holds its 72-byte rows of dim 64, not 256-byte fp32 ones),
+    fp32 when opened alone with ``dim=``. Rows move between a table and a tier
+    of its row type bit for bit. A tier of another row type than its table's
+    must be asked for by name (``row_type=``): rows then convert through fp32
+    (encoded with round-to-nearest-even, as ``assign`` does); otherwise
+    attaching raises ``ValueError``, as does opening a file that holds
+    another row type than ``row_type``. ``get``/``set`` always take fp32 rows,
+    ``get_raw`` gives the stored bytes.
+
     Ranges: ``capacity`` 1 .. ``FileTier.MAX_CAPACITY`` (about 4.04e9),
     ``dim`` 1 .. 2**20, ``state_floats`` 0 .. 2**21 (``ValueError`` naming the
     argument otherwise). One user at a time: the file is locked while open; a
@@ -87,8 +99,14 @@ class FileTier:
     """
 
     def __init__(self, path, capacity: int | None = None, *, dim: int | None = None, state_floats: int = 0,
-                 io: str = "mmap", io_threads: int = 32, io_buffer_bytes: int = 16 << 20, io_align: int = 4096):
+                 io: str = "mmap", io_threads: int = 32, io_buffer_bytes: int = 16 << 20, io_align: int = 4096,
+                 row_type: str | None = None):
         self.path = _checks.path(path, "path")
+        if row_type is not None:
+            from . import quantize
+
+            quantize.row_type_id(row_type)  # ValueError naming row_type
+        self._row_type = row_type
         self._capacity = _positive_int(capacity, "capacity", allow_none=True)
         if self._capacity is not None and self._capacity > _core.FileTier.MAX_CAPACITY:
             raise ValueError(f"capacity must be at most {_core.FileTier.MAX_CAPACITY} rows "
@@ -103,6 +121,8 @@ class FileTier:
             dim = _positive_int(dim, "dim")
             if dim > _core.FileTier.MAX_DIM:
                 raise ValueError(f"dim must be at most {_core.FileTier.MAX_DIM}, got {dim!r}")
+            if row_type == "int4" and dim % 2:
+                raise ValueError(f"dim must be even for row_type 'int4', got {dim}")
             self._open(dim, int(state_floats))
 
     @staticmethod
@@ -145,9 +165,21 @@ class FileTier:
         during the read (``stale_reads``)."""
         return dict(self._n().io_info())
 
-    def _open(self, dim: int, state_floats: int):
+    def _open(self, dim: int, state_floats: int, table_row_type: str | None = None):
+        """Opens the file (once); ``table_row_type``: the row type of the table
+        opening it (None: opened alone)."""
+        from . import quantize
+
+        want = self._row_type or table_row_type or "fp32"
         if self._native is None:
-            native = _core.FileTier(self.path, dim, state_floats, self._capacity or 0)
+            try:
+                native = _core.FileTier(self.path, dim, state_floats, self._capacity or 0, quantize.row_type_id(want))
+            except TierFormatError as e:
+                if " rows, expected " not in str(e):
+                    raise
+                raise ValueError(f"tier: {e}; name the file's row type (FileTier(..., row_type=...)) to open it "
+                                 f"as it is: a table of another row type then converts its rows through fp32"
+                                 ) from None
             if self._io[0] != "mmap":
                 try:
                     native.set_io(_IO_MODES[self._io[0]], *self._io[1:])
@@ -158,6 +190,10 @@ class FileTier:
         elif self._native.dim != dim or self._native.state_floats != state_floats:
             raise ValueError(f"tier: '{self.path}' is open with dim={self._native.dim}, "
                              f"state_floats={self._native.state_floats}; needed dim={dim}, state_floats={state_floats}")
+        if table_row_type is not None and self._row_type is None and self.row_type != table_row_type:
+            raise ValueError(f"tier: '{self.path}' stores {self.row_type} rows but the table stores "
+                             f"{table_row_type} rows; give FileTier(..., row_type={self.row_type!r}) to convert "
+                             f"them through fp32, or a tier of the table's row type")
         return self._native
 
     def _n(self):
@@ -173,6 +209,19 @@ class FileTier:
     @property
     def state_floats(self) -> int:
         return self._n().state_floats
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes one row takes in the file: its row_bytes and state floats,
+        rounded up to 64 (fp32) or 8 (compressed row types)."""
+        return self._n().slot_bytes
+
+    @property
+    def row_type(self) -> str:
+        """How the file stores rows ("fp32", "fp16", "bf16", "int8" or "int4")."""
+        from . import quantize
+
+        return quantize.ROW_TYPES[self._n().row_type]
 
     @property
     def capacity(self) -> int:
@@ -196,6 +245,12 @@ class FileTier:
         """(rows, found): rows of held keys, zeros and found=False for others."""
         rows, _, _, found = self._n().get(_checks.keys_1d(keys, "keys"))
         return rows, found
+
+    def get_raw(self, keys):
+        """(rows, found): the stored bytes of held keys, ``(n, row_bytes)``
+        uint8 in the file's row type (docs/compressed.md); zeros and
+        found=False for others."""
+        return self._n().get_raw(_checks.keys_1d(keys, "keys"))
 
     def get_full(self, keys):
         """(rows, state, versions, found) with optimizer state and row versions."""
@@ -299,7 +354,7 @@ class _StorageMethods:
             raise TypeError(f"tier must be an embedlookup.storage.FileTier, got {type(tier).__name__}")
         memory_rows = _positive_int(memory_rows, "memory_rows", allow_none=True)
         kind = _optim_kind(self.optimizer)
-        native = tier._open(self._dim, _state_floats(kind, self._dim))
+        native = tier._open(self._dim, _state_floats(kind, self._dim), self.row_type)
         self._t.attach_tier(native, memory_rows or 0, bool(promote))
         self.tier = tier
 

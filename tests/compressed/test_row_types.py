@@ -295,10 +295,12 @@ def test_frequency_relayout_and_eviction_keep_compressed_rows(kind):
 
 @pytest.mark.parametrize("kind", TYPES)
 def test_rows_through_the_file_tier(kind, tmp_path):
-    """The tier keeps fp32 rows: written back decoded, promoted encoded again:
+    """A tier asked for fp32 rows under a compressed table (row_type named:
+    the explicit conversion): written back decoded, promoted encoded again:
     exact for fp16 / bf16, within the int types' error bound (scale / 2 of the
-    stored row, plus float32 rounding) for int8 / int4."""
-    tier = el.storage.FileTier(str(tmp_path / "t.tier"), 4096, dim=16)
+    stored row, plus float32 rounding) for int8 / int4. (A tier of the table's
+    own row type: test_tier_row_types.py.)"""
+    tier = el.storage.FileTier(str(tmp_path / "t.tier"), 4096, dim=16, row_type="fp32")
     t = el.EmbeddingTable(16, row_type=kind, tier=tier, memory_rows=100)
     keys = np.arange(300, dtype=np.int64)
     x = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)

@@ -120,23 +120,27 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
   }
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(float));
   const int64_t state_bytes = state ? state->stride() * static_cast<int64_t>(sizeof(float)) : 0;
-  auto prefetch_rw = [&](uint32_t id) {
-    const char* r = reinterpret_cast<const char*>(v.arena->row(id));
-    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(r + b, 1, 3);
-    if (state) {
-      const char* st = reinterpret_cast<const char*>(state->row(id));
-      for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 1, 3);
+  const uint32_t* const group_rows = s.rows.data();  // the scratch is thread_local: its address once
+  float* const group_grad = s.grad.data();
+  // The prefetch of row u + kUpdateAheadRows is written out in the loop, not
+  // as a helper: GCC judged a lambda that only prefetches free of side effects
+  // and deleted its calls, so this pass once ran with no prefetch at all.
+  for (int64_t u = -kUpdateAheadRows; u < groups; ++u) {
+    if (u + kUpdateAheadRows < groups) {
+      const uint32_t ahead = group_rows[u + kUpdateAheadRows];
+      const char* r = reinterpret_cast<const char*>(v.arena->row(ahead));
+      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(r + b, 1, 3);
+      if (state) {
+        const char* st = reinterpret_cast<const char*>(state->row(ahead));
+        for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 1, 3);
+      }
+      if (versions) __builtin_prefetch(versions + ahead, 1, 3);
     }
-    if (versions) __builtin_prefetch(versions + id, 1, 3);
-  };
-  const int64_t kUpdateAhead = kUpdateAheadRows;
-  for (int64_t u = 0; u < std::min(groups, kUpdateAhead); ++u) prefetch_rw(s.rows[u]);
-  for (int64_t u = 0; u < groups; ++u) {
-    if (u + kUpdateAhead < groups) prefetch_rw(s.rows[u + kUpdateAhead]);
-    const uint32_t id = s.rows[u];
+    if (u < 0) continue;
+    const uint32_t id = group_rows[u];
     float* st = state ? state->row(id) : nullptr;
     v.seq->write_begin(id);
-    apply_row_cpu(o, c, v.arena->row(id), st, s.grad.data() + u * stride, dim);
+    apply_row_cpu(o, c, v.arena->row(id), st, group_grad + u * stride, dim);
     if (versions) __atomic_store_n(versions + id, version, __ATOMIC_RELAXED);
     v.seq->write_end(id);
   }

@@ -185,3 +185,21 @@ def test_a_batch_changed_in_place_between_pull_and_push_on_one_shard(make_server
     ref.apply_pooled_gradients(a, off, g)
     assert_matches_table(server, ref)
     assert server.stats()["shards"][0]["ids_reused"] == 0
+
+
+def test_a_pooled_pull_returns_an_array_of_its_own(make_server):
+    """The combined partials are the caller's to change (a local shard's
+    partial is summed in place): changing one result does not change the
+    next pull; sum, mean and max against one table."""
+    server = make_server(4, 2)
+    c = server.client("sync")
+    ref = el.EmbeddingTable(4, optimizer=server.optimizer, initializer=el.init.uniform())
+    keys = np.arange(40, dtype=np.int64)
+    off = np.arange(0, 40, 4, dtype=np.int64)
+    for mode in ("sum", "mean", "max"):
+        want = ref.pooled_lookup(keys, off, mode=mode)
+        out = c.pooled_pull(keys, off, mode=mode)
+        np.testing.assert_allclose(out, want, rtol=1e-5)
+        assert out.flags.writeable
+        out[:] = 7.0
+        np.testing.assert_allclose(c.pooled_pull(keys, off, mode=mode), want, rtol=1e-5)

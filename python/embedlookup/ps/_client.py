@@ -329,6 +329,10 @@ class Client:
             lv, loff, lw = v.copy(), off[:n_bags].copy(), None if w is None else w.copy()
             # Only the shards that hold some of the keys are asked.
             split = {i: p for i, p in enumerate(self._split_bags(lv, loff, n_bags, lw, False)) if p[0].shape[0]}
+            for p in split.values():  # never written again: a local shard keeps them without a copy
+                for a in p:
+                    if a is not None:
+                        a.flags.writeable = False
             self.bytes_sent += _nbytes(split.values())
             args, hs = {}, {}
             for i, (pv, po, pw) in split.items():  # shard i starts before shard i+1's part is put
@@ -487,25 +491,31 @@ def _combine(parts, mode: str, n_bags: int, dim: int) -> np.ndarray:
     (those holding some key of the batch; none: every bag is empty)."""
     if not parts:
         return np.zeros((n_bags, dim), np.float32)
-    out = np.array(parts[0][0], dtype=np.float32, copy=True)
-    if mode == "sum":
-        for p, _ in parts[1:]:
-            out += p
-        return out
-    if mode == "mean":
+    # A local shard's partial is a fresh array of this process: the result goes into it (no copy);
+    # Ray's are read-only views of the object store.
+    first = parts[0][0]
+    own = first if first.flags.writeable else None
+    if mode == "max":  # a shard's partial counts only for bags where it holds a key
+        out = first.copy() if own is None else own
         n = parts[0][1].astype(np.int64)
+        out[n == 0] = -np.inf
         for p, c in parts[1:]:
-            out += p
+            has = c > 0
+            out[has] = np.maximum(out[has], p[has])
             n += c
-        nz = n > 0
-        out[nz] /= n[nz, None].astype(np.float32)
+        out[n == 0] = 0.0
         return out
-    # max: a shard's partial counts only for bags where it holds a key.
-    n = parts[0][1].astype(np.int64)
-    out[n == 0] = -np.inf
-    for p, c in parts[1:]:
-        has = c > 0
-        out[has] = np.maximum(out[has], p[has])
+    if len(parts) == 1:
+        out = first.copy() if own is None else own
+    else:
+        out = np.add(first, parts[1][0], out=own)  # one pass: the partials in shard order, as before
+        for p, _ in parts[2:]:
+            out += p
+    if mode == "sum":
+        return out
+    n = parts[0][1].astype(np.int64)  # mean: the summed partials over the bag's length
+    for _, c in parts[1:]:
         n += c
-    out[n == 0] = 0.0
+    nz = n > 0
+    out[nz] /= n[nz, None].astype(np.float32)
     return out

@@ -116,11 +116,11 @@ def test_a_shard_refuses_keys_of_another_shard(make_server):
     k1 = keys[shard_of(keys, 2) == 1]
     off = np.array([0], np.int64)
     with pytest.raises(ValueError, match="belong to other shards.*this is shard 0 of 2"):
-        server._b.cores[0].pooled_pull(k1, off, "sum", None)
+        server._b.cores[0].pooled_pull(k1, off, None, "sum")
     with pytest.raises(ValueError, match="belong to other shards"):
         server._b.cores[0].pull(k1)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), None)
-    wrong = [(k1, off, np.ones((1, 4), np.float32), None), empty]  # shard 0 gets shard 1's keys
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros((0, 4), np.float32))
+    wrong = [(k1, off, None, np.ones((1, 4), np.float32)), empty]  # shard 0 gets shard 1's keys
     with pytest.raises(ps.PushRejectedError, match="shard 0: ValueError: values: .* belong to other shards"):
         client._send_push("push_pooled", wrong)
     after = [server.shard_state(i)[:2] for i in range(2)]
@@ -185,15 +185,15 @@ def test_a_push_reusing_its_pulls_ids_still_refuses_other_keys(make_server):
     own, foreign = keys[shard_of(keys, 2) == 0], keys[shard_of(keys, 2) == 1]
     off, g = np.array([0], np.int64), np.ones((1, 4), np.float32)
     ref = el.EmbeddingTable(4, optimizer=opt, initializer=init)
-    core.pooled_pull(own, off, "sum", None, "c")
+    core.pooled_pull(own, off, None, "sum", "c")
     ref.lookup(own)
     rows = core.table.lookup(own)
-    status, msg = core.push_pooled("c", 0, foreign, off, g, None)
+    status, msg = core.push_pooled("c", 0, foreign, off, None, g)
     assert status == "rejected" and "belong to other shards" in msg
     np.testing.assert_array_equal(core.table.lookup(own), rows)
     assert len(core.table) == own.shape[0]
-    core.pooled_pull(own, off, "sum", None, "c")
-    assert core.push_pooled("c", 1, own.copy(), off.copy(), g, None)[0] == "applied"
+    core.pooled_pull(own, off, None, "sum", "c")
+    assert core.push_pooled("c", 1, own.copy(), off.copy(), None, g)[0] == "applied"
     assert core.ids_reused == 1
     ref.apply_pooled_gradients(own, off, g)
     np.testing.assert_array_equal(core.table.lookup(own), ref.lookup(own))

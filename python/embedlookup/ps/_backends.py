@@ -178,7 +178,7 @@ class RayBackend:
                                       f"{type(e).__name__}: {e}") from None
         self._transient = transient_ray_errors()
         self._timeout_s = timeout_s
-        self._share = None  # share_puts, once asked
+        self._share = None  # share_puts: known once the shards' nodes were asked
         if handles is not None:
             self.actors = handles
             return
@@ -188,11 +188,12 @@ class RayBackend:
                                       "max_restarts": max_restarts, "max_task_retries": 0}).remote(a)
                        for i, a in enumerate(shard_args)]
         # Wait until every shard is up (its recovery done): a clear error now
-        # rather than at the first pull.
+        # rather than at the first pull. Their nodes decide share_puts.
         try:
-            ray.get([a.call.remote("pid") for a in self.actors], timeout=timeout_s)
+            nodes = ray.get([a.node_id.remote() for a in self.actors], timeout=timeout_s)
         except self._transient as e:
             raise ConnectionError(f"ray: the shards did not start within timeout_s={timeout_s}: {e}") from None
+        self._share = all(n == ray.get_runtime_context().get_node_id() for n in nodes)
 
     @classmethod
     def connect(cls, name: str, num_shards: int):
@@ -213,18 +214,19 @@ class RayBackend:
 
     @property
     def share_puts(self) -> bool:
-        """Whether every shard ran on this process's node when first asked:
-        then one put of every shard's part costs less than one per shard
-        (each put and each object passed is a round trip to the object
-        store; the shards map it in place), while across nodes each shard's
-        node would fetch the others' parts too."""
+        """Whether every shard ran on this process's node when it started
+        (a client unpickled elsewhere asks once): then one put of every
+        shard's part costs less than one per shard (each put and each object
+        passed is a round trip to the object store; the shards map it in
+        place), while across nodes each shard's node would fetch the others'
+        parts too. Only a cost: both ways every shard gets its own part."""
         if self._share is None:
             here = self._ray.get_runtime_context().get_node_id()
             try:
                 nodes = self._ray.get([a.node_id.remote() for a in self.actors], timeout=self._timeout_s)
+                self._share = all(n == here for n in nodes)
             except self._transient:
-                return False  # asked again at the next call
-            self._share = all(n == here for n in nodes)
+                self._share = False  # a shard is down: one put per shard, never asked again
         return self._share
 
     def submit(self, i, method, *args):

@@ -10,7 +10,16 @@
 namespace py = pybind11;
 using namespace embedlookup;
 using bind::cptr;
-using bind::owned_array;
+
+namespace {
+// Hands a part's buffer to NumPy without a copy: the array owns it through a capsule.
+template <class T>
+py::array_t<T> owned_buffer(Buffer<T>&& v, py::ssize_t n) {
+  auto* heap = new Buffer<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<Buffer<T>*>(p); });
+  return py::array_t<T>({n}, heap->data(), owner);
+}
+}  // namespace
 
 void bind_sharding(py::module_& m) {
   m.def(
@@ -69,10 +78,10 @@ void bind_sharding(py::module_& m) {
           auto n = static_cast<py::ssize_t>(p.values.size());
           auto nb = static_cast<py::ssize_t>(p.offsets.size());
           bool has_off = in.offsets != nullptr, has_w = !p.weights.empty() || (n == 0 && (in.weights || mean_weights));
-          py::object o_off = has_off ? py::object(owned_array(std::move(p.offsets), {nb})) : py::none();
-          py::object o_w = has_w ? py::object(owned_array(std::move(p.weights), {n})) : py::none();
-          py::object o_pos = positions ? py::object(owned_array(std::move(p.positions), {n})) : py::none();
-          out.append(py::make_tuple(owned_array(std::move(p.values), {n}), o_off, o_w, o_pos));
+          py::object o_off = has_off ? py::object(owned_buffer(std::move(p.offsets), nb)) : py::none();
+          py::object o_w = has_w ? py::object(owned_buffer(std::move(p.weights), n)) : py::none();
+          py::object o_pos = positions ? py::object(owned_buffer(std::move(p.positions), n)) : py::none();
+          out.append(py::make_tuple(owned_buffer(std::move(p.values), n), o_off, o_w, o_pos));
         }
         return out;
       },

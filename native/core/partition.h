@@ -4,16 +4,41 @@
 // its part equals the whole-batch call restricted to its keys.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <new>
+#include <utility>
 #include <vector>
 
 namespace embedlookup {
 
+// std::allocator that leaves new elements uninitialised (resize writes no
+// zeros): every slot of a part is written by the split itself.
+template <class T>
+struct NoInitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = NoInitAllocator<U>;
+  };
+  NoInitAllocator() = default;
+  template <class U>
+  NoInitAllocator(const NoInitAllocator<U>&) noexcept {}
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    if constexpr (sizeof...(Args) == 0)
+      ::new (static_cast<void*>(p)) U;
+    else
+      ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <class T>
+using Buffer = std::vector<T, NoInitAllocator<T>>;
+
 struct ShardPart {
-  std::vector<int64_t> values;     // the shard's keys, in batch order
-  std::vector<int64_t> offsets;    // bags: one offset per bag of the batch (an empty
-                                   // bag where the shard holds none of its keys)
-  std::vector<float> weights;      // per key; empty unless weights or mean_weights
-  std::vector<int64_t> positions;  // each key's index in the batch; empty unless asked
+  Buffer<int64_t> values;     // the shard's keys, in batch order
+  Buffer<int64_t> offsets;    // bags: one offset per bag of the batch (an empty
+                              // bag where the shard holds none of its keys)
+  Buffer<float> weights;      // per key; empty unless weights or mean_weights
+  Buffer<int64_t> positions;  // each key's index in the batch; empty unless asked
 };
 
 struct PartitionInput {

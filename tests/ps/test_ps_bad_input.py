@@ -139,6 +139,14 @@ def test_dead_shard_raises(make_server):
     client = server.client()
     client.pull(np.arange(4))
     ray.kill(server._b.actors[1], no_restart=True)
+    # ray.kill is asynchronous: a call sent at once may still be served. Wait until the actor is gone.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(server._b.actors[1].node_id.remote(), timeout=5)
+        except ray.exceptions.RayError:
+            break
+        time.sleep(0.05)
     t0 = time.monotonic()
     with pytest.raises(ps.ShardUnavailableError, match="shard 1"):
         client.pull(np.arange(40))

@@ -62,14 +62,45 @@ def test_partition_equals_the_numpy_split(n, case):
     assert sum(g[0].shape[0] for g in got) == v.shape[0]
 
 
+@pytest.mark.parametrize("case", ["plain", "weights", "mean", "last_offset"])
+def test_two_shards_on_a_w1_sized_batch(case):
+    """Two shards (the native split's own path) on 4096 bags of 32 keys and
+    on skewed bags, against the NumPy split."""
+    rng = np.random.default_rng(17)
+    for lengths in (np.full(4096, 32), rng.integers(0, 70, 2000)):
+        n_bags = lengths.shape[0]
+        v = rng.integers(-(2**63), 2**63 - 1, int(lengths.sum()), dtype=np.int64)
+        off = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        w = rng.uniform(0.5, 2, v.shape[0]).astype(np.float32) if case == "weights" else None
+        off_arg = np.append(off, v.shape[0]) if case == "last_offset" else off
+        for positions in (False, True):
+            got = _core.partition_by_shard(v, off_arg, n_bags, w, case == "mean", 2, positions)
+            ref = _reference(v, off, n_bags, w, case == "mean", 2)
+            for (gv, go, gw, gp), (rv, ro, rw, rp) in zip(got, ref):
+                np.testing.assert_array_equal(gv, rv)
+                np.testing.assert_array_equal(go, ro)
+                if positions:
+                    np.testing.assert_array_equal(gp, rp)
+                else:
+                    assert gp is None
+                if rw is None:
+                    assert gw is None
+                else:
+                    np.testing.assert_array_equal(gw, rw)
+
+
 def test_partition_of_flat_keys():
     keys = np.random.default_rng(1).integers(-(2**62), 2**62, 5000).astype(np.int64)
-    got = _core.partition_by_shard(keys, None, 0, None, False, 3, True)
-    sid = shard_of(keys, 3)
-    for s, (gv, go, gw, gp) in enumerate(got):
-        assert go is None and gw is None
-        np.testing.assert_array_equal(gp, np.flatnonzero(sid == s))
-        np.testing.assert_array_equal(gv, keys[sid == s])
+    for n in (2, 3):
+        got = _core.partition_by_shard(keys, None, 0, None, False, n, True)
+        sid = shard_of(keys, n)
+        for s, (gv, go, gw, gp) in enumerate(got):
+            assert go is None and gw is None
+            np.testing.assert_array_equal(gp, np.flatnonzero(sid == s))
+            np.testing.assert_array_equal(gv, keys[sid == s])
+    for n in (1, 2, 3):  # an empty batch
+        for gv, go, gw, gp in _core.partition_by_shard(keys[:0], None, 0, None, False, n, True):
+            assert gv.shape == gp.shape == (0,)
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -85,11 +116,11 @@ def test_a_shard_refuses_keys_of_another_shard(make_server):
     k1 = keys[shard_of(keys, 2) == 1]
     off = np.array([0], np.int64)
     with pytest.raises(ValueError, match="belong to other shards.*this is shard 0 of 2"):
-        server._b.cores[0].pooled_pull(k1, off, "sum", None)
+        server._b.cores[0].pooled_pull(k1, off, None, "sum")
     with pytest.raises(ValueError, match="belong to other shards"):
         server._b.cores[0].pull(k1)
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), None)
-    wrong = [(k1, off, np.ones((1, 4), np.float32), None), empty]  # shard 0 gets shard 1's keys
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros((0, 4), np.float32))
+    wrong = [(k1, off, None, np.ones((1, 4), np.float32)), empty]  # shard 0 gets shard 1's keys
     with pytest.raises(ps.PushRejectedError, match="shard 0: ValueError: values: .* belong to other shards"):
         client._send_push("push_pooled", wrong)
     after = [server.shard_state(i)[:2] for i in range(2)]
@@ -122,3 +153,47 @@ def test_partition_refuses_bags_it_cannot_read():
     for fn in (lambda: _core.partition_by_shard(v, None, 0, None, False, 0, False), lambda: _core.shard_ids(v, 0)):
         with pytest.raises(ValueError, match="num_shards"):
             fn()
+
+
+def test_same_values_is_array_equal():
+    """The shards' comparison of a push's keys with its pull's: equal to
+    np.array_equal (same dtype), reading nothing when both arrays view the
+    same memory with the same layout."""
+    from embedlookup.ps._shard import same_values
+
+    a = np.arange(100, dtype=np.int64)
+    m = a.reshape(10, 10)
+    b = a.copy()
+    b[-1] = -1
+    cases = [(a, a), (a, a[:]), (a, a.copy()), (a, b), (a, a[::-1]), (a[:50], a[50:]), (a[:50], a[::2]),
+             (a[::2], a[::2].copy()), (a, a.astype(np.int32)), (m, m.T), (m, m.T.copy().T), (a[:0], a[5:5]),
+             (a, np.arange(1, 101)), (a[:50], a[:60])]
+    for x, y in cases:
+        assert same_values(x, y) == (x.dtype == y.dtype and np.array_equal(x, y)), (x, y)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_push_reusing_its_pulls_ids_still_refuses_other_keys(make_server):
+    """A shard skips hashing a push's keys only when they are the keys its
+    pull of the same client checked: a push of other keys (here another
+    shard's) after that pull is refused, rows unchanged; the same keys in
+    another array are applied with the pull's ids, equal to one table."""
+    opt, init = el.optim.Adagrad(lr=0.1), el.init.normal(std=0.1, seed=5)
+    server = make_server(4, 2, optimizer=opt, table_options={"initializer": init})
+    core = server._b.cores[0]
+    keys = np.arange(64, dtype=np.int64)
+    own, foreign = keys[shard_of(keys, 2) == 0], keys[shard_of(keys, 2) == 1]
+    off, g = np.array([0], np.int64), np.ones((1, 4), np.float32)
+    ref = el.EmbeddingTable(4, optimizer=opt, initializer=init)
+    core.pooled_pull(own, off, None, "sum", "c")
+    ref.lookup(own)
+    rows = core.table.lookup(own)
+    status, msg = core.push_pooled("c", 0, foreign, off, None, g)
+    assert status == "rejected" and "belong to other shards" in msg
+    np.testing.assert_array_equal(core.table.lookup(own), rows)
+    assert len(core.table) == own.shape[0]
+    core.pooled_pull(own, off, None, "sum", "c")
+    assert core.push_pooled("c", 1, own.copy(), off.copy(), None, g)[0] == "applied"
+    assert core.ids_reused == 1
+    ref.apply_pooled_gradients(own, off, g)
+    np.testing.assert_array_equal(core.table.lookup(own), ref.lookup(own))

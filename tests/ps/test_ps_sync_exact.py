@@ -185,3 +185,68 @@ def test_a_batch_changed_in_place_between_pull_and_push_on_one_shard(make_server
     ref.apply_pooled_gradients(a, off, g)
     assert_matches_table(server, ref)
     assert server.stats()["shards"][0]["ids_reused"] == 0
+
+
+def test_a_pooled_pull_returns_an_array_of_its_own(make_server):
+    """The combined partials are the caller's to change (a local shard's
+    partial is summed in place): changing one result does not change the
+    next pull; sum, mean and max against one table."""
+    server = make_server(4, 2)
+    c = server.client("sync")
+    ref = el.EmbeddingTable(4, optimizer=server.optimizer, initializer=el.init.uniform())
+    keys = np.arange(40, dtype=np.int64)
+    off = np.arange(0, 40, 4, dtype=np.int64)
+    for mode in ("sum", "mean", "max"):
+        want = ref.pooled_lookup(keys, off, mode=mode)
+        out = c.pooled_pull(keys, off, mode=mode)
+        np.testing.assert_allclose(out, want, rtol=1e-5)
+        assert out.flags.writeable
+        out[:] = 7.0
+        np.testing.assert_allclose(c.pooled_pull(keys, off, mode=mode), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["one-put", "put-per-shard"])
+def test_one_put_for_every_shard_or_one_each_trains_the_same(make_server, backend, share):
+    """The shards' parts of a batch go in one put when the shards share this
+    process's object store, else one put per shard: either way each shard
+    gets its own part (sum, weighted, mean; the push of the pulled batch and
+    of another one), and the model equals one table bit for bit."""
+    dim, opt, init = 6, el.optim.Adam(lr=0.05), el.init.normal(std=0.1, seed=8)
+    server = make_server(dim, 3, optimizer=opt, table_options={"initializer": init})
+    if backend == "ray":
+        assert server._b.share_puts  # one machine: every shard on this node
+        server._b._share = share
+    else:
+        server._b.share_puts = share
+    ref = el.EmbeddingTable(dim, initializer=init, optimizer=opt)
+    c = server.client("sync")
+    rng = np.random.default_rng(11)
+    for step in range(6):
+        values, off = _batch(rng, 15, 6, 30)
+        w = rng.uniform(0.5, 2, values.shape[0]).astype(np.float32) if step % 3 == 1 else None
+        mode = "mean" if step % 3 == 2 else "sum"
+        np.testing.assert_allclose(c.pooled_pull(values, off, mode=mode, per_sample_weights=w),
+                                   ref.pooled_lookup(values, off, mode=mode, per_sample_weights=w),
+                                   rtol=1e-5, atol=1e-6)
+        g = rng.standard_normal((off.shape[0], dim)).astype(np.float32)
+        pushed = values if step != 3 else rng.integers(-30, 30, values.shape[0]).astype(np.int64)
+        c.push_pooled(pushed, off, g, mode=mode, per_sample_weights=w)
+        ref.lookup(pushed)
+        ref.apply_pooled_gradients(pushed, off, g, mode=mode, per_sample_weights=w)
+    assert_matches_table(server, ref)
+    assert sum(s["ids_reused"] for s in server.stats()["shards"]) > 0
+
+
+def test_parts_stand_for_the_receiving_shards_part():
+    """A Parts argument of a shard call is replaced by that shard's part."""
+    from embedlookup.ps._shard import Parts, call
+
+    class Core:
+        index, busy = 1, {}
+
+        def echo(self, *args):
+            return args
+
+    a, b = np.arange(3), np.arange(5)
+    assert call(Core(), "echo", ("x", Parts({0: (a, None), 1: (b, None)}), 7)) == ("x", b, None, 7)
+    assert call(Core(), "echo", (a,)) == (a,)

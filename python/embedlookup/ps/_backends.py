@@ -29,6 +29,7 @@ class ShardDown(RuntimeError):
 
 class LocalBackend:
     kind = "local"
+    share_puts = True  # put() hands the object itself
 
     def __init__(self, shard_args: list[dict]):
         self._args = shard_args
@@ -70,6 +71,7 @@ class LocalBackend:
             raise Transient("timed out") from None
         except ShardDown as e:
             raise Transient(str(e)) from None
+
 
     def _restart(self, i):
         self.cores[i].close()
@@ -124,6 +126,9 @@ def _actor_class():
                 out = call(self.core, method, args)
                 return dict(out, node=self.node) if method == "stats" else out
 
+            def node_id(self):
+                return self.node
+
         _ACTOR = ray.remote(ShardActor)
     return _ACTOR
 
@@ -172,6 +177,8 @@ class RayBackend:
                 raise ConnectionError(f"address: cannot start or reach a Ray cluster at {address!r}: "
                                       f"{type(e).__name__}: {e}") from None
         self._transient = transient_ray_errors()
+        self._timeout_s = timeout_s
+        self._share = None  # share_puts: known once the shards' nodes were asked
         if handles is not None:
             self.actors = handles
             return
@@ -181,11 +188,12 @@ class RayBackend:
                                       "max_restarts": max_restarts, "max_task_retries": 0}).remote(a)
                        for i, a in enumerate(shard_args)]
         # Wait until every shard is up (its recovery done): a clear error now
-        # rather than at the first pull.
+        # rather than at the first pull. Their nodes decide share_puts.
         try:
-            ray.get([a.call.remote("pid") for a in self.actors], timeout=timeout_s)
+            nodes = ray.get([a.node_id.remote() for a in self.actors], timeout=timeout_s)
         except self._transient as e:
             raise ConnectionError(f"ray: the shards did not start within timeout_s={timeout_s}: {e}") from None
+        self._share = all(n == ray.get_runtime_context().get_node_id() for n in nodes)
 
     @classmethod
     def connect(cls, name: str, num_shards: int):
@@ -203,6 +211,23 @@ class RayBackend:
     def put(self, a):
         # One copy into the object store; every shard maps it (zero-copy numpy).
         return self._ray.put(a) if getattr(a, "nbytes", 0) >= 65536 else a
+
+    @property
+    def share_puts(self) -> bool:
+        """Whether every shard ran on this process's node when it started
+        (a client unpickled elsewhere asks once): then one put of every
+        shard's part costs less than one per shard (each put and each object
+        passed is a round trip to the object store; the shards map it in
+        place), while across nodes each shard's node would fetch the others'
+        parts too. Only a cost: both ways every shard gets its own part."""
+        if self._share is None:
+            here = self._ray.get_runtime_context().get_node_id()
+            try:
+                nodes = self._ray.get([a.node_id.remote() for a in self.actors], timeout=self._timeout_s)
+                self._share = all(n == here for n in nodes)
+            except self._transient:
+                self._share = False  # a shard is down: one put per shard, never asked again
+        return self._share
 
     def submit(self, i, method, *args):
         return self.actors[i].call.remote(method, *args)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import _checks, _core
 from ._backends import Transient
 from ._cache import RowCache, merge_duplicates
-from ._shard import APPLIED, DUPLICATE, FROZEN, GAP, REJECTED
+from ._shard import APPLIED, DUPLICATE, FROZEN, GAP, REJECTED, Parts
 
 #: async mode: pushes in flight before a push waits for the oldest (memory bound).
 ASYNC_MAX_IN_FLIGHT = 64
@@ -323,19 +323,21 @@ class Client:
             self._before_pull()
             if self._cache is not None:  # pooled here from the rows (cached or pulled)
                 return _pool(self._pull_cached(v), off, n_bags, mode, w)
-            put = self._b.put
             # Copies of the batch, split from: a push_pooled of the same batch compares with them and
-            # reuses the split and its puts (one local shard would otherwise hold the caller's arrays).
+            # reuses the split and its put (one local shard would otherwise hold the caller's arrays).
             lv, loff, lw = v.copy(), off[:n_bags].copy(), None if w is None else w.copy()
-            # Only the shards that hold some of the keys are asked.
-            split = {i: p for i, p in enumerate(self._split_bags(lv, loff, n_bags, lw, False)) if p[0].shape[0]}
-            self.bytes_sent += _nbytes(split.values())
-            args, hs = {}, {}
-            for i, (pv, po, pw) in split.items():  # shard i starts before shard i+1's part is put
-                args[i] = (put(pv), po, mode, None if pw is None else put(pw), self.client_id)
-                hs[i] = self._b.submit(i, "pooled_pull", *args[i])
-            self._last_batch = (lv, loff, lw, {i: (args[i][0], split[i][1], args[i][3], _nbytes([split[i]]))
-                                               for i in split})
+            split = self._split_bags(lv, loff, n_bags, lw, False)
+            for p in split:  # never written again: a local shard keeps them without a copy
+                for a in p:
+                    if a is not None:
+                        a.flags.writeable = False
+            # Only the shards that hold some of the keys are asked; their parts go in one put.
+            ask = [i for i, p in enumerate(split) if p[0].shape[0]]
+            refs = self._put_parts(split, ask)
+            self.bytes_sent += _nbytes(split[i] for i in ask)
+            args = {i: (refs[i], mode, self.client_id) for i in ask}
+            hs = {i: self._b.submit(i, "pooled_pull", *args[i]) for i in ask}
+            self._last_batch = (lv, loff, lw, {i: (refs[i], _nbytes([split[i]])) for i in ask})
             parts = [self._resolve(i, h, "pooled_pull", args[i]) for i, h in hs.items()]
             self.bytes_received += sum(p.nbytes + (0 if c is None else c.nbytes) for p, c in parts)
             return _combine(parts, mode, n_bags, self._dim)
@@ -375,28 +377,36 @@ class Client:
             g = _checks.finite(_checks.floats(grad_output, "grad_output", (n_bags, self._dim)), "grad_output")
             if self._copy_pushes:
                 v, off, g, w = v.copy(), off.copy(), g.copy(), None if w is None else w.copy()
-            put = self._b.put
             # Every shard takes a step (shard steps = pushes, as one table):
             # a shard that holds some of the keys receives its part and the
             # whole grad_output (put once for all), the others an empty batch.
-            empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), None)
-            gref = put(g)
+            empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), None, np.zeros((0, self._dim), np.float32))
+            gref = self._b.put(g)
             same = self._same_batch(v, off, n_bags, w, mode)
-            if same is not None:  # the pull's split and puts, reused
-                self.bytes_sent += sum(nb + g.nbytes for _, _, _, nb in same.values())
-                self._send_push("push_pooled", ((same[i][0], same[i][1], gref, same[i][2]) if i in same else empty
-                                                for i in range(self.num_shards)))
-                return
-            split = self._split_bags(v, off, n_bags, w, mode == "mean")
-            self.bytes_sent += sum(_nbytes([p]) + g.nbytes for p in split if p[0].shape[0])
-            self._send_push("push_pooled", ((put(pv), po, gref, None if pw is None else put(pw)) if pv.shape[0]
-                                            else empty for pv, po, pw in split))
+            if same is not None:  # the pull's split and put, reused
+                self.bytes_sent += sum(nb + g.nbytes for _, nb in same.values())
+                refs = {i: r for i, (r, _) in same.items()}
+            else:
+                split = self._split_bags(v, off, n_bags, w, mode == "mean")
+                has = [i for i, p in enumerate(split) if p[0].shape[0]]
+                self.bytes_sent += sum(_nbytes([split[i]]) + g.nbytes for i in has)
+                refs = self._put_parts(split, has)
+            self._send_push("push_pooled", ((refs[i], gref) if i in refs else empty for i in range(self.num_shards)))
+
+    def _put_parts(self, split, shards) -> dict:
+        """shard -> what stands for its part of ``split`` in a call (a
+        :class:`Parts`): one put for all of ``shards`` where the backend's
+        shards share this process's object store (``share_puts``), else one
+        per shard (each node fetches only its own part)."""
+        if self._b.share_puts:
+            ref = self._b.put(Parts({i: split[i] for i in shards}))
+            return dict.fromkeys(shards, ref)
+        return {i: self._b.put(Parts({i: split[i]})) for i in shards}
 
     def _same_batch(self, v, off, n_bags, w, mode):
-        """The parts of the last pooled pull (shard -> (values ref, offsets,
-        weights ref, bytes)) if it was this batch, with the same weights, and
-        the push needs no other weights ("mean" does: 1 / bag length); else
-        None. Compared against copies taken at the pull, so a batch changed
+        """The parts of the last pooled pull (shard -> (its put, bytes)) if
+        it was this batch, with the same weights, and the push needs no other
+        weights ("mean" does: 1 / bag length); else None. Compared against copies taken at the pull, so a batch changed
         in place in between is split again."""
         last = self._last_batch
         if last is None or mode == "mean" or last[0].shape != v.shape or last[1].shape[0] != n_bags:
@@ -487,25 +497,31 @@ def _combine(parts, mode: str, n_bags: int, dim: int) -> np.ndarray:
     (those holding some key of the batch; none: every bag is empty)."""
     if not parts:
         return np.zeros((n_bags, dim), np.float32)
-    out = np.array(parts[0][0], dtype=np.float32, copy=True)
-    if mode == "sum":
-        for p, _ in parts[1:]:
-            out += p
-        return out
-    if mode == "mean":
+    # A local shard's partial is a fresh array of this process: the result goes into it (no copy);
+    # Ray's are read-only views of the object store.
+    first = parts[0][0]
+    own = first if first.flags.writeable else None
+    if mode == "max":  # a shard's partial counts only for bags where it holds a key
+        out = first.copy() if own is None else own
         n = parts[0][1].astype(np.int64)
+        out[n == 0] = -np.inf
         for p, c in parts[1:]:
-            out += p
+            has = c > 0
+            out[has] = np.maximum(out[has], p[has])
             n += c
-        nz = n > 0
-        out[nz] /= n[nz, None].astype(np.float32)
+        out[n == 0] = 0.0
         return out
-    # max: a shard's partial counts only for bags where it holds a key.
-    n = parts[0][1].astype(np.int64)
-    out[n == 0] = -np.inf
-    for p, c in parts[1:]:
-        has = c > 0
-        out[has] = np.maximum(out[has], p[has])
+    if len(parts) == 1:
+        out = first.copy() if own is None else own
+    else:
+        out = np.add(first, parts[1][0], out=own)  # one pass: the partials in shard order, as before
+        for p, _ in parts[2:]:
+            out += p
+    if mode == "sum":
+        return out
+    n = parts[0][1].astype(np.int64)  # mean: the summed partials over the bag's length
+    for _, c in parts[1:]:
         n += c
-    out[n == 0] = 0.0
+    nz = n > 0
+    out[nz] /= n[nz, None].astype(np.float32)
     return out

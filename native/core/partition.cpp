@@ -6,27 +6,21 @@
 
 #include "../cpu/kernels_cpu.h"
 #include "embedlookup/hash.h"
+#include "embedlookup/simd_mul64.h"
 
 namespace embedlookup {
 
 namespace {
 
-// shard_of on four keys at once (AVX2 has no 64-bit multiply: a * c mod
-// 2^64 = lo(a) lo(c) + ((lo(a) hi(c) + hi(a) lo(c)) << 32)). Same bits as
-// shard_of (tested against the NumPy rule).
-__attribute__((target("avx2"))) inline __m256i mul64(__m256i a, uint64_t c) {
-  const __m256i lo = _mm256_set1_epi64x(static_cast<int64_t>(c & 0xffffffffULL));
-  const __m256i hi = _mm256_set1_epi64x(static_cast<int64_t>(c >> 32));
-  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, hi), _mm256_mul_epu32(_mm256_srli_epi64(a, 32), lo));
-  return _mm256_add_epi64(_mm256_mul_epu32(a, lo), _mm256_slli_epi64(cross, 32));
-}
+// shard_of on four keys at once; same bits as shard_of (tested against the
+// NumPy rule).
 __attribute__((target("avx2"))) inline __m256i shard_of4(const int64_t* keys, __m256i n) {
   __m256i h = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys)),
                                _mm256_set1_epi64x(static_cast<int64_t>(kShardSalt)));
   h = _mm256_xor_si256(h, _mm256_srli_epi64(h, 33));
-  h = mul64(h, 0xff51afd7ed558ccdULL);
+  h = mul64_avx2(h, 0xff51afd7ed558ccdULL);
   h = _mm256_xor_si256(h, _mm256_srli_epi64(h, 33));
-  h = mul64(h, 0xc4ceb9fe1a85ec53ULL);
+  h = mul64_avx2(h, 0xc4ceb9fe1a85ec53ULL);
   h = _mm256_xor_si256(h, _mm256_srli_epi64(h, 33));
   return _mm256_srli_epi64(_mm256_mul_epu32(_mm256_srli_epi64(h, 32), n), 32);
 }

@@ -6,6 +6,8 @@
 #include <omp.h>
 #ifdef __AVX2__
 #include <immintrin.h>
+
+#include "embedlookup/simd_mul64.h"
 #endif
 
 #include <algorithm>
@@ -135,15 +137,6 @@ constexpr bool is_int(RowType t) { return t == RowType::kI8 || t == RowType::kI4
 
 #include "index_probe.inl"
 
-#ifdef __AVX2__
-// Low 64 bits of a * c per lane (AVX2 has no 64-bit multiply).
-__attribute__((always_inline)) inline __m256i mul64(__m256i a, uint64_t c) {
-  const __m256i cl = _mm256_set1_epi64x(static_cast<int64_t>(c & 0xffffffffu));
-  const __m256i ch = _mm256_set1_epi64x(static_cast<int64_t>(c >> 32));
-  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), cl), _mm256_mul_epu32(a, ch));
-  return _mm256_add_epi64(_mm256_mul_epu32(a, cl), _mm256_slli_epi64(cross, 32));
-}
-#endif
 
 // out[i] = index.home(keys[i]) for i < n: hash_key (hash.h) four keys at a
 // time in the AVX2 build (a chunk's homes before its pipelined pass).
@@ -156,9 +149,9 @@ inline void hash_homes(const KeyIndex& index, const int64_t* keys, int64_t n, si
   for (; i + 4 <= n; i += 4) {
     __m256i x = _mm256_add_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys + i)), golden);
     x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 30));
-    x = mul64(x, 0xbf58476d1ce4e5b9ULL);
+    x = mul64_avx2(x, 0xbf58476d1ce4e5b9ULL);
     x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 27));
-    x = mul64(x, 0x94d049bb133111ebULL);
+    x = mul64_avx2(x, 0x94d049bb133111ebULL);
     x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_and_si256(x, m));
   }

@@ -87,23 +87,35 @@ def test_local_restarts_and_lost_replies(make_server, tmp_path):
     assert client.duplicates == server._b.lost_replies.count("applied"), server._b.lost_replies
 
 
+@pytest.mark.parametrize("transport", ["tasks", "graph"])
 @pytest.mark.parametrize("backend", ["ray"], indirect=True)
-def test_ray_kill9_during_training(make_server, tmp_path):
-    """kill -9 (and ray.kill) of shard processes, restarted by Ray, during a training run."""
+def test_ray_kill9_during_training(make_server, tmp_path, transport):
+    """kill -9 (and ray.kill) of shard processes, restarted by Ray, during a
+    training run, with the data calls going by actor task or through a
+    compiled graph (torn down by each kill, its calls sent again by task)."""
     server = make_server(8, 4, durable_dir=tmp_path, snapshot_every=5, optimizer=el.optim.Adam(lr=0.02),
-                         table_options={"initializer": el.init.uniform(seed=9)}, max_retries=30, timeout_s=20)
+                         table_options={"initializer": el.init.uniform(seed=9)}, max_retries=30, timeout_s=20,
+                         transport=transport)
     n = {"kills": 0}
 
     def kill(i):  # mostly kill -9; every fifth through ray.kill (no_restart=False)
         n["kills"] += 1
         server.kill_shard(i, how="restart" if n["kills"] % 5 == 0 else "sigkill")
 
+    if transport == "graph":  # built before the kills begin (a build needs every shard up)
+        server.client().pull(np.zeros(0, np.int64))  # no row inserted: the reference stays equal
+        assert server._b.graph_stats()["graph"]
     ref, client, kills = _train_with_kills(server, kill, rounds=KILLS // 4, per_round=4, steps_after=2)
     assert kills == KILLS
     assert_matches_table(server, ref)
     st = server.stats()
     assert st["restarts"] == KILLS
     assert st["pushes_applied"] == client.pushes * server.num_shards
+    graph = client.stats()["transport"]
+    if transport == "graph":  # the kills did hit the graph
+        assert graph["graph_builds"] >= 1 and graph["graph_failures"] >= 1, graph
+    else:
+        assert graph["graph_builds"] == 0, graph
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)

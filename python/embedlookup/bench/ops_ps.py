@@ -25,7 +25,9 @@ deterministic per key, and every key is pulled once before timing):
 * ``ps-local``: ``backend="local"``, the shards in this process;
 * ``ps-ray``: ``backend="ray"``, one Ray actor per shard on a local Ray
   cluster (the running one, else the server starts one); skipped where ray
-  is not importable.
+  is not importable. Its transport is the default ("auto"): the warm-up
+  pulls build the compiled graph, so timed calls go through it
+  (docs/ps.md, "Ray transport").
 
 Beside the times, the report gets per subject and op (results entries and a note):
 ``overhead_ms_per_call``, its median time minus embedlookup's (the cost of

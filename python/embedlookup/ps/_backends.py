@@ -2,21 +2,46 @@
 shard, calls to a shard run in submission order) or as Ray actors
 (``RayBackend``: one actor per shard, restarted by Ray after a crash).
 
-Both offer the same four operations to the client: ``put`` (make an array
+Both offer the same operations to the client: ``put`` (make an array
 available to every shard once), ``submit(i, method, *args)`` (start a call
-on shard i, returns a handle), ``result(handle, timeout_s)`` (its value;
+on shard i, returns a handle), ``submit_many(method, {i: args})`` (the same
+call on several shards at once), ``result(handle, timeout_s)`` (its value;
 raises :class:`Transient` when the call may succeed if submitted again) and
 ``handles`` for pickling clients.
+
+Ray's per-call cost (an actor task, its arguments and a 1 MiB result through
+the object store: ~4-5 ms a call on this machine) is most of a training
+step's overhead. ``RayBackend`` therefore sends the data calls (pulls and
+pushes) through a Ray compiled graph when every shard runs on this process's
+node: one graph over all shard actors, input and results through shared
+memory channels, one execution per ``submit_many``. See ``TRANSPORTS``.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
+import os
 import threading
+import uuid
+import weakref
 
 from ._shard import ShardCore, call
 
 NAMESPACE = "embedlookup-ps"
+
+#: Ray transports (``ParameterServer(transport=...)``): "auto" sends the data calls through a compiled
+#: graph once this process has made ``GRAPH_AFTER`` of them (a short-lived server or a one-off call
+#: never pays the graph's set-up, ~0.2 s); "graph" from the first one; "tasks" never (one actor task
+#: per shard and call). Either way a graph is used only when every shard runs on this node, and only
+#: by one process at a time (the shards grant it to one owner); otherwise, and for every other call
+#: and every retry, actor tasks.
+TRANSPORTS = ("auto", "graph", "tasks")
+GRAPH_AFTER = 8
+#: After a graph failed (a shard died, a timeout): data calls through tasks before it is built again.
+GRAPH_RETRY_AFTER = 32
+#: The calls that go through the graph: a trainer's steady stream.
+GRAPH_CALLS = frozenset({"pull", "pull_fresh", "pooled_pull", "push", "push_pooled"})
 
 
 class Transient(Exception):
@@ -63,6 +88,9 @@ class LocalBackend:
         if self.closed:
             raise RuntimeError("the parameter server is shut down")
         return self._pools[i].submit(self._run, i, method, args)
+
+    def submit_many(self, method, calls: dict) -> dict:
+        return {i: self.submit(i, method, *a) for i, a in calls.items()}
 
     def result(self, handle, timeout_s):
         try:
@@ -121,10 +149,47 @@ def _actor_class():
                     restarted = ray.get_runtime_context().was_current_actor_reconstructed
                 self.core = ShardCore(**args, restarted=restarted)
                 self.node = ray.get_runtime_context().get_node_id()
+                # A compiled graph's calls run on their own thread beside the actor's task thread:
+                # one lock keeps the shard's calls one at a time, as a plain actor runs them.
+                self._mu = threading.Lock()
+                self._graph_owner = None  # (token, pid) of the process whose graph includes this actor
 
             def call(self, method, *args):
-                out = call(self.core, method, args)
+                with self._mu:
+                    out = call(self.core, method, args)
                 return dict(out, node=self.node) if method == "stats" else out
+
+            def graph_call(self, msg):
+                """One execution of a client's compiled graph: ``(method,
+                {shard: args})``; shards without args answer None."""
+                method, calls = msg
+                args = calls.get(self.core.index)
+                if args is None:
+                    return None
+                # A part put before the graph was built comes as its object ref (tasks resolve them).
+                return self.call(method, *(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
+
+            def claim_graph(self, token, pid):
+                """Grants this actor to one process's graph at a time (a
+                second graph over the same actor would never be served).
+                A claim by a process that no longer runs is void (the
+                graph is only built with every shard on its owner's node)."""
+                with self._mu:
+                    if self._graph_owner is not None and self._graph_owner[0] != token:
+                        try:
+                            os.kill(self._graph_owner[1], 0)
+                            return False
+                        except ProcessLookupError:
+                            pass
+                        except PermissionError:
+                            return False
+                    self._graph_owner = (token, pid)
+                    return True
+
+            def release_graph(self, token):
+                with self._mu:
+                    if self._graph_owner is not None and self._graph_owner[0] == token:
+                        self._graph_owner = None
 
             def node_id(self):
                 return self.node
@@ -164,10 +229,20 @@ class RayBackend:
     kind = "ray"
 
     def __init__(self, shard_args: list[dict] | None, *, name: str, address=None, max_restarts: int = -1,
-                 handles=None, timeout_s: float = 30.0, actor_options: list[dict] | None = None):
+                 handles=None, timeout_s: float = 30.0, actor_options: list[dict] | None = None,
+                 transport: str = "auto"):
         ray = _ray()
         self._ray = ray
         self.name = name
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        self.transport = transport
+        self._graph = None  # the compiled graph while this process holds one
+        self._graph_at = {"auto": GRAPH_AFTER, "graph": 1, "tasks": 0}[transport]  # data call that builds it
+        self._data_calls = 0
+        self._glock = threading.RLock()  # a compiled graph is not thread-safe: execute and get under it
+        self._token = uuid.uuid4().hex
+        self.graph_builds = self.graph_failures = self.graph_calls = 0
         if not ray.is_initialized():
             _probe(address, timeout_s)
             try:
@@ -196,20 +271,23 @@ class RayBackend:
         self._share = all(n == ray.get_runtime_context().get_node_id() for n in nodes)
 
     @classmethod
-    def connect(cls, name: str, num_shards: int):
+    def connect(cls, name: str, num_shards: int, transport: str = "auto"):
         """The shards of a running server, found by name (a client unpickled in another process)."""
         ray = _ray()
         if not ray.is_initialized():
             ray.init(address="auto", include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         handles = [ray.get_actor(f"{name}-shard-{i}", namespace=NAMESPACE) for i in range(num_shards)]
-        return cls(None, name=name, handles=handles)
+        return cls(None, name=name, handles=handles, transport=transport)
 
     @property
     def num_shards(self):
         return len(self.actors)
 
     def put(self, a):
-        # One copy into the object store; every shard maps it (zero-copy numpy).
+        # One copy into the object store; every shard maps it (zero-copy numpy). A graph's input
+        # channel carries the value itself (a retry through tasks passes it by value).
+        if self._graph is not None:
+            return a
         return self._ray.put(a) if getattr(a, "nbytes", 0) >= 65536 else a
 
     @property
@@ -232,11 +310,120 @@ class RayBackend:
     def submit(self, i, method, *args):
         return self.actors[i].call.remote(method, *args)
 
+    def submit_many(self, method, calls: dict) -> dict:
+        """``method`` on every shard of ``calls`` (shard -> args): one
+        execution of the compiled graph when this process holds one (see
+        TRANSPORTS), else one actor task per shard."""
+        if method in GRAPH_CALLS and self._graph_ready():
+            with self._glock:
+                g = self._graph
+                if g is not None:
+                    try:
+                        refs = g.execute((method, calls))
+                    except self._ray.exceptions.RayCgraphCapacityExceeded:
+                        pass  # this call through tasks (the shards' sequence numbers order pushes)
+                    except Exception as e:  # noqa: BLE001 - a failed graph: tasks from here on
+                        self._drop_graph(e)
+                    else:
+                        self.graph_calls += 1
+                        return {i: _GraphHandle(g, refs[i]) for i in calls}
+        return {i: self.submit(i, method, *a) for i, a in calls.items()}
+
     def result(self, handle, timeout_s):
+        if type(handle) is _GraphHandle:
+            return self._graph_result(handle, timeout_s)
         try:
             return self._ray.get(handle, timeout=timeout_s)
         except self._transient as e:
             raise Transient(f"{type(e).__name__}: {e}") from None
+
+    # ------------------------------------------------------- compiled graph
+    def _graph_ready(self) -> bool:
+        """Whether data calls go through a graph now (built here when due)."""
+        if self._graph is not None:
+            return True
+        if not self._graph_at:
+            return False
+        with self._glock:
+            self._data_calls += 1
+            if self._graph is None and self._data_calls >= self._graph_at:
+                self._build_graph()
+            return self._graph is not None
+
+    def _build_graph(self) -> None:
+        ray = self._ray
+        if not self.share_puts:  # a shard on another node: channels would cross nodes; tasks
+            self._graph_at = 0
+            return
+        self._graph_at = self._data_calls + GRAPH_RETRY_AFTER  # unless this build succeeds
+        try:
+            granted = ray.get([a.claim_graph.remote(self._token, os.getpid()) for a in self.actors],
+                              timeout=self._timeout_s)
+        except Exception:  # noqa: BLE001 - a shard is down: try again later
+            return
+        if not all(granted):  # another process's graph holds these shards
+            self._release()
+            return
+        try:
+            import logging
+
+            from ray.dag import InputNode, MultiOutputNode
+
+            # Ray logs each teardown, and a dead actor's at ERROR with a traceback: routine events here
+            # (a shard restart, shutdown, exit), handled and counted (client.stats()["transport"]).
+            logging.getLogger("ray.dag.compiled_dag_node").setLevel(logging.CRITICAL)
+
+            with InputNode() as inp:
+                dag = MultiOutputNode([a.graph_call.bind(inp) for a in self.actors])
+            self._graph = dag.experimental_compile(_submit_timeout=self._timeout_s)
+        except Exception:  # noqa: BLE001 - no graph: tasks, tried again later
+            self._graph = None
+            self._release()
+            return
+        self.graph_builds += 1
+        global _AT_EXIT
+        if not _AT_EXIT:  # registered after Ray's own exit handler, so it runs before it
+            atexit.register(_drop_live_graphs)
+            _AT_EXIT = True
+        _LIVE_GRAPHS.add(self)
+
+    def _graph_result(self, h, timeout_s):
+        with self._glock:
+            try:
+                return self._ray.get(h.ref, timeout=timeout_s)
+            except self._ray.exceptions.RayTaskError:
+                raise  # the shard raised (bad input): as a task's error
+            except Exception as e:  # noqa: BLE001 - died, timed out, torn down: send it again by task
+                if h.graph is self._graph:
+                    self._drop_graph(e)
+                raise Transient(f"compiled graph: {type(e).__name__}: {e}") from None
+
+    def _drop_graph(self, err=None) -> None:
+        """Tears the graph down (its pending executions fail: their calls are
+        sent again by task, and pushes are idempotent); built again after
+        GRAPH_RETRY_AFTER data calls."""
+        g, self._graph = self._graph, None
+        if g is None:
+            return
+        self.graph_failures += err is not None
+        self._graph_at = self._data_calls + GRAPH_RETRY_AFTER if self._graph_at else 0
+        try:
+            g.teardown()
+        except Exception:  # noqa: BLE001 - a dead shard's side is gone already
+            pass
+        self._release()
+        _LIVE_GRAPHS.discard(self)
+
+    def _release(self) -> None:
+        for a in self.actors:
+            try:
+                a.release_graph.remote(self._token)
+            except Exception:  # noqa: BLE001 - a dead shard forgot the claim with its process
+                pass
+
+    def graph_stats(self) -> dict:
+        return {"transport": self.transport, "graph": self._graph is not None, "graph_builds": self.graph_builds,
+                "graph_failures": self.graph_failures, "graph_calls": self.graph_calls}
 
     def crash(self, i: int, lose_next_reply: bool = False) -> None:
         """ray.kill with no_restart=False: the actor process dies and Ray restarts it."""
@@ -244,9 +431,47 @@ class RayBackend:
             raise ValueError("lose_next_reply is a local-backend fault; on Ray, kill the process mid-call")
         self._ray.kill(self.actors[i], no_restart=False)
 
+    def __del__(self):
+        # A client dropped in a process that goes on (a Ray task's worker is reused): its graph and the
+        # shards' claim on it go with it, so another client can build one.
+        try:
+            if self._graph is not None:
+                self._graph_at = 0
+                self._drop_graph()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
     def shutdown(self):
+        with self._glock:
+            self._graph_at = 0
+            self._drop_graph()
         for a in self.actors:
             try:
                 self._ray.kill(a, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
+
+
+class _GraphHandle:
+    """One shard's result of one graph execution."""
+
+    __slots__ = ("graph", "ref")
+
+    def __init__(self, graph, ref):
+        self.graph, self.ref = graph, ref
+
+
+# Graphs still held at exit are torn down first (their shards' claims released; Ray's own exit
+# would otherwise find their channels open).
+_LIVE_GRAPHS: weakref.WeakSet = weakref.WeakSet()
+_AT_EXIT = False
+
+
+def _drop_live_graphs():
+    for b in list(_LIVE_GRAPHS):
+        try:
+            with b._glock:
+                b._graph_at = 0
+                b._drop_graph()
+        except Exception:  # noqa: BLE001 - exiting
+            pass

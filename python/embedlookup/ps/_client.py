@@ -216,11 +216,9 @@ class Client:
     def _send_push(self, method, per_shard_args):
         seq = self._seq
         self._seq += 1
-        args, handles = [], []
-        for i, a in enumerate(per_shard_args):  # a generator: shard i starts before shard i+1's part is put
-            args.append((self.client_id, seq) + tuple(a))
-            handles.append(self._b.submit(i, method, *args[-1]))
-        self._pending.append(_Pending(seq, method, args, handles))
+        args = [(self.client_id, seq) + tuple(a) for a in per_shard_args]
+        hs = self._b.submit_many(method, dict(enumerate(args)))
+        self._pending.append(_Pending(seq, method, args, [hs[i] for i in range(len(args))]))
         self.pushes += 1
         if self._kind == "async":
             self._drain(ASYNC_MAX_IN_FLIGHT)
@@ -290,14 +288,14 @@ class Client:
         # Only the shards that hold some of the keys are asked.
         ask = [i for i, p in enumerate(parts) if p.shape[0] or len(parts) == 1]
         if fresh:
-            hs = {i: self._b.submit(i, "pull_fresh", self.client_id, parts[i]) for i in ask}
+            hs = self._b.submit_many("pull_fresh", {i: (self.client_id, parts[i]) for i in ask})
             got = {i: self._resolve(i, h, "pull_fresh", (self.client_id, parts[i])) for i, h in hs.items()}
             rows = {i: r for i, (r, _) in got.items()}
             stamp = np.empty(k.shape[0], np.int64)
             for i, (_, last) in got.items():
                 stamp[slice(None) if pos is None else pos[i]] = last + 1
         else:
-            hs = {i: self._b.submit(i, "pull", parts[i]) for i in ask}
+            hs = self._b.submit_many("pull", {i: (parts[i],) for i in ask})
             rows = {i: self._resolve(i, h, "pull", (parts[i],)) for i, h in hs.items()}
         self.bytes_received += sum(r.nbytes for r in rows.values())
         if pos is None:
@@ -336,7 +334,7 @@ class Client:
             refs = self._put_parts(split, ask)
             self.bytes_sent += _nbytes(split[i] for i in ask)
             args = {i: (refs[i], mode, self.client_id) for i in ask}
-            hs = {i: self._b.submit(i, "pooled_pull", *args[i]) for i in ask}
+            hs = self._b.submit_many("pooled_pull", args)
             self._last_batch = (lv, loff, lw, {i: (refs[i], _nbytes([split[i]])) for i in ask})
             parts = [self._resolve(i, h, "pooled_pull", args[i]) for i, h in hs.items()]
             self.bytes_received += sum(p.nbytes + (0 if c is None else c.nbytes) for p, c in parts)
@@ -424,7 +422,8 @@ class Client:
         cache its rows, hits, misses and hit_ratio (over pulled keys)."""
         return {"client_id": self.client_id, "mode": self.mode, "pushes": self.pushes, "in_flight": self.in_flight,
                 "duplicates": self.duplicates, "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                "cache": None if self._cache is None else self._cache.stats()}
+                "cache": None if self._cache is None else self._cache.stats(),
+                "transport": self._b.graph_stats() if hasattr(self._b, "graph_stats") else None}
 
     def flush(self) -> None:
         """Waits until every push of this client is acknowledged by every shard."""
@@ -457,13 +456,13 @@ class Client:
         self._moved = True
         return {"dim": self._dim, "mode": self.mode, "client_id": self.client_id, "timeout_s": self.timeout_s,
                 "max_retries": self.max_retries, "server_name": self._server_name, "num_shards": self.num_shards,
-                "next_seq": self._seq, "optimizer": self._optimizer,
+                "next_seq": self._seq, "optimizer": self._optimizer, "transport": self._b.transport,
                 "cache": None if self._cache is None else (self._cache.rows, self._cache.options)}
 
     def __setstate__(self, st):
         from ._backends import RayBackend
 
-        backend = RayBackend.connect(st["server_name"], st["num_shards"])
+        backend = RayBackend.connect(st["server_name"], st["num_shards"], st.get("transport", "auto"))
         Client.__init__(self, backend, dim=st["dim"], mode=st["mode"], client_id=st["client_id"],
                         timeout_s=st["timeout_s"], max_retries=st["max_retries"], server_name=st["server_name"],
                         next_seq=st["next_seq"], optimizer=st["optimizer"],

@@ -15,7 +15,7 @@ import numpy as np
 from .. import _checks
 from ..optim import Optimizer
 from ..sharding import Cut, shard_of
-from ._backends import LocalBackend, RayBackend
+from ._backends import TRANSPORTS, LocalBackend, RayBackend
 from ._client import Client, CutTimeoutError, PSError, parse_mode
 
 TABLES = ("embedding", "frequency")
@@ -78,13 +78,18 @@ class ParameterServer:
         shards over the cluster's nodes, or per-shard ``{"resources": {...}}`` to place each one.
     fsync: False skips the log's fdatasync (benchmarks only: acknowledged pushes may then be
         lost by a machine crash, though not by a killed process).
+    transport: (ray) how pulls and pushes reach the shards: ``"auto"`` (default) through a Ray
+        compiled graph (shared-memory channels, one execution for all shards) once a process has
+        made a few of them, ``"graph"`` from the first one, ``"tasks"`` one actor task per shard
+        and call. A graph is used only when every shard runs on the caller's node and by one
+        process at a time; other processes, other calls and every retry go by task (docs/ps.md).
     """
 
     def __init__(self, dim: int, num_shards: int, *, table: str = "embedding", table_options: dict | None = None,
                  optimizer: Optimizer | None = None, backend: str = "local", address=None,
                  durable_dir=None, snapshot_every: int | None = 1000, timeout_s: float = 30.0,
                  max_retries: int = 10, max_restarts: int = -1, fsync: bool = True, name: str | None = None,
-                 actor_options: dict | list | None = None, _init=None):
+                 actor_options: dict | list | None = None, transport: str = "auto", _init=None):
         dim = _pos_int(dim, "dim")
         num_shards = _pos_int(num_shards, "num_shards")
         if table not in TABLES:
@@ -106,6 +111,11 @@ class ParameterServer:
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         snapshot_every = _pos_int(snapshot_every, "snapshot_every", allow_none=True)
         actor_options = _actor_options(actor_options, num_shards, backend)
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if transport != "auto" and backend != "ray":
+            raise ValueError(f"transport={transport!r}: a transport is chosen for backend='ray' only "
+                             f"(local shards are called in this process), got backend={backend!r}")
         try:
             timeout_s = float(timeout_s)
         except (TypeError, ValueError):
@@ -139,7 +149,8 @@ class ParameterServer:
             self._b = LocalBackend(args)
         else:
             self._b = RayBackend(args, name=self.name, address=address, max_restarts=int(max_restarts),
-                                 timeout_s=timeout_s * (max_retries + 1), actor_options=actor_options)
+                                 timeout_s=timeout_s * (max_retries + 1), actor_options=actor_options,
+                                 transport=transport)
         self._clients = 0
         self._cut_lock = threading.Lock()  # one cut at a time through this server object
         self._closed = False

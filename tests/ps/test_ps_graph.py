@@ -1,0 +1,142 @@
+"""The Ray backend's compiled-graph transport: the data calls of a client go
+through one Ray compiled graph over the shard actors instead of one actor
+task per shard and call. Same results bit for bit as one table, failures
+fall back to tasks (and the graph is built again), one process holds the
+graph at a time, bad input is refused as by task."""
+
+import numpy as np
+import pytest
+
+import embedlookup as el
+from embedlookup import ps
+from embedlookup.ps import _backends
+
+from ps_helpers import assert_matches_table, whole_state
+
+RAY = pytest.mark.parametrize("backend", ["ray"], indirect=True)
+
+
+def _batch(rng, bags=16, rows=300, dim=8):
+    lengths = rng.integers(0, 6, bags)
+    off = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    values = rng.integers(0, rows, int(lengths.sum())).astype(np.int64)
+    return values, off, rng.standard_normal((bags, dim)).astype(np.float32)
+
+
+def _steps(client, ref, rng, n, mode="sum"):
+    """n training steps through the client and the same on the reference
+    table (pooled results: the shards' partial sums are added in another
+    order than one table's, so equal up to rounding; rows: bit for bit)."""
+    for _ in range(n):
+        v, off, g = _batch(rng)
+        np.testing.assert_allclose(client.pooled_pull(v, off, mode=mode), ref.pooled_lookup(v, off, mode=mode),
+                                   rtol=1e-5, atol=1e-6)
+        client.push_pooled(v, off, g, mode=mode)
+        ref.apply_pooled_gradients(v, off, g, mode=mode)
+
+
+@RAY
+def test_graph_trains_bit_for_bit_as_one_table(make_server):
+    opt = el.optim.Adagrad(lr=0.1)
+    init = el.init.uniform(seed=4)
+    server = make_server(8, 3, optimizer=opt, table_options={"initializer": init}, transport="graph")
+    ref = el.EmbeddingTable(8, optimizer=opt, initializer=init)
+    client = server.client()
+    rng = np.random.default_rng(0)
+    _steps(client, ref, rng, 6)
+    _steps(client, ref, rng, 3, mode="mean")
+    keys = rng.integers(0, 400, 50).astype(np.int64)  # plain pull and push, new keys among them
+    np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
+    g = rng.standard_normal((50, 8)).astype(np.float32)
+    client.push(keys, g)
+    ref.apply_gradients(keys, g)
+    assert_matches_table(server, ref)
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_builds"] == 1 and st["graph_failures"] == 0, st
+    assert st["graph_calls"] == 2 * 9 + 2, st  # every data call went through it
+
+
+@RAY
+def test_auto_builds_the_graph_after_a_few_calls(make_server):
+    server = make_server(4, 2)  # transport="auto"
+    client = server.client()
+    keys = np.arange(10, dtype=np.int64)
+    for _ in range(_backends.GRAPH_AFTER - 1):
+        client.pull(keys)
+    assert not client.stats()["transport"]["graph"]
+    client.pull(keys)
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_calls"] == 1, st
+
+
+@RAY
+def test_a_killed_shard_drops_the_graph_then_it_is_built_again(make_server, tmp_path):
+    opt = el.optim.Adam(lr=0.02)
+    init = el.init.uniform(seed=9)
+    server = make_server(8, 2, optimizer=opt, table_options={"initializer": init}, durable_dir=tmp_path,
+                         transport="graph", timeout_s=20, max_retries=20)
+    ref = el.EmbeddingTable(8, optimizer=opt, initializer=init)
+    client = server.client()
+    rng = np.random.default_rng(1)
+    _steps(client, ref, rng, 3)
+    server.kill_shard(1, how="sigkill")
+    _steps(client, ref, rng, 3)  # the graph fails: these go by task (pushes retried are applied once)
+    st = client.stats()["transport"]
+    assert st["graph_failures"] == 1 and not st["graph"], st
+    _steps(client, ref, rng, _backends.GRAPH_RETRY_AFTER // 2)  # two data calls a step: built again
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_builds"] == 2, st
+    assert_matches_table(server, ref)
+    assert server.stats()["restarts"] == 1
+
+
+@RAY
+def test_one_process_holds_the_graph(make_server):
+    """A second backend on the same shards (another trainer process) is
+    refused the shards' claim and goes by task; once the first lets go, it
+    builds its own."""
+    opt = el.optim.Adagrad(lr=0.1)
+    server = make_server(4, 2, optimizer=opt, transport="graph")
+    ref = el.EmbeddingTable(4, optimizer=opt, initializer=el.init.uniform())
+    first = server.client()
+    keys = np.arange(20, dtype=np.int64)
+    np.testing.assert_array_equal(first.pull(keys), ref.lookup(keys))
+    assert first.stats()["transport"]["graph"]
+    other = _backends.RayBackend.connect(server.name, 2, "graph")
+    second = ps.Client(other, dim=4, timeout_s=30, max_retries=3, server_name=server.name, optimizer=opt)
+    g = np.ones((20, 4), np.float32)
+    second.push(keys, g)  # by task: the shards are the first process's
+    ref.apply_gradients(keys, g)
+    assert not second.stats()["transport"]["graph"]
+    np.testing.assert_array_equal(first.pull(keys), ref.lookup(keys))  # first's graph sees second's push
+    server._b._drop_graph()  # the first lets go (as at its shutdown or exit)
+    for _ in range(_backends.GRAPH_RETRY_AFTER):
+        np.testing.assert_array_equal(second.pull(keys), ref.lookup(keys))
+    assert second.stats()["transport"]["graph"]
+    np.testing.assert_array_equal(first.pull(keys), ref.lookup(keys))  # first now by task
+    other._drop_graph()
+
+
+@RAY
+def test_a_push_refused_through_the_graph_leaves_rows_unchanged(make_server):
+    server = make_server(4, 2, transport="graph")
+    client = server.client()
+    keys = np.arange(8, dtype=np.int64)
+    client.pull(keys)
+    before = whole_state(server)
+    bad = [(keys[:2], np.ones((3, 4), np.float32)), (keys[:2], np.full((2, 4), np.nan, np.float32))]
+    with pytest.raises(ps.PushRejectedError, match="shard 0.*shard 1"):
+        client._send_push("push", bad)  # past the client's checks: the shards refuse it
+    for a, b in zip(before[:3], whole_state(server)[:3]):
+        np.testing.assert_array_equal(a, b)
+    client.push(keys, np.ones((8, 4), np.float32))
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_failures"] == 0, st  # an application error is not a graph failure
+    assert server.stats()["pushes_applied"] == 2
+
+
+def test_transport_is_checked():
+    with pytest.raises(ValueError, match="transport must be one of"):
+        ps.ParameterServer(4, 2, optimizer=el.optim.SGD(lr=0.1), backend="ray", transport="rpc")
+    with pytest.raises(ValueError, match="transport='graph'.*backend='ray' only"):
+        ps.ParameterServer(4, 2, optimizer=el.optim.SGD(lr=0.1), transport="graph")

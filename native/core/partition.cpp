@@ -180,4 +180,37 @@ std::vector<ShardPart> partition_by_shard(const PartitionInput& in, uint32_t num
   return parts;
 }
 
+DistinctKeys distinct_keys(const int64_t* keys, int64_t n) {
+  DistinctKeys d;
+  d.inverse.resize(n);
+  size_t cap = 16;
+  while (cap < static_cast<size_t>(n) * 2) cap <<= 1;  // load <= 1/2
+  const int shift = 64 - __builtin_ctzll(cap);
+  // slot -> distinct index + 1 (0: empty); the key is read back from d.keys.
+  std::vector<uint32_t> slot(cap, 0);
+  d.keys.reserve(n);
+  d.counts.reserve(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = keys[i];
+    size_t h = static_cast<size_t>((static_cast<uint64_t>(k) * 0x9E3779B97F4A7C15ull) >> shift);
+    for (;;) {
+      const uint32_t s = slot[h];
+      if (s == 0) {
+        slot[h] = static_cast<uint32_t>(d.keys.size() + 1);
+        d.inverse[i] = static_cast<int64_t>(d.keys.size());
+        d.keys.push_back(k);
+        d.counts.push_back(1);
+        break;
+      }
+      if (d.keys[s - 1] == k) {
+        d.inverse[i] = s - 1;
+        ++d.counts[s - 1];
+        break;
+      }
+      h = (h + 1) & (cap - 1);
+    }
+  }
+  return d;
+}
+
 }  // namespace embedlookup

@@ -58,6 +58,17 @@ struct PartitionInput {
 // [offsets[b], offsets[b + 1]) and the last bag runs to n.
 std::vector<ShardPart> partition_by_shard(const PartitionInput& in, uint32_t num_shards);
 
+// The distinct keys of a batch in order of first occurrence, each key's index
+// among them and each distinct key's count: one pass through a hash set sized
+// for the batch (what np.unique does with a sort). The parameter-server
+// client's trainer-side cache scores and serves a batch's distinct keys.
+struct DistinctKeys {
+  Buffer<int64_t> keys;
+  Buffer<int64_t> inverse;  // n entries
+  Buffer<int64_t> counts;
+};
+DistinctKeys distinct_keys(const int64_t* keys, int64_t n);
+
 // Shard of each key (out[i] = shard_of(keys[i], num_shards)).
 void shard_ids(const int64_t* keys, int64_t n, uint32_t num_shards, int64_t* out);
 

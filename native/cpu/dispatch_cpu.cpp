@@ -70,5 +70,35 @@ double sum_abs(const float* x, int64_t n, int nt) {
   return s;
 }
 
+void pool_rows(const float* rows, int64_t stride, const int64_t* idx, int64_t n, const int64_t* off, int64_t n_bags,
+               int64_t dim, PoolMode mode, const float* w, float* out, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (n * dim > 65536)
+  for (int64_t b = 0; b < n_bags; ++b) {
+    const int64_t lo = off[b], hi = b + 1 < n_bags ? off[b + 1] : n;
+    float* o = out + b * dim;
+    if (lo >= hi) {
+      std::fill(o, o + dim, 0.0f);
+      continue;
+    }
+    const float* r0 = rows + idx[lo] * stride;
+    const float w0 = w ? w[lo] : 1.0f;
+    for (int64_t d = 0; d < dim; ++d) o[d] = w0 * r0[d];
+    for (int64_t j = lo + 1; j < hi; ++j) {
+      if (j + 4 < hi) __builtin_prefetch(rows + idx[j + 4] * stride);
+      const float* r = rows + idx[j] * stride;
+      if (mode == PoolMode::kMax) {
+        for (int64_t d = 0; d < dim; ++d) o[d] = std::max(o[d], r[d]);
+      } else {
+        const float wj = w ? w[j] : 1.0f;
+        for (int64_t d = 0; d < dim; ++d) o[d] += wj * r[d];
+      }
+    }
+    if (mode == PoolMode::kMean) {
+      const float inv = 1.0f / static_cast<float>(hi - lo);
+      for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace embedlookup

@@ -52,6 +52,13 @@ struct GradScan {
 GradScan scan_grads(const float* a, int64_t rows, int64_t dim, int64_t stride, int nthreads);
 // Sum of |x[i]| over n floats (double precision).
 double sum_abs(const float* x, int64_t n, int nthreads);
+// EmbeddingBag over a dense matrix: bag b pools rows[idx[j]] (row stride
+// `stride`) for j in [offsets[b], offsets[b+1]) (the last bag ends at n),
+// weighted by weights[j] when given; an empty bag is zeros. The caller checks
+// the indices and offsets. The parameter-server client pools its cached rows
+// with it.
+void pool_rows(const float* rows, int64_t stride, const int64_t* idx, int64_t n, const int64_t* offsets,
+               int64_t n_bags, int64_t dim, PoolMode mode, const float* weights, float* out, int nthreads);
 
 }  // namespace cpu
 }  // namespace embedlookup

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
+
 _DIGIT = float(1 << 24)
 #: FrequencyTable options the cache sets itself.
 RESERVED = ("dim", "budget_rows", "budget_bytes", "optimizer", "initializer", "default_row", "features", "tier",
@@ -40,26 +42,33 @@ class RowCache:
         opts = dict(options)
         opts.setdefault("num_threads", 1)
         self.dim, self.rows, self.options = int(dim), int(rows), dict(options)
+        self.threads = int(opts["num_threads"] or 1)
         self.table = FrequencyTable(self.dim + 2, budget_rows=self.rows, initializer=init.zeros(), on_evict="drop",
                                     **opts)
         self.hits = 0
         self.misses = 0
 
     def lookup(self, keys: np.ndarray, now: int, bound: int):
-        """Scores the keys (admission, eviction); returns (rows, hit): the
-        cached rows of the keys whose copy is at most ``bound`` pushes old."""
-        uk, counts = np.unique(keys, return_counts=True)
+        """Scores the keys (admission, eviction), each distinct key once
+        weighted by its occurrences; returns ``(uk, inv, raw, hit)``: the
+        distinct keys, each key's index into them, one cached row per
+        distinct key with its stamp (``(len(uk), dim + 2)``, a fresh array)
+        and whether that copy is at most ``bound`` pushes old (the rows of
+        the others are to be replaced)."""
+        uk, inv, counts = _core.distinct_keys(keys)  # a hash pass (np.unique sorts: twice the time)
+        w = counts.astype(np.float32)
         if uk.shape[0] > self.rows:  # a table scores at most its budget of distinct keys per call
             top = np.argsort(-counts, kind="stable")[:self.rows]
-            uk, counts = uk[top], counts[top]
-        self.table.lookup(uk, train=True, weights=counts.astype(np.float32))  # each occurrence scores 1
-        raw, found = self.table.find(keys)
+            self.table.lookup(uk[top], train=True, weights=w[top])
+            raw, _ = self.table.find(uk)  # the others: zeros (stamp 0, a miss)
+        else:
+            raw = self.table.lookup(uk, train=True, weights=w)  # not admitted: the zero initializer
         stamp = raw[:, self.dim].astype(np.float64) * _DIGIT + raw[:, self.dim + 1]
-        hit = found & (stamp > 0) & (now - (stamp - 1) <= bound)
-        n_hit = int(np.count_nonzero(hit))
+        hit = (stamp > 0) & (now - (stamp - 1) <= bound)
+        n_hit = int(counts[hit].sum())
         self.hits += n_hit
         self.misses += keys.shape[0] - n_hit
-        return np.ascontiguousarray(raw[:, :self.dim]), hit
+        return uk, inv, raw, hit
 
     def fill(self, keys: np.ndarray, rows: np.ndarray, fresh: np.ndarray) -> None:
         """Stores the rows just fetched for the keys the cache holds (distinct

@@ -268,17 +268,22 @@ class Client:
             self._before_pull()
             if self._cache is None:
                 return self._pull_shards(k)
-            return self._pull_cached(k)
+            rows, inv = self._pull_cached(k)
+            return rows[inv]
 
     def _pull_cached(self, k):
-        out, hit = self._cache.lookup(k, self._seq, self._bound)
+        """(rows, inv): one row per distinct key of ``k`` (a (u, dim) view,
+        rows contiguous) and each key's index into them; cached copies fresh
+        enough are used, the others pulled from the shards (and cached if
+        the cache holds their keys)."""
+        uk, inv, raw, hit = self._cache.lookup(k, self._seq, self._bound)
         if not hit.all():
             miss = ~hit
-            mk, inv = np.unique(k[miss], return_inverse=True)
+            mk = uk[miss]
             rows, fresh = self._pull_shards(mk, fresh=True)
             self._cache.fill(mk, rows, fresh)
-            out[miss] = rows[inv.reshape(-1)]
-        return out
+            raw[miss, :self._dim] = rows
+        return raw[:, :self._dim], inv
 
     def _pull_shards(self, k, fresh: bool = False):
         """Rows of ``k`` from their shards; ``fresh=True``: also, per key, how
@@ -319,8 +324,9 @@ class Client:
             v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
             w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
             self._before_pull()
-            if self._cache is not None:  # pooled here from the rows (cached or pulled)
-                return _pool(self._pull_cached(v), off, n_bags, mode, w)
+            if self._cache is not None:  # pooled here from the rows (cached or pulled), natively
+                rows, inv = self._pull_cached(v)
+                return _core.pool_rows(rows, inv, off, n_bags, _checks.MODES[mode], w, self._cache.threads)
             # Copies of the batch, split from: a push_pooled of the same batch compares with them and
             # reuses the split and its put (one local shard would otherwise hold the caller's arrays).
             lv, loff, lw = v.copy(), off[:n_bags].copy(), None if w is None else w.copy()
@@ -473,22 +479,6 @@ class Client:
 def _nbytes(parts) -> int:
     """Bytes of the arrays of every shard's part (None entries skipped)."""
     return sum(a.nbytes for p in parts for a in p if a is not None)
-
-
-def _pool(rows: np.ndarray, off: np.ndarray, n_bags: int, mode: str, w) -> np.ndarray:
-    """Pooling of (n, dim) rows by bags (EmbeddingBag semantics: an empty bag pools to zeros)."""
-    out = np.zeros((n_bags, rows.shape[1]), np.float32)
-    lengths = np.diff(np.append(off, rows.shape[0]))
-    full = lengths > 0
-    if not full.any():
-        return out
-    if w is not None:
-        rows = rows * w[:, None]
-    reduce = np.maximum.reduceat if mode == "max" else np.add.reduceat
-    out[full] = reduce(rows, off[full], axis=0)  # each bag to the next non-empty bag's start
-    if mode == "mean":
-        out[full] /= lengths[full, None].astype(np.float32)
-    return out
 
 
 def _combine(parts, mode: str, n_bags: int, dim: int) -> np.ndarray:

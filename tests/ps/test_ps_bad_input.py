@@ -97,11 +97,12 @@ def test_server_arguments(backend, tmp_path):
             s.client(client_id=7)
 
 
-def test_rejected_push_leaves_rows_unchanged(make_server):
+def test_rejected_push_leaves_rows_unchanged(make_server, backend):
     """A push that reaches a shard malformed (bypassing the client's checks)
     is refused there: rows unchanged, the error names the shard, and the
-    client goes on."""
-    server = make_server(4, 2)
+    client goes on. On Ray it goes through the compiled graph: a shard's
+    refusal comes back as by task and does not drop the graph."""
+    server = make_server(4, 2, **({"transport": "graph"} if backend == "ray" else {}))
     client = server.client()
     keys = np.arange(8, dtype=np.int64)
     client.pull(keys)
@@ -115,6 +116,9 @@ def test_rejected_push_leaves_rows_unchanged(make_server):
     assert server.stats()["rejected"] == 2
     client.push(keys, np.ones((8, 4), np.float32))
     assert server.stats()["pushes_applied"] == 2
+    if backend == "ray":
+        st = client.stats()["transport"]
+        assert st["graph"] and st["graph_failures"] == 0 and st["graph_calls"] == 3, st
 
 
 @LOCAL

@@ -117,6 +117,32 @@ def test_one_process_holds_the_graph(make_server):
     other._drop_graph()
 
 
+@RAY
+@pytest.mark.parametrize("mode", ["bounded:3", "async"])
+def test_pushes_in_flight_through_the_graph(make_server, mode):
+    """bounded and async clients keep pushes in flight: async more than the
+    graph's in-flight executions (those calls go by task, behind the graph's
+    on the shard or answered GAP and sent again); every push is applied
+    once, in order: the rows equal one table's after a flush."""
+    opt = el.optim.Adagrad(lr=0.1)
+    init = el.init.uniform(seed=5)
+    server = make_server(8, 2, optimizer=opt, table_options={"initializer": init}, transport="graph")
+    ref = el.EmbeddingTable(8, optimizer=opt, initializer=init)
+    client = server.client(mode)
+    rng = np.random.default_rng(2)
+    keys = np.arange(64, dtype=np.int64)
+    client.pull(keys)
+    ref.lookup(keys)
+    for _ in range(40):
+        k = rng.choice(keys, 48)
+        g = rng.standard_normal((48, 8)).astype(np.float32)
+        client.push(k, g)
+        ref.apply_gradients(k, g)
+    client.flush()
+    assert_matches_table(server, ref)
+    assert client.stats()["transport"]["graph_calls"] > 10
+
+
 def test_transport_is_checked():
     with pytest.raises(ValueError, match="transport must be one of"):
         ps.ParameterServer(4, 2, optimizer=el.optim.SGD(lr=0.1), backend="ray", transport="rpc")

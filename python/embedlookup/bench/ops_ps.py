@@ -27,7 +27,9 @@ deterministic per key, and every key is pulled once before timing):
   cluster (the running one, else the server starts one); skipped where ray
   is not importable. Its transport is the default ("auto"): the warm-up
   pulls build the compiled graph, so timed calls go through it
-  (docs/ps.md, "Ray transport").
+  (docs/ps.md, "Ray transport");
+* ``ps-ray-tasks``: the same with ``transport="tasks"`` (one actor task per
+  shard and call), ``ps_step`` and ``ps_call`` only: what the graph saves.
 
 Beside the times, the report gets per subject and op (results entries and a note):
 ``overhead_ms_per_call``, its median time minus embedlookup's (the cost of
@@ -123,7 +125,10 @@ subject("ps-local", "backend", f"embedlookup.ps.ParameterServer, backend='local'
         _probe_ps)
 subject("ps-ray", "backend",
         f"embedlookup.ps.ParameterServer, backend='ray' (one actor per shard, local cluster), {SHARDS} shards, "
-        f"sync client", _probe_ray)
+        f"sync client, data calls through a compiled graph (transport='auto')", _probe_ray)
+subject("ps-ray-tasks", "backend",
+        "ps-ray with transport='tasks': one Ray actor task per shard and call (what the compiled graph saves)",
+        _probe_ray)
 
 for _op in ("ps_step", "ps_step_bounded", "ps_step_cache"):  # one reference: the in-process fused step
     implements(_op, "embedlookup")(_train_el(_el_opt("Adagrad", lr=LR, eps=EPS_ADAGRAD)))
@@ -153,7 +158,7 @@ def _(data):
     return Case(run, output)
 
 
-def _ps_case(op: str, backend: str, subject_name: str):
+def _ps_case(op: str, backend: str, subject_name: str, **server_options):
     def factory(data: WorkloadData) -> Case:
         from .. import optim, ps
 
@@ -161,7 +166,8 @@ def _ps_case(op: str, backend: str, subject_name: str):
         threads = max(1, (w.threads or os.cpu_count() or 1) // SHARDS)
         server = ps.ParameterServer(w.dim, SHARDS, table="embedding",
                                     table_options={"initializer": data.initializer(), "num_threads": threads},
-                                    optimizer=optim.Adagrad(lr=LR, eps=EPS_ADAGRAD), backend=backend)
+                                    optimizer=optim.Adagrad(lr=LR, eps=EPS_ADAGRAD), backend=backend,
+                                    **server_options)
         if op == "ps_step_cache":
             client = server.client(mode=f"bounded:{BOUND}", cache_rows=max(1, int(CACHE_FRACTION * w.rows)))
         else:
@@ -197,3 +203,5 @@ def _ps_case(op: str, backend: str, subject_name: str):
 for _op in _OPS:
     implements(_op, "ps-local")(_ps_case(_op, "local", "ps-local"))
     implements(_op, "ps-ray")(_ps_case(_op, "ray", "ps-ray"))
+for _op in ("ps_step", "ps_call"):
+    implements(_op, "ps-ray-tasks")(_ps_case(_op, "ray", "ps-ray-tasks", transport="tasks"))

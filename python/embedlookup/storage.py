@@ -29,7 +29,7 @@ TierLockedError = _core.TierLockedError  # a RuntimeError: the tier file is open
 # OSError carrying the errno, and a RuntimeError (as write failures were).
 TierIOError = _core.TierIOError
 
-_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2, "aio": 3}
+_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2, "aio": 3, "uring": 4}
 
 
 def _inject_io_fault(op: str, nth: int, errno: int) -> None:

@@ -27,16 +27,31 @@ def _io_mode(path):
         t.close()
 
 
-@pytest.fixture(params=["threads", "aio"])
+def _uring_refused(path):
+    """Why io='uring' cannot run here (a kernel or sandbox that refuses
+    io_uring), or None."""
+    t = storage.FileTier(path / "probe.tier", 8, dim=4)
+    try:
+        t.set_io("uring", threads=2)
+        return None
+    except ValueError as e:
+        return str(e)
+    finally:
+        t.close()
+
+
+@pytest.fixture(params=["threads", "aio", "uring"])
 def io(tmp_path, request):
-    """Each test twice: the thread pool ('direct', or 'pread' without O_DIRECT)
-    and Linux AIO ('aio', O_DIRECT only)."""
+    """Each test three times: the thread pool ('direct', or 'pread' without
+    O_DIRECT), Linux AIO ('aio') and io_uring ('uring'), both O_DIRECT only."""
     mode = _io_mode(tmp_path)
     if request.param == "threads":
         return mode
     if mode != "direct":
-        pytest.skip("io='aio' needs O_DIRECT, which this file system refuses")
-    return "aio"
+        pytest.skip(f"io={request.param!r} needs O_DIRECT, which this file system refuses")
+    if request.param == "uring" and (why := _uring_refused(tmp_path)):
+        pytest.skip(why)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +96,7 @@ def test_io_arguments_are_checked(tmp_path):
     assert t.io_info()["io"] == "mmap"  # unchanged
     np.testing.assert_array_equal(t.get(np.array([1], np.int64))[0], np.ones((1, 4)))
     with pytest.raises(ValueError, match="io must be"):
-        storage.FileTier(tmp_path / "u.tier", 16, dim=4, io="uring")
+        storage.FileTier(tmp_path / "u.tier", 16, dim=4, io="io_uring")
     t.close()
 
 

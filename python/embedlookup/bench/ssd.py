@@ -158,7 +158,7 @@ def miss_service(folder: str, rows: int, dim: int, batch: int, calls: int, dev) 
         rng = np.random.default_rng(11)
         batches = [rng.choice(rows, batch, replace=False).astype(np.int64) for _ in range(calls)]
         res = {"rows": rows, "dim": dim, "batch": batch, "calls": calls, "slot_bytes": tier._n().slot_bytes}
-        for mode in ("direct", "aio", "mmap"):
+        for mode in ("direct", "aio", "uring", "mmap"):
             tier.set_io(mode, threads=QUEUE_DEPTH)
             drop_cache(path)
             io0 = tier.io_info()
@@ -469,7 +469,7 @@ def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000,
             lim = res["device"][f"rand4k_qd{QUEUE_DEPTH}_iops"]
             # rows served per second, and read requests per second, against the
             # device's random 4 KiB reads at the same queue depth
-            for mode in ("direct", "aio"):
+            for mode in ("direct", "aio", "uring"):
                 m[mode]["rows_vs_device_random_reads"] = m[mode]["rows_per_s"] / lim
                 m[mode]["requests_vs_device_random_reads"] = m[mode]["block_reads_per_s"] / lim
         log(f"  miss service: {json.dumps(m)}")
@@ -504,7 +504,8 @@ def format_section(res: dict) -> str:
         lines.append(f"  device: random 4 KiB {d['rand4k_qd1_iops']:.0f}/s at QD1, {d[f'rand4k_qd{QUEUE_DEPTH}_iops']:.0f}/s "
                      f"at QD{QUEUE_DEPTH}; sequential {d['seq1m_qd1_MBps']:.0f} MB/s")
     if m:
-        for mode, how in (("direct", "O_DIRECT, thread pool"), ("aio", "O_DIRECT, Linux AIO")):
+        for mode, how in (("direct", "O_DIRECT, thread pool"), ("aio", "O_DIRECT, Linux AIO"),
+                          ("uring", "O_DIRECT, io_uring")):
             x = m.get(mode)
             if x:
                 lines.append(f"  missing rows ({how}): {x['rows_per_s']:.0f} rows/s = "
@@ -548,7 +549,7 @@ def main(argv=None):
     ap.add_argument("--pooling", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compute-ms", type=float, default=0.0, help="dense work per training step (ms)")
-    ap.add_argument("--io", default="direct", choices=("direct", "aio"), help="the tier's read path in training")
+    ap.add_argument("--io", default="direct", choices=("direct", "aio", "uring"), help="the tier's read path in training")
     ap.add_argument("--rounds", type=int, default=1,
                     help="tier / tier+prefetch runs each, alternated (medians over every step)")
     ap.add_argument("--out", default=None, help="write the JSON result here")

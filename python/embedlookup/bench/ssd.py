@@ -168,16 +168,22 @@ def miss_service(folder: str, rows: int, dim: int, batch: int, calls: int, dev) 
             drop_cache(path)
             io0 = tier.io_info()
             served0 = tier.stats()["bytes_read"]
-            t0 = time.perf_counter()
+            u0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             with DeviceCounter(dev) as c:
                 for b in batches:
                     _, found = tier.get(b)
             s = time.perf_counter() - t0
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
             assert found.all()
             io1 = tier.io_info()
             served = tier.stats()["bytes_read"] - served0
-            r = {"seconds": s, "rows_per_s": calls * batch / s, "tier_bytes_served": served,
-                 "device_bytes_read": c.bytes, "source": label(c.bytes, served)}
+            n = calls * batch
+            # CPU (every thread, user + system) and context switches per row:
+            # what a read path costs the other work of the machine
+            r = {"seconds": s, "rows_per_s": n / s, "tier_bytes_served": served,
+                 "device_bytes_read": c.bytes, "source": label(c.bytes, served),
+                 "cpu_us_per_row": 1e6 * (u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime) / n,
+                 "context_switches_per_row": (u1.ru_nvcsw + u1.ru_nivcsw - u0.ru_nvcsw - u0.ru_nivcsw) / n}
             if mode != "mmap":
                 r["queue_depth"] = io1["queue_depth"]
                 r["block_reads"] = io1["device_reads"] - io0["device_reads"]
@@ -537,7 +543,9 @@ def format_section(res: dict) -> str:
                 lines.append(f"  missing rows ({how}): not measured ({x['skipped']})")
             elif x:
                 lines.append(f"  missing rows ({how}): {x['rows_per_s']:.0f} rows/s = "
-                             f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads "
+                             f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads, "
+                             f"{x['cpu_us_per_row']:.1f} us CPU and {x['context_switches_per_row']:.2f} context "
+                             f"switches a row "
                              f"({x['source']}: device read {x['device_bytes_read']} B, tier served "
                              f"{x['tier_bytes_served']} B)")
         lines.append(f"  mmap after dropping the cache: {m['mmap']['rows_per_s']:.0f} rows/s")

@@ -146,7 +146,9 @@ class FileTier:
         reads as ``"direct"`` does, with the ``threads`` requests in flight
         through one Linux AIO context from the calling thread instead of a
         thread each (less CPU per read: no thread wake-ups); writes as
-        ``"direct"``.
+        ``"direct"``. ``"uring"`` reads as ``"aio"`` does, through an
+        io_uring ring (the least CPU per read, at the device's rate or above;
+        ``ValueError`` where the kernel or a sandbox refuses io_uring).
         ``buffer_bytes`` bounds the I/O buffer (a batch is read in rounds)."""
         args = self._io_args(io, threads, buffer_bytes, align)
         if self._native is not None:

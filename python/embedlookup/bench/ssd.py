@@ -236,20 +236,25 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def read_path(folder: str) -> str:
-    """The tier's read path for training: ``"uring"`` where the kernel takes
-    io_uring (the least CPU per row read: docs/storage.md, "Reading from the
-    device"), else ``"direct"`` (the thread pool)."""
-    path = os.path.join(folder, "ssd_probe.tier")
-    tier = el.storage.FileTier(path, 8, dim=4)
+def uring_refused(folder: str) -> str | None:
+    """Why ``io="uring"`` cannot read a tier in ``folder`` (the kernel or a
+    sandbox refuses io_uring, or the file system O_DIRECT), or None."""
+    tier = el.storage.FileTier(os.path.join(folder, "ssd_probe.tier"), 8, dim=4)
+    why = None
     try:
         tier.set_io("uring", threads=2)
-        return "uring"
-    except ValueError:
-        return "direct"
-    finally:
-        tier.close()
-        os.remove(path)
+    except ValueError as e:
+        why = str(e)
+    tier.close()
+    os.remove(tier.path)
+    return why
+
+
+def read_path(folder: str) -> str:
+    """The tier's read path for training: ``"uring"`` where it can read in
+    ``folder`` (the least CPU per row read: docs/storage.md, "Reading from the
+    device"), else ``"direct"`` (the thread pool)."""
+    return "direct" if uring_refused(folder) else "uring"
 
 
 def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float, batch: int, pooling: int,

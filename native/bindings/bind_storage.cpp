@@ -114,7 +114,7 @@ void bind_storage(py::module_& m) {
            })
       .def("io_info", [](const FileTier& t) {
         py::dict d;
-        const char* names[] = {"mmap", "pread", "direct", "aio"};
+        const char* names[] = {"mmap", "pread", "direct", "aio", "uring"};
         d["io"] = names[static_cast<int>(t.io_mode())];
         d["queue_depth"] = t.io_threads();
         d["align"] = t.io_align();

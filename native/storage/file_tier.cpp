@@ -586,8 +586,11 @@ void FileTier::set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t al
     throw std::invalid_argument("buffer_bytes must be at least " + std::to_string(need) + " (one slot's blocks), got " +
                                 std::to_string(buffer_bytes));
   const size_t bytes = align_up(static_cast<size_t>(buffer_bytes), static_cast<size_t>(align));
-  const bool direct = mode == IoMode::kDirect || mode == IoMode::kAio;
-  auto reader = std::make_unique<ParallelReader>(path_, direct, threads, static_cast<size_t>(align), mode == IoMode::kAio);
+  const bool direct = mode == IoMode::kDirect || mode == IoMode::kAio || mode == IoMode::kUring;
+  const auto engine = mode == IoMode::kAio     ? ParallelReader::kAio
+                      : mode == IoMode::kUring ? ParallelReader::kUring
+                                               : ParallelReader::kThreads;
+  auto reader = std::make_unique<ParallelReader>(path_, direct, threads, static_cast<size_t>(align), engine);
   free_io_buffers();
   io_buffer_bytes_ = static_cast<int64_t>(bytes);
   reader_ = std::move(reader);

@@ -113,7 +113,11 @@ class FileTier : public StorageTier {
   //  kAio     kDirect's reads through one Linux AIO context from the calling
   //           thread (`threads` requests in flight, no thread per request:
   //           less CPU per read); writes as kDirect.
-  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2, kAio = 3 };
+  //  kUring   kDirect's reads through an io_uring ring from the calling thread
+  //           (`threads` requests in flight; the least CPU per read);
+  //           writes as kDirect. std::invalid_argument where the kernel
+  //           refuses io_uring.
+  enum class IoMode { kMmap = 0, kPread = 1, kDirect = 2, kAio = 3, kUring = 4 };
   void set_io(IoMode mode, int threads, int64_t buffer_bytes, int64_t align);
   IoMode io_mode() const { return io_mode_; }
   int io_threads() const { return reader_ ? reader_->queue_depth() : 0; }

@@ -29,7 +29,7 @@ TierLockedError = _core.TierLockedError  # a RuntimeError: the tier file is open
 # OSError carrying the errno, and a RuntimeError (as write failures were).
 TierIOError = _core.TierIOError
 
-_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2, "aio": 3}
+_IO_MODES = {"mmap": 0, "pread": 1, "direct": 2, "aio": 3, "uring": 4}
 
 
 def _inject_io_fault(op: str, nth: int, errno: int) -> None:
@@ -146,7 +146,9 @@ class FileTier:
         reads as ``"direct"`` does, with the ``threads`` requests in flight
         through one Linux AIO context from the calling thread instead of a
         thread each (less CPU per read: no thread wake-ups); writes as
-        ``"direct"``.
+        ``"direct"``. ``"uring"`` reads as ``"aio"`` does, through an
+        io_uring ring (the least CPU per read, at the device's rate or above;
+        ``ValueError`` where the kernel or a sandbox refuses io_uring).
         ``buffer_bytes`` bounds the I/O buffer (a batch is read in rounds)."""
         args = self._io_args(io, threads, buffer_bytes, align)
         if self._native is not None:

@@ -27,16 +27,26 @@ def _io_mode(path):
         t.close()
 
 
-@pytest.fixture(params=["threads", "aio"])
+def _uring_refused(path):
+    """Why io='uring' cannot run here (a kernel or sandbox that refuses
+    io_uring), or None."""
+    from embedlookup.bench import ssd
+
+    return ssd.uring_refused(str(path))
+
+
+@pytest.fixture(params=["threads", "aio", "uring"])
 def io(tmp_path, request):
-    """Each test twice: the thread pool ('direct', or 'pread' without O_DIRECT)
-    and Linux AIO ('aio', O_DIRECT only)."""
+    """Each test three times: the thread pool ('direct', or 'pread' without
+    O_DIRECT), Linux AIO ('aio') and io_uring ('uring'), both O_DIRECT only."""
     mode = _io_mode(tmp_path)
     if request.param == "threads":
         return mode
     if mode != "direct":
-        pytest.skip("io='aio' needs O_DIRECT, which this file system refuses")
-    return "aio"
+        pytest.skip(f"io={request.param!r} needs O_DIRECT, which this file system refuses")
+    if request.param == "uring" and (why := _uring_refused(tmp_path)):
+        pytest.skip(why)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +91,7 @@ def test_io_arguments_are_checked(tmp_path):
     assert t.io_info()["io"] == "mmap"  # unchanged
     np.testing.assert_array_equal(t.get(np.array([1], np.int64))[0], np.ones((1, 4)))
     with pytest.raises(ValueError, match="io must be"):
-        storage.FileTier(tmp_path / "u.tier", 16, dim=4, io="uring")
+        storage.FileTier(tmp_path / "u.tier", 16, dim=4, io="io_uring")
     t.close()
 
 
@@ -405,3 +415,43 @@ def test_a_read_racing_writes_that_reuse_its_slots_returns_current_rows(tmp_path
     assert not errors, errors[:5]
     assert checked[0] >= 200
     assert t.io_info()["stale_reads"] >= 5, "the race was never met: the test proves nothing"
+
+
+def test_uring_readers_at_once_each_get_their_own_rows(tmp_path):
+    # io="uring": each caller reading at the same time takes its own ring.
+    # Four threads read disjoint key sets, each batch larger than the queue
+    # depth (the ring refilled many times) and than the I/O buffer (rounds);
+    # every row must equal the NumPy rows written.
+    import threading
+
+    if _io_mode(tmp_path) != "direct":
+        pytest.skip("io='uring' needs O_DIRECT, which this file system refuses")
+    if why := _uring_refused(tmp_path):
+        pytest.skip(why)
+    dim, n = 40, 4000
+    rng = np.random.default_rng(21)
+    keys = rng.permutation(10 * n)[:n].astype(np.int64)
+    rows = rng.standard_normal((n, dim)).astype(np.float32)
+    t = storage.FileTier(tmp_path / "u.tier", n, dim=dim)
+    t.set(keys, rows)
+    t.flush()
+    t.set_io("uring", threads=5, buffer_bytes=16 * 4096)
+    parts = np.array_split(rng.permutation(n), 4)
+    errors = []
+
+    def reader(idx):
+        for _ in range(5):
+            got, found = t.get(keys[idx])
+            if not found.all() or not np.array_equal(got, rows[idx]):
+                errors.append(f"{int((~found).sum())} not found, {int((got != rows[idx]).any(axis=1).sum())} rows differ")
+
+    threads = [threading.Thread(target=reader, args=(p,)) for p in parts]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    info = t.io_info()
+    assert not errors, errors[:3]
+    assert info["io"] == "uring" and info["queue_depth"] == 5
+    assert info["device_bytes"] >= 5 * n * dim * 4  # every row read from the file each time (whole blocks)
+    t.close()

@@ -8,12 +8,13 @@ block device read during each timed run counted from ``/sys/block/<dev>/stat``:
    (``embedlookup._probes.device_reads``): random 4 KiB reads at queue depth 1
    and at the tier's queue depth (32), and sequential 1 MiB reads.
 2. ``miss_service``: batches of distinct missing keys read from a
-   :class:`~embedlookup.storage.FileTier` (``io="direct"`` at queue depth 32,
-   and the default ``io="mmap"`` after dropping the cache), as rows/s and block
-   reads/s against (1).
+   :class:`~embedlookup.storage.FileTier` (``io="direct"``, ``"aio"`` and
+   ``"uring"`` at queue depth 32, and the default ``io="mmap"`` after dropping
+   the cache), as rows/s and block reads/s against (1).
 3. ``training``: a ``FrequencyTable`` holding ``memory_frac`` of the rows in
    DRAM (its LFU policy decides which; evicted rows are written back to the
-   tier in batches) over a tier read with O_DIRECT, trained on Zipf batches
+   tier in batches) over a tier read with O_DIRECT (through io_uring where the
+   kernel takes it, else the thread pool), trained on Zipf batches
    (pooled sum, fused SGD backward) with and without ``prefetch`` one batch
    ahead, against the same rows all in DRAM (an ``EmbeddingTable``). Optional
    dense compute per step (``compute_ms``) stands for the model's other layers;
@@ -158,21 +159,31 @@ def miss_service(folder: str, rows: int, dim: int, batch: int, calls: int, dev) 
         rng = np.random.default_rng(11)
         batches = [rng.choice(rows, batch, replace=False).astype(np.int64) for _ in range(calls)]
         res = {"rows": rows, "dim": dim, "batch": batch, "calls": calls, "slot_bytes": tier._n().slot_bytes}
-        for mode in ("direct", "aio", "mmap"):
-            tier.set_io(mode, threads=QUEUE_DEPTH)
+        for mode in ("direct", "aio", "uring", "mmap"):
+            try:
+                tier.set_io(mode, threads=QUEUE_DEPTH)
+            except ValueError as e:  # a kernel (or sandbox) that refuses io_uring
+                res[mode] = {"skipped": str(e)}
+                continue
             drop_cache(path)
             io0 = tier.io_info()
             served0 = tier.stats()["bytes_read"]
-            t0 = time.perf_counter()
+            u0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             with DeviceCounter(dev) as c:
                 for b in batches:
                     _, found = tier.get(b)
             s = time.perf_counter() - t0
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
             assert found.all()
             io1 = tier.io_info()
             served = tier.stats()["bytes_read"] - served0
-            r = {"seconds": s, "rows_per_s": calls * batch / s, "tier_bytes_served": served,
-                 "device_bytes_read": c.bytes, "source": label(c.bytes, served)}
+            n = calls * batch
+            # CPU (every thread, user + system) and context switches per row:
+            # what a read path costs the other work of the machine
+            r = {"seconds": s, "rows_per_s": n / s, "tier_bytes_served": served,
+                 "device_bytes_read": c.bytes, "source": label(c.bytes, served),
+                 "cpu_us_per_row": 1e6 * (u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime) / n,
+                 "context_switches_per_row": (u1.ru_nvcsw + u1.ru_nivcsw - u0.ru_nvcsw - u0.ru_nivcsw) / n}
             if mode != "mmap":
                 r["queue_depth"] = io1["queue_depth"]
                 r["block_reads"] = io1["device_reads"] - io0["device_reads"]
@@ -225,11 +236,35 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def uring_refused(folder: str) -> str | None:
+    """Why ``io="uring"`` cannot read a tier in ``folder`` (the kernel or a
+    sandbox refuses io_uring, or the file system O_DIRECT), or None."""
+    tier = el.storage.FileTier(os.path.join(folder, "ssd_probe.tier"), 8, dim=4)
+    why = None
+    try:
+        tier.set_io("uring", threads=2)
+    except ValueError as e:
+        why = str(e)
+    tier.close()
+    os.remove(tier.path)
+    return why
+
+
+def read_path(folder: str) -> str:
+    """The tier's read path for training: ``"uring"`` where it can read in
+    ``folder`` (the least CPU per row read: docs/storage.md, "Reading from the
+    device"), else ``"direct"`` (the thread pool)."""
+    return "direct" if uring_refused(folder) else "uring"
+
+
 def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float, batch: int, pooling: int,
              steps: int, compute_ms: float, dev, uniform: bool = False, log=print, rounds: int = 1,
-             io: str = "direct") -> dict:
+             io: str = "auto") -> dict:
     """Training throughput: all rows in DRAM vs memory_frac in DRAM over an
-    O_DIRECT tier, with and without prefetch one batch ahead."""
+    O_DIRECT tier, with and without prefetch one batch ahead. ``io``: the
+    tier's read path ("auto": :func:`read_path`)."""
+    if io == "auto":
+        io = read_path(folder)
     rng = np.random.default_rng(7)
     perm = rng.permutation(rows).astype(np.int64)
     cdf = None
@@ -457,7 +492,7 @@ def write_plot(res: dict, path: str) -> str | None:
 def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000, dim: int = 64,
         alpha: float = 1.05, memory_frac: float = 0.10, batch: int = 4096, pooling: int = 32, steps: int = 8,
         compute_ms: float = 0.0, miss_batch: int = 16384, miss_calls: int = 4, log=print, rounds: int = 1,
-        io: str = "direct") -> dict:
+        io: str = "auto") -> dict:
     dev = block_device(folder)
     res = {"folder": os.path.abspath(folder), "block_device": dev, "queue_depth": QUEUE_DEPTH}
     if "device" in only:
@@ -469,7 +504,9 @@ def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000,
             lim = res["device"][f"rand4k_qd{QUEUE_DEPTH}_iops"]
             # rows served per second, and read requests per second, against the
             # device's random 4 KiB reads at the same queue depth
-            for mode in ("direct", "aio"):
+            for mode in ("direct", "aio", "uring"):
+                if "skipped" in m[mode]:
+                    continue
                 m[mode]["rows_vs_device_random_reads"] = m[mode]["rows_per_s"] / lim
                 m[mode]["requests_vs_device_random_reads"] = m[mode]["block_reads_per_s"] / lim
         log(f"  miss service: {json.dumps(m)}")
@@ -504,11 +541,16 @@ def format_section(res: dict) -> str:
         lines.append(f"  device: random 4 KiB {d['rand4k_qd1_iops']:.0f}/s at QD1, {d[f'rand4k_qd{QUEUE_DEPTH}_iops']:.0f}/s "
                      f"at QD{QUEUE_DEPTH}; sequential {d['seq1m_qd1_MBps']:.0f} MB/s")
     if m:
-        for mode, how in (("direct", "O_DIRECT, thread pool"), ("aio", "O_DIRECT, Linux AIO")):
+        for mode, how in (("direct", "O_DIRECT, thread pool"), ("aio", "O_DIRECT, Linux AIO"),
+                          ("uring", "O_DIRECT, io_uring")):
             x = m.get(mode)
-            if x:
+            if x and "skipped" in x:
+                lines.append(f"  missing rows ({how}): not measured ({x['skipped']})")
+            elif x:
                 lines.append(f"  missing rows ({how}): {x['rows_per_s']:.0f} rows/s = "
-                             f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads "
+                             f"{x.get('rows_vs_device_random_reads', float('nan')):.2f} x the device's random reads, "
+                             f"{x['cpu_us_per_row']:.1f} us CPU and {x['context_switches_per_row']:.2f} context "
+                             f"switches a row "
                              f"({x['source']}: device read {x['device_bytes_read']} B, tier served "
                              f"{x['tier_bytes_served']} B)")
         lines.append(f"  mmap after dropping the cache: {m['mmap']['rows_per_s']:.0f} rows/s")
@@ -548,7 +590,8 @@ def main(argv=None):
     ap.add_argument("--pooling", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compute-ms", type=float, default=0.0, help="dense work per training step (ms)")
-    ap.add_argument("--io", default="direct", choices=("direct", "aio"), help="the tier's read path in training")
+    ap.add_argument("--io", default="auto", choices=("auto", "direct", "aio", "uring"),
+                    help="the tier's read path in training (auto: uring where the kernel takes it, else direct)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="tier / tier+prefetch runs each, alternated (medians over every step)")
     ap.add_argument("--out", default=None, help="write the JSON result here")

@@ -80,13 +80,13 @@ def main(argv=None) -> dict:
         pair = {}
         for alive in (first_alive, not first_alive):
             if alive:
-                backend.resume_graph()
+                backend._resume_graph()
                 client.pull(batches[0][0][:1])
             else:
-                backend.suspend_graph()
+                backend._suspend_graph()
             steps()  # one untimed pass after the switch
             pair[alive] = steps()
-        backend.suspend_graph()
+        backend._suspend_graph()
         with_graph.append(pair[True])
         without.append(pair[False])
         ratio.append(pair[True] / pair[False])

@@ -145,8 +145,9 @@ def test_pushes_in_flight_through_the_graph(make_server, mode):
 
 @RAY
 def test_suspend_and_resume_the_graph(make_server):
-    """suspend_graph tears the graph down and keeps it down (calls by task,
-    same results); resume_graph builds it at the next data call."""
+    """_suspend_graph (a measurement helper) tears the graph down and keeps
+    it down (calls by task, same results); _resume_graph builds it at the
+    next data call."""
     opt = el.optim.Adagrad(lr=0.1)
     server = make_server(4, 2, optimizer=opt, transport="graph")
     ref = el.EmbeddingTable(4, optimizer=opt, initializer=el.init.uniform())
@@ -154,13 +155,13 @@ def test_suspend_and_resume_the_graph(make_server):
     keys = np.arange(30, dtype=np.int64)
     np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
     b = server._b
-    b.suspend_graph()
+    b._suspend_graph()
     for _ in range(_backends.GRAPH_RETRY_AFTER + 2):  # no rebuild while suspended, however many calls
         client.push(keys, np.ones((30, 4), np.float32))
         ref.apply_gradients(keys, np.ones((30, 4), np.float32))
     st = client.stats()["transport"]
     assert not st["graph"] and st["graph_builds"] == 1 and st["graph_failures"] == 0, st
-    b.resume_graph()
+    b._resume_graph()
     np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
     st = client.stats()["transport"]
     assert st["graph"] and st["graph_builds"] == 2, st

@@ -41,14 +41,12 @@ class Case:
 
     ``run(batch)`` is the timed call. ``output(batch)`` runs the operation
     once from the case's initial state and returns what must equal the
-    reference (called once, before any ``run``). ``before()`` runs untimed
-    before each timed sample and ``after()`` after it (e.g. to undo inserts,
-    or to hold a resource only while the subject is timed)."""
+    reference (called once, before any ``run``). ``after()`` runs untimed
+    after each timed sample (e.g. to undo inserts)."""
 
     run: Callable[[Batch], object]
     output: Callable[[Batch], np.ndarray]
     after: Callable[[], None] | None = None
-    before: Callable[[], None] | None = None
     max_inner: int = 1000
 
 

@@ -195,18 +195,7 @@ def _ps_case(op: str, backend: str, subject_name: str, **server_options):
             return np.concatenate([fwd, exact.pull(k)])
 
         run.server = server  # lives as long as the case
-        if getattr(server._b, "transport", "tasks") == "tasks":
-            return Case(run, output)
-
-        # A live compiled graph's actors poll for input (Ray's channel read spins on sched_yield):
-        # held only while this subject is timed, so it does not take CPU from the other subjects'
-        # rounds. Rebuilt untimed before each sample; its cost to co-located work is measured
-        # separately (bench/ps_graph_idle_cost.py).
-        def before():
-            server._b.resume_graph()
-            exact.pull(data.keys[:1])  # untimed: builds the graph, its first execution
-
-        return Case(run, output, after=server._b.suspend_graph, before=before)
+        return Case(run, output)
 
     return factory
 

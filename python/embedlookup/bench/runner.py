@@ -201,8 +201,6 @@ def _sampling_every(sample_time: dict) -> dict:
 
 def _time_call(case: Case, batches, k0: int, inner: int) -> float:
     nb = len(batches)
-    if case.before is not None:
-        case.before()
     t0 = time.perf_counter()
     for k in range(inner):
         case.run(batches[(k0 + k) % nb])

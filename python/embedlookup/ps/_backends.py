@@ -243,7 +243,7 @@ class RayBackend:
         self._glock = threading.RLock()  # a compiled graph is not thread-safe: execute and get under it
         self._token = uuid.uuid4().hex
         self.graph_builds = self.graph_failures = self.graph_calls = 0
-        self._suspended = 0  # suspend_graph: the build point to restore (0: not suspended)
+        self._suspended = 0  # _suspend_graph: the build point to restore (0: not suspended)
         if not ray.is_initialized():
             _probe(address, timeout_s)
             try:
@@ -422,17 +422,18 @@ class RayBackend:
             except Exception:  # noqa: BLE001 - a dead shard forgot the claim with its process
                 pass
 
-    def suspend_graph(self) -> None:
-        """Tears the graph down and builds none until :meth:`resume_graph`:
-        a graph's actors wait for input by polling (Ray's channel read spins
-        on sched_yield), so an idle graph takes CPU from whatever else runs
-        on the node (docs/ps.md, "Ray transport")."""
+    def _suspend_graph(self) -> None:
+        """Tears the graph down and builds none until :meth:`_resume_graph`.
+        For measurement (bench/bench_ps_graph_idle.py: what an idle graph's
+        polling actors cost the work beside them), not a user API: a graph
+        rebuilt over the same actor processes measured slower here
+        (docs/ps.md, "Ray transport")."""
         with self._glock:
             self._suspended = self._graph_at or self._suspended
             self._graph_at = 0
             self._drop_graph()
 
-    def resume_graph(self) -> None:
+    def _resume_graph(self) -> None:
         """Builds the graph again at the next data call (if the transport uses one)."""
         with self._glock:
             if self._suspended:

@@ -63,12 +63,12 @@ def test_ray_subject_skips_cleanly_without_ray(monkeypatch):
 
 
 def test_ray_step_matches_the_table(ray_cluster):
-    rep = bench.run([(_small(), ["ps_step"])], Config(subjects=["embedlookup", "ps-ray", "ps-ray-tasks"], **FAST))
-    for name in ("ps-ray", "ps-ray-tasks"):  # compiled graph, actor tasks: the same step, the same bytes
+    rep = bench.run([(_small(), ["ps_step"])], Config(subjects=["embedlookup", "ps-ray", "ps-ray-graph"], **FAST))
+    for name in ("ps-ray", "ps-ray-graph"):  # actor tasks, compiled graph: the same step, the same bytes
         r = _by_subject(rep)[name]
         assert r["status"] == "ok", r["reason"]
         assert r["moved_bytes_per_call"] > 0 and "overhead_ms_per_call" in r
-    assert _by_subject(rep)["ps-ray"]["moved_bytes_per_call"] == _by_subject(rep)["ps-ray-tasks"]["moved_bytes_per_call"]
+    assert _by_subject(rep)["ps-ray"]["moved_bytes_per_call"] == _by_subject(rep)["ps-ray-graph"]["moved_bytes_per_call"]
 
 
 def test_bounded_and_cached_steps_match_the_table():

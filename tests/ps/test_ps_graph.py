@@ -58,7 +58,7 @@ def test_graph_trains_bit_for_bit_as_one_table(make_server):
 
 @RAY
 def test_auto_builds_the_graph_after_a_few_calls(make_server):
-    server = make_server(4, 2)  # transport="auto"
+    server = make_server(4, 2, transport="auto")
     client = server.client()
     keys = np.arange(10, dtype=np.int64)
     for _ in range(_backends.GRAPH_AFTER - 1):

@@ -24,12 +24,15 @@ deterministic per key, and every key is pulled once before timing):
 
 * ``ps-local``: ``backend="local"``, the shards in this process;
 * ``ps-ray``: ``backend="ray"``, one Ray actor per shard on a local Ray
-  cluster (the running one, else the server starts one); skipped where ray
-  is not importable. Its transport is the default ("auto"): the warm-up
-  pulls build the compiled graph, so timed calls go through it
-  (docs/ps.md, "Ray transport");
-* ``ps-ray-tasks``: the same with ``transport="tasks"`` (one actor task per
-  shard and call), ``ps_step`` and ``ps_call`` only: what the graph saves.
+  cluster (the running one, else the server starts one), the default
+  transport (one actor task per shard and call); skipped where ray is not
+  importable;
+* ``ps-ray-graph``: the same with ``transport="graph"`` (the data calls
+  through a Ray compiled graph, docs/ps.md "Ray transport"), ``ps_step`` and
+  ``ps_call`` only. Its actors poll for input even while idle, so in an
+  interleaved run they take CPU from the other subjects' rounds (the
+  in-process reference's too, which flatters every ratio of the run);
+  bench/bench_ps_isolated.py times each subject in its own process.
 
 Beside the times, the report gets per subject and op (results entries and a note):
 ``overhead_ms_per_call``, its median time minus embedlookup's (the cost of
@@ -125,9 +128,10 @@ subject("ps-local", "backend", f"embedlookup.ps.ParameterServer, backend='local'
         _probe_ps)
 subject("ps-ray", "backend",
         f"embedlookup.ps.ParameterServer, backend='ray' (one actor per shard, local cluster), {SHARDS} shards, "
-        f"sync client, data calls through a compiled graph (transport='auto')", _probe_ray)
-subject("ps-ray-tasks", "backend",
-        "ps-ray with transport='tasks': one Ray actor task per shard and call (what the compiled graph saves)",
+        f"sync client (transport='tasks': one actor task per shard and call)", _probe_ray)
+subject("ps-ray-graph", "backend",
+        "ps-ray with transport='graph': the data calls through a Ray compiled graph (its idle actors poll: "
+        "they take CPU from the other subjects' rounds; bench/bench_ps_isolated.py times each alone)",
         _probe_ray)
 
 for _op in ("ps_step", "ps_step_bounded", "ps_step_cache"):  # one reference: the in-process fused step
@@ -204,4 +208,4 @@ for _op in _OPS:
     implements(_op, "ps-local")(_ps_case(_op, "local", "ps-local"))
     implements(_op, "ps-ray")(_ps_case(_op, "ray", "ps-ray"))
 for _op in ("ps_step", "ps_call"):
-    implements(_op, "ps-ray-tasks")(_ps_case(_op, "ray", "ps-ray-tasks", transport="tasks"))
+    implements(_op, "ps-ray-graph")(_ps_case(_op, "ray", "ps-ray-graph", transport="graph"))

@@ -30,13 +30,14 @@ from ._shard import ShardCore, call
 
 NAMESPACE = "embedlookup-ps"
 
-#: Ray transports (``ParameterServer(transport=...)``): "auto" sends the data calls through a compiled
-#: graph once this process has made ``GRAPH_AFTER`` of them (a short-lived server or a one-off call
-#: never pays the graph's set-up, ~0.2 s); "graph" from the first one; "tasks" never (one actor task
-#: per shard and call). Either way a graph is used only when every shard runs on this node, and only
-#: by one process at a time (the shards grant it to one owner); otherwise, and for every other call
-#: and every retry, actor tasks.
-TRANSPORTS = ("auto", "graph", "tasks")
+#: Ray transports (``ParameterServer(transport=...)``): "tasks" (default) one actor task per shard and
+#: call; "graph" the data calls through a compiled graph from the first one; "auto" through a graph
+#: once this process has made ``GRAPH_AFTER`` of them (a one-off call never pays the graph's set-up).
+#: A graph is used only when every shard runs on this node, and only by one process at a time (the
+#: shards grant it to one owner); otherwise, and for every other call and every retry, actor tasks.
+#: Not the default: a graph's actors, and the client while it waits, poll (Ray's channel read spins
+#: on sched_yield), so an idle graph keeps its actors busy (docs/ps.md, "Ray transport").
+TRANSPORTS = ("tasks", "graph", "auto")
 GRAPH_AFTER = 8
 #: After a graph failed (a shard died, a timeout): data calls through tasks before it is built again.
 GRAPH_RETRY_AFTER = 32
@@ -230,7 +231,7 @@ class RayBackend:
 
     def __init__(self, shard_args: list[dict] | None, *, name: str, address=None, max_restarts: int = -1,
                  handles=None, timeout_s: float = 30.0, actor_options: list[dict] | None = None,
-                 transport: str = "auto"):
+                 transport: str = "tasks"):
         ray = _ray()
         self._ray = ray
         self.name = name
@@ -272,7 +273,7 @@ class RayBackend:
         self._share = all(n == ray.get_runtime_context().get_node_id() for n in nodes)
 
     @classmethod
-    def connect(cls, name: str, num_shards: int, transport: str = "auto"):
+    def connect(cls, name: str, num_shards: int, transport: str = "tasks"):
         """The shards of a running server, found by name (a client unpickled in another process)."""
         ray = _ray()
         if not ray.is_initialized():

@@ -78,18 +78,19 @@ class ParameterServer:
         shards over the cluster's nodes, or per-shard ``{"resources": {...}}`` to place each one.
     fsync: False skips the log's fdatasync (benchmarks only: acknowledged pushes may then be
         lost by a machine crash, though not by a killed process).
-    transport: (ray) how pulls and pushes reach the shards: ``"auto"`` (default) through a Ray
-        compiled graph (shared-memory channels, one execution for all shards) once a process has
-        made a few of them, ``"graph"`` from the first one, ``"tasks"`` one actor task per shard
-        and call. A graph is used only when every shard runs on the caller's node and by one
-        process at a time; other processes, other calls and every retry go by task (docs/ps.md).
+    transport: (ray) how pulls and pushes reach the shards: ``"tasks"`` (default) one actor task
+        per shard and call; ``"graph"`` through a Ray compiled graph (shared-memory channels, one
+        execution for all shards; faster per step, but its actors poll while idle); ``"auto"`` a
+        graph once a process has made a few data calls. A graph is used only when every shard runs
+        on the caller's node and by one process at a time; other processes, other calls and every
+        retry go by task (docs/ps.md, "Ray transport").
     """
 
     def __init__(self, dim: int, num_shards: int, *, table: str = "embedding", table_options: dict | None = None,
                  optimizer: Optimizer | None = None, backend: str = "local", address=None,
                  durable_dir=None, snapshot_every: int | None = 1000, timeout_s: float = 30.0,
                  max_retries: int = 10, max_restarts: int = -1, fsync: bool = True, name: str | None = None,
-                 actor_options: dict | list | None = None, transport: str = "auto", _init=None):
+                 actor_options: dict | list | None = None, transport: str = "tasks", _init=None):
         dim = _pos_int(dim, "dim")
         num_shards = _pos_int(num_shards, "num_shards")
         if table not in TABLES:
@@ -113,7 +114,7 @@ class ParameterServer:
         actor_options = _actor_options(actor_options, num_shards, backend)
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-        if transport != "auto" and backend != "ray":
+        if transport != "tasks" and backend != "ray":
             raise ValueError(f"transport={transport!r}: a transport is chosen for backend='ray' only "
                              f"(local shards are called in this process), got backend={backend!r}")
         try:

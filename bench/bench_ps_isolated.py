@@ -1,0 +1,108 @@
+"""The W1 training step through the parameter server, each subject in its
+own process, processes alternated: a Ray compiled graph's actors (and the
+client waiting on them) poll for input, so a graph alive in the process or
+on the node while another subject is timed takes CPU from it; the suite
+(``embedlookup bench --suite ps``) keeps every subject's server alive for
+the whole run. Here nothing else runs while a subject is timed.
+
+Subjects: ``inprocess`` (one EmbeddingTable: pooled_lookup + fused
+apply_pooled_gradients on the forward's ids, all cores), ``local``,
+``ray-graph`` (transport="graph"), ``ray-tasks`` (transport="tasks"); 2
+shards, one thread each. 1 M x 64 rows, batch 4096 x 32, uniform keys,
+Adagrad. Each process: warm-up, then ``--steps`` timed steps; its median.
+The ratios are medians over the alternations of (in-process median / the
+subject's median) of neighbouring processes.
+
+    PYTHONPATH=python python bench/bench_ps_isolated.py --alternations 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SUBJECTS = ("inprocess", "local", "ray-graph", "ray-tasks")
+
+
+def _child(subject: str, steps: int, rows: int) -> float:
+    import embedlookup as el
+    from embedlookup import optim
+
+    rng = np.random.default_rng(0)
+    dim, bags, pooling = 64, 4096, 32
+    batches = [(rng.integers(0, rows, bags * pooling).astype(np.int64),
+                np.arange(0, bags * pooling, pooling, dtype=np.int64),
+                rng.standard_normal((bags, dim)).astype(np.float32)) for _ in range(4)]
+    opt = optim.Adagrad(lr=0.05)
+    if subject == "inprocess":
+        table = el.EmbeddingTable(dim, optimizer=opt)
+
+        def step(k, o, g):
+            _, ids = table.pooled_lookup(k, o, return_ids=True)
+            table.apply_pooled_gradients(k, o, g, opt, forward_ids=ids)
+    else:
+        from embedlookup import ps
+
+        kw = {} if subject == "local" else {"backend": "ray", "transport": subject.split("-")[1]}
+        if subject != "local":
+            import ray
+
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        server = ps.ParameterServer(dim, 2, optimizer=opt, table_options={"num_threads": 1}, **kw)
+        client = server.client()
+
+        def step(k, o, g):
+            client.pooled_pull(k, o, "sum")
+            client.push_pooled(k, o, g, "sum")
+    for lo in range(0, rows, 1 << 17):  # every row in place before timing
+        keys = np.arange(lo, min(rows, lo + (1 << 17)), dtype=np.int64)
+        step(keys, np.arange(0, keys.shape[0], 32, dtype=np.int64),
+             np.zeros(((keys.shape[0] + 31) // 32, dim), np.float32))
+    for b in batches * 3:
+        step(*b)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        step(*batches[i % 4])
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--alternations", type=int, default=3)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--json", default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(_child(a.child, a.steps, a.rows)))
+        return {}
+    med = {s: [] for s in SUBJECTS}
+    for r in range(a.alternations):
+        order = SUBJECTS if r % 2 == 0 else SUBJECTS[::-1]
+        for s in order:
+            out = subprocess.run([sys.executable, __file__, "--child", s, "--steps", str(a.steps), "--rows",
+                                  str(a.rows)], capture_output=True, text=True, check=True)
+            med[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"alternation {r + 1}/{a.alternations} {s}: {med[s][-1] * 1e3:.2f} ms a step", flush=True)
+    share = {s: float(np.median([i / x for i, x in zip(med["inprocess"], med[s])])) for s in SUBJECTS[1:]}
+    res = {"step_ms": {s: float(np.median(v)) * 1e3 for s, v in med.items()}, "share_of_inprocess": share,
+           "alternations": a.alternations, "steps": a.steps}
+    for s in SUBJECTS[1:]:
+        print(f"{s}: {res['step_ms'][s]:.2f} ms a step, {share[s]:.0%} of the in-process step's speed "
+              f"({res['step_ms']['inprocess']:.2f} ms)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,19 @@ def _steps(client, ref, rng, n, mode="sum"):
         ref.apply_pooled_gradients(v, off, g, mode=mode)
 
 
+def _graph_server(make_server, n_keys):
+    """(server through a graph, reference table, client, keys): the keys
+    pulled once through the graph, equal to the reference's rows."""
+    opt = el.optim.Adagrad(lr=0.1)
+    server = make_server(4, 2, optimizer=opt, transport="graph")
+    ref = el.EmbeddingTable(4, optimizer=opt, initializer=el.init.uniform())
+    client = server.client()
+    keys = np.arange(n_keys, dtype=np.int64)
+    np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
+    assert client.stats()["transport"]["graph"]
+    return server, ref, client, keys
+
+
 @RAY
 def test_graph_trains_bit_for_bit_as_one_table(make_server):
     opt = el.optim.Adagrad(lr=0.1)
@@ -95,13 +108,8 @@ def test_one_process_holds_the_graph(make_server):
     """A second backend on the same shards (another trainer process) is
     refused the shards' claim and goes by task; once the first lets go, it
     builds its own."""
-    opt = el.optim.Adagrad(lr=0.1)
-    server = make_server(4, 2, optimizer=opt, transport="graph")
-    ref = el.EmbeddingTable(4, optimizer=opt, initializer=el.init.uniform())
-    first = server.client()
-    keys = np.arange(20, dtype=np.int64)
-    np.testing.assert_array_equal(first.pull(keys), ref.lookup(keys))
-    assert first.stats()["transport"]["graph"]
+    server, ref, first, keys = _graph_server(make_server, 20)
+    opt = server.optimizer
     other = _backends.RayBackend.connect(server.name, 2, "graph")
     second = ps.Client(other, dim=4, timeout_s=30, max_retries=3, server_name=server.name, optimizer=opt)
     g = np.ones((20, 4), np.float32)
@@ -148,12 +156,7 @@ def test_suspend_and_resume_the_graph(make_server):
     """_suspend_graph (a measurement helper) tears the graph down and keeps
     it down (calls by task, same results); _resume_graph builds it at the
     next data call."""
-    opt = el.optim.Adagrad(lr=0.1)
-    server = make_server(4, 2, optimizer=opt, transport="graph")
-    ref = el.EmbeddingTable(4, optimizer=opt, initializer=el.init.uniform())
-    client = server.client()
-    keys = np.arange(30, dtype=np.int64)
-    np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
+    server, ref, client, keys = _graph_server(make_server, 30)
     b = server._b
     b._suspend_graph()
     for _ in range(_backends.GRAPH_RETRY_AFTER + 2):  # no rebuild while suspended, however many calls

@@ -11,10 +11,11 @@ raises :class:`Transient` when the call may succeed if submitted again) and
 
 Ray's per-call cost (an actor task, its arguments and a 1 MiB result through
 the object store: ~4-5 ms a call on this machine) is most of a training
-step's overhead. ``RayBackend`` therefore sends the data calls (pulls and
-pushes) through a Ray compiled graph when every shard runs on this process's
-node: one graph over all shard actors, input and results through shared
-memory channels, one execution per ``submit_many``. See ``TRANSPORTS``.
+step's overhead. With ``transport="graph"`` (opt-in) ``RayBackend`` sends
+the data calls (pulls and pushes) through a Ray compiled graph when every
+shard runs on this process's node: one graph over all shard actors, input
+and results through shared-memory channels, one execution per
+``submit_many``. See ``TRANSPORTS``.
 """
 
 from __future__ import annotations
@@ -100,7 +101,6 @@ class LocalBackend:
             raise Transient("timed out") from None
         except ShardDown as e:
             raise Transient(str(e)) from None
-
 
     def _restart(self, i):
         self.cores[i].close()
@@ -244,7 +244,6 @@ class RayBackend:
         self._glock = threading.RLock()  # a compiled graph is not thread-safe: execute and get under it
         self._token = uuid.uuid4().hex
         self.graph_builds = self.graph_failures = self.graph_calls = 0
-        self._suspended = 0  # _suspend_graph: the build point to restore (0: not suspended)
         if not ray.is_initialized():
             _probe(address, timeout_s)
             try:
@@ -430,15 +429,14 @@ class RayBackend:
         rebuilt over the same actor processes measured slower here
         (docs/ps.md, "Ray transport")."""
         with self._glock:
-            self._suspended = self._graph_at or self._suspended
             self._graph_at = 0
             self._drop_graph()
 
     def _resume_graph(self) -> None:
         """Builds the graph again at the next data call (if the transport uses one)."""
         with self._glock:
-            if self._suspended:
-                self._graph_at, self._suspended = self._data_calls + 1, 0
+            if self.transport != "tasks" and self._graph is None:
+                self._graph_at = self._data_calls + 1
 
     def graph_stats(self) -> dict:
         return {"transport": self.transport, "graph": self._graph is not None, "graph_builds": self.graph_builds,

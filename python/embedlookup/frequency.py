@@ -470,6 +470,41 @@ class FrequencyTable(EmbeddingTable):
         """The row that keys without a row read (zeros, or the learned cold row)."""
         return self._t.default_row()
 
+    # ------------------------------------------------ frequency checkpoint
+    def frequency_state(self, keys: np.ndarray) -> dict:
+        """What this table keeps beyond rows and optimizer state (which
+        ``save`` / ``export`` hold), as NumPy arrays: ``scores`` and
+        ``last_step`` of ``keys`` (rows the table holds), the ``clock``, the
+        admission ``sketch`` (empty when ``admit_count == 1``), the default
+        ``cold_row`` and its ``cold_state``. With the rows, it lets
+        :meth:`restore_frequency_state` bring back a table that admits,
+        scores and evicts exactly as this one would."""
+        if self.cold_row_type is not None:
+            raise NotImplementedError("frequency_state: a FrequencyTable with cold_row_type keeps int8 rows "
+                                      "whose precision a checkpoint does not carry (they load as fp32)")
+        score, last, _ = self.inspect(keys)
+        s = self._t.save_state()
+        return {"keys": np.ascontiguousarray(keys, dtype=np.int64), "scores": np.ascontiguousarray(score),
+                "last_step": np.ascontiguousarray(last, dtype=np.uint32), "clock": np.uint32(s["clock"]),
+                "sketch": s["sketch"], "cold_row": s["cold_row"], "cold_state": s["cold_state"]}
+
+    def restore_frequency_state(self, state: dict) -> None:
+        """Loads a :meth:`frequency_state` into this table, which must already
+        hold the rows of ``state["keys"]`` and be configured as the table it
+        came from (sketch size, dim). Raises ValueError / KeyError naming what
+        does not fit; the table is then unchanged."""
+        keys = _checks.keys_1d(state["keys"], "state['keys']")
+        scores = np.ascontiguousarray(state["scores"], dtype=np.float32)
+        last = np.asarray(state["last_step"])
+        if scores.shape != keys.shape or last.shape != keys.shape:
+            raise ValueError("state: scores and last_step need one entry per key")
+        if last.size and (last.min() < 0 or last.max() >= 2**32):
+            raise ValueError("state: last_step values must lie in [0, 2**32)")
+        sketch = np.ascontiguousarray(state["sketch"]).view(np.uint32)
+        self._t.restore_state(int(state["clock"]), sketch, np.ascontiguousarray(state["cold_row"], np.float32),
+                              np.ascontiguousarray(state["cold_state"], np.float32), keys, scores,
+                              np.ascontiguousarray(last, dtype=np.uint32))
+
     # ---------------------------------------------------------------- stats
     def stats(self) -> dict:
         """Counters since construction (hits and misses count key occurrences;

@@ -87,13 +87,16 @@ def test_local_restarts_and_lost_replies(make_server, tmp_path):
     assert client.duplicates == server._b.lost_replies.count("applied"), server._b.lost_replies
 
 
-@pytest.mark.parametrize("transport", ["tasks", "graph"])
+@pytest.mark.parametrize("table,transport", [("embedding", "tasks"), ("embedding", "graph"), ("frequency", "tasks")])
 @pytest.mark.parametrize("backend", ["ray"], indirect=True)
-def test_ray_kill9_during_training(make_server, tmp_path, transport):
+def test_ray_kill9_during_training(make_server, tmp_path, table, transport):
     """kill -9 (and ray.kill) of shard processes, restarted by Ray, during a
     training run, with the data calls going by actor task or through a
-    compiled graph (torn down by each kill, its calls sent again by task)."""
-    server = make_server(8, 4, durable_dir=tmp_path, snapshot_every=5, optimizer=el.optim.Adam(lr=0.02),
+    compiled graph (torn down by each kill, its calls sent again by task).
+    FrequencyTable shards (admitting every key, no budget: their rows then
+    follow the reference table's) recover through their own log of pulls and
+    pushes."""
+    server = make_server(8, 4, table=table, durable_dir=tmp_path, snapshot_every=5, optimizer=el.optim.Adam(lr=0.02),
                          table_options={"initializer": el.init.uniform(seed=9)}, max_retries=30, timeout_s=20,
                          transport=transport)
     n = {"kills": 0}

@@ -1,6 +1,10 @@
 """A shard's durable push log: one record per acknowledged push, appended and
 fsynced before the push is acknowledged.
 
+Records that are not pushes (a FrequencyTable shard's training pulls, which
+change its scores and admissions) are appended without their own fsync; the
+next push's fsync makes them durable with it.
+
 File: a sequence of records ``[magic 'PSL1' | u32 crc32(payload) | u64
 len(payload) | payload]``, the payload a pickled tuple ``(client, seq, kind,
 args)``. A process killed while appending leaves at most one torn record at
@@ -40,15 +44,20 @@ class PushLog:
         if created:
             fsync_dir(os.path.dirname(path) or ".")
         self.records = 0
+        self.synced = 0  # records appended with sync=True (pushes, marks)
         self.bytes = 0
 
-    def append(self, client: str, seq: int, kind: str, args: tuple) -> None:
+    def append(self, client: str, seq: int, kind: str, args: tuple, *, sync: bool = True) -> None:
+        """Appends one record; ``sync=False`` leaves it to the next synced
+        record's fdatasync (which covers every byte written before it): for
+        records no acknowledgement waits on."""
         payload = pickle.dumps((client, seq, kind, args), protocol=5)
         rec = _HEAD.pack(_MAGIC, zlib.crc32(payload), len(payload)) + payload
         os.write(self._fd, rec)
-        if self._fsync:
+        if self._fsync and sync:
             os.fdatasync(self._fd)
         self.records += 1
+        self.synced += sync
         self.bytes += len(rec)
 
     def close(self) -> None:

@@ -67,7 +67,9 @@ class ParameterServer:
     address: the Ray cluster (``ray.init(address=...)``); None: the running one, else a new local one.
     durable_dir: where each shard keeps its snapshot and push log (``shard-<i>/``); None: no
         durability (a restarted shard then refuses every call rather than serve lost rows).
-        A directory that already holds a server's state is resumed.
+        A directory that already holds a server's state is resumed. FrequencyTable shards
+        come back with their scores, sketch and admissions too (their training pulls are
+        logged beside the pushes); with ``cold_row_type`` they cannot be durable.
     snapshot_every: pushes between snapshots of a shard (None: only the log grows).
     timeout_s, max_retries: each call to a shard waits at most ``timeout_s`` and is sent again
         at most ``max_retries`` times after a timeout or a dead shard, then raises
@@ -127,9 +129,9 @@ class ParameterServer:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if durable_dir is not None:
             durable_dir = os.path.abspath(_checks.path(durable_dir, "durable_dir"))
-            if table == "frequency":
-                raise ValueError("durable_dir: durable FrequencyTable shards are not supported yet "
-                                 "(their scores and admission state have no checkpoint); use table='embedding'")
+            if table == "frequency" and table_options.get("cold_row_type") is not None:
+                raise ValueError("durable_dir: FrequencyTable shards with cold_row_type cannot be made durable "
+                                 "(a checkpoint carries rows as fp32, not which ones were int8); drop one of the two")
         opts = dict(table_options)
         opts.setdefault("num_threads", max(1, (os.cpu_count() or 1) // num_shards))
         # Build one table here: bad table_options fail now, in this process, naming the argument.
@@ -282,11 +284,13 @@ class ParameterServer:
     def save(self, path) -> None:
         """Writes the whole sharded model to directory ``path`` (created):
         ``shard-<i>.ckpt`` (EmbeddingTable.save of each shard, taken as one
-        global cut), ``ps.json`` and ``config.pkl`` (table options, optimizer)."""
+        global cut; FrequencyTable shards add ``shard-<i>.ckpt.freq.npz``, their
+        scores, clock and sketch), ``ps.json`` and ``config.pkl`` (table
+        options, optimizer)."""
         self._open()
-        if self.table == "frequency":
-            raise ValueError("save: FrequencyTable shards have no checkpoint of their scores yet; "
-                             "use table='embedding'")
+        if self.table == "frequency" and self.table_options.get("cold_row_type") is not None:
+            raise ValueError("save: FrequencyTable shards with cold_row_type have no checkpoint of which rows "
+                             "are int8; save a server without it")
         path = os.path.abspath(_checks.path(path, "path"))
         os.makedirs(path, exist_ok=True)
         out = self._global_cut("save_to", [(os.path.join(path, f"shard-{i}.ckpt"),) for i in range(self.num_shards)])
@@ -300,7 +304,9 @@ class ParameterServer:
     def load(cls, path, *, num_shards: int | None = None, backend: str = "local", optimizer=None, **kwargs):
         """A server from ``save(path)``. ``num_shards`` other than the saved
         count reshards: every row moves (with its optimizer state) to
-        ``shard_of(key, num_shards)``; the step count is kept. ``optimizer``:
+        ``shard_of(key, num_shards)``; the step count is kept (FrequencyTable
+        shards: their scores and sketch are per shard and do not move; the
+        rows start with equal scores, as ``FrequencyTable.load``). ``optimizer``:
         default, the saved one. Other keyword arguments as the constructor."""
         path = os.path.abspath(_checks.path(path, "path"))
         try:
@@ -341,6 +347,11 @@ class ParameterServer:
     def shard_state(self, i: int):
         """(keys, rows, optimizer state, step) of shard ``i``: a test and debugging view."""
         return self._admin()._call_all("state", [()] * self.num_shards)[i]
+
+    def shard_frequency_state(self, i: int) -> dict:
+        """``FrequencyTable.frequency_state`` of shard ``i`` (scores, last
+        steps, clock, sketch, cold row; ``table="frequency"``): a test and debugging view."""
+        return self._admin()._call_all("frequency_state", [()] * self.num_shards)[i]
 
     def kill_shard(self, i: int, how: str = "restart", lose_next_reply: bool = False) -> None:
         """Fault injection. ``how="restart"``: local: drop shard i's memory and

@@ -15,13 +15,22 @@ Durable layout of ``<durable_dir>/shard-<i>/``:
   number at the checkpoint.
 - ``snapshot-<gen>.ckpt``: ``EmbeddingTable.save`` of the table at that point
   (the first one when the shard is created).
+- ``snapshot-<gen>.ckpt.freq.npz`` (FrequencyTable shards): what the
+  checkpoint does not hold, ``FrequencyTable.frequency_state`` (scores, last
+  steps, clock, admission sketch, default cold row).
 - ``log-<gen>.bin``: every push applied after that checkpoint, appended and
-  fsynced before it was acknowledged (``_log.py``).
+  fsynced before it was acknowledged (``_log.py``). A FrequencyTable shard
+  also logs its training pulls (they admit, score and evict), unsynced: the
+  next push's fsync carries them.
 - ``incarnation``: how many times this shard has started on this directory.
 
 Recovery (start, Ray restart after a kill): load the checkpoint, replay the
 log in order (each record is the exact table call that was made, so the rows
-and optimizer state come back bit for bit), rebuild the sequence numbers.
+and optimizer state, and a FrequencyTable's scores, sketch and admissions,
+come back bit for bit: its admission and eviction order break ties by key,
+not by row id), rebuild the sequence numbers. A FrequencyTable shard loses
+at most the pulls made after its last push (never a push): they were
+never acknowledged as changes.
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ RESOLVED_KEPT = 64
 
 # Push outcomes (the first element of a push's reply).
 APPLIED, DUPLICATE, GAP, FROZEN, REJECTED = "applied", "duplicate", "gap", "frozen", "rejected"
+
+#: Log records of a FrequencyTable shard's training pulls (not pushes: no client, no sequence number).
+PULLS = ("pull", "pooled_pull")
 
 
 def _crc32c_table():
@@ -141,6 +153,21 @@ def make_table(kind: str, dim: int, optimizer, options: dict):
     return cls(dim, optimizer=optimizer, **options)
 
 
+def freq_path(ckpt: str) -> str:
+    """Where a FrequencyTable shard's frequency state sits beside its checkpoint."""
+    return ckpt + ".freq.npz"
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -195,10 +222,20 @@ class ShardCore:
 
     # ------------------------------------------------------------ durability
     def _load(self, path):
+        from ..frequency import FrequencyTable
         from ..table import EmbeddingTable
 
-        opts = {k: v for k, v in self.options.items() if k == "num_threads"}
-        return EmbeddingTable.load(path, optimizer=self.optimizer, **opts)
+        if self.kind != "frequency":
+            opts = {k: v for k, v in self.options.items() if k == "num_threads"}
+            return EmbeddingTable.load(path, optimizer=self.optimizer, **opts)
+        # The checkpoint holds the initializer and the row type; the rest are the table's options.
+        opts = {k: v for k, v in self.options.items() if k not in ("initializer", "row_type")}
+        table = FrequencyTable.load(path, optimizer=self.optimizer, **opts)
+        freq = freq_path(path)
+        if os.path.exists(freq):  # absent: a resharded checkpoint, whose rows start with equal scores
+            with np.load(freq) as f:
+                table.restore_frequency_state({k: f[k] for k in f.files})
+        return table
 
     def _recover(self, init_path, init_last) -> None:
         meta_path = os.path.join(self.dir, "snapshot.json")
@@ -225,12 +262,16 @@ class ShardCore:
             if kind == "mark":  # a version handed out by a cut: later changes must be stamped after it
                 raise_version(self.table, args[0])
                 continue
+            if kind in PULLS:  # a FrequencyTable's training pull: its admissions and scores
+                self._replay_pull(kind, args)
+                continue
             self._apply(kind, args)
             self.last[client] = seq
             self.applied += kind != "skip"
         self.log = PushLog(self._log_path(self.gen), fsync=self._fsync)
         # Files of other generations: left by a crash in the middle of a snapshot.
-        keep = {os.path.basename(self._ckpt_path(self.gen)), os.path.basename(self._log_path(self.gen))}
+        keep = {os.path.basename(p) for p in (self._ckpt_path(self.gen), freq_path(self._ckpt_path(self.gen)),
+                                              self._log_path(self.gen))}
         for name in os.listdir(self.dir):
             if name.startswith(("snapshot-", "log-")) and name not in keep:
                 os.remove(os.path.join(self.dir, name))
@@ -247,14 +288,36 @@ class ShardCore:
         old = getattr(self, "gen", 0)
         gen = old + 1
         new_log = PushLog(self._log_path(gen), fsync=self._fsync)
-        self.table.save(self._ckpt_path(gen))
+        self._save_table(self._ckpt_path(gen))
         _write_json(os.path.join(self.dir, "snapshot.json"), {"gen": gen, "pushes": self.applied, "last": self.last})
         if self.log is not None:
             self.log.close()
         self.log, self.gen = new_log, gen
-        for p in (self._ckpt_path(old), self._log_path(old)):
+        for p in (self._ckpt_path(old), freq_path(self._ckpt_path(old)), self._log_path(old)):
             if os.path.exists(p):
                 os.remove(p)
+
+    def _save_table(self, path: str) -> int:
+        """The table's checkpoint at ``path`` (and, for a FrequencyTable, its
+        frequency state beside it, written first: a checkpoint that exists is
+        complete); returns the version saved."""
+        if self.kind == "frequency":
+            keys = self.table.export()[0]
+            _write_npz(freq_path(path), self.table.frequency_state(keys))
+        return self.table.save(path)
+
+    def _log_pull(self, kind: str, args: tuple) -> None:
+        """A FrequencyTable shard's training pull, logged after it ran (its
+        admissions, scores and evictions are replayed in order with the pushes)."""
+        if self.log is not None and self.kind == "frequency":
+            self.log.append("", -1, kind, args, sync=False)
+
+    def _replay_pull(self, kind: str, args: tuple) -> None:
+        if kind == "pull":
+            self.table.lookup(args[0])
+        else:
+            v, off, w, mode = args
+            self.table.pooled_lookup(v, off, mode=mode, per_sample_weights=w)
 
     # ----------------------------------------------------------- table calls
     def _check_alive(self):
@@ -308,7 +371,9 @@ class ShardCore:
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         self._check_alive()
-        return self.table.lookup(self._own(keys))
+        rows = self.table.lookup(self._own(keys))
+        self._log_pull("pull", (keys,))
+        return rows
 
     def pull_fresh(self, client: str, keys: np.ndarray):
         """The rows and the last sequence number of ``client`` applied here:
@@ -316,7 +381,9 @@ class ShardCore:
         cache stamps its copies with it)."""
         with self._lock:
             self._check_alive()
-            return self.table.lookup(self._own(keys)), self.last.get(client, -1)
+            rows = self.table.lookup(self._own(keys))
+            self._log_pull("pull", (keys,))
+            return rows, self.last.get(client, -1)
 
     def pooled_pull(self, values, offsets, weights, mode: str, client: str | None = None):
         """Per bag, the pooled rows of this shard's part of the batch
@@ -340,8 +407,9 @@ class ShardCore:
                 # caller's own arrays, which it may change before its push.
                 self._resolved[client] = (_frozen_copy(v), _frozen_copy(off), ids, epoch)
         else:
-            part = self.table.pooled_lookup(v, off, mode="max" if mode == "max" else "sum",
-                                            per_sample_weights=weights)
+            m = "max" if mode == "max" else "sum"
+            part = self.table.pooled_lookup(v, off, mode=m, per_sample_weights=weights)
+            self._log_pull("pooled_pull", (v, off, weights, m))
         if mode == "sum":
             return part, None
         counts = np.diff(np.append(off, v.shape[0])).astype(np.int32)
@@ -421,7 +489,7 @@ class ShardCore:
         if self.log is not None:
             self.log.append(client, seq, kind, args)  # durable before the acknowledgement
         self.last[client] = seq
-        if self.log is not None and self.snapshot_every and self.log.records >= self.snapshot_every:
+        if self.log is not None and self.snapshot_every and self.log.synced >= self.snapshot_every:
             self._snapshot()
         return (REJECTED, msg) if msg else (APPLIED, seq)
 
@@ -511,7 +579,7 @@ class ShardCore:
         """The table's checkpoint at ``path`` and the sequence numbers it holds."""
         with self._lock:
             self._check_alive()
-            version = self.table.save(path)
+            version = self._save_table(path)
             return version, dict(self.last)
 
     def stats(self) -> dict:
@@ -519,12 +587,19 @@ class ShardCore:
                 "pushes_applied": self.applied, "duplicates_dropped": self.duplicates, "rejected": self.rejected,
                 "replayed": self.replayed, "restarts": self.incarnation - 1, "clients": len(self.last), "cut_applied": self.cut_applied,
                 "ids_reused": self.ids_reused, "busy_s": dict(self.busy),
-                "log_records": 0 if self.log is None else self.log.records, "pid": os.getpid(), "lost": self.lost}
+                "log_records": 0 if self.log is None else self.log.records,
+                "log_bytes": 0 if self.log is None else self.log.bytes, "pid": os.getpid(), "lost": self.lost}
 
     def state(self):
         """(keys, rows, optimizer state, step) of the whole table, for tests and resharding."""
         k, r = self.table.export()
         return k, r, self.table._t.export_state(k), self.table.step
+
+    def frequency_state(self) -> dict:
+        """FrequencyTable.frequency_state of the whole table (FrequencyTable shards)."""
+        if self.kind != "frequency":
+            raise ValueError("frequency_state: this shard holds an EmbeddingTable (table='embedding')")
+        return self.table.frequency_state(self.table.export()[0])
 
     def pid(self) -> int:
         return os.getpid()

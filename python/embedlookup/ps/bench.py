@@ -12,7 +12,9 @@ Two in-process baselines: the table with every core, and with one thread;
 each shard gets cores / shards threads (the shards together have as many as
 the first). Throughput ratios are against the faster baseline. No durability (durable_dir=None) unless
 ``--durable DIR``, which adds the local backend with the push log fsynced on
-every push.
+every push. ``--table frequency``: FrequencyTable shards and baselines (admit
+every key, no budget: the same rows, plus the frequency policy's work; durable,
+their pulls are logged too).
 
 Run: ``PYTHONPATH=python python -m embedlookup.ps.bench [--repeats 9] [--backends local,ray]``
 (``--rows 100000`` for a quick look). ``run(...)`` returns the figures as a dict.
@@ -46,8 +48,13 @@ def _fill(fill, rows, chunk=1 << 17):
         fill(np.arange(lo, min(rows, lo + chunk), dtype=np.int64))
 
 
+def _log_bytes(server) -> int:
+    """Bytes the shards have appended to their push logs (0 without durable_dir)."""
+    return 0 if server is None else sum(s["log_bytes"] for s in server.stats()["shards"])
+
+
 def run(rows=1_000_000, dim=64, batch=4096, pooling=32, shards=2, backends=("local", "ray"), repeats=9,
-        calls=200, durable=None, seed=0, log=print) -> dict:
+        calls=200, durable=None, seed=0, log=print, table="embedding") -> dict:
     opt = el.optim.Adagrad(lr=0.01)
     init = el.init.uniform(-0.01, 0.01, seed=1)
     rng = np.random.default_rng(seed)
@@ -59,20 +66,21 @@ def run(rows=1_000_000, dim=64, batch=4096, pooling=32, shards=2, backends=("loc
     # Two in-process baselines: all cores (the shards together get as many
     # threads) and one thread (on an oversubscribed machine a 2-thread OpenMP
     # step can be slower than one thread). Ratios are against the faster.
-    tables = {"in-process": el.EmbeddingTable(dim, initializer=init, optimizer=opt),
-              "in-process-1t": el.EmbeddingTable(dim, initializer=init, optimizer=opt, num_threads=1)}
+    cls = el.FrequencyTable if table == "frequency" else el.EmbeddingTable
+    tables = {"in-process": cls(dim, initializer=init, optimizer=opt),
+              "in-process-1t": cls(dim, initializer=init, optimizer=opt, num_threads=1)}
     for t in tables.values():
         _fill(t.lookup, rows)
     subjects = dict(tables)
-    servers = []
+    servers = {}
     specs = [(b, b, None) for b in backends]
     if durable:
         specs.append(("local+fsync", "local", durable))
     for label, backend, ddir in specs:
         log(f"starting {label} with {shards} shards of {rows} rows...")
-        s = ParameterServer(dim, shards, optimizer=opt, backend=backend, durable_dir=ddir, snapshot_every=None,
-                            table_options={"initializer": init})
-        servers.append(s)
+        s = ParameterServer(dim, shards, table=table, optimizer=opt, backend=backend, durable_dir=ddir,
+                            snapshot_every=None, table_options={"initializer": init})
+        servers[label] = s
         c = s.client("sync")
         _fill(c.pull, rows)
         subjects[label] = c
@@ -82,16 +90,19 @@ def run(rows=1_000_000, dim=64, batch=4096, pooling=32, shards=2, backends=("loc
             return lambda: (c.pooled_lookup(values, offsets), c.apply_pooled_gradients(values, offsets, grad))
         return lambda: (c.pooled_pull(values, offsets), c.push_pooled(values, offsets, grad))
 
-    out = {"workload": dict(rows=rows, dim=dim, batch=batch, pooling=pooling, shards=shards), "subjects": {}}
+    out = {"workload": dict(rows=rows, dim=dim, batch=batch, pooling=pooling, shards=shards, table=table),
+           "subjects": {}}
     try:
         for name, c in subjects.items():  # warm up, and bytes of one step
             remote = name not in tables
             b0 = (c.bytes_sent, c.bytes_received) if remote else (0, 0)
+            logged = _log_bytes(servers.get(name))
             step_fn(c)()
             res = out["subjects"].setdefault(name, {"step_ms": []})
             if remote:
                 res["bytes_sent_per_step"] = c.bytes_sent - b0[0]
                 res["bytes_received_per_step"] = c.bytes_received - b0[1]
+                res["log_bytes_per_step"] = _log_bytes(servers.get(name)) - logged
         for r in range(repeats):  # interleaved rounds
             for name, c in subjects.items():
                 res = out["subjects"][name]
@@ -113,7 +124,7 @@ def run(rows=1_000_000, dim=64, batch=4096, pooling=32, shards=2, backends=("loc
                 res["pull_call_ms"] = _median_ms(lambda: c.pull(one_key), calls)
                 res["push_call_ms"] = _median_ms(lambda: c.push(one_key, one_grad), calls)
     finally:
-        for s in servers:
+        for s in servers.values():
             s.shutdown()
     return out
 
@@ -125,16 +136,18 @@ def main(argv=None):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--backends", default="local,ray")
     p.add_argument("--durable", default=None, help="also the local backend with a fsynced push log in DIR")
+    p.add_argument("--table", default="embedding", choices=("embedding", "frequency"), help="the shards' table")
     p.add_argument("--json", default=None, help="write the figures to this file")
     a = p.parse_args(argv)
     res = run(a.rows, a.dim, a.batch, a.pooling, a.shards, tuple(b for b in a.backends.split(",") if b), a.repeats,
-              a.calls, a.durable)
-    cols = ("step ms", "vs in-process", "pull call ms", "push call ms", "MB sent/step", "MB recv/step")
+              a.calls, a.durable, table=a.table)
+    cols = ("step ms", "vs in-process", "pull call ms", "push call ms", "MB sent/step", "MB recv/step",
+            "MB log/step")
     print(f"{'subject':<14}" + "".join(f"{c:>15}" for c in cols) + "   (vs the faster in-process)")
     for name, r in res["subjects"].items():
         cells = (f"{r['step_ms_median']:.1f}", f"{r['throughput_vs_in_process']:.0%}", f"{r['pull_call_ms']:.3f}",
                  f"{r['push_call_ms']:.3f}", f"{r.get('bytes_sent_per_step', 0) / 1e6:.2f}",
-                 f"{r.get('bytes_received_per_step', 0) / 1e6:.2f}")
+                 f"{r.get('bytes_received_per_step', 0) / 1e6:.2f}", f"{r.get('log_bytes_per_step', 0) / 1e6:.2f}")
         print(f"{name:<14}" + "".join(f"{c:>15}" for c in cells))
     if a.json:
         with open(a.json, "w") as f:

@@ -71,15 +71,14 @@ def extra_state(table: FrequencyTable, keys: np.ndarray) -> dict:
     if table.tier is not None:
         raise NotImplementedError("state_dict: a FrequencyTable over a storage tier holds rows outside memory "
                                   "that state_dict does not collect; checkpoint it with embedlookup.storage")
-    score, last, _ = table.inspect(keys)
-    s = table._t.save_state()
+    f = table.frequency_state(keys)
     return {
-        "scores": torch.from_numpy(np.ascontiguousarray(score)),
-        "last_step": torch.from_numpy(last.astype(np.int64)),
-        "clock": int(s["clock"]),
-        "sketch": torch.from_numpy(s["sketch"].view(np.int32)),  # uint32 bits: torch has no uint32 math
-        "cold_row": torch.from_numpy(s["cold_row"]),
-        "cold_state": torch.from_numpy(s["cold_state"]),
+        "scores": torch.from_numpy(f["scores"]),
+        "last_step": torch.from_numpy(f["last_step"].astype(np.int64)),
+        "clock": int(f["clock"]),
+        "sketch": torch.from_numpy(f["sketch"].view(np.int32)),  # uint32 bits: torch has no uint32 math
+        "cold_row": torch.from_numpy(f["cold_row"]),
+        "cold_state": torch.from_numpy(f["cold_state"]),
         "options": dict(table._t.options),
     }
 
@@ -91,12 +90,9 @@ def restore(fresh: FrequencyTable, keys: np.ndarray, state: dict) -> None:
     f = state.get("frequency")
     if f is None:
         raise ValueError("state_dict: the saved table is not a FrequencyTable's, but this module's table is one")
-    scores = np.ascontiguousarray(f["scores"].numpy(), dtype=np.float32)
-    last = f["last_step"].numpy()
-    if scores.shape != keys.shape or last.shape != keys.shape:
-        raise ValueError("state_dict: scores / last_step do not have one entry per saved key")
-    if last.size and (last.min() < 0 or last.max() >= 2**32):
-        raise ValueError("state_dict: last_step values must lie in [0, 2**32)")
-    sketch = np.ascontiguousarray(f["sketch"].numpy()).view(np.uint32)
-    fresh._t.restore_state(int(f["clock"]), sketch, f["cold_row"].numpy(), f["cold_state"].numpy(), keys, scores,
-                           np.ascontiguousarray(last, dtype=np.uint32))
+    try:
+        fresh.restore_frequency_state({"keys": keys, "scores": f["scores"].numpy(), "last_step": f["last_step"].numpy(),
+                                       "clock": f["clock"], "sketch": f["sketch"].numpy(),
+                                       "cold_row": f["cold_row"].numpy(), "cold_state": f["cold_state"].numpy()})
+    except ValueError as e:
+        raise ValueError(f"state_dict: {e}") from None

@@ -29,7 +29,9 @@ import numpy as np
 SUBJECTS = ("inprocess", "local", "ray-graph", "ray-tasks")
 
 
-def _child(subject: str, steps: int, rows: int) -> float:
+def setup(subject: str, rows: int):
+    """(step(values, offsets, grad), the 4 batches, server or None) of one
+    subject, every row in place and the step warmed up."""
     import embedlookup as el
     from embedlookup import optim
 
@@ -39,6 +41,7 @@ def _child(subject: str, steps: int, rows: int) -> float:
                 np.arange(0, bags * pooling, pooling, dtype=np.int64),
                 rng.standard_normal((bags, dim)).astype(np.float32)) for _ in range(4)]
     opt = optim.Adagrad(lr=0.05)
+    server = None
     if subject == "inprocess":
         table = el.EmbeddingTable(dim, optimizer=opt)
 
@@ -65,12 +68,21 @@ def _child(subject: str, steps: int, rows: int) -> float:
              np.zeros(((keys.shape[0] + 31) // 32, dim), np.float32))
     for b in batches * 3:
         step(*b)
+    return step, batches, server
+
+
+def median_step(step, batches, steps: int) -> float:
     times = []
     for i in range(steps):
         t = time.perf_counter()
         step(*batches[i % 4])
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def _child(subject: str, steps: int, rows: int) -> float:
+    step, batches, _ = setup(subject, rows)
+    return median_step(step, batches, steps)
 
 
 def main(argv=None) -> dict:

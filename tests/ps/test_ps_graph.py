@@ -176,3 +176,33 @@ def test_transport_is_checked():
         ps.ParameterServer(4, 2, optimizer=el.optim.SGD(lr=0.1), backend="ray", transport="rpc")
     with pytest.raises(ValueError, match="transport='graph'.*backend='ray' only"):
         ps.ParameterServer(4, 2, optimizer=el.optim.SGD(lr=0.1), transport="graph")
+
+
+def test_graph_wait_sleeps_through_the_shards_known_time(monkeypatch):
+    """The client reads a graph's result only after the share of the
+    shortest recent shard time has passed (Ray's read polls a core while it
+    waits); nothing is assumed before enough results came back."""
+    now = [100.0]
+    monkeypatch.setattr(_backends.time, "perf_counter", lambda: now[0])
+    slept = []
+    monkeypatch.setattr(_backends.time, "sleep", lambda s: slept.append(s))
+    w = _backends.GraphWait()
+    times = [0.010, 0.012, 0.009, 0.011, 0.010, 0.013, 0.010, 0.012]
+    for t in times[:-1]:  # fewer results than the history holds: no wait
+        ex = w.start("push_pooled")
+        ex.sleep()
+        ex.took(t)
+    assert slept == []
+    w.start("push_pooled").took(times[-1])
+    ex = w.start("push_pooled")
+    now[0] += 0.002  # the client's own work after submitting counts
+    ex.sleep()
+    assert slept == [pytest.approx(_backends.WAIT_SHARE * 0.009 - 0.002)]
+    assert w.start("pooled_pull")._until == now[0]  # per method: pulls have no history yet
+    for _ in range(_backends.WAIT_HISTORY):  # the history keeps the last WAIT_HISTORY: faster calls lower it
+        w.start("push_pooled").took(0.004)
+    assert w.start("push_pooled")._until == pytest.approx(now[0] + _backends.WAIT_SHARE * 0.004)
+    ex = w.start("push_pooled")
+    now[0] += 1.0  # already past the deadline: no sleep
+    ex.sleep()
+    assert len(slept) == 1

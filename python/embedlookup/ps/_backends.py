@@ -24,6 +24,7 @@ import atexit
 import concurrent.futures as cf
 import os
 import threading
+import time
 import uuid
 import weakref
 
@@ -36,12 +37,16 @@ NAMESPACE = "embedlookup-ps"
 #: once this process has made ``GRAPH_AFTER`` of them (a one-off call never pays the graph's set-up).
 #: A graph is used only when every shard runs on this node, and only by one process at a time (the
 #: shards grant it to one owner); otherwise, and for every other call and every retry, actor tasks.
-#: Not the default: a graph's actors, and the client while it waits, poll (Ray's channel read spins
-#: on sched_yield), so an idle graph keeps its actors busy (docs/ps.md, "Ray transport").
+#: Not the default: a graph's actors poll while they wait for input (Ray's channel read spins on
+#: sched_yield), so an idle graph keeps its actors busy (docs/ps.md, "Ray transport"). The client
+#: sleeps through most of its own wait (GraphWait).
 TRANSPORTS = ("tasks", "graph", "auto")
 GRAPH_AFTER = 8
 #: After a graph failed (a shard died, a timeout): data calls through tasks before it is built again.
 GRAPH_RETRY_AFTER = 32
+#: GraphWait: the client sleeps through this share of the shortest of the last WAIT_HISTORY shard times.
+WAIT_SHARE, WAIT_HISTORY = 0.8, 8
+
 #: The calls that go through the graph: a trainer's steady stream.
 GRAPH_CALLS = frozenset({"pull", "pull_fresh", "pooled_pull", "push", "push_pooled"})
 
@@ -168,7 +173,9 @@ def _actor_class():
                 if args is None:
                     return None
                 # A part put before the graph was built comes as its object ref (tasks resolve them).
-                return self.call(method, *(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
+                t0 = time.perf_counter()
+                out = self.call(method, *(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
+                return out, time.perf_counter() - t0  # the time taken: the client's next wait (GraphWait)
 
             def claim_graph(self, token, pid):
                 """Grants this actor to one process's graph at a time (a
@@ -244,6 +251,7 @@ class RayBackend:
         self._glock = threading.RLock()  # a compiled graph is not thread-safe: execute and get under it
         self._token = uuid.uuid4().hex
         self.graph_builds = self.graph_failures = self.graph_calls = 0
+        self._wait = GraphWait()
         if not ray.is_initialized():
             _probe(address, timeout_s)
             try:
@@ -327,7 +335,8 @@ class RayBackend:
                         self._drop_graph(e)
                     else:
                         self.graph_calls += 1
-                        return {i: _GraphHandle(g, refs[i]) for i in calls}
+                        wait = self._wait.start(method)
+                        return {i: _GraphHandle(g, refs[i], wait) for i in calls}
         return {i: self.submit(i, method, *a) for i, a in calls.items()}
 
     def result(self, handle, timeout_s):
@@ -389,9 +398,12 @@ class RayBackend:
         _LIVE_GRAPHS.add(self)
 
     def _graph_result(self, h, timeout_s):
+        h.wait.sleep()  # not in Ray's read: it polls, and would take a core from the shards meanwhile
         with self._glock:
             try:
-                return self._ray.get(h.ref, timeout=timeout_s)
+                out, took = self._ray.get(h.ref, timeout=timeout_s)
+                h.wait.took(took)
+                return out
             except self._ray.exceptions.RayTaskError:
                 raise  # the shard raised (bad input): as a task's error
             except Exception as e:  # noqa: BLE001 - died, timed out, torn down: send it again by task
@@ -472,10 +484,50 @@ class RayBackend:
 class _GraphHandle:
     """One shard's result of one graph execution."""
 
-    __slots__ = ("graph", "ref")
+    __slots__ = ("graph", "ref", "wait")
 
-    def __init__(self, graph, ref):
-        self.graph, self.ref = graph, ref
+    def __init__(self, graph, ref, wait):
+        self.graph, self.ref, self.wait = graph, ref, wait
+
+
+class GraphWait:
+    """Sleeps, rather than polls, through the part of a graph execution the
+    shards are known to need. Ray's channel read spins (sched_yield) until
+    the result is there; on a machine with as many cores as shards, that
+    spinning client takes CPU from the shards it waits for. So before
+    reading, the client sleeps until ``WAIT_SHARE`` of the shortest of the
+    last ``WAIT_HISTORY`` times a shard took for this method (each result
+    carries its shard's time), counted from the submission; the read polls
+    only for the rest. A call whose shards take less than before is read
+    late by at most the difference."""
+
+    __slots__ = ("_history",)
+
+    def __init__(self):
+        self._history: dict[str, list] = {}
+
+    def start(self, method: str) -> "_Execution":
+        h = self._history.setdefault(method, [])
+        expect = WAIT_SHARE * min(h) if len(h) >= WAIT_HISTORY else 0.0
+        return _Execution(h, time.perf_counter() + expect)
+
+
+class _Execution:
+    __slots__ = ("_history", "_until")
+
+    def __init__(self, history: list, until: float):
+        self._history, self._until = history, until
+
+    def sleep(self) -> None:
+        left = self._until - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+
+    def took(self, seconds: float) -> None:
+        h = self._history
+        h.append(seconds)
+        if len(h) > WAIT_HISTORY:
+            del h[0]
 
 
 # Graphs still held at exit are torn down first (their shards' claims released; Ray's own exit

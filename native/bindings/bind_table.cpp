@@ -115,6 +115,16 @@ void bind_table(py::module_& m) {
              py::gil_scoped_release nogil;
              return t.erase(k, n);
            })
+      .def("export_keys",
+           [](const EmbeddingTable& t) {
+             std::vector<int64_t> keys;
+             {
+               py::gil_scoped_release nogil;
+               t.export_keys(keys);
+             }
+             const py::ssize_t n = static_cast<py::ssize_t>(keys.size());
+             return owned_array(std::move(keys), {n});
+           })
       .def("export",
            [](const EmbeddingTable& t) {
              std::vector<int64_t> keys;

@@ -234,8 +234,7 @@ int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector
   return erased;
 }
 
-void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const {
-  std::shared_lock<std::shared_mutex> lk(mu_);
+std::vector<std::pair<int64_t, uint32_t>> EmbeddingTable::sorted_keys_locked() const {
   std::vector<std::pair<int64_t, uint32_t>> kv;
   kv.reserve(index_.size());
   index_.for_each([&](int64_t k, uint32_t r) { kv.emplace_back(k, r); });
@@ -245,6 +244,19 @@ void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>&
   for (int64_t k : tier_keys)
     if (index_.find(k) == kNoRow) kv.emplace_back(k, kNoRow);  // else memory holds the current row
   std::sort(kv.begin(), kv.end());
+  return kv;
+}
+
+void EmbeddingTable::export_keys(std::vector<int64_t>& keys) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  const std::vector<std::pair<int64_t, uint32_t>> kv = sorted_keys_locked();
+  keys.resize(kv.size());
+  for (size_t i = 0; i < kv.size(); ++i) keys[i] = kv[i].first;
+}
+
+void EmbeddingTable::export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  const std::vector<std::pair<int64_t, uint32_t>> kv = sorted_keys_locked();
   const int64_t n = static_cast<int64_t>(kv.size());
   keys.resize(n);
   std::vector<uint32_t> ids(n);

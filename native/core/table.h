@@ -80,6 +80,8 @@ class EmbeddingTable {
   uint64_t pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids_out);
   // Sorted by key, memory and tier rows together.
   void export_rows(std::vector<int64_t>& keys, std::vector<float>& rows) const;
+  // The keys export_rows would return (sorted; memory and tier), without their rows.
+  void export_keys(std::vector<int64_t>& keys) const;
   MemoryStats memory() const;
   // Sorted by key: each row in the table's storage type, row_bytes(row_type,
   // dim) bytes (tier rows, kept in fp32 below, are encoded on the way out).
@@ -311,6 +313,8 @@ class EmbeddingTable {
   TierOptions tier_opt_;
 
  private:
+  // (key, row id or kNoRow for a tier-only key) of every key, sorted; mu_ held (shared is enough).
+  std::vector<std::pair<int64_t, uint32_t>> sorted_keys_locked() const;
   void read_row_locked(uint32_t id, float* row, float* state) const;
   // The row's stored bytes (row_bytes of the table's type) and its state.
   void read_raw_locked(uint32_t id, uint8_t* raw, float* state) const;

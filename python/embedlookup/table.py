@@ -205,6 +205,11 @@ class EmbeddingTable(_StorageMethods):
         """All (keys, rows), sorted by key (rows as float32)."""
         return self._t.export()
 
+    def keys(self) -> np.ndarray:
+        """All keys (in memory and in the tier), sorted: ``export()[0]``
+        without copying the rows."""
+        return self._t.export_keys()
+
     def export_raw(self) -> tuple[np.ndarray, np.ndarray]:
         """All (keys, raw rows), sorted by key, the rows in the table's storage
         type: ``(n, embedlookup.quantize.row_bytes(row_type, dim))`` uint8, the

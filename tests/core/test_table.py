@@ -86,6 +86,9 @@ def test_export_is_sorted_and_complete():
     k, r = t.export()
     np.testing.assert_array_equal(k, np.sort(keys))
     np.testing.assert_array_equal(r, init_uniform(np.sort(keys), 5, -0.01, 0.01, 3))
+    np.testing.assert_array_equal(t.keys(), np.sort(keys))
+    assert t.erase(keys[::2]) == keys[::2].size
+    np.testing.assert_array_equal(t.keys(), np.sort(keys[1::2]))
 
 
 @pytest.mark.parametrize("dim", [1, 7, 8, 13, 64, 130])

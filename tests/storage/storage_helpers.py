@@ -11,6 +11,7 @@ def assert_same(a, b):
     kb, rb = b.export()
     np.testing.assert_array_equal(ka, kb)
     np.testing.assert_array_equal(ra, rb)
+    np.testing.assert_array_equal(a.keys(), ka)  # memory and tier keys, without the rows
 
 
 def push_delta(src, replica, seen: int) -> int:

@@ -302,8 +302,7 @@ class ShardCore:
         frequency state beside it, written first: a checkpoint that exists is
         complete); returns the version saved."""
         if self.kind == "frequency":
-            keys = self.table.export()[0]
-            _write_npz(freq_path(path), self.table.frequency_state(keys))
+            _write_npz(freq_path(path), self.table.frequency_state(self.table.keys()))
         return self.table.save(path)
 
     def _log_pull(self, kind: str, args: tuple) -> None:
@@ -599,7 +598,7 @@ class ShardCore:
         """FrequencyTable.frequency_state of the whole table (FrequencyTable shards)."""
         if self.kind != "frequency":
             raise ValueError("frequency_state: this shard holds an EmbeddingTable (table='embedding')")
-        return self.table.frequency_state(self.table.export()[0])
+        return self.table.frequency_state(self.table.keys())
 
     def pid(self) -> int:
         return os.getpid()

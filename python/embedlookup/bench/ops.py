@@ -42,11 +42,13 @@ class Case:
     ``run(batch)`` is the timed call. ``output(batch)`` runs the operation
     once from the case's initial state and returns what must equal the
     reference (called once, before any ``run``). ``after()`` runs untimed
-    after each timed sample (e.g. to undo inserts)."""
+    after each timed sample (e.g. to undo inserts). ``close()`` runs once
+    when the op is done with the case (e.g. stops a server)."""
 
     run: Callable[[Batch], object]
     output: Callable[[Batch], np.ndarray]
     after: Callable[[], None] | None = None
+    close: Callable[[], None] | None = None
     max_inner: int = 1000
 
 

@@ -198,8 +198,7 @@ def _ps_case(op: str, backend: str, subject_name: str, **server_options):
             client.flush()  # every push applied
             return np.concatenate([fwd, exact.pull(k)])
 
-        run.server = server  # lives as long as the case
-        return Case(run, output)
+        return Case(run, output, close=server.shutdown)  # the op is done: the server's processes stop
 
     return factory
 

@@ -210,7 +210,22 @@ def _time_call(case: Case, batches, k0: int, inner: int) -> float:
     return dt
 
 
-def _run_op(
+def _run_op(*args, **kwargs) -> list[dict]:
+    """:func:`_run_op_cases`, then every case it made is closed (a server's
+    processes stopped) whatever happened: the next op or pass makes its own."""
+    made: list[Case] = []
+    try:
+        return _run_op_cases(*args, made=made, **kwargs)
+    finally:
+        for case in made:
+            if case.close is not None:
+                try:
+                    case.close()
+                except Exception:  # noqa: BLE001 - a failed close must not hide the op's results
+                    pass
+
+
+def _run_op_cases(
     data: WorkloadData,
     op_name: str,
     subjects: list[str],
@@ -219,6 +234,7 @@ def _run_op(
     check: bool = True,
     prior: dict | None = None,
     passes_left: int = 0,
+    made: list | None = None,
 ) -> list[dict]:
     """One op of one workload for every subject. ``check=False`` (passes
     after the first, on identically generated data) skips the output check
@@ -245,6 +261,8 @@ def _run_op(
             if check and s != "embedlookup" and ref is None:
                 raise Skip("embedlookup itself did not run, nothing to check against")
             case = op.impls[s](data)
+            if made is not None:
+                made.append(case)
             if not check:
                 cases[s] = case
                 continue

@@ -436,10 +436,9 @@ class RayBackend:
 
     def _suspend_graph(self) -> None:
         """Tears the graph down and builds none until :meth:`_resume_graph`.
-        For measurement (bench/bench_ps_graph_idle.py: what an idle graph's
-        polling actors cost the work beside them), not a user API: a graph
-        rebuilt over the same actor processes measured slower here
-        (docs/ps.md, "Ray transport")."""
+        For measurement, not a user API: bench/bench_ps_graph_idle.py (what
+        an idle graph's polling actors cost the work beside them) and
+        bench/bench_ps_graph_rebuild.py."""
         with self._glock:
             self._graph_at = 0
             self._drop_graph()

@@ -440,3 +440,34 @@ def test_a_run_asks_for_torch_huge_pages_before_anything_imports_torch():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     out = run.stdout
     assert "every subject's large arrays on transparent huge pages" in out and out.strip().endswith("1")
+
+
+def test_every_case_is_closed_once_its_op_is_done(registry):
+    """Case.close runs once per case and pass, after the op's rounds, for a
+    case that ran and for one whose output did not match (never timed)."""
+    subject("closing", "peer", "embedlookup's pooled sum, counting its closes")
+    subject("closing-wrong", "peer", "a wrong pooled sum, counting its closes")
+    events = []
+
+    @implements("pooled_sum", "closing")
+    def _(data):
+        def run(b):
+            events.append("run")
+            return data.table.pooled_lookup(b.keys, b.offsets)
+
+        return Case(run, run, close=lambda: events.append("close"))
+
+    @implements("pooled_sum", "closing-wrong")
+    def _(data):
+        def run(b):
+            return data.table.pooled_lookup(b.keys, b.offsets) + 1.0
+
+        return Case(run, run, close=lambda: events.append("close-wrong"))
+
+    rep = bench.run([(_small(), ["pooled_sum"])],
+                    Config(subjects=["embedlookup", "closing", "closing-wrong"], **dict(FAST, passes=2)))
+    by = {r["subject"]: r for r in rep["results"]}
+    assert by["closing"]["status"] == "ok" and by["closing-wrong"]["status"] == "mismatch"
+    assert events.count("close") == 2 and events.count("close-wrong") == 1  # the mismatch is not run again
+    first_close = events.index("close")
+    assert events[:first_close].count("run") >= 2  # closed after its check and its timed runs

@@ -11,7 +11,11 @@ apply_pooled_gradients on the forward's ids, all cores), ``local``,
 shards, one thread each. 1 M x 64 rows, batch 4096 x 32, uniform keys,
 Adagrad. Each process: warm-up, then ``--steps`` timed steps; its median.
 The ratios are medians over the alternations of (in-process median / the
-subject's median) of neighbouring processes.
+subject's median) of neighbouring processes. Where the time goes, per step
+(medians over the alternations): the client process's CPU time, and each
+shard's time inside ``pooled_pull`` / ``push_pooled`` (``busy_s``; the
+slower shard's). ``--wait-share 0`` turns the graph client's sleep before
+reading off (it then polls from the submission on, as before GraphWait).
 
     PYTHONPATH=python python bench/bench_ps_isolated.py --alternations 3
 """
@@ -80,9 +84,26 @@ def median_step(step, batches, steps: int) -> float:
     return float(np.median(times))
 
 
-def _child(subject: str, steps: int, rows: int) -> float:
-    step, batches, _ = setup(subject, rows)
-    return median_step(step, batches, steps)
+def _child(subject: str, steps: int, rows: int, wait_share: float | None = None) -> dict:
+    """The subject's median step, and per step the client process's CPU time
+    and the slower shard's time in each data call."""
+    if wait_share is not None:
+        from embedlookup.ps import _backends
+
+        _backends.WAIT_SHARE = wait_share
+    step, batches, server = setup(subject, rows)
+
+    def busy():
+        return [] if server is None else [dict(s["busy_s"]) for s in server.stats()["shards"]]
+
+    b0, c0 = busy(), time.process_time()
+    med = median_step(step, batches, steps)
+    c1, b1 = time.process_time(), busy()
+    out = {"step_s": med, "client_cpu_s": (c1 - c0) / steps}
+    for m in ("pooled_pull", "push_pooled"):
+        if b1:
+            out[f"{m}_s"] = max(b.get(m, 0.0) - a.get(m, 0.0) for a, b in zip(b0, b1)) / steps
+    return out
 
 
 def main(argv=None) -> dict:
@@ -90,26 +111,35 @@ def main(argv=None) -> dict:
     p.add_argument("--alternations", type=int, default=3)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--wait-share", type=float, default=None,
+                   help="the graph client's WAIT_SHARE (0: it polls from the submission on)")
     p.add_argument("--json", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(_child(a.child, a.steps, a.rows)))
+        print(json.dumps(_child(a.child, a.steps, a.rows, a.wait_share)))
         return {}
-    med = {s: [] for s in SUBJECTS}
+    runs = {s: [] for s in SUBJECTS}
+    extra = [] if a.wait_share is None else ["--wait-share", str(a.wait_share)]
     for r in range(a.alternations):
         order = SUBJECTS if r % 2 == 0 else SUBJECTS[::-1]
         for s in order:
             out = subprocess.run([sys.executable, __file__, "--child", s, "--steps", str(a.steps), "--rows",
-                                  str(a.rows)], capture_output=True, text=True, check=True)
-            med[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"alternation {r + 1}/{a.alternations} {s}: {med[s][-1] * 1e3:.2f} ms a step", flush=True)
+                                  str(a.rows), *extra], capture_output=True, text=True, check=True)
+            runs[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"alternation {r + 1}/{a.alternations} {s}: {runs[s][-1]['step_s'] * 1e3:.2f} ms a step",
+                  flush=True)
+    med = {s: [x["step_s"] for x in v] for s, v in runs.items()}
     share = {s: float(np.median([i / x for i, x in zip(med["inprocess"], med[s])])) for s in SUBJECTS[1:]}
     res = {"step_ms": {s: float(np.median(v)) * 1e3 for s, v in med.items()}, "share_of_inprocess": share,
-           "alternations": a.alternations, "steps": a.steps}
+           "per_step_ms": {s: {k[:-2]: float(np.median([x[k] for x in v])) * 1e3 for k in v[0] if k != "step_s"}
+                           for s, v in runs.items()},
+           "alternations": a.alternations, "steps": a.steps, "wait_share": a.wait_share}
     for s in SUBJECTS[1:]:
         print(f"{s}: {res['step_ms'][s]:.2f} ms a step, {share[s]:.0%} of the in-process step's speed "
               f"({res['step_ms']['inprocess']:.2f} ms)")
+    for s in SUBJECTS:
+        print(f"{s} per step: " + ", ".join(f"{k} {v:.2f} ms" for k, v in res["per_step_ms"][s].items()))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -482,7 +482,11 @@ class FrequencyTable(EmbeddingTable):
         if self.cold_row_type is not None:
             raise NotImplementedError("frequency_state: a FrequencyTable with cold_row_type keeps int8 rows "
                                       "whose precision a checkpoint does not carry (they load as fp32)")
-        score, last, _ = self.inspect(keys)
+        score, last, ids = self.inspect(keys)
+        missing = np.flatnonzero(ids == np.iinfo(np.uint32).max)
+        if missing.size:
+            raise KeyError(f"keys: {missing.size} of the keys have no row in this table (the first, "
+                           f"{int(np.asarray(keys)[missing[0]])}, at position {int(missing[0])})")
         s = self._t.save_state()
         return {"keys": np.ascontiguousarray(keys, dtype=np.int64), "scores": np.ascontiguousarray(score),
                 "last_step": np.ascontiguousarray(last, dtype=np.uint32), "clock": np.uint32(s["clock"]),

@@ -70,6 +70,8 @@ def test_restore_refuses_what_does_not_fit():
     after = t.frequency_state(keys)
     for k in before:
         np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+    with pytest.raises(KeyError, match="no row"):
+        t.frequency_state(np.append(keys, 10_000))
     cold = el.FrequencyTable(4, optimizer=el.optim.SGD(), cold_row_type="int8", budget_bytes=1 << 16, policy="lfu")
     with pytest.raises(NotImplementedError, match="cold_row_type"):
         cold.frequency_state(np.zeros(0, np.int64))

@@ -158,24 +158,24 @@ def freq_path(ckpt: str) -> str:
     return ckpt + ".freq.npz"
 
 
-def _write_npz(path: str, arrays: dict) -> None:
+def _write_atomic(path: str, write, mode: str = "wb") -> None:
+    """``write(file)`` into ``path`` durably: a temp file fsynced, renamed
+    over ``path``, the directory fsynced (a crash leaves the old or the new)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    with open(tmp, mode) as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    _write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
+    _write_atomic(path, lambda f: json.dump(obj, f), "w")
 
 
 class ShardCore:

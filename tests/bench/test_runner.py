@@ -186,8 +186,12 @@ def test_runs_without_torch(monkeypatch):
     assert "torch" not in rep["machine"]["versions"]
 
 
-def test_passes_pool_rounds_in_alternating_order(registry):
+def test_passes_pool_rounds_in_alternating_order(registry, monkeypatch):
     # Records the order ops run in; rounds of both passes pool per subject.
+    # Every subject sampled every round: a later pass calibrates on one call of
+    # a fresh case, which on a loaded machine can look > 4x slower than
+    # embedlookup's and trigger every-k-th-round sampling (its own test below).
+    monkeypatch.setattr(bench.runner, "_sampling_every", lambda sample_time: {s: 1 for s in sample_time})
     seen = []
     subject("recorder", "peer", "embedlookup's pooled sum, noting each op it runs")
 

@@ -362,6 +362,28 @@ def test_direct_reads_are_counted_by_the_block_device(tmp_path):
     t.close()
 
 
+def test_the_benchmarks_dense_work_runs_blas_on_the_threads_asked():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from embedlookup.bench import ssd
+
+    def blas_threads():
+        return {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy reports no BLAS to threadpoolctl")
+    with ssd._blas_threads(1)():
+        assert blas_threads() == {1}
+    assert blas_threads() == before  # restored afterwards
+    with ssd._blas_threads(None)():
+        assert blas_threads() == before
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="compute_threads"):
+            ssd._blas_threads(bad)
+    with pytest.raises(ValueError, match="compute_threads"):
+        ssd.run(".", only=(), compute_threads=0)
+
+
 @pytest.mark.parametrize("mode", ["pread", "fixture"])
 def test_a_read_racing_writes_that_reuse_its_slots_returns_current_rows(tmp_path, io, mode):
     # get() reads the device without the tier's lock (a write-back never waits

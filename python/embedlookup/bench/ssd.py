@@ -32,6 +32,7 @@ wrong in that direction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -196,25 +197,51 @@ def miss_service(folder: str, rows: int, dim: int, batch: int, calls: int, dev) 
         os.remove(path)
 
 
-def _dense_compute(ms: float):
-    """A step of dense work (matrix products, GIL released) taking ~ms milliseconds here."""
+def _blas_threads(threads: int | None):
+    """A factory of contexts that hold BLAS at ``threads`` threads
+    (threadpoolctl); None: BLAS's own default."""
+    if threads is None:
+        return contextlib.nullcontext
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"compute_threads must be an int >= 1 or None, got {threads!r}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as e:  # pragma: no cover - the bench extra installs it
+        raise ImportError("compute_threads needs threadpoolctl: pip install 'embedlookup[bench]'") from e
+    return lambda: threadpool_limits(limits=threads, user_api="blas")
+
+
+def _dense_compute(ms: float, threads: int | None = None):
+    """A step of dense work (matrix products, GIL released) taking ~ms milliseconds here.
+
+    ``threads``: BLAS threads for it (threadpoolctl; None: BLAS's default, every
+    core). One thread leaves the other cores to the tier's I/O, as a trainer
+    whose dense layers run on an accelerator leaves its host cores."""
     if ms <= 0:
         return lambda: None
+    limit = _blas_threads(threads)
     a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
     # The fastest of several timings: a fixed amount of work, the same in
     # every run, whatever the machine's load at calibration.
     per = float("inf")
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(10):
-            a @ a
-        per = min(per, (time.perf_counter() - t0) / 10)
+    with limit():
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                a @ a
+            per = min(per, (time.perf_counter() - t0) / 10)
     reps = max(1, int(ms / 1000 / per))
 
     def run():
-        for _ in range(reps):
-            a @ a
+        with limit():
+            for _ in range(reps):
+                a @ a
     return run
+
+
+def _threads_note(t: dict) -> str:
+    n = t.get("compute_threads")
+    return f" on {n} thread{'s' if n != 1 else ''}" if n else ""
 
 
 def _clocks(t, tier) -> dict:
@@ -259,10 +286,11 @@ def read_path(folder: str) -> str:
 
 def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float, batch: int, pooling: int,
              steps: int, compute_ms: float, dev, uniform: bool = False, log=print, rounds: int = 1,
-             io: str = "auto") -> dict:
+             io: str = "auto", compute_threads: int | None = None) -> dict:
     """Training throughput: all rows in DRAM vs memory_frac in DRAM over an
     O_DIRECT tier, with and without prefetch one batch ahead. ``io``: the
-    tier's read path ("auto": :func:`read_path`)."""
+    tier's read path ("auto": :func:`read_path`). ``compute_threads``: BLAS
+    threads of the dense work (:func:`_dense_compute`)."""
     if io == "auto":
         io = read_path(folder)
     rng = np.random.default_rng(7)
@@ -280,12 +308,12 @@ def training(folder: str, rows: int, dim: int, alpha: float, memory_frac: float,
     offsets = np.arange(0, batch * pooling, pooling, dtype=np.int64)
     grad = np.full((batch, dim), 1e-3, np.float32)
     opt = el.optim.SGD(lr=0.01)
-    compute = _dense_compute(compute_ms)
+    compute = _dense_compute(compute_ms, compute_threads)
     init = el.init.uniform(seed=1)
     budget = int(rows * memory_frac)
     res = {"rows": rows, "dim": dim, "alpha": None if uniform else alpha, "keys": "uniform" if uniform else "zipf",
            "memory_rows": budget, "batch": batch, "pooling": pooling, "steps": steps, "compute_ms": compute_ms,
-           "rounds": rounds, "io": io}
+           "rounds": rounds, "io": io, "compute_threads": compute_threads}
 
     def step(t, v):
         t.pooled_lookup(v, offsets)
@@ -476,7 +504,7 @@ def write_plot(res: dict, path: str) -> str | None:
         ax.set_xticks(x)
         ax.set_xticklabels(names, fontsize=8)
         ax.set_ylabel("median step time (ms)")
-        extra = f", +{t['compute_ms']:.0f} ms dense work" if t.get("compute_ms") else ""
+        extra = f", +{t['compute_ms']:.0f} ms dense work{_threads_note(t)}" if t.get("compute_ms") else ""
         ax.set_title(f"{t['keys']} {t['rows'] / 1e6:g} M rows, {t['memory_rows'] / t['rows']:.0%} in DRAM, "
                      f"batch {t['batch']}x{t['pooling']}{extra}\n{sp['misses']:.0f} misses/step; prefetch "
                      f"{sp['achieved_gain']:.2f}x (bound {sp['gain_bound_tier']:.2f}x), "
@@ -492,7 +520,8 @@ def write_plot(res: dict, path: str) -> str | None:
 def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000, dim: int = 64,
         alpha: float = 1.05, memory_frac: float = 0.10, batch: int = 4096, pooling: int = 32, steps: int = 8,
         compute_ms: float = 0.0, miss_batch: int = 16384, miss_calls: int = 4, log=print, rounds: int = 1,
-        io: str = "auto") -> dict:
+        io: str = "auto", compute_threads: int | None = None) -> dict:
+    _blas_threads(compute_threads)  # a bad value fails before any measurement
     dev = block_device(folder)
     res = {"folder": os.path.abspath(folder), "block_device": dev, "queue_depth": QUEUE_DEPTH}
     if "device" in only:
@@ -512,7 +541,7 @@ def run(folder: str, only=("device", "miss", "training"), rows: int = 1_000_000,
         log(f"  miss service: {json.dumps(m)}")
     if "training" in only:
         res["training"] = training(folder, rows, dim, alpha, memory_frac, batch, pooling, steps, compute_ms, dev,
-                                   log=log, rounds=rounds, io=io)
+                                   log=log, rounds=rounds, io=io, compute_threads=compute_threads)
     return res
 
 
@@ -559,7 +588,7 @@ def format_section(res: dict) -> str:
         if not t:
             continue
         sp = t.get("split", {})
-        lines.append(f"  {key} ({t['compute_ms']:.0f} ms dense work/step): DRAM {t['dram']['samples_per_s']:.0f}, "
+        lines.append(f"  {key} ({t['compute_ms']:.0f} ms dense work/step{_threads_note(t)}): DRAM {t['dram']['samples_per_s']:.0f}, "
                      f"tier {t['tier']['samples_per_s']:.0f}, tier+prefetch {t['tier_prefetch']['samples_per_s']:.0f} "
                      f"samples/s; prefetch/DRAM {t['prefetch_vs_dram']:.2f}, prefetch/no-prefetch "
                      f"{t['prefetch_vs_no_prefetch']:.2f} ({t['tier_prefetch']['source']})")
@@ -590,6 +619,8 @@ def main(argv=None):
     ap.add_argument("--pooling", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--compute-ms", type=float, default=0.0, help="dense work per training step (ms)")
+    ap.add_argument("--compute-threads", type=int, default=None,
+                    help="BLAS threads of the dense work (default: every core; 1 leaves the other cores to the tier)")
     ap.add_argument("--io", default="auto", choices=("auto", "direct", "aio", "uring"),
                     help="the tier's read path in training (auto: uring where the kernel takes it, else direct)")
     ap.add_argument("--rounds", type=int, default=1,
@@ -600,7 +631,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     folder = a.dir or tempfile.mkdtemp(prefix="elssd-", dir=".")
     res = run(folder, tuple(a.only.split(",")), a.rows, a.dim, a.alpha, a.memory_frac, a.batch, a.pooling, a.steps,
-              a.compute_ms, rounds=a.rounds, io=a.io)
+              a.compute_ms, rounds=a.rounds, io=a.io, compute_threads=a.compute_threads)
     if a.dir is None:
         os.rmdir(folder)
     plot = a.plot or (os.path.splitext(a.out)[0] + "_steps.png" if a.out else None)

@@ -1,13 +1,14 @@
 """A standalone experiment behind docs/engine.md ("The training step"): the
 training step's forward and backward timed apart, each against the gather
-probe run between them (so all three see the same machine state), 1 thread.
+probe run between them (so all three see the same machine state), 1 thread
+(or the count given; the probes then run at that count too).
 
 Table of 1 M rows x 64 under random 64-bit keys, batch 4096 x pooling 32,
 keys uniform (or Zipf(1.05) over a permutation of the rows), row-wise
 Adagrad (or Adagrad). The forward and backward are the calls
 HashEmbeddingBag makes: the backward gets the forward's row ids.
 Run from a checkout after scripts/dev-build:
-  PYTHONPATH=python python3 native/bench/experiments/step_split.py 25 [rowwise|adagrad] [uniform|zipf]
+  PYTHONPATH=python python3 native/bench/experiments/step_split.py 25 [rowwise|adagrad] [uniform|zipf] [threads]
 Prints the medians and the step's bytes (keys read + distinct rows read and
 written) over the time at the median gather rate.
 """
@@ -24,7 +25,8 @@ rows, dim, B, P = 1_000_000, 64, 4096, 32
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 25
 kind = sys.argv[2] if len(sys.argv) > 2 else "rowwise"
 zipf = len(sys.argv) > 3 and sys.argv[3] == "zipf"
-t = el.EmbeddingTable(dim, num_threads=1, initializer=el.init.uniform(-0.01, 0.01, seed=1))
+threads = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+t = el.EmbeddingTable(dim, num_threads=threads, initializer=el.init.uniform(-0.01, 0.01, seed=1))
 keys = np.random.default_rng(1).integers(0, 2**62, rows)
 t.lookup(keys)
 opt = el.optim.Adagrad(lr=0.01, rowwise=kind == "rowwise")
@@ -62,8 +64,8 @@ for r in range(rounds):
     t0 = time.perf_counter()
     backward(k, off, g, ep)
     bw.append(time.perf_counter() - t0)
-    gather.append(_probes.gather_bandwidth(256 << 20, 256, B * P, 1, 1))
-    update.append(_probes.update_bandwidth(256 << 20, 256, int(d), 1, 1))
+    gather.append(_probes.gather_bandwidth(256 << 20, 256, B * P, 1, threads))
+    update.append(_probes.update_bandwidth(256 << 20, 256, int(d), 1, threads))
 G = np.median(gather)
 row_s = 256 / G  # seconds per row gathered
 state = 4 if kind == "rowwise" else 256

@@ -81,6 +81,7 @@ void bind_frequency(py::module_& m) {
              py::gil_scoped_release nogil;
              t.relayout(chunk);
            })
+      .def("set_discard_evicted", &FrequencyTable::set_discard_evicted, py::arg("discard"))
       .def("take_evicted",
            [](FrequencyTable& t) {
              EvictedRows e = t.take_evicted();

@@ -212,7 +212,7 @@ int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector
     if (id == kNoRow) continue;
     free_rows_.push_back(id);
     if (freed) freed->push_back(id);
-    tombstones_[keys[i]] = v;
+    tombstones_.assign(keys[i], v);
     if (row_in_tier_[id]) {
       row_in_tier_[id] = 0;
       --rows_in_both_;
@@ -225,7 +225,7 @@ int64_t EmbeddingTable::erase_locked(const int64_t* keys, int64_t n, std::vector
     std::vector<uint8_t> in_tier(n);
     tier_->contains(keys, n, in_tier.data());  // the index only: no row is read
     for (int64_t i = 0; i < n; ++i)
-      if (in_tier[i]) tombstones_[keys[i]] = v;
+      if (in_tier[i]) tombstones_.assign(keys[i], v);
     erased += tier_->erase(keys, n) - erased_in_both;
     unstage(keys, n);  // a prefetched copy of an erased key must not come back
   }
@@ -505,7 +505,7 @@ MemoryStats EmbeddingTable::memory() const {
   m.state_bytes = state_ ? state_->bytes() : 0;
   m.metadata_bytes = row_keys_.capacity() * sizeof(int64_t) + free_rows_.capacity() * sizeof(uint32_t);
   // row versions (8 B/row) and tombstones (~32 B per erased key in the map)
-  m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + row_in_tier_.capacity() + tombstones_.size() * 32;
+  m.metadata_bytes += row_version_.capacity() * sizeof(uint64_t) + row_in_tier_.capacity() + tombstones_.bytes();
   m.rows = index_.size();
   return m;
 }

@@ -26,6 +26,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "../structures/flat_key_map.h"
 #include "../structures/key_index.h"
 #include "../structures/row_arena.h"
 #include "../structures/row_seqlock.h"
@@ -308,7 +309,7 @@ class EmbeddingTable {
   // durable; the memory copy always wins, and a write-back overwrites the copy.
   std::vector<uint8_t> row_in_tier_;
   int64_t rows_in_both_ = 0;  // rows with row_in_tier_ set: keys counted once by size()
-  std::unordered_map<int64_t, uint64_t> tombstones_;  // erased key -> version of the erase
+  FlatKeyMap<uint64_t> tombstones_;  // erased key -> version of the erase
   std::shared_ptr<StorageTier> tier_;
   TierOptions tier_opt_;
 

@@ -144,8 +144,9 @@ void EmbeddingTable::collect(uint64_t since, bool full, bool with_versions, RowB
   }
   if (!full) {
     std::vector<std::pair<int64_t, uint64_t>> dead;
-    for (const auto& kv : tombstones_)
-      if (kv.second > since) dead.push_back(kv);
+    tombstones_.for_each([&](int64_t key, uint64_t v) {
+      if (v > since) dead.emplace_back(key, v);
+    });
     std::sort(dead.begin(), dead.end());
     for (const auto& kv : dead) {
       b.dead_keys.push_back(kv.first);
@@ -243,7 +244,7 @@ void EmbeddingTable::apply_batch(const RowBatchView& b, bool convert) {
     const int64_t k = b.dead_keys[i];
     const uint32_t id = index_.erase(k);
     if (id != kNoRow) free_rows_.push_back(id);
-    tombstones_[k] = b.dead_versions[i];
+    tombstones_.assign(k, b.dead_versions[i]);
   }
   if (!b.dead_keys.empty()) layout_epoch_.fetch_add(1);  // freed ids: cached row ids are stale
   if (tier_) {

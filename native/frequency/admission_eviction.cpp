@@ -7,8 +7,6 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
 
 #include "frequency_table.h"
 #include "frequency_util.h"
@@ -23,19 +21,21 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
   (void)w;
   // Keys with rows in the tier were promoted by the read path already (no
   // admission test: they earned a row before).
-  // Distinct missing keys in first-occurrence order, with their counts.
-  std::unordered_map<int64_t, uint32_t> slot_of;
+  // Distinct missing keys in first-occurrence order, with their counts; each
+  // missing position's index into them (filled with the new ids at the end).
+  FlatKeyMap<uint32_t> slot_of;
   std::vector<int64_t> fresh;
-  std::vector<uint32_t> count;
+  std::vector<uint32_t> count, slot_at;
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] != kNoRow) continue;
     ++cs.misses;
-    auto it = slot_of.emplace(keys[i], static_cast<uint32_t>(fresh.size()));
-    if (it.second) {
+    const auto got = slot_of.try_emplace(keys[i], static_cast<uint32_t>(fresh.size()));
+    if (got.second) {
       fresh.push_back(keys[i]);
       count.push_back(0);
     }
-    ++count[it.first->second];
+    ++count[got.first];
+    slot_at.push_back(got.first);
   }
   cs.hits = n - cs.misses;
   // The batch fits the budget: frequency_read checked its distinct keys before the clock moved.
@@ -45,9 +45,19 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
   std::vector<uint32_t> id_of(fresh.size(), kNoRow);
   std::vector<uint32_t> created;
   index_.reserve(index_.size() + fresh.size());
+  // The sketch's verdicts first, its counters fetched a few keys ahead (each
+  // add reads and writes one random line per sketch row); allocation leaves
+  // the sketch alone, so this is the order of one key at a time.
+  std::vector<uint8_t> seen_enough(fresh.size(), 1);
+  if (fo_.admit_count > 1) {
+    constexpr size_t kAhead = 8;
+    for (size_t u = 0; u < fresh.size(); ++u) {
+      if (u + kAhead < fresh.size()) sketch_.prefetch(fresh[u + kAhead]);
+      seen_enough[u] = sketch_.add(fresh[u], count[u]) >= static_cast<uint64_t>(fo_.admit_count);
+    }
+  }
   for (size_t u = 0; u < fresh.size(); ++u) {
-    bool admit = true;
-    if (fo_.admit_count > 1) admit = sketch_.add(fresh[u], count[u]) >= static_cast<uint64_t>(fo_.admit_count);
+    bool admit = seen_enough[u] != 0;
     if (admit && fo_.admit_probability < 1.0) admit = admission_coin(fo_.admit_seed, fresh[u], now) < fo_.admit_probability;
     if (!admit) {
       ++cs.rejected;
@@ -69,8 +79,9 @@ void FrequencyTable::admit_missing(const int64_t* keys, int64_t n, uint32_t* ids
     init_state_row(id);
     meta_[id] = RowMeta{0.0f, now};
   }
+  size_t miss = 0;
   for (int64_t i = 0; i < n; ++i)
-    if (ids[i] == kNoRow) ids[i] = id_of[slot_of[keys[i]]];
+    if (ids[i] == kNoRow) ids[i] = id_of[slot_at[miss++]];
 }
 
 void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
@@ -111,6 +122,21 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
     for (uint32_t id : victims) meta_[id].score = -1.0f;
     return;
   }
+  if (discard_evicted_ && !sink_) {
+    // on_evict="drop": nobody takes the rows, so they are not copied out;
+    // the keys still leave tombstones (deltas carry evictions), as hand_out's.
+    const uint64_t ver = version_.load() + 1;
+    for (uint32_t id : victims) {
+      const int64_t key = row_keys_[id];
+      index_.erase(key);
+      free_rows_.push_back(id);
+      meta_[id].score = -1.0f;
+      tombstones_.assign(key, ver);
+    }
+    layout_epoch_.fetch_add(1);  // freed ids may be reused, as below
+    ++version_;
+    return;
+  }
   const int64_t sd = state_ ? state_->stride() : 0;
   std::vector<int64_t> keys(victims.size());
   std::vector<float> rows(victims.size() * opt_.dim), state(victims.size() * sd), scores(victims.size());
@@ -133,6 +159,11 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
 
 void FrequencyTable::hand_out(const std::vector<int64_t>& keys, const float* rows, const float* state, int64_t sd,
                               const std::vector<float>& scores, const std::vector<uint32_t>& last) {
+  if (discard_evicted_ && !sink_) {  // on_evict="drop": tombstones only, as below
+    for (int64_t key : keys) tombstones_.assign(key, version_.load() + 1);
+    ++version_;
+    return;
+  }
   EvictedRows local;
   std::unique_lock<std::mutex> buf_lk(evicted_mu_, std::defer_lock);
   EvictedRows* out = &local;
@@ -159,17 +190,21 @@ void FrequencyTable::hand_out(const std::vector<int64_t>& keys, const float* row
     if (sd) std::copy_n(state + i * sd, sd, out->state.begin() + s0);
     out->scores.push_back(scores[i]);
     out->last.push_back(last[i]);
-    tombstones_[keys[i]] = version_.load() + 1;  // deltas carry evictions
+    tombstones_.assign(keys[i], version_.load() + 1);  // deltas carry evictions
   }
   ++version_;
   if (sink_) sink_(local);
 }
 
 std::vector<uint32_t> FrequencyTable::eviction_candidates(int64_t need, uint32_t now) {
-  // Candidates: live rows not touched by this call.
+  // Candidates: live rows not touched by this call. Each carries its key:
+  // rows of equal score and step are ordered by key, and with the key beside
+  // them the sort no longer reads row_keys_ at random (ties are the common
+  // case: rows seen once in the same step).
   struct Cand {
     double s;
     uint32_t last, id;
+    int64_t key;
   };
   std::vector<Cand> cand;
   cand.reserve(index_.size());
@@ -177,7 +212,7 @@ std::vector<uint32_t> FrequencyTable::eviction_candidates(int64_t need, uint32_t
   auto consider = [&](uint32_t id) {
     const RowMeta& m = meta_[id];
     if (m.score < 0.0f || m.last >= now) return;  // touched by this call (or a later concurrent one)
-    cand.push_back(Cand{lfu ? score_at(m, now) : 0.0, m.last, id});
+    cand.push_back(Cand{lfu ? score_at(m, now) : 0.0, m.last, id, row_keys_[id]});
   };
   if (cold_) {
     // Live rows from the index: rows loaded by a delta have no score yet
@@ -194,7 +229,7 @@ std::vector<uint32_t> FrequencyTable::eviction_candidates(int64_t need, uint32_t
   auto before = [&](const Cand& a, const Cand& b) {
     if (a.s != b.s) return a.s < b.s;
     if (a.last != b.last) return a.last < b.last;
-    return row_keys_[a.id] < row_keys_[b.id];
+    return a.key < b.key;
   };
   need = std::max<int64_t>(0, std::min<int64_t>(need, static_cast<int64_t>(cand.size())));
   if (need < static_cast<int64_t>(cand.size())) std::nth_element(cand.begin(), cand.begin() + need, cand.end(), before);
@@ -307,6 +342,11 @@ EvictedRows FrequencyTable::take_evicted() {
   EvictedRows r;
   std::swap(r, evicted_buf_);
   return r;
+}
+
+void FrequencyTable::set_discard_evicted(bool discard) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  discard_evicted_ = discard;
 }
 
 void FrequencyTable::set_eviction_sink(std::function<void(const EvictedRows&)> sink) {

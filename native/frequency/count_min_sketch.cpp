@@ -10,12 +10,6 @@ namespace embedlookup {
 CountMinSketch::CountMinSketch(int64_t width, int64_t depth)
     : width_(width), depth_(depth), counts_(static_cast<size_t>(width * depth), 0u) {}
 
-size_t CountMinSketch::slot(int64_t key, int64_t row) const {
-  // One independent-looking hash per row: the key's hash re-mixed with the row.
-  const uint64_t h = mix64(hash_key(key) + 0x632be59bd9b4e019ULL * static_cast<uint64_t>(row + 1));
-  return static_cast<size_t>(row * width_) + (h & static_cast<uint64_t>(width_ - 1));
-}
-
 uint32_t CountMinSketch::estimate(int64_t key) const {
   uint32_t m = UINT32_MAX;
   for (int64_t r = 0; r < depth_; ++r) m = std::min(m, counts_[slot(key, r)]);

@@ -110,6 +110,9 @@ class FrequencyTable : public EmbeddingTable {
   // Called under the table's exclusive lock with each eviction batch; must not
   // call back into the table. Replaces the export buffer.
   void set_eviction_sink(std::function<void(const EvictedRows&)> sink);
+  // on_evict="drop": evicted rows are not collected at all (only counted and
+  // tombstoned), which saves copying each evicted row out twice.
+  void set_discard_evicted(bool discard);
 
   FrequencyStats stats() const;
 
@@ -223,6 +226,7 @@ class FrequencyTable : public EmbeddingTable {
   mutable std::mutex evicted_mu_;
   EvictedRows evicted_buf_;
   std::function<void(const EvictedRows&)> sink_;
+  bool discard_evicted_ = false;
 
   std::shared_ptr<ColdRowStore> cold_;  // also tier_ when set
   ColdRowsOptions co_;

@@ -203,6 +203,7 @@ class FrequencyTable(EmbeddingTable):
         fo.hot_fraction = hot_fraction
         self._t = _core.FrequencyTable(_table_options(self._dim, self.initializer, 0, num_threads, row_type,
                                                       rounding_seed), fo)
+        self.on_evict = on_evict  # again, now that the native table exists (see the property)
         if tier is not None:
             if on_evict is not None:
                 raise ValueError("on_evict and tier are exclusive: with a tier, evicted rows are written to it")
@@ -338,6 +339,19 @@ class FrequencyTable(EmbeddingTable):
                 st[name] += x
         if cs[4]:
             self._drain()
+
+    @property
+    def on_evict(self):
+        """What happens to evicted rows: ``None`` (buffered for
+        :meth:`take_evicted`), ``"drop"`` (not collected at all: only counted,
+        and tombstoned for deltas) or a callable (called with each batch)."""
+        return self._on_evict
+
+    @on_evict.setter
+    def on_evict(self, value) -> None:
+        self._on_evict = value
+        if isinstance(getattr(self, "_t", None), _core.FrequencyTable):  # set again once it exists
+            self._t.set_discard_evicted(isinstance(value, str) and value == "drop")
 
     def _drain(self) -> None:
         if self.on_evict is None:

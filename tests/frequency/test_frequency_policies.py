@@ -141,3 +141,41 @@ def test_count_min_sketch_never_undercounts():
         m.step(b)
         t.lookup(b)
         assert set(m.rows) <= set(t.export()[0].tolist())
+
+
+def test_drop_discards_rows_but_evicts_counts_and_tombstones_like_the_buffer():
+    # on_evict="drop" does not collect evicted rows at all; everything else
+    # (which rows stay, their values, the counts, the tombstones deltas carry)
+    # equals a table that buffers them for take_evicted.
+    rng = np.random.default_rng(5)
+    opts = dict(budget_rows=120, policy="lfu", evict_fraction=0.2, initializer=el.init.uniform(-1, 1, seed=2))
+    drop = el.FrequencyTable(4, on_evict="drop", **opts)
+    buf = el.FrequencyTable(4, **opts)
+    handed = []
+    for step in range(40):
+        keys = rng.integers(0, 300, 64).astype(np.int64)
+        w = rng.random(64).astype(np.float32)
+        np.testing.assert_array_equal(drop.lookup(keys, weights=w), buf.lookup(keys, weights=w))
+        g = rng.standard_normal((64, 4)).astype(np.float32)
+        drop.apply_gradients(keys, g, el.optim.SGD(lr=0.1))
+        buf.apply_gradients(keys, g, el.optim.SGD(lr=0.1))
+        assert drop.take_evicted()["keys"].size == 0
+        handed.extend(buf.take_evicted()["keys"].tolist())
+    k = drop.keys()
+    np.testing.assert_array_equal(k, buf.keys())
+    np.testing.assert_array_equal(drop.find(k)[0], buf.find(k)[0])
+    assert drop.stats()["evicted"] == buf.stats()["evicted"] == len(handed) > 0
+    assert drop.version == buf.version
+    # The header's fields after the lineage (a random id per table) and every
+    # section (keys, versions, rows, state, tombstone keys and versions), equal.
+    a, b = bytes(drop.export_delta(0)), bytes(buf.export_delta(0))
+    assert a[40:128] == b[40:128]
+    for i in range(6):
+        at, n = np.frombuffer(a, np.uint64, 2, 128 + 24 * i).tolist()
+        assert np.frombuffer(b, np.uint64, 2, 128 + 24 * i).tolist() == [at, n]
+        assert a[at:at + n] == b[at:at + n]
+    assert np.frombuffer(a, np.int64, 1, 64)[0] > 0  # it holds tombstones
+    # Switching on_evict after construction takes effect: rows are buffered again.
+    drop.on_evict = None
+    drop.lookup(np.arange(1000, 1100, dtype=np.int64))  # 100 new keys: past the budget
+    assert drop.take_evicted()["keys"].size > 0

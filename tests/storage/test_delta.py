@@ -277,3 +277,42 @@ def test_a_parallel_training_step_stamps_exactly_its_rows():
         assert el.storage.delta_info(d)["rows"] == len(np.unique(values))
         replica.apply_delta(d)  # the step's delta alone brings the replica level with every row
         np.testing.assert_array_equal(replica.export()[1], t.export()[1])
+
+
+def _tombstones(delta) -> dict:
+    """{key: version} of a delta's tombstones, decoded by hand (docs/format.md)."""
+    buf = bytes(delta)
+    n = el.storage.delta_info(delta)["tombstones"]
+    sec = [np.frombuffer(buf, np.uint64, 2, 128 + 24 * i) for i in range(6)]
+    keys = np.frombuffer(buf, np.int64, n, int(sec[4][0]))
+    versions = np.frombuffer(buf, np.uint64, n, int(sec[5][0]))
+    return dict(zip(keys.tolist(), versions.tolist()))
+
+
+def test_tombstones_under_heavy_erase_and_reinsert_churn_match_a_dict_model():
+    # Thousands of keys erased and re-inserted over many rounds (negative and
+    # huge keys too): the tombstone map grows, shifts entries back on erase
+    # and must still hold exactly the keys erased and not back since.
+    rng = np.random.default_rng(3)
+    pool = np.concatenate([rng.integers(-2**62, 2**62, 3000), np.arange(-500, 500)]).astype(np.int64)
+    t = uniform_table()
+    live, dead = set(), {}  # the model: live keys; erased key -> version of its erase
+    marks = [t.version]
+    for _ in range(60):
+        ins = np.unique(rng.choice(pool, 400))
+        t.lookup(ins)
+        for k in ins.tolist():
+            live.add(k)
+            dead.pop(k, None)  # a key back in the table has no tombstone
+        era = np.unique(rng.choice(pool, 300))
+        before = t.version
+        n = t.erase(era)
+        gone = [k for k in era.tolist() if k in live]
+        assert n == len(gone)
+        for k in gone:
+            live.discard(k)
+            dead[k] = before + 1  # the erase's version
+        marks.append(t.version)
+    for since in (marks[0], marks[20], marks[45], marks[-1]):
+        want = {k: v for k, v in dead.items() if v > since}
+        assert _tombstones(t.export_delta(since)) == want

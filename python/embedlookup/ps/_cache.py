@@ -47,33 +47,49 @@ class RowCache:
                                     **opts)
         self.hits = 0
         self.misses = 0
+        # Reused from call to call (the client holds its lock until it is done
+        # with them): a fresh (distinct keys, dim + 2) array per pull, ~14 MB,
+        # was mapped and zeroed by the kernel every time.
+        self._raw = np.empty((0, self.dim + 2), np.float32)
+        self._held = np.empty(0, np.bool_)
+
+    def _buffers(self, n: int):
+        if self._raw.shape[0] < n:
+            self._raw = np.empty((max(n, 2 * self._raw.shape[0]), self.dim + 2), np.float32)
+            self._held = np.empty(self._raw.shape[0], np.bool_)
+        return self._raw[:n], self._held[:n]
 
     def lookup(self, keys: np.ndarray, now: int, bound: int):
         """Scores the keys (admission, eviction), each distinct key once
-        weighted by its occurrences; returns ``(uk, inv, raw, hit)``: the
-        distinct keys, each key's index into them, one cached row per
-        distinct key with its stamp (``(len(uk), dim + 2)``, a fresh array)
-        and whether that copy is at most ``bound`` pushes old (the rows of
-        the others are to be replaced)."""
+        weighted by its occurrences; returns ``(uk, inv, raw, hit, held)``:
+        the distinct keys, each key's index into them, one cached row per
+        distinct key with its stamp (``(len(uk), dim + 2)``, valid until the
+        next call), whether that copy is at most ``bound`` pushes old (the
+        rows of the others are to be replaced) and whether the cache holds a
+        row for the key now (admitted, and kept by the eviction)."""
         uk, inv, counts = _core.distinct_keys(keys)  # a hash pass (np.unique sorts: twice the time)
         w = counts.astype(np.float32)
+        raw, held = self._buffers(uk.shape[0])
+        t = self.table
         if uk.shape[0] > self.rows:  # a table scores at most its budget of distinct keys per call
             top = np.argsort(-counts, kind="stable")[:self.rows]
-            self.table.lookup(uk[top], train=True, weights=w[top])
-            raw, _ = self.table.find(uk)  # the others: zeros (stamp 0, a miss)
+            t.lookup(uk[top], train=True, weights=w[top])
+            t._account(None, t._t.lookup(uk, raw, False, held, None))  # the others: zeros (stamp 0, a miss)
         else:
-            raw = self.table.lookup(uk, train=True, weights=w)  # not admitted: the zero initializer
+            # Not admitted: the zero initializer. held: whether each key has a row after the call.
+            t._account(None, t._t.lookup(uk, raw, True, held, w))
         stamp = raw[:, self.dim].astype(np.float64) * _DIGIT + raw[:, self.dim + 1]
         hit = (stamp > 0) & (now - (stamp - 1) <= bound)
         n_hit = int(counts[hit].sum())
         self.hits += n_hit
         self.misses += keys.shape[0] - n_hit
-        return uk, inv, raw, hit
+        return uk, inv, raw, hit, held
 
-    def fill(self, keys: np.ndarray, rows: np.ndarray, fresh: np.ndarray) -> None:
+    def fill(self, keys: np.ndarray, rows: np.ndarray, fresh: np.ndarray, found: np.ndarray) -> None:
         """Stores the rows just fetched for the keys the cache holds (distinct
-        keys); ``fresh[i]``: how many of this client's pushes row i holds."""
-        _, found = self.table.find(keys)
+        keys; ``found``: the ``held`` of :meth:`lookup` for them, unchanged
+        since: the client's lock is held); ``fresh[i]``: how many of this
+        client's pushes row i holds."""
         if not found.any():
             return
         s = fresh[found] + 1

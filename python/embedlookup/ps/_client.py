@@ -276,12 +276,12 @@ class Client:
         rows contiguous) and each key's index into them; cached copies fresh
         enough are used, the others pulled from the shards (and cached if
         the cache holds their keys)."""
-        uk, inv, raw, hit = self._cache.lookup(k, self._seq, self._bound)
+        uk, inv, raw, hit, held = self._cache.lookup(k, self._seq, self._bound)
         if not hit.all():
             miss = ~hit
             mk = uk[miss]
             rows, fresh = self._pull_shards(mk, fresh=True)
-            self._cache.fill(mk, rows, fresh)
+            self._cache.fill(mk, rows, fresh, held[miss])
             raw[miss, :self._dim] = rows
         return raw[:, :self._dim], inv
 

@@ -26,27 +26,6 @@ class FlatKeyMap {
   bool empty() const { return size_ == 0; }
   size_t bytes() const { return slots_.capacity() * sizeof(Slot) + full_.capacity(); }
 
-  void clear() {
-    slots_.clear();
-    full_.clear();
-    mask_ = 0;
-    size_ = 0;
-  }
-
-  // Room for n keys without growing.
-  void reserve(size_t n) {
-    if (need_grow(n)) rehash(capacity_for(n));
-  }
-
-  // The value of key, or nullptr.
-  const V* find(int64_t key) const {
-    if (size_ == 0) return nullptr;
-    for (size_t i = home(key);; i = (i + 1) & mask_) {
-      if (!full_[i]) return nullptr;
-      if (slots_[i].key == key) return &slots_[i].value;
-    }
-  }
-
   // Sets key's value (inserting it if absent); true when inserted.
   bool assign(int64_t key, V value) {
     if (need_grow(size_ + 1)) rehash(capacity_for(size_ + 1));

@@ -122,32 +122,23 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
     for (uint32_t id : victims) meta_[id].score = -1.0f;
     return;
   }
-  if (discard_evicted_ && !sink_) {
-    // on_evict="drop": nobody takes the rows, so they are not copied out;
-    // the keys still leave tombstones (deltas carry evictions), as hand_out's.
-    const uint64_t ver = version_.load() + 1;
-    for (uint32_t id : victims) {
-      const int64_t key = row_keys_[id];
-      index_.erase(key);
-      free_rows_.push_back(id);
-      meta_[id].score = -1.0f;
-      tombstones_.assign(key, ver);
-    }
-    layout_epoch_.fetch_add(1);  // freed ids may be reused, as below
-    ++version_;
-    return;
-  }
-  const int64_t sd = state_ ? state_->stride() : 0;
+  // on_evict="drop": nobody takes the rows, so only their keys are kept
+  // (hand_out tombstones them); rows, state, scores are not copied out.
+  const bool copy = collects_evicted();
+  const int64_t sd = state_ && copy ? state_->stride() : 0;
+  const size_t nc = copy ? victims.size() : 0;
   std::vector<int64_t> keys(victims.size());
-  std::vector<float> rows(victims.size() * opt_.dim), state(victims.size() * sd), scores(victims.size());
-  std::vector<uint32_t> last(victims.size());
+  std::vector<float> rows(nc * opt_.dim), state(nc * sd), scores(nc);
+  std::vector<uint32_t> last(nc);
   for (size_t i = 0; i < victims.size(); ++i) {
     const uint32_t id = victims[i];
     keys[i] = row_keys_[id];
-    load_row(id, rows.data() + i * opt_.dim);
-    if (sd) std::copy_n(state_->row(id), sd, state.begin() + i * sd);
-    scores[i] = static_cast<float>(score_at(meta_[id], now));
-    last[i] = meta_[id].last;
+    if (copy) {
+      load_row(id, rows.data() + i * opt_.dim);
+      if (sd) std::copy_n(state_->row(id), sd, state.begin() + i * sd);
+      scores[i] = static_cast<float>(score_at(meta_[id], now));
+      last[i] = meta_[id].last;
+    }
     index_.erase(keys[i]);
     free_rows_.push_back(id);
     meta_[id].score = -1.0f;
@@ -159,7 +150,7 @@ void FrequencyTable::evict_rows(std::vector<uint32_t>& victims, uint32_t now) {
 
 void FrequencyTable::hand_out(const std::vector<int64_t>& keys, const float* rows, const float* state, int64_t sd,
                               const std::vector<float>& scores, const std::vector<uint32_t>& last) {
-  if (discard_evicted_ && !sink_) {  // on_evict="drop": tombstones only, as below
+  if (!collects_evicted()) {  // on_evict="drop": the tombstones only, as below
     for (int64_t key : keys) tombstones_.assign(key, version_.load() + 1);
     ++version_;
     return;

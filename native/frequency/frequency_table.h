@@ -227,6 +227,8 @@ class FrequencyTable : public EmbeddingTable {
   EvictedRows evicted_buf_;
   std::function<void(const EvictedRows&)> sink_;
   bool discard_evicted_ = false;
+  // Whether evicted rows go anywhere (a sink, or the buffer for take_evicted).
+  bool collects_evicted() const { return sink_ || !discard_evicted_; }
 
   std::shared_ptr<ColdRowStore> cold_;  // also tier_ when set
   ColdRowsOptions co_;

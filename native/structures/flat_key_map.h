@@ -28,30 +28,16 @@ class FlatKeyMap {
 
   // Sets key's value (inserting it if absent); true when inserted.
   bool assign(int64_t key, V value) {
-    if (need_grow(size_ + 1)) rehash(capacity_for(size_ + 1));
-    size_t i = home(key);
-    for (; full_[i]; i = (i + 1) & mask_)
-      if (slots_[i].key == key) {
-        slots_[i].value = value;
-        return false;
-      }
-    full_[i] = 1;
-    slots_[i] = Slot{key, value};
-    ++size_;
-    return true;
+    const auto at = place(key, value);
+    slots_[at.first].value = value;
+    return at.second;
   }
 
   // Inserts key with `value` unless present; returns its value (the stored
   // one when it was present) and whether it was inserted.
   std::pair<V, bool> try_emplace(int64_t key, V value) {
-    if (need_grow(size_ + 1)) rehash(capacity_for(size_ + 1));
-    size_t i = home(key);
-    for (; full_[i]; i = (i + 1) & mask_)
-      if (slots_[i].key == key) return {slots_[i].value, false};
-    full_[i] = 1;
-    slots_[i] = Slot{key, value};
-    ++size_;
-    return {value, true};
+    const auto at = place(key, value);
+    return {slots_[at.first].value, at.second};
   }
 
   // Removes key; true when it was there. Backward shift: the following
@@ -87,6 +73,18 @@ class FlatKeyMap {
     int64_t key;
     V value;
   };
+  // key's slot, inserting it with `value` if absent (growing first); and
+  // whether it was inserted.
+  std::pair<size_t, bool> place(int64_t key, V value) {
+    if (need_grow(size_ + 1)) rehash(capacity_for(size_ + 1));
+    size_t i = home(key);
+    for (; full_[i]; i = (i + 1) & mask_)
+      if (slots_[i].key == key) return {i, false};
+    full_[i] = 1;
+    slots_[i] = Slot{key, value};
+    ++size_;
+    return {i, true};
+  }
   // Load at most 1/2: short runs keep erase's shift and the misses' probes short.
   static size_t capacity_for(size_t n) {
     size_t c = 16;

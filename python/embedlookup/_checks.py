@@ -249,16 +249,17 @@ def huge_copy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def out_array(out, name: str, shape: tuple, **inputs) -> np.ndarray:
-    """A fresh result array, or ``out`` checked: float32, ``shape``,
-    C-contiguous, writeable and not overlapping any of ``inputs`` (the
-    call's already-converted input arrays, by argument name)."""
+def out_array(out, name: str, shape: tuple, *, dtype=np.float32, **inputs) -> np.ndarray:
+    """A fresh result array, or ``out`` checked: ``dtype`` (float32),
+    ``shape``, C-contiguous, writeable and not overlapping any of ``inputs``
+    (the call's already-converted input arrays, by argument name)."""
     if out is None:
-        return aligned_empty(shape, np.float32)
+        return aligned_empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         out = to_numpy(out, name)
-    if out.dtype != np.float32 or out.shape != tuple(shape):
-        raise ValueError(f"{name} must be a float32 array of shape {tuple(shape)}, got {out.dtype} {out.shape}")
+    if out.dtype != dtype or out.shape != tuple(shape):
+        raise ValueError(f"{name} must be a {np.dtype(dtype).name} array of shape {tuple(shape)}, "
+                         f"got {out.dtype} {out.shape}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"{name} must be C-contiguous and writeable")
     no_overlap(out, name, **inputs)

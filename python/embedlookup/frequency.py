@@ -171,15 +171,13 @@ class FrequencyTable(EmbeddingTable):
             raise ValueError(f"default_row='cold' needs row_type 'fp32' (the cold row is a learned fp32 row), "
                              f"got row_type={row_type!r}")
         hot_fraction = _float("hot_fraction", hot_fraction, low=0.0, high=1.0, low_open=False)
-        if not (on_evict is None or on_evict == "drop" or callable(on_evict)):
-            raise ValueError(f"on_evict must be None, 'drop' or a callable, got {on_evict!r}")
         max_batch_keys = _int("max_batch_keys", max_batch_keys, low=1, allow_none=True)
         if budget_rows and max_batch_keys and budget_rows < max_batch_keys:
             raise ValueError(f"budget_rows={budget_rows} is below one batch's distinct keys "
                              f"(max_batch_keys={max_batch_keys}): a batch's rows could not all be kept")
         self.budget_rows, self.policy, self.default_row = budget_rows, policy, default_row
         self.half_life = half_life
-        self.on_evict = on_evict
+        self.on_evict = on_evict  # checked by the property
         self._namespaced = features is not None and features is not False
         self._auto_features = features is True
         self._feature_ids: dict = {}
@@ -349,9 +347,12 @@ class FrequencyTable(EmbeddingTable):
 
     @on_evict.setter
     def on_evict(self, value) -> None:
+        drop = isinstance(value, str) and value == "drop"
+        if not (value is None or drop or callable(value)):
+            raise ValueError(f"on_evict must be None, 'drop' or a callable, got {value!r}")
         self._on_evict = value
         if isinstance(getattr(self, "_t", None), _core.FrequencyTable):  # set again once it exists
-            self._t.set_discard_evicted(isinstance(value, str) and value == "drop")
+            self._t.set_discard_evicted(drop)
 
     def _drain(self) -> None:
         if self.on_evict is None:
@@ -375,16 +376,22 @@ class FrequencyTable(EmbeddingTable):
 
     # ---------------------------------------------------------------- lookups
     def lookup(self, keys, *, train: bool = True, weights=None, feature=None, out=None,
-               insert: bool | None = None) -> np.ndarray:
+               insert: bool | None = None, found=None) -> np.ndarray:
         """Rows of ``keys`` (n, dim). ``train=True`` advances the clock, scores
         the keys (each occurrence adds ``weights[i]``, default 1), admits and
         evicts. Keys without a row read the default row. ``insert`` is
-        accepted as EmbeddingTable's name for ``train``."""
+        accepted as EmbeddingTable's name for ``train``. ``found``: an
+        optional bool array (n,) set to whether each key holds a row after
+        the call (admitted now or before, and not evicted)."""
         train = train if insert is None else insert
         k = self.namespaced_keys(keys, feature, "keys")
         w = None if weights is None else self._score_weights(weights, k.shape[0], "weights")
         o = _checks.out_array(out, "out", (k.shape[0], self._dim), keys=k, weights=w)
-        self._account(feature, self._t.lookup(k, o, bool(train), None, w))
+        if found is not None:
+            if not isinstance(found, np.ndarray):  # a converted copy would not reach the caller
+                raise TypeError(f"found must be a numpy bool array of shape ({k.shape[0]},), got {type(found).__name__}")
+            found = _checks.out_array(found, "found", (k.shape[0],), dtype=np.bool_, keys=k, weights=w, rows=o)
+        self._account(feature, self._t.lookup(k, o, bool(train), found, w))
         return o
 
     def find(self, keys, *, feature=None, out=None) -> tuple[np.ndarray, np.ndarray]:

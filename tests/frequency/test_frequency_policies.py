@@ -179,3 +179,26 @@ def test_drop_discards_rows_but_evicts_counts_and_tombstones_like_the_buffer():
     drop.on_evict = None
     drop.lookup(np.arange(1000, 1100, dtype=np.int64))  # 100 new keys: past the budget
     assert drop.take_evicted()["keys"].size > 0
+    with pytest.raises(ValueError, match="on_evict"):
+        drop.on_evict = "discard"
+    assert drop.on_evict is None
+    with pytest.raises(ValueError, match="on_evict"):
+        el.FrequencyTable(4, on_evict="bogus")
+
+
+def test_lookup_reports_which_keys_hold_a_row_after_the_call():
+    t = el.FrequencyTable(4, admit_count=2, sketch_width=1 << 10, budget_rows=4, evict_fraction=0.0)
+    held = np.zeros(4, np.bool_)
+    t.lookup(np.array([1, 2, 3, 4], np.int64), found=held)
+    assert not held.any()  # seen once: none admitted
+    keys = np.array([1, 2, 5, 1], np.int64)
+    held = np.ones(4, np.bool_)
+    t.lookup(keys, found=held)
+    np.testing.assert_array_equal(held, t.find(keys)[1])  # what a serving lookup sees afterwards
+    np.testing.assert_array_equal(held, [True, True, False, True])
+    before = (len(t), t.stats()["clock"], t.version)
+    for bad in (np.zeros(4, np.uint8), np.zeros(3, np.bool_), np.zeros((4, 1), np.bool_), [True] * 4,
+                np.zeros(8, np.bool_)[::2]):
+        with pytest.raises((ValueError, TypeError), match="found"):
+            t.lookup(keys, found=bad)
+    assert (len(t), t.stats()["clock"], t.version) == before  # refused before anything changed

@@ -70,14 +70,12 @@ class RowCache:
         uk, inv, counts = _core.distinct_keys(keys)  # a hash pass (np.unique sorts: twice the time)
         w = counts.astype(np.float32)
         raw, held = self._buffers(uk.shape[0])
-        t = self.table
         if uk.shape[0] > self.rows:  # a table scores at most its budget of distinct keys per call
             top = np.argsort(-counts, kind="stable")[:self.rows]
-            t.lookup(uk[top], train=True, weights=w[top])
-            t._account(None, t._t.lookup(uk, raw, False, held, None))  # the others: zeros (stamp 0, a miss)
-        else:
-            # Not admitted: the zero initializer. held: whether each key has a row after the call.
-            t._account(None, t._t.lookup(uk, raw, True, held, w))
+            self.table.lookup(uk[top], train=True, weights=w[top])
+            _, held = self.table.find(uk, out=raw)  # the others: zeros (stamp 0, a miss)
+        else:  # not admitted: the zero initializer
+            self.table.lookup(uk, train=True, weights=w, out=raw, found=held)
         stamp = raw[:, self.dim].astype(np.float64) * _DIGIT + raw[:, self.dim + 1]
         hit = (stamp > 0) & (now - (stamp - 1) <= bound)
         n_hit = int(counts[hit].sum())

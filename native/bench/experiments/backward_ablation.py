@@ -23,39 +23,12 @@ import time
 
 import numpy as np
 
-import embedlookup as el
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_split import setup  # noqa: E402  the same table, batches and calls
 
-rows, dim, B, P = 1_000_000, 64, 4096, 32
 dist, threads, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:] or ["base"]
 switches = {s for v in variants for s in v.split(",") if s != "base"}
-t = el.EmbeddingTable(dim, num_threads=threads, initializer=el.init.uniform(-0.01, 0.01, seed=1))
-keys = np.random.default_rng(1).integers(0, 2**62, rows)
-t.lookup(keys)
-opt = el.optim.Adagrad(lr=0.01, rowwise=True)
-rng = np.random.default_rng(0)
-perm = rng.permutation(rows)
-
-
-def draw():
-    return perm[(rng.zipf(1.05, B * P) - 1) % rows] if dist == "zipf" else rng.integers(0, rows, B * P)
-
-
-batches = [(keys[draw()], np.arange(0, B * P, P, dtype=np.int64),
-            (rng.standard_normal((B, dim)) * 0.01).astype(np.float32)) for _ in range(4)]
-out = np.empty((B, dim), np.float32)
-ids = np.empty(B * P, np.uint32)
-
-
-def forward(k, off):
-    return t._t.pooled_lookup_ids(k, off, B, 0, None, out, True, ids)
-
-
-def backward(k, off, g, epoch):
-    t._t.apply_pooled_gradients(k, off, B, 0, None, None, g, opt._spec(), ids, epoch)
-
-
-for k, off, g in batches[:2]:  # binds the optimizer state, warms up
-    backward(k, off, g, forward(k, off))
+batches, forward, backward, _ = setup("rowwise", dist == "zipf", threads)
 times = {v: [] for v in variants}
 for r in range(int(os.environ.get("ROUNDS", "40"))):
     k, off, g = batches[r % 4]

@@ -200,6 +200,23 @@ void bind_table_training(py::module_& m) {
              py::gil_scoped_release nogil;
              return t.pooled_lookup_ids(b, o, insert, id);
            })
+      .def("resolve_ids",
+           [](EmbeddingTable& t, py::array keys, bool insert, py::array ids) {
+             const int64_t* k = cptr<int64_t>(keys);
+             const int64_t n = static_cast<int64_t>(keys.size());
+             uint32_t* id = ptr<uint32_t>(ids);
+             py::gil_scoped_release nogil;
+             return t.resolve_ids(k, n, insert, id);
+           })
+      .def("pooled_lookup_resolved",
+           [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
+              py::array out, bool insert, py::array ids, uint64_t epoch) {
+             const Bags b = bags(values, offsets, n_bags, mode, weights);
+             float* o = ptr<float>(out);
+             const uint32_t* id = cptr<uint32_t>(ids);
+             py::gil_scoped_release nogil;
+             return t.pooled_lookup_resolved(b, id, epoch, o, insert);
+           })
       .def("pooled_max_argmax",
            [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, py::array out, py::array argmax,
               bool insert, py::array ids) {

@@ -76,6 +76,15 @@ class EmbeddingTable {
   // pooled_lookup that also returns the resolved row ids (ids_out, b.n) and
   // the layout epoch they belong to (for apply_pooled_gradients).
   uint64_t pooled_lookup_ids(const Bags& b, float* out, bool insert, uint32_t* ids_out);
+  // Resolution ahead of the lookup (a pipeline resolves batch t+1 while batch
+  // t computes): the row ids of keys (kNoRow for those without a row when
+  // insert is false) and the layout epoch they belong to. Inserts like a lookup.
+  uint64_t resolve_ids(const int64_t* keys, int64_t n, bool insert, uint32_t* ids_out);
+  // pooled_lookup over ids from resolve_ids / pooled_lookup_ids: reads only
+  // the rows, no index line per key. When the ids are stale (another epoch),
+  // name a missing key or lie outside the table, it resolves b.values as
+  // pooled_lookup does instead. Returns whether the ids were used.
+  bool pooled_lookup_resolved(const Bags& b, const uint32_t* ids, uint64_t ids_epoch, float* out, bool insert);
   // Max pooling that also returns the winning position per (bag, column)
   // (b.mode is ignored), and the row ids / epoch as pooled_lookup_ids.
   uint64_t pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids_out);

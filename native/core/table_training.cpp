@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../cpu/kernels_cpu.h"
+#include "../cpu/pooling_quantized.h"
 #include "../cpu/update_cpu.h"
 #include "read_path.h"
 #include "table.h"
@@ -117,6 +118,46 @@ uint64_t EmbeddingTable::pooled_lookup_ids(const Bags& b, float* out, bool inser
         return pool(v, b, id, out);
       },
       nullptr);
+}
+
+uint64_t EmbeddingTable::resolve_ids(const int64_t* keys, int64_t n, bool insert, uint32_t* ids) {
+  ReadCall c{keys, n, insert, 0, nullptr, {}};
+  return read_path(
+      c, ids, zero_row_.data(),
+      [&](const RowView&, uint32_t* id) {
+        resolve(keys, n, id);
+        int64_t missing = 0;
+        for (int64_t i = 0; i < n; ++i) missing += id[i] == kNoRow;
+        return missing;
+      },
+      nullptr);
+}
+
+bool EmbeddingTable::pooled_lookup_resolved(const Bags& b, const uint32_t* ids, uint64_t ids_epoch, float* out,
+                                            bool insert) {
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    if (ids_epoch == layout_epoch_.load()) {
+      // Every id must name a row this table allocated: a missing key needs the
+      // read path (insertion, the tier), and a forged id must never be read.
+      uint32_t bad = 0;
+      for (int64_t i = 0; i < b.n; ++i) bad |= static_cast<uint32_t>(ids[i] >= next_row_);
+      if (!bad) {
+        const RowView v{&rows_, &seq_, zero_row_.data()};
+        uint32_t* given = const_cast<uint32_t*>(ids);  // read only: keys == nullptr
+        if (opt_.row_type == RowType::kF32)
+          cpu::pool_bags(v, index_, nullptr, given, b.n, b.offsets, b.n_offsets, b.n_bags, opt_.dim, b.mode,
+                         b.weights, out, threads());
+        else
+          cpu::pool_bags_quantized(v, opt_.row_type, index_, nullptr, given, b.n, b.offsets, b.n_offsets, b.n_bags,
+                                   opt_.dim, b.mode, b.weights, out, threads());
+        if (tier_) memory_hits_.fetch_add(b.n, std::memory_order_relaxed);
+        return true;
+      }
+    }
+  }
+  pooled_lookup(b, out, insert);
+  return false;
 }
 
 uint64_t EmbeddingTable::pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids) {

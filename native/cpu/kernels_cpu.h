@@ -25,6 +25,16 @@ namespace cpu {
 
 // Distance (in key positions) at which rows are prefetched ahead of use.
 constexpr int64_t kPrefetchAhead = 16;
+// The fp32 pooled kernel, once a chunk's row ids are known, prefetches each
+// row on two levels: into L2 kL2Ahead positions ahead, into L1 kL1Ahead ahead.
+// One core has few L1 miss buffers and more L2 ones, so L1 prefetches alone
+// stall a random gather on the first (measured 35 -> 19 ns per 256 B row;
+// native/bench/experiments/gather_prefetch.cpp).
+constexpr int64_t kL1Ahead = 32;
+constexpr int64_t kL2Ahead = 80;
+// The index pass of the same kernel: buckets into L2 this far ahead (into L1
+// kPrefetchAhead ahead).
+constexpr int64_t kIndexL2Ahead = 64;
 // Extra distance at which index buckets are prefetched ahead of their probe.
 constexpr int64_t kProbeAhead = 48;
 // Key positions per unit of parallel work.
@@ -35,7 +45,10 @@ const char* isa_name();
 
 // Both resolve keys through the index inside the kernel (ids[] receives the
 // row ids, kNoRow for missing keys, which read as zero rows) and return the
-// number of missing keys.
+// number of missing keys. pool_bags (and pool_bags_quantized) with keys ==
+// nullptr read ids[] as already resolved instead: no index line per key, only
+// the rows (EmbeddingTable::pooled_lookup_resolved; the caller vouches that
+// every id is kNoRow or a live row of this layout).
 int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
                   const int64_t* offsets, int64_t n_offsets, int64_t n_bags, int64_t dim, PoolMode mode,
                   const float* weights, float* out, int nthreads);

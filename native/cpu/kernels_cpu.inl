@@ -73,6 +73,14 @@ struct Resolver {
   static constexpr int64_t kRing = 256;
   size_t home[kRing];
   __attribute__((always_inline)) void advance(int64_t p) {
+    if (!keys) {  // ids given (pool_bags with keys == nullptr): only the rows to prefetch
+      const int64_t resolve_to = std::min(end, p + kPrefetchAhead + 1);
+      for (; next_resolve < resolve_to; ++next_resolve) {
+        missing += ids[next_resolve] >= kTombstone;
+        prefetch_row(v, ids[next_resolve], stride);
+      }
+      return;
+    }
     const int64_t probe_to = std::min(end, p + kPrefetchAhead + kProbeAhead + 1);
     for (; next_probe < probe_to; ++next_probe) {
       const size_t b = index.home(keys[next_probe]);
@@ -107,22 +115,40 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
   int64_t pre_missing = 0;
   // Each key is hashed once: its home bucket waits in a ring from its
   // prefetch to its probe kPrefetchAhead positions later.
-  constexpr int64_t kRingSize = 32;
-  static_assert(kRingSize > kPrefetchAhead && (kRingSize & (kRingSize - 1)) == 0, "ring holds the distance");
+  constexpr int64_t kRingSize = 128;
+  static_assert(kRingSize > kIndexL2Ahead && (kRingSize & (kRingSize - 1)) == 0, "ring holds the distance");
   size_t home[kRingSize];
-  for (int64_t p = p_first; p < std::min(p_last, p_first + kPrefetchAhead); ++p) {
-    home[p & (kRingSize - 1)] = index.home(keys[p]);
-    index.prefetch_bucket(home[p & (kRingSize - 1)]);
-  }
-  for (int64_t p = p_first; p < p_last; ++p) {
-    if (p + kPrefetchAhead < p_last) {
-      const size_t h = index.home(keys[p + kPrefetchAhead]);
-      home[(p + kPrefetchAhead) & (kRingSize - 1)] = h;
-      index.prefetch_bucket(h);
+  if (keys) {  // buckets on two levels too: into L2 kIndexL2Ahead keys ahead, into L1 kPrefetchAhead
+    for (int64_t p = p_first; p < std::min(p_last, p_first + kIndexL2Ahead); ++p) {
+      home[p & (kRingSize - 1)] = index.home(keys[p]);
+      if (p < p_first + kPrefetchAhead)
+        index.prefetch_bucket(home[p & (kRingSize - 1)]);
+      else
+        index.prefetch_bucket_l2(home[p & (kRingSize - 1)]);
     }
-    const uint32_t id = probe(index, home[p & (kRingSize - 1)], keys[p]);
-    ids[p] = id;
-    pre_missing += id == kNoRow;
+    for (int64_t p = p_first; p < p_last; ++p) {
+      if (p + kIndexL2Ahead < p_last) {
+        const size_t h = index.home(keys[p + kIndexL2Ahead]);
+        home[(p + kIndexL2Ahead) & (kRingSize - 1)] = h;
+        index.prefetch_bucket_l2(h);
+      }
+      if (p + kPrefetchAhead < p_last) index.prefetch_bucket(home[(p + kPrefetchAhead) & (kRingSize - 1)]);
+      const uint32_t id = probe(index, home[p & (kRingSize - 1)], keys[p]);
+      ids[p] = id;
+      pre_missing += id == kNoRow;
+    }
+  } else {  // ids given: no index pass
+    for (int64_t p = p_first; p < p_last; ++p) pre_missing += ids[p] >= kTombstone;
+  }
+  // The pool pass prefetches rows on two levels (kernels_cpu.h); its first rows here.
+  for (int64_t p = p_first; p < std::min(p_last, p_first + kL2Ahead); ++p) {
+    const uint32_t id = ids[p];
+    const char* q = reinterpret_cast<const char*>(id < kTombstone ? arena.row(id) : v.zero_row);
+    if (p < p_first + kL1Ahead) {
+      for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 3);
+    } else {
+      for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 2);
+    }
   }
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b];
@@ -136,8 +162,13 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
       for (int k = 0; k < V; ++k) acc[k] = v8f{init, init, init, init, init, init, init, init};
       bool consistent = true;
       for (int64_t p = s; p < e; ++p) {
-        if (p + kPrefetchAhead < p_last) {
-          const uint32_t nid = ids[p + kPrefetchAhead];
+        if (p + kL2Ahead < p_last) {
+          const uint32_t nid = ids[p + kL2Ahead];
+          const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
+          for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 2);
+        }
+        if (p + kL1Ahead < p_last) {
+          const uint32_t nid = ids[p + kL1Ahead];
           const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
           for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 3);
         }

@@ -159,50 +159,71 @@ inline void hash_homes(const KeyIndex& index, const int64_t* keys, int64_t n, si
   for (; i < n; ++i) out[i] = index.home(keys[i]);
 }
 
-// Pipeline distance over the flat key stream of a chunk, in keys: the bucket
-// line of key p + 2A is prefetched, key p + A is probed (its line in cache by
-// then) and its row lines prefetched, key p is decoded and accumulated.
-constexpr int64_t kQAhead = 12;
+// Pipeline distances over the flat key stream of a chunk, in keys. At key p:
+// the index bucket of key p + kQHash is prefetched; key p + kQL2 is probed
+// (its bucket in cache by then) and its row lines prefetched into L2; the row
+// of key p + kQL1 is prefetched into L1; key p is decoded and accumulated.
+// Two levels because one core has few L1 miss buffers and more L2 ones: with
+// L1 prefetches alone a random gather stalls on the first (measured 35 ->
+// 19 ns per 256 B row and 10 -> 4 ns per 40 B row, native/bench/experiments/
+// gather_prefetch.cpp). Distances chosen by the same measurement.
+constexpr int64_t kQL1 = 32;
+constexpr int64_t kQL2 = 80;
+constexpr int64_t kQHash = 120;
 
-// Resolves the chunk's keys kQAhead positions ahead of their use (see
-// kQAhead); ids[] keeps the resolved ids, so a bag's retry re-reads them.
+// Resolves the chunk's keys ahead of their use (see kQL2); ids[] keeps the
+// resolved ids, so a bag's retry re-reads them. keys == nullptr: ids[] came
+// resolved (pool_bags_quantized's contract), nothing is hashed or probed.
 struct QResolver {
   const KeyIndex& index;
   const ArenaView arena;
   const char* zero;
   const int64_t* keys;
   uint32_t* ids;
-  int64_t end, rb, next_hash, next_probe, missing = 0;
-  static constexpr int64_t kRing = 64;
-  static_assert(kRing > 2 * kQAhead && (kRing & (kRing - 1)) == 0, "the ring holds the distance");
+  int64_t end, rb, next_hash, next_probe, next_l1, missing = 0;
+  static constexpr int64_t kRing = 128;
+  static_assert(kRing > kQL2 && kQL2 > kQL1 && kQHash > kQL2 && (kRing & (kRing - 1)) == 0,
+                "the ring holds the distance");
   const size_t* home;  // home[q - first]: the bucket of keys[q] (hash_homes), for the chunk's positions
   int64_t first;
   // The row each probed position reads (the zero row for a missing key):
   // valid for positions in (next_probe - kRing, next_probe).
   const uint8_t* rowp[kRing];
-  __attribute__((always_inline)) void hash_one(int64_t q) { index.prefetch_bucket(home[q - first]); }
+  __attribute__((always_inline)) void hash_one(int64_t q) {
+    if (keys) index.prefetch_bucket(home[q - first]);
+  }
+  // Missing keys prefetch the zero row (branch-free); the row's last byte
+  // too, for a row that straddles one more line.
+  template <int Locality>
+  __attribute__((always_inline)) void prefetch_row(const char* row) const {
+    for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(row + c, 0, Locality);
+    __builtin_prefetch(row + rb - 1, 0, Locality);
+  }
   __attribute__((always_inline)) void probe_one(int64_t q) {
-    const uint32_t id = probe_index(index, home[q - first], keys[q]);
-    ids[q] = id;
+    const uint32_t id = keys ? probe_index(index, home[q - first], keys[q]) : ids[q];
+    if (keys) ids[q] = id;
     missing += id == kNoRow;
-    // Missing keys prefetch the zero row (branch-free); the row's last byte
-    // too, for a row that straddles one more line.
     const char* row = id < kTombstone ? reinterpret_cast<const char*>(arena.row(id)) : zero;
     rowp[q & (kRing - 1)] = reinterpret_cast<const uint8_t*>(row);
-    for (int64_t c = 0; c < rb; c += 64) __builtin_prefetch(row + c, 0, 3);
-    __builtin_prefetch(row + rb - 1, 0, 3);
+    prefetch_row<2>(row);
+  }
+  __attribute__((always_inline)) void l1_one(int64_t q) {
+    prefetch_row<3>(reinterpret_cast<const char*>(rowp[q & (kRing - 1)]));
   }
   __attribute__((always_inline)) void advance(int64_t p) {
-    // Steady state: one new bucket to hash and one key to probe per key used.
-    if (__builtin_expect(next_hash == p + 2 * kQAhead && next_hash < end, 1)) {
+    // Steady state: one key enters each stage per key used.
+    if (__builtin_expect(next_hash == p + kQHash && next_hash < end, 1)) {
       hash_one(next_hash++);
       probe_one(next_probe++);
+      l1_one(next_l1++);
       return;
     }
-    const int64_t hash_to = std::min(end, p + 2 * kQAhead + 1);
+    const int64_t hash_to = std::min(end, p + kQHash + 1);
     for (; next_hash < hash_to; ++next_hash) hash_one(next_hash);
-    const int64_t probe_to = std::min(end, p + kQAhead + 1);
+    const int64_t probe_to = std::min(end, p + kQL2 + 1);
     for (; next_probe < probe_to; ++next_probe) probe_one(next_probe);
+    const int64_t l1_to = std::min(end, p + kQL1 + 1);
+    for (; next_l1 < l1_to; ++next_l1) l1_one(next_l1);
   }
 };
 
@@ -229,8 +250,8 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
   thread_local std::vector<size_t> homes;
   if (homes.size() < static_cast<size_t>(p_last - p_first)) homes.resize(static_cast<size_t>(p_last - p_first));
-  hash_homes(index, keys + p_first, p_last - p_first, homes.data());
-  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, 0,
+  if (keys) hash_homes(index, keys + p_first, p_last - p_first, homes.data());
+  QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, p_first, 0,
               homes.data(), p_first, {}};
   // Runtime-dim accumulator (D == 0): in memory, nv vectors.
   std::vector<float> acc_buf(D ? 0 : 8 * nv + 8);

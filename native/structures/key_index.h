@@ -54,6 +54,8 @@ class KeyIndex {
   const IndexBucket& bucket(size_t b) const { return buckets_[b]; }
   size_t next_bucket(size_t b) const { return (b + 1) & mask_; }
   __attribute__((always_inline)) void prefetch(int64_t key) const { __builtin_prefetch(&buckets_[hash_key(key) & mask_], 0, 3); }
+  // Into L2 only: the first of two prefetch levels (native/cpu/kernels_cpu.h, kL2Ahead).
+  __attribute__((always_inline)) void prefetch_bucket_l2(size_t b) const { __builtin_prefetch(&buckets_[b], 0, 2); }
 
   // Key must be absent (the caller has just found it missing under the
   // table's exclusive lock). Grows (rehashes) first when the load would pass

@@ -402,6 +402,14 @@ class FrequencyTable(EmbeddingTable):
         self._account(feature, self._t.lookup(k, o, False, found, None))
         return o, found
 
+    def resolve(self, keys, *, insert: bool = True):
+        """Not offered here: a FrequencyTable scores every access and may
+        admit or evict at each training lookup, so its lookups resolve their
+        own keys (``pooled_lookup(..., return_ids=True)`` still hands the ids
+        to the backward). Resolution ahead is :meth:`EmbeddingTable.resolve`."""
+        raise NotImplementedError("FrequencyTable.resolve: a FrequencyTable's lookups score and admit keys, so they "
+                                  "resolve their own; resolution ahead is EmbeddingTable.resolve")
+
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
                       include_last_offset: bool = False, *, train: bool = True, score_weights=None,
                       feature=None, out=None, insert: bool | None = None, return_ids: bool = False):

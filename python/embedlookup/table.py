@@ -37,9 +37,10 @@ def _row_type_args(dim, row_type, rounding_seed):
 
 class ForwardIds:
     """The row ids a training forward resolved (``pooled_lookup(...,
-    return_ids=True)``), for its backward: ``apply_pooled_gradients(...,
-    forward_ids=...)`` then updates those rows without probing the index
-    again. If rows were freed or moved in between (eviction, relayout), the
+    return_ids=True)`` or :meth:`EmbeddingTable.resolve`), for its backward:
+    ``apply_pooled_gradients(..., forward_ids=...)`` then updates those rows
+    without probing the index again (and ``pooled_lookup(..., resolved=...)``
+    reads them). If rows were freed or moved in between (eviction, relayout), the
     backward notices by the table's layout epoch and probes instead."""
 
     __slots__ = ("table", "values", "ids", "epoch")
@@ -47,14 +48,14 @@ class ForwardIds:
     def __init__(self, table, values, ids, epoch):
         self.table, self.values, self.ids, self.epoch = table, values, ids, int(epoch)
 
-    def check(self, table, values) -> np.ndarray:
+    def check(self, table, values, name: str = "forward_ids") -> np.ndarray:
         """The ids, once ``values`` are known to be the forward's keys of ``table``."""
         if self.table is not table:
-            raise ValueError("forward_ids: they come from another table's pooled_lookup")
+            raise ValueError(f"{name}: they come from another table's pooled_lookup or resolve")
         if values is not self.values and not (
             values.shape == self.values.shape and np.array_equal(values, self.values)
         ):
-            raise ValueError("forward_ids: values differ from the keys of the forward that produced them")
+            raise ValueError(f"{name}: values differ from the keys of the forward that produced them")
         return self.ids
 
 
@@ -163,9 +164,26 @@ class EmbeddingTable(_StorageMethods):
         self._t.lookup(k, o, False, found)
         return o, found
 
+    def resolve(self, keys, *, insert: bool = True) -> ForwardIds:
+        """The rows of ``keys`` (int keys, any shape), resolved now for a
+        later :meth:`pooled_lookup` (``resolved=``) and its backward
+        (``apply_pooled_gradients(..., forward_ids=)``). A training pipeline
+        resolves batch t+1 while batch t computes (as TorchRec remaps IDs in
+        its input stage): the lookup then reads only the rows, not an index
+        line per key. Missing keys are inserted now (``insert=False``: left
+        missing; a lookup over them resolves again). The ids stay valid until
+        a row is freed or moved (erase, eviction, relayout): a later call
+        notices by the table's layout epoch and resolves again, so a stale
+        resolution costs time, never a wrong row (docs/engine.md)."""
+        k = _checks.keys_1d(_checks.to_numpy(keys, "keys").reshape(-1), "keys")
+        ids = np.empty(k.shape[0], dtype=np.uint32)
+        epoch = self._t.resolve_ids(k, bool(insert), ids)
+        ids.flags.writeable = False
+        return ForwardIds(self, k, ids, epoch)
+
     def pooled_lookup(self, values, offsets=None, mode: str = "sum", per_sample_weights=None,
                       include_last_offset: bool = False, *, insert: bool = True, out=None,
-                      return_ids: bool = False):
+                      return_ids: bool = False, resolved: ForwardIds | None = None):
         """Pooled rows per bag, with ``torch.nn.EmbeddingBag``'s semantics.
 
         ``values`` (int64 keys) with ``offsets`` (start of each bag), or a 2-D
@@ -176,11 +194,27 @@ class EmbeddingTable(_StorageMethods):
         Missing keys are inserted (``insert=False``: they count as zero rows).
         Returns (n_bags, dim) float32; with ``return_ids=True`` (sum and mean),
         ``(out, forward_ids)``, to pass to :meth:`apply_pooled_gradients`.
+        ``resolved``: what :meth:`resolve` returned for these values; the
+        lookup then reads the rows by id (same result, no index probe).
         """
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
+        rid = None
+        if resolved is not None:
+            if not isinstance(resolved, ForwardIds):
+                raise TypeError(f"resolved must be what resolve() returned, got {type(resolved).__name__}")
+            rid = resolved.check(self, v, "resolved")
         o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=w)
+        if rid is not None:
+            if return_ids:
+                _forward_ids_mode(mode)
+            if self._t.pooled_lookup_resolved(v, off, n_bags, m, w, o, bool(insert), rid, resolved.epoch):
+                return (o, resolved) if return_ids else o
+            # The ids were stale (or named missing keys): the lookup resolved
+            # again; a backward needs the ids it used.
+            if not return_ids:
+                return o
         if return_ids:
             _forward_ids_mode(mode)
             ids = np.empty(v.shape[0], dtype=np.uint32)

@@ -15,6 +15,7 @@ import reference as ref
 
 FAST = dict(repeats=2, op_time=0, warmup=0, min_time=0.0, limits=False, progress=False)
 OPS = ["pooled_sum_fp16", "pooled_sum_bf16", "pooled_sum_int8", "pooled_sum_int4"]
+OPS += [op + "_resolved" for op in OPS]
 
 
 def test_compressed_ops_agree_with_the_dense_peer_and_fbgemm():
@@ -26,7 +27,7 @@ def test_compressed_ops_agree_with_the_dense_peer_and_fbgemm():
         assert st[(op, "embedlookup")]["status"] == "ok", st[(op, "embedlookup")]
         assert st[(op, "torch")]["status"] == "ok", st[(op, "torch")]  # compared, then timed
         fb = st[(op, "fbgemm")]
-        if op == "pooled_sum_bf16":
+        if op.startswith("pooled_sum_bf16"):
             assert fb["status"] == "skipped"
         else:
             assert fb["status"] in ("ok", "skipped"), fb  # skipped only without fbgemm_gpu
@@ -43,3 +44,18 @@ def test_exact_rows_survive_every_layout(kind):
         np.testing.assert_array_equal(scale.astype(np.float16).astype(np.float32), scale)
         tail = q.row_bytes(kind, values.shape[1]) - 8
         np.testing.assert_array_equal(raw[:, tail:tail + 4].copy().view(np.float32)[:, 0], scale[:200])
+
+
+def test_resolved_ops_and_the_resolution_agree_with_their_peers():
+    # pooled_sum_resolved against dense EmbeddingBag and FBGEMM; resolve
+    # (row ids) against the NumPy user's sorted-vocabulary remap.
+    pytest.importorskip("torch")
+    w = parse_workload(["small", "threads=1", "batches=2"])
+    ops = ["pooled_sum_resolved", "resolve"]
+    rep = bench.run([(w, ops)], Config(subjects=["embedlookup", "torch", "fbgemm", "remap+eb"], **FAST))
+    st = {(r["op"], r["subject"]): r["status"] for r in rep["results"]}
+    assert st[("pooled_sum_resolved", "embedlookup")] == "ok"
+    assert st[("pooled_sum_resolved", "torch")] == "ok"
+    assert st[("pooled_sum_resolved", "fbgemm")] in ("ok", "skipped")
+    assert st[("resolve", "embedlookup")] == "ok"
+    assert st[("resolve", "remap+eb")] == "ok"  # same row numbers, compared before timing

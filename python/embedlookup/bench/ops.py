@@ -420,6 +420,57 @@ for _m in ("sum", "mean", "max"):
     _pooled(_m)
 
 
+# ---------------------------------------------- resolved a batch ahead
+# A training or serving pipeline resolves batch t+1's keys while batch t
+# computes (TorchRec remaps IDs in its input stage the same way): the lookup
+# itself then reads rows by id, as EmbeddingBag reads dense indices. `resolve`
+# is that input stage, timed on its own against the NumPy user's remap.
+operation(
+    "pooled_sum_resolved",
+    "pooled sum over keys resolved ahead (EmbeddingTable.resolve, untimed: the input stage) "
+    "vs peers on dense indices",
+    _n,
+)
+operation(
+    "resolve",
+    "keys to row ids, the input stage of *_resolved (index lines, not rows); rows = keys x 64 B / row bytes",
+    lambda w, b: max(1, b.keys.shape[0] * 64 // w.row_bytes),
+)
+
+
+def resolved_case(table, data: WorkloadData, mode: str = "sum") -> Case:
+    """Pooled lookups of ``table`` over each batch's keys resolved once, before timing."""
+    w = data.workload
+    buf = huge_empty((w.batch, w.dim))
+    res = {id(b): table.resolve(b.keys) for b in data.batches}
+
+    def run(b):
+        return table.pooled_lookup(b.keys, b.offsets, mode=mode, out=buf, resolved=res[id(b)])
+
+    return Case(run, lambda b: run(b).copy())
+
+
+@implements("pooled_sum_resolved", "embedlookup")
+def _(data):
+    return resolved_case(data.table, data)
+
+
+implements("pooled_sum_resolved", "torch")(lambda data: torch_bag_case(data, data.dense, "sum"))
+implements("pooled_sum_resolved", "fbgemm")(OPS["pooled_sum"].impls["fbgemm"])
+
+
+@implements("resolve", "embedlookup")
+def _(data):
+    t = data.table
+
+    def run(b):
+        return t.resolve(b.keys).ids
+
+    # Key i holds arena slot i (WorkloadData.generate): the ids are the keys'
+    # row numbers, which the remap peer computes too.
+    return Case(run, lambda b: run(b).astype(np.int64))
+
+
 # ------------------------------------------------------------------ update
 @implements("update", "embedlookup")
 def _(data):

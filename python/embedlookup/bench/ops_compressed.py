@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import quantize as _q
 from .._checks import huge_empty
-from .ops import Case, Skip, _fbgemm, _nthreads, _tbatches, _torch, implements, operation, torch_bag_case
+from .ops import (Case, Skip, _fbgemm, _nthreads, _tbatches, _torch, implements, operation, resolved_case,
+                  torch_bag_case)
 from .workloads import WorkloadData
 
 TYPES = ("fp16", "bf16", "int8", "int4")
@@ -46,6 +47,8 @@ def _rows_of(kind):
 
 for _k in TYPES:
     operation(f"pooled_sum_{_k}", f"pooled sum over {_k} rows; rows = keys x row_bytes({_k}) / (4 dim)", _rows_of(_k))
+    operation(f"pooled_sum_{_k}_resolved", f"pooled_sum_{_k} over keys resolved ahead (as pooled_sum_resolved)",
+              _rows_of(_k))
 
 
 def exact_rows(dense: np.ndarray, kind: str):
@@ -80,8 +83,7 @@ def _exact(data: WorkloadData, kind: str):
 def _compressed(kind: str):
     op = f"pooled_sum_{kind}"
 
-    @implements(op, "embedlookup")
-    def _el(data):
+    def table(data):
         from ..table import EmbeddingTable
 
         w = data.workload
@@ -91,15 +93,24 @@ def _compressed(kind: str):
             t = EmbeddingTable(w.dim, row_type=kind, num_threads=w.threads or None)
             t.assign(data.keys, values)  # key i -> slot i, the dense peers' row order
             data.cache[tkey] = t
-        t = data.cache[tkey]
-        buf = huge_empty((w.batch, w.dim))
+        return data.cache[tkey]
+
+    @implements(op, "embedlookup")
+    def _el(data):
+        t = table(data)
+        buf = huge_empty((data.workload.batch, data.workload.dim))
 
         def run(b):
             return t.pooled_lookup(b.keys, b.offsets, mode="sum", out=buf)
 
         return Case(run, lambda b: run(b).copy())
 
+    @implements(op + "_resolved", "embedlookup")
+    def _el_resolved(data):
+        return resolved_case(table(data), data)
+
     @implements(op, "torch")
+    @implements(op + "_resolved", "torch")
     def _torch_bag(data):
         return torch_bag_case(data, _exact(data, kind)[0], "sum")
 
@@ -142,6 +153,8 @@ def _compressed(kind: str):
                 return emb(i, off)
 
         return Case(run, lambda b: run(b).numpy().copy())
+
+    implements(op + "_resolved", "fbgemm")(_fb)
 
 
 for _k in TYPES:

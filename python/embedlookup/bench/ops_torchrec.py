@@ -331,6 +331,17 @@ for _m in ("sum", "mean"):
     _remap_pooled(_m)
 
 
+@implements("resolve", "remap+eb")
+def _(data):
+    voc, _ = _remap(data)
+
+    def run(b):
+        return voc.rows(b.keys)
+
+    # Vocabulary positions back to the workload's row numbers (embedlookup's output).
+    return Case(run, lambda b: voc.order[run(b)].astype(np.int64))
+
+
 @implements("lookup", "remap+eb")
 def _(data):
     torch = _torch()

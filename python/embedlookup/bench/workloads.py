@@ -152,6 +152,7 @@ SUITES: dict[str, dict] = {
         "ops": [
             "lookup",
             "pooled_sum",
+            "pooled_sum_resolved",
             "pooled_mean",
             "pooled_max",
             "update",
@@ -162,7 +163,8 @@ SUITES: dict[str, dict] = {
     },
     # The engine's bar: pooled lookup (sum) on the hashed table at least as
     # fast as torch.nn.EmbeddingBag with dense indices, on all cores.
-    "embeddingbag-bar": {"workloads": ["uniform-1m"], "ops": ["pooled_sum"]},
+    # Also with the keys resolved a batch ahead (EmbeddingTable.resolve).
+    "embeddingbag-bar": {"workloads": ["uniform-1m"], "ops": ["pooled_sum", "pooled_sum_resolved"]},
     # The file tier, checkpoints (files under --tier-dir), eviction and relayout.
     "storage": {
         "threads": 1,
@@ -171,11 +173,20 @@ SUITES: dict[str, dict] = {
     },
     # Compressed rows (docs/compressed.md): pooled sum over fp32 / fp16 / bf16 /
     # int8 / int4 tables against dense fp32 EmbeddingBag and FBGEMM's IntNBit
-    # table of the same type. `--threads 0` for all cores.
+    # table of the same type, on raw keys and on keys resolved a batch ahead.
+    # `--threads 0` for all cores.
     "compressed": {
         "threads": 1,
         "workloads": ["uniform-1m", "zipf-1m"],
-        "ops": ["pooled_sum", "pooled_sum_fp16", "pooled_sum_bf16", "pooled_sum_int8", "pooled_sum_int4"],
+        "ops": [f"pooled_sum{t}{r}" for t in ("", "_fp16", "_bf16", "_int8", "_int4") for r in ("", "_resolved")],
+    },
+    # Keys resolved a batch ahead (EmbeddingTable.resolve): the pooled sum
+    # then reads rows only; the resolution itself against the NumPy user's
+    # remap (add --peers remap+eb). `--threads 0` for all cores.
+    "resolved": {
+        "threads": 1,
+        "workloads": ["uniform-1m", "zipf-1m"],
+        "ops": ["pooled_sum", "pooled_sum_resolved", "resolve"],
     },
     "smoke": {"workloads": ["small", "small-zipf"], "ops": None},
     # Training through the parameter server (2 shards; local and Ray) against

@@ -51,7 +51,7 @@ def test_resolved_ops_and_the_resolution_agree_with_their_peers():
     # (row ids) against the NumPy user's sorted-vocabulary remap.
     pytest.importorskip("torch")
     w = parse_workload(["small", "threads=1", "batches=2"])
-    ops = ["pooled_sum_resolved", "resolve"]
+    ops = ["pooled_sum_resolved", "resolve", "train_rowwise_resolved"]
     rep = bench.run([(w, ops)], Config(subjects=["embedlookup", "torch", "fbgemm", "remap+eb"], **FAST))
     st = {(r["op"], r["subject"]): r["status"] for r in rep["results"]}
     assert st[("pooled_sum_resolved", "embedlookup")] == "ok"
@@ -59,3 +59,6 @@ def test_resolved_ops_and_the_resolution_agree_with_their_peers():
     assert st[("pooled_sum_resolved", "fbgemm")] in ("ok", "skipped")
     assert st[("resolve", "embedlookup")] == "ok"
     assert st[("resolve", "remap+eb")] == "ok"  # same row numbers, compared before timing
+    # the step on resolved ids: its output and updated rows against FBGEMM's row-wise Adagrad
+    assert st[("train_rowwise_resolved", "embedlookup")] == "ok"
+    assert st[("train_rowwise_resolved", "fbgemm")] in ("ok", "skipped")

@@ -97,6 +97,45 @@ struct Resolver {
   }
 };
 
+// Resolves keys[p0, p1) into ids[] (kNoRow for missing keys; returns how
+// many): each key hashed once, its bucket prefetched into L2 kIndexL2Ahead keys
+// ahead and into L1 kPrefetchAhead ahead, probes independent of each other.
+__attribute__((always_inline)) inline int64_t resolve_range(const KeyIndex& index, const int64_t* keys,
+                                                           uint32_t* __restrict ids, int64_t p0, int64_t p1) {
+  constexpr int64_t kRingSize = 128;
+  static_assert(kRingSize > kIndexL2Ahead && (kRingSize & (kRingSize - 1)) == 0, "ring holds the distance");
+  size_t home[kRingSize];
+  int64_t missing = 0;
+  for (int64_t p = p0; p < std::min(p1, p0 + kIndexL2Ahead); ++p) {
+    home[p & (kRingSize - 1)] = index.home(keys[p]);
+    if (p < p0 + kPrefetchAhead)
+      index.prefetch_bucket(home[p & (kRingSize - 1)]);
+    else
+      index.prefetch_bucket_l2(home[p & (kRingSize - 1)]);
+  }
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + kIndexL2Ahead < p1) {
+      const size_t h = index.home(keys[p + kIndexL2Ahead]);
+      home[(p + kIndexL2Ahead) & (kRingSize - 1)] = h;
+      index.prefetch_bucket_l2(h);
+    }
+    if (p + kPrefetchAhead < p1) index.prefetch_bucket(home[(p + kPrefetchAhead) & (kRingSize - 1)]);
+    const uint32_t id = probe(index, home[p & (kRingSize - 1)], keys[p]);
+    ids[p] = id;
+    missing += id == kNoRow;
+  }
+  return missing;
+}
+
+// Prefetches the row of id (the zero row for a missing key) into L1
+// (Locality 3) or L2 (2).
+template <int Locality>
+__attribute__((always_inline)) inline void prefetch_row_at(const ArenaView& arena, const float* zero, uint32_t id,
+                                                           int64_t stride) {
+  const char* q = reinterpret_cast<const char*>(id < kTombstone ? arena.row(id) : zero);
+  for (int64_t c = 0; c < stride * 4; c += 64) __builtin_prefetch(q + c, 0, Locality);
+}
+
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 
 // Fixed-stride variant: the bag accumulator lives in S/8 vector registers.
@@ -113,42 +152,17 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
   // prefetched ahead from the resolved ids. Measured faster here than one
   // pipelined pass, where each row prefetch waits on its own index probe.
   int64_t pre_missing = 0;
-  // Each key is hashed once: its home bucket waits in a ring from its
-  // prefetch to its probe kPrefetchAhead positions later.
-  constexpr int64_t kRingSize = 128;
-  static_assert(kRingSize > kIndexL2Ahead && (kRingSize & (kRingSize - 1)) == 0, "ring holds the distance");
-  size_t home[kRingSize];
-  if (keys) {  // buckets on two levels too: into L2 kIndexL2Ahead keys ahead, into L1 kPrefetchAhead
-    for (int64_t p = p_first; p < std::min(p_last, p_first + kIndexL2Ahead); ++p) {
-      home[p & (kRingSize - 1)] = index.home(keys[p]);
-      if (p < p_first + kPrefetchAhead)
-        index.prefetch_bucket(home[p & (kRingSize - 1)]);
-      else
-        index.prefetch_bucket_l2(home[p & (kRingSize - 1)]);
-    }
-    for (int64_t p = p_first; p < p_last; ++p) {
-      if (p + kIndexL2Ahead < p_last) {
-        const size_t h = index.home(keys[p + kIndexL2Ahead]);
-        home[(p + kIndexL2Ahead) & (kRingSize - 1)] = h;
-        index.prefetch_bucket_l2(h);
-      }
-      if (p + kPrefetchAhead < p_last) index.prefetch_bucket(home[(p + kPrefetchAhead) & (kRingSize - 1)]);
-      const uint32_t id = probe(index, home[p & (kRingSize - 1)], keys[p]);
-      ids[p] = id;
-      pre_missing += id == kNoRow;
-    }
+  if (keys) {  // the index pass
+    pre_missing = resolve_range(index, keys, ids, p_first, p_last);
   } else {  // ids given: no index pass
     for (int64_t p = p_first; p < p_last; ++p) pre_missing += ids[p] >= kTombstone;
   }
   // The pool pass prefetches rows on two levels (kernels_cpu.h); its first rows here.
   for (int64_t p = p_first; p < std::min(p_last, p_first + kL2Ahead); ++p) {
-    const uint32_t id = ids[p];
-    const char* q = reinterpret_cast<const char*>(id < kTombstone ? arena.row(id) : v.zero_row);
-    if (p < p_first + kL1Ahead) {
-      for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 3);
-    } else {
-      for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 2);
-    }
+    if (p < p_first + kL1Ahead)
+      prefetch_row_at<3>(arena, v.zero_row, ids[p], S);
+    else
+      prefetch_row_at<2>(arena, v.zero_row, ids[p], S);
   }
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b];
@@ -162,16 +176,8 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
       for (int k = 0; k < V; ++k) acc[k] = v8f{init, init, init, init, init, init, init, init};
       bool consistent = true;
       for (int64_t p = s; p < e; ++p) {
-        if (p + kL2Ahead < p_last) {
-          const uint32_t nid = ids[p + kL2Ahead];
-          const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
-          for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 2);
-        }
-        if (p + kL1Ahead < p_last) {
-          const uint32_t nid = ids[p + kL1Ahead];
-          const char* q = reinterpret_cast<const char*>(nid < kTombstone ? arena.row(nid) : v.zero_row);
-          for (int64_t c = 0; c < S * 4; c += 64) __builtin_prefetch(q + c, 0, 3);
-        }
+        if (p + kL2Ahead < p_last) prefetch_row_at<2>(arena, v.zero_row, ids[p + kL2Ahead], S);
+        if (p + kL1Ahead < p_last) prefetch_row_at<3>(arena, v.zero_row, ids[p + kL1Ahead], S);
         const uint32_t id = ids[p];
         const bool real = id < kTombstone;
         const v8f* row = reinterpret_cast<const v8f*>(real ? arena.row(id) : v.zero_row);
@@ -320,9 +326,19 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : missing)
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t p0 = n * c / n_chunks, p1 = n * (c + 1) / n_chunks;
-    Resolver r{index, v, keys, ids, p1, stride, p0, p0, 0, {}};
+    // Two passes, as the pooled kernel: the chunk's ids, then its rows copied
+    // out with each prefetched into L2 kL2Ahead keys ahead and into L1 kL1Ahead.
+    missing += resolve_range(index, keys, ids, p0, p1);
+    const ArenaView arena = v.arena->view();
+    for (int64_t i = p0; i < std::min(p1, p0 + kL2Ahead); ++i) {
+      if (i < p0 + kL1Ahead)
+        prefetch_row_at<3>(arena, v.zero_row, ids[i], stride);
+      else
+        prefetch_row_at<2>(arena, v.zero_row, ids[i], stride);
+    }
     for (int64_t i = p0; i < p1; ++i) {
-      r.advance(i);
+      if (i + kL2Ahead < p1) prefetch_row_at<2>(arena, v.zero_row, ids[i + kL2Ahead], stride);
+      if (i + kL1Ahead < p1) prefetch_row_at<3>(arena, v.zero_row, ids[i + kL1Ahead], stride);
       const uint32_t id = ids[i];
       float* o = out + i * dim;
       if (found) found[i] = id < kTombstone;
@@ -330,14 +346,13 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
         std::memset(o, 0, sizeof(float) * dim);
         continue;
       }
-      const float* row = v.arena->row(id);
+      const float* row = arena.row(id);
       for (;;) {
         const uint32_t s0 = v.seq->read_begin(id);
         std::memcpy(o, row, sizeof(float) * dim);
         if (v.seq->read_valid(id, s0)) break;
       }
     }
-    missing += r.missing;
   }
   return missing;
 }

@@ -171,7 +171,9 @@ class EmbeddingTable(_StorageMethods):
         resolves batch t+1 while batch t computes (as TorchRec remaps IDs in
         its input stage): the lookup then reads only the rows, not an index
         line per key. Missing keys are inserted now (``insert=False``: left
-        missing; a lookup over them resolves again). The ids stay valid until
+        missing; a lookup over them resolves again); over a tier, the rows
+        named are brought into memory (even with ``promote=False``), since an
+        id names a memory row. The ids stay valid until
         a row is freed or moved (erase, eviction, relayout): a later call
         notices by the table's layout epoch and resolves again, so a stale
         resolution costs time, never a wrong row (docs/engine.md)."""

@@ -210,12 +210,14 @@ void bind_table_training(py::module_& m) {
            })
       .def("pooled_lookup_resolved",
            [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, int mode, py::object weights,
-              py::array out, bool insert, py::array ids, uint64_t epoch) {
+              py::array out, bool insert, py::array ids, uint64_t epoch, py::object fresh_ids) {
              const Bags b = bags(values, offsets, n_bags, mode, weights);
              float* o = ptr<float>(out);
              const uint32_t* id = cptr<uint32_t>(ids);
+             py::array fresh_arr = fresh_ids.is_none() ? py::array() : fresh_ids.cast<py::array>();
+             uint32_t* fresh = fresh_ids.is_none() ? nullptr : ptr<uint32_t>(fresh_arr);
              py::gil_scoped_release nogil;
-             return t.pooled_lookup_resolved(b, id, epoch, o, insert);
+             return t.pooled_lookup_resolved(b, id, epoch, o, insert, fresh);
            })
       .def("pooled_max_argmax",
            [](EmbeddingTable& t, py::array values, py::array offsets, int64_t n_bags, py::array out, py::array argmax,

@@ -71,32 +71,7 @@ size_t EmbeddingTable::size() const {
 }
 
 void EmbeddingTable::resolve(const int64_t* keys, int64_t n, uint32_t* ids) const {
-  // Index buckets are prefetched ahead on two levels (into L2 kL2 keys ahead,
-  // into L1 kL1 ahead: cpu::kL2Ahead says why); probes are independent so the
-  // misses overlap.
-  constexpr int64_t kL1 = 16, kL2 = 64, kRing = 128;
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(), n / 4096 + 1)));
-#pragma omp parallel num_threads(nt)
-  {
-    size_t home[kRing];
-    const int t = omp_get_thread_num();
-    const int64_t i0 = n * t / nt, i1 = n * (t + 1) / nt;
-    for (int64_t i = i0; i < std::min(i1, i0 + kL2); ++i) {
-      home[i & (kRing - 1)] = index_.home(keys[i]);
-      if (i < i0 + kL1)
-        index_.prefetch_bucket(home[i & (kRing - 1)]);
-      else
-        index_.prefetch_bucket_l2(home[i & (kRing - 1)]);
-    }
-    for (int64_t i = i0; i < i1; ++i) {
-      if (i + kL2 < i1) {
-        home[(i + kL2) & (kRing - 1)] = index_.home(keys[i + kL2]);
-        index_.prefetch_bucket_l2(home[(i + kL2) & (kRing - 1)]);
-      }
-      if (i + kL1 < i1) index_.prefetch_bucket(home[(i + kL1) & (kRing - 1)]);
-      ids[i] = index_.find_from(home[i & (kRing - 1)], keys[i]);
-    }
-  }
+  cpu::resolve_keys(index_, keys, ids, n, threads());  // the kernels' index pass
 }
 
 uint32_t EmbeddingTable::allocate_row(int64_t key) {

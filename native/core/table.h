@@ -83,8 +83,11 @@ class EmbeddingTable {
   // pooled_lookup over ids from resolve_ids / pooled_lookup_ids: reads only
   // the rows, no index line per key. When the ids are stale (another epoch),
   // name a missing key or lie outside the table, it resolves b.values as
-  // pooled_lookup does instead. Returns whether the ids were used.
-  bool pooled_lookup_resolved(const Bags& b, const uint32_t* ids, uint64_t ids_epoch, float* out, bool insert);
+  // pooled_lookup does instead, writing the ids it used to fresh_ids when
+  // given (pooled_lookup_ids). Returns whether the given ids were used, and
+  // the epoch of the ids used.
+  std::pair<bool, uint64_t> pooled_lookup_resolved(const Bags& b, const uint32_t* ids, uint64_t ids_epoch, float* out,
+                                                   bool insert, uint32_t* fresh_ids);
   // Max pooling that also returns the winning position per (bag, column)
   // (b.mode is ignored), and the row ids / epoch as pooled_lookup_ids.
   uint64_t pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids_out);

@@ -133,8 +133,9 @@ uint64_t EmbeddingTable::resolve_ids(const int64_t* keys, int64_t n, bool insert
       nullptr);
 }
 
-bool EmbeddingTable::pooled_lookup_resolved(const Bags& b, const uint32_t* ids, uint64_t ids_epoch, float* out,
-                                            bool insert) {
+std::pair<bool, uint64_t> EmbeddingTable::pooled_lookup_resolved(const Bags& b, const uint32_t* ids,
+                                                                  uint64_t ids_epoch, float* out, bool insert,
+                                                                  uint32_t* fresh_ids) {
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
     if (ids_epoch == layout_epoch_.load()) {
@@ -152,12 +153,13 @@ bool EmbeddingTable::pooled_lookup_resolved(const Bags& b, const uint32_t* ids, 
           cpu::pool_bags_quantized(v, opt_.row_type, index_, nullptr, given, b.n, b.offsets, b.n_offsets, b.n_bags,
                                    opt_.dim, b.mode, b.weights, out, threads());
         if (tier_) memory_hits_.fetch_add(b.n, std::memory_order_relaxed);
-        return true;
+        return {true, ids_epoch};
       }
     }
   }
+  if (fresh_ids) return {false, pooled_lookup_ids(b, out, insert, fresh_ids)};
   pooled_lookup(b, out, insert);
-  return false;
+  return {false, 0};
 }
 
 uint64_t EmbeddingTable::pooled_max_argmax(const Bags& b, float* out, int64_t* argmax, bool insert, uint32_t* ids) {

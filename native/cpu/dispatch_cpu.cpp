@@ -20,6 +20,7 @@ namespace cpu {
                     int64_t, int64_t, PoolMode, const float*, float*, int);                                       \
   int64_t gather_rows(const RowView&, const KeyIndex&, const int64_t*, uint32_t*, int64_t, int64_t, float*,       \
                       uint8_t*, int);                                                                             \
+  int64_t resolve_keys(const KeyIndex&, const int64_t*, uint32_t*, int64_t, int);                              \
   }
 EL_DECLARE_ISA(avx2)
 EL_DECLARE_ISA(generic)
@@ -39,6 +40,9 @@ int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, 
 int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
                     int64_t dim, float* out, uint8_t* found, int nt) {
   return (has_avx2() ? avx2::gather_rows : generic::gather_rows)(v, index, keys, ids, n, dim, out, found, nt);
+}
+int64_t resolve_keys(const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n, int nt) {
+  return (has_avx2() ? avx2::resolve_keys : generic::resolve_keys)(index, keys, ids, n, nt);
 }
 GradScan scan_grads(const float* a, int64_t rows, int64_t dim, int64_t stride, int nt) {
   // On the bit patterns: |x| is the pattern without its sign bit, patterns of

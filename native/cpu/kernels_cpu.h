@@ -54,6 +54,9 @@ int64_t pool_bags(const RowView& v, const KeyIndex& index, const int64_t* keys, 
                   const float* weights, float* out, int nthreads);
 int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n,
                     int64_t dim, float* out, uint8_t* found, int nthreads);
+// The kernels' index pass alone: ids[i] = the row of keys[i] (kNoRow when
+// missing; returns how many), buckets prefetched on two levels.
+int64_t resolve_keys(const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n, int nthreads);
 
 // One pass over a gradient matrix (rows x dim, row stride `stride`): the
 // first row holding NaN or inf (-1 when none) and the largest |element| of

@@ -136,6 +136,19 @@ __attribute__((always_inline)) inline void prefetch_row_at(const ArenaView& aren
   for (int64_t c = 0; c < stride * 4; c += 64) __builtin_prefetch(q + c, 0, Locality);
 }
 
+// The first rows of a chunk's row pass, [p0, p0 + kL2Ahead): the first
+// kL1Ahead into L1, the rest into L2; the pass itself keeps both distances.
+__attribute__((always_inline)) inline void prefetch_first_rows(const ArenaView& arena, const float* zero,
+                                                               const uint32_t* ids, int64_t p0, int64_t p1,
+                                                               int64_t stride) {
+  for (int64_t p = p0; p < std::min(p1, p0 + kL2Ahead); ++p) {
+    if (p < p0 + kL1Ahead)
+      prefetch_row_at<3>(arena, zero, ids[p], stride);
+    else
+      prefetch_row_at<2>(arena, zero, ids[p], stride);
+  }
+}
+
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 
 // Fixed-stride variant: the bag accumulator lives in S/8 vector registers.
@@ -157,13 +170,8 @@ int64_t pool_range_reg(const RowView& v, const KeyIndex& index, const int64_t* k
   } else {  // ids given: no index pass
     for (int64_t p = p_first; p < p_last; ++p) pre_missing += ids[p] >= kTombstone;
   }
-  // The pool pass prefetches rows on two levels (kernels_cpu.h); its first rows here.
-  for (int64_t p = p_first; p < std::min(p_last, p_first + kL2Ahead); ++p) {
-    if (p < p_first + kL1Ahead)
-      prefetch_row_at<3>(arena, v.zero_row, ids[p], S);
-    else
-      prefetch_row_at<2>(arena, v.zero_row, ids[p], S);
-  }
+  // The pool pass prefetches rows on two levels (kernels_cpu.h).
+  prefetch_first_rows(arena, v.zero_row, ids, p_first, p_last, S);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t s = off[b];
     const int64_t e = (b + 1 < n_off) ? off[b + 1] : n;
@@ -330,12 +338,7 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
     // out with each prefetched into L2 kL2Ahead keys ahead and into L1 kL1Ahead.
     missing += resolve_range(index, keys, ids, p0, p1);
     const ArenaView arena = v.arena->view();
-    for (int64_t i = p0; i < std::min(p1, p0 + kL2Ahead); ++i) {
-      if (i < p0 + kL1Ahead)
-        prefetch_row_at<3>(arena, v.zero_row, ids[i], stride);
-      else
-        prefetch_row_at<2>(arena, v.zero_row, ids[i], stride);
-    }
+    prefetch_first_rows(arena, v.zero_row, ids, p0, p1, stride);
     for (int64_t i = p0; i < p1; ++i) {
       if (i + kL2Ahead < p1) prefetch_row_at<2>(arena, v.zero_row, ids[i + kL2Ahead], stride);
       if (i + kL1Ahead < p1) prefetch_row_at<3>(arena, v.zero_row, ids[i + kL1Ahead], stride);
@@ -354,6 +357,15 @@ int64_t gather_rows(const RowView& v, const KeyIndex& index, const int64_t* keys
       }
     }
   }
+  return missing;
+}
+
+int64_t resolve_keys(const KeyIndex& index, const int64_t* keys, uint32_t* ids, int64_t n, int nthreads) {
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, n / 4096 + 1)));
+  const int64_t n_chunks = std::max<int64_t>(1, (n + kChunkKeys - 1) / kChunkKeys);
+  int64_t missing = 0;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(+ : missing)
+  for (int64_t c = 0; c < n_chunks; ++c) missing += resolve_range(index, keys, ids, n * c / n_chunks, n * (c + 1) / n_chunks);
   return missing;
 }
 

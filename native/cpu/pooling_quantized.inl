@@ -248,8 +248,10 @@ int64_t pool_range_q(const RowView& v, const KeyIndex& index, const int64_t* key
   const int64_t p_first = b0 < b1 ? off[b0] : 0;
   const int64_t p_last = (b1 < n_off) ? off[b1] : n;
   thread_local std::vector<size_t> homes;
-  if (homes.size() < static_cast<size_t>(p_last - p_first)) homes.resize(static_cast<size_t>(p_last - p_first));
-  if (keys) hash_homes(index, keys + p_first, p_last - p_first, homes.data());
+  if (keys) {  // ids given (keys == nullptr): nothing to hash
+    if (homes.size() < static_cast<size_t>(p_last - p_first)) homes.resize(static_cast<size_t>(p_last - p_first));
+    hash_homes(index, keys + p_first, p_last - p_first, homes.data());
+  }
   QResolver r{index, arena, reinterpret_cast<const char*>(zero), keys, ids, p_last, rb, p_first, p_first, p_first, 0,
               homes.data(), p_first, {}};
   // Runtime-dim accumulator (D == 0): in memory, nv vectors.

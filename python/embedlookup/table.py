@@ -48,6 +48,14 @@ class ForwardIds:
     def __init__(self, table, values, ids, epoch):
         self.table, self.values, self.ids, self.epoch = table, values, ids, int(epoch)
 
+    @staticmethod
+    def ids_for(obj, table, values, name: str) -> np.ndarray:
+        """``obj``'s ids for ``values`` of ``table``; ``TypeError`` unless it is a ForwardIds."""
+        if not isinstance(obj, ForwardIds):
+            raise TypeError(f"{name} must be what pooled_lookup(..., return_ids=True) or resolve() returned, "
+                            f"got {type(obj).__name__}")
+        return obj.check(table, values, name)
+
     def check(self, table, values, name: str = "forward_ids") -> np.ndarray:
         """The ids, once ``values`` are known to be the forward's keys of ``table``."""
         if self.table is not table:
@@ -202,21 +210,19 @@ class EmbeddingTable(_StorageMethods):
         m = _checks.mode_id(mode)
         v, off, n_bags = _checks.bags(values, offsets, include_last_offset)
         w = _checks.bag_weights(per_sample_weights, mode, v.shape[0], getattr(values, "shape", None))
-        rid = None
-        if resolved is not None:
-            if not isinstance(resolved, ForwardIds):
-                raise TypeError(f"resolved must be what resolve() returned, got {type(resolved).__name__}")
-            rid = resolved.check(self, v, "resolved")
+        rid = None if resolved is None else ForwardIds.ids_for(resolved, self, v, "resolved")
         o = _checks.out_array(out, "out", (n_bags, self._dim), values=v, offsets=off, per_sample_weights=w)
         if rid is not None:
             if return_ids:
                 _forward_ids_mode(mode)
-            if self._t.pooled_lookup_resolved(v, off, n_bags, m, w, o, bool(insert), rid, resolved.epoch):
-                return (o, resolved) if return_ids else o
-            # The ids were stale (or named missing keys): the lookup resolved
-            # again; a backward needs the ids it used.
+            # Stale ids (or ids of missing keys): the lookup resolves again,
+            # into `fresh`, the ids a backward then needs.
+            fresh = np.empty(v.shape[0], dtype=np.uint32) if return_ids else None
+            used, epoch = self._t.pooled_lookup_resolved(v, off, n_bags, m, w, o, bool(insert), rid, resolved.epoch,
+                                                         fresh)
             if not return_ids:
                 return o
+            return o, (resolved if used else ForwardIds(self, v, fresh, epoch))
         if return_ids:
             _forward_ids_mode(mode)
             ids = np.empty(v.shape[0], dtype=np.uint32)
@@ -298,10 +304,7 @@ class EmbeddingTable(_StorageMethods):
         g = _checks.floats(grad_output, "grad_output", (n_bags, self._dim))
         ids, epoch = None, 0
         if forward_ids is not None:
-            if not isinstance(forward_ids, ForwardIds):
-                raise TypeError(f"forward_ids must be what pooled_lookup(..., return_ids=True) returned, "
-                                f"got {type(forward_ids).__name__}")
-            ids, epoch = forward_ids.check(self, v), forward_ids.epoch
+            ids, epoch = ForwardIds.ids_for(forward_ids, self, v, "forward_ids"), forward_ids.epoch
         self._t.apply_pooled_gradients(v, off, n_bags, m, w, None, g, opt._spec(), ids, epoch)
 
     # ------------------------------------------------------------------ memory

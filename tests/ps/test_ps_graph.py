@@ -4,6 +4,9 @@ task per shard and call. Same results bit for bit as one table, failures
 fall back to tasks (and the graph is built again), one process holds the
 graph at a time, bad input is refused as by task."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -80,6 +83,64 @@ def test_auto_builds_the_graph_after_a_few_calls(make_server):
     client.pull(keys)
     st = client.stats()["transport"]
     assert st["graph"] and st["graph_calls"] == 1, st
+
+
+@RAY
+def test_the_default_builds_a_graph_only_for_a_stream_of_calls(make_server, monkeypatch):
+    server = make_server(4, 2)  # backend="ray", transport left to its default
+    client = server.client()
+    assert client.stats()["transport"]["transport"] == "auto"
+    keys = np.arange(10, dtype=np.int64)
+    monkeypatch.setattr(_backends, "GRAPH_WINDOW_S", 0.2)
+    for _ in range(_backends.GRAPH_AFTER + 4):  # scattered calls: 8 of them span more than the window
+        client.pull(keys)
+        time.sleep(0.06)
+    assert not client.stats()["transport"]["graph"]
+    monkeypatch.setattr(_backends, "GRAPH_WINDOW_S", 30.0)  # a stream (wide window: a slow CI machine)
+    for _ in range(_backends.GRAPH_AFTER):
+        client.pull(keys)
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_builds"] == 1, st
+
+
+def _cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@RAY
+def test_the_default_drops_an_idle_graph_and_builds_it_again(make_server, monkeypatch):
+    """An idle graph's actors poll (Ray's channel read spins): "auto" tears
+    it down after GRAPH_IDLE_S without a data call, the actors then sleep,
+    and the next stream of calls builds it again; rows as one table's."""
+    import ray
+
+    monkeypatch.setattr(_backends, "GRAPH_IDLE_S", 0.3)
+    monkeypatch.setattr(_backends, "GRAPH_WINDOW_S", 30.0)
+    opt = el.optim.Adagrad(lr=0.1)
+    init = el.init.uniform(seed=2)
+    server = make_server(8, 2, optimizer=opt, table_options={"initializer": init})
+    ref = el.EmbeddingTable(8, optimizer=opt, initializer=init)
+    client = server.client()
+    rng = np.random.default_rng(3)
+    _steps(client, ref, rng, _backends.GRAPH_AFTER)
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_builds"] == 1, st
+    deadline = time.monotonic() + 20
+    while client.stats()["transport"]["graph"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    st = client.stats()["transport"]
+    assert not st["graph"] and st["graph_idle_drops"] == 1 and st["graph_failures"] == 0, st
+    pids = ray.get([a.call.remote("pid") for a in server._b.actors])
+    before = [_cpu_s(p) for p in pids]
+    time.sleep(1.0)
+    used = [_cpu_s(p) - b for p, b in zip(pids, before)]
+    assert max(used) < 0.3, f"the shard actors still busy after the graph was dropped: {used} s of CPU in 1 s"
+    _steps(client, ref, rng, _backends.GRAPH_AFTER)
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_builds"] == 2, st
+    assert_matches_table(server, ref)
 
 
 @RAY

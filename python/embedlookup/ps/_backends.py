@@ -11,16 +11,18 @@ raises :class:`Transient` when the call may succeed if submitted again) and
 
 Ray's per-call cost (an actor task, its arguments and a 1 MiB result through
 the object store: ~4-5 ms a call on this machine) is most of a training
-step's overhead. With ``transport="graph"`` (opt-in) ``RayBackend`` sends
-the data calls (pulls and pushes) through a Ray compiled graph when every
-shard runs on this process's node: one graph over all shard actors, input
-and results through shared-memory channels, one execution per
-``submit_many``. See ``TRANSPORTS``.
+step's overhead. So ``RayBackend`` sends the data calls (pulls and pushes)
+of a stream of them (``transport="auto"``, the default; ``"graph"``: from
+the first) through a Ray compiled graph when every shard runs on this
+process's node: one graph over all shard actors, input and results through
+shared-memory channels, one execution per ``submit_many``. See
+``TRANSPORTS``.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures as cf
 import os
 import threading
@@ -32,16 +34,21 @@ from ._shard import ShardCore, call
 
 NAMESPACE = "embedlookup-ps"
 
-#: Ray transports (``ParameterServer(transport=...)``): "tasks" (default) one actor task per shard and
-#: call; "graph" the data calls through a compiled graph from the first one; "auto" through a graph
-#: once this process has made ``GRAPH_AFTER`` of them (a one-off call never pays the graph's set-up).
+#: Ray transports (``ParameterServer(transport=...)``): "auto" (default) the data calls through a
+#: compiled graph while this process makes them in a stream (``GRAPH_AFTER`` of them within
+#: ``GRAPH_WINDOW_S``: a training loop), torn down after ``GRAPH_IDLE_S`` without one; "graph" through
+#: a graph from the first call, kept while the client lives; "tasks" one actor task per shard and call.
 #: A graph is used only when every shard runs on this node, and only by one process at a time (the
 #: shards grant it to one owner); otherwise, and for every other call and every retry, actor tasks.
-#: Not the default: a graph's actors poll while they wait for input (Ray's channel read spins on
-#: sched_yield), so an idle graph keeps its actors busy (docs/ps.md, "Ray transport"). The client
-#: sleeps through most of its own wait (GraphWait).
+#: A graph's actors poll while they wait for input (Ray's channel read spins on sched_yield), so
+#: "auto" drops an idle graph: polling is paid only between the calls of a stream (docs/ps.md,
+#: "Ray transport"). The client sleeps through most of its own wait (GraphWait).
 TRANSPORTS = ("tasks", "graph", "auto")
 GRAPH_AFTER = 8
+#: "auto": the GRAPH_AFTER data calls that build a graph must fall within this many seconds.
+GRAPH_WINDOW_S = 1.0
+#: "auto": a graph with no data call for this many seconds (and none in flight) is torn down.
+GRAPH_IDLE_S = 1.0
 #: After a graph failed (a shard died, a timeout): data calls through tasks before it is built again.
 GRAPH_RETRY_AFTER = 32
 #: GraphWait: the client sleeps through this share of the shortest of the last WAIT_HISTORY shard times.
@@ -238,7 +245,7 @@ class RayBackend:
 
     def __init__(self, shard_args: list[dict] | None, *, name: str, address=None, max_restarts: int = -1,
                  handles=None, timeout_s: float = 30.0, actor_options: list[dict] | None = None,
-                 transport: str = "tasks"):
+                 transport: str = "auto"):
         ray = _ray()
         self._ray = ray
         self.name = name
@@ -248,6 +255,10 @@ class RayBackend:
         self._graph = None  # the compiled graph while this process holds one
         self._graph_at = {"auto": GRAPH_AFTER, "graph": 1, "tasks": 0}[transport]  # data call that builds it
         self._data_calls = 0
+        self._call_times = collections.deque(maxlen=GRAPH_AFTER)  # "auto": the last data calls' times
+        self._last_call = time.monotonic()
+        self._inflight = 0  # graph executions whose results were not read yet
+        self.graph_idle_drops = 0
         self._glock = threading.RLock()  # a compiled graph is not thread-safe: execute and get under it
         self._token = uuid.uuid4().hex
         self.graph_builds = self.graph_failures = self.graph_calls = 0
@@ -280,7 +291,7 @@ class RayBackend:
         self._share = all(n == ray.get_runtime_context().get_node_id() for n in nodes)
 
     @classmethod
-    def connect(cls, name: str, num_shards: int, transport: str = "tasks"):
+    def connect(cls, name: str, num_shards: int, transport: str = "auto"):
         """The shards of a running server, found by name (a client unpickled in another process)."""
         ray = _ray()
         if not ray.is_initialized():
@@ -335,6 +346,8 @@ class RayBackend:
                         self._drop_graph(e)
                     else:
                         self.graph_calls += 1
+                        self._inflight += 1
+                        self._last_call = time.monotonic()
                         wait = self._wait.start(method)
                         return {i: _GraphHandle(g, refs[i], wait) for i in calls}
         return {i: self.submit(i, method, *a) for i, a in calls.items()}
@@ -356,7 +369,12 @@ class RayBackend:
             return False
         with self._glock:
             self._data_calls += 1
-            if self._graph is None and self._data_calls >= self._graph_at:
+            now = time.monotonic()
+            self._call_times.append(now)
+            due = self._data_calls >= self._graph_at
+            if due and self.transport == "auto":  # only for a stream of calls, not a few scattered ones
+                due = len(self._call_times) == GRAPH_AFTER and now - self._call_times[0] <= GRAPH_WINDOW_S
+            if self._graph is None and due:
                 self._build_graph()
             return self._graph is not None
 
@@ -391,6 +409,10 @@ class RayBackend:
             self._release()
             return
         self.graph_builds += 1
+        self._last_call = time.monotonic()
+        if self.transport == "auto":
+            threading.Thread(target=_idle_watch, args=(weakref.ref(self), self._graph), daemon=True,
+                             name="embedlookup-ps-graph-idle").start()
         global _AT_EXIT
         if not _AT_EXIT:  # registered after Ray's own exit handler, so it runs before it
             atexit.register(_drop_live_graphs)
@@ -400,6 +422,9 @@ class RayBackend:
     def _graph_result(self, h, timeout_s):
         h.wait.sleep()  # not in Ray's read: it polls, and would take a core from the shards meanwhile
         with self._glock:
+            if h.graph is self._graph:
+                self._inflight -= 1
+                self._last_call = time.monotonic()
             try:
                 out, took = self._ray.get(h.ref, timeout=timeout_s)
                 h.wait.took(took)
@@ -418,6 +443,8 @@ class RayBackend:
         g, self._graph = self._graph, None
         if g is None:
             return
+        self._inflight = 0
+        self._call_times.clear()
         self.graph_failures += err is not None
         self._graph_at = self._data_calls + GRAPH_RETRY_AFTER if self._graph_at else 0
         try:
@@ -451,7 +478,26 @@ class RayBackend:
 
     def graph_stats(self) -> dict:
         return {"transport": self.transport, "graph": self._graph is not None, "graph_builds": self.graph_builds,
-                "graph_failures": self.graph_failures, "graph_calls": self.graph_calls}
+                "graph_failures": self.graph_failures, "graph_calls": self.graph_calls,
+                "graph_idle_drops": self.graph_idle_drops}
+
+    def _drop_if_idle(self, graph) -> bool:
+        """("auto") Tears ``graph`` down if it is still this backend's graph and
+        no data call came or was in flight for GRAPH_IDLE_S; the next stream
+        of calls builds one again. True when the watch is over."""
+        if not self._glock.acquire(blocking=False):
+            return False  # a call is executing or reading: not idle
+        try:
+            if self._graph is not graph:
+                return True
+            if self._inflight > 0 or time.monotonic() - self._last_call < GRAPH_IDLE_S:
+                return False
+            self._drop_graph()
+            self._graph_at = self._data_calls + 1  # once GRAPH_AFTER calls come within GRAPH_WINDOW_S
+            self.graph_idle_drops += 1
+            return True
+        finally:
+            self._glock.release()
 
     def crash(self, i: int, lose_next_reply: bool = False) -> None:
         """ray.kill with no_restart=False: the actor process dies and Ray restarts it."""
@@ -533,6 +579,23 @@ class _Execution:
 # would otherwise find their channels open).
 _LIVE_GRAPHS: weakref.WeakSet = weakref.WeakSet()
 _AT_EXIT = False
+
+
+def _idle_watch(backend_ref, graph):
+    """("auto") Drops ``graph`` once its client stopped making data calls, so
+    its actors stop polling; ends when the graph is gone either way."""
+    while True:
+        time.sleep(max(0.01, GRAPH_IDLE_S / 4))
+        b = backend_ref()
+        if b is None or b._graph is not graph:
+            return
+        try:
+            done = b._drop_if_idle(graph)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            return
+        del b
+        if done:
+            return
 
 
 def _drop_live_graphs():

@@ -468,7 +468,7 @@ class Client:
     def __setstate__(self, st):
         from ._backends import RayBackend
 
-        backend = RayBackend.connect(st["server_name"], st["num_shards"], st.get("transport", "tasks"))
+        backend = RayBackend.connect(st["server_name"], st["num_shards"], st.get("transport", "auto"))
         Client.__init__(self, backend, dim=st["dim"], mode=st["mode"], client_id=st["client_id"],
                         timeout_s=st["timeout_s"], max_retries=st["max_retries"], server_name=st["server_name"],
                         next_seq=st["next_seq"], optimizer=st["optimizer"],

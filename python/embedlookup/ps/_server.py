@@ -80,10 +80,12 @@ class ParameterServer:
         shards over the cluster's nodes, or per-shard ``{"resources": {...}}`` to place each one.
     fsync: False skips the log's fdatasync (benchmarks only: acknowledged pushes may then be
         lost by a machine crash, though not by a killed process).
-    transport: (ray) how pulls and pushes reach the shards: ``"tasks"`` (default) one actor task
-        per shard and call; ``"graph"`` through a Ray compiled graph (shared-memory channels, one
-        execution for all shards; faster per step, but its actors poll while idle); ``"auto"`` a
-        graph once a process has made a few data calls. A graph is used only when every shard runs
+    transport: (ray) how pulls and pushes reach the shards. ``"auto"`` (the default for Ray)
+        through a Ray compiled graph (shared-memory channels, one execution for all shards) while a
+        process makes them in a stream (8 within a second: a training loop), by actor task
+        otherwise; an idle graph is torn down after a second, since its actors poll while they
+        wait. ``"graph"`` through a graph from the first call, kept while the client lives;
+        ``"tasks"`` one actor task per shard and call. A graph is used only when every shard runs
         on the caller's node and by one process at a time; other processes, other calls and every
         retry go by task (docs/ps.md, "Ray transport").
     """
@@ -92,7 +94,7 @@ class ParameterServer:
                  optimizer: Optimizer | None = None, backend: str = "local", address=None,
                  durable_dir=None, snapshot_every: int | None = 1000, timeout_s: float = 30.0,
                  max_retries: int = 10, max_restarts: int = -1, fsync: bool = True, name: str | None = None,
-                 actor_options: dict | list | None = None, transport: str = "tasks", _init=None):
+                 actor_options: dict | list | None = None, transport: str | None = None, _init=None):
         dim = _pos_int(dim, "dim")
         num_shards = _pos_int(num_shards, "num_shards")
         if table not in TABLES:
@@ -114,6 +116,8 @@ class ParameterServer:
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         snapshot_every = _pos_int(snapshot_every, "snapshot_every", allow_none=True)
         actor_options = _actor_options(actor_options, num_shards, backend)
+        if transport is None:
+            transport = "auto" if backend == "ray" else "tasks"
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         if transport != "tasks" and backend != "ray":

@@ -18,7 +18,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("embedlookup.torch needs PyTorch: pip install 'embedlookup[torch]'") from e
 
 from .compositional import MixedDimEmbeddingBag, QREmbeddingBag, mixed_dims
-from .modules import HashEmbedding, HashEmbeddingBag, HashEmbeddingBagCollection
+from .modules import HashEmbedding, HashEmbeddingBag, HashEmbeddingBagCollection, ResolvedInput
 
 __all__ = ["HashEmbedding", "HashEmbeddingBag", "HashEmbeddingBagCollection", "MixedDimEmbeddingBag",
-           "QREmbeddingBag", "mixed_dims"]
+           "QREmbeddingBag", "ResolvedInput", "mixed_dims"]

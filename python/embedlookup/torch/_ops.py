@@ -78,11 +78,16 @@ def _n_bags(offsets: torch.Tensor, include_last_offset: bool) -> int:
 @torch.library.custom_op("embedlookup::pooled_lookup", mutates_args=())
 def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
                   weights: Optional[torch.Tensor], handle: int, mode: int, include_last_offset: bool,
-                  insert: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  insert: bool, resolved_ids: Optional[torch.Tensor] = None,
+                  resolved_epoch: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pooled rows per bag (n_bags, dim); for max mode the winning position
     per (bag, column) (int64; an empty tensor for sum/mean); the row ids the
     keys resolved to (n, int32 holding uint32) and the table's layout epoch
-    (1,): the backward reuses the ids unless rows were freed meanwhile."""
+    (1,): the backward reuses the ids unless rows were freed meanwhile.
+    ``resolved_ids`` / ``resolved_epoch`` (an EmbeddingTable, sum or mean):
+    the keys' ids resolved ahead (the module's ``resolve``), checked against
+    the epoch and the rows allocated; the rows are then read without an
+    index probe (stale ids: resolved again)."""
     entry = table_of(handle)
     t = entry.table
     if entry.ps:  # a parameter-server client: the shards pool, the client sums their partial bags
@@ -105,6 +110,12 @@ def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
     elif mode == _checks.MODES["max"]:
         argmax = torch.empty((n_bags, t.dim), dtype=torch.int64)
         epoch = t._t.pooled_max_argmax(v, off, n_bags, _np(out), _np(argmax), insert, ids_np)
+    elif resolved_ids is not None:
+        argmax = torch.empty((0,), dtype=torch.int64)
+        used, epoch = t._t.pooled_lookup_resolved(v, off, n_bags, mode, w, _np(out), insert,
+                                                  _np(resolved_ids).view(np.uint32), resolved_epoch, ids_np)
+        if used:  # the native call left `ids` unwritten; an op's output must not alias its input
+            ids.copy_(resolved_ids)
     else:
         argmax = torch.empty((0,), dtype=torch.int64)
         epoch = t._t.pooled_lookup_ids(v, off, n_bags, mode, w, _np(out), insert, ids_np)
@@ -112,7 +123,8 @@ def pooled_lookup(anchor: torch.Tensor, values: torch.Tensor, offsets: torch.Ten
 
 
 @pooled_lookup.register_fake
-def _(anchor, values, offsets, weights, handle, mode, include_last_offset, insert):
+def _(anchor, values, offsets, weights, handle, mode, include_last_offset, insert, resolved_ids=None,
+      resolved_epoch=-1):
     dim = table_of(handle).table.dim
     n_bags = _n_bags(offsets, include_last_offset)
     out = values.new_empty((n_bags, dim), dtype=torch.float32)
@@ -161,7 +173,7 @@ def _(grad, values, offsets, weights, argmax, ids, epoch, handle, mode, include_
 
 
 def _setup_context(ctx, inputs, output):
-    anchor, values, offsets, weights, handle, mode, include_last_offset, insert = inputs
+    anchor, values, offsets, weights, handle, mode, include_last_offset, insert = inputs[:8]
     ctx.save_for_backward(values, offsets, weights, output[1], output[2], output[3])
     ctx.handle, ctx.mode, ctx.include_last_offset = handle, mode, include_last_offset
 
@@ -172,7 +184,7 @@ def _backward(ctx, grad_out, grad_argmax, grad_ids, grad_epoch):
     anchor_grad, wg = torch.ops.embedlookup.pooled_backward(grad_out, values, offsets, weights, argmax, ids, epoch,
                                                             ctx.handle,
                                                             ctx.mode, ctx.include_last_offset, weights_grad)
-    return anchor_grad, None, None, (wg if weights_grad else None), None, None, None, None
+    return anchor_grad, None, None, (wg if weights_grad else None), None, None, None, None, None, None
 
 
 pooled_lookup.register_autograd(_backward, setup_context=_setup_context)

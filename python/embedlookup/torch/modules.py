@@ -74,6 +74,22 @@ def _finite(w: torch.Tensor, name: str) -> None:
                          f"{w.reshape(-1)[i].item()} at flat position {i}")
 
 
+class ResolvedInput:
+    """A batch's keys resolved to row ids ahead of its forward (what
+    ``HashEmbeddingBag.resolve`` / ``HashEmbeddingBagCollection.resolve``
+    return; pass it as ``forward(..., resolved=)``). Holds the keys (the
+    forward checks its own against them), the ids and the table's layout
+    epoch; stale ids (a row freed or moved since) are resolved again."""
+
+    __slots__ = ("handle", "keys", "ids", "epoch")
+
+    def __init__(self, handle: int, keys: np.ndarray, ids: torch.Tensor, epoch: int):
+        self.handle, self.keys, self.ids, self.epoch = handle, keys, ids, epoch
+
+    def __repr__(self) -> str:
+        return f"ResolvedInput({self.keys.shape[0]} keys, epoch {self.epoch})"
+
+
 def _int_tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(x).__name__}")
@@ -130,10 +146,36 @@ class _TableModule(nn.Module):
         _check_device(x, "input")
         return self.table.prefetch(x.reshape(-1).to(torch.int64).numpy())
 
-    def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool) -> torch.Tensor:
-        out = torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
-                                                     mode_id, include_last_offset, self._insert())[0]
-        return out
+    def _resolve_keys(self, keys: torch.Tensor) -> ResolvedInput:
+        """Row ids of ``keys`` (1-D int64, contiguous), inserting missing ones
+        as the next forward would (training, or insert_in_eval)."""
+        if self._ps or isinstance(self.table, FrequencyTable):
+            what = "a parameter-server client" if self._ps else "a FrequencyTable"
+            raise NotImplementedError(f"resolve: the module's table is {what}, whose lookups resolve their own keys "
+                                      "(a FrequencyTable scores and admits them; the shards hold the rows)")
+        k = keys.numpy()
+        ids = torch.empty((k.shape[0],), dtype=torch.int32)
+        epoch = self.table._t.resolve_ids(k, self._insert(), ids.numpy().view(np.uint32))
+        return ResolvedInput(self._handle, k, ids, int(epoch))
+
+    def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool,
+              resolved: ResolvedInput | None = None) -> torch.Tensor:
+        if resolved is None:
+            return torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
+                                                       mode_id, include_last_offset, self._insert())[0]
+        if not isinstance(resolved, ResolvedInput):
+            raise TypeError(f"resolved must be what this module's resolve() returned, got {type(resolved).__name__}")
+        if resolved.handle != self._handle:
+            raise ValueError("resolved: it comes from another module's resolve()")
+        if mode_id == _checks.MODES["max"]:
+            raise ValueError("resolved: mode 'max' reads its rows in its own pass; resolve ahead with 'sum' or 'mean'")
+        if not torch.compiler.is_compiling():  # data-dependent: eager only
+            v = values.numpy()
+            if not (resolved.keys.shape == v.shape and np.array_equal(resolved.keys, v)):
+                raise ValueError("resolved: the input differs from the keys given to resolve()")
+        return torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
+                                                   mode_id, include_last_offset, self._insert(), resolved.ids,
+                                                   resolved.epoch)[0]
 
     # ---------------------------------------------------------- checkpoints
     def get_extra_state(self):
@@ -235,10 +277,19 @@ class HashEmbeddingBag(_TableModule):
         must be None or that optimizer; no "max" mode). See docs/torch.md
         ("Tables of your own") and docs/ps-training.md.
 
-    ``forward(input, offsets=None, per_sample_weights=None)`` as
-    nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of
+    ``forward(input, offsets=None, per_sample_weights=None, *, resolved=None)``
+    as nn.EmbeddingBag: 1-D ``input`` with ``offsets`` or 2-D ``input`` of
     equal-length bags; returns (bags, embedding_dim) float32. padding_idx,
     max_norm and scale_grad_by_freq are not supported.
+
+    ``resolve(input)`` maps a later batch's keys to row ids now (inserting
+    missing ones as a training forward would), so that its forward, given
+    ``resolved=``, reads only the rows and skips the index probe per key:
+    call it for batch t+1 (on a loader thread, say: it releases the GIL)
+    while batch t trains, as TorchRec remaps raw IDs in its input stage. The
+    forward checks its input equals the resolved keys; ids made stale by a
+    freed or moved row are resolved again (slower, never a wrong row). Not
+    for "max", a FrequencyTable or a parameter-server client.
     """
 
     def __init__(self, embedding_dim: int, mode: str = "mean", *, optimizer: Optimizer | None = None,
@@ -256,8 +307,16 @@ class HashEmbeddingBag(_TableModule):
         return (f"{self.embedding_dim}, mode={self.mode!r}, optimizer={self.optimizer}, rows={len(self.table)}, "
                 f"capacity={self.table.capacity}")
 
+    def resolve(self, input) -> ResolvedInput:
+        """The row ids of ``input``'s keys (any shape, as ``forward`` takes
+        it), for a later ``forward(input, ..., resolved=...)``."""
+        x = _int_tensor(input, "input")
+        _check_device(x, "input")
+        return self._resolve_keys(x.reshape(-1).to(torch.int64).contiguous())
+
     def forward(self, input: torch.Tensor, offsets: Optional[torch.Tensor] = None,
-                per_sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                per_sample_weights: Optional[torch.Tensor] = None, *,
+                resolved: ResolvedInput | None = None) -> torch.Tensor:
         x = _int_tensor(input, "input")
         _check_device(x, "input")
         ilo = self.include_last_offset
@@ -294,7 +353,7 @@ class HashEmbeddingBag(_TableModule):
             w = per_sample_weights.reshape(-1).to(torch.float32).contiguous()
         x = x.to(torch.int64).contiguous()
         offsets = offsets.to(torch.int64).contiguous()
-        return self._pool(x, offsets, w, self._mode_id, ilo)
+        return self._pool(x, offsets, w, self._mode_id, ilo, resolved)
 
 
 class HashEmbedding(_TableModule):
@@ -345,6 +404,10 @@ class HashEmbeddingBagCollection(nn.Module):
     ``table=embedlookup.FrequencyTable(...)`` (with ``shared_table=True``)
     backs the shared table with admission and eviction under one budget for
     all features (see ``HashEmbeddingBag``).
+
+    ``resolve(...)`` (the arguments of a later ``forward``) maps a batch's
+    keys to row ids ahead of its forward; ``forward(..., resolved=...)`` then
+    reads only rows (``HashEmbeddingBag.resolve``).
     """
 
     def __init__(self, features, embedding_dim: int, mode: str = "sum", *, optimizer: Optimizer | None = None,
@@ -370,11 +433,8 @@ class HashEmbeddingBagCollection(nn.Module):
             self.bags = nn.ModuleDict({f: HashEmbeddingBag(embedding_dim, **kw) for f in self.features})
         self.embedding_dim = int(embedding_dim)
 
-    def prefetch(self, features=None, *, values: Optional[torch.Tensor] = None,
-                 lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None):
-        """Starts reading the tier rows of a future batch (the arguments of a
-        later ``forward``) one batch ahead; returns the Prefetch handle (a list
-        of them without a shared table), or None when no table has a tier."""
+    def _batch_keys(self, features, values, lengths, offsets):
+        """(values, offsets, B) of a future batch, as prefetch and resolve take it."""
         if features is not None:
             values, offsets = features.values(), features.offsets()
         if values is None:
@@ -389,7 +449,15 @@ class HashEmbeddingBagCollection(nn.Module):
         offsets = _int_tensor(offsets, "offsets").to(torch.int64).contiguous()
         if offsets.dim() != 1 or offsets.shape[0] < 1 or (offsets.shape[0] - 1) % F:
             raise ValueError(f"offsets must be 1-D with F*B + 1 entries (F = {F}), got shape {tuple(offsets.shape)}")
-        B = (offsets.shape[0] - 1) // F
+        return values, offsets, (offsets.shape[0] - 1) // F
+
+    def prefetch(self, features=None, *, values: Optional[torch.Tensor] = None,
+                 lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None):
+        """Starts reading the tier rows of a future batch (the arguments of a
+        later ``forward``) one batch ahead; returns the Prefetch handle (a list
+        of them without a shared table), or None when no table has a tier."""
+        values, offsets, B = self._batch_keys(features, values, lengths, offsets)
+        F = len(self.features)
         if self.shared_table:
             if getattr(self.bag.table, "tier", None) is None:
                 return None
@@ -399,6 +467,22 @@ class HashEmbeddingBagCollection(nn.Module):
         handles = [self.bags[f].prefetch(values[offsets[i * B]:offsets[(i + 1) * B]])
                    for i, f in enumerate(self.features)]
         return None if all(h is None for h in handles) else handles
+
+    def resolve(self, features=None, *, values: Optional[torch.Tensor] = None,
+                lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None):
+        """A future batch's keys (the arguments of a later ``forward``)
+        resolved to row ids now, for ``forward(..., resolved=...)``: that
+        forward then reads only rows (see ``HashEmbeddingBag.resolve``).
+        Returns a ResolvedInput (a dict of them per feature without a shared
+        table)."""
+        values, offsets, B = self._batch_keys(features, values, lengths, offsets)
+        F = len(self.features)
+        if self.shared_table:
+            keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
+                                                        self._bits)
+            return self.bag._resolve_keys(keys.contiguous())
+        return {f: self.bags[f].resolve(values[offsets[i * B]:offsets[(i + 1) * B]])
+                for i, f in enumerate(self.features)}
 
     def memory_usage(self) -> dict:
         """Native memory of the table(s), summed (see EmbeddingTable.memory_usage)."""
@@ -414,7 +498,7 @@ class HashEmbeddingBagCollection(nn.Module):
 
     def forward(self, features=None, *, values: Optional[torch.Tensor] = None,
                 lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None,
-                weights: Optional[torch.Tensor] = None) -> dict:
+                weights: Optional[torch.Tensor] = None, resolved=None) -> dict:
         if features is not None:
             if values is not None or lengths is not None or offsets is not None:
                 raise ValueError("pass either a KeyedJaggedTensor or values/lengths/offsets, not both")
@@ -476,11 +560,15 @@ class HashEmbeddingBagCollection(nn.Module):
         if self.shared_table:
             keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
                                                         self._bits)
-            out = self.bag(keys, offsets, weights).reshape(F, B, self.embedding_dim)
+            out = self.bag(keys, offsets, weights, resolved=resolved).reshape(F, B, self.embedding_dim)
             return {f: out[i] for i, f in enumerate(self.features)}
+        if resolved is not None and not isinstance(resolved, dict):
+            raise TypeError("resolved: without a shared table, resolve() returns a dict of ResolvedInput per "
+                            f"feature; got {type(resolved).__name__}")
         result = {}
         for i, f in enumerate(self.features):
             lo, hi = offsets[i * B], offsets[(i + 1) * B]
             w = None if weights is None else weights[lo:hi]
-            result[f] = self.bags[f](values[lo:hi], offsets[i * B:(i + 1) * B + 1] - lo, w)
+            result[f] = self.bags[f](values[lo:hi], offsets[i * B:(i + 1) * B + 1] - lo, w,
+                                     resolved=None if resolved is None else resolved[f])
         return result

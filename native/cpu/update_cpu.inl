@@ -115,13 +115,6 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
       slot_row[h] = id;
       slot_group[h] = static_cast<uint32_t>(groups);
       s.rows[groups] = id;
-      if (kUpdatePrefetchEarly) {
-        // The whole row: its first line only left the apply pass waiting on
-        // the other three (whole row: the step 17% faster, 1 M x 64 rows).
-        const char* r = reinterpret_cast<const char*>(v.arena->row(id));
-        for (int64_t b = 0; b < grad_bytes; b += 64) __builtin_prefetch(r + b, 1, 2);
-        if (state) __builtin_prefetch(state->row(id), 1, 2);
-      }
       float* __restrict acc = s.grad.data() + groups * stride;
       for (int64_t j = 0; j < dim; ++j) acc[j] = sc * src[j];
       ++groups;
@@ -134,12 +127,23 @@ void update_partition(const RowView& v, RowArena* state, const Occurrence* occ, 
   const int64_t state_bytes = state ? state->stride() * static_cast<int64_t>(sizeof(float)) : 0;
   const uint32_t* const group_rows = s.rows.data();  // the scratch is thread_local: its address once
   float* const group_grad = s.grad.data();
-  // The prefetch of row u + kUpdateAheadRows is written out in the loop, not
-  // as a helper: GCC judged a lambda that only prefetches free of side effects
-  // and deleted its calls, so this pass once ran with no prefetch at all.
-  for (int64_t u = -kUpdateAheadRows; u < groups; ++u) {
-    if (u + kUpdateAheadRows < groups) {
-      const uint32_t ahead = group_rows[u + kUpdateAheadRows];
+  // The prefetches are written out in the loop, not as a helper: GCC judged
+  // a lambda that only prefetches free of side effects and deleted its calls,
+  // so this pass once ran with no prefetch at all. Two levels, as the pooled
+  // kernels: into L2 kUpdateL2Ahead rows ahead, then into L1 (write intent).
+  for (int64_t u = -kUpdateL2Ahead; u < groups; ++u) {
+    if (u + kUpdateL2Ahead < groups) {
+      const uint32_t ahead = group_rows[u + kUpdateL2Ahead];
+      const char* r = reinterpret_cast<const char*>(v.arena->row(ahead));
+      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(r + b, 0, 2);
+      if (state) {
+        const char* st = reinterpret_cast<const char*>(state->row(ahead));
+        for (int64_t b = 0; b < state_bytes; b += 64) __builtin_prefetch(st + b, 0, 2);
+      }
+      if (versions) __builtin_prefetch(versions + ahead, 0, 2);
+    }
+    if (u + kUpdateL1Ahead < groups && u + kUpdateL1Ahead >= 0) {
+      const uint32_t ahead = group_rows[u + kUpdateL1Ahead];
       const char* r = reinterpret_cast<const char*>(v.arena->row(ahead));
       for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(r + b, 1, 3);
       if (state) {

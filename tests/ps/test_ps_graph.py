@@ -144,6 +144,34 @@ def test_the_default_drops_an_idle_graph_and_builds_it_again(make_server, monkey
 
 
 @RAY
+def test_the_default_keeps_a_graph_with_results_in_flight(make_server, monkeypatch):
+    """An async push not yet acknowledged (its results unread) keeps the
+    graph, however long the client waits; once flushed it is dropped."""
+    monkeypatch.setattr(_backends, "GRAPH_IDLE_S", 0.3)
+    monkeypatch.setattr(_backends, "GRAPH_WINDOW_S", 30.0)
+    server = make_server(4, 2)
+    client = server.client(mode="async")
+    keys = np.arange(20, dtype=np.int64)
+    for _ in range(_backends.GRAPH_AFTER):
+        client.pull(keys)
+    assert client.stats()["transport"]["graph"]
+    client.push(keys, np.ones((20, 4), np.float32))  # returns at once; its results are read by flush()
+    time.sleep(1.2)
+    st = client.stats()["transport"]
+    assert st["graph"] and st["graph_idle_drops"] == 0, st
+    client.flush()
+    deadline = time.monotonic() + 20
+    while client.stats()["transport"]["graph"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    st = client.stats()["transport"]
+    assert not st["graph"] and st["graph_idle_drops"] == 1, st
+    ref = el.EmbeddingTable(4, optimizer=el.optim.Adagrad(lr=0.1), initializer=el.init.uniform())
+    ref.lookup(keys)
+    ref.apply_gradients(keys, np.ones((20, 4), np.float32))
+    np.testing.assert_array_equal(client.pull(keys), ref.lookup(keys))
+
+
+@RAY
 def test_a_killed_shard_drops_the_graph_then_it_is_built_again(make_server, tmp_path):
     opt = el.optim.Adam(lr=0.02)
     init = el.init.uniform(seed=9)

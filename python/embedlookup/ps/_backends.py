@@ -257,7 +257,7 @@ class RayBackend:
         self._data_calls = 0
         self._call_times = collections.deque(maxlen=GRAPH_AFTER)  # "auto": the last data calls' times
         self._last_call = time.monotonic()
-        self._inflight = 0  # graph executions whose results were not read yet
+        self._inflight = 0  # shards' results of graph executions not read yet
         self.graph_idle_drops = 0
         self._glock = threading.RLock()  # a compiled graph is not thread-safe: execute and get under it
         self._token = uuid.uuid4().hex
@@ -346,7 +346,7 @@ class RayBackend:
                         self._drop_graph(e)
                     else:
                         self.graph_calls += 1
-                        self._inflight += 1
+                        self._inflight += len(calls)  # one result to read per shard
                         self._last_call = time.monotonic()
                         wait = self._wait.start(method)
                         return {i: _GraphHandle(g, refs[i], wait) for i in calls}

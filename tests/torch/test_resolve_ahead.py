@@ -65,7 +65,7 @@ def test_the_forward_reads_the_resolved_ids():
     x = torch.arange(40, dtype=torch.int64)
     off = torch.arange(0, 40, 4, dtype=torch.int64)
     r = m.resolve(x)
-    forged = ResolvedInput(r.handle, r.keys, torch.roll(r.ids, 1), r.epoch)
+    forged = ResolvedInput(m.table, r.values, torch.roll(r.tensor, 1), r.epoch)
     out = m(x, off, resolved=forged)
     np.testing.assert_allclose(out.detach().numpy(), _numpy_pool(m.table, torch.roll(x, 1), off, "sum"),
                                rtol=1e-5, atol=1e-6)
@@ -91,9 +91,9 @@ def test_bad_resolved_arguments_raise_and_change_nothing():
     off = torch.arange(0, 20, 4, dtype=torch.int64)
     m(x, off)
     before = m.table.export()
-    with pytest.raises(ValueError, match="another module"):
+    with pytest.raises(ValueError, match="another table"):
         m(x, off, resolved=other.resolve(x))
-    with pytest.raises(ValueError, match="differs from the keys"):
+    with pytest.raises(ValueError, match="values differ from the keys"):
         m(x, off, resolved=m.resolve(torch.roll(x, 1)))  # same keys, another order
     with pytest.raises(TypeError, match="resolve\\(\\) returned"):
         m(x, off, resolved=m.table.resolve(x.numpy()))
@@ -131,6 +131,13 @@ def test_collection_resolves_ahead(shared):
         ka, ra = a.table.export()
         kp, rp = p.table.export()
         np.testing.assert_array_equal(ra[np.argsort(ka)], rp[np.argsort(kp)])
+    before = [m.table.export() for m in mods_a]
+    for bad in (torch.tensor([0, 5, 3, int(values.shape[0])]), torch.tensor([0, 2, 4, int(values.shape[0]) + 1])):
+        with pytest.raises(ValueError, match="offsets"):  # checked before any table sees a slice
+            ahead.resolve(values=values, offsets=torch.cat([bad[:1], bad[1:].repeat_interleave(16)])[:49])
+    for m, (k, rows) in zip(mods_a, before):
+        np.testing.assert_array_equal(m.table.export()[0], k)
+        np.testing.assert_array_equal(m.table.export()[1], rows)
     if not shared:
         with pytest.raises(TypeError, match="dict of ResolvedInput"):
             ahead(values=values, lengths=lengths, resolved=ahead.bags["a"].resolve(values))

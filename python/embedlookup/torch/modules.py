@@ -40,7 +40,7 @@ from .. import init as _init
 from .. import optim
 from ..optim import Optimizer
 from ..frequency import FrequencyTable
-from ..table import EmbeddingTable
+from ..table import EmbeddingTable, ForwardIds
 from . import _frequency, _ops, _ps
 
 __all__ = ["HashEmbeddingBag", "HashEmbedding", "HashEmbeddingBagCollection"]
@@ -74,20 +74,22 @@ def _finite(w: torch.Tensor, name: str) -> None:
                          f"{w.reshape(-1)[i].item()} at flat position {i}")
 
 
-class ResolvedInput:
+class ResolvedInput(ForwardIds):
     """A batch's keys resolved to row ids ahead of its forward (what
     ``HashEmbeddingBag.resolve`` / ``HashEmbeddingBagCollection.resolve``
-    return; pass it as ``forward(..., resolved=)``). Holds the keys (the
-    forward checks its own against them), the ids and the table's layout
-    epoch; stale ids (a row freed or moved since) are resolved again."""
+    return; pass it as ``forward(..., resolved=)``): the table's
+    ``ForwardIds`` (keys, ids, layout epoch; the forward's input is checked
+    against the keys, stale ids are resolved again), with the ids also as
+    the int32 tensor the forward op takes (same memory)."""
 
-    __slots__ = ("handle", "keys", "ids", "epoch")
+    __slots__ = ("tensor",)
 
-    def __init__(self, handle: int, keys: np.ndarray, ids: torch.Tensor, epoch: int):
-        self.handle, self.keys, self.ids, self.epoch = handle, keys, ids, epoch
+    def __init__(self, table, keys: np.ndarray, tensor: torch.Tensor, epoch: int):
+        super().__init__(table, keys, tensor.numpy().view(np.uint32), epoch)
+        self.tensor = tensor
 
     def __repr__(self) -> str:
-        return f"ResolvedInput({self.keys.shape[0]} keys, epoch {self.epoch})"
+        return f"ResolvedInput({self.values.shape[0]} keys, epoch {self.epoch})"
 
 
 def _int_tensor(x, name: str) -> torch.Tensor:
@@ -154,9 +156,9 @@ class _TableModule(nn.Module):
             raise NotImplementedError(f"resolve: the module's table is {what}, whose lookups resolve their own keys "
                                       "(a FrequencyTable scores and admits them; the shards hold the rows)")
         k = keys.numpy()
-        ids = torch.empty((k.shape[0],), dtype=torch.int32)
+        ids = torch.empty((k.shape[0],), dtype=torch.int32)  # the op's input: a tensor, not a read-only array
         epoch = self.table._t.resolve_ids(k, self._insert(), ids.numpy().view(np.uint32))
-        return ResolvedInput(self._handle, k, ids, int(epoch))
+        return ResolvedInput(self.table, k, ids, epoch)
 
     def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool,
               resolved: ResolvedInput | None = None) -> torch.Tensor:
@@ -165,16 +167,12 @@ class _TableModule(nn.Module):
                                                        mode_id, include_last_offset, self._insert())[0]
         if not isinstance(resolved, ResolvedInput):
             raise TypeError(f"resolved must be what this module's resolve() returned, got {type(resolved).__name__}")
-        if resolved.handle != self._handle:
-            raise ValueError("resolved: it comes from another module's resolve()")
         if mode_id == _checks.MODES["max"]:
             raise ValueError("resolved: mode 'max' reads its rows in its own pass; resolve ahead with 'sum' or 'mean'")
         if not torch.compiler.is_compiling():  # data-dependent: eager only
-            v = values.numpy()
-            if not (resolved.keys.shape == v.shape and np.array_equal(resolved.keys, v)):
-                raise ValueError("resolved: the input differs from the keys given to resolve()")
+            resolved.check(self.table, values.numpy(), "resolved")  # same table, same keys
         return torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
-                                                   mode_id, include_last_offset, self._insert(), resolved.ids,
+                                                   mode_id, include_last_offset, self._insert(), resolved.tensor,
                                                    resolved.epoch)[0]
 
     # ---------------------------------------------------------- checkpoints
@@ -449,6 +447,9 @@ class HashEmbeddingBagCollection(nn.Module):
         offsets = _int_tensor(offsets, "offsets").to(torch.int64).contiguous()
         if offsets.dim() != 1 or offsets.shape[0] < 1 or (offsets.shape[0] - 1) % F:
             raise ValueError(f"offsets must be 1-D with F*B + 1 entries (F = {F}), got shape {tuple(offsets.shape)}")
+        # The bags (first 0, non-decreasing, last == len(values)) before any
+        # table sees a slice of them, as forward checks them.
+        _checks.bags(values.numpy(), offsets.numpy(), True)
         return values, offsets, (offsets.shape[0] - 1) // F
 
     def prefetch(self, features=None, *, values: Optional[torch.Tensor] = None,

@@ -163,17 +163,16 @@ class _TableModule(nn.Module):
     def _pool(self, values, offsets, weights, mode_id: int, include_last_offset: bool,
               resolved: ResolvedInput | None = None) -> torch.Tensor:
         if resolved is None:
-            return torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
-                                                       mode_id, include_last_offset, self._insert())[0]
+            return _ops.pooled(self._grad_anchor, values, offsets, weights, self._handle, mode_id,
+                               include_last_offset, self._insert())
         if not isinstance(resolved, ResolvedInput):
             raise TypeError(f"resolved must be what this module's resolve() returned, got {type(resolved).__name__}")
         if mode_id == _checks.MODES["max"]:
             raise ValueError("resolved: mode 'max' reads its rows in its own pass; resolve ahead with 'sum' or 'mean'")
         if not torch.compiler.is_compiling():  # data-dependent: eager only
             resolved.check(self.table, values.numpy(), "resolved")  # same table, same keys
-        return torch.ops.embedlookup.pooled_lookup(self._grad_anchor, values, offsets, weights, self._handle,
-                                                   mode_id, include_last_offset, self._insert(), resolved.tensor,
-                                                   resolved.epoch)[0]
+        return _ops.pooled(self._grad_anchor, values, offsets, weights, self._handle, mode_id, include_last_offset,
+                           self._insert(), resolved.tensor, resolved.epoch)
 
     # ---------------------------------------------------------- checkpoints
     def get_extra_state(self):
@@ -462,8 +461,7 @@ class HashEmbeddingBagCollection(nn.Module):
         if self.shared_table:
             if getattr(self.bag.table, "tier", None) is None:
                 return None
-            keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
-                                                        self._bits)
+            keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
             return self.bag.prefetch(keys)
         handles = [self.bags[f].prefetch(values[offsets[i * B]:offsets[(i + 1) * B]])
                    for i, f in enumerate(self.features)]
@@ -479,8 +477,7 @@ class HashEmbeddingBagCollection(nn.Module):
         values, offsets, B = self._batch_keys(features, values, lengths, offsets)
         F = len(self.features)
         if self.shared_table:
-            keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
-                                                        self._bits)
+            keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
             return self.bag._resolve_keys(keys.contiguous())
         return {f: self.bags[f].resolve(values[offsets[i * B]:offsets[(i + 1) * B]])
                 for i, f in enumerate(self.features)}
@@ -559,8 +556,7 @@ class HashEmbeddingBagCollection(nn.Module):
                 _finite(weights.to(torch.float32), "weights")
         B = (offsets.shape[0] - 1) // F
         if self.shared_table:
-            keys = torch.ops.embedlookup.namespace_keys(values, offsets[::B] if B else offsets[:1].repeat(F + 1),
-                                                        self._bits)
+            keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
             out = self.bag(keys, offsets, weights, resolved=resolved).reshape(F, B, self.embedding_dim)
             return {f: out[i] for i, f in enumerate(self.features)}
         if resolved is not None and not isinstance(resolved, dict):

@@ -8,7 +8,11 @@ see the same table and machine state. Batch sizes from one bag to the suite's
   PYTHONPATH=python python bench/bench_torch_dispatch.py [--rounds 9] [--threads 1]
 
 Prints per batch size the medians of both steps (ms), their difference (the
-dispatch cost saved) and the ratio op / eager.
+dispatch cost saved) and the ratio op / eager. Then the same for a
+HashEmbeddingBagCollection of 26 features (Criteo's count), batch 2048, one
+key per feature and sample, with one shared table and with a table per
+feature (26 pooled calls a step), the op subject routing every call through
+the ops as eager code did before.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 import embedlookup as el
-from embedlookup.torch import HashEmbeddingBag
+from embedlookup.torch import HashEmbeddingBag, HashEmbeddingBagCollection, _ops
 
 
 def op_step(m, x, off, g):
@@ -68,6 +72,47 @@ def main():
         e, o = np.median(times["eager"]) * 1e3, np.median(times["op"]) * 1e3
         ratio = np.median(np.array(times["op"]) / np.array(times["eager"]))
         print(f"{f'{bags} x {P}':>15} {e:9.3f} {o:9.3f} {o - e:9.3f} {ratio:9.2f}", flush=True)
+    collection(args, rng)
+
+
+def _through_ops(anchor, values, offsets, weights, handle, mode, include_last_offset, insert, resolved_ids=None,
+                 resolved_epoch=-1):
+    return torch.ops.embedlookup.pooled_lookup(anchor, values, offsets, weights, handle, mode, include_last_offset,
+                                               insert, resolved_ids, resolved_epoch)[0]
+
+
+def collection(args, rng):
+    F, B = 26, 2048
+    print(f"\n{'collection':>15} {'eager ms':>9} {'op ms':>9} {'saved ms':>9} {'op/eager':>9}")
+    eager_routes = (_ops.pooled, _ops.namespaced)
+    op_routes = (_through_ops, lambda v, fo, bits: torch.ops.embedlookup.namespace_keys(v, fo, bits))
+    for shared in (True, False):
+        m = HashEmbeddingBagCollection([f"f{i}" for i in range(F)], 64, mode="sum", shared_table=shared,
+                                       optimizer=el.optim.Adagrad(lr=0.01, rowwise=True), num_threads=args.threads)
+        batches = [(torch.from_numpy(rng.integers(0, 100_000, F * B)), torch.ones(F * B, dtype=torch.int64),
+                    torch.from_numpy(rng.standard_normal((B, 64)).astype(np.float32))) for _ in range(3)]
+
+        def step(b):
+            out = m(values=b[0], lengths=b[1])
+            torch.stack(list(out.values())).sum(0).backward(b[2])
+
+        times = {"eager": [], "op": []}
+        for r in range(args.rounds + 1):
+            order = ("eager", "op") if r % 2 == 0 else ("op", "eager")
+            for name in order:
+                _ops.pooled, _ops.namespaced = eager_routes if name == "eager" else op_routes
+                try:
+                    t0 = time.perf_counter()
+                    for b in batches:
+                        step(b)
+                    if r:  # the first round warms up (rows inserted)
+                        times[name].append((time.perf_counter() - t0) / len(batches))
+                finally:
+                    _ops.pooled, _ops.namespaced = eager_routes
+        e, o = np.median(times["eager"]) * 1e3, np.median(times["op"]) * 1e3
+        ratio = np.median(np.array(times["op"]) / np.array(times["eager"]))
+        label = "shared table" if shared else "26 tables"
+        print(f"{label:>15} {e:9.3f} {o:9.3f} {o - e:9.3f} {ratio:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

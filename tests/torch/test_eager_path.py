@@ -91,3 +91,26 @@ def test_the_eager_test_follows_the_modes():
 
     with FakeTensorMode() as mode:
         assert _ops._traced(mode.from_tensor(x))
+
+
+def test_a_shared_collection_gives_views_with_one_backward_node():
+    """Each feature's output is a view of one (F, B, dim) result. Indexed
+    views (out[i]) would each get a full (F, B, dim) zero gradient in the
+    backward (F^2 B dim floats: 50 ms of a 55 ms backward at F = 26, B =
+    2048); unbind's backward stacks the F gradients once."""
+    from embedlookup.torch import HashEmbeddingBagCollection
+
+    m = HashEmbeddingBagCollection(["a", "b", "c"], 4, mode="sum", optimizer=el.optim.SGD(lr=1.0),
+                                   initializer=el.init.uniform(-1, 1, seed=2))
+    # a: [5], [6]; b: [7, 5], []; c: [8], [9]
+    values, lengths = torch.tensor([5, 6, 7, 5, 8, 9]), torch.tensor([1, 1, 2, 0, 1, 1])
+    out = m(values=values, lengths=lengths)
+    assert {type(t.grad_fn).__name__ for t in out.values()} == {"UnbindBackward0"}
+    before = {f: t.detach().clone() for f, t in out.items()}
+    out["b"].sum(1)[0].backward()  # gradient 1 on every column of b's first bag, nothing else
+    after = m(values=values, lengths=lengths)
+    # SGD with lr 1: b's two rows in bag 0 drop by 1 per column, so the bag by 2; nothing else moves.
+    torch.testing.assert_close(after["b"][0], before["b"][0] - 2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(after["b"][1], before["b"][1], rtol=0, atol=0)
+    for f in ("a", "c"):
+        torch.testing.assert_close(after[f], before[f], rtol=0, atol=0)

@@ -558,7 +558,11 @@ class HashEmbeddingBagCollection(nn.Module):
         if self.shared_table:
             keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
             out = self.bag(keys, offsets, weights, resolved=resolved).reshape(F, B, self.embedding_dim)
-            return {f: out[i] for i, f in enumerate(self.features)}
+            # unbind, not out[i]: autograd backs each indexed view with a
+            # full (F, B, dim) zero gradient, F of them summed (F^2 B dim
+            # floats written: 50 ms of a 55 ms backward at F = 26, B = 2048,
+            # dim 64); unbind's backward stacks the F gradients once.
+            return dict(zip(self.features, out.unbind(0)))
         if resolved is not None and not isinstance(resolved, dict):
             raise TypeError("resolved: without a shared table, resolve() returns a dict of ResolvedInput per "
                             f"feature; got {type(resolved).__name__}")

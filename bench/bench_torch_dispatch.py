@@ -12,7 +12,11 @@ dispatch cost saved) and the ratio op / eager. Then the same for a
 HashEmbeddingBagCollection of 26 features (Criteo's count), batch 2048, one
 key per feature and sample, with one shared table and with a table per
 feature (26 pooled calls a step), the op subject routing every call through
-the ops as eager code did before.
+the ops as eager code did before. Last, what the shared-table collection's
+per-feature views cost a backward: F = 26 indexed views out[i] of one
+(F, B, 64) result (the collection before; autograd backs each with a full
+zero gradient) against unbind's views (the collection now), B = 2048, each
+used once as the DLRM example uses them (stacked, summed).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def main():
         ratio = np.median(np.array(times["op"]) / np.array(times["eager"]))
         print(f"{f'{bags} x {P}':>15} {e:9.3f} {o:9.3f} {o - e:9.3f} {ratio:9.2f}", flush=True)
     collection(args, rng)
+    feature_views(args)
 
 
 def _through_ops(anchor, values, offsets, weights, handle, mode, include_last_offset, insert, resolved_ids=None,
@@ -113,6 +118,30 @@ def collection(args, rng):
         ratio = np.median(np.array(times["op"]) / np.array(times["eager"]))
         label = "shared table" if shared else "26 tables"
         print(f"{label:>15} {e:9.3f} {o:9.3f} {o - e:9.3f} {ratio:9.2f}", flush=True)
+
+
+def feature_views(args):
+    F, B = 26, 2048
+    print(f"\n{'feature views':>15} {'unbind ms':>9} {'out[i] ms':>9} {'saved ms':>9} {'ratio':>9}")
+    base = torch.randn(F * B, 64, requires_grad=True)
+    g = torch.randn(B, 64)
+
+    def backward(views):
+        out = base.reshape(F, B, 64)
+        parts = out.unbind(0) if views == "unbind" else [out[i] for i in range(F)]
+        torch.stack(list(parts)).sum(0).backward(g)
+
+    times = {"unbind": [], "indexed": []}
+    for r in range(args.rounds + 1):
+        for views in (("unbind", "indexed") if r % 2 == 0 else ("indexed", "unbind")):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                backward(views)
+            if r:
+                times[views].append((time.perf_counter() - t0) / 5)
+    u, i = np.median(times["unbind"]) * 1e3, np.median(times["indexed"]) * 1e3
+    ratio = np.median(np.array(times["indexed"]) / np.array(times["unbind"]))
+    print(f"{'26 x 2048 x 64':>15} {u:9.3f} {i:9.3f} {i - u:9.3f} {ratio:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,22 @@ class ForwardIds:
         """The ids, once ``values`` are known to be the forward's keys of ``table``."""
         if self.table is not table:
             raise ValueError(f"{name}: they come from another table's pooled_lookup or resolve")
-        if values is not self.values and not (
+        if not _same_array(values, self.values) and not (
             values.shape == self.values.shape and np.array_equal(values, self.values)
         ):
             raise ValueError(f"{name}: values differ from the keys of the forward that produced them")
         return self.ids
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` view the same memory the same way (the keys a
+    ForwardIds was made from, passed again, maybe through another view or
+    tensor): then they hold the same keys unless the caller wrote to them
+    in between, which the ids cannot survive anyway (docs/engine.md). The
+    element-wise compare it saves reads both arrays: ~0.03-0.15 ms per
+    131 072 keys, up to a tenth of a lookup on resolved ids."""
+    return a is b or (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _forward_ids_mode(mode: str) -> None:
@@ -184,7 +195,10 @@ class EmbeddingTable(_StorageMethods):
         id names a memory row. The ids stay valid until
         a row is freed or moved (erase, eviction, relayout): a later call
         notices by the table's layout epoch and resolves again, so a stale
-        resolution costs time, never a wrong row (docs/engine.md)."""
+        resolution costs time, never a wrong row (docs/engine.md). The
+        lookup checks its values are these keys: passing the same array
+        again (or a view or tensor of its memory) costs no compare, so do not
+        write to it in between; any other array is compared key by key."""
         k = _checks.keys_1d(_checks.to_numpy(keys, "keys").reshape(-1), "keys")
         ids = np.empty(k.shape[0], dtype=np.uint32)
         epoch = self._t.resolve_ids(k, bool(insert), ids)

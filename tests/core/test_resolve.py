@@ -168,3 +168,20 @@ def test_stale_resolution_hands_the_backward_the_ids_it_used():
     twin.apply_pooled_gradients(values, offsets, grad)
     np.testing.assert_array_equal(t.export()[0], twin.export()[0])
     np.testing.assert_array_equal(t.export()[1], twin.export()[1])
+
+
+def test_keys_passed_again_skip_the_compare_and_other_views_do_not():
+    # The keys' own memory (another view or a tensor of it) is taken as the
+    # resolved keys; any other array is compared element by element.
+    t = _table(8)
+    base = np.arange(16, dtype=np.int64) * 3
+    keys = base[:8]
+    off = np.array([0, 4], dtype=np.int64)
+    r = t.resolve(keys)
+    expected = pooled(t.find(keys)[0], off, "sum")
+    np.testing.assert_allclose(t.pooled_lookup(keys.view(), off, resolved=r), expected, rtol=1e-6)
+    np.testing.assert_allclose(t.pooled_lookup(keys.copy(), off, resolved=r), expected, rtol=1e-6)  # equal keys
+    for other in (base[8:], base[::2], base[:8].astype(np.int32)):  # same length, other memory / layout / dtype
+        if not np.array_equal(other, keys):
+            with pytest.raises(ValueError, match="resolved: values differ"):
+                t.pooled_lookup(other, off, resolved=r)

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .._checks import huge_copy
+from .._checks import huge_copy, huge_empty
 from .ops import EPS_ADAGRAD, LR, Case, Skip, _nthreads, _probe_torch, _tbatches, _torch, _unique_rows, implements, \
     subject
 from .workloads import Workload, WorkloadData
@@ -305,8 +305,10 @@ def _remap(data):
     if "remap_eb" not in data.cache:
         voc = _Vocabulary(data.keys)
         w = data.workload
-        rows = np.zeros((w.rows + 1, w.dim), np.float32)
+        # On huge pages, as every subject's large arrays (EmbeddingBag reads them in place).
+        rows = huge_empty((w.rows + 1, w.dim))
         rows[: w.rows] = data.dense[voc.order]
+        rows[w.rows] = 0.0
         data.cache["remap_eb"] = (voc, rows)
     return data.cache["remap_eb"]
 

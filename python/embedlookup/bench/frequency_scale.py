@@ -36,6 +36,8 @@ import numpy as np
 
 import embedlookup as el
 
+from .machine import torch_huge_pages
+
 DIM, BAGS, POOL = 64, 4096, 32
 
 
@@ -209,7 +211,14 @@ def main():
     ap.add_argument("--drift-steps", type=int, default=24)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    out = {"isa": el._core.isa(), "zipf": [], "drift": None}
+    # EmbeddingBag's weight on huge pages, as the table's rows are (before
+    # torch allocates anything): on 4 KiB pages its random reads pay page
+    # walks the table does not (the compressed suite's peer read 1.45x slower
+    # so, docs/compressed.md).
+    note = torch_huge_pages()
+    if note:
+        print(f"# {note}", flush=True)
+    out = {"isa": el._core.isa(), "zipf": [], "drift": None, "memory": note}
     if a.part in ("zipf", "all"):
         for alpha in a.alphas:
             r = zipf_part(alpha, a.keys, a.warmup, a.evals, a.repeats, a.threads, a.chunk)

@@ -211,8 +211,8 @@ def main():
     ap.add_argument("--drift-steps", type=int, default=24)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    # EmbeddingBag's weight on huge pages, as the table's rows are (before
-    # torch allocates anything): on 4 KiB pages its random reads pay page
+    # EmbeddingBag's weight on huge pages, as the table's rows are (torch
+    # reads the setting when imported, here later): on 4 KiB pages its random reads pay page
     # walks the table does not (the compressed suite's peer read 1.45x slower
     # so, docs/compressed.md).
     note = torch_huge_pages()

@@ -18,15 +18,16 @@ Prints per-config median ms and each config's speed-up over the fastest peer.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-# The peers' tables on huge pages, as ours are (torch reads this at its first
-# large allocation): on 4 KiB pages FBGEMM's and torch's row reads paid page
-# walks ours did not (FBGEMM's step: 19-25 ms here before, 14-20 ms in the
-# suite, which sets the same).
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+from .machine import torch_huge_pages
+
+# The peers' tables on huge pages, as ours are (torch reads its setting when
+# it is imported, so before the import below): on 4 KiB pages FBGEMM's and
+# torch's row reads paid page walks ours did not (FBGEMM's step: 19-25 ms here
+# before, 14-20 ms in the suite, which asks the same).
+_MEMORY_NOTE = torch_huge_pages()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -130,6 +131,8 @@ def main(argv=None):
     fastest = min(peers, key=peers.get) if peers else None
     print(f"# rows={a.rows} dim={a.dim} batch={a.batch} pooling={a.pooling} zipf={a.zipf} "
           f"threads={torch.get_num_threads()} isa={el._core.isa()} repeats={a.repeats}")
+    if _MEMORY_NOTE:
+        print(f"# {_MEMORY_NOTE}")
     for k, v in sorted(med.items(), key=lambda kv: kv[1]):
         ratio = f"  {peers[fastest] / v:5.2f}x vs {fastest}" if fastest else ""
         print(f"{k:30s} {v:8.2f} ms{ratio}")

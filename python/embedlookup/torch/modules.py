@@ -451,17 +451,22 @@ class HashEmbeddingBagCollection(nn.Module):
         _checks.bags(values.numpy(), offsets.numpy(), True)
         return values, offsets, (offsets.shape[0] - 1) // F
 
+    def _namespaced(self, values: torch.Tensor, offsets: torch.Tensor, B: int) -> torch.Tensor:
+        """The shared table's keys of a batch of B samples a feature: each
+        value tagged with its feature (``_ops.namespaced``)."""
+        F = len(self.features)
+        return _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
+
     def prefetch(self, features=None, *, values: Optional[torch.Tensor] = None,
                  lengths: Optional[torch.Tensor] = None, offsets: Optional[torch.Tensor] = None):
         """Starts reading the tier rows of a future batch (the arguments of a
         later ``forward``) one batch ahead; returns the Prefetch handle (a list
         of them without a shared table), or None when no table has a tier."""
         values, offsets, B = self._batch_keys(features, values, lengths, offsets)
-        F = len(self.features)
         if self.shared_table:
             if getattr(self.bag.table, "tier", None) is None:
                 return None
-            keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
+            keys = self._namespaced(values, offsets, B)
             return self.bag.prefetch(keys)
         handles = [self.bags[f].prefetch(values[offsets[i * B]:offsets[(i + 1) * B]])
                    for i, f in enumerate(self.features)]
@@ -475,9 +480,8 @@ class HashEmbeddingBagCollection(nn.Module):
         Returns a ResolvedInput (a dict of them per feature without a shared
         table)."""
         values, offsets, B = self._batch_keys(features, values, lengths, offsets)
-        F = len(self.features)
         if self.shared_table:
-            keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
+            keys = self._namespaced(values, offsets, B)
             return self.bag._resolve_keys(keys.contiguous())
         return {f: self.bags[f].resolve(values[offsets[i * B]:offsets[(i + 1) * B]])
                 for i, f in enumerate(self.features)}
@@ -556,7 +560,7 @@ class HashEmbeddingBagCollection(nn.Module):
                 _finite(weights.to(torch.float32), "weights")
         B = (offsets.shape[0] - 1) // F
         if self.shared_table:
-            keys = _ops.namespaced(values, offsets[::B] if B else offsets[:1].repeat(F + 1), self._bits)
+            keys = self._namespaced(values, offsets, B)
             out = self.bag(keys, offsets, weights, resolved=resolved).reshape(F, B, self.embedding_dim)
             # unbind, not out[i]: autograd backs each indexed view with a
             # full (F, B, dim) zero gradient, F of them summed (F^2 B dim
